@@ -1,0 +1,1 @@
+"""Everything that talks to the outside world: Kafka, files, the model registry."""

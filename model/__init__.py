@@ -1,0 +1,1 @@
+"""Models: HSTU, SASRec and most-popular baselines, losses, metrics and retrieval."""

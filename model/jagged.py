@@ -1,0 +1,307 @@
+"""Jagged batches: many variable-length event sequences packed without padding.
+
+A batch of B sequences stores every per-event field as one flat tensor of length
+T = sum(lengths), plus ``offsets`` of shape [B+1] (int64, ``offsets[0] == 0``,
+non-decreasing): sequence b owns rows ``offsets[b]:offsets[b+1]``. This is the layout
+that TorchRec calls a jagged tensor and that the HSTU kernels consume directly.
+
+This module imports only torch and numpy so that ``model/`` runs on a GPU box without
+the streaming stack; the Arrow constructor imports pyarrow lazily.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+
+class JaggedError(ValueError):
+    """A jagged batch is malformed; the message names the field and the first bad index."""
+
+
+def offsets_from_lengths(lengths: torch.Tensor | np.ndarray | Sequence[int]) -> torch.Tensor:
+    """[B] lengths -> [B+1] int64 offsets."""
+    lengths_t = torch.as_tensor(np.asarray(lengths, dtype=np.int64))
+    out = torch.zeros(lengths_t.numel() + 1, dtype=torch.int64)
+    torch.cumsum(lengths_t, dim=0, out=out[1:])
+    return out
+
+
+def segment_ids(offsets: torch.Tensor) -> torch.Tensor:
+    """[T] index of the sequence that owns each row."""
+    lengths = offsets[1:] - offsets[:-1]
+    return torch.repeat_interleave(torch.arange(lengths.numel(), device=offsets.device), lengths)
+
+
+def positions_in_sequence(offsets: torch.Tensor) -> torch.Tensor:
+    """[T] 0-based position of each row inside its own sequence."""
+    total = int(offsets[-1])
+    rows = torch.arange(total, device=offsets.device)
+    return rows - offsets[:-1].repeat_interleave(offsets[1:] - offsets[:-1])
+
+
+def validate_offsets(offsets: torch.Tensor, total: int | None = None) -> None:
+    """Check the offsets invariants; raise JaggedError naming the first violation."""
+    if offsets.dtype != torch.int64:
+        raise JaggedError(f"offsets must be int64, got {offsets.dtype}")
+    if offsets.dim() != 1 or offsets.numel() < 1:
+        raise JaggedError(
+            f"offsets must be 1-D with B+1 >= 1 entries, got shape {tuple(offsets.shape)}"
+        )
+    if int(offsets[0]) != 0:
+        raise JaggedError(f"offsets[0] must be 0, got {int(offsets[0])}")
+    diffs = offsets[1:] - offsets[:-1]
+    bad = torch.nonzero(diffs < 0)
+    if bad.numel():
+        i = int(bad[0])
+        raise JaggedError(
+            f"offsets must be non-decreasing: offsets[{i}]={int(offsets[i])} > "
+            f"offsets[{i + 1}]={int(offsets[i + 1])}"
+        )
+    if total is not None and int(offsets[-1]) != total:
+        raise JaggedError(f"offsets[-1]={int(offsets[-1])} but the values have {total} rows")
+
+
+@dataclass(frozen=True)
+class JaggedBatch:
+    """B event sequences as flat [T] tensors plus [B+1] offsets.
+
+    Fields:
+        item_ids: int64 [T], embedding rows (>= 0; 0 is reserved for padding/unknown).
+        timestamps: int64 [T], event time in seconds.
+        action_types: int64 [T], small non-negative action codes (0 when unused).
+        offsets: int64 [B+1].
+        weights: optional float32 [T], per-event loss weight.
+        is_target: optional bool [T]; True marks an event the model must predict (from the
+            output at the previous position of the same sequence). ``None`` means every
+            event but the first of each sequence (offline autoregressive training).
+        query_time: optional int64 [B], the time at which the *next*, not yet seen event is
+            requested (serving); used as the last position's query timestamp.
+    """
+
+    item_ids: torch.Tensor
+    timestamps: torch.Tensor
+    action_types: torch.Tensor
+    offsets: torch.Tensor
+    weights: torch.Tensor | None = None
+    is_target: torch.Tensor | None = None
+    query_time: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ----------------------------------------------------------------- checks
+    def validate(self) -> None:
+        total = self.item_ids.numel()
+        validate_offsets(self.offsets, total)
+        int_fields = {
+            "item_ids": self.item_ids,
+            "timestamps": self.timestamps,
+            "action_types": self.action_types,
+        }
+        for name, t in int_fields.items():
+            if t.dtype != torch.int64:
+                raise JaggedError(f"{name} must be int64, got {t.dtype}")
+            if t.dim() != 1 or t.numel() != total:
+                raise JaggedError(f"{name} must have shape [{total}], got {tuple(t.shape)}")
+        for name in ("item_ids", "action_types"):
+            t = int_fields[name]
+            bad = torch.nonzero(t < 0)
+            if bad.numel():
+                i = int(bad[0])
+                raise JaggedError(f"{name} must be >= 0: {name}[{i}] = {int(t[i])}")
+        if self.weights is not None:
+            if not self.weights.is_floating_point():
+                raise JaggedError(f"weights must be floating point, got {self.weights.dtype}")
+            if self.weights.shape != (total,):
+                raise JaggedError(
+                    f"weights must have shape [{total}], got {tuple(self.weights.shape)}"
+                )
+        if self.is_target is not None and (
+            self.is_target.dtype != torch.bool or self.is_target.shape != (total,)
+        ):
+            raise JaggedError(
+                f"is_target must be bool [{total}], got {self.is_target.dtype} "
+                f"{tuple(self.is_target.shape)}"
+            )
+        if self.query_time is not None and (
+            self.query_time.dtype != torch.int64 or self.query_time.shape != (self.num_sequences,)
+        ):
+            raise JaggedError(
+                f"query_time must be int64 [{self.num_sequences}], got {self.query_time.dtype} "
+                f"{tuple(self.query_time.shape)}"
+            )
+
+    # ------------------------------------------------------------- accessors
+    @property
+    def num_sequences(self) -> int:
+        return self.offsets.numel() - 1
+
+    @property
+    def total(self) -> int:
+        return self.item_ids.numel()
+
+    @property
+    def device(self) -> torch.device:
+        return self.item_ids.device
+
+    def lengths(self) -> torch.Tensor:
+        return self.offsets[1:] - self.offsets[:-1]
+
+    def max_length(self) -> int:
+        return int(self.lengths().max()) if self.num_sequences else 0
+
+    def target_mask(self) -> torch.Tensor:
+        """[T] bool: events to predict. Defaults to all but each sequence's first event."""
+        if self.is_target is not None:
+            return self.is_target
+        return positions_in_sequence(self.offsets) > 0
+
+    def sequence(self, b: int) -> dict[str, torch.Tensor]:
+        """The fields of sequence b (a view, for tests and debugging)."""
+        lo, hi = int(self.offsets[b]), int(self.offsets[b + 1])
+        out = {}
+        for f in fields(self):
+            t = getattr(self, f.name)
+            if f.name in ("offsets", "query_time") or t is None:
+                continue
+            out[f.name] = t[lo:hi]
+        return out
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> JaggedBatch:
+        moved: dict[str, Any] = {}
+        for f in fields(self):
+            t = getattr(self, f.name)
+            moved[f.name] = None if t is None else t.to(device, non_blocking=non_blocking)
+        return JaggedBatch(**moved)
+
+    def with_fields(self, **changes: Any) -> JaggedBatch:
+        return replace(self, **changes)
+
+    # ---------------------------------------------------------- constructors
+    @classmethod
+    def from_numpy(
+        cls,
+        item_ids: np.ndarray,
+        timestamps: np.ndarray,
+        offsets: np.ndarray,
+        action_types: np.ndarray | None = None,
+        weights: np.ndarray | None = None,
+        is_target: np.ndarray | None = None,
+        query_time: np.ndarray | None = None,
+    ) -> JaggedBatch:
+        """Build from flat numpy arrays (no per-event Python work)."""
+        item_ids = _as_int64(item_ids, "item_ids")
+        n = item_ids.shape[0]
+        return cls(
+            item_ids=torch.from_numpy(item_ids),
+            timestamps=torch.from_numpy(_as_int64(timestamps, "timestamps")),
+            action_types=torch.from_numpy(
+                np.zeros(n, np.int64)
+                if action_types is None
+                else _as_int64(action_types, "action_types")
+            ),
+            offsets=torch.from_numpy(_as_int64(offsets, "offsets")),
+            weights=None
+            if weights is None
+            else torch.from_numpy(np.ascontiguousarray(weights, np.float32)),
+            is_target=None
+            if is_target is None
+            else torch.from_numpy(np.ascontiguousarray(is_target, bool)),
+            query_time=None
+            if query_time is None
+            else torch.from_numpy(_as_int64(query_time, "query_time")),
+        )
+
+    @classmethod
+    def from_lists(
+        cls,
+        item_ids: Sequence[Sequence[int]],
+        timestamps: Sequence[Sequence[int]],
+        action_types: Sequence[Sequence[int]] | None = None,
+        weights: Sequence[Sequence[float]] | None = None,
+    ) -> JaggedBatch:
+        """Build from one Python list per sequence, e.g. ``[[3, 5, 9], [4]]``."""
+        if len(timestamps) != len(item_ids):
+            raise JaggedError(
+                f"item_ids has {len(item_ids)} sequences but timestamps has {len(timestamps)}"
+            )
+        lengths = [len(s) for s in item_ids]
+        for name, seqs in (
+            ("timestamps", timestamps),
+            ("action_types", action_types),
+            ("weights", weights),
+        ):
+            if seqs is None:
+                continue
+            if len(seqs) != len(item_ids):
+                raise JaggedError(
+                    f"item_ids has {len(item_ids)} sequences but {name} has {len(seqs)}"
+                )
+            for b, s in enumerate(seqs):
+                if len(s) != lengths[b]:
+                    raise JaggedError(
+                        f"sequence {b}: item_ids has {lengths[b]} events but {name} has {len(s)}"
+                    )
+
+        def flat(seqs: Sequence[Sequence[Any]], dtype: type) -> np.ndarray:
+            return np.fromiter((x for s in seqs for x in s), dtype=dtype, count=sum(lengths))
+
+        return cls.from_numpy(
+            item_ids=flat(item_ids, np.int64),
+            timestamps=flat(timestamps, np.int64),
+            offsets=offsets_from_lengths(lengths).numpy(),
+            action_types=None if action_types is None else flat(action_types, np.int64),
+            weights=None if weights is None else flat(weights, np.float32),
+        )
+
+    @classmethod
+    def from_arrow(
+        cls, item_ids: Any, timestamps: Any, action_types: Any = None, weights: Any = None
+    ) -> JaggedBatch:
+        """Build from pyarrow ``ListArray``/``LargeListArray`` columns (one list per sequence).
+
+        The list offsets become the batch offsets; values are converted zero-copy where
+        Arrow's layout allows it.
+        """
+        import pyarrow as pa  # lazy: model/ must import without pyarrow
+
+        def parts(arr: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
+            if isinstance(arr, pa.ChunkedArray):
+                arr = arr.combine_chunks()
+            if not pa.types.is_list(arr.type) and not pa.types.is_large_list(arr.type):
+                raise JaggedError(f"{name} must be an Arrow list array, got {arr.type}")
+            if arr.null_count:
+                raise JaggedError(f"{name} has {arr.null_count} null sequences")
+            offs = arr.offsets.to_numpy().astype(np.int64)
+            values = arr.values.to_numpy(zero_copy_only=False)[offs[0] : offs[-1]]
+            return offs - offs[0], values
+
+        offsets, items = parts(item_ids, "item_ids")
+        ts_offsets, ts = parts(timestamps, "timestamps")
+        if not np.array_equal(offsets, ts_offsets):
+            raise JaggedError("item_ids and timestamps have different sequence lengths")
+        acts = None
+        if action_types is not None:
+            a_offsets, acts = parts(action_types, "action_types")
+            if not np.array_equal(offsets, a_offsets):
+                raise JaggedError("item_ids and action_types have different sequence lengths")
+        wts = None
+        if weights is not None:
+            w_offsets, wts = parts(weights, "weights")
+            if not np.array_equal(offsets, w_offsets):
+                raise JaggedError("item_ids and weights have different sequence lengths")
+        return cls.from_numpy(items, ts, offsets, action_types=acts, weights=wts)
+
+
+def _as_int64(a: np.ndarray, name: str) -> np.ndarray:
+    arr = np.asarray(a)
+    if arr.dtype.kind not in "iu":
+        raise JaggedError(f"{name} must hold integers, got dtype {arr.dtype}")
+    if arr.ndim != 1:
+        raise JaggedError(f"{name} must be 1-D, got shape {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=np.int64)

@@ -1,0 +1,1 @@
+"""Streaming pipeline: events -> validation -> sequence store -> jagged batches -> trainer."""

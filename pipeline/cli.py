@@ -1,0 +1,52 @@
+"""The ``genrec`` command line: one entry point, one module per subcommand group.
+
+Each module in ``COMMAND_MODULES`` exposes ``register(subparsers)``, which adds its
+subcommand(s) and sets ``func`` (called with the parsed args; returns an exit code).
+Modules are imported only when listed, so ``genrec --help`` stays quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+COMMAND_MODULES: tuple[str, ...] = ("pipeline.commands.offline",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="genrec",
+        description=(
+            "Train HSTU generative recommenders online from user-event streams. "
+            "Run 'genrec COMMAND --help' for the options of each command."
+        ),
+    )
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="logging verbosity (default: INFO)",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the genrec CLI, one module per group."""
