@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.events.schema import ACTION_CODES, MAX_ACTION_CODE
+
 log = logging.getLogger(__name__)
 
 FORMATS = ("auto", "movielens-dat", "movielens-csv", "csv", "parquet")
@@ -23,15 +25,6 @@ USER_COLUMNS = ("user_id", "user", "userid", "uid")
 ITEM_COLUMNS = ("item_id", "item", "itemid", "movieid", "movie_id", "iid")
 TIME_COLUMNS = ("timestamp", "ts", "time", "event_time")
 ACTION_COLUMNS = ("action", "action_type", "event_type")
-# Actions given as words in generic logs; unknown words are malformed input.
-ACTION_CODES: dict[str, int] = {
-    "interaction": 0,
-    "view": 1,
-    "click": 2,
-    "rating": 3,
-    "add_to_cart": 4,
-    "purchase": 5,
-}
 MAX_ERRORS_KEPT = 20
 
 
@@ -180,7 +173,7 @@ def _parse_action(text: str) -> int | None:
     text = text.strip()
     if text.lstrip("-").isdigit():
         code = int(text)
-        return code if code >= 0 else None
+        return code if 0 <= code <= MAX_ACTION_CODE else None
     return ACTION_CODES.get(text.lower())
 
 
@@ -202,7 +195,7 @@ def _append_row(
             on_error(
                 where,
                 "bad_action",
-                f"action {action.strip()!r} is neither a non-negative integer nor one of "
+                f"action {action.strip()!r} is neither an integer code in 0..{MAX_ACTION_CODE} nor one of "
                 f"{sorted(ACTION_CODES)}",
             )
             return

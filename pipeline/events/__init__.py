@@ -1,0 +1,112 @@
+"""Event schema, codecs and validation: raw ``SourceRecord`` bytes -> ``EventBatch`` + rejects.
+
+The whole public API is importable from ``pipeline.events``:
+
+- schema (``schema.py``): ``Event`` (pydantic model), ``ValidationLimits``,
+  ``RejectReason``, ``ACTION_CODES`` / ``ACTION_NAMES`` / ``MAX_ACTION_CODE``,
+  ``canonical_key`` (the id rule: ints, and decimal strings of int64s, are ints; other ids str);
+- columns (``batch.py``): ``EventBatch`` (numpy columns; ``concat``, ``from_event_log``,
+  ``take``, ``weights``, ``rows``);
+- codecs: ``encode_json(event) -> bytes`` (one event per payload),
+  ``encode_json_rows(batch) -> list[bytes]``, ``encode_arrow(batch_or_event_log) -> bytes``
+  (one Arrow IPC stream, many events), ``to_arrow(batch) -> pa.Table``;
+- decoding: ``decode(record) -> DecodeResult`` and ``decode_records(records) -> DecodeResult``
+  (``DecodeResult.events``: the valid events in record order; ``.rejects``: one ``Reject``
+  per bad JSON record, per bad Arrow row, or per unreadable Arrow payload).
+
+Decoding never raises on bad input: everything wrong ends up as a ``Reject`` with a
+``RejectReason``, a message, the location (``partition@offset``, ``#row`` for an Arrow row) and
+the payload; send rejects to a ``pipeline.deadletter.DeadLetterSink``. Decode many records in
+one ``decode_records`` call: JSON events are then gathered into one batch instead of one batch
+per event. The rules themselves are documented in ``pipeline/events/schema.py`` and
+``docs/events.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pipeline.events.arrow_codec import decode_arrow_record, encode_arrow, to_arrow
+from pipeline.events.batch import EventBatch
+from pipeline.events.json_codec import decode_json_records, encode_json, encode_json_rows
+from pipeline.events.reject import DecodeResult, Reject
+from pipeline.events.schema import (
+    ACTION_CODES,
+    ACTION_NAMES,
+    DEFAULT_LIMITS,
+    MAX_ACTION_CODE,
+    Event,
+    EventError,
+    RejectReason,
+    ValidationLimits,
+    canonical_key,
+)
+from pipeline.sources.base import CODECS, SourceRecord
+
+
+def decode_records(
+    records: Sequence[SourceRecord], limits: ValidationLimits = DEFAULT_LIMITS
+) -> DecodeResult:
+    """Decode and validate records; valid events keep record (and row) order."""
+    batches: list[EventBatch] = []
+    rejects: list[Reject] = []
+    json_run: list[SourceRecord] = []
+
+    def flush_json() -> None:
+        if json_run:
+            events, bad = decode_json_records(json_run, limits)
+            batches.append(events)
+            rejects.extend(bad)
+            json_run.clear()
+
+    for record in records:
+        if record.codec == "json":
+            json_run.append(record)
+            continue
+        flush_json()
+        if record.codec == "arrow":
+            events, bad = decode_arrow_record(record, limits)
+            batches.append(events)
+            rejects.extend(bad)
+        else:
+            message = (
+                f"unknown codec {record.codec!r} at {record.where()}; expected one of {CODECS}"
+            )
+            rejects.append(
+                Reject(
+                    RejectReason.UNKNOWN_CODEC,
+                    message,
+                    record.partition,
+                    record.offset,
+                    record.payload,
+                )
+            )
+    flush_json()
+    return DecodeResult(EventBatch.concat(batches), rejects)
+
+
+def decode(record: SourceRecord, limits: ValidationLimits = DEFAULT_LIMITS) -> DecodeResult:
+    """Decode and validate one record (prefer ``decode_records`` for many JSON records)."""
+    return decode_records([record], limits)
+
+
+__all__ = [
+    "ACTION_CODES",
+    "ACTION_NAMES",
+    "DEFAULT_LIMITS",
+    "MAX_ACTION_CODE",
+    "DecodeResult",
+    "Event",
+    "EventBatch",
+    "EventError",
+    "Reject",
+    "RejectReason",
+    "ValidationLimits",
+    "canonical_key",
+    "decode",
+    "decode_records",
+    "encode_arrow",
+    "encode_json",
+    "encode_json_rows",
+    "to_arrow",
+]
