@@ -1,0 +1,479 @@
+"""The model registry: immutable numbered versions, movable aliases, retention, checksums.
+
+Layout under the registry root (any pyarrow filesystem)::
+
+    registry.json                 marker: this directory is a registry (format version)
+    versions/v000001/...          artefacts of version 1 (weights, vocabulary, config.json, ...)
+    versions/v000001/manifest.json  written LAST: the version exists iff this file exists
+    versions/v000002/.publishing  marker of a publish in progress (host, pid, start time)
+    aliases/latest.json           alias records, each replaced atomically
+
+See docs/registry.md for the guarantees and the single-publisher assumption.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import suppress
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow.fs as pafs
+from pydantic import ValidationError
+
+from connectors.registry.errors import ChecksumError, RegistryError, VersionNotFoundError
+from connectors.registry.manifest import (
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    AliasRecord,
+    FileEntry,
+    Manifest,
+    check_alias_name,
+    check_file_name,
+    check_metrics,
+    new_alias,
+    parse_version_dir,
+    parse_version_ref,
+    utc_now,
+    version_dir_name,
+)
+from connectors.registry.storage import Storage, filesystem_from_uri, process_alive
+
+log = logging.getLogger(__name__)
+
+MARKER_NAME = "registry.json"
+PUBLISHING_NAME = ".publishing"
+CONFIG_NAME = "config.json"
+LATEST = "latest"
+# A partial version from another host (whose process we cannot probe) is abandoned after this.
+DEFAULT_GRACE_S = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class GcResult:
+    """What ``gc`` removed (or would remove, with ``dry_run``)."""
+
+    removed: tuple[int, ...]  # complete versions beyond retention
+    partial: tuple[int, ...]  # abandoned incomplete versions (crashed publishes)
+    dry_run: bool
+
+
+class Registry:
+    """A model registry rooted at one directory of a pyarrow filesystem."""
+
+    def __init__(self, fs: pafs.FileSystem, root: str, *, create: bool = False) -> None:
+        """Open the registry at ``root`` of ``fs``.
+
+        Args:
+            fs: any pyarrow filesystem (local, SubTree, S3, GCS, HDFS).
+            root: the registry directory within ``fs``.
+            create: create an empty registry if there is none; otherwise a missing one is an
+                error (so a mistyped URI does not look like an empty registry).
+        """
+        self._store = Storage(fs, root)
+        if self._store.exists(MARKER_NAME):
+            self._check_marker()
+        elif create:
+            self._store.make_dirs("")
+            marker = {"format_version": FORMAT_VERSION, "created_at": utc_now().isoformat()}
+            self._store.atomic_write(MARKER_NAME, json.dumps(marker).encode())
+        else:
+            raise RegistryError(
+                f"no registry at {self.location}: {MARKER_NAME} not found (check --registry / "
+                "GENREC_REGISTRY; the trainer creates the registry on its first publish)"
+            )
+
+    @classmethod
+    def open(cls, uri: str | os.PathLike[str], *, create: bool = False) -> Registry:
+        """Open a registry by local path, ``file://`` URI or pyarrow URI (s3://, gs://, ...)."""
+        fs, root = filesystem_from_uri(uri)
+        return cls(fs, root, create=create)
+
+    @property
+    def location(self) -> str:
+        return self._store.describe()
+
+    # -- publishing --------------------------------------------------------------------------
+
+    def publish(
+        self,
+        files: Mapping[str, bytes | Path],
+        *,
+        parent: int | None = None,
+        source_positions: Mapping[str, int] | None = None,
+        watermark: int | None = None,
+        metrics: Mapping[str, float] | None = None,
+        config: Mapping[str, Any] | None = None,
+    ) -> Manifest:
+        """Publish a new immutable version and move ``latest`` to it.
+
+        Args:
+            files: artefact name -> content (bytes, or a local file to copy). Names may contain
+                '/' for sub-directories.
+            parent: the published version these weights were trained from, if any.
+            source_positions: next offset to read per source partition for this state.
+            watermark: event-time watermark (epoch seconds) of this state.
+            metrics: finite streaming metrics to record.
+            config: model/trainer configuration, stored as the artefact ``config.json``.
+
+        Returns:
+            The manifest of the new version. Until its manifest is written the version is
+            invisible; on any failure the partial directory is removed (or left for ``gc``
+            if the process dies).
+        """
+        artefacts: dict[str, bytes | Path] = {check_file_name(n): src for n, src in files.items()}
+        if config is not None:
+            if CONFIG_NAME in artefacts:
+                raise RegistryError(f"pass the config either as config= or as {CONFIG_NAME!r}")
+            artefacts[CONFIG_NAME] = json.dumps(dict(config), indent=2, sort_keys=True).encode()
+        if not artefacts:
+            raise RegistryError("nothing to publish: files is empty and no config was given")
+        if parent is not None:
+            self.show(parent)  # raises VersionNotFoundError naming the parent
+        checked_metrics = check_metrics({k: float(v) for k, v in (metrics or {}).items()})
+        version = self._claim_version()
+        vdir = _vdir(version)
+        try:
+            self._store.write(f"{vdir}/{PUBLISHING_NAME}", _publisher_marker())
+            entries = {}
+            for name in sorted(artefacts):
+                written = self._store.write(f"{vdir}/{name}", artefacts[name])
+                entries[name] = FileEntry(size=written.size, sha256=written.sha256)
+            manifest = Manifest(
+                version=version,
+                parent=parent,
+                created_at=utc_now(),
+                source_positions=dict(source_positions or {}),
+                watermark=watermark,
+                metrics=checked_metrics,
+                files=entries,
+            )
+            # The publication point: one atomic write makes the whole version visible.
+            self._store.atomic_write(f"{vdir}/{MANIFEST_NAME}", manifest.to_json())
+        except BaseException:
+            self._discard_partial(version)
+            raise
+        with suppress(OSError):  # the version is published; a stale marker is harmless
+            self._store.delete_file(f"{vdir}/{PUBLISHING_NAME}")
+        self._move_alias(LATEST, version, "publish")
+        log.info("published %s to %s (%d files)", manifest.name, self.location, len(entries))
+        return manifest
+
+    def _claim_version(self) -> int:
+        """Take the next version number; partial directories count, so numbers never repeat
+        while a crashed publish's leftovers exist."""
+        self._store.make_dirs("versions")
+        taken = [n for n in (parse_version_dir(i.base_name) for i in self._version_dirs()) if n]
+        version = max(taken, default=0) + 1
+        while not self._store.claim_dir(_vdir(version)):
+            version += 1  # another publisher took it between listing and claiming
+        return version
+
+    def _discard_partial(self, version: int) -> None:
+        try:
+            self._store.delete_dir(_vdir(version))
+        except OSError as err:
+            log.warning(
+                "could not remove partial %s in %s after a failed publish (%s); "
+                "it stays invisible and 'genrec registry gc' removes it",
+                version_dir_name(version),
+                self.location,
+                err,
+            )
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def list_versions(self) -> list[Manifest]:
+        """Manifests of all complete versions, oldest first. Partial versions are skipped;
+        a version whose manifest cannot be read is skipped with a warning."""
+        manifests = []
+        for version in self._complete_versions():
+            try:
+                manifests.append(self._manifest(version))
+            except RegistryError as err:
+                log.warning("skipping unreadable version: %s", err)
+        return manifests
+
+    def show(self, ref: str | int) -> Manifest:
+        """The manifest of a version given by number (``3``, ``"v000003"``) or alias."""
+        return self._manifest(self.resolve(ref))
+
+    def resolve(self, ref: str | int) -> int:
+        """Version number for a number, ``vNNNNNN`` name or alias name."""
+        version = parse_version_ref(ref)
+        if version is not None:
+            return version
+        record = self.alias(str(ref))
+        return record.version
+
+    def read_file(self, ref: str | int, name: str) -> bytes:
+        """The verified content of one artefact; ``ChecksumError`` if it was altered."""
+        manifest = self.show(ref)
+        entry = _entry(manifest, name, self.location)
+        rel = f"{_vdir(manifest.version)}/{name}"
+        data = self._read(rel, manifest)
+        _verify(self._store.describe(rel), entry, len(data), _sha256(data))
+        return data
+
+    def fetch(self, ref: str | int, dest_dir: str | os.PathLike[str]) -> Path:
+        """Copy a version (artefacts and manifest) into a new local directory, verified.
+
+        The copy is assembled next to ``dest_dir`` and renamed into place, so ``dest_dir``
+        appears complete or not at all. ``dest_dir`` must not exist or be an empty directory.
+        """
+        manifest = self.show(ref)
+        dest = Path(dest_dir)
+        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+            raise RegistryError(f"fetch destination {dest} exists and is not an empty directory")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex}"
+        try:
+            for name, entry in manifest.files.items():
+                rel = f"{_vdir(manifest.version)}/{name}"
+                target = tmp / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                digest, size = hashlib.sha256(), 0
+                with open(target, "wb") as out:
+                    for chunk in self._chunks(rel, manifest):
+                        digest.update(chunk)
+                        size += len(chunk)
+                        out.write(chunk)
+                _verify(self._store.describe(rel), entry, size, digest.hexdigest())
+            (tmp / MANIFEST_NAME).write_bytes(manifest.to_json())
+            if dest.exists():
+                dest.rmdir()
+            tmp.rename(dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return dest
+
+    def _manifest(self, version: int) -> Manifest:
+        rel = f"{_vdir(version)}/{MANIFEST_NAME}"
+        where = self._store.describe(rel)
+        try:
+            raw = self._store.read_bytes(rel)
+        except FileNotFoundError:
+            raise VersionNotFoundError(
+                f"{version_dir_name(version)} is not a published version in {self.location} "
+                "(never published, removed by gc, or its publish did not finish)"
+            ) from None
+        try:
+            manifest = Manifest.model_validate_json(raw)
+        except ValidationError as err:
+            raise RegistryError(f"{where}: invalid manifest: {err}") from err
+        if manifest.format_version > FORMAT_VERSION:
+            raise RegistryError(
+                f"{where}: manifest format {manifest.format_version} is newer than this reader "
+                f"supports ({FORMAT_VERSION}); upgrade genrec"
+            )
+        if manifest.version != version:
+            raise RegistryError(f"{where}: manifest says version {manifest.version}")
+        return manifest
+
+    def _read(self, rel: str, manifest: Manifest) -> bytes:
+        try:
+            return self._store.read_bytes(rel)
+        except FileNotFoundError:
+            raise self._missing(rel, manifest) from None
+
+    def _chunks(self, rel: str, manifest: Manifest) -> Iterator[bytes]:
+        try:
+            yield from self._store.iter_chunks(rel)
+        except FileNotFoundError:
+            raise self._missing(rel, manifest) from None
+
+    def _missing(self, rel: str, manifest: Manifest) -> RegistryError:
+        return RegistryError(
+            f"{self._store.describe(rel)} is listed in the manifest of {manifest.name} but "
+            "missing (the version was removed by gc while being read, or damaged)"
+        )
+
+    def _version_dirs(self) -> list[pafs.FileInfo]:
+        infos = self._store.list_dir("versions")
+        return [
+            i
+            for i in infos
+            if i.type == pafs.FileType.Directory and parse_version_dir(i.base_name) is not None
+        ]
+
+    def _all_versions(self) -> dict[int, bool]:
+        """Every version directory -> whether it is complete (has a manifest), sorted."""
+        found = {}
+        for info in self._version_dirs():
+            version = parse_version_dir(info.base_name)
+            assert version is not None
+            found[version] = self._store.exists(f"{_vdir(version)}/{MANIFEST_NAME}")
+        return dict(sorted(found.items()))
+
+    def _complete_versions(self) -> list[int]:
+        return [v for v, complete in self._all_versions().items() if complete]
+
+    # -- aliases -----------------------------------------------------------------------------
+
+    def aliases(self) -> dict[str, AliasRecord]:
+        """All aliases by name."""
+        records = {}
+        for info in self._store.list_dir("aliases"):
+            name = info.base_name
+            if info.type == pafs.FileType.File and name.endswith(".json") and name[0] != ".":
+                record = self.alias(name.removesuffix(".json"))
+                records[record.alias] = record
+        return dict(sorted(records.items()))
+
+    def alias(self, alias: str) -> AliasRecord:
+        """One alias's record (target, rollback stack, history)."""
+        rel = _alias_path(check_alias_name(alias))
+        try:
+            raw = self._store.read_bytes(rel)
+        except FileNotFoundError:
+            raise VersionNotFoundError(
+                f"no alias {alias!r} in {self.location} (existing: {sorted(self._alias_names())})"
+            ) from None
+        try:
+            return AliasRecord.model_validate_json(raw)
+        except ValidationError as err:
+            raise RegistryError(
+                f"{self._store.describe(rel)}: invalid alias record: {err}"
+            ) from err
+
+    def promote(self, ref: str | int, alias: str) -> AliasRecord:
+        """Point ``alias`` at a version (number or another alias); creates the alias if new."""
+        check_alias_name(alias)
+        version = self.show(ref).version
+        return self._move_alias(alias, version, "promote")
+
+    def rollback(self, alias: str) -> AliasRecord:
+        """Point ``alias`` back at its previous target."""
+        record = self.alias(alias).rolled_back()
+        self._manifest(record.version)  # refuses a target that is no longer published
+        self._store.atomic_write(_alias_path(alias), record.to_json())
+        return record
+
+    def _move_alias(
+        self, alias: str, version: int, action: Literal["publish", "promote"]
+    ) -> AliasRecord:
+        # Read-modify-write: safe with one writer per alias (the trainer moves latest).
+        try:
+            record = self.alias(alias).moved_to(version, action)
+        except VersionNotFoundError:
+            record = new_alias(alias, version, action)
+        self._store.make_dirs("aliases")
+        self._store.atomic_write(_alias_path(alias), record.to_json())
+        return record
+
+    def _alias_names(self) -> list[str]:
+        infos = self._store.list_dir("aliases")
+        return [i.base_name.removesuffix(".json") for i in infos if i.base_name.endswith(".json")]
+
+    # -- retention ---------------------------------------------------------------------------
+
+    def gc(self, keep: int, *, dry_run: bool = False, grace_s: float = DEFAULT_GRACE_S) -> GcResult:
+        """Remove complete versions beyond the newest ``keep`` and abandoned partial ones.
+
+        Never removes an alias's current or previous target (so one rollback always works).
+        A partial version is abandoned when its publisher's process is gone (same host) or it
+        started more than ``grace_s`` seconds ago (other hosts, object stores).
+        """
+        if keep < 1:
+            raise RegistryError(f"gc keep must be >= 1, got {keep}")
+        versions = self._all_versions()
+        complete = [v for v, done in versions.items() if done]
+        protected = set(complete[-keep:])
+        for record in self.aliases().values():
+            protected.add(record.version)
+            protected.update(record.previous[-1:])
+        removed = tuple(v for v in complete if v not in protected)
+        partial = tuple(
+            v for v, done in versions.items() if not done and self._abandoned(v, grace_s)
+        )
+        if not dry_run:
+            for version in removed:
+                # Manifest first: from that instant readers see the version as gone, never
+                # as a version with missing files.
+                self._store.delete_file(f"{_vdir(version)}/{MANIFEST_NAME}")
+                self._store.delete_dir(_vdir(version))
+            for version in partial:
+                self._store.delete_dir(_vdir(version))
+            self._remove_stale_temp_files(grace_s)
+        return GcResult(removed=removed, partial=partial, dry_run=dry_run)
+
+    def _abandoned(self, version: int, grace_s: float) -> bool:
+        vdir = _vdir(version)
+        try:
+            marker = json.loads(self._store.read_bytes(f"{vdir}/{PUBLISHING_NAME}"))
+            started = datetime.fromisoformat(marker["started_at"]).timestamp()
+            if marker["host"] == socket.gethostname():
+                return not process_alive(int(marker["pid"]))
+        except FileNotFoundError:
+            # Claimed but the marker is not written yet (or was lost): judge by the dir's age.
+            mtime = self._store.info(vdir).mtime
+            started = mtime.timestamp() if mtime is not None else 0.0
+        except (ValueError, KeyError, TypeError):
+            started = 0.0  # unreadable marker: nothing proves a publisher is still at work
+        return time.time() - started > grace_s
+
+    def _remove_stale_temp_files(self, grace_s: float) -> None:
+        # Leftovers of atomic_write calls whose process died between write and move.
+        for info in self._store.list_dir("aliases"):
+            stale = info.mtime is None or time.time() - info.mtime.timestamp() > grace_s
+            if info.base_name.startswith(".") and ".tmp-" in info.base_name and stale:
+                self._store.delete_file(f"aliases/{info.base_name}")
+
+    def _check_marker(self) -> None:
+        try:
+            marker = json.loads(self._store.read_bytes(MARKER_NAME))
+            format_version = int(marker["format_version"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise RegistryError(f"{self._store.describe(MARKER_NAME)} is damaged: {err}") from err
+        if format_version > FORMAT_VERSION:
+            raise RegistryError(
+                f"registry {self.location} has format {format_version}, newer than this genrec "
+                f"supports ({FORMAT_VERSION}); upgrade genrec"
+            )
+
+
+def _vdir(version: int) -> str:
+    return f"versions/{version_dir_name(version)}"
+
+
+def _alias_path(alias: str) -> str:
+    return f"aliases/{alias}.json"
+
+
+def _publisher_marker() -> bytes:
+    marker = {"host": socket.gethostname(), "pid": os.getpid(), "started_at": utc_now()}
+    return json.dumps(marker, default=datetime.isoformat).encode()
+
+
+def _entry(manifest: Manifest, name: str, location: str) -> FileEntry:
+    try:
+        return manifest.files[name]
+    except KeyError:
+        raise RegistryError(
+            f"{manifest.name} in {location} has no artefact {name!r} "
+            f"(it has: {', '.join(sorted(manifest.files))})"
+        ) from None
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _verify(where: str, entry: FileEntry, size: int, sha256: str) -> None:
+    if size != entry.size or sha256 != entry.sha256:
+        raise ChecksumError(
+            f"{where}: content does not match its manifest: expected sha256 {entry.sha256} "
+            f"({entry.size} bytes), found sha256 {sha256} ({size} bytes); the file is corrupted "
+            "or was modified after publishing: fetch from a replica or publish a new version"
+        )

@@ -1,0 +1,233 @@
+"""``genrec registry list|show|promote|rollback|gc``: inspect and manage the model registry.
+
+Every subcommand takes ``--registry URI`` (default: ``$GENREC_REGISTRY`` or ``./registry``; a
+local path, ``file://``, ``s3://``, ``gs://`` or ``hdfs://``) and ``--json`` for
+machine-readable output. Errors print one line to stderr and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+DEFAULT_REGISTRY = "./registry"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--registry",
+        default=os.environ.get("GENREC_REGISTRY", DEFAULT_REGISTRY),
+        metavar="URI",
+        help="registry location: path, file://, s3://, gs:// or hdfs:// URI "
+        "(default: $GENREC_REGISTRY, else ./registry)",
+    )
+    common.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    parser = subparsers.add_parser(
+        "registry",
+        help="list, inspect, promote, roll back and garbage-collect model versions",
+        description="Manage the model registry: immutable numbered versions (v000001, ...) "
+        "with checksummed manifests, and movable aliases ('latest' follows every publish).",
+    )
+    commands = parser.add_subparsers(dest="registry_command", metavar="SUBCOMMAND")
+    parser.set_defaults(func=lambda _args: parser.print_help() or 2)
+
+    list_parser = commands.add_parser(
+        "list",
+        parents=[common],
+        help="list published versions with their aliases",
+        description="List complete versions, oldest first: creation time, parent, event-time "
+        "watermark, size, metrics and the aliases pointing at each. Partial versions "
+        "(interrupted publishes) are not shown.",
+    )
+    list_parser.set_defaults(func=_run(_list))
+
+    show = commands.add_parser(
+        "show",
+        parents=[common],
+        help="show one version's manifest (and an alias's history)",
+        description="Print the manifest of a version: source positions, watermark, metrics, "
+        "and each file's size and sha256. Given an alias, also its rollback stack and history.",
+    )
+    show.add_argument("ref", metavar="VERSION_OR_ALIAS", help="e.g. 3, v000003, latest, prod")
+    show.set_defaults(func=_run(_show))
+
+    promote = commands.add_parser(
+        "promote",
+        parents=[common],
+        help="point an alias at a version",
+        description="Point ALIAS at VERSION (creating the alias if needed). The alias's old "
+        "target is remembered, so 'rollback ALIAS' undoes this.",
+    )
+    promote.add_argument("version", metavar="VERSION", help="version number, vNNNNNN or alias")
+    promote.add_argument("alias", metavar="ALIAS", help="alias name, e.g. prod")
+    promote.set_defaults(func=_run(_promote))
+
+    rollback = commands.add_parser(
+        "rollback",
+        parents=[common],
+        help="move an alias back to its previous target",
+        description="Move ALIAS back to the version it pointed at before its last promote or "
+        "publish. Repeat to go further back.",
+    )
+    rollback.add_argument("alias", metavar="ALIAS")
+    rollback.set_defaults(func=_run(_rollback))
+
+    gc = commands.add_parser(
+        "gc",
+        parents=[common],
+        help="delete old versions and abandoned partial publishes",
+        description="Keep the newest KEEP versions plus every alias's current and previous "
+        "target; delete the rest. Also delete partial versions whose publisher died (same "
+        "host) or started more than --grace seconds ago.",
+    )
+    gc.add_argument("--keep", type=int, required=True, help="number of newest versions to keep")
+    gc.add_argument(
+        "--grace",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="age after which another host's partial publish counts as abandoned (default 3600)",
+    )
+    gc.add_argument("--dry-run", action="store_true", help="only report what would be deleted")
+    gc.set_defaults(func=_run(_gc))
+
+
+def _run(command):
+    """Wrap a subcommand: open the registry, turn registry errors into exit status 1."""
+
+    def run(args: argparse.Namespace) -> int:
+        from connectors.registry import Registry, RegistryError
+
+        try:
+            return command(Registry.open(args.registry), args)
+        except (RegistryError, ValueError) as err:
+            print(f"genrec registry {args.registry_command}: error: {err}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+def _list(registry, args: argparse.Namespace) -> int:
+    manifests = registry.list_versions()
+    by_version: dict[int, list[str]] = {}
+    for name, record in registry.aliases().items():
+        by_version.setdefault(record.version, []).append(name)
+    if args.json:
+        rows = [{**_dump(m), "aliases": by_version.get(m.version, [])} for m in manifests]
+        _print_json(rows)
+        return 0
+    table = [
+        [
+            m.name,
+            m.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            _vname(m.parent),
+            "-" if m.watermark is None else str(m.watermark),
+            str(len(m.files)),
+            _human_size(m.total_size),
+            " ".join(f"{k}={v:.4g}" for k, v in sorted(m.metrics.items())) or "-",
+            ",".join(by_version.get(m.version, [])) or "-",
+        ]
+        for m in manifests
+    ]
+    header = ["VERSION", "CREATED (UTC)", "PARENT", "WATERMARK", "FILES", "SIZE", "METRICS"]
+    _print_table([*header, "ALIASES"], table)
+    if not manifests:
+        print(f"(no published versions in {registry.location})")
+    return 0
+
+
+def _show(registry, args: argparse.Namespace) -> int:
+    from connectors.registry.manifest import parse_version_ref
+
+    alias = None if parse_version_ref(args.ref) is not None else registry.alias(args.ref)
+    manifest = registry.show(args.ref)
+    if args.json:
+        _print_json({"manifest": _dump(manifest), "alias": alias and _dump(alias)})
+        return 0
+    print(f"{manifest.name}  created {manifest.created_at.isoformat()}")
+    print(f"  parent:           {_vname(manifest.parent)}")
+    print(f"  watermark:        {manifest.watermark if manifest.watermark is not None else '-'}")
+    positions = manifest.source_positions
+    print(f"  source positions: {json.dumps(positions, sort_keys=True) if positions else '-'}")
+    for name, value in sorted(manifest.metrics.items()):
+        print(f"  metric {name}: {value:.6g}")
+    rows = [[n, _human_size(e.size), e.sha256] for n, e in sorted(manifest.files.items())]
+    _print_table(["FILE", "SIZE", "SHA256"], rows)
+    if alias is not None:
+        stack = _names(tuple(alias.previous))
+        print(f"alias {alias.alias} -> {_vname(alias.version)}; rollback stack: {stack}")
+        for move in alias.history:
+            print(f"  {move.at.isoformat()}  {move.action:<8}  {_vname(move.version)}")
+    return 0
+
+
+def _promote(registry, args: argparse.Namespace) -> int:
+    record = registry.promote(args.version, args.alias)
+    _print_alias(record, args.json, "promoted")
+    return 0
+
+
+def _rollback(registry, args: argparse.Namespace) -> int:
+    record = registry.rollback(args.alias)
+    _print_alias(record, args.json, "rolled back")
+    return 0
+
+
+def _gc(registry, args: argparse.Namespace) -> int:
+    result = registry.gc(args.keep, dry_run=args.dry_run, grace_s=args.grace)
+    if args.json:
+        _print_json(
+            {"removed": result.removed, "partial": result.partial, "dry_run": result.dry_run}
+        )
+        return 0
+    verb = "would delete" if result.dry_run else "deleted"
+    print(f"{verb} {len(result.removed)} version(s): {_names(result.removed)}")
+    print(f"{verb} {len(result.partial)} partial version(s): {_names(result.partial)}")
+    return 0
+
+
+def _print_alias(record, as_json: bool, verb: str) -> None:
+    if as_json:
+        _print_json(_dump(record))
+    else:
+        print(f"{verb} {record.alias} -> {_vname(record.version)}")
+
+
+def _dump(model) -> dict[str, Any]:
+    return model.model_dump(mode="json")
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True))
+
+
+def _print_table(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+
+
+def _vname(version: int | None) -> str:
+    from connectors.registry.manifest import version_dir_name
+
+    return "-" if version is None else version_dir_name(version)
+
+
+def _names(versions: tuple[int, ...]) -> str:
+    return ", ".join(_vname(v) for v in versions) or "-"
+
+
+def _human_size(size: int) -> str:
+    value, unit = float(size), "B"
+    for larger in ("KiB", "MiB", "GiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, larger
+    return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
