@@ -7,7 +7,11 @@ Stages (each a function ``stage_<name>(args, data) -> dict`` taking prepared pay
 - ``arrow_decode_str_ids``: the same with string ids (exercises key canonicalisation);
 - ``json_decode``: decode + validate one JSON event per payload (the codec's fast path);
 - ``json_pydantic``: the same events through ``Event.model_validate_json`` (the alternative
-  the JSON codec does not use; kept to show why).
+  the JSON codec does not use; kept to show why);
+- ``store``: the sequence store alone (late/duplicate checks + commit) per ``--batch-events``;
+- ``store_batch``: store + item vocabulary + jagged batch assembly (no model);
+- ``full_training``: the whole online step (decode, store, batch, test, train) on the first
+  ``--train-events`` events with the default HSTU (run it with ``--batch-events 256``).
 
 Example::
 
@@ -134,11 +138,100 @@ def stage_json_pydantic(args: argparse.Namespace, data: Data) -> dict[str, Any]:
     return timed(run, args.repeat)
 
 
+def decoded_batches(data: Data) -> list:
+    """The Arrow payloads decoded once (outside the timings of the later stages)."""
+    from pipeline.events import decode
+
+    return [decode(r).events for r in records(data.arrow, "arrow")]
+
+
+def stage_store(args: argparse.Namespace, data: Data) -> dict[str, Any]:
+    """Sequence store alone: plan (late/duplicate checks) + commit, per micro-batch."""
+    from pipeline.events import EventBatch
+    from pipeline.store import SequenceStore
+
+    events = EventBatch.concat(decoded_batches(data))
+    size = args.batch_events
+    refs = np.ones(len(events), dtype=np.int64)
+
+    def run() -> int:
+        store = SequenceStore(max_len=args.max_len, tolerance_s=3600)
+        for lo in range(0, len(events), size):
+            chunk = events.take(slice(lo, lo + size))
+            plan = store.plan(chunk.user_id, chunk.timestamp, chunk.event_id)
+            store.commit(plan, refs[: len(chunk)], chunk.action, chunk.value)
+        return len(events)
+
+    out = timed(run, args.repeat)
+    out.update(batch_events=size, max_len=args.max_len)
+    return out
+
+
+def stage_store_batch(args: argparse.Namespace, data: Data) -> dict[str, Any]:
+    """Sequence store + vocabulary + jagged batch assembly (+ store commit), no model."""
+    from model.vocab import ItemVocabulary
+    from pipeline.batching import BatchBuilder
+    from pipeline.events import EventBatch
+    from pipeline.store import SequenceStore
+
+    events = EventBatch.concat(decoded_batches(data))
+    size = args.batch_events
+
+    def run() -> int:
+        store = SequenceStore(max_len=args.max_len, tolerance_s=3600)
+        builder = BatchBuilder(store, ItemVocabulary(capacity=1_000_000), args.max_len // 2)
+        for lo in range(0, len(events), size):
+            builder.commit(builder.build(events.take(slice(lo, lo + size))))
+        return len(events)
+
+    out = timed(run, args.repeat)
+    out.update(batch_events=size, max_len=args.max_len)
+    return out
+
+
+def stage_full_training(args: argparse.Namespace, data: Data) -> dict[str, Any]:
+    """The whole online step on Arrow records: decode, store, batch, test, train (CPU)."""
+    import tempfile
+
+    from pipeline.config import load_config
+    from pipeline.deadletter import MemoryDeadLetterSink
+    from pipeline.events import EventBatch, encode_arrow
+    from pipeline.trainer import OnlineTrainer
+
+    events = EventBatch.concat(decoded_batches(data)).take(slice(0, args.train_events))
+    step = args.batch_events
+    payloads = [encode_arrow(events.take(slice(i, i + step))) for i in range(0, len(events), step)]
+    recs = records(payloads, "arrow")
+    cfg = load_config(
+        overrides={
+            "run_dir": tempfile.gettempdir(),  # unused: process_records writes no files
+            "store": {"max_len": args.max_len},
+            "vocab": {"capacity": int(np.unique(events.item_id).size) + 1},
+            "train": {"batch_events": step},
+            "observability": {"prometheus_port": 0},
+        },
+        environ={},
+    )
+
+    def run() -> int:
+        trainer = OnlineTrainer(cfg, source=None, dead_letters=MemoryDeadLetterSink())
+        for r in recs:
+            trainer.process_records([r])
+        return int(trainer.counters["events_trained"])
+
+    out = timed(run, 1)
+    out.update(batch_events=step, max_len=args.max_len, model="hstu d=64 L=2 (defaults)")
+    return out
+
+
 STAGES: dict[str, Callable[[argparse.Namespace, Data], dict[str, Any]]] = {
     "arrow_decode": stage_arrow_decode,
     "arrow_decode_str_ids": stage_arrow_decode_str_ids,
     "json_decode": stage_json_decode,
     "json_pydantic": stage_json_pydantic,
+    "store": stage_store,
+    "store_batch": stage_store_batch,
+    "full_training": stage_full_training,
 }
 
 
@@ -150,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="timings per stage; best is kept")
     parser.add_argument("--stages", nargs="+", choices=list(STAGES), default=list(STAGES))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-events", type=int, default=4096, help="store/training batch")
+    parser.add_argument("--max-len", type=int, default=50, help="history length N")
+    parser.add_argument("--train-events", type=int, default=20_000, help="full_training events")
     args = parser.parse_args(argv)
 
     single_core()

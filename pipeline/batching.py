@@ -1,0 +1,195 @@
+"""Micro-batch assembly: new events + stored history -> one JaggedBatch for test-then-train.
+
+When events e1..ek of user u arrive in a micro-batch, u's sequence is u's stored history
+(events no later than e1, inside the TTL, last <= N) followed by e1..ek in time order, and
+``is_target`` is True exactly on e1..ek (when their item has a vocabulary row and something
+precedes them). The loss covers only those targets; afterwards the store is updated, so
+every accepted event is a target at most once and never again.
+
+The model accepts at most N = ``max_len`` events per sequence. When a user brings many
+events at once, they are split into chunks of at most ``max_targets`` targets; each chunk
+becomes its own sequence whose context is the last events before it (stored history and
+earlier chunks), so every event is still a target exactly once and still sees up to
+``max_len - max_targets`` predecessors.
+
+``assemble`` is the pure array function; ``BatchBuilder`` ties it to a ``SequenceStore``
+and an ``ItemVocabulary`` (plan -> vocabulary -> history -> assemble; ``commit`` after the
+optimizer step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from model.jagged import JaggedBatch
+from model.vocab import ItemVocabulary
+from pipeline.events import EventBatch
+from pipeline.store import Histories, IngestPlan, SequenceStore
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    """A jagged training batch plus where its targets came from.
+
+    Attributes:
+        batch: item rows, timestamps, actions, offsets and ``is_target``.
+        target_event: int64 [M], for each target (in flat batch order) the index of its
+            event among the new events given to ``assemble``.
+        context_only: number of new events that are not targets because nothing precedes
+            them (a user's first event).
+        unknown_item: number of new events whose item has no row (not admitted yet).
+    """
+
+    batch: JaggedBatch
+    target_event: np.ndarray
+    context_only: int
+    unknown_item: int
+
+    @property
+    def num_targets(self) -> int:
+        return int(self.target_event.size)
+
+
+def assemble(
+    history: Histories,
+    history_rows: np.ndarray,
+    seq: np.ndarray,
+    rows: np.ndarray,
+    timestamps: np.ndarray,
+    actions: np.ndarray,
+    max_len: int,
+    max_targets: int,
+) -> MicroBatch:
+    """Build the micro-batch from per-user histories and new events.
+
+    Args:
+        history: U stored histories (sequence u belongs to user u).
+        history_rows: int64 item rows of ``history.item_refs`` (0 = unknown).
+        seq: int64 [n] user index (0..U-1) of each new event.
+        rows, timestamps, actions: int64 [n] columns of the new events (rows: 0 = unknown).
+        max_len: N, the longest sequence the model takes.
+        max_targets: most new events per sequence (1 <= max_targets < max_len).
+    """
+    if not 1 <= max_targets < max_len:
+        raise ValueError(f"need 1 <= max_targets < max_len, got {max_targets}, {max_len}")
+    n_users = history.offsets.size - 1
+    n = seq.size
+    # New events per user in (time, arrival) order.
+    order = np.lexsort((np.arange(n), timestamps, seq))
+    k = np.bincount(seq, minlength=n_users)
+    h = history.lengths()
+    comb_len = h + k
+    comb_off = np.concatenate(([0], np.cumsum(comb_len)))
+    new_pos = np.arange(n) - np.repeat(np.cumsum(k) - k, k)  # rank within user, sorted
+    total = int(comb_off[-1])
+
+    c_rows = np.zeros(total, dtype=np.int64)
+    c_ts = np.zeros(total, dtype=np.int64)
+    c_act = np.zeros(total, dtype=np.int64)
+    c_event = np.full(total, -1, dtype=np.int64)
+    hist_seq = np.repeat(np.arange(n_users), h)
+    hist_dst = comb_off[hist_seq] + np.arange(hist_seq.size) - np.repeat(history.offsets[:-1], h)
+    c_rows[hist_dst] = history_rows
+    c_ts[hist_dst] = history.timestamps
+    c_act[hist_dst] = history.actions
+    sorted_seq = seq[order]
+    new_dst = comb_off[sorted_seq] + h[sorted_seq] + new_pos
+    c_rows[new_dst] = rows[order]
+    c_ts[new_dst] = timestamps[order]
+    c_act[new_dst] = actions[order]
+    c_event[new_dst] = order
+
+    # Chunks of at most max_targets new events, each with its own context window.
+    chunks = -(-k // max_targets)
+    ch_user = np.repeat(np.arange(n_users), chunks)
+    ch_index = np.arange(ch_user.size) - np.repeat(np.cumsum(chunks) - chunks, chunks)
+    first_new = ch_index * max_targets
+    end = h[ch_user] + np.minimum(first_new + max_targets, k[ch_user])
+    start = np.maximum(0, end - max_len)
+    win_len = end - start
+    offsets = np.concatenate(([0], np.cumsum(win_len))).astype(np.int64)
+    pos = np.arange(int(offsets[-1])) - np.repeat(offsets[:-1], win_len)
+    src = np.repeat(comb_off[ch_user] + start, win_len) + pos
+    target_from = np.repeat(h[ch_user] + first_new - start, win_len)
+    is_new = pos >= target_from
+    out_rows = c_rows[src]
+    is_target = is_new & (pos > 0) & (out_rows > 0)
+    batch = JaggedBatch.from_numpy(
+        item_ids=out_rows,
+        timestamps=c_ts[src],
+        offsets=offsets,
+        action_types=c_act[src],
+        is_target=is_target,
+    )
+    return MicroBatch(
+        batch=batch,
+        target_event=c_event[src][is_target],
+        context_only=int((is_new & (pos == 0) & (out_rows > 0)).sum()),
+        unknown_item=int((rows == 0).sum()),
+    )
+
+
+@dataclass(frozen=True)
+class PreparedBatch:
+    """One decoded event batch, vetted by the store and mapped by the vocabulary.
+
+    Attributes:
+        events: the decoded events as given.
+        plan: the store's accept/reject verdict per event.
+        accepted: int64 indices of the accepted events.
+        rows: int64 item row of each accepted event (0 = not admitted).
+        assigned_rows: rows the vocabulary handed to new keys (re-initialise them).
+        micro: the training batch over the accepted events (``target_event`` indexes
+            ``accepted``).
+    """
+
+    events: EventBatch
+    plan: IngestPlan
+    accepted: np.ndarray
+    rows: np.ndarray
+    assigned_rows: np.ndarray
+    micro: MicroBatch
+
+    @property
+    def num_accepted(self) -> int:
+        return int(self.accepted.size)
+
+
+class BatchBuilder:
+    """Runs store + vocabulary + assembly for each decoded batch (see module docstring)."""
+
+    def __init__(self, store: SequenceStore, vocab: ItemVocabulary, max_targets: int) -> None:
+        self.store = store
+        self.vocab = vocab
+        self.max_targets = max_targets
+
+    def build(self, events: EventBatch) -> PreparedBatch:
+        """Plan, admit items and assemble; the store is not modified until ``commit``."""
+        plan = self.store.plan(events.user_id, events.timestamp, events.event_id)
+        accepted = np.flatnonzero(plan.accepted)
+        ts = events.timestamp[accepted]
+        obs = self.vocab.observe(events.item_id[accepted], ts)
+        users, seq = np.unique(plan.user_index[accepted], return_inverse=True)
+        cutoff = np.full(users.size, np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(cutoff, seq, ts)
+        history = self.store.history(plan.slots[users], cutoff)
+        micro = assemble(
+            history,
+            self.vocab.resolve(history.item_refs),
+            seq.astype(np.int64).reshape(-1),
+            obs.rows,
+            ts,
+            events.action[accepted],
+            max_len=self.store.max_len,
+            max_targets=self.max_targets,
+        )
+        return PreparedBatch(events, plan, accepted, obs.rows, obs.assigned, micro)
+
+    def commit(self, prepared: PreparedBatch) -> np.ndarray:
+        """Store the accepted events, then expire items by event time; returns freed rows."""
+        refs = np.zeros(len(prepared.events), dtype=np.int64)
+        refs[prepared.accepted] = self.vocab.refs(prepared.rows)
+        self.store.commit(prepared.plan, refs, prepared.events.action, prepared.events.value)
+        return self.vocab.expire(self.store.watermark)

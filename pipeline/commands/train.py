@@ -1,0 +1,211 @@
+"""``genrec train``: the online test-then-train daemon.
+
+Wires the configuration (``pipeline.config``) to a source, a dead-letter sink, the checkpoint
+store, the registry and the Prometheus endpoint, resumes from the newest checkpoint, and runs
+``pipeline.trainer.OnlineTrainer`` until the source ends, a bound is reached, or SIGTERM /
+SIGINT arrives (then it finishes the current batch, checkpoints and exits 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import threading
+from typing import Any
+
+from pipeline.config import (
+    TrainerConfig,
+    deep_merge,
+    describe_options,
+    dotted_overrides,
+    load_config,
+    nested,
+)
+
+log = logging.getLogger(__name__)
+
+# CLI flag -> config key (dotted). Everything else: --set SECTION.KEY=VALUE or the YAML file.
+_FLAGS: dict[str, tuple[str, type, str]] = {
+    "source": ("source.kind", str, "event source: synthetic, file or kafka"),
+    "path": ("source.path", str, "file to replay with --source file (JSONL, CSV, Parquet, ...)"),
+    "topic": ("source.kafka.topic", str, "Kafka topic with --source kafka"),
+    "bootstrap_servers": ("source.kafka.bootstrap_servers", str, "Kafka bootstrap servers"),
+    "max_events": ("train.max_events", int, "stop after this many more input events"),
+    "duration": ("train.duration_s", float, "stop after this many seconds"),
+    "batch_events": ("train.batch_events", int, "events per micro-batch (optimizer step)"),
+    "lr": ("train.lr", float, "Adam learning rate"),
+    "device": ("train.device", str, "torch device, e.g. cpu or cuda"),
+    "threads": ("train.threads", int, "torch CPU threads"),
+    "seed": ("train.seed", int, "random seed"),
+    "run_dir": ("run_dir", str, "logs, dead letters and summary directory"),
+    "checkpoint_dir": ("checkpoint.dir", str, "checkpoint directory"),
+    "checkpoint_every_events": ("checkpoint.every_events", int, "checkpoint every N events"),
+    "checkpoint_every_s": ("checkpoint.every_s", float, "checkpoint every N seconds"),
+    "registry": ("registry.uri", str, "registry path or URI"),
+    "publish_every_events": ("registry.every_events", int, "publish every N events"),
+    "publish_every_s": ("registry.every_s", float, "publish every N seconds"),
+    "metrics_port": ("observability.prometheus_port", int, "Prometheus port (0: off)"),
+    "log_every": ("observability.log_every_s", float, "progress log period, seconds"),
+}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train online from an event stream (test-then-train, checkpoints, registry)",
+        description=(
+            "Train an HSTU model online: every event is scored before it is trained on, "
+            "checkpoints hold model, optimizer, vocabulary, sequence store and source "
+            "positions, and versions are published to the registry. Settings come from "
+            "defaults < --config YAML < GENREC_<SECTION>__<KEY> environment variables < flags."
+        ),
+        epilog="configuration keys (YAML sections, --set, GENREC_ env vars):\n"
+        + "\n".join(describe_options()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", metavar="FILE", help="YAML configuration file")
+    for name, (key, kind, text) in _FLAGS.items():
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(
+            flag, dest=name, type=kind, metavar=name.upper(), help=f"{text} ({key})"
+        )
+    parser.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="start fresh even if the checkpoint directory has checkpoints",
+    )
+    parser.add_argument(
+        "--no-publish", action="store_true", help="do not publish versions to the registry"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override any configuration key (repeatable), e.g. --set vocab.capacity=50000",
+    )
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved configuration and exit"
+    )
+    parser.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainerConfig:
+    """Named flags, then ``--set`` items, over the YAML file and the environment."""
+    cli: dict[str, Any] = {}
+    for name, (key, _, _) in _FLAGS.items():
+        value = getattr(args, name)
+        if value is not None:  # typed by argparse: no YAML re-parsing of paths
+            cli = deep_merge(cli, nested(key.split("."), value))
+    if args.no_resume:
+        cli = deep_merge(cli, {"checkpoint": {"resume": False}})
+    if args.no_publish:
+        cli = deep_merge(cli, {"registry": {"enabled": False}})
+    cli = deep_merge(cli, dotted_overrides(args.overrides))
+    return load_config(args.config, cli)
+
+
+def make_source(cfg: TrainerConfig) -> Any:
+    """The configured ``Source``; Kafka is imported only when selected."""
+    src = cfg.source
+    if src.kind == "synthetic":
+        from pipeline.sources.synthetic import SyntheticSource
+        from pipeline.synthetic import SyntheticConfig
+
+        s = src.synthetic
+        synthetic = SyntheticConfig(
+            num_users=s.num_users,
+            num_items=s.num_items,
+            events_per_user=s.events_per_user,
+            drift_at=s.drift_at,
+            churn=s.churn,
+            seed=s.seed,
+        )
+        per_record = src.events_per_record or (
+            cfg.train.batch_events if src.codec == "arrow" else None
+        )
+        return SyntheticSource(synthetic, codec=src.codec, events_per_record=per_record)
+    if src.kind == "file":
+        from pipeline.sources.files import FileSource
+
+        assert src.path is not None  # checked by the config
+        return FileSource(src.path, format=src.format, events_per_record=src.events_per_record)
+    try:
+        from connectors.kafka.source import KafkaSource
+    except ImportError as err:
+        raise SystemExit(
+            f"--source kafka needs connectors/kafka/source.py (KafkaSource), which is not "
+            f"available in this installation ({err}); use --source synthetic or file"
+        ) from err
+    return KafkaSource(
+        topic=src.kafka.topic,
+        bootstrap_servers=src.kafka.bootstrap_servers,
+        group_id=src.kafka.group_id,
+    )
+
+
+def make_dead_letter_sink(cfg: TrainerConfig) -> Any:
+    """JSONL file under the run directory by default; a Kafka topic when configured."""
+    if cfg.dead_letter.kind == "jsonl":
+        from pipeline.deadletter import JsonlDeadLetterSink
+
+        return JsonlDeadLetterSink(cfg.dead_letter_path)
+    try:
+        from connectors.kafka.deadletter import KafkaDeadLetterSink
+    except ImportError as err:
+        raise SystemExit(
+            f"dead_letter.kind=kafka needs connectors/kafka/deadletter.py ({err}); "
+            "use dead_letter.kind=jsonl"
+        ) from err
+    return KafkaDeadLetterSink(
+        topic=cfg.source.kafka.dead_letter_topic or f"{cfg.source.kafka.topic}.dlq",
+        bootstrap_servers=cfg.source.kafka.bootstrap_servers,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    if args.print_config:
+        print(json.dumps(cfg.model_dump(mode="json"), indent=2))
+        return 0
+    from connectors.registry import Registry
+    from pipeline.checkpoint import CheckpointStore
+    from pipeline.observability import TrainerMetrics
+    from pipeline.trainer import OnlineTrainer
+
+    source = make_source(cfg)
+    sink = make_dead_letter_sink(cfg)
+    registry = Registry.open(cfg.registry.uri, create=True) if cfg.registry.enabled else None
+    metrics = TrainerMetrics(cfg.observability.prometheus_host, cfg.observability.prometheus_port)
+    trainer = OnlineTrainer(
+        cfg,
+        source,
+        sink,
+        checkpoints=CheckpointStore(cfg.checkpoint.dir, keep=cfg.checkpoint.keep),
+        registry=registry,
+        metrics=metrics,
+    )
+    if cfg.checkpoint.resume:
+        trainer.restore()
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info(
+            "%s: finishing the current batch, then checkpoint and exit", signal.strsignal(signum)
+        )
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        summary = trainer.run(stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        sink.close()
+        source.close()
+    print(json.dumps(summary, indent=2, default=float))
+    return 0

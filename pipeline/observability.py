@@ -1,0 +1,142 @@
+"""What the online trainer tells the outside: Prometheus metrics, log lines, a metrics log.
+
+* ``TrainerMetrics`` owns a private Prometheus ``CollectorRegistry`` (so tests and several
+  trainers in one process never collide) and serves it on ``host:port`` (127.0.0.1 by
+  default; port 0 disables the endpoint). Metric names start with ``genrec_``.
+* ``progress_line`` formats the periodic log line (rate, ETA when the run is bounded, metrics).
+* ``MetricsLog`` appends one JSON object per line, the file the demo plots.
+
+``set_consumer_lag(partition, lag)`` is the hook for sources that know their lag (Kafka).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any
+
+log = logging.getLogger(__name__)
+
+
+class TrainerMetrics:
+    """Prometheus gauges and counters of one trainer."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge
+
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.events = Counter("genrec_events", "input events decoded (valid)", registry=r)
+        self.trained = Counter("genrec_trained_events", "events applied to the model", registry=r)
+        self.targets = Counter("genrec_targets", "events scored then trained on", registry=r)
+        self.rejected = Counter(
+            "genrec_rejected", "rejected inputs by reason", ["reason"], registry=r
+        )
+        self.rate = Gauge("genrec_events_per_second", "input events per second", registry=r)
+        self.loss = Gauge("genrec_loss", "last micro-batch sampled-softmax loss", registry=r)
+        self.window = Gauge(
+            "genrec_window_metric", "windowed progressive metric", ["metric"], registry=r
+        )
+        self.checkpoint_time = Gauge(
+            "genrec_checkpoint_timestamp_seconds", "unix time of the last checkpoint", registry=r
+        )
+        self.checkpoint_age = Gauge(
+            "genrec_checkpoint_age_seconds", "seconds since the last checkpoint", registry=r
+        )
+        self.published = Gauge("genrec_published_version", "last published version", registry=r)
+        self.store_users = Gauge("genrec_store_users", "users in the sequence store", registry=r)
+        self.store_events = Gauge("genrec_store_events", "events in the sequence store", registry=r)
+        self.vocab_size = Gauge("genrec_vocab_size", "items with an embedding row", registry=r)
+        self.watermark = Gauge("genrec_watermark_seconds", "event-time watermark", registry=r)
+        self.lag = Gauge("genrec_consumer_lag", "records behind the end", ["partition"], registry=r)
+        self.port = 0
+        if port:
+            self._serve(host, port)
+
+    def _serve(self, host: str, port: int) -> None:
+        from prometheus_client import start_http_server
+
+        try:
+            start_http_server(port, addr=host, registry=self.registry)
+        except OSError as err:
+            log.warning(
+                "cannot serve Prometheus metrics on %s:%d (%s); training continues without "
+                "the endpoint (set observability.prometheus_port / --metrics-port)",
+                host,
+                port,
+                err,
+            )
+            return
+        self.port = port
+        log.info("Prometheus metrics on http://%s:%d/metrics", host, port)
+
+    def set_consumer_lag(self, partition: str, lag: int) -> None:
+        """Hook for sources that know how far behind they are."""
+        self.lag.labels(partition=partition).set(lag)
+
+    def add_rejects(self, counts: Mapping[str, int]) -> None:
+        for reason, n in counts.items():
+            if n:
+                self.rejected.labels(reason=reason).inc(n)
+
+    def set_window(self, metrics: Mapping[str, float]) -> None:
+        for name, value in metrics.items():
+            if not math.isnan(value):
+                self.window.labels(metric=name).set(value)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def progress_line(snapshot: Mapping[str, Any], max_events: int | None) -> str:
+    """``events=... (rate/s) ETA ... loss ... ndcg@10(win) ...`` from a metrics snapshot."""
+    events = snapshot["events_seen"]
+    rate = snapshot["events_per_s"]
+    parts = [f"events={events:,}", f"{rate:,.0f}/s"]
+    if max_events:
+        eta = (max_events - events) / rate if rate > 0 else math.inf
+        parts.append(f"{100 * events / max_events:.0f}%")
+        parts.append("ETA " + (_duration(eta) if math.isfinite(eta) else "?"))
+    parts.append(f"targets={snapshot['targets']:,}")
+    parts.append(f"loss={snapshot['loss']:.3f}")
+    for name, value in snapshot["window"].items():
+        parts.append(f"{name}(win)={value:.4f}")
+    parts.append(f"rejected={sum(snapshot['rejected'].values()):,}")
+    parts.append(f"users={snapshot['store_users']:,}")
+    parts.append(f"items={snapshot['vocab_size']:,}")
+    return " ".join(parts)
+
+
+class MetricsLog:
+    """Appends one JSON object per line (NaN written as null)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: IO[str] | None = self.path.open("a", encoding="utf-8")
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        if self._file is None:
+            raise ValueError(f"metrics log {self.path} is closed")
+        self._file.write(json.dumps(_finite(record)) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value

@@ -1,0 +1,485 @@
+"""Per-user sequence store: the recent history every new event is appended to.
+
+Layout: one slot per user in 2-D numpy arrays ``[slots, max_len]`` (item reference,
+timestamp, action, value, event-id hash), each row sorted by event time, plus a length and a
+last-event time per slot. Every operation works on a whole micro-batch with numpy
+(grouping by user via ``np.unique``/``argsort``); there is no per-event Python object.
+
+Semantics:
+
+* **Cap**: a user keeps their last ``max_len`` events.
+* **Event-time TTL**: events older than ``watermark - ttl_s`` are not returned and are
+  dropped; users with nothing left are removed. The watermark is the largest event time the
+  store has accepted, so replays age data exactly like the live stream.
+* **User cap**: at most ``max_users`` users; when a batch brings new users beyond that, the
+  least recently active users (by last event time) not in the batch are evicted.
+* **Out of order**: an event up to ``tolerance_s`` older than the user's latest event is
+  inserted in time order; an older one is rejected as ``late``.
+* **Duplicates**: an event whose ``event_id`` matches one of the user's stored events, or an
+  earlier event of the same batch, is rejected as ``duplicate``. Memory stays bounded because
+  only the ids of stored events are kept (a 64-bit hash each); events without an id are never
+  treated as duplicates.
+
+Items are stored as opaque int64 references (``ItemVocabulary.refs``), so the store never
+needs to know item keys. Snapshots are ``numpy.savez`` archives read with
+``allow_pickle=False``.
+
+Use per batch: ``plan = store.plan(users, timestamps, event_ids)`` (what to accept),
+``store.history(plan, cutoff)`` (the stored prefix to put before the new events), then
+``store.commit(plan, ...)`` once the batch is trained.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from model.vocab import Key, factorize, keys_from_arrays, keys_to_arrays
+
+REJECT_LATE = "late"
+REJECT_DUPLICATE = "duplicate"
+_INT64_MIN = np.iinfo(np.int64).min
+
+_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+_FNV_PRIME = np.uint64(0x100000001B3)
+
+
+def hash_event_ids(event_ids: np.ndarray | None, n: int) -> np.ndarray:
+    """Stable 64-bit FNV-1a hashes of event ids (0 = no id), vectorised over the batch.
+
+    Python's ``hash`` is salted per process, so it cannot survive a checkpoint.
+    """
+    if event_ids is None:
+        return np.zeros(n, dtype=np.int64)
+    present = np.array([e is not None for e in event_ids.tolist()], dtype=bool)
+    out = np.zeros(n, dtype=np.int64)
+    if not present.any():
+        return out
+    raw = np.array([e.encode("utf-8") for e in event_ids[present].tolist()], dtype=np.bytes_)
+    width = raw.dtype.itemsize
+    chars = raw.view(np.uint8).reshape(-1, width)
+    lengths = np.char.str_len(raw)
+    h = np.full(chars.shape[0], _FNV_OFFSET, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(width):
+            live = lengths > j
+            mixed = (h ^ chars[:, j].astype(np.uint64)) * _FNV_PRIME
+            h = np.where(live, mixed, h)
+    hashed = h.view(np.int64)
+    out[present] = np.where(hashed == 0, 1, hashed)  # 0 means "no id"
+    return out
+
+
+@dataclass(frozen=True)
+class IngestPlan:
+    """The store's verdict on one batch, before anything is written.
+
+    Attributes:
+        user_keys: distinct users of the batch (Python int/str).
+        user_index: int64 [n], index into ``user_keys`` per event.
+        slots: int64 [len(user_keys)], the user's slot or -1 for a user not stored yet.
+        accepted: bool [n], events to keep (train on, then store).
+        reasons: [n] reject reason per event ("" when accepted).
+        event_hash: int64 [n], event-id hashes (0: no id).
+        timestamps: int64 [n].
+    """
+
+    user_keys: list[Key]
+    user_index: np.ndarray
+    slots: np.ndarray
+    accepted: np.ndarray
+    reasons: np.ndarray
+    event_hash: np.ndarray
+    timestamps: np.ndarray
+
+    def reject_counts(self) -> dict[str, int]:
+        names, counts = np.unique(self.reasons[~self.accepted], return_counts=True)
+        return {str(k): int(v) for k, v in zip(names.tolist(), counts.tolist(), strict=True)}
+
+
+@dataclass(frozen=True)
+class Histories:
+    """Stored events of some users as a jagged block (one sequence per requested user)."""
+
+    offsets: np.ndarray  # int64 [U+1]
+    item_refs: np.ndarray
+    timestamps: np.ndarray
+    actions: np.ndarray
+    values: np.ndarray
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+class SequenceStore:
+    """Bounded per-user event histories (see the module docstring for the semantics).
+
+    Args:
+        max_len: events kept per user (N).
+        max_users: most users kept; least recently active ones are evicted beyond it.
+        ttl_s: event-time TTL in seconds (None: keep forever).
+        tolerance_s: how much older than a user's latest event a new event may be.
+    """
+
+    _COLUMNS = ("refs", "ts", "action", "value", "ehash")
+
+    def __init__(
+        self,
+        max_len: int,
+        max_users: int = 1_000_000,
+        ttl_s: int | None = None,
+        tolerance_s: int = 0,
+    ) -> None:
+        if max_len < 1 or max_users < 1:
+            raise ValueError(f"need max_len >= 1 and max_users >= 1, got {max_len}, {max_users}")
+        if ttl_s is not None and ttl_s <= 0:
+            raise ValueError(f"ttl_s must be positive or None, got {ttl_s}")
+        if tolerance_s < 0:
+            raise ValueError(f"tolerance_s must be >= 0, got {tolerance_s}")
+        self.max_len = max_len
+        self.max_users = max_users
+        self.ttl_s = ttl_s
+        self.tolerance_s = tolerance_s
+        self.watermark = _INT64_MIN  # largest accepted event time
+        self._slot_of: dict[Key, int] = {}
+        self._key_of: list[Key | None] = []
+        self._free: list[int] = []
+        self._alloc(0)
+        self.counters: dict[str, int] = {
+            "events_stored": 0,
+            REJECT_LATE: 0,
+            REJECT_DUPLICATE: 0,
+            "users_evicted_lru": 0,
+            "users_expired_ttl": 0,
+        }
+
+    # ---------------------------------------------------------------- storage
+    def _alloc(self, slots: int) -> None:
+        self.refs = np.zeros((slots, self.max_len), dtype=np.int64)
+        self.ts = np.zeros((slots, self.max_len), dtype=np.int64)
+        self.action = np.zeros((slots, self.max_len), dtype=np.int32)
+        self.value = np.zeros((slots, self.max_len), dtype=np.float32)
+        self.ehash = np.zeros((slots, self.max_len), dtype=np.int64)
+        self.length = np.zeros(slots, dtype=np.int64)
+        self.last_ts = np.full(slots, _INT64_MIN, dtype=np.int64)
+
+    def _grow(self, needed: int) -> None:
+        old = self.length.size
+        if needed <= old:
+            return
+        new = min(max(needed, 2 * old, 1024), self.max_users)
+        for name in (*self._COLUMNS, "length", "last_ts"):
+            arr = getattr(self, name)
+            fill = _INT64_MIN if name == "last_ts" else 0
+            grown = np.full((new, *arr.shape[1:]), fill, dtype=arr.dtype)
+            grown[:old] = arr
+            setattr(self, name, grown)
+        self._key_of.extend([None] * (new - old))
+        self._free.extend(range(new - 1, old - 1, -1))
+
+    @property
+    def num_users(self) -> int:
+        return len(self._slot_of)
+
+    @property
+    def num_events(self) -> int:
+        return int(self.length.sum())
+
+    def ttl_floor(self) -> int:
+        """Oldest event time still inside the TTL."""
+        if self.ttl_s is None or self.watermark == _INT64_MIN:
+            return _INT64_MIN
+        return self.watermark - self.ttl_s
+
+    def user_history(self, user: Key) -> dict[str, np.ndarray]:
+        """One user's stored events (copies), for tests and debugging."""
+        slot = self._slot_of.get(user)
+        if slot is None:
+            return {c: getattr(self, c)[:0, 0].copy() for c in self._COLUMNS}
+        n = int(self.length[slot])
+        return {c: getattr(self, c)[slot, :n].copy() for c in self._COLUMNS}
+
+    # ------------------------------------------------------------------ plan
+    def plan(
+        self,
+        users: np.ndarray | Sequence[Key],
+        timestamps: np.ndarray,
+        event_ids: np.ndarray | None = None,
+    ) -> IngestPlan:
+        """Decide which events of a batch to accept (late / duplicate); writes nothing."""
+        timestamps = np.asarray(timestamps, dtype=np.int64)
+        n = timestamps.size
+        user_keys, inverse = factorize(users)
+        get = self._slot_of.get
+        slots = np.fromiter((get(k, -1) for k in user_keys), dtype=np.int64, count=len(user_keys))
+        ehash = hash_event_ids(event_ids, n)
+        reasons = np.full(n, "", dtype="<U9")
+
+        # Late: older than the newest earlier event of the user (stored or in this batch).
+        ev_slot = slots[inverse]
+        known = ev_slot >= 0
+        stored_last = np.full(n, _INT64_MIN, dtype=np.int64)
+        stored_last[known] = self.last_ts[ev_slot[known]]
+        batch_prev = _previous_running_max(inverse, timestamps)
+        reference = np.maximum(stored_last, batch_prev)
+        late = (reference != _INT64_MIN) & (timestamps < reference - self.tolerance_s)
+        reasons[late] = REJECT_LATE
+
+        # Duplicates: same event id as a stored event of the user, or an earlier batch event.
+        has_id = ehash != 0
+        dup = np.zeros(n, dtype=bool)
+        check = np.flatnonzero(has_id & known & ~late)
+        if check.size:
+            s = ev_slot[check]
+            in_row = np.arange(self.max_len)[None, :] < self.length[s][:, None]
+            dup[check] = ((self.ehash[s] == ehash[check][:, None]) & in_row).any(axis=1)
+        ids = np.flatnonzero(has_id & ~late & ~dup)
+        if ids.size:
+            pairs = np.stack([inverse[ids], ehash[ids]], axis=1)
+            _, first = np.unique(pairs, axis=0, return_index=True)
+            repeat = np.ones(ids.size, dtype=bool)
+            repeat[first] = False
+            dup[ids[repeat]] = True
+        reasons[dup] = REJECT_DUPLICATE
+        return IngestPlan(user_keys, inverse, slots, ~(late | dup), reasons, ehash, timestamps)
+
+    # --------------------------------------------------------------- history
+    def history(self, slots: np.ndarray, cutoff: np.ndarray) -> Histories:
+        """Per requested slot, its stored events with ``ttl_floor() <= t <= cutoff``.
+
+        Slot -1 (a user not stored yet) yields an empty sequence. ``cutoff`` is the time of
+        the user's first new event, so an out-of-order event never sees later events as its
+        past.
+        """
+        slots = np.asarray(slots, dtype=np.int64)
+        known = slots >= 0
+        safe = np.where(known, slots, 0)
+        if self.length.size == 0:
+            lo = hi = np.zeros(slots.size, dtype=np.int64)
+        else:
+            ts = self.ts[safe]
+            in_row = (
+                np.arange(self.max_len)[None, :] < np.where(known, self.length[safe], 0)[:, None]
+            )
+            hi = (in_row & (ts <= np.asarray(cutoff, dtype=np.int64)[:, None])).sum(axis=1)
+            lo = (in_row & (ts < self.ttl_floor())).sum(axis=1)
+            lo = np.minimum(lo, hi)
+        lengths = hi - lo
+        offsets = np.zeros(slots.size + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        rows = np.repeat(safe, lengths)
+        cols = np.arange(int(offsets[-1]), dtype=np.int64) - np.repeat(offsets[:-1] - lo, lengths)
+        return Histories(
+            offsets=offsets,
+            item_refs=self.refs[rows, cols],
+            timestamps=self.ts[rows, cols],
+            actions=self.action[rows, cols].astype(np.int64),
+            values=self.value[rows, cols],
+        )
+
+    # ---------------------------------------------------------------- commit
+    def commit(
+        self,
+        plan: IngestPlan,
+        item_refs: np.ndarray,
+        actions: np.ndarray,
+        values: np.ndarray,
+    ) -> None:
+        """Write the accepted events of ``plan`` (columns aligned with the plan's events)."""
+        acc = np.flatnonzero(plan.accepted)
+        self.counters[REJECT_LATE] += int((plan.reasons == REJECT_LATE).sum())
+        self.counters[REJECT_DUPLICATE] += int((plan.reasons == REJECT_DUPLICATE).sum())
+        if acc.size == 0:
+            return
+        ts_new = plan.timestamps[acc]
+        self.watermark = max(self.watermark, int(ts_new.max()))
+        users_in_batch = np.unique(plan.user_index[acc])
+        slots = plan.slots.copy()
+        new_users = users_in_batch[slots[users_in_batch] < 0]
+        self._expire_users(protect=slots[users_in_batch[slots[users_in_batch] >= 0]])
+        if new_users.size:
+            self._make_room(new_users.size, protect=slots[slots >= 0])
+            self._grow(self.num_users + new_users.size)
+            for u in new_users.tolist():
+                slot = self._free.pop()
+                key = plan.user_keys[u]
+                self._slot_of[key] = slot
+                self._key_of[slot] = key
+                slots[u] = slot
+        self._merge(
+            slots[users_in_batch],
+            np.searchsorted(users_in_batch, plan.user_index[acc]),
+            {
+                "refs": np.asarray(item_refs, dtype=np.int64)[acc],
+                "ts": ts_new,
+                "action": np.asarray(actions)[acc].astype(np.int32),
+                "value": np.asarray(values, dtype=np.float32)[acc],
+                "ehash": plan.event_hash[acc],
+            },
+        )
+        self.counters["events_stored"] += int(acc.size)
+
+    def _merge(self, slots: np.ndarray, seg_new: np.ndarray, new: dict[str, np.ndarray]) -> None:
+        """Merge new events into the rows of ``slots``: time order, last max_len, TTL."""
+        old_len = self.length[slots]
+        seg_old = np.repeat(np.arange(slots.size), old_len)
+        col_old = np.arange(seg_old.size) - np.repeat(np.cumsum(old_len) - old_len, old_len)
+        row_old = slots[seg_old]
+        seg = np.concatenate([seg_old, seg_new])
+        cols = {c: np.concatenate([getattr(self, c)[row_old, col_old], new[c]]) for c in new}
+        # Sort by (user, time, stored-before-new, arrival) with one int64 key; a stable sort
+        # keeps arrival order. The stored part is already sorted, so timsort mostly merges runs.
+        ts = cols["ts"]
+        t0 = int(ts.min())
+        span = 2 * (int(ts.max()) - t0 + 1)
+        newer = np.concatenate([np.zeros(seg_old.size, np.int64), np.ones(seg_new.size, np.int64)])
+        if span * (slots.size + 1) < 2**62:
+            order = np.argsort(seg * span + (ts - t0) * 2 + newer, kind="stable")
+        else:  # the combined key would overflow int64
+            order = np.lexsort((newer, ts, seg))
+        seg = seg[order]
+        cols = {c: v[order] for c, v in cols.items()}
+        keep = cols["ts"] >= self.ttl_floor()
+        seg = seg[keep]
+        cols = {c: v[keep] for c, v in cols.items()}
+        counts = np.bincount(seg, minlength=slots.size)
+        starts = np.cumsum(counts) - counts
+        pos = np.arange(seg.size) - np.repeat(starts, counts)
+        kept = np.minimum(counts, self.max_len)
+        tail = pos >= np.repeat(counts - kept, counts)
+        dst_row = slots[seg[tail]]
+        dst_col = pos[tail] - np.repeat(counts - kept, counts)[tail]
+        for c, v in cols.items():
+            getattr(self, c)[dst_row, dst_col] = v[tail]
+        self.length[slots] = kept
+        last = np.full(slots.size, _INT64_MIN, dtype=np.int64)
+        nonempty = kept > 0
+        last[nonempty] = self.ts[slots[nonempty], kept[nonempty] - 1]
+        self.last_ts[slots] = last
+        empty = slots[~nonempty]
+        if empty.size:
+            self._remove(empty)
+            self.counters["users_expired_ttl"] += int(empty.size)
+
+    def _expire_users(self, protect: np.ndarray) -> None:
+        floor = self.ttl_floor()
+        if floor == _INT64_MIN or not self._slot_of:
+            return
+        stale = np.flatnonzero((self.length > 0) & (self.last_ts < floor))
+        stale = np.setdiff1d(stale, protect)
+        if stale.size:
+            self._remove(stale)
+            self.counters["users_expired_ttl"] += int(stale.size)
+
+    def _make_room(self, new_users: int, protect: np.ndarray) -> None:
+        excess = self.num_users + new_users - self.max_users
+        if excess <= 0:
+            return
+        occupied = np.array(list(self._slot_of.values()), dtype=np.int64)
+        candidates = np.setdiff1d(occupied, protect)
+        if candidates.size < excess:
+            raise ValueError(
+                f"one batch brings {new_users} new users but max_users={self.max_users}; "
+                "raise store.max_users or use smaller batches"
+            )
+        victims = candidates[np.argsort(self.last_ts[candidates], kind="stable")[:excess]]
+        self._remove(victims)
+        self.counters["users_evicted_lru"] += int(victims.size)
+
+    def _remove(self, slots: np.ndarray) -> None:
+        for slot in slots.tolist():
+            key = self._key_of[slot]
+            if key is None:
+                continue
+            del self._slot_of[key]
+            self._key_of[slot] = None
+            self._free.append(slot)
+        self.length[slots] = 0
+        self.last_ts[slots] = _INT64_MIN
+
+    # -------------------------------------------------------------- snapshot
+    def snapshot(self) -> bytes:
+        """Users and their events as a compact ``numpy.savez`` archive (no pickle)."""
+        keys = list(self._slot_of)
+        slots = np.array([self._slot_of[k] for k in keys], dtype=np.int64)
+        lengths = self.length[slots] if slots.size else np.zeros(0, np.int64)
+        rows = np.repeat(slots, lengths)
+        cols = np.arange(rows.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        arrays: dict[str, Any] = {
+            "params": np.array(
+                [
+                    self.max_len,
+                    self.max_users,
+                    -1 if self.ttl_s is None else self.ttl_s,
+                    self.tolerance_s,
+                    self.watermark,
+                ],
+                dtype=np.int64,
+            ),
+            "lengths": lengths,
+            "counter_names": np.array(list(self.counters), dtype=np.str_),
+            "counter_values": np.array(list(self.counters.values()), dtype=np.int64),
+        }
+        for c in self._COLUMNS:
+            arrays[f"col_{c}"] = getattr(self, c)[rows, cols]
+        for name, arr in keys_to_arrays(keys).items():
+            arrays[f"user_{name}"] = arr
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        return buf.getvalue()
+
+    @classmethod
+    def restore(cls, data: bytes) -> SequenceStore:
+        """Rebuild a store from ``snapshot()`` bytes."""
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            a = {name: z[name] for name in z.files}
+        max_len, max_users, ttl, tolerance, watermark = a["params"].tolist()
+        store = cls(max_len, max_users, None if ttl < 0 else ttl, tolerance)
+        store.watermark = watermark
+        lengths = a["lengths"]
+        n = lengths.size
+        keys = keys_from_arrays({k[5:]: v for k, v in a.items() if k.startswith("user_")}, n)
+        store._grow(n)
+        slots = np.array([store._free.pop() for _ in range(n)], dtype=np.int64)
+        for key, slot in zip(keys, slots.tolist(), strict=True):
+            store._slot_of[key] = slot
+            store._key_of[slot] = key
+        rows = np.repeat(slots, lengths)
+        cols = np.arange(rows.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        for c in cls._COLUMNS:
+            getattr(store, c)[rows, cols] = a[f"col_{c}"]
+        store.length[slots] = lengths
+        nonempty = lengths > 0
+        store.last_ts[slots[nonempty]] = store.ts[slots[nonempty], lengths[nonempty] - 1]
+        store.counters.update(
+            zip(a["counter_names"].tolist(), a["counter_values"].tolist(), strict=True)
+        )
+        return store
+
+
+def _previous_running_max(group: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Per element, the max of the earlier elements of its group (INT64_MIN if none)."""
+    n = values.size
+    out = np.full(n, _INT64_MIN, dtype=np.int64)
+    if n < 2:
+        return out
+    order = np.argsort(group, kind="stable")
+    g = group[order]
+    v = values[order]
+    # Offset each group above the previous one so one global running max never crosses
+    # a group boundary.
+    span = int(v.max()) - int(v.min()) + 1
+    shifted = g * span + (v - v.min())
+    running = np.maximum.accumulate(shifted)
+    prev = np.empty(n, dtype=np.int64)
+    prev[0] = -1
+    prev[1:] = running[:-1]
+    same = np.zeros(n, dtype=bool)
+    same[1:] = g[1:] == g[:-1]
+    result = np.where(same, prev - g * span + v.min(), _INT64_MIN)
+    out[order] = result
+    return out

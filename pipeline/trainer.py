@@ -1,0 +1,537 @@
+"""The online trainer: poll -> decode -> store/vocabulary -> batch -> test -> train -> checkpoint.
+
+One loop iteration gathers records until a micro-batch worth of events is there, decodes
+them (rejects go to the dead-letter sink, counted by reason) and processes the events in
+micro-batches of ``train.batch_events``:
+
+1. the store vets each event (late / duplicate), the vocabulary maps items to rows
+   (admitting new keys; reused rows get fresh embeddings *and* zeroed Adam moments);
+2. each user's stored history plus the new events becomes a jagged sequence whose targets
+   are exactly the new events (``pipeline.batching``);
+3. the model ranks every target against the live catalogue *before* training on it
+   (progressive HR@K / NDCG@K / MRR), then takes one sampled-softmax optimizer step;
+4. the store is updated and items past their event-time TTL are freed.
+
+A checkpoint is taken only between polls, when every polled record is fully applied, so
+the saved source positions describe exactly the saved state: after a crash the trainer
+loads the newest checkpoint, seeks the source there and every event affects the model
+exactly once. Versions are published to the registry on their own schedule, right before a
+checkpoint, with the positions and event-time watermark of that state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from model.base import select_targets
+from model.hstu import HSTU, HSTUConfig
+from model.losses import sampled_softmax_loss
+from model.vocab import ItemVocabulary
+from pipeline.batching import BatchBuilder
+from pipeline.checkpoint import CheckpointStore, state_from_bytes, state_to_bytes
+from pipeline.config import TrainerConfig
+from pipeline.deadletter import DeadLetterSink
+from pipeline.events import EventBatch, decode_records
+from pipeline.observability import MetricsLog, TrainerMetrics, progress_line
+from pipeline.progressive import ProgressiveMetrics, ranks_over_catalogue
+from pipeline.sources.base import Source, SourceRecord
+from pipeline.store import SequenceStore
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.pt"
+VOCAB_FILE = "vocab.npz"
+# Settings a checkpoint must agree with: they fix tensor shapes and stored data layout.
+_SHAPE_KEYS = ("model", "store.max_len", "vocab.capacity")
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One micro-batch: its targets' test ranks (before training) and their event times."""
+
+    events: int  # accepted events applied
+    ranks: np.ndarray  # int64 [M], 1-based rank over the live catalogue
+    target_times: np.ndarray  # int64 [M], event time of each target
+    loss: float
+
+
+def reset_item_rows(
+    reinit: Callable[[torch.Tensor], None],
+    optimizer: torch.optim.Optimizer,
+    weight: torch.Tensor,
+    rows: np.ndarray,
+) -> None:
+    """Re-initialise embedding ``rows`` and zero their optimizer state (Adam moments).
+
+    A row handed to a new item must not inherit the old item's vector nor its momentum.
+    Every per-parameter state tensor shaped like ``weight`` (exp_avg, exp_avg_sq,
+    max_exp_avg_sq) gets those rows zeroed; scalars such as ``step`` are shared by all rows
+    and stay.
+    """
+    if rows.size == 0:
+        return
+    index = torch.as_tensor(rows, dtype=torch.int64, device=weight.device)
+    reinit(index)
+    state = optimizer.state.get(weight, {})
+    with torch.no_grad():
+        for value in state.values():
+            if torch.is_tensor(value) and value.shape == weight.shape:
+                value[index] = 0
+
+
+def build_model(cfg: TrainerConfig) -> HSTU:
+    """The HSTU encoder described by ``cfg`` (item table = vocabulary capacity)."""
+    m = cfg.model
+    return HSTU(
+        HSTUConfig(
+            num_rows=cfg.vocab.capacity,
+            embedding_dim=m.embedding_dim,
+            num_layers=m.num_layers,
+            num_heads=m.num_heads,
+            max_len=cfg.store.max_len,
+            dropout=m.dropout,
+            input_dropout=m.input_dropout,
+            attention_backend=m.attention_backend,
+        )
+    )
+
+
+def _shape_config(cfg: TrainerConfig) -> dict[str, Any]:
+    dumped = cfg.model_dump(mode="json")
+    out = {}
+    for key in _SHAPE_KEYS:
+        value: Any = dumped
+        for part in key.split("."):
+            value = value[part]
+        out[key] = value
+    return out
+
+
+class OnlineTrainer:
+    """Test-then-train loop over a ``Source``; see the module docstring.
+
+    Args:
+        cfg: the configuration.
+        source: where records come from.
+        dead_letters: where rejected input goes.
+        checkpoints: checkpoint store (None: never checkpoint, e.g. benchmarks).
+        registry: where versions are published (None: never publish).
+        metrics: Prometheus metrics (None: a private, unserved set).
+    """
+
+    def __init__(
+        self,
+        cfg: TrainerConfig,
+        source: Source,
+        dead_letters: DeadLetterSink,
+        checkpoints: CheckpointStore | None = None,
+        registry: Any | None = None,
+        metrics: TrainerMetrics | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.source = source
+        self.dead_letters = dead_letters
+        self.checkpoints = checkpoints
+        self.registry = registry
+        self.metrics = metrics or TrainerMetrics(port=0)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        torch.manual_seed(cfg.train.seed)
+        self.device = torch.device(cfg.train.device)
+        self.model = build_model(cfg).to(self.device)
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
+        )
+        self.generator = torch.Generator().manual_seed(cfg.train.seed)
+        self.store = SequenceStore(
+            cfg.store.max_len, cfg.store.max_users, cfg.store.ttl_s, cfg.store.tolerance_s
+        )
+        self.vocab = ItemVocabulary(
+            cfg.vocab.capacity, cfg.vocab.admission_threshold, cfg.vocab.ttl_s
+        )
+        self.builder = BatchBuilder(self.store, self.vocab, cfg.max_targets)
+        self.progressive = ProgressiveMetrics(cfg.eval.k, cfg.eval.window)
+        self.counters: Counter[str] = Counter()
+        self.rejected: Counter[str] = Counter()
+        self.last_loss = math.nan
+        self.published: list[int] = []
+        self.last_published: int | None = None
+        self.resumed_from: str | None = None
+        self._separate_eval = cfg.model.dropout > 0 or cfg.model.input_dropout > 0
+        self._events_per_record: float | None = None
+        self._since_checkpoint = 0
+        self._since_publish = 0
+        self._last_checkpoint = time.monotonic()
+        self._last_publish = time.monotonic()
+        self._metrics_log: MetricsLog | None = None
+
+    # ------------------------------------------------------------- restore
+    def restore(self) -> bool:
+        """Load the newest complete checkpoint and seek the source to its positions."""
+        if self.checkpoints is None:
+            return False
+        ckpt = self.checkpoints.latest()
+        if ckpt is None:
+            return False
+        saved = ckpt.meta.get("shape_config")
+        if saved != _shape_config(self.cfg):
+            raise ValueError(
+                f"checkpoint {ckpt.path} was written with {saved}, but this run uses "
+                f"{_shape_config(self.cfg)}; use the same model/store/vocab settings or another "
+                "checkpoint.dir"
+            )
+        self.model.load_state_dict(state_from_bytes(ckpt.state["model"]))
+        self.optimizer.load_state_dict(state_from_bytes(ckpt.state["optimizer"]))
+        self.store = SequenceStore.restore(ckpt.state["store"])
+        self.vocab = ItemVocabulary.restore(ckpt.state["vocab"])
+        self.builder = BatchBuilder(self.store, self.vocab, self.cfg.max_targets)
+        self.progressive = ProgressiveMetrics.restore(ckpt.state["progressive"])
+        self.counters = Counter(ckpt.meta["counters"])
+        self.rejected = Counter(ckpt.meta["rejected"])
+        self.last_published = ckpt.meta.get("last_published")
+        self.source.seek(ckpt.meta["source_positions"])
+        self.resumed_from = str(ckpt.path)
+        log.info(
+            "resumed from %s: %d events trained, positions %s",
+            ckpt.path,
+            self.counters["events_trained"],
+            ckpt.meta["source_positions"],
+        )
+        return True
+
+    # ---------------------------------------------------------------- loop
+    def run(self, stop: threading.Event | None = None) -> dict[str, Any]:
+        """Train until the source is exhausted, a bound is hit or ``stop`` is set."""
+        stop = stop or threading.Event()
+        cfg = self.cfg
+        self._metrics_log = MetricsLog(cfg.metrics_log_path)
+        started = time.monotonic()
+        start_events = self.counters["events_seen"]
+        last_log = started
+        logged_targets = self.counters["targets"]
+        try:
+            while not stop.is_set():
+                if self._bound_reached(started, start_events):
+                    break
+                records = self._gather(start_events)
+                if not records:
+                    if self.source.exhausted():
+                        break
+                    continue
+                self.process_records(records)
+                now = time.monotonic()
+                if now - last_log >= cfg.observability.log_every_s:
+                    self._log_progress(started, start_events)
+                    last_log = now
+                    logged_targets = self.counters["targets"]
+                elif self.counters["targets"] - logged_targets >= cfg.eval.window:
+                    # A metrics-log point per window of targets, so short runs plot too.
+                    self._metrics_log.write(self.snapshot(started, start_events))
+                    logged_targets = self.counters["targets"]
+                self._maybe_publish_and_checkpoint()
+            self._finish()
+            return self.summary(started, start_events)
+        finally:
+            self._metrics_log.close()
+            self._metrics_log = None
+
+    def _bound_reached(self, started: float, start_events: int) -> bool:
+        """True once ``train.max_events`` more events were read or ``duration_s`` passed."""
+        train = self.cfg.train
+        done = self.counters["events_seen"] - start_events
+        if train.max_events is not None and done >= train.max_events:
+            return True
+        return train.duration_s is not None and time.monotonic() - started >= train.duration_s
+
+    def _gather(self, start_events: int) -> list[SourceRecord]:
+        """Poll until about one micro-batch of events (or the bound) is reached."""
+        cfg = self.cfg
+        target = cfg.train.batch_events
+        if cfg.train.max_events is not None:
+            done = self.counters["events_seen"] - start_events
+            target = min(target, cfg.train.max_events - done)
+        records: list[SourceRecord] = []
+        have = 0.0
+        while have < target:
+            per_record = self._events_per_record
+            # Until one record was decoded its size is unknown: an Arrow record may hold
+            # thousands of events, so ask for a single one.
+            want = 1 if per_record is None else math.ceil((target - have) / per_record)
+            got = self.source.poll(
+                max(1, min(cfg.source.poll_max_records, want)), cfg.source.poll_timeout_s
+            )
+            if not got:
+                break
+            records.extend(got)
+            if per_record is None:
+                break
+            have += len(got) * per_record
+        return records
+
+    def process_records(self, records: list[SourceRecord]) -> list[StepResult]:
+        """Decode records and train on their events, micro-batch by micro-batch."""
+        result = decode_records(records)
+        for reject in result.rejects:
+            self.dead_letters.send(reject)
+        decode_rejects = Counter(str(r.reason) for r in result.rejects)
+        # An Arrow record holds many events: learn how many, to poll the right amount.
+        n_events = len(result.events) + len(result.rejects)
+        self._events_per_record = max(1.0, n_events / len(records))
+        self.counters["records"] += len(records)
+        self.counters["events_seen"] += n_events
+        self.counters["events_valid"] += len(result.events)
+        self._since_checkpoint += n_events
+        self._since_publish += n_events
+        self.rejected.update(decode_rejects)
+        self.metrics.add_rejects(decode_rejects)
+        self.metrics.events.inc(len(result.events))
+        size = self.cfg.train.batch_events
+        return [
+            self.train_on(result.events.take(slice(lo, lo + size)))
+            for lo in range(0, len(result.events), size)
+        ]
+
+    def train_on(self, events: EventBatch) -> StepResult:
+        """One micro-batch: vet, map, assemble, score (test), train, store."""
+        prepared = self.builder.build(events)
+        if prepared.assigned_rows.size:
+            reset_item_rows(
+                self.model.reset_item_rows,
+                self.optimizer,
+                self.model.item_emb.weight,
+                prepared.assigned_rows,
+            )
+        micro = prepared.micro
+        ranks = np.empty(0, dtype=np.int64)
+        if micro.num_targets:
+            ranks = self._test_then_train(micro.batch)
+        self.builder.commit(prepared)
+        store_rejects = prepared.plan.reject_counts()
+        self.rejected.update(store_rejects)
+        self.metrics.add_rejects(store_rejects)
+        c = self.counters
+        c["events_trained"] += prepared.num_accepted
+        c["targets"] += micro.num_targets
+        c["context_only"] += micro.context_only
+        c["unknown_item"] += micro.unknown_item
+        c["steps"] += 1
+        self.metrics.trained.inc(prepared.num_accepted)
+        self.metrics.targets.inc(micro.num_targets)
+        target_times = events.timestamp[prepared.accepted[micro.target_event]]
+        return StepResult(prepared.num_accepted, ranks, target_times, self.last_loss)
+
+    def _test_then_train(self, batch: Any) -> np.ndarray:
+        """Rank every target (test), then take one optimizer step on them (train)."""
+        batch = batch.to(self.device)
+        learn = self.cfg.train.learn
+        live = torch.from_numpy(self.vocab.live_rows()).to(self.device)
+        if self._separate_eval or not learn:
+            # Dropout would perturb the test scores: score in eval mode, without gradients.
+            self.model.eval()
+            with torch.no_grad():
+                states = self.model.encode(batch)
+                targets = select_targets(batch, states)
+                ranks = ranks_over_catalogue(
+                    targets.queries, targets.items, self.model.item_embeddings(), live
+                )
+            self.model.train()
+        if learn:
+            states = self.model.encode(batch)
+            targets = select_targets(batch, states)
+            table = self.model.item_embeddings()
+            if not self._separate_eval:
+                with torch.no_grad():
+                    ranks = ranks_over_catalogue(
+                        targets.queries.detach(), targets.items, table.detach(), live
+                    )
+            loss = sampled_softmax_loss(
+                targets.queries,
+                targets.items,
+                table,
+                num_negatives=self.cfg.train.num_negatives,
+                temperature=self.cfg.train.temperature,
+                candidate_rows=live,
+                generator=self.generator,
+            )
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.last_loss = float(loss.detach())
+            self.metrics.loss.set(self.last_loss)
+        out = ranks.cpu().numpy()
+        self.progressive.update(out)
+        return out
+
+    # ---------------------------------------------- checkpoints and registry
+    def _maybe_publish_and_checkpoint(self) -> None:
+        now = time.monotonic()
+        ck, reg = self.cfg.checkpoint, self.cfg.registry
+        publish_due = (
+            self.registry is not None
+            and reg.enabled
+            and (self._since_publish >= reg.every_events or now - self._last_publish >= reg.every_s)
+        )
+        if publish_due:
+            self.publish()
+        if self.checkpoints is not None and (
+            publish_due
+            or self._since_checkpoint >= ck.every_events
+            or now - self._last_checkpoint >= ck.every_s
+        ):
+            self.checkpoint()
+        self.metrics.checkpoint_age.set(time.monotonic() - self._last_checkpoint)
+
+    def _finish(self) -> None:
+        reg = self.cfg.registry
+        unpublished = self._since_publish > 0 or self.last_published is None
+        if self.registry is not None and reg.enabled and reg.publish_on_exit and unpublished:
+            self.publish()
+        if self.checkpoints is not None:
+            self.checkpoint()
+
+    def checkpoint(self) -> Path:
+        """Save model, optimizer, vocabulary, store, metrics and positions atomically."""
+        assert self.checkpoints is not None
+        self.dead_letters.flush()  # dead letters of these events are durable first
+        positions = self.source.positions()
+        state = {
+            "model": state_to_bytes(self.model.state_dict()),
+            "optimizer": state_to_bytes(self.optimizer.state_dict()),
+            "vocab": self.vocab.snapshot(),
+            "store": self.store.snapshot(),
+            "progressive": self.progressive.snapshot(),
+        }
+        meta = {
+            "source_positions": positions,
+            "counters": dict(self.counters),
+            "rejected": dict(self.rejected),
+            "watermark": self.store.watermark,
+            "last_published": self.last_published,
+            "shape_config": _shape_config(self.cfg),
+            "config": self.cfg.model_dump(mode="json"),
+        }
+        path = self.checkpoints.save(state, meta)
+        self.source.commit(positions)  # after the checkpoint: lag monitoring only
+        self._since_checkpoint = 0
+        self._last_checkpoint = time.monotonic()
+        self.metrics.checkpoint_time.set(time.time())
+        log.debug("checkpoint %s at %s", path, positions)
+        return path
+
+    def publish(self) -> int:
+        """Publish weights, vocabulary and config with positions, watermark and metrics."""
+        assert self.registry is not None
+        hstu = asdict(self.model.cfg)
+        manifest = self.registry.publish(
+            {
+                MODEL_FILE: state_to_bytes(self.model.state_dict()),
+                VOCAB_FILE: self.vocab.snapshot(),
+            },
+            parent=self.last_published,
+            source_positions=self.source.positions(),
+            watermark=None if self.store.watermark < 0 else self.store.watermark,
+            metrics=self.registry_metrics(),
+            config={"model": "hstu", "hstu": hstu, "trainer": self.cfg.model_dump(mode="json")},
+        )
+        self.last_published = manifest.version
+        self.published.append(manifest.version)
+        self._since_publish = 0
+        self._last_publish = time.monotonic()
+        self.metrics.published.set(manifest.version)
+        log.info("published version %d", manifest.version)
+        return manifest.version
+
+    def registry_metrics(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name, value in self.progressive.windowed().items():
+            out[f"{name}_window"] = value
+        for name, value in self.progressive.cumulative().items():
+            out[f"{name}_cumulative"] = value
+        out["events_trained"] = float(self.counters["events_trained"])
+        out["targets"] = float(self.counters["targets"])
+        out["loss"] = self.last_loss
+        return {k: float(v) for k, v in out.items() if math.isfinite(v)}
+
+    # ------------------------------------------------------------ reporting
+    def snapshot(self, started: float, start_events: int) -> dict[str, Any]:
+        elapsed = max(1e-9, time.monotonic() - started)
+        self.metrics.store_users.set(self.store.num_users)
+        self.metrics.store_events.set(self.store.num_events)
+        self.metrics.vocab_size.set(len(self.vocab))
+        window = self.progressive.windowed()
+        self.metrics.set_window(window)
+        rate = (self.counters["events_seen"] - start_events) / elapsed
+        self.metrics.rate.set(rate)
+        if self.store.watermark > 0:
+            self.metrics.watermark.set(self.store.watermark)
+        return {
+            "time": time.time(),
+            "elapsed_s": elapsed,
+            "events_seen": self.counters["events_seen"],
+            "events_trained": self.counters["events_trained"],
+            "targets": self.counters["targets"],
+            "events_per_s": rate,
+            "loss": self.last_loss,
+            "window": window,
+            "cumulative": self.progressive.cumulative(),
+            "rejected": dict(self.rejected),
+            "store_users": self.store.num_users,
+            "vocab_size": len(self.vocab),
+            "watermark": self.store.watermark,
+            "published_version": self.last_published,
+        }
+
+    def _log_progress(self, started: float, start_events: int) -> None:
+        snap = self.snapshot(started, start_events)
+        log.info(progress_line(snap, self.cfg.train.max_events))
+        if self._metrics_log is not None:
+            self._metrics_log.write(snap)
+
+    def summary(self, started: float, start_events: int) -> dict[str, Any]:
+        """Final metrics, counters and published versions (also written to run_dir)."""
+        snap = self.snapshot(started, start_events)
+        out = {
+            "events_seen": snap["events_seen"],
+            "events_valid": self.counters["events_valid"],
+            "events_trained": self.counters["events_trained"],
+            "targets": self.counters["targets"],
+            "context_only": self.counters["context_only"],
+            "unknown_item": self.counters["unknown_item"],
+            "rejected": dict(self.rejected),
+            "progressive_window": snap["window"],
+            "progressive_cumulative": snap["cumulative"],
+            "events_per_s": snap["events_per_s"],
+            "elapsed_s": snap["elapsed_s"],
+            "published_versions": list(self.published),
+            "resumed_from": self.resumed_from,
+            "store_users": snap["store_users"],
+            "vocab_size": snap["vocab_size"],
+        }
+        if self._metrics_log is not None:
+            self._metrics_log.write(snap)
+        run_dir = Path(self.cfg.run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "summary.json").write_text(json.dumps(_jsonable(out), indent=2) + "\n")
+        return out
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
