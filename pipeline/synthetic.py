@@ -90,7 +90,8 @@ def _draw_regime(cfg: SyntheticConfig, rng: np.random.Generator, clusters: np.nd
 def generate_events(cfg: SyntheticConfig) -> EventLog:
     """The whole synthetic log, sorted by event time (int64 user and item keys)."""
     rng = np.random.default_rng(cfg.seed)
-    clusters = rng.integers(0, cfg.num_clusters, size=cfg.num_items)
+    # Round-robin then shuffled: every cluster gets at least two items.
+    clusters = rng.permutation(np.arange(cfg.num_items) % cfg.num_clusters)
     popularity = 1.0 / np.arange(1, cfg.num_items + 1) ** cfg.zipf_exponent
     popularity = popularity[rng.permutation(cfg.num_items)]  # popular items in every cluster
     regimes = [_draw_regime(cfg, rng, clusters)]

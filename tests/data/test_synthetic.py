@@ -82,3 +82,9 @@ def test_rejects_bad_config() -> None:
         SyntheticConfig(pattern_strength=1.5)
     with pytest.raises(ValueError, match="drift_at"):
         SyntheticConfig(drift_at=1.0)
+
+
+def test_smallest_catalogue_fills_every_cluster() -> None:
+    cfg = SyntheticConfig(num_users=40, num_items=40, num_clusters=20, events_per_user=10)
+    ev = generate_events(cfg)
+    assert len(np.unique(ev.item)) > cfg.num_clusters

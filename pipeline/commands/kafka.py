@@ -1,0 +1,259 @@
+"""``genrec kafka up|status|down``, ``genrec topics ...`` and ``genrec produce``.
+
+``kafka up`` starts the local broker (connectors/kafka/broker.py) as a daemon, waits until it
+answers, and prints its bootstrap servers; the other commands default to that broker when
+neither ``--bootstrap-servers`` nor ``KAFKA_BOOTSTRAP_SERVERS`` names a cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from connectors.kafka.config import add_client_arguments, client_config_from_args
+
+log = logging.getLogger(__name__)
+
+
+def _default_dir() -> Path:
+    from connectors.kafka.broker import kafka_cache_root
+
+    return kafka_cache_root() / "local"
+
+
+def _quiet_kafka_client(args: argparse.Namespace) -> None:
+    # kafka-python logs every connection at INFO; keep the CLI output readable.
+    if args.log_level != "DEBUG":
+        logging.getLogger("kafka").setLevel(logging.WARNING)
+
+
+def _local_bootstrap() -> str | None:
+    """Bootstrap servers of the broker `genrec kafka up` started, if it is running."""
+    from connectors.kafka.broker import STATE_FILE, LocalKafkaBroker
+
+    directory = _default_dir()
+    if not (directory / STATE_FILE).exists():
+        return None
+    broker = LocalKafkaBroker(directory)
+    return broker.bootstrap_servers if broker.is_running() else None
+
+
+def _client_config(args: argparse.Namespace):
+    _quiet_kafka_client(args)
+    return client_config_from_args(args, default_bootstrap=_local_bootstrap())
+
+
+# -- genrec kafka ------------------------------------------------------------------------------
+
+
+def _kafka_up(args: argparse.Namespace) -> int:
+    from connectors.kafka.broker import LocalKafkaBroker
+
+    _quiet_kafka_client(args)
+    broker = LocalKafkaBroker(args.dir, port=args.port, heap=args.heap)
+    print(broker.start(timeout_s=args.timeout))
+    return 0
+
+
+def _kafka_status(args: argparse.Namespace) -> int:
+    from connectors.kafka.broker import STATE_FILE, LocalKafkaBroker
+
+    _quiet_kafka_client(args)
+    if not (Path(args.dir) / STATE_FILE).exists():
+        print(json.dumps({"running": False, "data_dir": str(args.dir)}))
+        return 1
+    broker = LocalKafkaBroker(args.dir)
+    running = broker.is_running()
+    print(
+        json.dumps(
+            {
+                "running": running,
+                "bootstrap_servers": broker.bootstrap_servers,
+                "pid": broker.pid if running else None,
+                "version": broker.state.version,
+                "data_dir": str(broker.data_dir),
+                "log": str(broker.log_path),
+            },
+            indent=2,
+        )
+    )
+    return 0 if running else 1
+
+
+def _kafka_down(args: argparse.Namespace) -> int:
+    from connectors.kafka.broker import STATE_FILE, LocalKafkaBroker
+
+    if (Path(args.dir) / STATE_FILE).exists():
+        LocalKafkaBroker(args.dir).stop(timeout_s=args.timeout)
+        print(f"stopped the Kafka broker in {args.dir}")
+    else:
+        print(f"no Kafka broker state in {args.dir}; nothing to stop")
+    if args.purge:
+        shutil.rmtree(args.dir, ignore_errors=True)
+        print(f"deleted {args.dir}")
+    return 0
+
+
+# -- genrec topics -----------------------------------------------------------------------------
+
+
+def _parse_configs(pairs: list[str]) -> dict[str, str]:
+    configs = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"--config expects NAME=VALUE (e.g. retention.ms=-1), got {pair!r}")
+        configs[name] = value
+    return configs
+
+
+def _topics(args: argparse.Namespace) -> int:
+    from connectors.kafka.admin import TopicAdmin
+
+    with TopicAdmin(_client_config(args)) as admin:
+        if args.topics_command == "create":
+            created = admin.create_topic(
+                args.name,
+                args.partitions,
+                replication_factor=args.replication_factor,
+                configs=_parse_configs(args.config),
+            )
+            verb = "created" if created else "already exists:"
+            print(f"{verb} topic {args.name} with {args.partitions} partitions")
+        elif args.topics_command == "list":
+            for name in admin.list_topics(include_internal=args.internal):
+                print(name)
+        elif args.topics_command == "describe":
+            info = admin.describe_topic(args.name)
+            offsets = admin.end_offsets(args.name)
+            print(
+                json.dumps(
+                    {
+                        "name": info.name,
+                        "partitions": info.partitions,
+                        "replication_factor": info.replication_factor,
+                        "leaders": info.leaders,
+                        "end_offsets": offsets,
+                    },
+                    indent=2,
+                )
+            )
+        else:
+            admin.delete_topic(args.name)
+            print(f"deleted topic {args.name}")
+    return 0
+
+
+# -- genrec produce ----------------------------------------------------------------------------
+
+
+def _produce(args: argparse.Namespace) -> int:
+    from connectors.kafka.producer import EventReplayer
+
+    if args.synthetic:
+        from pipeline.synthetic import SyntheticConfig, generate_events
+
+        events = generate_events(
+            SyntheticConfig(
+                num_users=args.users,
+                num_items=args.items,
+                events_per_user=args.events_per_user,
+                seed=args.seed,
+            )
+        )
+    else:
+        from pipeline.datasets import read_event_log
+
+        events, stats = read_event_log(args.data, args.format, args.skip_malformed)
+        log.info("read %d events from %s (%s)", stats.rows, stats.path, stats.format)
+    with EventReplayer(
+        _client_config(args),
+        args.topic,
+        codec=args.codec,
+        batch_events=args.batch_events,
+        rate=args.rate,
+    ) as replayer:
+        result = replayer.replay(events, max_events=args.max_events, progress=not args.no_progress)
+    print(json.dumps(result.as_dict(), indent=2))
+    return 0
+
+
+# -- registration ------------------------------------------------------------------------------
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``kafka``, ``topics`` and ``produce`` to the genrec command."""
+    from pipeline.datasets import FORMATS
+
+    kafka = subparsers.add_parser("kafka", help="run a local Apache Kafka broker (no Docker)")
+    kafka_sub = kafka.add_subparsers(dest="kafka_command", metavar="ACTION", required=True)
+    default_dir = _default_dir()
+    up = kafka_sub.add_parser("up", help="start the local broker and print bootstrap servers")
+    down = kafka_sub.add_parser("down", help="stop the local broker (data is kept)")
+    status = kafka_sub.add_parser("status", help="print the local broker's state (exit 1: down)")
+    for sub in (up, down, status):
+        sub.add_argument(
+            "--dir",
+            type=Path,
+            default=default_dir,
+            help=f"broker data/state directory (default: {default_dir})",
+        )
+    up.add_argument("--port", type=int, help="client port (default: recorded or a free one)")
+    up.add_argument("--heap", default="512m", help="JVM max heap (default: 512m)")
+    up.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for readiness")
+    up.set_defaults(func=_kafka_up)
+    down.add_argument("--timeout", type=float, default=30.0, help="seconds before SIGKILL")
+    down.add_argument("--purge", action="store_true", help="also delete the data directory")
+    down.set_defaults(func=_kafka_down)
+    status.set_defaults(func=_kafka_status)
+
+    topics = subparsers.add_parser("topics", help="create, list, describe or delete topics")
+    topics_sub = topics.add_subparsers(dest="topics_command", metavar="ACTION", required=True)
+    create = topics_sub.add_parser("create", help="create a topic (ok if it exists alike)")
+    create.add_argument("name")
+    create.add_argument("--partitions", type=int, required=True)
+    create.add_argument("--replication-factor", type=int, default=1)
+    create.add_argument(
+        "--config", action="append", default=[], metavar="NAME=VALUE", help="topic config"
+    )
+    listing = topics_sub.add_parser("list", help="list topic names")
+    listing.add_argument("--internal", action="store_true", help="include __internal topics")
+    describe = topics_sub.add_parser("describe", help="partitions, leaders, end offsets")
+    describe.add_argument("name")
+    delete = topics_sub.add_parser("delete", help="delete a topic and its data")
+    delete.add_argument("name")
+    for sub in (create, listing, describe, delete):
+        add_client_arguments(sub)
+        sub.set_defaults(func=_topics)
+
+    produce = subparsers.add_parser(
+        "produce", help="replay a dataset or the synthetic stream into a topic"
+    )
+    produce.add_argument("--topic", required=True)
+    source = produce.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", type=Path, help="event log file (MovieLens, CSV, Parquet)")
+    source.add_argument("--synthetic", action="store_true", help="the seeded synthetic stream")
+    produce.add_argument("--format", default="auto", choices=FORMATS, help="format of --data")
+    produce.add_argument(
+        "--skip-malformed", action="store_true", help="skip (and count) bad rows of --data"
+    )
+    produce.add_argument("--users", type=int, default=500, help="synthetic: number of users")
+    produce.add_argument("--items", type=int, default=1000, help="synthetic: number of items")
+    produce.add_argument(
+        "--events-per-user", type=int, default=60, help="synthetic: mean events per user"
+    )
+    produce.add_argument("--seed", type=int, default=0, help="synthetic: random seed")
+    produce.add_argument("--codec", default="json", choices=["json", "arrow"])
+    produce.add_argument(
+        "--rate", type=float, help="events per second (default: as fast as possible)"
+    )
+    produce.add_argument(
+        "--batch-events", type=int, default=2000, help="events per Arrow message at most"
+    )
+    produce.add_argument("--max-events", type=int, help="stop after this many events")
+    produce.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_client_arguments(produce)
+    produce.set_defaults(func=_produce)

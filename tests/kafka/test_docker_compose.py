@@ -1,0 +1,81 @@
+"""docker-compose.yml is validated, not run (CI has no Docker engine): it must parse, use the
+official Kafka image in KRaft mode at the version the local broker runs, wire listeners and
+dependencies consistently, and run genrec commands that the real CLI accepts."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+import yaml
+
+from connectors.kafka.broker import DEFAULT_KAFKA_VERSION
+from pipeline.cli import build_parser
+
+COMPOSE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
+
+
+@pytest.fixture(scope="module")
+def services() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())["services"]
+
+
+def _listeners(value: str) -> dict[str, str]:
+    """``NAME://host:port,...`` -> {NAME: host:port}."""
+    return dict(item.split("://", 1) for item in value.split(","))
+
+
+def test_kafka_is_the_official_image_in_kraft_mode(services: dict):
+    kafka = services["kafka"]
+    assert kafka["image"] == f"apache/kafka:{DEFAULT_KAFKA_VERSION}"
+    env = kafka["environment"]
+    assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
+    assert len(base64.urlsafe_b64decode(env["CLUSTER_ID"] + "==")) == 16
+    listeners = _listeners(env["KAFKA_LISTENERS"])
+    controller = env["KAFKA_CONTROLLER_LISTENER_NAMES"]
+    voter_id, voter_address = env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split("@")
+    assert int(voter_id) == int(env["KAFKA_NODE_ID"])
+    assert voter_address.split(":")[1] == listeners[controller].split(":")[1]
+    protocol_map = env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(",")
+    assert {entry.split(":")[0] for entry in protocol_map} == set(listeners)
+    advertised = _listeners(env["KAFKA_ADVERTISED_LISTENERS"])
+    assert controller not in advertised
+    assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] in advertised
+    for key in (
+        "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
+        "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
+        "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR",
+    ):
+        assert int(env[key]) == 1
+    assert "kafka-broker-api-versions.sh" in " ".join(kafka["healthcheck"]["test"])
+    published = {int(p.split(":")[0]) for p in kafka["ports"]}
+    assert int(advertised["EXTERNAL"].split(":")[1]) in published
+
+
+def test_genrec_services_reach_kafka_and_wait_for_it(services: dict):
+    advertised = _listeners(services["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"])
+    genrec = {name: s for name, s in services.items() if name != "kafka"}
+    assert {"topics", "producer", "trainer"} <= set(genrec)
+    assert services["trainer"]["build"]["context"] == "."
+    for name, service in genrec.items():
+        assert service["environment"]["KAFKA_BOOTSTRAP_SERVERS"] in advertised.values(), name
+        assert service["depends_on"], name
+    assert services["topics"]["depends_on"]["kafka"]["condition"] == "service_healthy"
+    for name in ("producer", "trainer"):
+        condition = services[name]["depends_on"]["topics"]["condition"]
+        assert condition == "service_completed_successfully"
+
+
+def test_service_commands_are_accepted_by_the_genrec_cli(services: dict):
+    parser = build_parser()
+    topic = None
+    for name in ("topics", "producer", "trainer"):
+        command = services[name]["command"]
+        assert command[0] == "genrec", name
+        args = parser.parse_args(command[1:])  # exits (fails the test) on an unknown flag
+        assert callable(args.func), name
+        if name == "topics":
+            topic = args.name
+        else:
+            assert args.topic == topic, f"{name} uses topic {args.topic}, topics job made {topic}"
