@@ -79,3 +79,16 @@ def test_service_commands_are_accepted_by_the_genrec_cli(services: dict):
             topic = args.name
         else:
             assert args.topic == topic, f"{name} uses topic {args.topic}, topics job made {topic}"
+
+
+def test_built_services_have_a_dockerfile_that_installs_genrec(services: dict):
+    root = Path(__file__).resolve().parents[2]
+    for name, service in services.items():
+        build = service.get("build")
+        if not build:
+            continue
+        dockerfile = root / build["context"] / build.get("dockerfile", "Dockerfile")
+        text = dockerfile.read_text()
+        assert "pip install" in text, f"{dockerfile} does not install genrec for {name}"
+        for package in ("model", "kernels", "pipeline", "connectors"):
+            assert f"COPY {package} " in text, f"{dockerfile} does not copy {package}/"
