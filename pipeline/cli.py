@@ -12,7 +12,12 @@ import importlib
 import logging
 import sys
 
-COMMAND_MODULES: tuple[str, ...] = ("pipeline.commands.offline",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "pipeline.commands.offline",
+    "pipeline.commands.kafka",
+    "pipeline.commands.registry",
+    "pipeline.commands.train",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,159 @@
+"""Pieces shared by the sequential encoders (HSTU, SASRec).
+
+The interface the trainers (offline and online) rely on:
+
+* ``model.encode(batch) -> [T, D]``: one L2-normalised state per event; the state at
+  position i summarises events 0..i of its own sequence and predicts event i+1.
+* ``model.item_embeddings() -> [R, D]``: the L2-normalised item table (row 0 = padding).
+* ``select_targets(batch, states)``: the (query state, target row) pairs of the batch's
+  targets, the input of ``model.losses.sampled_softmax_loss`` and ``model.metrics``.
+* ``last_states(batch, states)``: the state at each sequence's last event, used to score
+  the next (unseen) event in evaluation and serving.
+* ``model.reset_item_rows(rows)``: re-initialise embedding rows handed to new items.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.jagged import JaggedBatch, positions_in_sequence
+
+ITEM_INIT_STD = 0.02  # item embeddings start small; the input layer scales them by sqrt(D)
+
+
+class Targets(NamedTuple):
+    """Targets of a batch and the states that predict them (all length M)."""
+
+    queries: torch.Tensor  # [M, D] state at the position before each target
+    items: torch.Tensor  # [M] int64 target rows
+    weights: torch.Tensor | None  # [M] per-target weights (batch.weights), or None
+    positions: torch.Tensor  # [M] int64 flat row of each target in the batch
+
+
+def select_targets(batch: JaggedBatch, states: torch.Tensor) -> Targets:
+    """Pair each target event with the state at the previous position of its sequence.
+
+    Targets are ``batch.target_mask()`` rows whose item row is not 0: row 0 is the
+    padding/unknown row (e.g. an item the vocabulary has not admitted), which the model
+    cannot predict, so those targets are left out.
+
+    Raises:
+        ValueError: a target is the first event of its sequence (nothing precedes it).
+    """
+    mask = batch.target_mask() & (batch.item_ids > 0)
+    positions = torch.nonzero(mask).squeeze(1)
+    first = positions_in_sequence(batch.offsets)[positions] == 0
+    if bool(first.any()):
+        row = int(positions[first][0])
+        raise ValueError(
+            f"is_target marks row {row}, the first event of its sequence; a target needs a "
+            "preceding event to predict it from (put history before it or unmark it)"
+        )
+    weights = None if batch.weights is None else batch.weights[positions]
+    return Targets(states[positions - 1], batch.item_ids[positions], weights, positions)
+
+
+def last_states(batch: JaggedBatch, states: torch.Tensor) -> torch.Tensor:
+    """[B, D] state at the last event of each sequence (sequences must be non-empty)."""
+    lengths = batch.lengths()
+    if bool((lengths == 0).any()):
+        b = int(torch.nonzero(lengths == 0)[0])
+        raise ValueError(f"sequence {b} is empty; it has no last state to score from")
+    return states[batch.offsets[1:] - 1]
+
+
+def query_timestamps(batch: JaggedBatch) -> torch.Tensor:
+    """[T] the time of the event each position predicts.
+
+    Position i uses t_{i+1} of the same sequence; a sequence's last position uses
+    ``batch.query_time`` (the request time) when given, else its own timestamp.
+    """
+    ts = batch.timestamps
+    out = torch.empty_like(ts)
+    out[:-1] = ts[1:]
+    lengths = batch.lengths()
+    nonempty = lengths > 0
+    last = (batch.offsets[1:] - 1)[nonempty]
+    if batch.query_time is not None:
+        out[last] = batch.query_time[nonempty]
+    else:
+        out[last] = ts[last]
+    return out
+
+
+class SequentialEncoder(nn.Module):
+    """Item table, learned absolute positions and the input layer shared by HSTU and SASRec.
+
+    Args:
+        num_rows: item table capacity R (row 0 is padding; items use rows 1..R-1).
+        embedding_dim: D.
+        max_len: N, the longest sequence the model accepts (the position table size).
+        input_dropout: dropout applied to the input embeddings.
+    """
+
+    def __init__(self, num_rows: int, embedding_dim: int, max_len: int, input_dropout: float):
+        super().__init__()
+        if num_rows < 2:
+            raise ValueError(f"num_rows must be >= 2 (row 0 is padding), got {num_rows}")
+        self.max_len = max_len
+        self.embedding_dim = embedding_dim
+        self.item_emb = nn.Embedding(num_rows, embedding_dim, padding_idx=0)
+        self.pos_emb = nn.Embedding(max_len, embedding_dim)
+        self.input_dropout = nn.Dropout(input_dropout)
+        nn.init.trunc_normal_(self.item_emb.weight, std=ITEM_INIT_STD)
+        nn.init.trunc_normal_(self.pos_emb.weight, std=1.0 / math.sqrt(embedding_dim))
+        with torch.no_grad():
+            self.item_emb.weight[0].zero_()
+
+    @property
+    def num_rows(self) -> int:
+        return self.item_emb.num_embeddings
+
+    def item_embeddings(self) -> torch.Tensor:
+        """[R, D] L2-normalised item table; row 0 (padding) is all zeros."""
+        return F.normalize(self.item_emb.weight, dim=-1)
+
+    @torch.no_grad()
+    def reset_item_rows(self, rows: torch.Tensor) -> None:
+        """Re-initialise the embedding rows given (e.g. rows reassigned to new items).
+
+        Row 0 (padding) is never touched. Resetting the optimizer state of those rows is
+        the caller's job (it owns the optimizer).
+        """
+        rows = rows[rows > 0].to(self.item_emb.weight.device)
+        if rows.numel() == 0:
+            return
+        if int(rows.max()) >= self.num_rows:
+            raise ValueError(f"row {int(rows.max())} is outside the item table (R={self.num_rows})")
+        fresh = torch.empty(rows.numel(), self.embedding_dim, device=rows.device)
+        nn.init.trunc_normal_(fresh, std=ITEM_INIT_STD)
+        self.item_emb.weight[rows] = fresh.to(self.item_emb.weight.dtype)
+
+    def embed_inputs(self, batch: JaggedBatch) -> torch.Tensor:
+        """[T, D] item_emb * sqrt(D) + position embedding, with input dropout.
+
+        Raises:
+            ValueError: an item row is outside the table or a sequence is longer than N.
+        """
+        if batch.total and int(batch.item_ids.max()) >= self.num_rows:
+            raise ValueError(
+                f"item row {int(batch.item_ids.max())} is outside the item table "
+                f"(R={self.num_rows}); map keys through the vocabulary first"
+            )
+        if batch.num_sequences and batch.max_length() > self.max_len:
+            raise ValueError(
+                f"a sequence has {batch.max_length()} events but the model's max_len is "
+                f"{self.max_len}; keep only the last {self.max_len} events of each sequence"
+            )
+        positions = positions_in_sequence(batch.offsets)
+        x = self.item_emb(batch.item_ids) * math.sqrt(self.embedding_dim)
+        return self.input_dropout(x + self.pos_emb(positions))
+
+    def encode(self, batch: JaggedBatch) -> torch.Tensor:
+        """[T, D] L2-normalised states; implemented by each model."""
+        raise NotImplementedError

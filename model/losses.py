@@ -1,0 +1,80 @@
+"""Sampled softmax over uniformly drawn negatives (the HSTU paper's training loss)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+DEFAULT_NUM_NEGATIVES = 128
+DEFAULT_TEMPERATURE = 0.05
+
+
+def sample_negatives(
+    num_negatives: int,
+    num_rows: int,
+    candidate_rows: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """[K] item rows drawn uniformly with replacement from 1..R-1, or from ``candidate_rows``."""
+    if candidate_rows is None:
+        if num_rows < 2:
+            raise ValueError(f"need at least one item row to sample from, got R={num_rows}")
+        return torch.randint(1, num_rows, (num_negatives,), generator=generator).to(device)
+    if candidate_rows.numel() == 0:
+        raise ValueError("candidate_rows is empty; there is nothing to sample negatives from")
+    picks = torch.randint(0, candidate_rows.numel(), (num_negatives,), generator=generator)
+    return candidate_rows.to(device)[picks.to(device)]
+
+
+def sampled_softmax_loss(
+    queries: torch.Tensor,
+    targets: torch.Tensor,
+    item_table: torch.Tensor,
+    *,
+    num_negatives: int = DEFAULT_NUM_NEGATIVES,
+    temperature: float = DEFAULT_TEMPERATURE,
+    weights: torch.Tensor | None = None,
+    candidate_rows: torch.Tensor | None = None,
+    negatives: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Mean (or weighted mean) of -log softmax of the target among K sampled negatives.
+
+    One set of K negatives is drawn per call and shared by all M targets, so the cost is
+    [M, K] logits rather than [M, K, D] gathered embeddings. A negative equal to a
+    target (an accidental hit) is masked out of that target's softmax. Logits are cosine
+    similarities (inputs are L2-normalised) divided by ``temperature``.
+
+    Args:
+        queries: [M, D] states predicting each target (``select_targets(...).queries``).
+        targets: [M] int64 target rows.
+        item_table: [R, D] normalised item table (``model.item_embeddings()``).
+        num_negatives: K, ignored when ``negatives`` is given.
+        temperature: softmax temperature (paper: 0.05).
+        weights: optional [M] per-target weights; the loss is sum(w * l) / sum(w).
+        candidate_rows: optional rows to draw negatives from (the live catalogue);
+            default rows 1..R-1.
+        negatives: optional explicit [K] negative rows (tests, custom samplers).
+        generator: random generator for reproducible draws.
+
+    Returns:
+        Scalar loss (0 with a gradient path when there are no targets).
+    """
+    if queries.shape[0] != targets.shape[0]:
+        raise ValueError(f"{queries.shape[0]} queries but {targets.shape[0]} targets")
+    if queries.shape[0] == 0:
+        return queries.sum() * 0.0
+    if negatives is None:
+        negatives = sample_negatives(
+            num_negatives, item_table.shape[0], candidate_rows, generator, queries.device
+        )
+    pos = (queries * item_table[targets]).sum(-1, keepdim=True)  # [M, 1]
+    neg = queries @ item_table[negatives].T  # [M, K]
+    neg = neg.masked_fill(negatives.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))
+    logits = torch.cat([pos, neg], dim=1) / temperature
+    losses = -F.log_softmax(logits, dim=1)[:, 0]
+    if weights is None:
+        return losses.mean()
+    weights = weights.to(losses.dtype)
+    return (losses * weights).sum() / weights.sum().clamp(min=torch.finfo(losses.dtype).tiny)

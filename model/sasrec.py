@@ -1,0 +1,86 @@
+"""SASRec baseline (Kang & McAuley, 2018): causal softmax self-attention plus pointwise FFN.
+
+Pre-LN transformer blocks over the same input layer, item table, output normalisation and
+loss as HSTU. The blocks run on a right-padded [B, n, D] tensor: padding happens at one
+explicit boundary (``pad_jagged``/``unpad_jagged``) and, because attention is causal and
+padding sits after each sequence's last event, real positions never see padded ones, so a
+sequence's output does not depend on the rest of the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kernels.reference import pad_jagged, unpad_jagged
+from model.base import SequentialEncoder
+from model.jagged import JaggedBatch
+
+
+@dataclass
+class SASRecConfig:
+    """SASRec hyperparameters. ``ffn_dim`` of 0 means ``embedding_dim``."""
+
+    num_rows: int
+    embedding_dim: int = 64
+    num_layers: int = 2
+    num_heads: int = 1
+    ffn_dim: int = 0
+    max_len: int = 200
+    dropout: float = 0.2
+    input_dropout: float = 0.2
+
+
+class SASRecBlock(nn.Module):
+    """x + MHA(LN(x)) then x + FFN(LN(x)), causal over the padded time axis."""
+
+    def __init__(self, cfg: SASRecConfig):
+        super().__init__()
+        d = cfg.embedding_dim
+        if d % cfg.num_heads:
+            raise ValueError(f"embedding_dim {d} is not divisible by num_heads {cfg.num_heads}")
+        self.num_heads = cfg.num_heads
+        self.norm_attn = nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.attn_out = nn.Linear(d, d)
+        self.norm_ffn = nn.LayerNorm(d)
+        ffn = cfg.ffn_dim or d
+        self.ffn = nn.Sequential(
+            nn.Linear(d, ffn), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(ffn, d)
+        )
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.attn_dropout = cfg.dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(self.norm_attn(x)).split(d, dim=-1)
+        heads = [t.reshape(b, n, self.num_heads, -1).transpose(1, 2) for t in (q, k, v)]
+        attn = F.scaled_dot_product_attention(
+            *heads, is_causal=True, dropout_p=self.attn_dropout if self.training else 0.0
+        )
+        x = x + self.dropout(self.attn_out(attn.transpose(1, 2).reshape(b, n, d)))
+        return x + self.dropout(self.ffn(self.norm_ffn(x)))
+
+
+class SASRec(SequentialEncoder):
+    """SASRec sequential encoder: ``encode(batch) -> [T, D]`` L2-normalised states."""
+
+    def __init__(self, cfg: SASRecConfig):
+        super().__init__(cfg.num_rows, cfg.embedding_dim, cfg.max_len, cfg.input_dropout)
+        self.cfg = cfg
+        self.blocks = nn.ModuleList(SASRecBlock(cfg) for _ in range(cfg.num_layers))
+        self.norm_out = nn.LayerNorm(cfg.embedding_dim)
+
+    def encode(self, batch: JaggedBatch) -> torch.Tensor:
+        """States for every event; position i depends on events 0..i only."""
+        x = self.embed_inputs(batch)
+        if batch.total == 0:
+            return x
+        x = pad_jagged(x, batch.offsets, batch.max_length())
+        for block in self.blocks:
+            x = block(x)
+        x = unpad_jagged(self.norm_out(x), batch.offsets)
+        return F.normalize(x, dim=-1)

@@ -1,0 +1,192 @@
+"""``genrec train-offline`` and ``genrec evaluate``: leave-one-out training and full ranking.
+
+Without ``--data`` both use the embedded synthetic generator. With ``--json`` the last line
+on stdout is one JSON object with the test metrics (hr@K, ndcg@K for K in 10, 50, 200, mrr)
+plus model, epoch and seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from pipeline.datasets import FORMATS, leave_one_out
+from pipeline.offline_config import TrainConfig
+from pipeline.synthetic import SyntheticConfig
+
+log = logging.getLogger(__name__)
+
+# The keys of model.serialize.MODEL_KINDS (a test keeps them equal); spelled out here
+# because importing the models pulls in torch, which would slow down every `genrec --help`.
+MODEL_NAMES = ("hstu", "popular", "sasrec")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    train = subparsers.add_parser(
+        "train-offline",
+        help="train HSTU / SASRec / most-popular on leave-one-out splits and report test metrics",
+        description=(
+            "Train on each user's sequence minus its last 2 events, pick the epoch with the "
+            "best validation NDCG@10 (full ranking), evaluate it on each user's last event."
+        ),
+    )
+    train.add_argument("--model", choices=MODEL_NAMES, default="hstu")
+    _add_data_args(train)
+    train.add_argument("--out", required=True, help="output directory (checkpoint, metrics)")
+    train.add_argument("--json", action="store_true", help="print the result as a JSON line")
+    train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    t = TrainConfig()
+    opt = train.add_argument_group("training")
+    opt.add_argument("--epochs", type=int, default=t.epochs)
+    opt.add_argument("--seed", type=int, default=t.seed)
+    opt.add_argument("--batch-size", type=int, default=t.batch_size, help="users per step")
+    opt.add_argument("--lr", type=float, default=t.lr)
+    opt.add_argument("--weight-decay", type=float, default=t.weight_decay)
+    opt.add_argument("--num-negatives", type=int, default=t.num_negatives)
+    opt.add_argument("--temperature", type=float, default=t.temperature)
+    opt.add_argument("--eval-batch-size", type=int, default=t.eval_batch_size)
+    opt.add_argument("--device", default=t.device, help="torch device, e.g. cpu or cuda")
+    arch = train.add_argument_group("model (HSTU and SASRec)")
+    arch.add_argument("--embedding-dim", type=int, default=64)
+    arch.add_argument("--num-layers", type=int, default=2)
+    arch.add_argument("--num-heads", type=int, default=1)
+    arch.add_argument("--max-len", type=int, default=200, help="N: last events per sequence")
+    arch.add_argument("--dropout", type=float, default=0.2)
+    arch.add_argument("--input-dropout", type=float, default=0.2)
+    arch.add_argument("--dqk", type=int, default=0, help="HSTU q/k dim per head (0: D/heads)")
+    arch.add_argument("--dv", type=int, default=0, help="HSTU v/u dim per head (0: D/heads)")
+    arch.add_argument("--ffn-dim", type=int, default=0, help="SASRec FFN width (0: D)")
+    arch.add_argument(
+        "--attention-backend", default="auto", choices=["auto", "reference", "triton"]
+    )
+    train.set_defaults(func=run_train)
+
+    ev = subparsers.add_parser(
+        "evaluate",
+        help="re-evaluate a train-offline checkpoint with full ranking",
+        description=(
+            "Load a checkpoint written by train-offline and rank each user's last event "
+            "(--split test) or second-to-last (--split valid). Without --data the data the "
+            "checkpoint was trained on is used again."
+        ),
+    )
+    ev.add_argument("--checkpoint", required=True, help="checkpoint directory (OUT/checkpoint)")
+    _add_data_args(ev)
+    ev.add_argument("--split", choices=["test", "valid"], default="test")
+    ev.add_argument("--eval-batch-size", type=int, default=256)
+    ev.add_argument("--max-len", type=int, default=200, help="context length for popular")
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--json", action="store_true", help="print the result as a JSON line")
+    ev.set_defaults(func=run_evaluate)
+
+
+def _add_data_args(parser: argparse.ArgumentParser) -> None:
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", help="event log file; default: the synthetic generator")
+    data.add_argument("--format", choices=FORMATS, default="auto")
+    data.add_argument("--skip-malformed", action="store_true", help="skip and count malformed rows")
+    s = SyntheticConfig()
+    data.add_argument("--synthetic-users", type=int, default=s.num_users)
+    data.add_argument("--synthetic-items", type=int, default=s.num_items)
+    data.add_argument("--synthetic-events-per-user", type=int, default=s.events_per_user)
+    data.add_argument("--synthetic-seed", type=int, default=s.seed)
+
+
+def _synthetic_config(args: argparse.Namespace) -> SyntheticConfig:
+    return SyntheticConfig(
+        num_users=args.synthetic_users,
+        num_items=args.synthetic_items,
+        events_per_user=args.synthetic_events_per_user,
+        seed=args.synthetic_seed,
+    )
+
+
+def model_config_from_args(kind: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The model-config fields that ``kind`` has, taken from the parsed flags."""
+    from model.serialize import MODEL_KINDS
+
+    if kind == "popular":
+        return {}  # scores do not depend on the context
+    names = {f.name for f in fields(MODEL_KINDS[kind][1])} - {"num_rows"}
+    return {name: getattr(args, name) for name in names if hasattr(args, name)}
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from pipeline.offline import item_keys_json, load_sequences, train_offline
+
+    ds, source = load_sequences(
+        args.data, args.format, args.skip_malformed, _synthetic_config(args)
+    )
+    splits = leave_one_out(ds)
+    log.info("data: %d users, %d items, %d events", ds.num_users, ds.num_items, ds.num_events)
+    cfg = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        num_negatives=args.num_negatives,
+        temperature=args.temperature,
+        eval_batch_size=args.eval_batch_size,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    model_config = model_config_from_args(args.model, args)
+    meta = {"data": source, "item_keys": item_keys_json(ds)}
+    out = Path(args.out)
+    result = train_offline(args.model, model_config, splits, cfg, out_dir=out, meta=meta)
+    summary = result.summary()
+    (out / "metrics.json").write_text(
+        json.dumps({**summary, "valid_history": result.valid_history}, indent=1)
+    )
+    _print_result(summary, args.json)
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from model.serialize import load_checkpoint, model_kind
+    from pipeline.offline import evaluate, load_sequences, model_max_len, remap_items
+
+    started = time.perf_counter()
+    model, meta = load_checkpoint(args.checkpoint, map_location=args.device)
+    source = meta.get("data", {})
+    if args.data is not None:
+        ds, _ = load_sequences(args.data, args.format, args.skip_malformed)
+    elif "synthetic" in source:
+        ds, _ = load_sequences(None, synthetic=SyntheticConfig(**source["synthetic"]))
+    else:
+        ds, _ = load_sequences(source["path"], source["format"], source["skip_malformed"])
+    ds = remap_items(ds, meta["item_keys"])
+    _, valid, test = leave_one_out(ds)
+    max_len = model_max_len(model, default=args.max_len)
+    metrics = evaluate(
+        model,
+        test if args.split == "test" else valid,
+        max_len,
+        args.eval_batch_size,
+        device=args.device,
+    )
+    summary = {
+        "model": model_kind(model),
+        "epoch": meta.get("epoch"),
+        "seconds": round(time.perf_counter() - started, 3),
+        "split": args.split,
+        **metrics,
+    }
+    _print_result(summary, args.json)
+    return 0
+
+
+def _print_result(summary: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(summary) + "\n")
+        return
+    for key, value in summary.items():
+        text = f"{value:.4f}" if isinstance(value, float) else str(value)
+        sys.stdout.write(f"{key:>12}: {text}\n")

@@ -1,0 +1,133 @@
+"""Offline batching, evaluation inputs, determinism, item remapping and checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from model.serialize import WEIGHTS_FILE, build_model, load_checkpoint, save_checkpoint
+from pipeline.datasets import SequenceDataset, leave_one_out
+from pipeline.offline import (
+    TrainConfig,
+    item_keys_json,
+    length_grouped_batches,
+    load_sequences,
+    next_item_batch,
+    remap_items,
+    train_offline,
+    training_batch,
+    window_indices,
+)
+from pipeline.synthetic import SyntheticConfig
+
+TINY = SyntheticConfig(num_users=40, num_items=60, events_per_user=12, num_clusters=4)
+TINY_MODEL = dict(embedding_dim=16, num_layers=1, max_len=8)
+
+
+def hand_dataset() -> SequenceDataset:
+    # user 0: items 1..5 at t=10..50; user 1: items 6, 7, 8 at t=1..3
+    return SequenceDataset(
+        item_ids=np.array([1, 2, 3, 4, 5, 6, 7, 8]),
+        timestamps=np.array([10, 20, 30, 40, 50, 1, 2, 3]),
+        actions=np.zeros(8, dtype=np.int64),
+        offsets=np.array([0, 5, 8]),
+        item_keys=np.array([None, *range(101, 109)], dtype=object),
+        user_keys=np.array([7, 9]),
+    )
+
+
+def test_window_indices_keep_the_last_events() -> None:
+    offsets = np.array([0, 5, 8])
+    idx, offs = window_indices(offsets, np.array([1, 0]), max_len=3)
+    assert idx.tolist() == [5, 6, 7, 2, 3, 4]
+    assert offs.tolist() == [0, 3, 6]
+    idx, offs = window_indices(offsets, np.array([0, 1]), max_len=3, drop_last=2)
+    assert idx.tolist() == [0, 1, 2, 5]
+    assert offs.tolist() == [0, 3, 4]
+
+
+def test_training_and_next_item_batches() -> None:
+    ds = hand_dataset()
+    batch = training_batch(ds, np.array([0, 1]), max_len=4)
+    assert batch.item_ids.tolist() == [2, 3, 4, 5, 6, 7, 8]
+    assert batch.target_mask().tolist() == [False, True, True, True, False, True, True]
+    context, targets = next_item_batch(ds, np.array([0, 1]), max_len=3)
+    assert context.item_ids.tolist() == [2, 3, 4, 6, 7]
+    assert context.offsets.tolist() == [0, 3, 5]
+    assert targets.tolist() == [5, 8]
+    assert context.query_time is not None and context.query_time.tolist() == [50, 3]
+
+
+def test_length_grouped_batches_cover_each_user_once_with_similar_lengths() -> None:
+    lengths = np.array([1, 9, 2, 8, 3, 7, 4, 6, 5, 10, 2, 9])
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    ds = SequenceDataset(
+        np.ones(offsets[-1], np.int64),
+        np.arange(offsets[-1]),
+        np.zeros(offsets[-1], np.int64),
+        offsets,
+        np.array([None, 1], dtype=object),
+        np.arange(12),
+    )
+    users = np.arange(12)
+    batches = length_grouped_batches(ds, users, 3, 100, np.random.default_rng(0), group_batches=4)
+    assert sorted(np.concatenate(batches).tolist()) == users.tolist()
+    assert all(len(b) == 3 for b in batches)
+    # one group holds all users, so each batch is a contiguous run of the sorted lengths
+    spans = [int(lengths[b].max() - lengths[b].min()) for b in batches]
+    assert sum(spans) <= 9
+    again = length_grouped_batches(ds, users, 3, 100, np.random.default_rng(0), group_batches=4)
+    assert [b.tolist() for b in again] == [b.tolist() for b in batches]
+
+
+def test_remap_items_to_a_checkpoint_key_map() -> None:
+    ds = hand_dataset()
+    keys = [None, 105, 101, 999]  # 105 -> row 1, 101 -> row 2, others unknown -> 0
+    remapped = remap_items(ds, keys)
+    assert remapped.item_ids.tolist() == [2, 0, 0, 0, 1, 0, 0, 0]
+    assert item_keys_json(remapped) == keys
+
+
+def test_training_is_deterministic_per_seed() -> None:
+    ds, _ = load_sequences(None, synthetic=TINY)
+    splits = leave_one_out(ds)
+    cfg = TrainConfig(epochs=2, batch_size=16, num_negatives=16, progress=False, seed=3)
+    a = train_offline("hstu", TINY_MODEL, splits, cfg)
+    b = train_offline("hstu", TINY_MODEL, splits, cfg)
+    assert a.test == b.test and a.valid_history == b.valid_history
+    other = TrainConfig(epochs=2, batch_size=16, num_negatives=16, progress=False, seed=4)
+    c = train_offline("hstu", TINY_MODEL, splits, other)
+    assert c.valid_history != a.valid_history
+
+
+@pytest.mark.parametrize("kind", ["hstu", "sasrec", "popular"])
+def test_checkpoint_round_trip(kind: str, tmp_path) -> None:
+    torch.manual_seed(0)
+    model = build_model(kind, {"num_rows": 20} | ({} if kind == "popular" else TINY_MODEL))
+    if kind == "popular":
+        model.fit(torch.tensor([1, 1, 5]))
+    meta = {"item_keys": [None, *range(19)], "note": "x"}
+    save_checkpoint(tmp_path / "ck", model, meta)
+    save_checkpoint(tmp_path / "ck", model, meta)  # overwriting an existing one works
+    loaded, loaded_meta = load_checkpoint(tmp_path / "ck")
+    assert loaded_meta == meta
+    for (name, a), (_, b) in zip(
+        model.state_dict().items(), loaded.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]  # no temp leftovers
+    doc = json.loads((tmp_path / "ck" / "model.json").read_text())
+    assert doc["kind"] == kind and doc["config"]["num_rows"] == 20
+
+
+def test_checkpoint_refuses_pickled_objects(tmp_path) -> None:
+    model = build_model("popular", {"num_rows": 5})
+    save_checkpoint(tmp_path / "ck", model, {})
+    torch.save({"counts": torch.zeros(5), "evil": object()}, tmp_path / "ck" / WEIGHTS_FILE)
+    with pytest.raises(Exception, match=r"[Ww]eights only"):
+        load_checkpoint(tmp_path / "ck")
+    with pytest.raises(FileNotFoundError, match=r"model\.json"):
+        load_checkpoint(tmp_path / "nothing")
