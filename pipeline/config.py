@@ -39,11 +39,26 @@ class KafkaSection(_Section):
     bootstrap_servers: str | None = Field(
         None, description="Kafka bootstrap servers (default: KAFKA_BOOTSTRAP_SERVERS)"
     )
-    topic: str = Field("events", description="topic to consume")
+    topic: str = Field("events", description="topic(s) to consume, comma-separated")
     group_id: str = Field("genrec-trainer", description="consumer group (offsets: lag only)")
+    start: str = Field(
+        "earliest", description="no known offset: earliest, latest, unix seconds or ISO time"
+    )
     dead_letter_topic: str | None = Field(
         None, description="dead-letter topic (dead_letter.kind=kafka); default <topic>.dlq"
     )
+    session_timeout_s: float = Field(
+        45.0, ge=1, description="group session timeout (a killed trainer's partitions wait this)"
+    )
+    max_poll_interval_s: float = Field(
+        300.0, ge=1, description="longest pause between polls (checkpoint + publish)"
+    )
+    security_protocol: str | None = Field(None, description="PLAINTEXT, SSL, SASL_SSL, ...")
+    sasl_mechanism: str | None = Field(None, description="PLAIN, SCRAM-SHA-256/512, ...")
+    sasl_username: str | None = Field(None, description="SASL user (password: env only)")
+    ssl_cafile: str | None = Field(None, description="CA bundle (PEM)")
+    ssl_certfile: str | None = Field(None, description="client certificate (PEM)")
+    ssl_keyfile: str | None = Field(None, description="client key (PEM)")
 
 
 class SourceSection(_Section):

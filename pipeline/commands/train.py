@@ -134,17 +134,13 @@ def make_source(cfg: TrainerConfig) -> Any:
         assert src.path is not None  # checked by the config
         return FileSource(src.path, format=src.format, events_per_record=src.events_per_record)
     try:
-        from connectors.kafka.source import KafkaSource
+        from connectors.kafka.source import source_from_section
     except ImportError as err:
         raise SystemExit(
             f"--source kafka needs connectors/kafka/source.py (KafkaSource), which is not "
             f"available in this installation ({err}); use --source synthetic or file"
         ) from err
-    return KafkaSource(
-        topic=src.kafka.topic,
-        bootstrap_servers=src.kafka.bootstrap_servers,
-        group_id=src.kafka.group_id,
-    )
+    return source_from_section(src.kafka, lag_every_s=cfg.observability.log_every_s)
 
 
 def make_dead_letter_sink(cfg: TrainerConfig) -> Any:
@@ -154,16 +150,13 @@ def make_dead_letter_sink(cfg: TrainerConfig) -> Any:
 
         return JsonlDeadLetterSink(cfg.dead_letter_path)
     try:
-        from connectors.kafka.deadletter import KafkaDeadLetterSink
+        from connectors.kafka.deadletter import sink_from_section
     except ImportError as err:
         raise SystemExit(
             f"dead_letter.kind=kafka needs connectors/kafka/deadletter.py ({err}); "
             "use dead_letter.kind=jsonl"
         ) from err
-    return KafkaDeadLetterSink(
-        topic=cfg.source.kafka.dead_letter_topic or f"{cfg.source.kafka.topic}.dlq",
-        bootstrap_servers=cfg.source.kafka.bootstrap_servers,
-    )
+    return sink_from_section(cfg.source.kafka)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -188,6 +181,9 @@ def run(args: argparse.Namespace) -> int:
         registry=registry,
         metrics=metrics,
     )
+    if hasattr(source, "on_revoke"):  # Kafka: checkpoint before partitions move; report lag
+        source.on_revoke(lambda _partitions: trainer.checkpoint())
+        source.on_lag(metrics.set_consumer_lag)
     if cfg.checkpoint.resume:
         trainer.restore()
 
