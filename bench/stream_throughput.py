@@ -9,7 +9,8 @@ Stages (each a function ``stage_<name>(args, data) -> dict`` taking prepared pay
 - ``json_pydantic``: the same events through ``Event.model_validate_json`` (the alternative
   the JSON codec does not use; kept to show why);
 - ``store``: the sequence store alone (late/duplicate checks + commit) per ``--batch-events``;
-- ``store_batch``: store + item vocabulary + jagged batch assembly (no model);
+- ``arrow_to_batches``: decode + validate + store + item vocabulary + jagged batch assembly
+  (everything before the model; micro-batches of ``--batch-events`` cut from each payload);
 - ``full_training``: the whole online step (decode, store, batch, test, train) on the first
   ``--train-events`` events with the default HSTU (run it with ``--batch-events 256``).
 
@@ -167,25 +168,29 @@ def stage_store(args: argparse.Namespace, data: Data) -> dict[str, Any]:
     return out
 
 
-def stage_store_batch(args: argparse.Namespace, data: Data) -> dict[str, Any]:
-    """Sequence store + vocabulary + jagged batch assembly (+ store commit), no model."""
+def stage_arrow_to_batches(args: argparse.Namespace, data: Data) -> dict[str, Any]:
+    """Arrow payloads -> decode + validate -> store + vocabulary -> jagged batches (no model)."""
     from model.vocab import ItemVocabulary
     from pipeline.batching import BatchBuilder
-    from pipeline.events import EventBatch
+    from pipeline.events import decode
     from pipeline.store import SequenceStore
 
-    events = EventBatch.concat(decoded_batches(data))
+    recs = records(data.arrow, "arrow")
     size = args.batch_events
 
     def run() -> int:
         store = SequenceStore(max_len=args.max_len, tolerance_s=3600)
         builder = BatchBuilder(store, ItemVocabulary(capacity=1_000_000), args.max_len // 2)
-        for lo in range(0, len(events), size):
-            builder.commit(builder.build(events.take(slice(lo, lo + size))))
-        return len(events)
+        seen = 0
+        for r in recs:
+            events = decode(r).events
+            seen += len(events)
+            for lo in range(0, len(events), size):
+                builder.commit(builder.build(events.take(slice(lo, lo + size))))
+        return seen
 
     out = timed(run, args.repeat)
-    out.update(batch_events=size, max_len=args.max_len)
+    out.update(batch_events=size, max_len=args.max_len, events_per_payload=args.events_per_payload)
     return out
 
 
@@ -230,7 +235,7 @@ STAGES: dict[str, Callable[[argparse.Namespace, Data], dict[str, Any]]] = {
     "json_decode": stage_json_decode,
     "json_pydantic": stage_json_pydantic,
     "store": stage_store,
-    "store_batch": stage_store_batch,
+    "arrow_to_batches": stage_arrow_to_batches,
     "full_training": stage_full_training,
 }
 

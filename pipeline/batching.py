@@ -80,26 +80,6 @@ def assemble(
     order = np.lexsort((np.arange(n), timestamps, seq))
     k = np.bincount(seq, minlength=n_users)
     h = history.lengths()
-    comb_len = h + k
-    comb_off = np.concatenate(([0], np.cumsum(comb_len)))
-    new_pos = np.arange(n) - np.repeat(np.cumsum(k) - k, k)  # rank within user, sorted
-    total = int(comb_off[-1])
-
-    c_rows = np.zeros(total, dtype=np.int64)
-    c_ts = np.zeros(total, dtype=np.int64)
-    c_act = np.zeros(total, dtype=np.int64)
-    c_event = np.full(total, -1, dtype=np.int64)
-    hist_seq = np.repeat(np.arange(n_users), h)
-    hist_dst = comb_off[hist_seq] + np.arange(hist_seq.size) - np.repeat(history.offsets[:-1], h)
-    c_rows[hist_dst] = history_rows
-    c_ts[hist_dst] = history.timestamps
-    c_act[hist_dst] = history.actions
-    sorted_seq = seq[order]
-    new_dst = comb_off[sorted_seq] + h[sorted_seq] + new_pos
-    c_rows[new_dst] = rows[order]
-    c_ts[new_dst] = timestamps[order]
-    c_act[new_dst] = actions[order]
-    c_event[new_dst] = order
 
     # Chunks of at most max_targets new events, each with its own context window.
     chunks = -(-k // max_targets)
@@ -111,21 +91,33 @@ def assemble(
     win_len = end - start
     offsets = np.concatenate(([0], np.cumsum(win_len))).astype(np.int64)
     pos = np.arange(int(offsets[-1])) - np.repeat(offsets[:-1], win_len)
-    src = np.repeat(comb_off[ch_user] + start, win_len) + pos
-    target_from = np.repeat(h[ch_user] + first_new - start, win_len)
-    is_new = pos >= target_from
-    out_rows = c_rows[src]
+
+    # Each row's position in its user's combined sequence (stored history, then the new
+    # events) maps straight to an index into [history..., new events in user/time order]:
+    # one gather per column, no intermediate combined arrays.
+    user = np.repeat(ch_user, win_len)
+    combined = np.repeat(start, win_len) + pos
+    h_user = h[user]
+    from_history = combined < h_user
+    n_hist = int(history.offsets[-1])
+    src = np.where(
+        from_history,
+        history.offsets[user] + combined,
+        n_hist + (np.cumsum(k) - k)[user] + combined - h_user,
+    )
+    is_new = combined >= np.repeat(h[ch_user] + first_new, win_len)  # this chunk's targets
+    out_rows = np.concatenate([history_rows, rows[order]]).take(src)
     is_target = is_new & (pos > 0) & (out_rows > 0)
     batch = JaggedBatch.from_numpy(
         item_ids=out_rows,
-        timestamps=c_ts[src],
+        timestamps=np.concatenate([history.timestamps, timestamps[order]]).take(src),
         offsets=offsets,
-        action_types=c_act[src],
+        action_types=np.concatenate([history.actions, actions[order]]).take(src),
         is_target=is_target,
     )
     return MicroBatch(
         batch=batch,
-        target_event=c_event[src][is_target],
+        target_event=order.take(src[is_target] - n_hist),
         context_only=int((is_new & (pos == 0) & (out_rows > 0)).sum()),
         unknown_item=int((rows == 0).sum()),
     )

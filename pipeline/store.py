@@ -1,9 +1,12 @@
 """Per-user sequence store: the recent history every new event is appended to.
 
 Layout: one slot per user in 2-D numpy arrays ``[slots, max_len]`` (item reference,
-timestamp, action, value, event-id hash), each row sorted by event time, plus a length and a
-last-event time per slot. Every operation works on a whole micro-batch with numpy
-(grouping by user via ``np.unique``/``argsort``); there is no per-event Python object.
+timestamp, action, value, event-id hash), plus a length, a head and a last-event time per
+slot. Each row is a ring buffer in event-time order starting at its head, so the common case
+(a user's new events are no older than their stored ones) appends in place without moving
+the stored events; out-of-order inserts and TTL trimming rebuild the affected rows. Every
+operation works on a whole micro-batch with numpy (grouping by user via
+``np.unique``/``argsort``); there is no per-event Python object.
 
 Semantics:
 
@@ -165,6 +168,7 @@ class SequenceStore:
         self.value = np.zeros((slots, self.max_len), dtype=np.float32)
         self.ehash = np.zeros((slots, self.max_len), dtype=np.int64)
         self.length = np.zeros(slots, dtype=np.int64)
+        self.head = np.zeros(slots, dtype=np.int64)  # column of the oldest event
         self.last_ts = np.full(slots, _INT64_MIN, dtype=np.int64)
 
     def _grow(self, needed: int) -> None:
@@ -172,7 +176,7 @@ class SequenceStore:
         if needed <= old:
             return
         new = min(max(needed, 2 * old, 1024), self.max_users)
-        for name in (*self._COLUMNS, "length", "last_ts"):
+        for name in (*self._COLUMNS, "length", "head", "last_ts"):
             arr = getattr(self, name)
             fill = _INT64_MIN if name == "last_ts" else 0
             grown = np.full((new, *arr.shape[1:]), fill, dtype=arr.dtype)
@@ -180,6 +184,14 @@ class SequenceStore:
             setattr(self, name, grown)
         self._key_of.extend([None] * (new - old))
         self._free.extend(range(new - 1, old - 1, -1))
+
+    def _ring_cols(self, slots: np.ndarray, logical: np.ndarray) -> np.ndarray:
+        """Physical columns of logical positions (0 = oldest) in the rows of ``slots``."""
+        return (self.head[slots] + logical) % self.max_len
+
+    def _rows_in_order(self, slots: np.ndarray) -> np.ndarray:
+        """[len(slots), max_len] physical columns of each whole row, oldest first."""
+        return self._ring_cols(slots[:, None], np.arange(self.max_len)[None, :])
 
     @property
     def num_users(self) -> int:
@@ -200,8 +212,8 @@ class SequenceStore:
         slot = self._slot_of.get(user)
         if slot is None:
             return {c: getattr(self, c)[:0, 0].copy() for c in self._COLUMNS}
-        n = int(self.length[slot])
-        return {c: getattr(self, c)[slot, :n].copy() for c in self._COLUMNS}
+        cols = self._ring_cols(np.int64(slot), np.arange(int(self.length[slot])))
+        return {c: getattr(self, c)[slot, cols] for c in self._COLUMNS}
 
     # ------------------------------------------------------------------ plan
     def plan(
@@ -235,7 +247,8 @@ class SequenceStore:
         check = np.flatnonzero(has_id & known & ~late)
         if check.size:
             s = ev_slot[check]
-            in_row = np.arange(self.max_len)[None, :] < self.length[s][:, None]
+            age = (np.arange(self.max_len)[None, :] - self.head[s][:, None]) % self.max_len
+            in_row = age < self.length[s][:, None]
             dup[check] = ((self.ehash[s] == ehash[check][:, None]) & in_row).any(axis=1)
         ids = np.flatnonzero(has_id & ~late & ~dup)
         if ids.size:
@@ -261,24 +274,37 @@ class SequenceStore:
         if self.length.size == 0:
             lo = hi = np.zeros(slots.size, dtype=np.int64)
         else:
-            ts = self.ts[safe]
-            in_row = (
-                np.arange(self.max_len)[None, :] < np.where(known, self.length[safe], 0)[:, None]
+            cutoff = np.asarray(cutoff, dtype=np.int64)
+            floor = self.ttl_floor()
+            hi = np.where(known, self.length[safe], 0)
+            lo = np.zeros(slots.size, dtype=np.int64)
+            # Usually the new events are the newest and nothing is past the TTL, so whole rows
+            # are returned; only the other rows are scanned for their [lo, hi) range.
+            scan = np.flatnonzero(
+                (hi > 0)
+                & ((cutoff < self.last_ts[safe]) | (self.ts[safe, self.head[safe]] < floor))
             )
-            hi = (in_row & (ts <= np.asarray(cutoff, dtype=np.int64)[:, None])).sum(axis=1)
-            lo = (in_row & (ts < self.ttl_floor())).sum(axis=1)
-            lo = np.minimum(lo, hi)
+            if scan.size:
+                s = safe[scan]
+                ts = self.ts[s[:, None], self._rows_in_order(s)]
+                in_row = np.arange(self.max_len)[None, :] < hi[scan][:, None]
+                hi[scan] = (in_row & (ts <= cutoff[scan][:, None])).sum(axis=1)
+                lo[scan] = np.minimum((in_row & (ts < floor)).sum(axis=1), hi[scan])
         lengths = hi - lo
         offsets = np.zeros(slots.size + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         rows = np.repeat(safe, lengths)
-        cols = np.arange(int(offsets[-1]), dtype=np.int64) - np.repeat(offsets[:-1] - lo, lengths)
+        logical = np.arange(int(offsets[-1]), dtype=np.int64) - np.repeat(
+            offsets[:-1] - lo, lengths
+        )
+        # One flat index reused for every column: 1-D take is much faster than 2-D fancy indexing.
+        flat = rows * self.max_len + self._ring_cols(rows, logical)
         return Histories(
             offsets=offsets,
-            item_refs=self.refs[rows, cols],
-            timestamps=self.ts[rows, cols],
-            actions=self.action[rows, cols].astype(np.int64),
-            values=self.value[rows, cols],
+            item_refs=self.refs.ravel().take(flat),
+            timestamps=self.ts.ravel().take(flat),
+            actions=self.action.ravel().take(flat).astype(np.int64),
+            values=self.value.ravel().take(flat),
         )
 
     # ---------------------------------------------------------------- commit
@@ -324,11 +350,57 @@ class SequenceStore:
         self.counters["events_stored"] += int(acc.size)
 
     def _merge(self, slots: np.ndarray, seg_new: np.ndarray, new: dict[str, np.ndarray]) -> None:
-        """Merge new events into the rows of ``slots``: time order, last max_len, TTL."""
+        """Merge new events into the rows of ``slots``: time order, last max_len, TTL.
+
+        Rows whose new events are all no older than the stored ones (and that need no TTL
+        trimming) take the in-place ring append; the rest are rebuilt by ``_rebuild``.
+        """
+        order = np.lexsort((new["ts"], seg_new))  # stable: arrival order among equal times
+        seg = seg_new[order]
+        counts = np.bincount(seg, minlength=slots.size)
+        starts = np.cumsum(counts) - counts
+        first_ts = new["ts"][order][np.minimum(starts, max(seg.size - 1, 0))]
+        length = self.length[slots]
+        floor = self.ttl_floor()
+        fast = (counts > 0) & (first_ts >= floor)
+        fast &= (length == 0) | (first_ts >= self.last_ts[slots])
+        if floor != _INT64_MIN:
+            fast &= (length == 0) | (self.ts[slots, self.head[slots]] >= floor)
+        pick = fast[seg]
+        if pick.any():
+            self._append(slots[fast], counts[fast], {c: v[order[pick]] for c, v in new.items()})
+        if not fast.all():
+            slow = np.flatnonzero(~fast)
+            keep = ~fast[seg_new]
+            remap = np.full(slots.size, -1, dtype=np.int64)
+            remap[slow] = np.arange(slow.size)
+            self._rebuild(slots[slow], remap[seg_new[keep]], {c: v[keep] for c, v in new.items()})
+
+    def _append(self, slots: np.ndarray, counts: np.ndarray, new: dict[str, np.ndarray]) -> None:
+        """Ring-append ``counts[i]`` time-sorted new events (grouped by row) to ``slots[i]``."""
+        length = self.length[slots]
+        pos = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+        # Only the last max_len new events of a row survive; writing just those keeps the
+        # target columns distinct (no repeated fancy-index writes).
+        live = pos >= np.repeat(counts - self.max_len, counts)
+        seg = np.repeat(np.arange(slots.size), counts)[live]
+        rows = slots[seg]
+        cols = self._ring_cols(rows, length[seg] + pos[live])
+        for c, v in new.items():
+            getattr(self, c)[rows, cols] = v[live]
+        overflow = np.maximum(length + counts - self.max_len, 0)
+        self.head[slots] = (self.head[slots] + overflow) % self.max_len
+        self.length[slots] = length + counts - overflow
+        self.last_ts[slots] = new["ts"][np.cumsum(counts) - 1]
+
+    def _rebuild(self, slots: np.ndarray, seg_new: np.ndarray, new: dict[str, np.ndarray]) -> None:
+        """Sort stored + new events of each row, apply TTL and the cap, rewrite from column 0."""
         old_len = self.length[slots]
         seg_old = np.repeat(np.arange(slots.size), old_len)
-        col_old = np.arange(seg_old.size) - np.repeat(np.cumsum(old_len) - old_len, old_len)
         row_old = slots[seg_old]
+        col_old = self._ring_cols(
+            row_old, np.arange(seg_old.size) - np.repeat(np.cumsum(old_len) - old_len, old_len)
+        )
         seg = np.concatenate([seg_old, seg_new])
         cols = {c: np.concatenate([getattr(self, c)[row_old, col_old], new[c]]) for c in new}
         # Sort by (user, time, stored-before-new, arrival) with one int64 key; a stable sort
@@ -355,6 +427,7 @@ class SequenceStore:
         dst_col = pos[tail] - np.repeat(counts - kept, counts)[tail]
         for c, v in cols.items():
             getattr(self, c)[dst_row, dst_col] = v[tail]
+        self.head[slots] = 0
         self.length[slots] = kept
         last = np.full(slots.size, _INT64_MIN, dtype=np.int64)
         nonempty = kept > 0
@@ -399,6 +472,7 @@ class SequenceStore:
             self._key_of[slot] = None
             self._free.append(slot)
         self.length[slots] = 0
+        self.head[slots] = 0
         self.last_ts[slots] = _INT64_MIN
 
     # -------------------------------------------------------------- snapshot
@@ -408,7 +482,9 @@ class SequenceStore:
         slots = np.array([self._slot_of[k] for k in keys], dtype=np.int64)
         lengths = self.length[slots] if slots.size else np.zeros(0, np.int64)
         rows = np.repeat(slots, lengths)
-        cols = np.arange(rows.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        cols = self._ring_cols(
+            rows, np.arange(rows.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        )
         arrays: dict[str, Any] = {
             "params": np.array(
                 [

@@ -8,15 +8,16 @@ offset to read" per partition key, exactly what a checkpoint stores and ``seek``
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 CODECS = ("json", "arrow")
 
 
-@dataclass(frozen=True, slots=True)
-class SourceRecord:
+class SourceRecord(NamedTuple):
     """One raw record: a single JSON event or an Arrow IPC batch of many events.
+
+    A NamedTuple rather than a frozen dataclass: sources build one per Kafka message, and
+    tuple construction is several times cheaper on that hot path.
 
     Attributes:
         payload: the raw bytes, undecoded.

@@ -144,6 +144,60 @@ def test_many_users_vectorised_batch_matches_per_user_reference():
         assert store.user_history(u)["refs"].tolist() == [r for _, r in evs[-5:]]
 
 
+@pytest.mark.parametrize("ttl_s", [None, 40])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_random_stream_matches_sorted_list_oracle(seed, ttl_s):
+    """Ring appends, out-of-order rebuilds, TTL and snapshots agree with a plain-list model."""
+    rng = np.random.default_rng(seed)
+    max_len, tolerance = 4, 6
+    store = SequenceStore(max_len=max_len, ttl_s=ttl_s, tolerance_s=tolerance)
+    oracle: dict[int, list[tuple[int, int]]] = {}  # user -> [(ts, ref)] in stored order
+    watermark, t, ref = None, 0, 0
+    for step in range(60):
+        n = int(rng.integers(1, 12))
+        users = rng.integers(0, 6, n)
+        ts = t + rng.integers(-10, 10, n)  # some late, some out of order within tolerance
+        t += int(rng.integers(0, 8))
+        refs = np.arange(ref + 1, ref + n + 1)
+        ref += n
+        plan = store.plan(users, ts)
+        expected_ok = []
+        seen: dict[int, int] = {}
+        for u, s in zip(users.tolist(), ts.tolist(), strict=True):
+            prev = max([e[0] for e in oracle.get(u, [])] + [seen.get(u, -(2**62))])
+            ok = s >= prev - tolerance
+            expected_ok.append(ok)
+            if ok:
+                seen[u] = max(seen.get(u, s), s)
+        assert plan.accepted.tolist() == expected_ok, step
+        store.commit(plan, refs, np.zeros(n, np.int64), np.zeros(n, np.float32))
+        for u, s, r, ok in zip(
+            users.tolist(), ts.tolist(), refs.tolist(), expected_ok, strict=True
+        ):
+            if ok:
+                oracle.setdefault(u, []).append((s, r))
+                watermark = s if watermark is None else max(watermark, s)
+        floor = -(2**62) if ttl_s is None or watermark is None else watermark - ttl_s
+        for u in list(oracle):
+            kept = [e for e in sorted(oracle[u], key=lambda e: e[0]) if e[0] >= floor]
+            if kept:
+                oracle[u] = kept[-max_len:]
+            else:
+                del oracle[u]
+        if step % 7 == 6:
+            store = SequenceStore.restore(store.snapshot())
+        users_sorted = sorted(oracle)
+        hist = store.history(
+            np.array([store._slot_of[u] for u in users_sorted], dtype=np.int64),
+            np.full(len(users_sorted), np.iinfo(np.int64).max),
+        )
+        for i, u in enumerate(users_sorted):
+            lo, hi = hist.offsets[i], hist.offsets[i + 1]
+            assert hist.item_refs[lo:hi].tolist() == [r for _, r in oracle[u]], (step, u)
+            assert hist.timestamps[lo:hi].tolist() == [s for s, _ in oracle[u]], (step, u)
+        assert store.num_users == len(oracle)
+
+
 def test_invalid_arguments_are_rejected():
     with pytest.raises(ValueError, match="max_len"):
         SequenceStore(max_len=0)
