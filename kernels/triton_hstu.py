@@ -91,6 +91,16 @@ _AUTOTUNE_KEY = ["LEN_BUCKET", "BLOCK_D", "BLOCK_DV"]
 
 
 @triton.jit
+def _load_tile(ptr, rows, row_ok, head_offset, cols, n_cols, stride_t, stride_c):
+    """[rows, cols] tile of one head of a [T, H, d] tensor; zeros past the sequence and d."""
+    return tl.load(
+        ptr + rows[:, None] * stride_t + head_offset + cols[None, :] * stride_c,
+        mask=row_ok[:, None] & (cols[None, :] < n_cols),
+        other=0.0,
+    )
+
+
+@triton.jit
 def _bias_tile(
     offs_m,
     offs_n,
@@ -184,10 +194,8 @@ def _hstu_fwd(
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     rows_m = seq_start + offs_m
-    q = tl.load(
-        Q + rows_m[:, None] * stride_qt + head * stride_qh + offs_d[None, :] * stride_qd,
-        mask=(offs_m[:, None] < seq_len) & (offs_d[None, :] < D_QK),
-        other=0.0,
+    q = _load_tile(
+        Q, rows_m, offs_m < seq_len, head * stride_qh, offs_d, D_QK, stride_qt, stride_qd
     )
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
     # Causal skip: only key blocks that start at or before this block's last row.
@@ -195,15 +203,11 @@ def _hstu_fwd(
     for n_start in range(0, n_end, BLOCK_N):
         offs_n = n_start + tl.arange(0, BLOCK_N)
         rows_n = seq_start + offs_n
-        k = tl.load(
-            K + rows_n[:, None] * stride_kt + head * stride_kh + offs_d[None, :] * stride_kd,
-            mask=(offs_n[:, None] < seq_len) & (offs_d[None, :] < D_QK),
-            other=0.0,
+        k = _load_tile(
+            K, rows_n, offs_n < seq_len, head * stride_kh, offs_d, D_QK, stride_kt, stride_kd
         )
-        v = tl.load(
-            V + rows_n[:, None] * stride_vt + head * stride_vh + offs_dv[None, :] * stride_vd,
-            mask=(offs_n[:, None] < seq_len) & (offs_dv[None, :] < D_V),
-            other=0.0,
+        v = _load_tile(
+            V, rows_n, offs_n < seq_len, head * stride_vh, offs_dv, D_V, stride_vt, stride_vd
         )
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * alpha
         bias, _ = _bias_tile(
@@ -293,30 +297,22 @@ def _hstu_bwd_dq(
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     rows_m = seq_start + offs_m
-    q = tl.load(
-        Q + rows_m[:, None] * stride_qt + head * stride_qh + offs_d[None, :] * stride_qd,
-        mask=(offs_m[:, None] < seq_len) & (offs_d[None, :] < D_QK),
-        other=0.0,
+    q = _load_tile(
+        Q, rows_m, offs_m < seq_len, head * stride_qh, offs_d, D_QK, stride_qt, stride_qd
     )
-    do = tl.load(
-        DO + rows_m[:, None] * stride_dot + head * stride_doh + offs_dv[None, :] * stride_dod,
-        mask=(offs_m[:, None] < seq_len) & (offs_dv[None, :] < D_V),
-        other=0.0,
+    do = _load_tile(
+        DO, rows_m, offs_m < seq_len, head * stride_doh, offs_dv, D_V, stride_dot, stride_dod
     )
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     n_end = tl.minimum(seq_len, m_start + BLOCK_M)
     for n_start in range(0, n_end, BLOCK_N):
         offs_n = n_start + tl.arange(0, BLOCK_N)
         rows_n = seq_start + offs_n
-        k = tl.load(
-            K + rows_n[:, None] * stride_kt + head * stride_kh + offs_d[None, :] * stride_kd,
-            mask=(offs_n[:, None] < seq_len) & (offs_d[None, :] < D_QK),
-            other=0.0,
+        k = _load_tile(
+            K, rows_n, offs_n < seq_len, head * stride_kh, offs_d, D_QK, stride_kt, stride_kd
         )
-        v = tl.load(
-            V + rows_n[:, None] * stride_vt + head * stride_vh + offs_dv[None, :] * stride_vd,
-            mask=(offs_n[:, None] < seq_len) & (offs_dv[None, :] < D_V),
-            other=0.0,
+        v = _load_tile(
+            V, rows_n, offs_n < seq_len, head * stride_vh, offs_dv, D_V, stride_vt, stride_vd
         )
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * alpha
         bias, _ = _bias_tile(
@@ -420,15 +416,11 @@ def _hstu_bwd_dkdv(
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     rows_n = seq_start + offs_n
-    k = tl.load(
-        K + rows_n[:, None] * stride_kt + head * stride_kh + offs_d[None, :] * stride_kd,
-        mask=(offs_n[:, None] < seq_len) & (offs_d[None, :] < D_QK),
-        other=0.0,
+    k = _load_tile(
+        K, rows_n, offs_n < seq_len, head * stride_kh, offs_d, D_QK, stride_kt, stride_kd
     )
-    v = tl.load(
-        V + rows_n[:, None] * stride_vt + head * stride_vh + offs_dv[None, :] * stride_vd,
-        mask=(offs_n[:, None] < seq_len) & (offs_dv[None, :] < D_V),
-        other=0.0,
+    v = _load_tile(
+        V, rows_n, offs_n < seq_len, head * stride_vh, offs_dv, D_V, stride_vt, stride_vd
     )
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
@@ -446,15 +438,11 @@ def _hstu_bwd_dkdv(
     for m_start in range(m_first, seq_len, BLOCK_M):
         offs_m = m_start + ii
         rows_m = seq_start + offs_m
-        q = tl.load(
-            Q + rows_m[:, None] * stride_qt + head * stride_qh + offs_d[None, :] * stride_qd,
-            mask=(offs_m[:, None] < seq_len) & (offs_d[None, :] < D_QK),
-            other=0.0,
+        q = _load_tile(
+            Q, rows_m, offs_m < seq_len, head * stride_qh, offs_d, D_QK, stride_qt, stride_qd
         )
-        do = tl.load(
-            DO + rows_m[:, None] * stride_dot + head * stride_doh + offs_dv[None, :] * stride_dod,
-            mask=(offs_m[:, None] < seq_len) & (offs_dv[None, :] < D_V),
-            other=0.0,
+        do = _load_tile(
+            DO, rows_m, offs_m < seq_len, head * stride_doh, offs_dv, D_V, stride_dot, stride_dod
         )
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * alpha
         bias, bucket = _bias_tile(
