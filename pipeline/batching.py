@@ -163,7 +163,12 @@ class BatchBuilder:
         accepted = np.flatnonzero(plan.accepted)
         ts = events.timestamp[accepted]
         obs = self.vocab.observe(events.item_id[accepted], ts)
-        users, seq = np.unique(plan.user_index[accepted], return_inverse=True)
+        # Distinct users of the accepted events, in plan order, and each event's index among
+        # them (plan.user_index is already dense, so a bincount replaces a sort).
+        user_index = plan.user_index[accepted]
+        present = np.bincount(user_index, minlength=len(plan.user_keys)) > 0
+        users = np.flatnonzero(present)
+        seq = (np.cumsum(present) - 1)[user_index]
         cutoff = np.full(users.size, np.iinfo(np.int64).max, dtype=np.int64)
         np.minimum.at(cutoff, seq, ts)
         history = self.store.history(plan.slots[users], cutoff)

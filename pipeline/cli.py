@@ -47,10 +47,22 @@ def main(argv: list[str] | None = None) -> int:
         level=getattr(logging, args.log_level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.log_level != "DEBUG":
+        # kafka-python logs every connection step at INFO; genrec's own lines say what matters.
+        logging.getLogger("kafka").setLevel(logging.WARNING)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, OSError) as err:
+        # Bad settings, files or addresses (pydantic's ValidationError is a ValueError): the
+        # message says what and where; the traceback only helps when debugging genrec itself.
+        if args.log_level == "DEBUG":
+            raise
+        prog = f"genrec {args.command}" if args.command else "genrec"
+        sys.stderr.write(f"{prog}: error: {err}\n(run with --log-level DEBUG for a traceback)\n")
+        return 2
 
 
 if __name__ == "__main__":

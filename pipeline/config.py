@@ -37,7 +37,9 @@ class SyntheticSection(_Section):
 
 class KafkaSection(_Section):
     bootstrap_servers: str | None = Field(
-        None, description="Kafka bootstrap servers (default: KAFKA_BOOTSTRAP_SERVERS)"
+        None,
+        description="Kafka bootstrap servers (default: KAFKA_BOOTSTRAP_SERVERS, else the broker "
+        "started by 'genrec kafka up')",
     )
     topic: str = Field("events", description="topic(s) to consume, comma-separated")
     group_id: str = Field("genrec-trainer", description="consumer group (offsets: lag only)")

@@ -112,7 +112,6 @@ class Histories:
     item_refs: np.ndarray
     timestamps: np.ndarray
     actions: np.ndarray
-    values: np.ndarray
 
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
@@ -304,7 +303,6 @@ class SequenceStore:
             item_refs=self.refs.ravel().take(flat),
             timestamps=self.ts.ravel().take(flat),
             actions=self.action.ravel().take(flat).astype(np.int64),
-            values=self.value.ravel().take(flat),
         )
 
     # ---------------------------------------------------------------- commit

@@ -60,6 +60,20 @@ def kafka_cache_root() -> Path:
     return Path(override) if override else Path.home() / ".cache" / "genrec" / "kafka"
 
 
+def default_broker_dir() -> Path:
+    """Data directory of the broker that ``genrec kafka up`` manages by default."""
+    return kafka_cache_root() / "local"
+
+
+def running_local_bootstrap(directory: Path | None = None) -> str | None:
+    """Bootstrap servers of the local broker (``genrec kafka up``) if it is running, else None."""
+    directory = default_broker_dir() if directory is None else directory
+    if not (directory / STATE_FILE).exists():
+        return None
+    broker = LocalKafkaBroker(directory)
+    return broker.bootstrap_servers if broker.is_running() else None
+
+
 def ensure_kafka_jars(version: str | None = None, timeout_s: float = 900.0) -> Path:
     """Return the directory holding the broker's jars, downloading them with Maven if needed.
 

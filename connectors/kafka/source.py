@@ -46,6 +46,7 @@ line states it as often.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import time
@@ -58,6 +59,7 @@ from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
+from connectors.kafka.broker import running_local_bootstrap
 from connectors.kafka.config import KafkaClientConfig
 from connectors.kafka.producer import CODEC_HEADER
 from pipeline.sources.base import SourceRecord
@@ -509,9 +511,12 @@ class _Listener(AsyncConsumerRebalanceListener):
 
 def client_config_from_section(kafka: Any) -> KafkaClientConfig:
     """Cluster settings from the trainer's ``source.kafka`` config section; unset values fall
-    back to the ``KAFKA_*`` environment variables (the SASL password comes only from there)."""
+    back to the ``KAFKA_*`` environment variables (the SASL password comes only from there),
+    and the servers finally to the local broker of ``genrec kafka up`` if it runs."""
     return KafkaClientConfig.from_env(
-        bootstrap_servers=kafka.bootstrap_servers,
+        bootstrap_servers=kafka.bootstrap_servers
+        or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+        or running_local_bootstrap(),
         security_protocol=kafka.security_protocol,
         sasl_mechanism=kafka.sasl_mechanism,
         sasl_username=kafka.sasl_username,

@@ -18,32 +18,10 @@ from connectors.kafka.config import add_client_arguments, client_config_from_arg
 log = logging.getLogger(__name__)
 
 
-def _default_dir() -> Path:
-    from connectors.kafka.broker import kafka_cache_root
-
-    return kafka_cache_root() / "local"
-
-
-def _quiet_kafka_client(args: argparse.Namespace) -> None:
-    # kafka-python logs every connection at INFO; keep the CLI output readable.
-    if args.log_level != "DEBUG":
-        logging.getLogger("kafka").setLevel(logging.WARNING)
-
-
-def _local_bootstrap() -> str | None:
-    """Bootstrap servers of the broker `genrec kafka up` started, if it is running."""
-    from connectors.kafka.broker import STATE_FILE, LocalKafkaBroker
-
-    directory = _default_dir()
-    if not (directory / STATE_FILE).exists():
-        return None
-    broker = LocalKafkaBroker(directory)
-    return broker.bootstrap_servers if broker.is_running() else None
-
-
 def _client_config(args: argparse.Namespace):
-    _quiet_kafka_client(args)
-    return client_config_from_args(args, default_bootstrap=_local_bootstrap())
+    from connectors.kafka.broker import running_local_bootstrap
+
+    return client_config_from_args(args, default_bootstrap=running_local_bootstrap())
 
 
 # -- genrec kafka ------------------------------------------------------------------------------
@@ -52,7 +30,6 @@ def _client_config(args: argparse.Namespace):
 def _kafka_up(args: argparse.Namespace) -> int:
     from connectors.kafka.broker import LocalKafkaBroker
 
-    _quiet_kafka_client(args)
     broker = LocalKafkaBroker(args.dir, port=args.port, heap=args.heap)
     print(broker.start(timeout_s=args.timeout))
     return 0
@@ -61,7 +38,6 @@ def _kafka_up(args: argparse.Namespace) -> int:
 def _kafka_status(args: argparse.Namespace) -> int:
     from connectors.kafka.broker import STATE_FILE, LocalKafkaBroker
 
-    _quiet_kafka_client(args)
     if not (Path(args.dir) / STATE_FILE).exists():
         print(json.dumps({"running": False, "data_dir": str(args.dir)}))
         return 1
@@ -190,7 +166,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     kafka = subparsers.add_parser("kafka", help="run a local Apache Kafka broker (no Docker)")
     kafka_sub = kafka.add_subparsers(dest="kafka_command", metavar="ACTION", required=True)
-    default_dir = _default_dir()
+    from connectors.kafka.broker import default_broker_dir
+
+    default_dir = default_broker_dir()
     up = kafka_sub.add_parser("up", help="start the local broker and print bootstrap servers")
     down = kafka_sub.add_parser("down", help="stop the local broker (data is kept)")
     status = kafka_sub.add_parser("status", help="print the local broker's state (exit 1: down)")

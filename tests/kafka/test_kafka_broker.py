@@ -9,7 +9,12 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from connectors.kafka.admin import TopicAdmin
-from connectors.kafka.broker import STATE_FILE, BrokerError, LocalKafkaBroker
+from connectors.kafka.broker import (
+    STATE_FILE,
+    BrokerError,
+    LocalKafkaBroker,
+    running_local_bootstrap,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -30,6 +35,24 @@ def test_state_file_lets_another_handle_find_the_running_broker(kafka_broker: Lo
     assert other.is_running()
     assert other.bootstrap_servers == kafka_broker.bootstrap_servers
     assert other.pid == kafka_broker.pid
+
+
+def test_trainer_source_falls_back_to_the_running_local_broker(
+    kafka_broker: LocalKafkaBroker, tmp_path, monkeypatch
+):
+    """`genrec train --source kafka` without servers uses the broker `genrec kafka up` runs."""
+    from connectors.kafka.source import client_config_from_section
+    from pipeline.config import KafkaSection
+
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    assert running_local_bootstrap(kafka_broker.data_dir) == kafka_broker.bootstrap_servers
+    assert running_local_bootstrap(tmp_path) is None  # no broker state there
+    monkeypatch.setenv("GENREC_KAFKA_HOME", str(tmp_path))  # default broker dir: empty
+    with pytest.raises(ValueError, match="genrec kafka up"):
+        client_config_from_section(KafkaSection())
+    (tmp_path / "local").symlink_to(kafka_broker.data_dir)
+    config = client_config_from_section(KafkaSection())
+    assert config.bootstrap_servers == kafka_broker.bootstrap_servers
 
 
 def _consume_all(bootstrap: str, topic: str, expected: int) -> list[bytes]:
