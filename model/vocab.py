@@ -58,6 +58,19 @@ def factorize(keys: np.ndarray | Sequence[Key]) -> tuple[list[Key], np.ndarray]:
     return list(index), inverse
 
 
+def pack_arrays(arrays: dict[str, np.ndarray]) -> bytes:
+    """Named arrays as one ``numpy.savez`` archive (the snapshot format of the trainer state)."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def unpack_arrays(data: bytes) -> dict[str, np.ndarray]:
+    """Inverse of ``pack_arrays``; never unpickles (``allow_pickle=False``)."""
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        return {name: z[name] for name in z.files}
+
+
 def keys_to_arrays(keys: Sequence[Key]) -> dict[str, np.ndarray]:
     """Split keys into an int64 array and a unicode array (+ positions) for pickle-free npz."""
     is_int = np.fromiter((type(k) is int for k in keys), dtype=bool, count=len(keys))
@@ -331,15 +344,12 @@ class ItemVocabulary:
             arrays[f"row_{name}"] = arr
         for name, arr in keys_to_arrays(pending_keys).items():
             arrays[f"pending_{name}"] = arr
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
-        return buf.getvalue()
+        return pack_arrays(arrays)
 
     @classmethod
     def restore(cls, data: bytes) -> ItemVocabulary:
         """Rebuild a vocabulary from ``snapshot()`` bytes."""
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            a = {name: z[name] for name in z.files}
+        a = unpack_arrays(data)
         capacity, threshold, ttl, max_pending = a["params"].tolist()
         vocab = cls(capacity, threshold, None if ttl < 0 else ttl, max_pending)
         rows = a["rows"]

@@ -175,7 +175,7 @@ class BatchBuilder:
         micro = assemble(
             history,
             self.vocab.resolve(history.item_refs),
-            seq.astype(np.int64).reshape(-1),
+            seq,
             obs.rows,
             ts,
             events.action[accepted],

@@ -8,11 +8,12 @@ both are saved in checkpoints so a restart continues the same curves.
 
 from __future__ import annotations
 
-import io
 import math
 
 import numpy as np
 import torch
+
+from model.vocab import pack_arrays, unpack_arrays
 
 
 def ranks_over_catalogue(
@@ -95,22 +96,21 @@ class ProgressiveMetrics:
         }
 
     def snapshot(self) -> bytes:
-        buf = io.BytesIO()
-        np.savez(
-            buf,
-            params=np.array([self.k, self.window, self._filled, self._next, self.count]),
-            ranks=self._ranks,
-            sums=np.array([self._sums["hr"], self._sums["ndcg"], self._sums["mrr"]]),
+        return pack_arrays(
+            {
+                "params": np.array([self.k, self.window, self._filled, self._next, self.count]),
+                "ranks": self._ranks,
+                "sums": np.array([self._sums["hr"], self._sums["ndcg"], self._sums["mrr"]]),
+            }
         )
-        return buf.getvalue()
 
     @classmethod
     def restore(cls, data: bytes) -> ProgressiveMetrics:
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            k, window, filled, nxt, count = z["params"].tolist()
-            metrics = cls(k, window)
-            metrics._ranks[:] = z["ranks"]
-            metrics._filled, metrics._next, metrics.count = filled, nxt, count
-            hr, ndcg, mrr = z["sums"].tolist()
+        z = unpack_arrays(data)
+        k, window, filled, nxt, count = z["params"].tolist()
+        metrics = cls(k, window)
+        metrics._ranks[:] = z["ranks"]
+        metrics._filled, metrics._next, metrics.count = filled, nxt, count
+        hr, ndcg, mrr = z["sums"].tolist()
         metrics._sums = {"hr": hr, "ndcg": ndcg, "mrr": mrr}
         return metrics

@@ -34,14 +34,20 @@ Use per batch: ``plan = store.plan(users, timestamps, event_ids)`` (what to acce
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from model.vocab import Key, factorize, keys_from_arrays, keys_to_arrays
+from model.vocab import (
+    Key,
+    factorize,
+    keys_from_arrays,
+    keys_to_arrays,
+    pack_arrays,
+    unpack_arrays,
+)
 
 REJECT_LATE = "late"
 REJECT_DUPLICATE = "duplicate"
@@ -502,15 +508,12 @@ class SequenceStore:
             arrays[f"col_{c}"] = getattr(self, c)[rows, cols]
         for name, arr in keys_to_arrays(keys).items():
             arrays[f"user_{name}"] = arr
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
-        return buf.getvalue()
+        return pack_arrays(arrays)
 
     @classmethod
     def restore(cls, data: bytes) -> SequenceStore:
         """Rebuild a store from ``snapshot()`` bytes."""
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            a = {name: z[name] for name in z.files}
+        a = unpack_arrays(data)
         max_len, max_users, ttl, tolerance, watermark = a["params"].tolist()
         store = cls(max_len, max_users, None if ttl < 0 else ttl, tolerance)
         store.watermark = watermark
