@@ -169,6 +169,16 @@ def _tail(path: Path, lines: int) -> str:
         return "".join(deque(handle, maxlen=lines))
 
 
+def _proc_is_ours() -> bool:
+    """True if ``/proc`` shows this process's PID namespace. A sandbox or CI runner that starts
+    us in a new PID namespace without mounting a new ``/proc`` leaves ``/proc/<pid>`` naming
+    other processes, so pid-based look-ups there would be wrong."""
+    try:
+        return os.readlink("/proc/self") == str(os.getpid())
+    except OSError:
+        return False
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -176,12 +186,14 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    stat = Path(f"/proc/{pid}/stat")
-    if stat.exists():  # Linux: an exited child that nobody reaped yet is a zombie, not alive
+    if _proc_is_ours():  # Linux: an exited child that nobody reaped yet is a zombie, not alive
         try:
-            return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
-        except (OSError, IndexError):
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            return stat.rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
             return False
+        except (OSError, IndexError):
+            return True  # cannot tell; the signal check above said it exists
     return True
 
 
@@ -273,17 +285,22 @@ class LocalKafkaBroker:
 
     def is_running(self) -> bool:
         """True if this data directory's broker process is alive (it may still be starting)."""
+        if self._process is not None and self._process.pid == self.state.pid:
+            return self._process.poll() is None  # our own child: the kernel's word, no guessing
         pid = self.state.pid
         if pid is None or not _pid_alive(pid):
             return False
-        cmdline = Path(f"/proc/{pid}/cmdline")
-        if cmdline.exists():  # guard against a recycled pid that now belongs to something else
-            try:
-                args = cmdline.read_bytes().split(b"\0")
-            except OSError:
-                return False
-            return _BROKER_MAIN.encode() in args and str(self.properties_path).encode() in args
-        return True
+        if not _proc_is_ours():
+            return True
+        try:  # guard against a recycled pid that now belongs to something else
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except FileNotFoundError:
+            return False
+        except OSError:
+            return True
+        if args == [b""]:  # a kernel thread or an exiting process: no command line to compare
+            return True
+        return _BROKER_MAIN.encode() in args and str(self.properties_path).encode() in args
 
     def start(self, timeout_s: float = 120.0) -> str:
         """Start the broker (downloading jars and formatting storage if needed) and wait until
