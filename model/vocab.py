@@ -2,7 +2,8 @@
 
 Items appear and disappear in a live stream, so the embedding table is a pool of rows:
 
-* **Collisionless**: each admitted key owns exactly one row (a dict, no hashing tricks);
+* **Collisionless**: each admitted key owns exactly one row (an exact ``KeyIndex``, no
+  hashing tricks);
   row 0 is reserved for padding / unknown items and is never assigned.
 * **Admission**: a key gets a row on its ``admission_threshold``-th occurrence. Before
   that it maps to row 0, so the model never wastes a row (or a training target) on a key
@@ -35,27 +36,11 @@ from typing import Any
 
 import numpy as np
 
-Key = int | str
+from model.grouping import factorize, group_order
+from model.keyindex import Key, KeyIndex
+
 _ROW_BITS = 32
 _ROW_MASK = (1 << _ROW_BITS) - 1
-
-
-def factorize(keys: np.ndarray | Sequence[Key]) -> tuple[list[Key], np.ndarray]:
-    """Distinct keys (as Python int/str) and, per input, the index of its key (int64).
-
-    int64 columns use ``np.unique``; object columns (str or mixed keys) a dict, since mixed
-    int/str keys have no order.
-    """
-    arr = np.asarray(keys) if not isinstance(keys, np.ndarray) else keys
-    if arr.dtype.kind in "iu":
-        uniq, inverse = np.unique(arr.astype(np.int64, copy=False), return_inverse=True)
-        return uniq.tolist(), inverse.astype(np.int64, copy=False).reshape(-1)
-    index: dict[Key, int] = {}
-    values = arr.tolist()
-    inverse = np.fromiter(
-        (index.setdefault(k, len(index)) for k in values), dtype=np.int64, count=len(values)
-    )
-    return list(index), inverse
 
 
 def pack_arrays(arrays: dict[str, np.ndarray]) -> bytes:
@@ -147,7 +132,7 @@ class ItemVocabulary:
         self.admission_threshold = admission_threshold
         self.ttl_s = ttl_s
         self.max_pending = max_pending
-        self._key_to_row: dict[Key, int] = {}
+        self._key_to_row = KeyIndex()
         self._row_key: list[Key | None] = [None] * capacity
         self._used = np.zeros(capacity, dtype=bool)
         self._last_seen = np.zeros(capacity, dtype=np.int64)
@@ -174,9 +159,7 @@ class ItemVocabulary:
     def lookup(self, keys: np.ndarray | Sequence[Key]) -> np.ndarray:
         """int64 rows of ``keys`` (0 for keys without a row); no side effects."""
         uniq, inverse = factorize(keys)
-        get = self._key_to_row.get
-        rows = np.fromiter((get(k, 0) for k in uniq), dtype=np.int64, count=len(uniq))
-        return rows[inverse]
+        return self._key_to_row.lookup(uniq, default=0)[inverse]
 
     def key_of(self, row: int) -> Key | None:
         """The key that owns ``row``, or None."""
@@ -210,22 +193,20 @@ class ItemVocabulary:
         timestamps = np.asarray(timestamps, dtype=np.int64)
         uniq, inverse = factorize(keys)
         n_uniq = len(uniq)
-        get = self._key_to_row.get
-        rows_u = np.fromiter((get(k, 0) for k in uniq), dtype=np.int64, count=n_uniq)
+        rows_u = self._key_to_row.lookup(uniq, default=0)
         max_ts = _group_max(timestamps, inverse, n_uniq)
         counts = np.bincount(inverse, minlength=n_uniq)
 
         # Rank of each occurrence among the occurrences of its key in this batch.
-        order = np.argsort(inverse, kind="stable")
+        order = group_order(inverse, n_uniq)
         starts = np.cumsum(counts) - counts
         rank = np.empty(len(inverse), dtype=np.int64)
         rank[order] = np.arange(len(inverse)) - np.repeat(starts, counts)
 
         new_u = np.flatnonzero(rows_u == 0)
+        new_keys = uniq[new_u].tolist()  # Python int/str, as the pending dict keeps them
         prev = np.fromiter(
-            (self._pending.get(uniq[u], (0, 0))[0] for u in new_u.tolist()),
-            dtype=np.int64,
-            count=new_u.size,
+            (self._pending.get(k, (0, 0))[0] for k in new_keys), dtype=np.int64, count=new_u.size
         )
         reaches = prev + counts[new_u] >= self.admission_threshold
         admit_u = new_u[reaches]
@@ -237,12 +218,12 @@ class ItemVocabulary:
         if assigned.size < admit_u.size:
             self.counters["not_admitted_full"] += int(admit_u.size - assigned.size)
             admit_u = admit_u[: assigned.size]
-        for u, row in zip(admit_u.tolist(), assigned.tolist(), strict=True):
-            key = uniq[u]
+        admitted_keys = [new_keys[i] for i in np.flatnonzero(reaches)[: assigned.size].tolist()]
+        for key, row in zip(admitted_keys, assigned.tolist(), strict=True):
             self._pending.pop(key, None)
-            self._key_to_row[key] = row
             self._row_key[row] = key
         if assigned.size:
+            self._key_to_row.insert(uniq[admit_u], assigned)
             self._used[assigned] = True
             self._generation[assigned] += 1
             self._last_seen[assigned] = max_ts[admit_u]
@@ -251,13 +232,13 @@ class ItemVocabulary:
             self.counters["admitted"] += int(assigned.size)
         # Remember counts of keys still waiting for admission.
         waiting = np.setdiff1d(new_u, admit_u, assume_unique=True)
-        for u, c, t in zip(
-            waiting.tolist(),
+        for key, c, t in zip(
+            uniq[waiting].tolist(),
             (prev[np.searchsorted(new_u, waiting)] + counts[waiting]).tolist(),
             max_ts[waiting].tolist(),
             strict=True,
         ):
-            self._pending[uniq[u]] = (c, t)
+            self._pending[key] = (c, t)
         if len(self._pending) > self.max_pending:
             self._prune_pending()
 
@@ -300,10 +281,11 @@ class ItemVocabulary:
         return out
 
     def _free_rows(self, rows: np.ndarray) -> None:
-        for row in rows.tolist():
-            key = self._row_key[row]
-            del self._key_to_row[key]
+        keys = np.empty(rows.size, dtype=object)
+        for i, row in enumerate(rows.tolist()):
+            keys[i] = self._row_key[row]
             self._row_key[row] = None
+        self._key_to_row.remove(keys)
         self._used[rows] = False
         self._free.extend(sorted(rows.tolist(), reverse=True))
         self._live_cache = None
@@ -355,8 +337,10 @@ class ItemVocabulary:
         rows = a["rows"]
         keys = keys_from_arrays({k[4:]: v for k, v in a.items() if k.startswith("row_")}, rows.size)
         for row, key in zip(rows.tolist(), keys, strict=True):
-            vocab._key_to_row[key] = row
             vocab._row_key[row] = key
+        key_array = np.empty(len(keys), dtype=object)
+        key_array[:] = keys
+        vocab._key_to_row.insert(key_array, rows)
         vocab._used[rows] = True
         vocab._last_seen[:] = a["last_seen"]
         vocab._generation[:] = a["generation"]

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from model.grouping import compact_groups, group_order
 from model.jagged import JaggedBatch
 from model.vocab import ItemVocabulary
 from pipeline.events import EventBatch
@@ -75,39 +76,46 @@ def assemble(
     if not 1 <= max_targets < max_len:
         raise ValueError(f"need 1 <= max_targets < max_len, got {max_targets}, {max_len}")
     n_users = history.offsets.size - 1
-    n = seq.size
-    # New events per user in (time, arrival) order.
-    order = np.lexsort((np.arange(n), timestamps, seq))
+    order = group_order(seq, n_users, timestamps)  # new events by user, time, arrival
     k = np.bincount(seq, minlength=n_users)
     h = history.lengths()
 
-    # Chunks of at most max_targets new events, each with its own context window.
+    # Chunks of at most max_targets new events; each becomes one window of the batch.
     chunks = -(-k // max_targets)
     ch_user = np.repeat(np.arange(n_users), chunks)
-    ch_index = np.arange(ch_user.size) - np.repeat(np.cumsum(chunks) - chunks, chunks)
-    first_new = ch_index * max_targets
-    end = h[ch_user] + np.minimum(first_new + max_targets, k[ch_user])
-    start = np.maximum(0, end - max_len)
-    win_len = end - start
-    offsets = np.concatenate(([0], np.cumsum(win_len))).astype(np.int64)
-    pos = np.arange(int(offsets[-1])) - np.repeat(offsets[:-1], win_len)
-
-    # Each row's position in its user's combined sequence (stored history, then the new
-    # events) maps straight to an index into [history..., new events in user/time order]:
-    # one gather per column, no intermediate combined arrays.
-    user = np.repeat(ch_user, win_len)
-    combined = np.repeat(start, win_len) + pos
-    h_user = h[user]
-    from_history = combined < h_user
-    n_hist = int(history.offsets[-1])
-    src = np.where(
-        from_history,
-        history.offsets[user] + combined,
-        n_hist + (np.cumsum(k) - k)[user] + combined - h_user,
+    first_new = (np.arange(ch_user.size) - np.repeat(np.cumsum(chunks) - chunks, chunks)) * (
+        max_targets
     )
-    is_new = combined >= np.repeat(h[ch_user] + first_new, win_len)  # this chunk's targets
+    h_ch = h[ch_user]
+    n_targets = np.minimum(first_new + max_targets, k[ch_user]) - first_new
+    # Window [start, end) in the user's combined sequence (stored history, then new events).
+    end = h_ch + first_new + n_targets
+    start = np.maximum(0, end - max_len)
+
+    # Each window is three runs that are contiguous in [history..., new events by user/time]:
+    # stored history, earlier chunks' new events (context), and this chunk's targets.
+    n_hist = int(history.offsets[-1])
+    new_base = n_hist + (np.cumsum(k) - k)[ch_user]
+    ctx_from = np.maximum(start, h_ch)
+    run_len = np.stack(
+        [np.maximum(h_ch - start, 0), h_ch + first_new - ctx_from, n_targets], axis=1
+    ).ravel()
+    run_src = np.stack(
+        [history.offsets[ch_user] + start, new_base + ctx_from - h_ch, new_base + first_new],
+        axis=1,
+    ).ravel()
+    run_out = np.cumsum(run_len) - run_len
+    src = np.repeat(run_src - run_out, run_len) + np.arange(int(run_len.sum()))
+    is_new = np.repeat(np.tile(np.array([False, False, True]), ch_user.size), run_len)
+    offsets = np.zeros(ch_user.size + 1, dtype=np.int64)
+    np.cumsum(end - start, out=offsets[1:])
+
     out_rows = np.concatenate([history_rows, rows[order]]).take(src)
-    is_target = is_new & (pos > 0) & (out_rows > 0)
+    is_target = is_new & (out_rows > 0)
+    # A window's first event has nothing before it: context only, never a target.
+    first = offsets[:-1]
+    context_only = int(is_target[first].sum())
+    is_target[first] = False
     batch = JaggedBatch.from_numpy(
         item_ids=out_rows,
         timestamps=np.concatenate([history.timestamps, timestamps[order]]).take(src),
@@ -118,7 +126,7 @@ def assemble(
     return MicroBatch(
         batch=batch,
         target_event=order.take(src[is_target] - n_hist),
-        context_only=int((is_new & (pos == 0) & (out_rows > 0)).sum()),
+        context_only=context_only,
         unknown_item=int((rows == 0).sum()),
     )
 
@@ -163,12 +171,8 @@ class BatchBuilder:
         accepted = np.flatnonzero(plan.accepted)
         ts = events.timestamp[accepted]
         obs = self.vocab.observe(events.item_id[accepted], ts)
-        # Distinct users of the accepted events, in plan order, and each event's index among
-        # them (plan.user_index is already dense, so a bincount replaces a sort).
-        user_index = plan.user_index[accepted]
-        present = np.bincount(user_index, minlength=len(plan.user_keys)) > 0
-        users = np.flatnonzero(present)
-        seq = (np.cumsum(present) - 1)[user_index]
+        # Distinct users of the accepted events, in plan order, and each event's index among them.
+        users, seq = compact_groups(plan.user_index[accepted], len(plan.user_keys))
         cutoff = np.full(users.size, np.iinfo(np.int64).max, dtype=np.int64)
         np.minimum.at(cutoff, seq, ts)
         history = self.store.history(plan.slots[users], cutoff)

@@ -5,8 +5,8 @@ timestamp, action, value, event-id hash), plus a length, a head and a last-event
 slot. Each row is a ring buffer in event-time order starting at its head, so the common case
 (a user's new events are no older than their stored ones) appends in place without moving
 the stored events; out-of-order inserts and TTL trimming rebuild the affected rows. Every
-operation works on a whole micro-batch with numpy (grouping by user via
-``np.unique``/``argsort``); there is no per-event Python object.
+operation works on a whole micro-batch with numpy (``model.grouping`` groups by user, a
+``model.keyindex.KeyIndex`` maps users to slots); there is no per-event Python object.
 
 Semantics:
 
@@ -40,9 +40,9 @@ from typing import Any
 
 import numpy as np
 
+from model.grouping import compact_groups, factorize, group_order
+from model.keyindex import Key, KeyIndex
 from model.vocab import (
-    Key,
-    factorize,
     keys_from_arrays,
     keys_to_arrays,
     pack_arrays,
@@ -88,7 +88,7 @@ class IngestPlan:
     """The store's verdict on one batch, before anything is written.
 
     Attributes:
-        user_keys: distinct users of the batch (Python int/str).
+        user_keys: distinct users of the batch (int64 array, or an object array of int/str).
         user_index: int64 [n], index into ``user_keys`` per event.
         slots: int64 [len(user_keys)], the user's slot or -1 for a user not stored yet.
         accepted: bool [n], events to keep (train on, then store).
@@ -97,7 +97,7 @@ class IngestPlan:
         timestamps: int64 [n].
     """
 
-    user_keys: list[Key]
+    user_keys: np.ndarray
     user_index: np.ndarray
     slots: np.ndarray
     accepted: np.ndarray
@@ -115,9 +115,9 @@ class Histories:
     """Stored events of some users as a jagged block (one sequence per requested user)."""
 
     offsets: np.ndarray  # int64 [U+1]
-    item_refs: np.ndarray
-    timestamps: np.ndarray
-    actions: np.ndarray
+    item_refs: np.ndarray  # int64
+    timestamps: np.ndarray  # int64
+    actions: np.ndarray  # int32, as stored
 
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
@@ -153,10 +153,11 @@ class SequenceStore:
         self.ttl_s = ttl_s
         self.tolerance_s = tolerance_s
         self.watermark = _INT64_MIN  # largest accepted event time
-        self._slot_of: dict[Key, int] = {}
+        self._slot_of = KeyIndex()
         self._key_of: list[Key | None] = []
         self._free: list[int] = []
         self._alloc(0)
+        self._grow(1)  # never empty, so batch code can index slot 0 for unknown users
         self.counters: dict[str, int] = {
             "events_stored": 0,
             REJECT_LATE: 0,
@@ -202,6 +203,14 @@ class SequenceStore:
     def num_users(self) -> int:
         return len(self._slot_of)
 
+    def users(self) -> list[Key]:
+        """The stored users (in slot order)."""
+        return [key for key, _ in self._slot_of.items()]
+
+    def slot_of(self, user: Key) -> int | None:
+        """The slot holding ``user``'s row, or None."""
+        return self._slot_of.get(user)
+
     @property
     def num_events(self) -> int:
         return int(self.length.sum())
@@ -214,7 +223,7 @@ class SequenceStore:
 
     def user_history(self, user: Key) -> dict[str, np.ndarray]:
         """One user's stored events (copies), for tests and debugging."""
-        slot = self._slot_of.get(user)
+        slot = self.slot_of(user)
         if slot is None:
             return {c: getattr(self, c)[:0, 0].copy() for c in self._COLUMNS}
         cols = self._ring_cols(np.int64(slot), np.arange(int(self.length[slot])))
@@ -231,8 +240,7 @@ class SequenceStore:
         timestamps = np.asarray(timestamps, dtype=np.int64)
         n = timestamps.size
         user_keys, inverse = factorize(users)
-        get = self._slot_of.get
-        slots = np.fromiter((get(k, -1) for k in user_keys), dtype=np.int64, count=len(user_keys))
+        slots = self._slot_of.lookup(user_keys, default=-1)
         ehash = hash_event_ids(event_ids, n)
         reasons = np.full(n, "", dtype="<U9")
 
@@ -241,7 +249,7 @@ class SequenceStore:
         known = ev_slot >= 0
         stored_last = np.full(n, _INT64_MIN, dtype=np.int64)
         stored_last[known] = self.last_ts[ev_slot[known]]
-        batch_prev = _previous_running_max(inverse, timestamps)
+        batch_prev = _previous_running_max(inverse, len(user_keys), timestamps)
         reference = np.maximum(stored_last, batch_prev)
         late = (reference != _INT64_MIN) & (timestamps < reference - self.tolerance_s)
         reasons[late] = REJECT_LATE
@@ -275,40 +283,37 @@ class SequenceStore:
         """
         slots = np.asarray(slots, dtype=np.int64)
         known = slots >= 0
-        safe = np.where(known, slots, 0)
-        if self.length.size == 0:
-            lo = hi = np.zeros(slots.size, dtype=np.int64)
-        else:
-            cutoff = np.asarray(cutoff, dtype=np.int64)
-            floor = self.ttl_floor()
-            hi = np.where(known, self.length[safe], 0)
-            lo = np.zeros(slots.size, dtype=np.int64)
-            # Usually the new events are the newest and nothing is past the TTL, so whole rows
-            # are returned; only the other rows are scanned for their [lo, hi) range.
-            scan = np.flatnonzero(
-                (hi > 0)
-                & ((cutoff < self.last_ts[safe]) | (self.ts[safe, self.head[safe]] < floor))
-            )
-            if scan.size:
-                s = safe[scan]
-                ts = self.ts[s[:, None], self._rows_in_order(s)]
-                in_row = np.arange(self.max_len)[None, :] < hi[scan][:, None]
-                hi[scan] = (in_row & (ts <= cutoff[scan][:, None])).sum(axis=1)
-                lo[scan] = np.minimum((in_row & (ts < floor)).sum(axis=1), hi[scan])
+        safe = np.where(known, slots, 0)  # slot 0 always exists (see __init__)
+        cutoff = np.asarray(cutoff, dtype=np.int64)
+        floor = self.ttl_floor()
+        hi = np.where(known, self.length[safe], 0)
+        lo = np.zeros(slots.size, dtype=np.int64)
+        # Usually the new events are the newest and nothing is past the TTL, so whole rows
+        # are returned; only the other rows are scanned for their [lo, hi) range.
+        scan = np.flatnonzero(
+            (hi > 0) & ((cutoff < self.last_ts[safe]) | (self.ts[safe, self.head[safe]] < floor))
+        )
+        if scan.size:
+            s = safe[scan]
+            ts = self.ts[s[:, None], self._rows_in_order(s)]
+            in_row = np.arange(self.max_len)[None, :] < hi[scan][:, None]
+            hi[scan] = (in_row & (ts <= cutoff[scan][:, None])).sum(axis=1)
+            lo[scan] = np.minimum((in_row & (ts < floor)).sum(axis=1), hi[scan])
         lengths = hi - lo
         offsets = np.zeros(slots.size + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        rows = np.repeat(safe, lengths)
-        logical = np.arange(int(offsets[-1]), dtype=np.int64) - np.repeat(
-            offsets[:-1] - lo, lengths
+        # Ring columns head+lo, head+lo+1, ... of each row, wrapped once: head + hi < 2 max_len.
+        # One flat index serves every column (1-D take is much faster than 2-D indexing).
+        cols = np.repeat(self.head[safe] + lo - offsets[:-1], lengths) + np.arange(
+            int(offsets[-1]), dtype=np.int64
         )
-        # One flat index reused for every column: 1-D take is much faster than 2-D fancy indexing.
-        flat = rows * self.max_len + self._ring_cols(rows, logical)
+        cols = np.where(cols >= self.max_len, cols - self.max_len, cols)
+        flat = np.repeat(safe * self.max_len, lengths) + cols
         return Histories(
             offsets=offsets,
             item_refs=self.refs.ravel().take(flat),
             timestamps=self.ts.ravel().take(flat),
-            actions=self.action.ravel().take(flat).astype(np.int64),
+            actions=self.action.ravel().take(flat),
         )
 
     # ---------------------------------------------------------------- commit
@@ -327,22 +332,22 @@ class SequenceStore:
             return
         ts_new = plan.timestamps[acc]
         self.watermark = max(self.watermark, int(ts_new.max()))
-        users_in_batch = np.unique(plan.user_index[acc])
+        users_in_batch, seg_new = compact_groups(plan.user_index[acc], len(plan.user_keys))
         slots = plan.slots.copy()
         new_users = users_in_batch[slots[users_in_batch] < 0]
         self._expire_users(protect=slots[users_in_batch[slots[users_in_batch] >= 0]])
         if new_users.size:
             self._make_room(new_users.size, protect=slots[slots >= 0])
             self._grow(self.num_users + new_users.size)
-            for u in new_users.tolist():
-                slot = self._free.pop()
-                key = plan.user_keys[u]
-                self._slot_of[key] = slot
+            new_slots = np.array([self._free.pop() for _ in range(new_users.size)], dtype=np.int64)
+            new_keys = plan.user_keys[new_users]
+            self._slot_of.insert(new_keys, new_slots)
+            for slot, key in zip(new_slots.tolist(), new_keys.tolist(), strict=True):
                 self._key_of[slot] = key
-                slots[u] = slot
+            slots[new_users] = new_slots
         self._merge(
             slots[users_in_batch],
-            np.searchsorted(users_in_batch, plan.user_index[acc]),
+            seg_new,
             {
                 "refs": np.asarray(item_refs, dtype=np.int64)[acc],
                 "ts": ts_new,
@@ -359,7 +364,7 @@ class SequenceStore:
         Rows whose new events are all no older than the stored ones (and that need no TTL
         trimming) take the in-place ring append; the rest are rebuilt by ``_rebuild``.
         """
-        order = np.lexsort((new["ts"], seg_new))  # stable: arrival order among equal times
+        order = group_order(seg_new, slots.size, new["ts"])  # arrival order among equal times
         seg = seg_new[order]
         counts = np.bincount(seg, minlength=slots.size)
         starts = np.cumsum(counts) - counts
@@ -444,7 +449,7 @@ class SequenceStore:
 
     def _expire_users(self, protect: np.ndarray) -> None:
         floor = self.ttl_floor()
-        if floor == _INT64_MIN or not self._slot_of:
+        if floor == _INT64_MIN or not len(self._slot_of):
             return
         stale = np.flatnonzero((self.length > 0) & (self.last_ts < floor))
         stale = np.setdiff1d(stale, protect)
@@ -456,7 +461,7 @@ class SequenceStore:
         excess = self.num_users + new_users - self.max_users
         if excess <= 0:
             return
-        occupied = np.array(list(self._slot_of.values()), dtype=np.int64)
+        occupied = np.array([slot for _, slot in self._slot_of.items()], dtype=np.int64)
         candidates = np.setdiff1d(occupied, protect)
         if candidates.size < excess:
             raise ValueError(
@@ -468,13 +473,17 @@ class SequenceStore:
         self.counters["users_evicted_lru"] += int(victims.size)
 
     def _remove(self, slots: np.ndarray) -> None:
+        keys = []
         for slot in slots.tolist():
             key = self._key_of[slot]
             if key is None:
                 continue
-            del self._slot_of[key]
+            keys.append(key)
             self._key_of[slot] = None
             self._free.append(slot)
+        removed = np.empty(len(keys), dtype=object)
+        removed[:] = keys
+        self._slot_of.remove(removed)
         self.length[slots] = 0
         self.head[slots] = 0
         self.last_ts[slots] = _INT64_MIN
@@ -482,8 +491,9 @@ class SequenceStore:
     # -------------------------------------------------------------- snapshot
     def snapshot(self) -> bytes:
         """Users and their events as a compact ``numpy.savez`` archive (no pickle)."""
-        keys = list(self._slot_of)
-        slots = np.array([self._slot_of[k] for k in keys], dtype=np.int64)
+        pairs = self._slot_of.items()
+        keys = [key for key, _ in pairs]
+        slots = np.array([slot for _, slot in pairs], dtype=np.int64)
         lengths = self.length[slots] if slots.size else np.zeros(0, np.int64)
         rows = np.repeat(slots, lengths)
         cols = self._ring_cols(
@@ -523,8 +533,10 @@ class SequenceStore:
         store._grow(n)
         slots = np.array([store._free.pop() for _ in range(n)], dtype=np.int64)
         for key, slot in zip(keys, slots.tolist(), strict=True):
-            store._slot_of[key] = slot
             store._key_of[slot] = key
+        key_array = np.empty(n, dtype=object)
+        key_array[:] = keys
+        store._slot_of.insert(key_array, slots)
         rows = np.repeat(slots, lengths)
         cols = np.arange(rows.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         for c in cls._COLUMNS:
@@ -538,13 +550,13 @@ class SequenceStore:
         return store
 
 
-def _previous_running_max(group: np.ndarray, values: np.ndarray) -> np.ndarray:
+def _previous_running_max(group: np.ndarray, n_groups: int, values: np.ndarray) -> np.ndarray:
     """Per element, the max of the earlier elements of its group (INT64_MIN if none)."""
     n = values.size
     out = np.full(n, _INT64_MIN, dtype=np.int64)
     if n < 2:
         return out
-    order = np.argsort(group, kind="stable")
+    order = group_order(group, n_groups)
     g = group[order]
     v = values[order]
     # Offset each group above the previous one so one global running max never crosses

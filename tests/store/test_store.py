@@ -73,10 +73,10 @@ def test_event_time_ttl_hides_and_drops_old_events_and_users():
     ingest(store, [1], [1120], items=[3])
     # watermark 1120: floor 1020 -> user 1's event at 1000 expired, user 2 still alive
     assert store.user_history(1)["ts"].tolist() == [1120]
-    hist = store.history(np.array([store._slot_of[2]]), np.array([10_000]))
+    hist = store.history(np.array([store.slot_of(2)]), np.array([10_000]))
     assert hist.timestamps.tolist() == [1050]
     ingest(store, [3], [1200], items=[4])
-    assert sorted(store._slot_of) == [1, 3]  # user 2 expired (last event 1050 < 1100)
+    assert sorted(store.users()) == [1, 3]  # user 2 expired (last event 1050 < 1100)
     assert store.user_history(2)["ts"].size == 0
     assert store.counters["users_expired_ttl"] == 1
 
@@ -84,7 +84,7 @@ def test_event_time_ttl_hides_and_drops_old_events_and_users():
 def test_history_respects_cutoff_and_ttl_floor():
     store = SequenceStore(max_len=10, ttl_s=1000, tolerance_s=1000)
     ingest(store, [5] * 4, [100, 200, 300, 400], items=[1, 2, 3, 4])
-    slot = store._slot_of[5]
+    slot = store.slot_of(5)
     hist = store.history(np.array([slot, -1]), np.array([250, 999]))
     assert hist.offsets.tolist() == [0, 2, 2]
     assert hist.item_refs.tolist() == [1, 2]
@@ -94,11 +94,11 @@ def test_lru_evicts_least_recently_active_users():
     store = SequenceStore(max_len=4, max_users=3)
     ingest(store, [1, 2, 3], [30, 10, 20])
     ingest(store, [4, 5], [40, 50])
-    assert sorted(store._slot_of) == [1, 4, 5]
+    assert sorted(store.users()) == [1, 4, 5]
     assert store.counters["users_evicted_lru"] == 2
     # users of the current batch are never evicted, even if they are the oldest
     ingest(store, [1, 6], [31, 60])
-    assert sorted(store._slot_of) == [1, 5, 6]
+    assert sorted(store.users()) == [1, 5, 6]
 
 
 def test_snapshot_round_trip_with_string_users():
@@ -188,7 +188,7 @@ def test_random_stream_matches_sorted_list_oracle(seed, ttl_s):
             store = SequenceStore.restore(store.snapshot())
         users_sorted = sorted(oracle)
         hist = store.history(
-            np.array([store._slot_of[u] for u in users_sorted], dtype=np.int64),
+            np.array([store.slot_of(u) for u in users_sorted], dtype=np.int64),
             np.full(len(users_sorted), np.iinfo(np.int64).max),
         )
         for i, u in enumerate(users_sorted):

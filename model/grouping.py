@@ -1,0 +1,55 @@
+"""Grouping helpers for whole batches: distinct keys, group order, dense group ids.
+
+Batch assembly groups every micro-batch by user and by item several times; these do it with a
+few numpy passes. Group ids are dense (``0..n_groups-1``), so a counting sort beats a
+comparison sort: numpy's stable sort is a radix sort for 16-bit integers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from model.keyindex import Key
+
+
+def factorize(keys: np.ndarray | Sequence[Key]) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct keys and, per input, the index of its key (int64).
+
+    int columns give sorted int64 keys (``np.unique``); object columns (str or mixed keys) an
+    object array in first-seen order (a dict: mixed int/str keys have no order).
+    """
+    arr = np.asarray(keys) if not isinstance(keys, np.ndarray) else keys
+    if arr.dtype.kind in "iu":
+        uniq, inverse = np.unique(arr.astype(np.int64, copy=False), return_inverse=True)
+        return uniq, inverse.astype(np.int64, copy=False).reshape(-1)
+    index: dict[Key, int] = {}
+    values = arr.tolist()
+    inverse = np.fromiter(
+        (index.setdefault(k, len(index)) for k in values), dtype=np.int64, count=len(values)
+    )
+    distinct = np.empty(len(index), dtype=object)
+    distinct[:] = list(index)
+    return distinct, inverse
+
+
+def group_order(groups: np.ndarray, n_groups: int, times: np.ndarray | None = None) -> np.ndarray:
+    """Stable permutation that sorts by group, then by ``times`` if given; ties keep input order.
+
+    Events usually arrive in time order, so sorting by group alone is tried first and the
+    (slower) two-key sort runs only when some group's times are out of order.
+    """
+    narrow = np.uint16 if n_groups <= 1 << 16 else np.int64
+    order = np.argsort(groups.astype(narrow, copy=False), kind="stable")
+    if times is not None and order.size > 1:
+        t, g = times[order], groups[order]
+        if ((t[1:] < t[:-1]) & (g[1:] == g[:-1])).any():
+            order = np.lexsort((times, groups))
+    return order
+
+
+def compact_groups(index: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """The group ids that occur in ``index`` (sorted) and each element's position among them."""
+    present = np.bincount(index, minlength=n_groups) > 0
+    return np.flatnonzero(present), (np.cumsum(present) - 1)[index]
