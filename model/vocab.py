@@ -180,8 +180,9 @@ class ItemVocabulary:
         """Rows of references; 0 where the row was freed or reassigned since."""
         refs = np.asarray(refs, dtype=np.int64)
         rows = refs & _ROW_MASK
-        current = self._used[rows] & (self._generation[rows] == (refs >> _ROW_BITS))
-        return np.where(current & (rows > 0), rows, 0)
+        # Freeing and assigning a row both bump its generation, so a matching generation means
+        # the row still belongs to the referenced key (row 0 keeps generation 0 and maps to 0).
+        return np.where(self._generation[rows] == (refs >> _ROW_BITS), rows, 0)
 
     # ----------------------------------------------------------------- updates
     def observe(self, keys: np.ndarray | Sequence[Key], timestamps: np.ndarray) -> Observation:
@@ -287,6 +288,7 @@ class ItemVocabulary:
             self._row_key[row] = None
         self._key_to_row.remove(keys)
         self._used[rows] = False
+        self._generation[rows] += 1  # references to the old owner go stale
         self._free.extend(sorted(rows.tolist(), reverse=True))
         self._live_cache = None
 

@@ -394,9 +394,11 @@ class SequenceStore:
         live = pos >= np.repeat(counts - self.max_len, counts)
         seg = np.repeat(np.arange(slots.size), counts)[live]
         rows = slots[seg]
-        cols = self._ring_cols(rows, length[seg] + pos[live])
+        flat = rows * self.max_len + self._ring_cols(rows, length[seg] + pos[live])
         for c, v in new.items():
-            getattr(self, c)[rows, cols] = v[live]
+            # The columns are C-contiguous (made by _grow), so ravel() is a view to write into;
+            # a 1-D write is several times faster than 2-D fancy indexing.
+            getattr(self, c).ravel()[flat] = v[live]
         overflow = np.maximum(length + counts - self.max_len, 0)
         self.head[slots] = (self.head[slots] + overflow) % self.max_len
         self.length[slots] = length + counts - overflow
