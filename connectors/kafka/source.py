@@ -70,11 +70,24 @@ RevokeCallback = Callable[[list[str]], None]
 LagCallback = Callable[[str, int], None]
 # Header bytes -> codec name, decoded once instead of per message.
 _CODEC_NAMES: dict[bytes | None, str] = {b"json": "json", b"arrow": "arrow"}
+# The headers of every JSON message of this repo's producer: one list comparison recognises
+# them, instead of a loop over the headers per message.
+_JSON_HEADERS = [(CODEC_HEADER, b"json")]
 
 
 def _header_text(value: bytes | None) -> str:
     """An unknown codec header as text (the decoder rejects it, naming the value)."""
     return value.decode("utf-8", "replace") if value is not None else ""
+
+
+def _codec(headers: list[tuple[str, bytes | None]] | None) -> str:
+    """The codec a message's headers name (the last ``codec`` header wins); producers that
+    predate the header sent JSON."""
+    codec = "json"
+    for name, value in headers or ():
+        if name == CODEC_HEADER:
+            codec = _CODEC_NAMES.get(value) or _header_text(value)
+    return codec
 
 
 _POLL_STEP_MS = 200  # longest single wait inside kafka-python, so outages are noticed quickly
@@ -201,6 +214,7 @@ class KafkaSource:
             return []
         deadline = time.monotonic() + timeout_s
         records: list[SourceRecord] = []
+        ends: dict[str, int] = {}  # next offset per partition after ``records``
         generation = self._generation
         while len(records) < max_records:
             now = time.monotonic()
@@ -215,19 +229,22 @@ class KafkaSource:
                 # A rebalance ran inside poll: what this call fetched before it may belong to
                 # partitions now owned elsewhere, and the new positions were seeked anew.
                 records.clear()
+                ends.clear()
                 generation = self._generation
             got = 0
             for tp, msgs in batch.items():
-                records.extend(self._records(partition_key(tp.topic, tp.partition), msgs))
-                got += len(msgs)
+                if msgs:  # in offset order: the last one sets the partition's position
+                    key = partition_key(tp.topic, tp.partition)
+                    records.extend(self._records(key, msgs))
+                    ends[key] = msgs[-1].offset + 1
+                    got += len(msgs)
             if not got:
                 self._check_health()
                 if records or time.monotonic() >= deadline or self._outage_since is not None:
                     break
         if self._outage_since is None and self._uncommitted:
             self._commit(dict(self._uncommitted))
-        for record in records:  # in offset order per partition: the last one wins
-            self._next[record.partition] = record.offset + 1
+        self._next.update(ends)
         self._handed_out = bool(records)
         return records
 
@@ -318,15 +335,16 @@ class KafkaSource:
     # ------------------------------------------------------------------ internals
     @staticmethod
     def _records(partition: str, messages: list[Any]) -> list[SourceRecord]:
-        out = []
-        for m in messages:
-            codec = "json"  # producers that predate the header sent JSON
-            for name, value in m.headers or ():
-                if name == CODEC_HEADER:
-                    codec = _CODEC_NAMES.get(value) or _header_text(value)
-            payload = m.value if m.value is not None else b""
-            out.append(SourceRecord(payload, codec, partition, m.offset, m.key))
-        return out
+        return [
+            SourceRecord(
+                b"" if m.value is None else m.value,
+                "json" if m.headers == _JSON_HEADERS else _codec(m.headers),
+                partition,
+                m.offset,
+                m.key,
+            )
+            for m in messages
+        ]
 
     def _commit(self, positions: dict[str, int]) -> None:
         positions = {k: v for k, v in positions.items() if k in self._assigned}

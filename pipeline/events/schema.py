@@ -214,6 +214,8 @@ def check_action(raw: Any, limits: ValidationLimits = DEFAULT_LIMITS) -> int:
 
 def check_timestamp(raw: Any, limits: ValidationLimits = DEFAULT_LIMITS) -> int:
     """Event time as int seconds (floored); raises ``EventError``."""
+    if type(raw) is int and limits.min_timestamp <= raw < limits.max_timestamp:
+        return raw  # the common case, without the generic number checks below
     if not _is_number(raw):
         reason = RejectReason.BAD_TYPE
         raise EventError(reason, describe(reason, "timestamp", raw, limits))
