@@ -24,6 +24,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -171,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     arrow_events = log.take(slice(0, args.events))
     json_events = log.take(slice(0, args.json_events))
 
+    gc.freeze()  # as `genrec train` does before its loop: startup objects are never rescanned
     broker = None
     bootstrap = args.bootstrap_servers
     if not bootstrap:

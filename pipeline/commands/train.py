@@ -9,6 +9,7 @@ SIGINT arrives (then it finishes the current batch, checkpoints and exits 0).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import signal
@@ -196,6 +197,9 @@ def run(args: argparse.Namespace) -> int:
         stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # What exists now (torch, the model, restored state) lives as long as the run; frozen, it
+    # is not rescanned by every full garbage collection (~0.1 s each with torch loaded).
+    gc.freeze()
     try:
         summary = trainer.run(stop)
     finally:
