@@ -193,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             "json": run_codec(bootstrap, "json", json_events, args),
         }
     finally:
+        gc.unfreeze()
         if broker is not None:
             broker.stop()
     json.dump(result, sys.stdout, indent=2)
