@@ -83,9 +83,8 @@ def assemble(
     # Chunks of at most max_targets new events; each becomes one window of the batch.
     chunks = -(-k // max_targets)
     ch_user = np.repeat(np.arange(n_users), chunks)
-    first_new = (np.arange(ch_user.size) - np.repeat(np.cumsum(chunks) - chunks, chunks)) * (
-        max_targets
-    )
+    ch_index = np.arange(ch_user.size) - np.repeat(np.cumsum(chunks) - chunks, chunks)
+    first_new = ch_index * max_targets  # index of the chunk's first target among the new events
     h_ch = h[ch_user]
     n_targets = np.minimum(first_new + max_targets, k[ch_user]) - first_new
     # Window [start, end) in the user's combined sequence (stored history, then new events).
