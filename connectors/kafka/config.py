@@ -140,9 +140,10 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def client_config_from_args(
-    args: argparse.Namespace, default_bootstrap: str | None = None
+    args: argparse.Namespace | Any, default_bootstrap: str | None = None
 ) -> KafkaClientConfig:
-    """Build the config from ``add_client_arguments`` flags, then ``KAFKA_*`` variables, then
+    """Build the config from ``add_client_arguments`` flags (or a config section with the same
+    field names, such as the trainer's ``source.kafka``), then ``KAFKA_*`` variables, then
     ``default_bootstrap`` (e.g. the local broker) for the servers."""
     env_servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     return KafkaClientConfig.from_env(

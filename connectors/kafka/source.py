@@ -46,7 +46,6 @@ line states it as often.
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import threading
 import time
@@ -60,7 +59,7 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from connectors.kafka.broker import running_local_bootstrap
-from connectors.kafka.config import KafkaClientConfig
+from connectors.kafka.config import KafkaClientConfig, client_config_from_args
 from connectors.kafka.producer import CODEC_HEADER
 from pipeline.sources.base import SourceRecord
 
@@ -531,17 +530,7 @@ def client_config_from_section(kafka: Any) -> KafkaClientConfig:
     """Cluster settings from the trainer's ``source.kafka`` config section; unset values fall
     back to the ``KAFKA_*`` environment variables (the SASL password comes only from there),
     and the servers finally to the local broker of ``genrec kafka up`` if it runs."""
-    return KafkaClientConfig.from_env(
-        bootstrap_servers=kafka.bootstrap_servers
-        or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-        or running_local_bootstrap(),
-        security_protocol=kafka.security_protocol,
-        sasl_mechanism=kafka.sasl_mechanism,
-        sasl_username=kafka.sasl_username,
-        ssl_cafile=kafka.ssl_cafile,
-        ssl_certfile=kafka.ssl_certfile,
-        ssl_keyfile=kafka.ssl_keyfile,
-    )
+    return client_config_from_args(kafka, default_bootstrap=running_local_bootstrap())
 
 
 def source_from_section(kafka: Any, lag_every_s: float = 10.0) -> KafkaSource:
