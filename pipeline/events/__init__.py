@@ -25,6 +25,8 @@ per event. The rules themselves are documented in ``pipeline/events/schema.py`` 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import groupby
+from operator import attrgetter
 
 from pipeline.events.arrow_codec import decode_arrow_record, encode_arrow, to_arrow
 from pipeline.events.batch import EventBatch
@@ -43,6 +45,8 @@ from pipeline.events.schema import (
 )
 from pipeline.sources.base import CODECS, SourceRecord
 
+_codec = attrgetter("codec")
+
 
 def decode_records(
     records: Sequence[SourceRecord], limits: ValidationLimits = DEFAULT_LIMITS
@@ -50,38 +54,31 @@ def decode_records(
     """Decode and validate records; valid events keep record (and row) order."""
     batches: list[EventBatch] = []
     rejects: list[Reject] = []
-    json_run: list[SourceRecord] = []
-
-    def flush_json() -> None:
-        if json_run:
-            events, bad = decode_json_records(json_run, limits)
+    # Runs of one codec (C-speed grouping): a run of JSON records decodes as one batch.
+    for codec, run in groupby(records, key=_codec):
+        if codec == "json":
+            events, bad = decode_json_records(list(run), limits)
             batches.append(events)
             rejects.extend(bad)
-            json_run.clear()
-
-    for record in records:
-        if record.codec == "json":
-            json_run.append(record)
-            continue
-        flush_json()
-        if record.codec == "arrow":
-            events, bad = decode_arrow_record(record, limits)
-            batches.append(events)
-            rejects.extend(bad)
+        elif codec == "arrow":
+            for record in run:
+                events, bad = decode_arrow_record(record, limits)
+                batches.append(events)
+                rejects.extend(bad)
         else:
-            message = (
-                f"unknown codec {record.codec!r} at {record.where()}; expected one of {CODECS}"
-            )
-            rejects.append(
-                Reject(
-                    RejectReason.UNKNOWN_CODEC,
-                    message,
-                    record.partition,
-                    record.offset,
-                    record.payload,
+            for record in run:
+                message = (
+                    f"unknown codec {record.codec!r} at {record.where()}; expected one of {CODECS}"
                 )
-            )
-    flush_json()
+                rejects.append(
+                    Reject(
+                        RejectReason.UNKNOWN_CODEC,
+                        message,
+                        record.partition,
+                        record.offset,
+                        record.payload,
+                    )
+                )
     return DecodeResult(EventBatch.concat(batches), rejects)
 
 

@@ -69,7 +69,7 @@ class RejectReason(StrEnum):
 
     UNKNOWN_CODEC = "unknown_codec"  # the record's codec is neither "json" nor "arrow"
     OVERSIZED_PAYLOAD = "oversized_payload"  # payload larger than the codec's byte limit
-    UNDECODABLE = "undecodable"  # JSON payload bytes are not UTF-8
+    UNDECODABLE = "undecodable"  # JSON payload bytes are not UTF-8, or an id is not Unicode
     BAD_JSON = "bad_json"  # not parseable as JSON, or not a JSON object
     BAD_ARROW = "bad_arrow"  # not a readable Arrow IPC stream
     MISSING_FIELD = "missing_field"  # a required field/column is absent or null
@@ -119,7 +119,7 @@ def describe(reason: RejectReason, field: str, value: Any, limits: ValidationLim
     if reason is RejectReason.EMPTY_ID:
         return f"{field} is an empty string"
     if reason is RejectReason.OVERSIZED_ID:
-        size = len(str(value).encode())
+        size = len(str(value).encode("utf-8", "surrogatepass"))
         return f"{field} is {size} bytes, more than max_id_bytes={limits.max_id_bytes}"
     if reason is RejectReason.BAD_ACTION:
         return (
@@ -172,6 +172,20 @@ def _is_canonical_decimal(text: str) -> bool:
     return digits.isascii() and digits.isdigit() and digits[0] != "0"
 
 
+def _check_text(raw: str, field: str, limits: ValidationLimits) -> None:
+    """Ids are non-empty, valid Unicode and at most ``max_id_bytes`` long in UTF-8."""
+    if not raw:
+        raise EventError(RejectReason.EMPTY_ID, describe(RejectReason.EMPTY_ID, field, raw, limits))
+    try:
+        oversized = len(raw) > limits.max_id_bytes or len(raw.encode()) > limits.max_id_bytes
+    except UnicodeEncodeError as err:  # a lone surrogate, e.g. from the JSON escape "\ud800"
+        reason = RejectReason.UNDECODABLE
+        raise EventError(reason, f"{field} is not valid Unicode text: {err}") from None
+    if oversized:
+        reason = RejectReason.OVERSIZED_ID
+        raise EventError(reason, describe(reason, field, raw, limits))
+
+
 def canonical_key(raw: Any, field: str, limits: ValidationLimits = DEFAULT_LIMITS) -> int | str:
     """The canonical form of an id (see the module docstring); raises ``EventError``."""
     if type(raw) is int and INT64_MIN <= raw <= INT64_MAX:
@@ -183,11 +197,7 @@ def canonical_key(raw: Any, field: str, limits: ValidationLimits = DEFAULT_LIMIT
         raw = str(number)
     if not isinstance(raw, str):
         raise EventError(RejectReason.BAD_TYPE, describe(RejectReason.BAD_TYPE, field, raw, limits))
-    if not raw:
-        raise EventError(RejectReason.EMPTY_ID, describe(RejectReason.EMPTY_ID, field, raw, limits))
-    if len(raw) > limits.max_id_bytes or len(raw.encode()) > limits.max_id_bytes:
-        reason = RejectReason.OVERSIZED_ID
-        raise EventError(reason, describe(reason, field, raw, limits))
+    _check_text(raw, field, limits)
     if len(raw) <= 20 and _is_canonical_decimal(raw):
         number = int(raw)
         if INT64_MIN <= number <= INT64_MAX:
@@ -249,12 +259,7 @@ def check_event_id(raw: Any, limits: ValidationLimits = DEFAULT_LIMITS) -> str |
     if not isinstance(raw, str):
         reason = RejectReason.BAD_TYPE
         raise EventError(reason, describe(reason, "event_id", raw, limits))
-    if not raw:
-        reason = RejectReason.EMPTY_ID
-        raise EventError(reason, describe(reason, "event_id", raw, limits))
-    if len(raw) > limits.max_id_bytes or len(raw.encode()) > limits.max_id_bytes:
-        reason = RejectReason.OVERSIZED_ID
-        raise EventError(reason, describe(reason, "event_id", raw, limits))
+    _check_text(raw, "event_id", limits)
     return raw
 
 

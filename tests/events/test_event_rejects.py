@@ -49,6 +49,13 @@ JSON_CASES = [
     (with_fields(item_id="x" * 257), RejectReason.OVERSIZED_ID),
     (with_fields(item_id="é" * 129), RejectReason.OVERSIZED_ID),  # 258 bytes, 129 characters
     (with_fields(event_id="e" * 300), RejectReason.OVERSIZED_ID),
+    # Valid JSON, but the escape decodes to a lone surrogate: no valid Unicode id.
+    (b'{"user_id":"\\ud800","item_id":1,"action":0,"timestamp":1e9}', RejectReason.UNDECODABLE),
+    (
+        b'{"user_id":1,"item_id":1,"action":0,"timestamp":1e9,"event_id":"a\\udfff"}',
+        RejectReason.UNDECODABLE,
+    ),
+    (with_fields(item_id="\ud800" * 300), RejectReason.OVERSIZED_ID),
     (with_fields(action="teleport"), RejectReason.BAD_ACTION),
     (with_fields(action=256), RejectReason.BAD_ACTION),
     (with_fields(action=-1), RejectReason.BAD_ACTION),
