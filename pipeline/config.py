@@ -69,7 +69,9 @@ class SourceSection(_Section):
     format: str = Field("auto", description="file format: auto, jsonl, movielens-dat, csv, ...")
     codec: Literal["arrow", "json"] = Field("arrow", description="record codec (synthetic/tables)")
     events_per_record: int | None = Field(None, ge=1, description="events per Arrow record")
-    poll_max_records: int = Field(256, ge=1, description="most records per poll")
+    poll_max_records: int | None = Field(
+        None, ge=1, description="most records per poll (default: what one micro-batch needs)"
+    )
     poll_timeout_s: float = Field(0.5, ge=0.0, description="longest wait for a record")
     synthetic: SyntheticSection = Field(default_factory=SyntheticSection)
     kafka: KafkaSection = Field(default_factory=KafkaSection)

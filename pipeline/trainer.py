@@ -46,7 +46,7 @@ from pipeline.deadletter import DeadLetterSink
 from pipeline.events import EventBatch, decode_records
 from pipeline.observability import MetricsLog, TrainerMetrics, progress_line
 from pipeline.progressive import ProgressiveMetrics, ranks_over_catalogue
-from pipeline.sources.base import Source, SourceRecord
+from pipeline.sources.base import Source, SourceRecord, gather
 from pipeline.store import SequenceStore
 
 log = logging.getLogger(__name__)
@@ -262,23 +262,13 @@ class OnlineTrainer:
         if cfg.train.max_events is not None:
             done = self.counters["events_seen"] - start_events
             target = min(target, cfg.train.max_events - done)
-        records: list[SourceRecord] = []
-        have = 0.0
-        while have < target:
-            per_record = self._events_per_record
-            # Until one record was decoded its size is unknown: an Arrow record may hold
-            # thousands of events, so ask for a single one.
-            want = 1 if per_record is None else math.ceil((target - have) / per_record)
-            got = self.source.poll(
-                max(1, min(cfg.source.poll_max_records, want)), cfg.source.poll_timeout_s
-            )
-            if not got:
-                break
-            records.extend(got)
-            if per_record is None:
-                break
-            have += len(got) * per_record
-        return records
+        return gather(
+            self.source,
+            target,
+            self._events_per_record,
+            cfg.source.poll_max_records,
+            cfg.source.poll_timeout_s,
+        )
 
     def process_records(self, records: list[SourceRecord]) -> list[StepResult]:
         """Decode records and train on their events, micro-batch by micro-batch."""

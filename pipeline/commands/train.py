@@ -9,7 +9,6 @@ SIGINT arrives (then it finishes the current batch, checkpoints and exits 0).
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import logging
 import signal
@@ -24,6 +23,7 @@ from pipeline.config import (
     load_config,
     nested,
 )
+from pipeline.gcpolicy import streaming_gc
 
 log = logging.getLogger(__name__)
 
@@ -197,15 +197,10 @@ def run(args: argparse.Namespace) -> int:
         stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    # What exists now (torch, the model, restored state) lives as long as the run; frozen, it
-    # is not rescanned by every full garbage collection (~0.1 s each with torch loaded).
-    # Unfrozen afterwards so that exit-time cleanup sees it (triton's bindings report
-    # objects still frozen at exit as leaks).
-    gc.freeze()
     try:
-        summary = trainer.run(stop)
+        with streaming_gc():  # see pipeline/gcpolicy.py
+            summary = trainer.run(stop)
     finally:
-        gc.unfreeze()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         sink.close()

@@ -7,6 +7,7 @@ offset to read" per partition key, exactly what a checkpoint stores and ``seek``
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import NamedTuple, Protocol, runtime_checkable
 
@@ -64,3 +65,35 @@ class Source(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def gather(
+    source: Source,
+    target_events: float,
+    events_per_record: float | None,
+    max_records: int | None,
+    timeout_s: float,
+) -> list[SourceRecord]:
+    """Poll ``source`` until its records hold about ``target_events`` events (one micro-batch).
+
+    ``events_per_record`` is what decoding has shown so far (1 for JSON, thousands for
+    Arrow); while it is unknown (``None``) a single record is asked for, since one Arrow
+    record may already be a whole batch. ``max_records`` caps each poll (``None``: no cap).
+    Stops at the first empty poll: the Kafka source answers a poll that follows a non-empty
+    one with ``[]`` (its clean point for rebalances), so a micro-batch is at most one poll's
+    worth there -- which is why the cap defaults to none.
+    """
+    records: list[SourceRecord] = []
+    have = 0.0
+    while have < target_events:
+        want = 1
+        if events_per_record is not None:
+            want = max(1, math.ceil((target_events - have) / events_per_record))
+        got = source.poll(want if max_records is None else min(max_records, want), timeout_s)
+        if not got:
+            break
+        records.extend(got)
+        if events_per_record is None:
+            break
+        have += len(got) * events_per_record
+    return records
