@@ -1,13 +1,14 @@
 """Events/s from a real Kafka broker into jagged batches, next to a bare consume loop.
 
 For each codec (JSON: one event per message; Arrow: ``--events-per-message`` events per
-message) the same topic is read three ways, each with a fresh consumer group from offset 0:
+message) the same topic is read four ways, each with a fresh consumer group from offset 0:
 
 - ``bare``: a plain kafka-python ``KafkaConsumer.poll`` loop that only counts messages (the
   floor: what kafka-python itself costs);
 - ``source``: ``KafkaSource.poll`` only (group, positions, codec header);
-- ``decode``: ``KafkaSource.poll`` -> ``decode_records`` (validated ``EventBatch``);
-- ``pipeline``: ``KafkaSource.poll`` -> ``decode_records`` (validation) -> the trainer's
+- ``decode``: records gathered one micro-batch at a time (the trainer's ``gather``) ->
+  ``decode_records`` (validated ``EventBatch``);
+- ``pipeline``: the same, then the trainer's
   ``BatchBuilder`` (sequence store + vocabulary + jagged batch assembly), per micro-batch of
   ``--batch-events`` events -- everything the trainer does before the model.
 
@@ -76,18 +77,9 @@ def bare(bootstrap: str, topic: str, messages: int, check_crcs: bool) -> float:
     return elapsed
 
 
-def through_source(
-    bootstrap: str, topic: str, messages: int, args: argparse.Namespace, *, mode: str
-) -> dict[str, Any]:
-    """Seconds for ``KafkaSource`` alone (``source``), + ``decode_records`` (``decode``), +
-    batch assembly (``pipeline``). Records are gathered one micro-batch at a time with the
-    trainer's own ``gather``."""
+def _open_source(bootstrap: str, topic: str, args: argparse.Namespace) -> Any:
+    """A ``KafkaSource`` in a fresh group, joined and rewound to offset 0."""
     from connectors.kafka.source import KafkaSource
-    from model.vocab import ItemVocabulary
-    from pipeline.batching import BatchBuilder
-    from pipeline.events import decode_records
-    from pipeline.sources.base import gather
-    from pipeline.store import SequenceStore
 
     source = KafkaSource(
         bootstrap,
@@ -97,6 +89,22 @@ def through_source(
     )
     source.poll(1, 5.0)  # join the group before the clock starts
     source.seek({key: 0 for key in source.assignment()})
+    return source
+
+
+def through_source(
+    bootstrap: str, topic: str, messages: int, args: argparse.Namespace, *, mode: str
+) -> dict[str, Any]:
+    """Seconds for ``KafkaSource`` + ``decode_records`` (``decode``), + batch assembly
+    (``pipeline``). Records are gathered one micro-batch at a time with the trainer's own
+    ``gather``."""
+    from model.vocab import ItemVocabulary
+    from pipeline.batching import BatchBuilder
+    from pipeline.events import decode_records
+    from pipeline.sources.base import gather
+    from pipeline.store import SequenceStore
+
+    source = _open_source(bootstrap, topic, args)
     store = SequenceStore(max_len=args.max_len, tolerance_s=3600)
     builder = BatchBuilder(store, ItemVocabulary(capacity=2_000_000), args.max_len // 2)
     size = args.batch_events
@@ -124,16 +132,7 @@ def through_source(
 
 def source_only(bootstrap: str, topic: str, messages: int, args: argparse.Namespace) -> float:
     """Seconds for ``KafkaSource.poll`` alone to hand out ``messages`` records."""
-    from connectors.kafka.source import KafkaSource
-
-    source = KafkaSource(
-        bootstrap,
-        topic,
-        f"bench-src-{uuid.uuid4().hex[:8]}",
-        consumer_options={"check_crcs": args.check_crcs},
-    )
-    source.poll(1, 5.0)  # join the group before the clock starts
-    source.seek({key: 0 for key in source.assignment()})
+    source = _open_source(bootstrap, topic, args)
     started = time.perf_counter()
     seen = 0
     while seen < messages:
