@@ -181,7 +181,7 @@ def _field(objects: list[dict[str, Any]], name: str) -> tuple[list[Any], frozens
 
 def _int_column(column: list[Any]) -> np.ndarray:
     """int64 array of Python ints; ``OverflowError`` beyond int64."""
-    return np.array(column, dtype=np.int64) if column else np.empty(0, np.int64)
+    return np.array(column, dtype=np.int64)
 
 
 def _key_column(objects: list[dict[str, Any]], name: str, limits: ValidationLimits) -> Any:
