@@ -13,6 +13,11 @@ import numpy as np
 
 from model.keyindex import Key
 
+# factorize ranks int keys through a [max - min + 1] bitmap instead of sorting them when that
+# span is at most this many slots per key plus a constant (a few µs of memset).
+_DENSE_SPAN_PER_KEY = 8
+_DENSE_SPAN_MIN = 1 << 16
+
 
 def factorize(keys: np.ndarray | Sequence[Key]) -> tuple[np.ndarray, np.ndarray]:
     """Distinct keys and, per input, the index of its key (int64).
@@ -22,7 +27,18 @@ def factorize(keys: np.ndarray | Sequence[Key]) -> tuple[np.ndarray, np.ndarray]
     """
     arr = np.asarray(keys) if not isinstance(keys, np.ndarray) else keys
     if arr.dtype.kind in "iu":
-        uniq, inverse = np.unique(arr.astype(np.int64, copy=False), return_inverse=True)
+        ints = arr.astype(np.int64, copy=False).reshape(-1)
+        if ints.size:
+            low = int(ints.min())
+            span = int(ints.max()) - low + 1
+            if span <= _DENSE_SPAN_PER_KEY * ints.size + _DENSE_SPAN_MIN:
+                # Ids from a compact range (the usual case): mark and rank beat sorting.
+                shifted = ints - low
+                present = np.zeros(span, dtype=bool)
+                present[shifted] = True
+                rank = np.cumsum(present, dtype=np.int64) - 1
+                return np.flatnonzero(present).astype(np.int64) + low, rank[shifted]
+        uniq, inverse = np.unique(ints, return_inverse=True)
         return uniq, inverse.astype(np.int64, copy=False).reshape(-1)
     index: dict[Key, int] = {}
     values = arr.tolist()

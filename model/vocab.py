@@ -133,7 +133,7 @@ class ItemVocabulary:
         self.ttl_s = ttl_s
         self.max_pending = max_pending
         self._key_to_row = KeyIndex()
-        self._row_key: list[Key | None] = [None] * capacity
+        self._row_key = np.empty(capacity, dtype=object)  # owner key per row (None: free)
         self._used = np.zeros(capacity, dtype=bool)
         self._last_seen = np.zeros(capacity, dtype=np.int64)
         self._generation = np.zeros(capacity, dtype=np.int64)
@@ -205,10 +205,12 @@ class ItemVocabulary:
         rank[order] = np.arange(len(inverse)) - np.repeat(starts, counts)
 
         new_u = np.flatnonzero(rows_u == 0)
-        new_keys = uniq[new_u].tolist()  # Python int/str, as the pending dict keeps them
-        prev = np.fromiter(
-            (self._pending.get(k, (0, 0))[0] for k in new_keys), dtype=np.int64, count=new_u.size
-        )
+        # Counts of earlier occurrences of keys that were not admitted yet (the pending dict is
+        # empty when every key is admitted at once: threshold 1).
+        prev = np.zeros(new_u.size, dtype=np.int64)
+        if self._pending:
+            get = self._pending.get
+            prev[:] = [get(k, (0, 0))[0] for k in uniq[new_u].tolist()]
         reaches = prev + counts[new_u] >= self.admission_threshold
         admit_u = new_u[reaches]
         # Rows already in use by this batch must not be evicted to make room.
@@ -219,11 +221,11 @@ class ItemVocabulary:
         if assigned.size < admit_u.size:
             self.counters["not_admitted_full"] += int(admit_u.size - assigned.size)
             admit_u = admit_u[: assigned.size]
-        admitted_keys = [new_keys[i] for i in np.flatnonzero(reaches)[: assigned.size].tolist()]
-        for key, row in zip(admitted_keys, assigned.tolist(), strict=True):
-            self._pending.pop(key, None)
-            self._row_key[row] = key
         if assigned.size:
+            if self._pending:
+                for key in uniq[admit_u].tolist():
+                    self._pending.pop(key, None)
+            self._row_key[assigned] = uniq[admit_u]
             self._key_to_row.insert(uniq[admit_u], assigned)
             self._used[assigned] = True
             self._generation[assigned] += 1
@@ -282,10 +284,8 @@ class ItemVocabulary:
         return out
 
     def _free_rows(self, rows: np.ndarray) -> None:
-        keys = np.empty(rows.size, dtype=object)
-        for i, row in enumerate(rows.tolist()):
-            keys[i] = self._row_key[row]
-            self._row_key[row] = None
+        keys = self._row_key[rows]  # a copy (fancy indexing)
+        self._row_key[rows] = None
         self._key_to_row.remove(keys)
         self._used[rows] = False
         self._generation[rows] += 1  # references to the old owner go stale
@@ -303,7 +303,7 @@ class ItemVocabulary:
     def snapshot(self) -> bytes:
         """The whole state as a ``numpy.savez`` archive (no pickled objects)."""
         rows = np.flatnonzero(self._used).astype(np.int64)
-        row_keys = [self._row_key[r] for r in rows.tolist()]
+        row_keys = self._row_key[rows].tolist()
         pending_keys = list(self._pending)
         pending = np.array(list(self._pending.values()), dtype=np.int64).reshape(-1, 2)
         arrays: dict[str, Any] = {
@@ -338,10 +338,9 @@ class ItemVocabulary:
         vocab = cls(capacity, threshold, None if ttl < 0 else ttl, max_pending)
         rows = a["rows"]
         keys = keys_from_arrays({k[4:]: v for k, v in a.items() if k.startswith("row_")}, rows.size)
-        for row, key in zip(rows.tolist(), keys, strict=True):
-            vocab._row_key[row] = key
         key_array = np.empty(len(keys), dtype=object)
         key_array[:] = keys
+        vocab._row_key[rows] = key_array
         vocab._key_to_row.insert(key_array, rows)
         vocab._used[rows] = True
         vocab._last_seen[:] = a["last_seen"]

@@ -52,6 +52,9 @@ from model.vocab import (
 REJECT_LATE = "late"
 REJECT_DUPLICATE = "duplicate"
 _INT64_MIN = np.iinfo(np.int64).min
+# Address space reserved for the first users at once (np.zeros pages are only backed by memory
+# once written), so the store rarely grows by copying.
+_RESERVE_BYTES = 256 << 20
 
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
@@ -154,8 +157,8 @@ class SequenceStore:
         self.tolerance_s = tolerance_s
         self.watermark = _INT64_MIN  # largest accepted event time
         self._slot_of = KeyIndex()
-        self._key_of: list[Key | None] = []
-        self._free: list[int] = []
+        self._free: list[int] = []  # slots freed by removals, reused first (last freed first)
+        self._unused = 0  # slots [_unused, capacity) were never used
         self._alloc(0)
         self._grow(1)  # never empty, so batch code can index slot 0 for unknown users
         self.counters: dict[str, int] = {
@@ -176,20 +179,33 @@ class SequenceStore:
         self.length = np.zeros(slots, dtype=np.int64)
         self.head = np.zeros(slots, dtype=np.int64)  # column of the oldest event
         self.last_ts = np.full(slots, _INT64_MIN, dtype=np.int64)
+        self._key_of = np.empty(slots, dtype=object)  # user key per slot (None: free)
 
     def _grow(self, needed: int) -> None:
         old = self.length.size
         if needed <= old:
             return
-        new = min(max(needed, 2 * old, 1024), self.max_users)
-        for name in (*self._COLUMNS, "length", "head", "last_ts"):
+        row_bytes = self.max_len * sum(getattr(self, c).itemsize for c in self._COLUMNS)
+        new = min(max(needed, 2 * old, _RESERVE_BYTES // row_bytes), self.max_users)
+        for name in (*self._COLUMNS, "length", "head", "last_ts", "_key_of"):
             arr = getattr(self, name)
-            fill = _INT64_MIN if name == "last_ts" else 0
-            grown = np.full((new, *arr.shape[1:]), fill, dtype=arr.dtype)
+            # np.zeros maps fresh zero pages lazily: a slot's memory is touched when it is
+            # first written, not when it is reserved. (np.empty of objects is all None.)
+            make = np.empty if arr.dtype == object else np.zeros
+            grown = make((new, *arr.shape[1:]), dtype=arr.dtype)
+            if name == "last_ts":
+                grown[old:] = _INT64_MIN
             grown[:old] = arr
             setattr(self, name, grown)
-        self._key_of.extend([None] * (new - old))
-        self._free.extend(range(new - 1, old - 1, -1))
+
+    def _take_free(self, n: int) -> np.ndarray:
+        """``n`` free slots: freed ones first (last freed first), then never used ones."""
+        reused = min(n, len(self._free))
+        taken = self._free[len(self._free) - reused :][::-1]
+        del self._free[len(self._free) - reused :]
+        fresh = np.arange(self._unused, self._unused + n - reused, dtype=np.int64)
+        self._unused += n - reused
+        return np.concatenate([np.array(taken, dtype=np.int64), fresh])
 
     def _ring_cols(self, slots: np.ndarray, logical: np.ndarray) -> np.ndarray:
         """Physical columns of logical positions (0 = oldest) in the rows of ``slots``."""
@@ -213,7 +229,7 @@ class SequenceStore:
 
     @property
     def num_events(self) -> int:
-        return int(self.length.sum())
+        return int(self.length[: self._unused].sum())
 
     def ttl_floor(self) -> int:
         """Oldest event time still inside the TTL."""
@@ -339,11 +355,10 @@ class SequenceStore:
         if new_users.size:
             self._make_room(new_users.size, protect=slots[slots >= 0])
             self._grow(self.num_users + new_users.size)
-            new_slots = np.array([self._free.pop() for _ in range(new_users.size)], dtype=np.int64)
+            new_slots = self._take_free(new_users.size)
             new_keys = plan.user_keys[new_users]
             self._slot_of.insert(new_keys, new_slots)
-            for slot, key in zip(new_slots.tolist(), new_keys.tolist(), strict=True):
-                self._key_of[slot] = key
+            self._key_of[new_slots] = new_keys
             slots[new_users] = new_slots
         self._merge(
             slots[users_in_batch],
@@ -453,7 +468,8 @@ class SequenceStore:
         floor = self.ttl_floor()
         if floor == _INT64_MIN or not len(self._slot_of):
             return
-        stale = np.flatnonzero((self.length > 0) & (self.last_ts < floor))
+        used = slice(0, self._unused)
+        stale = np.flatnonzero((self.length[used] > 0) & (self.last_ts[used] < floor))
         stale = np.setdiff1d(stale, protect)
         if stale.size:
             self._remove(stale)
@@ -475,17 +491,10 @@ class SequenceStore:
         self.counters["users_evicted_lru"] += int(victims.size)
 
     def _remove(self, slots: np.ndarray) -> None:
-        keys = []
-        for slot in slots.tolist():
-            key = self._key_of[slot]
-            if key is None:
-                continue
-            keys.append(key)
-            self._key_of[slot] = None
-            self._free.append(slot)
-        removed = np.empty(len(keys), dtype=object)
-        removed[:] = keys
-        self._slot_of.remove(removed)
+        slots = slots[np.not_equal(self._key_of[slots], None)]  # (distinct) occupied slots
+        self._slot_of.remove(self._key_of[slots])
+        self._key_of[slots] = None
+        self._free.extend(slots.tolist())
         self.length[slots] = 0
         self.head[slots] = 0
         self.last_ts[slots] = _INT64_MIN
@@ -533,11 +542,10 @@ class SequenceStore:
         n = lengths.size
         keys = keys_from_arrays({k[5:]: v for k, v in a.items() if k.startswith("user_")}, n)
         store._grow(n)
-        slots = np.array([store._free.pop() for _ in range(n)], dtype=np.int64)
-        for key, slot in zip(keys, slots.tolist(), strict=True):
-            store._key_of[slot] = key
+        slots = store._take_free(n)
         key_array = np.empty(n, dtype=object)
         key_array[:] = keys
+        store._key_of[slots] = key_array
         store._slot_of.insert(key_array, slots)
         rows = np.repeat(slots, lengths)
         cols = np.arange(rows.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)

@@ -75,7 +75,7 @@ _CODEC_NAMES: dict[bytes | None, str] = {b"json": "json", b"arrow": "arrow"}
 # them, instead of a loop over the headers per message.
 _JSON_HEADERS = [(CODEC_HEADER, b"json")]
 _value, _headers = attrgetter("value"), attrgetter("headers")
-_offset, _key = attrgetter("offset"), attrgetter("key")
+_offset = attrgetter("offset")
 
 
 def _header_text(value: bytes | None) -> str:
@@ -347,7 +347,7 @@ class KafkaSource:
         codecs = (
             repeat("json") if headers.count(_JSON_HEADERS) == len(headers) else map(_codec, headers)
         )
-        fields = zip(values, codecs, repeat(partition), map(_offset, messages), map(_key, messages))
+        fields = zip(values, codecs, repeat(partition), map(_offset, messages))
         return list(map(tuple.__new__, repeat(SourceRecord), fields))
 
     def _commit(self, positions: dict[str, int]) -> None:

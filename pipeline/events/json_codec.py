@@ -166,26 +166,30 @@ class JsonColumns:
 
 
 _INT = frozenset({int})
-_STR = frozenset({str})
 _NONE = frozenset({type(None)})
 _KEY_TYPES = frozenset({int, str})
 _NUMBER_TYPES = frozenset({int, float})
 _VALUE_TYPES = frozenset({int, float, type(None)})
 _get = dict.get
+_N_REQUIRED = len(REQUIRED_FIELDS)
 
 
-def _field(objects: list[dict[str, Any]], name: str) -> tuple[list[Any], frozenset[type]]:
-    column = list(map(_get, objects, repeat(name)))  # C-speed: no Python frame per row
-    return column, frozenset(map(type, column))
+def _field(objects: list[dict[str, Any]], name: str) -> list[Any]:
+    """One field of every object (None where absent); ``TypeError`` for a non-object."""
+    return list(map(_get, objects, repeat(name)))  # C-speed: no Python frame per row
 
 
-def _int_column(column: list[Any]) -> np.ndarray:
+def _types(column: Sequence[Any]) -> frozenset[type]:
+    return frozenset(map(type, column))
+
+
+def _int_column(column: Sequence[Any]) -> np.ndarray:
     """int64 array of Python ints; ``OverflowError`` beyond int64."""
     return np.array(column, dtype=np.int64)
 
 
-def _key_column(objects: list[dict[str, Any]], name: str, limits: ValidationLimits) -> Any:
-    column, types = _field(objects, name)
+def _key_column(column: Sequence[Any], name: str, limits: ValidationLimits) -> Any:
+    types = _types(column)
     if types == _INT:
         return _int_column(column)
     if types <= _KEY_TYPES:  # str ids: the reference rule per id
@@ -193,11 +197,12 @@ def _key_column(objects: list[dict[str, Any]], name: str, limits: ValidationLimi
     return None
 
 
-def _action_column(objects: list[dict[str, Any]]) -> np.ndarray | None:
-    column, types = _field(objects, "action")
-    if types == _STR:
-        codes = list(map(ACTION_CODES.get, column))
-        return None if None in codes else np.array(codes, dtype=np.int64)
+def _action_column(column: Sequence[Any]) -> np.ndarray | None:
+    try:  # all names: a name's code, or None, which int64 refuses (TypeError)
+        return np.fromiter(map(ACTION_CODES.get, column), dtype=np.int64, count=len(column))
+    except TypeError:
+        pass
+    types = _types(column)
     if types == _INT:
         codes = _int_column(column)
         return codes if ((codes >= 0) & (codes <= MAX_ACTION_CODE)).all() else None
@@ -206,8 +211,8 @@ def _action_column(objects: list[dict[str, Any]]) -> np.ndarray | None:
     return None
 
 
-def _timestamp_column(objects: list[dict[str, Any]], limits: ValidationLimits) -> Any:
-    column, types = _field(objects, "timestamp")
+def _timestamp_column(column: Sequence[Any], limits: ValidationLimits) -> Any:
+    types = _types(column)
     if types == _INT:
         stamps = _int_column(column)
     elif types <= _NUMBER_TYPES:
@@ -222,8 +227,8 @@ def _timestamp_column(objects: list[dict[str, Any]], limits: ValidationLimits) -
     return stamps if stamps.dtype == np.int64 else np.floor(stamps).astype(np.int64)
 
 
-def _value_column(objects: list[dict[str, Any]]) -> np.ndarray | None:
-    column, types = _field(objects, "value")
+def _value_column(column: list[Any]) -> np.ndarray | None:
+    types = _types(column)
     if types == _NONE:
         return np.full(len(column), np.nan, dtype=np.float32)
     if not types <= _VALUE_TYPES:
@@ -238,9 +243,8 @@ def _value_column(objects: list[dict[str, Any]]) -> np.ndarray | None:
     return values.astype(np.float32)
 
 
-def _event_id_column(objects: list[dict[str, Any]], limits: ValidationLimits) -> Any:
-    column, types = _field(objects, "event_id")
-    if types == _NONE:
+def _event_id_column(column: list[Any], limits: ValidationLimits) -> Any:
+    if _types(column) == _NONE:
         return None
     out = np.empty(len(column), dtype=object)
     out[:] = [check_event_id(raw, limits) for raw in column]
@@ -259,21 +263,25 @@ def fast_json_batch(payloads: Sequence[bytes], limits: ValidationLimits) -> Even
         # orjson rejects what json.loads reads differently (NaN, 1e400, lone surrogates); it
         # reads ints beyond 64 bits as floats, which no int-only column below accepts.
         objects = list(map(orjson.loads, payloads))
-        if frozenset(map(type, objects)) != {dict}:
-            return None
         columns = (
-            _key_column(objects, "user_id", limits),
-            _key_column(objects, "item_id", limits),
-            _timestamp_column(objects, limits),
-            _action_column(objects),
-            _value_column(objects),
+            _key_column(_field(objects, "user_id"), "user_id", limits),
+            _key_column(_field(objects, "item_id"), "item_id", limits),
+            _timestamp_column(_field(objects, "timestamp"), limits),
+            _action_column(_field(objects, "action")),
         )
-        event_id = _event_id_column(objects, limits)
-    except (orjson.JSONDecodeError, EventError, OverflowError):
+        # A missing required field is a None above, which no column accepts; so objects of
+        # _N_REQUIRED keys have nothing else, in particular no value or event_id.
+        if frozenset(map(len, objects)) == {_N_REQUIRED}:
+            value = np.full(len(objects), np.nan, dtype=np.float32)
+            event_id = None
+        else:
+            value = _value_column(_field(objects, "value"))
+            event_id = _event_id_column(_field(objects, "event_id"), limits)
+    except (orjson.JSONDecodeError, EventError, OverflowError, TypeError):
         return None
-    if any(column is None for column in columns):
+    if value is None or any(column is None for column in columns):
         return None
-    return EventBatch(*columns, event_id=event_id)
+    return EventBatch(*columns, value, event_id=event_id)
 
 
 # Rows per fast-path attempt: a bad payload sends only its chunk to the reference.

@@ -26,14 +26,12 @@ class SourceRecord(NamedTuple):
         partition: position key, e.g. ``"events:2"`` for Kafka topic ``events`` partition 2,
             or the file path for file replay.
         offset: the record's own offset within that partition.
-        key: the record key (user id for Kafka), if any.
     """
 
     payload: bytes
     codec: str
     partition: str
     offset: int
-    key: bytes | None = None
 
     def where(self) -> str:
         """Human-readable location for error messages and dead letters."""

@@ -56,7 +56,6 @@ def _decode(message) -> EventBatch:
         codec=codec,
         partition=f"{message.topic}:{message.partition}",
         offset=message.offset,
-        key=message.key,
     )
     if codec == "json":
         batch, rejects = decode_json_records([record], DEFAULT_LIMITS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import pipeline.store as store_module
 from pipeline.store import REJECT_DUPLICATE, REJECT_LATE, SequenceStore, hash_event_ids
 
 
@@ -144,10 +145,14 @@ def test_many_users_vectorised_batch_matches_per_user_reference():
         assert store.user_history(u)["refs"].tolist() == [r for _, r in evs[-5:]]
 
 
+@pytest.mark.parametrize("reserve_bytes", [None, 1])
 @pytest.mark.parametrize("ttl_s", [None, 40])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_random_stream_matches_sorted_list_oracle(seed, ttl_s):
-    """Ring appends, out-of-order rebuilds, TTL and snapshots agree with a plain-list model."""
+def test_random_stream_matches_sorted_list_oracle(seed, ttl_s, reserve_bytes, monkeypatch):
+    """Ring appends, out-of-order rebuilds, TTL and snapshots agree with a plain-list model;
+    also when the store starts with one slot and grows by copying (``reserve_bytes=1``)."""
+    if reserve_bytes is not None:
+        monkeypatch.setattr(store_module, "_RESERVE_BYTES", reserve_bytes)
     rng = np.random.default_rng(seed)
     max_len, tolerance = 4, 6
     store = SequenceStore(max_len=max_len, ttl_s=ttl_s, tolerance_s=tolerance)
@@ -196,6 +201,8 @@ def test_random_stream_matches_sorted_list_oracle(seed, ttl_s):
             assert hist.item_refs[lo:hi].tolist() == [r for _, r in oracle[u]], (step, u)
             assert hist.timestamps[lo:hi].tolist() == [s for s, _ in oracle[u]], (step, u)
         assert store.num_users == len(oracle)
+    if reserve_bytes is not None:  # 6 users at most: it grew 1, 2, 4, 8 by copying
+        assert store.length.size <= 8
 
 
 def test_invalid_arguments_are_rejected():

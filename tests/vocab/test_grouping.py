@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.grouping import compact_groups, group_order
+from model.grouping import compact_groups, factorize, group_order
 
 
 @pytest.mark.parametrize("n_groups", [1, 7, 70_000])
@@ -30,3 +30,22 @@ def test_compact_groups():
     present, position = compact_groups(np.array([5, 2, 5, 9]), 12)
     assert present.tolist() == [2, 5, 9]
     assert position.tolist() == [1, 0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        np.random.default_rng(0).integers(0, 20_000, 8192),  # dense ids: the bitmap path
+        np.random.default_rng(1).integers(-(2**62), 2**62, 4096),  # sparse: the sorting path
+        np.array([2**63 - 1, -(2**63), 0, 2**63 - 1]),  # a span beyond int64
+        np.random.default_rng(2).integers(0, 70_000, 300).astype(np.uint32),
+        np.array([-7]),
+        np.zeros(0, dtype=np.int64),
+    ],
+)
+def test_factorize_ints_matches_np_unique(keys):
+    uniq, inverse = factorize(keys)
+    want_uniq, want_inverse = np.unique(keys.astype(np.int64), return_inverse=True)
+    assert uniq.dtype == inverse.dtype == np.int64
+    assert np.array_equal(uniq, want_uniq)
+    assert np.array_equal(inverse, want_inverse.reshape(-1))
