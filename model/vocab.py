@@ -38,6 +38,7 @@ import numpy as np
 
 from model.grouping import factorize, group_order
 from model.keyindex import Key, KeyIndex
+from model.slots import SlotPool
 
 _ROW_BITS = 32
 _ROW_MASK = (1 << _ROW_BITS) - 1
@@ -137,8 +138,7 @@ class ItemVocabulary:
         self._used = np.zeros(capacity, dtype=bool)
         self._last_seen = np.zeros(capacity, dtype=np.int64)
         self._generation = np.zeros(capacity, dtype=np.int64)
-        # Free rows, popped from the end: lowest rows are handed out first.
-        self._free: list[int] = list(range(capacity - 1, 0, -1))
+        self._free = SlotPool(capacity, start=1)  # lowest rows are handed out first
         self._pending: dict[Key, tuple[int, int]] = {}  # key -> (count, last seen)
         self._live_cache: np.ndarray | None = None
         self.counters: dict[str, int] = {
@@ -278,10 +278,7 @@ class ItemVocabulary:
                 victims = candidates[np.argsort(self._last_seen[candidates], kind="stable")[:k]]
                 self._free_rows(victims)
                 self.counters["evicted_capacity"] += int(victims.size)
-        take = min(n, len(self._free))
-        out = np.array(self._free[len(self._free) - take :][::-1], dtype=np.int64)
-        del self._free[len(self._free) - take :]
-        return out
+        return self._free.take(min(n, len(self._free)))
 
     def _free_rows(self, rows: np.ndarray) -> None:
         keys = self._row_key[rows]  # a copy (fancy indexing)
@@ -289,7 +286,7 @@ class ItemVocabulary:
         self._key_to_row.remove(keys)
         self._used[rows] = False
         self._generation[rows] += 1  # references to the old owner go stale
-        self._free.extend(sorted(rows.tolist(), reverse=True))
+        self._free.give(sorted(rows.tolist(), reverse=True))
         self._live_cache = None
 
     def _prune_pending(self) -> None:
@@ -319,7 +316,7 @@ class ItemVocabulary:
             "rows": rows,
             "last_seen": self._last_seen,
             "generation": self._generation,
-            "free": np.array(self._free, dtype=np.int64),
+            "free": np.array(self._free.as_list(), dtype=np.int64),
             "pending": pending,
             "counter_names": np.array(list(self.counters), dtype=np.str_),
             "counter_values": np.array(list(self.counters.values()), dtype=np.int64),
@@ -345,7 +342,7 @@ class ItemVocabulary:
         vocab._used[rows] = True
         vocab._last_seen[:] = a["last_seen"]
         vocab._generation[:] = a["generation"]
-        vocab._free = a["free"].tolist()
+        vocab._free = SlotPool.from_list(capacity, a["free"].tolist())
         pkeys = keys_from_arrays(
             {k[8:]: v for k, v in a.items() if k.startswith("pending_")}, a["pending"].shape[0]
         )

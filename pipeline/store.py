@@ -42,6 +42,7 @@ import numpy as np
 
 from model.grouping import compact_groups, factorize, group_order
 from model.keyindex import Key, KeyIndex
+from model.slots import SlotPool
 from model.vocab import (
     keys_from_arrays,
     keys_to_arrays,
@@ -157,8 +158,7 @@ class SequenceStore:
         self.tolerance_s = tolerance_s
         self.watermark = _INT64_MIN  # largest accepted event time
         self._slot_of = KeyIndex()
-        self._free: list[int] = []  # slots freed by removals, reused first (last freed first)
-        self._unused = 0  # slots [_unused, capacity) were never used
+        self._slots = SlotPool(0)
         self._alloc(0)
         self._grow(1)  # never empty, so batch code can index slot 0 for unknown users
         self.counters: dict[str, int] = {
@@ -197,15 +197,7 @@ class SequenceStore:
                 grown[old:] = _INT64_MIN
             grown[:old] = arr
             setattr(self, name, grown)
-
-    def _take_free(self, n: int) -> np.ndarray:
-        """``n`` free slots: freed ones first (last freed first), then never used ones."""
-        reused = min(n, len(self._free))
-        taken = self._free[len(self._free) - reused :][::-1]
-        del self._free[len(self._free) - reused :]
-        fresh = np.arange(self._unused, self._unused + n - reused, dtype=np.int64)
-        self._unused += n - reused
-        return np.concatenate([np.array(taken, dtype=np.int64), fresh])
+        self._slots.capacity = new
 
     def _ring_cols(self, slots: np.ndarray, logical: np.ndarray) -> np.ndarray:
         """Physical columns of logical positions (0 = oldest) in the rows of ``slots``."""
@@ -229,7 +221,7 @@ class SequenceStore:
 
     @property
     def num_events(self) -> int:
-        return int(self.length[: self._unused].sum())
+        return int(self.length[: self._slots.used_end].sum())
 
     def ttl_floor(self) -> int:
         """Oldest event time still inside the TTL."""
@@ -355,7 +347,7 @@ class SequenceStore:
         if new_users.size:
             self._make_room(new_users.size, protect=slots[slots >= 0])
             self._grow(self.num_users + new_users.size)
-            new_slots = self._take_free(new_users.size)
+            new_slots = self._slots.take(new_users.size)
             new_keys = plan.user_keys[new_users]
             self._slot_of.insert(new_keys, new_slots)
             self._key_of[new_slots] = new_keys
@@ -468,7 +460,7 @@ class SequenceStore:
         floor = self.ttl_floor()
         if floor == _INT64_MIN or not len(self._slot_of):
             return
-        used = slice(0, self._unused)
+        used = slice(0, self._slots.used_end)
         stale = np.flatnonzero((self.length[used] > 0) & (self.last_ts[used] < floor))
         stale = np.setdiff1d(stale, protect)
         if stale.size:
@@ -494,7 +486,7 @@ class SequenceStore:
         slots = slots[np.not_equal(self._key_of[slots], None)]  # (distinct) occupied slots
         self._slot_of.remove(self._key_of[slots])
         self._key_of[slots] = None
-        self._free.extend(slots.tolist())
+        self._slots.give(slots.tolist())
         self.length[slots] = 0
         self.head[slots] = 0
         self.last_ts[slots] = _INT64_MIN
@@ -542,7 +534,7 @@ class SequenceStore:
         n = lengths.size
         keys = keys_from_arrays({k[5:]: v for k, v in a.items() if k.startswith("user_")}, n)
         store._grow(n)
-        slots = store._take_free(n)
+        slots = store._slots.take(n)
         key_array = np.empty(n, dtype=object)
         key_array[:] = keys
         store._key_of[slots] = key_array
