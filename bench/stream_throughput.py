@@ -94,10 +94,11 @@ def timed(run: Callable[[], int], repeat: int) -> dict[str, Any]:
     return {"events": events, "seconds": round(best, 4), "events_per_s": round(events / best)}
 
 
-def records(payloads: list[bytes], codec: str) -> list:
-    from pipeline.sources.base import SourceRecord
+def records(payloads: list[bytes], codec: str) -> Any:
+    """The payloads as a source's poll returns them."""
+    from pipeline.sources.base import Records
 
-    return [SourceRecord(p, codec, "bench", i) for i, p in enumerate(payloads)]
+    return Records.run(payloads, codec, "bench", 0)
 
 
 def stage_arrow_decode(args: argparse.Namespace, data: Data) -> dict[str, Any]:

@@ -38,6 +38,7 @@ import numpy as np
 
 from model.grouping import factorize, group_order
 from model.keyindex import Key, KeyIndex
+from model.memory import lazy_zeros
 from model.slots import SlotPool
 
 _ROW_BITS = 32
@@ -135,9 +136,10 @@ class ItemVocabulary:
         self.max_pending = max_pending
         self._key_to_row = KeyIndex()
         self._row_key = np.empty(capacity, dtype=object)  # owner key per row (None: free)
-        self._used = np.zeros(capacity, dtype=bool)
-        self._last_seen = np.zeros(capacity, dtype=np.int64)
-        self._generation = np.zeros(capacity, dtype=np.int64)
+        # Rows are handed out lowest first, so these fill from the front: lazily backed.
+        self._used = lazy_zeros(capacity, bool)
+        self._last_seen = lazy_zeros(capacity, np.int64)
+        self._generation = lazy_zeros(capacity, np.int64)
         self._free = SlotPool(capacity, start=1)  # lowest rows are handed out first
         self._pending: dict[Key, tuple[int, int]] = {}  # key -> (count, last seen)
         self._live_cache: np.ndarray | None = None

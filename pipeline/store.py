@@ -42,6 +42,7 @@ import numpy as np
 
 from model.grouping import compact_groups, factorize, group_order
 from model.keyindex import Key, KeyIndex
+from model.memory import lazy_zeros
 from model.slots import SlotPool
 from model.vocab import (
     keys_from_arrays,
@@ -53,8 +54,8 @@ from model.vocab import (
 REJECT_LATE = "late"
 REJECT_DUPLICATE = "duplicate"
 _INT64_MIN = np.iinfo(np.int64).min
-# Address space reserved for the first users at once (np.zeros pages are only backed by memory
-# once written), so the store rarely grows by copying.
+# Address space reserved for the first users at once (model.memory.lazy_zeros: pages are only
+# backed by memory once written), so the store rarely grows by copying.
 _RESERVE_BYTES = 256 << 20
 
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
@@ -189,9 +190,9 @@ class SequenceStore:
         new = min(max(needed, 2 * old, _RESERVE_BYTES // row_bytes), self.max_users)
         for name in (*self._COLUMNS, "length", "head", "last_ts", "_key_of"):
             arr = getattr(self, name)
-            # np.zeros maps fresh zero pages lazily: a slot's memory is touched when it is
-            # first written, not when it is reserved. (np.empty of objects is all None.)
-            make = np.empty if arr.dtype == object else np.zeros
+            # A slot's memory is touched when it is first written, not when it is reserved.
+            # (np.empty of objects is all None.)
+            make = np.empty if arr.dtype == object else lazy_zeros
             grown = make((new, *arr.shape[1:]), dtype=arr.dtype)
             if name == "last_ts":
                 grown[old:] = _INT64_MIN

@@ -27,7 +27,7 @@ import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,7 @@ from pipeline.deadletter import DeadLetterSink
 from pipeline.events import EventBatch, decode_records
 from pipeline.observability import MetricsLog, TrainerMetrics, progress_line
 from pipeline.progressive import ProgressiveMetrics, ranks_over_catalogue
-from pipeline.sources.base import Source, SourceRecord, gather
+from pipeline.sources.base import Records, Source, SourceRecord, gather
 from pipeline.store import SequenceStore
 
 log = logging.getLogger(__name__)
@@ -255,7 +255,7 @@ class OnlineTrainer:
             return True
         return train.duration_s is not None and time.monotonic() - started >= train.duration_s
 
-    def _gather(self, start_events: int) -> list[SourceRecord]:
+    def _gather(self, start_events: int) -> Records:
         """Poll until about one micro-batch of events (or the bound) is reached."""
         cfg = self.cfg
         target = cfg.train.batch_events
@@ -270,7 +270,7 @@ class OnlineTrainer:
             cfg.source.poll_timeout_s,
         )
 
-    def process_records(self, records: list[SourceRecord]) -> list[StepResult]:
+    def process_records(self, records: Sequence[SourceRecord]) -> list[StepResult]:
         """Decode records and train on their events, micro-batch by micro-batch."""
         result = decode_records(records)
         for reject in result.rejects:

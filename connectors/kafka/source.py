@@ -20,7 +20,7 @@ first (the trainer checkpoints, which commits), so the next owner starts exactly
 trainer's state ends. That is only correct when every record handed out so far has been
 applied to the state, so this source services the group (and may rebalance) only in a
 ``poll`` that follows an empty ``poll`` result: after returning records, the next ``poll``
-returns ``[]`` at once. A caller that applies everything it polled before it polls again
+returns no records at once. A caller that applies everything it polled before it polls again
 after an empty result (the trainer's loop does) is then always at a clean point when a
 rebalance runs. Records fetched but not yet handed out when a rebalance happens are dropped
 and fetched again from the new positions.
@@ -30,7 +30,7 @@ refused; the listener here runs the blocking work (the trainer's checkpoint, com
 offsets, ``offsets_for_times``) in a worker thread and yields to the IO loop meanwhile, so
 heartbeats continue during a long checkpoint.
 
-Broker outage. ``poll`` keeps returning ``[]`` while the group coordinator is unreachable,
+Broker outage. ``poll`` keeps returning no records while the group coordinator is unreachable,
 retrying with exponential backoff (``retry_backoff_s`` doubling up to
 ``max_retry_backoff_s``). It logs one warning per outage with the connection error and one
 info line when the cluster is back; kafka-python's own per-attempt connection errors are
@@ -63,7 +63,7 @@ from kafka.structs import OffsetAndMetadata
 from connectors.kafka.broker import running_local_bootstrap
 from connectors.kafka.config import KafkaClientConfig, client_config_from_args
 from connectors.kafka.producer import CODEC_HEADER
-from pipeline.sources.base import SourceRecord
+from pipeline.sources.base import Records
 
 log = logging.getLogger(__name__)
 
@@ -206,17 +206,17 @@ class KafkaSource:
         self._closed = False
 
     # ------------------------------------------------------------------ Source protocol
-    def poll(self, max_records: int, timeout_s: float) -> list[SourceRecord]:
+    def poll(self, max_records: int, timeout_s: float) -> Records:
         """Up to ``max_records`` records, waiting at most ``timeout_s`` for the first one.
 
-        Returns ``[]`` at once after a non-empty result (the clean point for rebalances,
+        Returns no records at once after a non-empty result (the clean point for rebalances,
         see the module docstring)."""
         self._maybe_report_lag()
         if self._handed_out:
             self._handed_out = False
-            return []
+            return Records()
         deadline = time.monotonic() + timeout_s
-        records: list[SourceRecord] = []
+        records = Records()
         ends: dict[str, int] = {}  # next offset per partition after ``records``
         generation = self._generation
         while len(records) < max_records:
@@ -231,7 +231,7 @@ class KafkaSource:
             if self._generation != generation:
                 # A rebalance ran inside poll: what this call fetched before it may belong to
                 # partitions now owned elsewhere, and the new positions were seeked anew.
-                records.clear()
+                records = Records()
                 ends.clear()
                 generation = self._generation
             got = 0
@@ -337,18 +337,19 @@ class KafkaSource:
 
     # ------------------------------------------------------------------ internals
     @staticmethod
-    def _records(partition: str, messages: list[Any]) -> list[SourceRecord]:
-        # Column by column with C-level map/zip: a Python expression per message (or the
-        # NamedTuple's own __new__) costs more than the rest of the pipeline's per-message work.
+    def _records(partition: str, messages: list[Any]) -> Records:
+        # Column by column with C-level map/repeat: a Python expression per message costs
+        # more than the rest of the pipeline's per-message work.
+        n = len(messages)
         values = list(map(_value, messages))
         if None in values:  # a tombstone (null value) is an empty payload: a bad_json reject
             values = [b"" if v is None else v for v in values]
         headers = list(map(_headers, messages))
-        codecs = (
-            repeat("json") if headers.count(_JSON_HEADERS) == len(headers) else map(_codec, headers)
-        )
-        fields = zip(values, codecs, repeat(partition), map(_offset, messages))
-        return list(map(tuple.__new__, repeat(SourceRecord), fields))
+        if headers.count(_JSON_HEADERS) == n:
+            codecs = list(repeat("json", n))
+        else:
+            codecs = list(map(_codec, headers))
+        return Records(values, codecs, list(repeat(partition, n)), list(map(_offset, messages)))
 
     def _commit(self, positions: dict[str, int]) -> None:
         positions = {k: v for k, v in positions.items() if k in self._assigned}

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from itertools import groupby
-from operator import attrgetter
 
 from pipeline.events.arrow_codec import decode_arrow_record, encode_arrow, to_arrow
 from pipeline.events.batch import EventBatch
@@ -43,21 +42,26 @@ from pipeline.events.schema import (
     ValidationLimits,
     canonical_key,
 )
-from pipeline.sources.base import CODECS, SourceRecord
-
-_codec = attrgetter("codec")
+from pipeline.sources.base import CODECS, Records, SourceRecord
 
 
 def decode_records(
     records: Sequence[SourceRecord], limits: ValidationLimits = DEFAULT_LIMITS
 ) -> DecodeResult:
-    """Decode and validate records; valid events keep record (and row) order."""
+    """Decode and validate records; valid events keep record (and row) order.
+
+    ``records``: a ``Records`` (what sources return; read column-wise) or any sequence of
+    ``SourceRecord``s."""
+    records = Records.of(records)
     batches: list[EventBatch] = []
     rejects: list[Reject] = []
     # Runs of one codec (C-speed grouping): a run of JSON records decodes as one batch.
-    for codec, run in groupby(records, key=_codec):
+    lo = 0
+    for codec, same in groupby(records.codecs):
+        hi = lo + len(list(same))
+        run, lo = records[lo:hi], hi
         if codec == "json":
-            events, bad = decode_json_records(list(run), limits)
+            events, bad = decode_json_records(run, limits)
             batches.append(events)
             rejects.extend(bad)
         elif codec == "arrow":

@@ -5,24 +5,24 @@ Decoding has two paths behind ``decode_json_records``:
 - the reference (``JsonColumns``): per payload, ``json.loads`` plus the scalar checkers of
   ``schema`` (no pydantic: the same rules, several times faster); it yields the exact reject
   reason and message of every bad payload;
-- the fast path (``fast_json_batch``): a chunk of payloads parsed by ``orjson`` and checked
-  column by column with numpy. It accepts a chunk only when every payload is a valid event of
-  the common shapes (int or str ids, int timestamps, ...) and returns exactly the batch the
-  reference would; any doubt -- a bad payload, a float timestamp, a number orjson reads
-  differently from ``json`` -- hands the chunk to the reference. ``tests/events`` compares
-  the two on generated payloads.
+- the fast path (``fast_json_batch``): a chunk of payloads decoded by ``msgspec`` straight into
+  typed structs (no dict per event) and checked column by column with numpy. It accepts a
+  chunk only when every payload is a valid event of the common shapes (int or str ids, int
+  timestamps, ...) and returns exactly the batch the reference would; any doubt -- a bad
+  payload, a float timestamp, a number msgspec reads differently from ``json`` -- hands the
+  chunk to the reference. ``tests/events`` compares the two on generated payloads.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from itertools import repeat
-from operator import itemgetter
+from operator import attrgetter
 from typing import Any
 
+import msgspec
 import numpy as np
-import orjson
 
 from pipeline.events.batch import EventBatch, key_column
 from pipeline.events.reject import Reject
@@ -43,7 +43,7 @@ from pipeline.events.schema import (
     check_value,
     describe,
 )
-from pipeline.sources.base import SourceRecord
+from pipeline.sources.base import Records, SourceRecord
 
 
 def encode_json(event: Event | Mapping[str, Any]) -> bytes:
@@ -165,34 +165,59 @@ class JsonColumns:
         )
 
 
-_INT = frozenset({int})
-_NONE = frozenset({type(None)})
+class _WireEvent(msgspec.Struct):
+    """The shapes the fast path takes; anything else fails to decode (-> the reference).
+
+    As in the reference: unknown fields are skipped, the last of duplicate keys wins, and
+    ``null`` for an optional field is the same as leaving it out.
+    """
+
+    user_id: int | str
+    item_id: int | str
+    timestamp: int | float
+    action: str | int
+    value: int | float | None = None
+    event_id: str | None = None
+
+
+_decode_event = msgspec.json.Decoder(_WireEvent).decode
+_user, _item = attrgetter("user_id"), attrgetter("item_id")
+_timestamp, _action = attrgetter("timestamp"), attrgetter("action")
+_value, _event_id = attrgetter("value"), attrgetter("event_id")
 _KEY_TYPES = frozenset({int, str})
 _NUMBER_TYPES = frozenset({int, float})
 _VALUE_TYPES = frozenset({int, float, type(None)})
-_get = dict.get
-_N_REQUIRED = len(REQUIRED_FIELDS)
+# Nesting (inside skipped unknown fields) that json.loads and msgspec both decode at any sane
+# stack depth. Their recursion limits differ, so a chunk that might nest deeper goes to the
+# reference, whose verdict is json.loads's. A payload of at most twice this many bytes cannot
+# nest deeper; longer ones are checked by counting their brackets.
+_SAFE_DEPTH = 512
 
 
-def _field(objects: list[dict[str, Any]], name: str) -> list[Any]:
-    """One field of every object (None where absent); ``TypeError`` for a non-object."""
-    return list(map(_get, objects, repeat(name)))  # C-speed: no Python frame per row
+def _column(objects: list[_WireEvent], field: Callable[[_WireEvent], Any]) -> list[Any]:
+    """One field of every decoded event."""
+    return list(map(field, objects))  # C-speed: no Python frame per row
 
 
 def _types(column: Sequence[Any]) -> frozenset[type]:
     return frozenset(map(type, column))
 
 
-def _int_column(column: Sequence[Any]) -> np.ndarray:
-    """int64 array of Python ints; ``OverflowError`` beyond int64."""
-    return np.array(column, dtype=np.int64)
+def _as_int64(column: Sequence[Any]) -> np.ndarray | None:
+    """The column as int64 when numpy infers exactly that: every entry an int within int64
+    (a str, a float or a bigger int infers another dtype). One pass instead of a type scan
+    plus a conversion; the columns come from msgspec, which yields no bools for them."""
+    if not column or type(column[0]) is not int:  # str ids: skip building a str array
+        return None
+    array = np.array(column)
+    return array if array.dtype == np.int64 else None
 
 
 def _key_column(column: Sequence[Any], name: str, limits: ValidationLimits) -> Any:
-    types = _types(column)
-    if types == _INT:
-        return _int_column(column)
-    if types <= _KEY_TYPES:  # str ids: the reference rule per id
+    ints = _as_int64(column)
+    if ints is not None:
+        return ints
+    if _types(column) <= _KEY_TYPES:  # str ids, or ints beyond int64: the rule per id
         return key_column([canonical_key(key, name, limits) for key in column])
     return None
 
@@ -202,25 +227,22 @@ def _action_column(column: Sequence[Any]) -> np.ndarray | None:
         return np.fromiter(map(ACTION_CODES.get, column), dtype=np.int64, count=len(column))
     except TypeError:
         pass
-    types = _types(column)
-    if types == _INT:
-        codes = _int_column(column)
+    codes = _as_int64(column)
+    if codes is not None:
         return codes if ((codes >= 0) & (codes <= MAX_ACTION_CODE)).all() else None
-    if types <= _KEY_TYPES:  # names and codes mixed: the reference rule per action
+    if _types(column) <= _KEY_TYPES:  # names and codes mixed: the reference rule per action
         return np.array([check_action(raw) for raw in column], dtype=np.int64)
     return None
 
 
 def _timestamp_column(column: Sequence[Any], limits: ValidationLimits) -> Any:
-    types = _types(column)
-    if types == _INT:
-        stamps = _int_column(column)
-    elif types <= _NUMBER_TYPES:
-        # Seconds with a fraction, floored as the reference does. Every in-range int is
-        # exact in float64 (< 2**53), and NaN/inf fail the range check.
+    stamps = _as_int64(column)
+    if stamps is None:
+        if not _types(column) <= _NUMBER_TYPES:
+            return None
+        # Seconds with a fraction, floored as the reference does, or ints beyond int64. Every
+        # in-range int is exact in float64 (< 2**53), and NaN/inf fail the range check.
         stamps = np.array(column, dtype=np.float64)  # OverflowError for huge ints
-    else:
-        return None
     in_range = (stamps >= limits.min_timestamp) & (stamps < limits.max_timestamp)
     if not in_range.all():
         return None
@@ -228,10 +250,9 @@ def _timestamp_column(column: Sequence[Any], limits: ValidationLimits) -> Any:
 
 
 def _value_column(column: list[Any]) -> np.ndarray | None:
-    types = _types(column)
-    if types == _NONE:
+    if column.count(None) == len(column):  # no value anywhere (a C-speed scan)
         return np.full(len(column), np.nan, dtype=np.float32)
-    if not types <= _VALUE_TYPES:
+    if not _types(column) <= _VALUE_TYPES:
         return None
     values = np.array(column, dtype=np.float64)  # None -> NaN; OverflowError for huge ints
     absent = np.isnan(values)
@@ -243,12 +264,22 @@ def _value_column(column: list[Any]) -> np.ndarray | None:
     return values.astype(np.float32)
 
 
-def _event_id_column(column: list[Any], limits: ValidationLimits) -> Any:
-    if _types(column) == _NONE:
+def _event_id_column(column: list[Any], limits: ValidationLimits) -> np.ndarray | None:
+    if column.count(None) == len(column):  # no event id anywhere
         return None
     out = np.empty(len(column), dtype=object)
     out[:] = [check_event_id(raw, limits) for raw in column]
     return out
+
+
+def _shallow(payloads: Sequence[bytes], longest: int) -> bool:
+    """True when no payload (the longest of ``longest`` bytes) can nest deeper than
+    ``_SAFE_DEPTH``."""
+    if longest <= 2 * _SAFE_DEPTH:
+        return True
+    arrays = map(bytes.count, payloads, repeat(b"["))
+    objects = map(bytes.count, payloads, repeat(b"{"))
+    return max(map(int.__add__, arrays, objects)) <= _SAFE_DEPTH
 
 
 def fast_json_batch(payloads: Sequence[bytes], limits: ValidationLimits) -> EventBatch | None:
@@ -257,27 +288,31 @@ def fast_json_batch(payloads: Sequence[bytes], limits: ValidationLimits) -> Even
     A returned batch equals the reference's (``JsonColumns``) for the same payloads; ``None``
     says nothing about which payload is bad -- run the reference to find out.
     """
-    if not payloads or max(map(len, payloads)) > limits.max_json_bytes:
+    if not payloads:
+        return None
+    longest = max(map(len, payloads))
+    if longest > limits.max_json_bytes or not _shallow(payloads, longest):
         return None
     try:
-        # orjson rejects what json.loads reads differently (NaN, 1e400, lone surrogates); it
-        # reads ints beyond 64 bits as floats, which no int-only column below accepts.
-        objects = list(map(orjson.loads, payloads))
+        # msgspec checks UTF-8 only in the strings it keeps; the reference rejects invalid
+        # UTF-8 anywhere. An ASCII separator cannot complete a multi-byte sequence, so the
+        # joined chunk is valid UTF-8 exactly when every payload is.
+        joined = b"\n".join(payloads)
+        if not joined.isascii():
+            joined.decode("utf-8")
+        # msgspec refuses what json.loads reads differently (NaN, 1e400, lone surrogates,
+        # floats as ids); ints beyond int64 fail the int64 columns below.
+        objects = list(map(_decode_event, payloads))
         columns = (
-            _key_column(_field(objects, "user_id"), "user_id", limits),
-            _key_column(_field(objects, "item_id"), "item_id", limits),
-            _timestamp_column(_field(objects, "timestamp"), limits),
-            _action_column(_field(objects, "action")),
+            _key_column(_column(objects, _user), "user_id", limits),
+            _key_column(_column(objects, _item), "item_id", limits),
+            _timestamp_column(_column(objects, _timestamp), limits),
+            _action_column(_column(objects, _action)),
         )
-        # A missing required field is a None above, which no column accepts; so objects of
-        # _N_REQUIRED keys have nothing else, in particular no value or event_id.
-        if frozenset(map(len, objects)) == {_N_REQUIRED}:
-            value = np.full(len(objects), np.nan, dtype=np.float32)
-            event_id = None
-        else:
-            value = _value_column(_field(objects, "value"))
-            event_id = _event_id_column(_field(objects, "event_id"), limits)
-    except (orjson.JSONDecodeError, EventError, OverflowError, TypeError):
+        value = _value_column(_column(objects, _value))
+        event_id = _event_id_column(_column(objects, _event_id), limits)
+    except (ValueError, EventError, OverflowError, TypeError, RecursionError):
+        # ValueError: msgspec's DecodeError and ValidationError, and UnicodeDecodeError.
         return None
     if value is None or any(column is None for column in columns):
         return None
@@ -286,18 +321,18 @@ def fast_json_batch(payloads: Sequence[bytes], limits: ValidationLimits) -> Even
 
 # Rows per fast-path attempt: a bad payload sends only its chunk to the reference.
 FAST_CHUNK = 1024
-_payload = itemgetter(0)
 
 
 def decode_json_records(
     records: Sequence[SourceRecord], limits: ValidationLimits
 ) -> tuple[EventBatch, list[Reject]]:
     """Decode JSON records into one batch (record order) and their rejects."""
+    records = Records.of(records)
     batches: list[EventBatch] = []
     rejects: list[Reject] = []
     for lo in range(0, len(records), FAST_CHUNK):
         chunk = records[lo : lo + FAST_CHUNK]
-        fast = fast_json_batch(list(map(_payload, chunk)), limits)
+        fast = fast_json_batch(chunk.payloads, limits)
         if fast is None:
             columns = JsonColumns(limits)
             for record in chunk:

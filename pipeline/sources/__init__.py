@@ -1,5 +1,5 @@
 """Event sources behind one interface (see ``base.Source``)."""
 
-from pipeline.sources.base import Source, SourceRecord
+from pipeline.sources.base import Records, Source, SourceRecord
 
-__all__ = ["Source", "SourceRecord"]
+__all__ = ["Records", "Source", "SourceRecord"]

@@ -3,13 +3,17 @@
 A source hands out raw records with their positions; decoding and validation happen in the
 pipeline so that every source gets the same dead-letter handling. Positions are "the next
 offset to read" per partition key, exactly what a checkpoint stores and ``seek`` restores.
+
+``poll`` returns ``Records``: the records of a poll in four parallel columns. Indexing or
+iterating gives ``SourceRecord``s, built on demand; the decoder reads the columns directly.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import NamedTuple, Protocol, runtime_checkable
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from itertools import repeat
+from typing import NamedTuple, Protocol, overload, runtime_checkable
 
 CODECS = ("json", "arrow")
 
@@ -38,11 +42,109 @@ class SourceRecord(NamedTuple):
         return f"{self.partition}@{self.offset}"
 
 
+class Records(Sequence[SourceRecord]):
+    """Records column-wise: ``payloads[i]``, ``codecs[i]``, ``partitions[i]``, ``offsets[i]``
+    describe record ``i``.
+
+    Kafka hands out thousands of small messages per poll. Building these four lists takes a
+    few C-level passes, where a ``SourceRecord`` per message cost about as much as decoding
+    it; the JSON decoder then takes ``payloads`` as they are. Indexing and iteration build
+    ``SourceRecord``s on demand (rejects, tests); a slice is a ``Records``.
+    """
+
+    __slots__ = ("codecs", "offsets", "partitions", "payloads")
+
+    def __init__(
+        self,
+        payloads: list[bytes] | None = None,
+        codecs: list[str] | None = None,
+        partitions: list[str] | None = None,
+        offsets: list[int] | None = None,
+    ) -> None:
+        self.payloads = [] if payloads is None else payloads
+        self.codecs = [] if codecs is None else codecs
+        self.partitions = [] if partitions is None else partitions
+        self.offsets = [] if offsets is None else offsets
+        sizes = {len(self.payloads), len(self.codecs), len(self.partitions), len(self.offsets)}
+        if len(sizes) != 1:
+            raise ValueError(
+                f"Records columns differ in length: payloads={len(self.payloads)}, "
+                f"codecs={len(self.codecs)}, partitions={len(self.partitions)}, "
+                f"offsets={len(self.offsets)}"
+            )
+
+    @classmethod
+    def of(cls, records: Iterable[SourceRecord]) -> Records:
+        """Columns of row-wise records."""
+        if isinstance(records, Records):
+            return records
+        rows = list(records)
+        return cls(
+            [r.payload for r in rows],
+            [r.codec for r in rows],
+            [r.partition for r in rows],
+            [r.offset for r in rows],
+        )
+
+    @classmethod
+    def run(cls, payloads: list[bytes], codec: str, partition: str, first_offset: int) -> Records:
+        """Consecutive records of one partition and codec, from ``first_offset`` on."""
+        n = len(payloads)
+        return cls(
+            payloads,
+            list(repeat(codec, n)),
+            list(repeat(partition, n)),
+            list(range(first_offset, first_offset + n)),
+        )
+
+    def extend(self, other: Iterable[SourceRecord]) -> None:
+        """Append ``other``'s records (column by column when it is a ``Records``)."""
+        other = Records.of(other)
+        self.payloads.extend(other.payloads)
+        self.codecs.extend(other.codecs)
+        self.partitions.extend(other.partitions)
+        self.offsets.extend(other.offsets)
+
+    def __len__(self) -> int:
+        return len(self.payloads)
+
+    @overload
+    def __getitem__(self, index: int) -> SourceRecord: ...
+    @overload
+    def __getitem__(self, index: slice) -> Records: ...
+    def __getitem__(self, index: int | slice) -> SourceRecord | Records:
+        if isinstance(index, slice):
+            return Records(
+                self.payloads[index],
+                self.codecs[index],
+                self.partitions[index],
+                self.offsets[index],
+            )
+        return SourceRecord(
+            self.payloads[index], self.codecs[index], self.partitions[index], self.offsets[index]
+        )
+
+    def __iter__(self) -> Iterator[SourceRecord]:
+        columns = zip(self.payloads, self.codecs, self.partitions, self.offsets, strict=True)
+        return map(tuple.__new__, repeat(SourceRecord), columns)  # no Python frame per record
+
+    def __eq__(self, other: object) -> bool:
+        """Equal to ``Records`` or a list/tuple of ``SourceRecord``s with the same records."""
+        if isinstance(other, Records | list | tuple):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        return f"Records({list(self)!r})"
+
+
 @runtime_checkable
 class Source(Protocol):
     """A stream of records with checkpointable positions."""
 
-    def poll(self, max_records: int, timeout_s: float) -> list[SourceRecord]:
+    def poll(self, max_records: int, timeout_s: float) -> Records:
         """Up to ``max_records`` records, waiting at most ``timeout_s`` for the first one."""
         ...
 
@@ -71,17 +173,17 @@ def gather(
     events_per_record: float | None,
     max_records: int | None,
     timeout_s: float,
-) -> list[SourceRecord]:
+) -> Records:
     """Poll ``source`` until its records hold about ``target_events`` events (one micro-batch).
 
     ``events_per_record`` is what decoding has shown so far (1 for JSON, thousands for
     Arrow); while it is unknown (``None``) a single record is asked for, since one Arrow
     record may already be a whole batch. ``max_records`` caps each poll (``None``: no cap).
     Stops at the first empty poll: the Kafka source answers a poll that follows a non-empty
-    one with ``[]`` (its clean point for rebalances), so a micro-batch is at most one poll's
+    one with no records (its clean point for rebalances), so a micro-batch is at most one poll's
     worth there -- which is why the cap defaults to none.
     """
-    records: list[SourceRecord] = []
+    records = Records()
     have = 0.0
     while have < target_events:
         want = 1

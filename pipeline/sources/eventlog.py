@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 
 from pipeline.datasets import EventLog
 from pipeline.events import EventBatch, encode_arrow, encode_json_rows
-from pipeline.sources.base import CODECS, SourceRecord
+from pipeline.sources.base import CODECS, Records
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +67,12 @@ class EventLogSource:
     def num_records(self) -> int:
         return -(-len(self.event_log) // self.events_per_record)
 
-    def poll(self, max_records: int, timeout_s: float = 0.0) -> list[SourceRecord]:
+    def poll(self, max_records: int, timeout_s: float = 0.0) -> Records:
         """The next up to ``max_records`` records (never waits: the data is in memory)."""
         start = self._next
         stop = min(start + max(max_records, 0), self.num_records)
         if stop <= start:
-            return []
+            return Records()
         epr = self.events_per_record
         events = EventBatch.from_event_log(self.event_log, start * epr, stop * epr)
         if self.codec == "json":
@@ -82,10 +82,7 @@ class EventLogSource:
                 encode_arrow(events.take(slice(i, i + epr))) for i in range(0, len(events), epr)
             ]
         self._next = stop
-        return [
-            SourceRecord(payload, self.codec, self.partition, offset)
-            for offset, payload in enumerate(payloads, start=start)
-        ]
+        return Records.run(payloads, self.codec, self.partition, start)
 
     def positions(self) -> dict[str, int]:
         return {self.partition: self._next}

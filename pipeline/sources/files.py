@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import IO
 
 from pipeline.datasets import EventLog, ReadStats, read_event_log
-from pipeline.sources.base import Source, SourceRecord
+from pipeline.sources.base import Records, Source
 from pipeline.sources.eventlog import EventLogSource
 
 log = logging.getLogger(__name__)
@@ -74,14 +74,15 @@ class JsonlSource:
             return None
         return line.rstrip(b"\r\n") if line.endswith(b"\n") else line
 
-    def poll(self, max_records: int, timeout_s: float = 0.0) -> list[SourceRecord]:
-        records = []
-        while len(records) < max_records:
+    def poll(self, max_records: int, timeout_s: float = 0.0) -> Records:
+        lines = []
+        while len(lines) < max_records:
             line = self._read_line()
             if line is None:
                 break
-            records.append(SourceRecord(line, "json", self.partition, self._next))
-            self._next += 1
+            lines.append(line)
+        records = Records.run(lines, "json", self.partition, self._next)
+        self._next += len(lines)
         return records
 
     def positions(self) -> dict[str, int]:
@@ -148,7 +149,7 @@ class FileSource:
         event_log, self.read_stats = read_event_log(self.path, self._format, self._skip_malformed)
         return event_log.sorted_by_time()
 
-    def poll(self, max_records: int, timeout_s: float = 0.0) -> list[SourceRecord]:
+    def poll(self, max_records: int, timeout_s: float = 0.0) -> Records:
         return self._inner.poll(max_records, timeout_s)
 
     def positions(self) -> dict[str, int]:

@@ -1,4 +1,4 @@
-"""The JSON fast path (orjson + column checks) against the reference decoder (json.loads +
+"""The JSON fast path (msgspec + column checks) against the reference decoder (json.loads +
 per-field checkers): same batch, same rejects, and the fast path really taken on common input."""
 
 from __future__ import annotations
@@ -72,14 +72,14 @@ def test_fast_path_takes_common_events_and_matches_the_reference() -> None:
     assert fast.user_id.dtype == object and fast.user_id.tolist()[1] == "u-1"
 
 
-# Valid for the reference, but read differently by orjson or needing the reference's
+# Valid for the reference, but read differently by msgspec or needing the reference's
 # rounding/flooring: the fast path must step aside (or agree exactly).
 EDGES = [
     event(timestamp=T0 + 0.75),  # floored by the reference
     event(timestamp=-(2**70)),
     event(timestamp=4_102_444_799.9),
     b'{"user_id":1,"item_id":1,"action":0,"timestamp":Infinity}',
-    event(user_id=2**64),  # beyond int64: a str id; orjson reads some of these as floats
+    event(user_id=2**64),  # beyond int64: a str id
     event(item_id=-(2**63) - 1),
     event(user_id=10**30),
     event(value=10**30),
@@ -103,6 +103,23 @@ EDGES = [
     b"[]",
     b"",
     b"\xff",
+    # Bad only where msgspec does not look: skipped unknown fields.
+    b'{"user_id":1,"item_id":1,"action":0,"timestamp":1600000000,"x":"\xff"}',
+    b'{"user_id":1,"item_id":1,"action":0,"timestamp":1600000000,"x":"\\udc00"}',
+    event(x=[[[]]], y={"a": [1, {"b": None}]}),
+    # Nesting around the parsers' recursion limits (json.loads: the interpreter's, ~1,000).
+    event(x="[" * 600),  # brackets in a string are not nesting
+    b'{"user_id":1,"item_id":1,"action":0,"timestamp":1600000000,"x":%s}'
+    % (b"[" * 600 + b"]" * 600),
+    b'{"user_id":1,"item_id":1,"action":0,"timestamp":1600000000,"x":%s}'
+    % (b"[" * 1100 + b"]" * 1100),
+    b'\x0b{"user_id":1,"item_id":1,"action":0,"timestamp":1600000000}',
+    b'{"user_id":1,"item_id":1,"action":0,"timestamp":1600000000}\x00',
+    b'{"user_id":1,"item_id":1,"action":0,"timestamp":1600000000}\r\n\t ',
+    b'{"user_\\u0069d":1,"item_id":1,"action":0,"timestamp":1600000000}',  # escaped key
+    b'{"user_id":"a\\u0000b","item_id":"\xc3\xa9","action":0,"timestamp":1600000000}',
+    b'{"user_id":1e2,"item_id":1,"action":0,"timestamp":1600000000}',
+    b'{"user_id":1,"item_id":1,"action":0,"timestamp":1600000000,"value":1.5,"value":null}',
 ]
 
 

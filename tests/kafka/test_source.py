@@ -98,7 +98,7 @@ def test_poll_after_records_returns_empty_at_once(kafka_bootstrap, create_topic)
         assert source.poll(100, 5.0) == []  # the clean point where rebalances may run
         assert time.monotonic() - started < 1.0
         rest = _drain(source, 10 - len(first))
-        assert [r.offset for r in first + rest] == list(range(10))
+        assert [r.offset for r in [*first, *rest]] == list(range(10))
     finally:
         source.close()
 

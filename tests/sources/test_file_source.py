@@ -155,7 +155,7 @@ def test_jsonl_seek(tmp_path: Path) -> None:
     resumed = FileSource(path, partition="replay")
     resumed.seek(source.positions())
     rest = drain(resumed, 3)
-    assert [r.offset for r in head + rest] == list(range(10))
+    assert [r.offset for r in [*head, *rest]] == list(range(10))
     assert rest[0].payload == b'{"line": 4}'
     assert resumed.exhausted() and resumed.poll(5, 0.0) == []
     with pytest.raises(ValueError, match="has only 10 lines"):

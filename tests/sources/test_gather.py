@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from pipeline.sources.base import SourceRecord, gather
+from pipeline.sources.base import Records, gather
 
 
 class KafkaLikeSource:
@@ -12,15 +12,15 @@ class KafkaLikeSource:
     after a non-empty one with ``[]``."""
 
     def __init__(self, records: int) -> None:
-        self.pending = [SourceRecord(b"{}", "json", "t:0", i) for i in range(records)]
+        self.pending = Records.run([b"{}"] * records, "json", "t:0", 0)
         self.asked: list[int] = []
         self.handed_out = False
 
-    def poll(self, max_records: int, timeout_s: float) -> list[SourceRecord]:
+    def poll(self, max_records: int, timeout_s: float) -> Records:
         self.asked.append(max_records)
         if self.handed_out:
             self.handed_out = False
-            return []
+            return Records()
         got, self.pending = self.pending[:max_records], self.pending[max_records:]
         self.handed_out = bool(got)
         return got
