@@ -197,23 +197,17 @@ class JaggedBatch:
         item_ids = _as_int64(item_ids, "item_ids")
         n = item_ids.shape[0]
         return cls(
-            item_ids=torch.from_numpy(item_ids),
-            timestamps=torch.from_numpy(_as_int64(timestamps, "timestamps")),
-            action_types=torch.from_numpy(
+            item_ids=_tensor(item_ids),
+            timestamps=_tensor(_as_int64(timestamps, "timestamps")),
+            action_types=_tensor(
                 np.zeros(n, np.int64)
                 if action_types is None
                 else _as_int64(action_types, "action_types")
             ),
-            offsets=torch.from_numpy(_as_int64(offsets, "offsets")),
-            weights=None
-            if weights is None
-            else torch.from_numpy(np.ascontiguousarray(weights, np.float32)),
-            is_target=None
-            if is_target is None
-            else torch.from_numpy(np.ascontiguousarray(is_target, bool)),
-            query_time=None
-            if query_time is None
-            else torch.from_numpy(_as_int64(query_time, "query_time")),
+            offsets=_tensor(_as_int64(offsets, "offsets")),
+            weights=None if weights is None else _tensor(np.ascontiguousarray(weights, np.float32)),
+            is_target=None if is_target is None else _tensor(np.ascontiguousarray(is_target, bool)),
+            query_time=None if query_time is None else _tensor(_as_int64(query_time, "query_time")),
         )
 
     @classmethod
@@ -295,6 +289,12 @@ class JaggedBatch:
             if not np.array_equal(offsets, w_offsets):
                 raise JaggedError("item_ids and weights have different sequence lengths")
         return cls.from_numpy(items, ts, offsets, action_types=acts, weights=wts)
+
+
+def _tensor(arr: np.ndarray) -> torch.Tensor:
+    """``torch.from_numpy``, copying read-only arrays (zero-copy views of Arrow buffers): a
+    tensor shares its array's memory, and torch has no read-only tensors."""
+    return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
 
 
 def _as_int64(a: np.ndarray, name: str) -> np.ndarray:

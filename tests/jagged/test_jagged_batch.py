@@ -56,6 +56,17 @@ def test_from_arrow_slices_and_offsets() -> None:
     assert b.timestamps.tolist() == [12, 13, 14, 15]
 
 
+def test_read_only_arrays_are_copied_not_aliased() -> None:
+    items = np.array([3, 4, 5])
+    items.flags.writeable = False  # as zero-copy views of Arrow buffers are
+    b = JaggedBatch.from_numpy(items, np.array([1, 2, 3]), np.array([0, 3]))
+    b.item_ids[0] = 9  # a tensor torch may write to, without touching the source
+    assert items.tolist() == [3, 4, 5]
+    writable = np.array([1, 2, 3])
+    shared = JaggedBatch.from_numpy(writable, writable, np.array([0, 3]))
+    assert shared.item_ids.data_ptr() == writable.ctypes.data  # writable arrays stay zero-copy
+
+
 def test_from_arrow_length_mismatch() -> None:
     items = pa.array([[1, 2]], type=pa.list_(pa.int64()))
     ts = pa.array([[1]], type=pa.list_(pa.int64()))
