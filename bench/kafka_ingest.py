@@ -16,8 +16,9 @@ message) the same topic is read four ways, each with a fresh consumer group from
 pipeline's overhead over kafka-python). Each figure is the best of ``--repeat`` reads; the
 modes take turns (bare, source, decode, pipeline, bare, ...) so that drift in the machine or
 the broker affects them alike, and a full garbage collection runs before every read (outside
-the clock) so that no read pays for the cyclic garbage of the readers before it. kafka-python checks record CRCs in pure
-Python unless the ``crc32c`` package is installed; ``--no-check-crcs`` shows the difference.
+the clock) so that no read pays for the cyclic garbage of the readers before it.
+kafka-python checks record CRCs in pure Python unless the ``crc32c`` package is installed;
+``--no-check-crcs`` shows the difference.
 Everything runs under ``genrec train``'s garbage-collector settings (``pipeline/gcpolicy.py``);
 ``--default-gc`` keeps CPython's defaults. Prints one JSON object. Without
 ``--bootstrap-servers`` (or ``KAFKA_BOOTSTRAP_SERVERS``) a temporary local broker is started.
