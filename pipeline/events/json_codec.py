@@ -301,7 +301,8 @@ def fast_json_batch(payloads: Sequence[bytes], limits: ValidationLimits) -> Even
         if not joined.isascii():
             joined.decode("utf-8")
         # msgspec refuses what json.loads reads differently (NaN, 1e400, lone surrogates,
-        # floats as ids); ints beyond int64 fail the int64 columns below.
+        # floats as ids); ints beyond int64 take the reference's per-id rule (ids) or fail
+        # the range check (timestamps) below.
         objects = list(map(_decode_event, payloads))
         columns = (
             _key_column(_column(objects, _user), "user_id", limits),
@@ -331,11 +332,11 @@ def decode_json_records(
     batches: list[EventBatch] = []
     rejects: list[Reject] = []
     for lo in range(0, len(records), FAST_CHUNK):
-        chunk = records[lo : lo + FAST_CHUNK]
-        fast = fast_json_batch(chunk.payloads, limits)
-        if fast is None:
+        rows = slice(lo, lo + FAST_CHUNK)
+        fast = fast_json_batch(records.payloads[rows], limits)
+        if fast is None:  # only now the chunk's other columns are needed
             columns = JsonColumns(limits)
-            for record in chunk:
+            for record in records[rows]:
                 columns.add(record)
             fast = columns.batch()
             rejects.extend(columns.rejects)
