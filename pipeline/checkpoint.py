@@ -4,8 +4,12 @@ A checkpoint is a directory ``ckpt-<seq>`` holding one file per state blob (mode
 vocabulary, sequence store, ...) and a ``manifest.json`` with the trainer's metadata (source
 positions, counters) and each file's size and sha256. ``save`` assembles it in a temporary
 directory, fsyncs every file and the directory, and renames it into place: a ``ckpt-<seq>``
-directory is either complete or absent. ``latest`` returns the newest checkpoint that verifies,
-falling back to older ones (with a warning) if the newest is damaged.
+directory is either complete or absent. ``loadable`` yields the checkpoints that verify, newest
+first, skipping damaged ones with a warning; ``latest`` is the first of them.
+
+Nothing read from disk is trusted as a path: blob names in a manifest must be plain names (the
+rule ``save`` applies), and no symlink in the store is followed (checkpoint directories and
+files are opened with ``O_NOFOLLOW``; pruning never deletes through a symlink).
 
 Tensors go through ``state_to_bytes`` / ``state_from_bytes``: ``torch.save`` to memory and
 ``torch.load(weights_only=True)``, which refuses arbitrary pickled objects.
@@ -13,6 +17,7 @@ Tensors go through ``state_to_bytes`` / ``state_from_bytes``: ``torch.save`` to 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -21,8 +26,9 @@ import os
 import pickle
 import re
 import shutil
+import stat
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,9 +40,12 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-_CKPT_DIR = re.compile(r"^ckpt-(\d+)$")
-_TMP_DIR = re.compile(r"^\.tmp-(\d+)-[0-9a-f]+$")
-_STATE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=+-]*$")
+# Always used with fullmatch ('$' also matches before a trailing newline), and [0-9] since \d
+# matches non-ASCII digits.
+_CKPT_DIR = re.compile(r"ckpt-([0-9]+)")
+_TMP_DIR = re.compile(r"\.tmp-([0-9]+)-[0-9a-f]+")
+_STATE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=+-]*")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class CheckpointError(Exception):
@@ -84,11 +93,7 @@ class CheckpointStore:
             meta: JSON-serialisable metadata, e.g. ``{"source_positions": {...}, ...}``.
         """
         for name, blob in state.items():
-            if not _STATE_NAME.match(name) or name == MANIFEST_NAME:
-                raise CheckpointError(
-                    f"invalid state name {name!r}: use letters, digits, '_', '.', '=', '+', '-' "
-                    f"(not starting with '.' or '-'), and not {MANIFEST_NAME!r}"
-                )
+            _check_state_name(name, "invalid state name")
             if not isinstance(blob, bytes | bytearray | memoryview):
                 raise CheckpointError(
                     f"state {name!r} is {type(blob).__name__}, not bytes; serialise tensors "
@@ -98,7 +103,8 @@ class CheckpointStore:
             meta_json = json.loads(json.dumps(dict(meta)))
         except (TypeError, ValueError) as err:
             raise CheckpointError(f"checkpoint meta is not JSON-serialisable: {err}") from err
-        seq = max(self._complete(), default=0) + 1
+        # Every ckpt-* name counts, symlinks included, so the new name is always free.
+        seq = max((seq for seq, _ in self._ckpt_entries()), default=0) + 1
         final = self.directory / f"ckpt-{seq:08d}"
         tmp = self.directory / f".tmp-{os.getpid()}-{uuid.uuid4().hex}"
         tmp.mkdir()
@@ -131,80 +137,97 @@ class CheckpointStore:
         return final
 
     def latest(self) -> Checkpoint | None:
-        """The newest checkpoint that loads and verifies, or None if there is none.
+        """The newest checkpoint that loads and verifies, or None if there is none."""
+        return next(self.loadable(), None)
+
+    def loadable(self) -> Iterator[Checkpoint]:
+        """Checkpoints that load and verify, newest first.
 
         Damaged checkpoints are skipped with a warning (and kept for inspection until
-        retention removes them); temporary directories of dead writers are deleted.
+        retention removes them); temporary directories of dead writers are deleted first. A
+        caller whose restore of one checkpoint fails can move on to the next.
         """
         self._remove_abandoned_temp_dirs()
         for seq in reversed(self._complete()):
             try:
-                return self.load(seq)
+                yield self.load(seq)
             except CheckpointError as err:
                 log.warning("skipping damaged checkpoint, falling back to an older one: %s", err)
-        return None
 
     def load(self, seq: int) -> Checkpoint:
         """Load and verify ``ckpt-<seq>``; ``CheckpointError`` names what is wrong."""
         path = self.directory / f"ckpt-{seq:08d}"
         manifest_path = path / MANIFEST_NAME
+        if path.is_symlink():
+            raise CheckpointError(f"{path} is a symlink, which is never followed; remove it")
         try:
-            manifest = json.loads(manifest_path.read_bytes())
-            files = manifest["files"]
-            version = manifest["format_version"]
+            # O_NOFOLLOW: also refuses a directory swapped for a symlink after the check.
+            dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError as err:
-            raise CheckpointError(f"{manifest_path} is missing") from err
-        except (ValueError, KeyError, TypeError) as err:
-            raise CheckpointError(f"{manifest_path} is unreadable: {err!r}") from err
-        if version > FORMAT_VERSION:
-            raise CheckpointError(
-                f"{manifest_path}: format {version} is newer than supported ({FORMAT_VERSION})"
-            )
-        state = {}
-        for name, entry in files.items():
+            raise CheckpointError(f"{path} does not exist") from err
+        except OSError as err:
+            raise CheckpointError(f"{path} is not a checkpoint directory: {_reason(err)}") from err
+        try:
             try:
-                blob = (path / name).read_bytes()
+                raw = _read_in(dir_fd, MANIFEST_NAME)
             except FileNotFoundError as err:
-                raise CheckpointError(
-                    f"{path / name} is listed in the manifest but missing"
-                ) from err
-            digest = hashlib.sha256(blob).hexdigest()
-            if digest != entry["sha256"] or len(blob) != entry["size"]:
-                raise CheckpointError(
-                    f"{path / name}: expected sha256 {entry['sha256']} ({entry['size']} bytes), "
-                    f"found sha256 {digest} ({len(blob)} bytes)"
-                )
-            state[name] = blob
-        return Checkpoint(
-            seq=seq,
-            path=path,
-            created_at=manifest["created_at"],
-            meta=manifest["meta"],
-            state=state,
-        )
+                raise CheckpointError(f"{manifest_path} is missing") from err
+            created_at, meta, files = _parse_manifest(manifest_path, raw, seq)
+            state = {}
+            for name, (size, sha256) in files.items():
+                try:
+                    blob = _read_in(dir_fd, name)
+                except FileNotFoundError as err:
+                    raise CheckpointError(
+                        f"{path / name} is listed in the manifest but missing"
+                    ) from err
+                digest = hashlib.sha256(blob).hexdigest()
+                if digest != sha256 or len(blob) != size:
+                    raise CheckpointError(
+                        f"{path / name}: expected sha256 {sha256} ({size} bytes), "
+                        f"found sha256 {digest} ({len(blob)} bytes)"
+                    )
+                state[name] = blob
+        except OSError as err:
+            raise CheckpointError(f"{path}: cannot read the checkpoint: {_reason(err)}") from err
+        finally:
+            os.close(dir_fd)
+        return Checkpoint(seq=seq, path=path, created_at=created_at, meta=meta, state=state)
 
     def sequences(self) -> list[int]:
         """Sequence numbers of complete (renamed) checkpoints, oldest first; not verified."""
         return self._complete()
 
+    def _ckpt_entries(self) -> list[tuple[int, os.DirEntry[str]]]:
+        """Every ``ckpt-<seq>`` entry of the directory (of any type), by seq."""
+        with os.scandir(self.directory) as entries:
+            found = [(m, e) for e in entries if (m := _CKPT_DIR.fullmatch(e.name))]
+        return sorted(((int(m.group(1)), e) for m, e in found), key=lambda item: item[0])
+
     def _complete(self) -> list[int]:
         seqs = []
-        for entry in self.directory.iterdir():
-            match = _CKPT_DIR.match(entry.name)
-            if match and entry.is_dir():
-                seqs.append(int(match.group(1)))
-        return sorted(seqs)
+        for seq, entry in self._ckpt_entries():
+            if entry.is_symlink():
+                # save never creates symlinks: one here was planted and is never followed.
+                log.warning("ignoring %s: it is a symlink, not a checkpoint; remove it", entry.path)
+            elif entry.is_dir(follow_symlinks=False) and entry.name == f"ckpt-{seq:08d}":
+                seqs.append(seq)  # only the names save writes (not "ckpt-1" next to it)
+        return seqs
 
     def _prune(self) -> None:
         for seq in self._complete()[: -self.keep]:
+            # rmtree refuses a symlinked top and never follows symlinks inside the tree.
             shutil.rmtree(self.directory / f"ckpt-{seq:08d}")
 
     def _remove_abandoned_temp_dirs(self) -> None:
-        for entry in self.directory.iterdir():
-            match = _TMP_DIR.match(entry.name)
-            if match and not process_alive(int(match.group(1))):
-                log.warning("removing partial checkpoint %s left by a dead writer", entry)
-                shutil.rmtree(entry, ignore_errors=True)
+        with os.scandir(self.directory) as entries:
+            for entry in entries:
+                match = _TMP_DIR.fullmatch(entry.name)
+                if not match or not entry.is_dir(follow_symlinks=False):
+                    continue  # not ours: save only creates real directories
+                if not process_alive(int(match.group(1))):
+                    log.warning("removing partial checkpoint %s left by a dead writer", entry.path)
+                    shutil.rmtree(entry.path, ignore_errors=True)
 
 
 def state_to_bytes(state: Mapping[str, Any]) -> bytes:
@@ -216,17 +239,131 @@ def state_to_bytes(state: Mapping[str, Any]) -> bytes:
     return buffer.getvalue()
 
 
-def state_from_bytes(data: bytes) -> dict[str, Any]:
-    """Inverse of ``state_to_bytes``, onto the CPU; refuses anything but plain tensors/data."""
+def state_from_bytes(data: bytes, what: str = "state") -> dict[str, Any]:
+    """Inverse of ``state_to_bytes``, onto the CPU; refuses anything but plain tensors/data.
+
+    Any failure (not a torch.save blob, truncated, foreign objects) is a ``CheckpointError``
+    naming ``what`` (e.g. the checkpoint file), so a caller can fall back to an older one.
+    """
     import torch
 
     try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        # Raised both for foreign objects and for bytes that are no pickle at all.
         raise CheckpointError(
-            f"refusing to load state: it contains objects other than tensors and plain "
-            f"containers (torch.load weights_only=True): {err}"
+            f"refusing to load {what}: torch.load(weights_only=True) accepts only a torch.save "
+            f"blob of tensors and plain containers ({_weights_only_reason(err)})"
         ) from err
+    except Exception as err:  # torch raises many types (BadZipFile, RuntimeError, EOFError...)
+        raise CheckpointError(
+            f"cannot load {what}: not a valid torch.save blob "
+            f"({type(err).__name__}: {_first_line(err)})"
+        ) from err
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f"cannot load {what}: expected a state dict, found {type(state).__name__}"
+        )
+    return state
+
+
+def _check_state_name(name: object, problem: str) -> str:
+    if not isinstance(name, str) or not _STATE_NAME.fullmatch(name) or name == MANIFEST_NAME:
+        raise CheckpointError(
+            f"{problem} {name!r}: use letters, digits, '_', '.', '=', '+', '-' "
+            f"(not starting with '.' or '-'), and not {MANIFEST_NAME!r}"
+        )
+    return name
+
+
+def _parse_manifest(
+    where: Path, raw: bytes, seq: int
+) -> tuple[str, dict[str, Any], dict[str, tuple[int, str]]]:
+    """(created_at, meta, name -> (size, sha256)) of a manifest; one-line CheckpointError
+    naming ``where`` for anything malformed."""
+
+    def bad(problem: str) -> CheckpointError:
+        return CheckpointError(f"{where} is unreadable: {problem}")
+
+    try:
+        manifest = json.loads(raw)
+    except (ValueError, RecursionError) as err:
+        raise bad(f"not JSON ({_first_line(err)})") from None
+    if not isinstance(manifest, dict):
+        raise bad(f"expected a JSON object, found {type(manifest).__name__}")
+    missing = [k for k in ("format_version", "created_at", "meta", "files") if k not in manifest]
+    if missing:
+        raise bad(f"missing {', '.join(missing)}")
+    version = manifest["format_version"]
+    if not _is_int(version):
+        raise bad(f"format_version is {version!r}, not an integer")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{where}: format {version} is newer than supported ({FORMAT_VERSION}); upgrade genrec"
+        )
+    if "seq" in manifest and manifest["seq"] != seq:
+        raise bad(f"it says seq {manifest['seq']!r}, but its directory is ckpt-{seq:08d}")
+    created_at, meta, files = manifest["created_at"], manifest["meta"], manifest["files"]
+    if not isinstance(created_at, str):
+        raise bad(f"created_at is {type(created_at).__name__}, not a string")
+    if not isinstance(meta, dict):
+        raise bad(f"meta is {type(meta).__name__}, not an object")
+    if not isinstance(files, dict):
+        raise bad(f"files is {type(files).__name__}, not an object")
+    entries = {}
+    for name, entry in files.items():
+        try:
+            _check_state_name(name, "invalid file name")
+        except CheckpointError as err:
+            raise bad(str(err)) from None
+        size = entry.get("size") if isinstance(entry, dict) else None
+        sha256 = entry.get("sha256") if isinstance(entry, dict) else None
+        if not _is_int(size) or size < 0 or not isinstance(sha256, str):
+            raise bad(f"files[{name!r}] must be {{'size': int >= 0, 'sha256': str}}")
+        if not _SHA256.fullmatch(sha256):
+            raise bad(f"files[{name!r}].sha256 is not 64 lowercase hex digits")
+        entries[name] = (size, sha256)
+    return created_at, meta, entries
+
+
+def _read_in(dir_fd: int, name: str) -> bytes:
+    """A regular file ``name`` of the directory ``dir_fd``, never through a symlink."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, f"{name} is a symlink, which is never followed") from None
+        raise
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise OSError(errno.EINVAL, f"{name} is not a regular file")
+        return handle.read()
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _reason(err: OSError) -> str:
+    if err.errno == errno.ELOOP and err.filename:
+        return "it is a symlink, which is never followed"
+    return err.strerror or str(err)
+
+
+def _weights_only_reason(err: BaseException) -> str:
+    # torch's message is a long multi-line explanation; its one useful line follows this.
+    marker = "WeightsUnpickler error:"
+    text = str(err)
+    if marker not in text:
+        return _first_line(err)
+    lines = [line.strip() for line in text.split(marker, 1)[1].splitlines()]
+    reason = next((line for line in lines if line), "no details")
+    return reason.split(". Please use")[0]
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else "no details"
 
 
 def _write_synced(path: Path, data: bytes) -> None:

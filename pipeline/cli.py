@@ -12,6 +12,9 @@ import importlib
 import logging
 import sys
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_LEVEL_HELP = "logging verbosity (default: INFO)"
+
 COMMAND_MODULES: tuple[str, ...] = (
     "pipeline.commands.offline",
     "pipeline.commands.kafka",
@@ -28,16 +31,44 @@ def build_parser() -> argparse.ArgumentParser:
             "Run 'genrec COMMAND --help' for the options of each command."
         ),
     )
-    parser.add_argument(
-        "--log-level",
-        default="INFO",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="logging verbosity (default: INFO)",
-    )
+    parser.add_argument("--log-level", default="INFO", choices=LOG_LEVELS, help=LOG_LEVEL_HELP)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
+    _accept_log_level_everywhere(parser)
     return parser
+
+
+def _accept_log_level_everywhere(parser: argparse.ArgumentParser) -> None:
+    """Let ``--log-level`` follow any (sub)command too, as the error hints suggest.
+
+    The default is SUPPRESS, so a subcommand that is not given the flag leaves the value
+    parsed before the subcommand (or the top-level default) alone.
+    """
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        for sub in {id(p): p for p in action.choices.values()}.values():  # aliases: once
+            sub.add_argument(
+                "--log-level", default=argparse.SUPPRESS, choices=LOG_LEVELS, help=LOG_LEVEL_HELP
+            )
+            _accept_log_level_everywhere(sub)
+
+
+def _error_lines(err: Exception) -> list[str]:
+    """What to print for a user error: one line per problem, no pydantic or YAML dump."""
+    import yaml
+    from pydantic import ValidationError
+
+    if isinstance(err, ValidationError):
+        return [
+            f"{'.'.join(str(p) for p in e['loc']) or err.title}: {e['msg']}"
+            for e in err.errors(include_url=False)
+        ]
+    if isinstance(err, yaml.MarkedYAMLError) and err.problem_mark is not None:
+        mark = err.problem_mark
+        return [f"{mark.name}:{mark.line + 1}:{mark.column + 1}: {err.problem}"]
+    return str(err).splitlines() or [type(err).__name__]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,15 +84,23 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    import yaml
+    from pydantic import ValidationError
+
+    from pipeline.config import ConfigError
+
     try:
         return int(args.func(args) or 0)
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, yaml.YAMLError) as err:
         # Bad settings, files or addresses (pydantic's ValidationError is a ValueError): the
         # message says what and where; the traceback only helps when debugging genrec itself.
         if args.log_level == "DEBUG":
             raise
         prog = f"genrec {args.command}" if args.command else "genrec"
-        sys.stderr.write(f"{prog}: error: {err}\n(run with --log-level DEBUG for a traceback)\n")
+        sys.stderr.writelines(f"{prog}: error: {line}\n" for line in _error_lines(err))
+        if not isinstance(err, ConfigError | ValidationError | yaml.YAMLError):
+            # A configuration error says all there is; other errors may be genrec's own bug.
+            sys.stderr.write("(run with --log-level DEBUG for a traceback)\n")
         return 2
 
 

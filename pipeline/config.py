@@ -2,24 +2,42 @@
 
 Precedence, lowest first: defaults < YAML file (``--config FILE``) < environment variables
 ``GENREC_<SECTION>__<KEY>=value`` (nested keys joined by ``__``, values parsed as YAML scalars,
-e.g. ``GENREC_TRAIN__LR=0.002``, ``GENREC_SOURCE__SYNTHETIC__NUM_USERS=2000``) < CLI flags.
-Unknown keys are errors, so a typo never silently falls back to a default.
+e.g. ``GENREC_TRAIN__LR=0.002``, ``GENREC_SOURCE__SYNTHETIC__NUM_USERS=2000``; top-level keys
+without a section: ``GENREC_RUN_NAME``, ``GENREC_RUN_DIR``) < CLI flags. Unknown keys are
+errors, so a typo never silently falls back to a default; every error names where the bad
+value came from (``FILE:LINE``, the environment variable, or ``--set/flag``).
 
-Relative paths resolve against the working directory: the defaults put checkpoints under
-``./checkpoints``, the registry under ``./registry`` and logs/dead letters under
-``./runs/train``.
+Run state is kept per run, so runs on different sources never resume each other's
+checkpoints: the run is ``run_name`` if set, else derived from the source (``synthetic``,
+``file-<file stem>``, ``kafka-<topic>``), and ``checkpoint.dir`` / ``run_dir`` default to
+``./checkpoints/<run>`` / ``./runs/<run>`` (logs, dead letters, summary). The registry stays
+shared at ``./registry``: several runs may publish to one registry. Relative paths resolve
+against the working directory.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "GENREC_"
+# Where CLI values (named flags and --set items, merged by pipeline/commands/train.py) came from.
+CLI_ORIGIN = "--set/flag"
+
+
+class ConfigError(ValueError):
+    """An invalid configuration: one ``where: key: problem`` line per problem."""
+
+    def __init__(self, lines: str | list[str]) -> None:
+        self.lines = [lines] if isinstance(lines, str) else list(lines)
+        super().__init__("\n".join(self.lines))
 
 
 class _Section(BaseModel):
@@ -124,7 +142,9 @@ class EvalSection(_Section):
 
 
 class CheckpointSection(_Section):
-    dir: str = Field("./checkpoints", description="checkpoint directory")
+    dir: str | None = Field(
+        None, description="checkpoint directory (default ./checkpoints/<run>, see run_name)"
+    )
     every_s: float = Field(60.0, gt=0, description="checkpoint at least this often, seconds")
     every_events: int = Field(50_000, ge=1, description="...or after this many input events")
     keep: int = Field(3, ge=1, description="checkpoints retained")
@@ -156,7 +176,14 @@ class ObservabilitySection(_Section):
 class TrainerConfig(_Section):
     """Everything ``genrec train`` can be told; see ``docs/trainer.md``."""
 
-    run_dir: str = Field("./runs/train", description="logs, dead letters, summary")
+    run_name: str | None = Field(
+        None,
+        description="names the run state (./checkpoints/<run>, ./runs/<run>); default from the "
+        "source: synthetic, file-<file stem>, kafka-<topic>",
+    )
+    run_dir: str | None = Field(
+        None, description="logs, dead letters, summary (default ./runs/<run>, see run_name)"
+    )
     source: SourceSection = Field(default_factory=SourceSection)
     store: StoreSection = Field(default_factory=StoreSection)
     vocab: VocabSection = Field(default_factory=VocabSection)
@@ -168,10 +195,26 @@ class TrainerConfig(_Section):
     dead_letter: DeadLetterSection = Field(default_factory=DeadLetterSection)
     observability: ObservabilitySection = Field(default_factory=ObservabilitySection)
 
+    @field_validator("run_name")
+    @classmethod
+    def _run_name_is_a_directory_name(cls, value: str | None) -> str | None:
+        if value is not None and not _RUN_NAME.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not a directory name: use letters, digits and . _ + - "
+                "(it names ./checkpoints/<run_name> and ./runs/<run_name>)"
+            )
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> TrainerConfig:
         if self.source.kind == "file" and not self.source.path:
             raise ValueError("source.kind=file needs source.path (--path FILE)")
+        # Explicit directories win; otherwise each run gets its own, so a Kafka run never
+        # tries to resume the synthetic demo's checkpoint (positions of another source).
+        if self.run_dir is None:
+            self.run_dir = f"./runs/{self.run}"
+        if self.checkpoint.dir is None:
+            self.checkpoint.dir = f"./checkpoints/{self.run}"
         max_targets = self.max_targets
         if not 1 <= max_targets < self.store.max_len:
             raise ValueError(
@@ -186,6 +229,11 @@ class TrainerConfig(_Section):
         return self
 
     @property
+    def run(self) -> str:
+        """``run_name``, else the name derived from the source (see ``derived_run_name``)."""
+        return self.run_name or derived_run_name(self.source)
+
+    @property
     def max_targets(self) -> int:
         return self.train.max_targets or max(1, self.store.max_len // 2)
 
@@ -196,6 +244,20 @@ class TrainerConfig(_Section):
     @property
     def metrics_log_path(self) -> Path:
         return Path(self.observability.metrics_log or Path(self.run_dir) / "metrics.jsonl")
+
+
+_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def derived_run_name(source: SourceSection) -> str:
+    """``synthetic``, ``file-<file stem>`` or ``kafka-<topic>`` (several topics joined by +)."""
+    if source.kind == "synthetic":
+        return "synthetic"
+    if source.kind == "file":
+        return "file-" + _UNSAFE.sub("_", Path(source.path or "").stem)
+    topics = [t.strip() for t in source.kafka.topic.split(",") if t.strip()]
+    return "kafka-" + "+".join(_UNSAFE.sub("_", t) for t in topics)
 
 
 def deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
@@ -217,22 +279,65 @@ def nested(path: list[str], value: Any) -> dict[str, Any]:
     return out
 
 
-def _parse_scalar(text: str) -> Any:
+@dataclass(frozen=True)
+class _Origin:
+    """Where a configuration value came from, for error messages."""
+
+    where: str  # "train.yaml:3", "GENREC_TRAIN__LR='abc'" or CLI_ORIGIN
+    env_path: tuple[str, ...] | None = None  # the variable's key path, when from the environment
+
+
+# One layer of settings (YAML file, environment, CLI): key path, at every depth -> origin.
+_Origins = dict[tuple[str, ...], _Origin]
+
+
+def _parse_scalar(text: str, where: str) -> Any:
     import yaml
 
-    return yaml.safe_load(text) if text.strip() else None
+    try:
+        return yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{where}: the value is not valid YAML ({problem})") from None
+
+
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
+def _env_layer(environ: Mapping[str, str] | None) -> tuple[dict[str, Any], _Origins]:
+    environ = os.environ if environ is None else environ
+    top_level = {
+        name
+        for name, field in TrainerConfig.model_fields.items()
+        if _section_model(field.annotation) is None
+    }
+    data: dict[str, Any] = {}
+    origins: _Origins = {}
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        key = name[len(ENV_PREFIX) :]
+        if "__" not in key and key.lower() not in top_level:
+            continue  # GENREC_REGISTRY, GENREC_KAFKA_HOME, ...: settings of other commands
+        path = tuple(part.lower() for part in key.split("__"))
+        origin = _Origin(f"{name}={raw!r}", env_path=path)
+        if not all(path):
+            raise ConfigError(f"{origin.where}: empty key in the name; use GENREC_<SECTION>__<KEY>")
+        data = deep_merge(data, nested(list(path), _parse_scalar(raw, origin.where)))
+        for depth in range(1, len(path) + 1):
+            origins[path[:depth]] = origin
+    return data, origins
 
 
 def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """``GENREC_<SECTION>__<KEY>`` variables as a nested dict (other GENREC_ vars ignored)."""
-    environ = os.environ if environ is None else environ
-    out: dict[str, Any] = {}
-    for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or "__" not in name:
-            continue
-        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
-        out = deep_merge(out, nested(path, _parse_scalar(raw)))
-    return out
+    """``GENREC_<SECTION>__<KEY>`` and top-level ``GENREC_<KEY>`` variables as a nested dict.
+
+    Other ``GENREC_`` variables (``GENREC_REGISTRY``, ``GENREC_KAFKA_HOME``, ...) are ignored.
+    """
+    return _env_layer(environ)[0]
 
 
 def dotted_overrides(items: list[str]) -> dict[str, Any]:
@@ -240,10 +345,148 @@ def dotted_overrides(items: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set expects SECTION.KEY=VALUE, got {item!r}")
-        out = deep_merge(out, nested(key.split("."), _parse_scalar(raw)))
+        path = key.split(".")
+        if not sep or not all(path):
+            raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. train.lr=0.01")
+        out = deep_merge(out, nested(path, _parse_scalar(raw, f"--set {item!r}")))
     return out
+
+
+def _yaml_error_line(path: str | Path, err: Any) -> str:
+    """``FILE:LINE:COL: problem (context)`` of a ``yaml.MarkedYAMLError``."""
+    mark = err.problem_mark or err.context_mark
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+    line = f"{where}: {err.problem or err.context or 'invalid YAML'}"
+    if err.problem and err.context:
+        at = f" at line {err.context_mark.line + 1}" if err.context_mark else ""
+        line += f" ({err.context}{at})"
+    return line
+
+
+def _yaml_key_origins(node: Any, path: str | Path, prefix: tuple[str, ...] = ()) -> _Origins:
+    """Key path -> ``FILE:LINE`` of the key, from the composed YAML node tree."""
+    import yaml
+
+    out: _Origins = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                keys = (*prefix, str(key_node.value))
+                out[keys] = _Origin(f"{path}:{key_node.start_mark.line + 1}")
+                out.update(_yaml_key_origins(value_node, path, keys))
+    return out
+
+
+def _yaml_layer(path: str | Path) -> tuple[dict[str, Any], _Origins]:
+    import yaml
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the config file ({err.strerror or err})") from None
+    # Compose, then construct: the node tree gives each key's line for later error messages.
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        loaded = loader.construct_document(node) if node is not None else None
+    except yaml.MarkedYAMLError as err:
+        raise ConfigError(_yaml_error_line(path, err)) from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    finally:
+        loader.dispose()
+    if loaded is None:
+        return {}, {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(
+            f"{path}: expected a mapping of sections (source:, train:, ...), "
+            f"got a YAML {type(loaded).__name__}"
+        )
+    return loaded, _yaml_key_origins(node, path)
+
+
+def _cli_origins(data: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> _Origins:
+    out: _Origins = {}
+    for key, value in data.items():
+        keys = (*prefix, str(key))
+        out[keys] = _Origin(CLI_ORIGIN)
+        if isinstance(value, Mapping):
+            out.update(_cli_origins(value, keys))
+    return out
+
+
+def _model_at(path: tuple[str, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = TrainerConfig
+    for part in path:
+        field = model.model_fields.get(part) if model else None
+        model = _section_model(field.annotation) if field else None
+    return model
+
+
+def _key_path(loc: tuple[str, ...]) -> tuple[str, ...]:
+    """The config keys of a pydantic error location (without union member tags)."""
+    out: list[str] = []
+    model: type[BaseModel] | None = TrainerConfig
+    for part in loc:
+        if model is None:
+            break
+        out.append(part)
+        field = model.model_fields.get(part)
+        if field is None:  # an unknown key
+            break
+        model = _section_model(field.annotation)
+    return tuple(out)
+
+
+def _find_origin(keys: tuple[str, ...], layers: list[_Origins]) -> _Origin | None:
+    """The highest-precedence layer that set ``keys``, else one that set a key below it."""
+    for origins in layers:
+        if keys in origins:
+            return origins[keys]
+    for origins in layers:
+        for path, origin in origins.items():
+            if path[: len(keys)] == keys:
+                return origin
+    return None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _unknown_key_line(keys: tuple[str, ...], origin: _Origin | None) -> str:
+    parent = _model_at(keys[:-1])
+    names = list(parent.model_fields) if parent else []
+    match = difflib.get_close_matches(keys[-1], names, n=1)
+    dotted = ".".join(keys)
+    if origin is not None and origin.env_path is not None:
+        hint = ""
+        if match:
+            fixed = (*keys[:-1], match[0], *origin.env_path[len(keys) :])
+            hint = f" (did you mean {ENV_PREFIX}{'__'.join(fixed).upper()}?)"
+        return f"{origin.where}: unknown key {dotted}{hint}"
+    if match:
+        hint = f" (did you mean {'.'.join((*keys[:-1], match[0]))}?)"
+    else:
+        hint = " (see 'genrec train --help' for the keys)"
+    where = f"{origin.where}: " if origin else ""
+    return f"{where}{dotted}: unknown key{hint}"
+
+
+def _error_line(error: Mapping[str, Any], layers: list[_Origins]) -> str:
+    """One pydantic error as ``where: key: problem``."""
+    keys = _key_path(tuple(str(part) for part in error["loc"]))
+    problem = str(error["msg"]).removeprefix("Value error, ")
+    if not keys:  # a check across keys (TrainerConfig._consistent): the message names them
+        return problem
+    origin = _find_origin(keys, layers)
+    if error["type"] == "extra_forbidden":
+        return _unknown_key_line(keys, origin)
+    if origin is not None and origin.env_path is not None:
+        return f"{origin.where}: {problem}"  # the variable's name and value say it all
+    where = f"{origin.where}: " if origin else ""
+    return f"{where}{'.'.join(keys)}: {problem} (got {_short(error['input'])})"
 
 
 def load_config(
@@ -251,19 +494,22 @@ def load_config(
     overrides: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> TrainerConfig:
-    """Defaults < YAML ``path`` < environment < ``overrides`` (nested dict, e.g. CLI flags)."""
-    import yaml
+    """Defaults < YAML ``path`` < environment < ``overrides`` (nested dict, e.g. CLI flags).
 
+    Raises ``ConfigError`` with one ``where: key: problem`` line per problem.
+    """
+    layers = [_yaml_layer(path)] if path is not None else []
+    layers.append(_env_layer(environ))
+    cli = dict(overrides or {})
+    layers.append((cli, _cli_origins(cli)))
     data: dict[str, Any] = {}
-    if path is not None:
-        text = Path(path).read_text(encoding="utf-8")
-        loaded = yaml.safe_load(text) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: expected a YAML mapping of sections, got {type(loaded)}")
-        data = loaded
-    data = deep_merge(data, env_overrides(environ))
-    data = deep_merge(data, overrides or {})
-    return TrainerConfig.model_validate(data)
+    for layer, _ in layers:
+        data = deep_merge(data, layer)
+    try:
+        return TrainerConfig.model_validate(data)
+    except ValidationError as err:
+        origins = [layer_origins for _, layer_origins in reversed(layers)]
+        raise ConfigError([_error_line(e, origins) for e in err.errors(include_url=False)]) from err
 
 
 def describe_options(model: type[BaseModel] = TrainerConfig, prefix: str = "") -> Iterator[str]:

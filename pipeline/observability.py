@@ -52,6 +52,12 @@ class TrainerMetrics:
         self.vocab_size = Gauge("genrec_vocab_size", "items with an embedding row", registry=r)
         self.watermark = Gauge("genrec_watermark_seconds", "event-time watermark", registry=r)
         self.lag = Gauge("genrec_consumer_lag", "records behind the end", ["partition"], registry=r)
+        self.dead_letters = Gauge(
+            "genrec_dead_letters",
+            "dead letters written (kind: sent, or truncated to fit the sink)",
+            ["kind"],
+            registry=r,
+        )
         self.port = 0
         if port:
             self._serve(host, port)
@@ -100,7 +106,8 @@ def progress_line(snapshot: Mapping[str, Any], max_events: int | None) -> str:
     parts = [f"events={events:,}", f"{rate:,.0f}/s"]
     if max_events:
         eta = (max_events - events) / rate if rate > 0 else math.inf
-        parts.append(f"{100 * events / max_events:.0f}%")
+        # The bound stops at a record boundary, so the last poll may overshoot max_events.
+        parts.append(f"{min(100.0, 100 * events / max_events):.0f}%")
         parts.append("ETA " + (_duration(eta) if math.isfinite(eta) else "?"))
     parts.append(f"targets={snapshot['targets']:,}")
     parts.append(f"loss={snapshot['loss']:.3f}")

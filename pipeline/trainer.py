@@ -35,12 +35,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from connectors.registry.errors import ConcurrentPublishError
 from model.base import select_targets
 from model.hstu import HSTU, HSTUConfig
 from model.losses import sampled_softmax_loss
 from model.vocab import ItemVocabulary
 from pipeline.batching import BatchBuilder
-from pipeline.checkpoint import CheckpointStore, state_from_bytes, state_to_bytes
+from pipeline.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    CheckpointStore,
+    state_from_bytes,
+    state_to_bytes,
+)
 from pipeline.config import TrainerConfig
 from pipeline.deadletter import DeadLetterSink
 from pipeline.events import EventBatch, decode_records
@@ -119,6 +126,33 @@ def _shape_config(cfg: TrainerConfig) -> dict[str, Any]:
     return out
 
 
+class RestoreRefusedError(ValueError):
+    """A checkpoint that is intact but belongs to other settings or another source."""
+
+
+def source_identity(cfg: TrainerConfig) -> str:
+    """What a checkpoint's positions refer to: the source kind and what it reads."""
+    src = cfg.source
+    if src.kind == "file":
+        return f"file:{Path(src.path or '').resolve()}"
+    if src.kind == "kafka":
+        return f"kafka:{src.kafka.topic}"
+    return "synthetic"
+
+
+def _int_counter(value: Any, name: str) -> Counter[str]:
+    if not isinstance(value, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, int) for k, v in value.items()
+    ):
+        raise TypeError(f"meta {name!r} is not a mapping of names to counts: {value!r:.200}")
+    return Counter(dict(value))
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or "no details"
+    return f"{type(err).__name__}: {text}"[:500]
+
+
 class OnlineTrainer:
     """Test-then-train loop over a ``Source``; see the module docstring.
 
@@ -150,10 +184,7 @@ class OnlineTrainer:
             torch.set_num_threads(cfg.train.threads)
         torch.manual_seed(cfg.train.seed)
         self.device = torch.device(cfg.train.device)
-        self.model = build_model(cfg).to(self.device)
-        self.optimizer = torch.optim.Adam(
-            self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
-        )
+        self.model, self.optimizer = self._new_model()
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
         self.store = SequenceStore(
             cfg.store.max_len, cfg.store.max_users, cfg.store.ttl_s, cfg.store.tolerance_s
@@ -172,44 +203,123 @@ class OnlineTrainer:
         self._separate_eval = cfg.model.dropout > 0 or cfg.model.input_dropout > 0
         self._events_per_record: float | None = None
         self._since_checkpoint = 0
+        self._unsaved_records = False
         self._since_publish = 0
         self._last_checkpoint = time.monotonic()
         self._last_publish = time.monotonic()
         self._metrics_log: MetricsLog | None = None
+        # What this trainer last saw ``latest`` point to: a publish fails instead of forking
+        # the lineage when another writer moved it meanwhile.
+        self._expected_latest: int | None = None
+        self._fatal: ConcurrentPublishError | None = None
 
     # ------------------------------------------------------------- restore
+    def _new_model(self) -> tuple[HSTU, torch.optim.Optimizer]:
+        model = build_model(self.cfg).to(self.device)
+        optimizer = torch.optim.Adam(
+            model.parameters(), lr=self.cfg.train.lr, weight_decay=self.cfg.train.weight_decay
+        )
+        return model, optimizer
+
     def restore(self) -> bool:
-        """Load the newest complete checkpoint and seek the source to its positions."""
+        """Load the newest checkpoint that restores and seek the source to its positions.
+
+        A checkpoint that verifies but cannot be applied (bad content behind matching
+        hashes, missing metadata) is skipped with a warning naming it, and the next older
+        one is tried. A checkpoint of other settings or of another source is the user's
+        mistake, not damage: that stops with what to do. ``CheckpointError`` when
+        checkpoints exist but none restores.
+        """
         if self.checkpoints is None:
             return False
-        ckpt = self.checkpoints.latest()
-        if ckpt is None:
-            return False
+        problems = []
+        for ckpt in self.checkpoints.loadable():
+            self._check_compatible(ckpt)
+            try:
+                self._apply(ckpt)
+            except RestoreRefusedError:
+                raise
+            except Exception as err:  # any bad content: say which checkpoint, try an older one
+                problem = f"{ckpt.path}: {_one_line(err)}"
+                problems.append(problem)
+                log.warning("cannot restore %s; falling back to an older checkpoint", problem)
+                continue
+            if problems:
+                log.warning(
+                    "restored %s after skipping %d newer checkpoint(s)", ckpt.path, len(problems)
+                )
+            return True
+        if problems or self.checkpoints.sequences():
+            raise CheckpointError(
+                f"no checkpoint in {self.checkpoints.directory} can be restored"
+                + (f" ({'; '.join(problems)})" if problems else " (all are damaged; see above)")
+                + ": move the directory aside to keep it for inspection, or start fresh with "
+                "--no-resume"
+            )
+        return False
+
+    def _check_compatible(self, ckpt: Checkpoint) -> None:
+        """Refuse (``ValueError``) a checkpoint of other shapes or of another source."""
         saved = ckpt.meta.get("shape_config")
         if saved != _shape_config(self.cfg):
-            raise ValueError(
+            raise RestoreRefusedError(
                 f"checkpoint {ckpt.path} was written with {saved}, but this run uses "
                 f"{_shape_config(self.cfg)}; use the same model/store/vocab settings or another "
                 "checkpoint.dir"
             )
-        self.model.load_state_dict(state_from_bytes(ckpt.state["model"]))
-        self.optimizer.load_state_dict(state_from_bytes(ckpt.state["optimizer"]))
-        self.store = SequenceStore.restore(ckpt.state["store"])
-        self.vocab = ItemVocabulary.restore(ckpt.state["vocab"])
+        saved_source = ckpt.meta.get("source")
+        if saved_source is not None and saved_source != source_identity(self.cfg):
+            raise RestoreRefusedError(
+                f"checkpoint {ckpt.path} holds the state of source {saved_source!r}, but this "
+                f"run reads {source_identity(self.cfg)!r}; its positions mean nothing here. "
+                "Give this run its own state (set run_name, or --checkpoint-dir and --run-dir), "
+                "or pass --no-resume to start from scratch over these checkpoints"
+            )
+
+    def _apply(self, ckpt: Checkpoint) -> None:
+        """Rebuild every piece of state from ``ckpt``; ``self`` changes only on success."""
+        meta = ckpt.meta
+        model, optimizer = self._new_model()
+        model.load_state_dict(state_from_bytes(ckpt.state["model"], f"{ckpt.path}/model"))
+        optimizer.load_state_dict(
+            state_from_bytes(ckpt.state["optimizer"], f"{ckpt.path}/optimizer")
+        )
+        store = SequenceStore.restore(ckpt.state["store"])
+        vocab = ItemVocabulary.restore(ckpt.state["vocab"])
+        # The blobs carry their own sizes: they must fit the model and the settings.
+        if vocab.capacity != self.cfg.vocab.capacity or store.max_len != self.cfg.store.max_len:
+            raise ValueError(
+                f"vocabulary capacity {vocab.capacity} / store max_len {store.max_len} do not "
+                f"match the settings ({self.cfg.vocab.capacity} / {self.cfg.store.max_len})"
+            )
+        progressive = ProgressiveMetrics.restore(ckpt.state["progressive"])
+        counters = _int_counter(meta["counters"], "counters")
+        rejected = _int_counter(meta["rejected"], "rejected")
+        positions = meta["source_positions"]
+        last_published = meta.get("last_published")
+        if last_published is not None and not isinstance(last_published, int):
+            raise TypeError(f"last_published is {last_published!r}, not a version number")
+        try:
+            self.source.seek(positions)
+        except ValueError as err:
+            raise RestoreRefusedError(
+                f"checkpoint {ckpt.path} has source positions {positions} that this source "
+                f"({source_identity(self.cfg)!r}) cannot resume from ({err}). Was it written by "
+                "another source? Give this run its own state (set run_name, or --checkpoint-dir "
+                "and --run-dir), or pass --no-resume to start from scratch"
+            ) from err
+        self.model, self.optimizer = model, optimizer
+        self.store, self.vocab, self.progressive = store, vocab, progressive
         self.builder = BatchBuilder(self.store, self.vocab, self.cfg.max_targets)
-        self.progressive = ProgressiveMetrics.restore(ckpt.state["progressive"])
-        self.counters = Counter(ckpt.meta["counters"])
-        self.rejected = Counter(ckpt.meta["rejected"])
-        self.last_published = ckpt.meta.get("last_published")
-        self.source.seek(ckpt.meta["source_positions"])
+        self.counters, self.rejected = counters, rejected
+        self.last_published = last_published
         self.resumed_from = str(ckpt.path)
         log.info(
             "resumed from %s: %d events trained, positions %s",
             ckpt.path,
             self.counters["events_trained"],
-            ckpt.meta["source_positions"],
+            positions,
         )
-        return True
 
     # ---------------------------------------------------------------- loop
     def run(self, stop: threading.Event | None = None) -> dict[str, Any]:
@@ -221,14 +331,19 @@ class OnlineTrainer:
         start_events = self.counters["events_seen"]
         last_log = started
         logged_targets = self.counters["targets"]
+        if self.registry is not None and cfg.registry.enabled:
+            self._expected_latest = self.registry.latest_version()
         try:
-            while not stop.is_set():
+            while not stop.is_set() and self._fatal is None:
                 if self._bound_reached(started, start_events):
                     break
                 records = self._gather(start_events)
                 if not records:
                     if self.source.exhausted():
                         break
+                    # A quiet stream still gets its time-based checkpoint and publish, so
+                    # the tail of a burst is saved (and committed) without waiting for more.
+                    self._maybe_publish_and_checkpoint()
                     continue
                 self.process_records(records)
                 now = time.monotonic()
@@ -242,6 +357,8 @@ class OnlineTrainer:
                     logged_targets = self.counters["targets"]
                 self._maybe_publish_and_checkpoint()
             self._finish()
+            if self._fatal is not None:
+                raise self._fatal
             return self.summary(started, start_events)
         finally:
             self._metrics_log.close()
@@ -280,6 +397,7 @@ class OnlineTrainer:
         n_events = len(result.events) + len(result.rejects)
         self._events_per_record = max(1.0, n_events / len(records))
         self.counters["records"] += len(records)
+        self._unsaved_records = True  # positions moved, even if no event was valid
         self.counters["events_seen"] += n_events
         self.counters["events_valid"] += len(result.events)
         self._since_checkpoint += n_events
@@ -368,9 +486,12 @@ class OnlineTrainer:
     def _maybe_publish_and_checkpoint(self) -> None:
         now = time.monotonic()
         ck, reg = self.cfg.checkpoint, self.cfg.registry
+        # Time-based saves only when something changed since the last one: an idle
+        # stream must not write identical checkpoints and versions every period.
         publish_due = (
             self.registry is not None
             and reg.enabled
+            and self._since_publish > 0
             and (self._since_publish >= reg.every_events or now - self._last_publish >= reg.every_s)
         )
         if publish_due:
@@ -378,7 +499,7 @@ class OnlineTrainer:
         if self.checkpoints is not None and (
             publish_due
             or self._since_checkpoint >= ck.every_events
-            or now - self._last_checkpoint >= ck.every_s
+            or (self._unsaved_records and now - self._last_checkpoint >= ck.every_s)
         ):
             self.checkpoint()
         self.metrics.checkpoint_age.set(time.monotonic() - self._last_checkpoint)
@@ -386,7 +507,8 @@ class OnlineTrainer:
     def _finish(self) -> None:
         reg = self.cfg.registry
         unpublished = self._since_publish > 0 or self.last_published is None
-        if self.registry is not None and reg.enabled and reg.publish_on_exit and unpublished:
+        publishing = self.registry is not None and reg.enabled and self._fatal is None
+        if publishing and reg.publish_on_exit and unpublished:
             self.publish()
         if self.checkpoints is not None:
             self.checkpoint()
@@ -410,31 +532,49 @@ class OnlineTrainer:
             "watermark": self.store.watermark,
             "last_published": self.last_published,
             "shape_config": _shape_config(self.cfg),
+            "source": source_identity(self.cfg),
             "config": self.cfg.model_dump(mode="json"),
         }
         path = self.checkpoints.save(state, meta)
         self.source.commit(positions)  # after the checkpoint: lag monitoring only
         self._since_checkpoint = 0
+        self._unsaved_records = False
         self._last_checkpoint = time.monotonic()
         self.metrics.checkpoint_time.set(time.time())
         log.debug("checkpoint %s at %s", path, positions)
         return path
 
-    def publish(self) -> int:
-        """Publish weights, vocabulary and config with positions, watermark and metrics."""
+    def publish(self) -> int | None:
+        """Publish weights, vocabulary and config with positions, watermark and metrics.
+
+        Returns the new version, or None when another writer moved ``latest`` since this
+        trainer last looked: then nothing is published, the run stops after a final
+        checkpoint and ``run`` raises the ``ConcurrentPublishError``.
+        """
         assert self.registry is not None
         hstu = asdict(self.model.cfg)
-        manifest = self.registry.publish(
-            {
-                MODEL_FILE: state_to_bytes(self.model.state_dict()),
-                VOCAB_FILE: self.vocab.snapshot(),
-            },
-            parent=self.last_published,
-            source_positions=self.source.positions(),
-            watermark=None if self.store.watermark < 0 else self.store.watermark,
-            metrics=self.registry_metrics(),
-            config={"model": "hstu", "hstu": hstu, "trainer": self.cfg.model_dump(mode="json")},
-        )
+        try:
+            manifest = self.registry.publish(
+                {
+                    MODEL_FILE: state_to_bytes(self.model.state_dict()),
+                    VOCAB_FILE: self.vocab.snapshot(),
+                },
+                parent=self.last_published,
+                source_positions=self.source.positions(),
+                watermark=None if self.store.watermark < 0 else self.store.watermark,
+                metrics=self.registry_metrics(),
+                config={
+                    "model": "hstu",
+                    "hstu": hstu,
+                    "trainer": self.cfg.model_dump(mode="json"),
+                },
+                expect_latest=self._expected_latest,
+            )
+        except ConcurrentPublishError as err:
+            log.error("%s; stopping after a final checkpoint", err)
+            self._fatal = err
+            return None
+        self._expected_latest = manifest.version
         self.last_published = manifest.version
         self.published.append(manifest.version)
         self._since_publish = 0
@@ -466,6 +606,9 @@ class OnlineTrainer:
         self.metrics.rate.set(rate)
         if self.store.watermark > 0:
             self.metrics.watermark.set(self.store.watermark)
+        dead_letters = self.dead_letters.stats()
+        for kind, n in dead_letters.items():
+            self.metrics.dead_letters.labels(kind=kind).set(n)
         return {
             "time": time.time(),
             "elapsed_s": elapsed,
@@ -477,6 +620,7 @@ class OnlineTrainer:
             "window": window,
             "cumulative": self.progressive.cumulative(),
             "rejected": dict(self.rejected),
+            "dead_letters": dead_letters,
             "store_users": self.store.num_users,
             "vocab_size": len(self.vocab),
             "watermark": self.store.watermark,
@@ -500,6 +644,7 @@ class OnlineTrainer:
             "context_only": self.counters["context_only"],
             "unknown_item": self.counters["unknown_item"],
             "rejected": dict(self.rejected),
+            "dead_letters": snap["dead_letters"],
             "progressive_window": snap["window"],
             "progressive_cumulative": snap["cumulative"],
             "events_per_s": snap["events_per_s"],

@@ -125,11 +125,14 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
         "started by 'genrec kafka up'",
     )
     group.add_argument(
-        "--security-protocol", choices=["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+        "--security-protocol",
+        choices=["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"],
+        help="how to talk to the brokers (default: $KAFKA_SECURITY_PROTOCOL, else PLAINTEXT)",
     )
     group.add_argument(
         "--sasl-mechanism",
         choices=["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"],
+        help="SASL mechanism with a SASL_* protocol (default: $KAFKA_SASL_MECHANISM)",
     )
     group.add_argument(
         "--sasl-username", help="SASL user (the password comes from $KAFKA_SASL_PASSWORD)"

@@ -13,3 +13,13 @@ class VersionNotFoundError(RegistryError, LookupError):
 
 class ChecksumError(RegistryError):
     """A stored file does not match the size or sha256 recorded in its manifest."""
+
+
+class UnsafePathError(RegistryError):
+    """A path below the registry root is a symlink or not a plain relative name: refused, so
+    that nothing outside the root is ever read, written or deleted."""
+
+
+class ConcurrentPublishError(RegistryError):
+    """Another writer moved ``latest`` (or holds the publish lock): this publish was refused
+    before any version became visible."""

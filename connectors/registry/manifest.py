@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -21,10 +22,14 @@ MANIFEST_NAME = "manifest.json"
 # Alias records keep this many earlier targets and log entries (latest moves on every publish).
 HISTORY_LIMIT = 100
 
-_VERSION_DIR = re.compile(r"^v(\d+)$")
-_VERSION_REF = re.compile(r"^v?(\d+)$")
-_ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
-_FILE_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=+-]*$")
+# Always used with fullmatch: '$' would also match before a trailing newline ("prod\n"), and
+# [0-9] rather than \d, which matches non-ASCII digits too.
+_VERSION_DIR = re.compile(r"v([0-9]+)")
+_VERSION_REF = re.compile(r"v?([0-9]+)")
+_ALIAS = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
+# One path component: never empty, '.', '..', hidden, absolute, nor containing '/', '\\',
+# NUL or control characters.
+_FILE_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=+-]*")
 
 
 def version_dir_name(version: int) -> str:
@@ -34,7 +39,7 @@ def version_dir_name(version: int) -> str:
 
 def parse_version_dir(name: str) -> int | None:
     """``"v000007"`` -> ``7``; None for anything that is not a version directory."""
-    match = _VERSION_DIR.match(name)
+    match = _VERSION_DIR.fullmatch(name)
     return int(match.group(1)) if match else None
 
 
@@ -42,13 +47,13 @@ def parse_version_ref(ref: str | int) -> int | None:
     """A version given as ``7``, ``"7"`` or ``"v000007"``; None if ``ref`` is an alias name."""
     if isinstance(ref, int):
         return ref
-    match = _VERSION_REF.match(ref)
+    match = _VERSION_REF.fullmatch(ref)
     return int(match.group(1)) if match else None
 
 
 def check_alias_name(alias: str) -> str:
     """Validate an alias name; version-like names are refused so refs stay unambiguous."""
-    if not _ALIAS.match(alias) or _VERSION_REF.match(alias):
+    if not _ALIAS.fullmatch(alias) or _VERSION_REF.fullmatch(alias):
         raise RegistryError(
             f"invalid alias name {alias!r}: use a letter followed by up to 63 letters, digits, "
             "'_', '.' or '-', and not a version-like name such as 'v3'"
@@ -57,14 +62,32 @@ def check_alias_name(alias: str) -> str:
 
 
 def check_file_name(name: str) -> str:
-    """Validate an artefact name: a relative path of simple parts, not the manifest itself."""
+    """Validate an artefact name: a relative path of simple parts, not the manifest itself.
+
+    Publish checks the names it is given and every reader checks the names it finds in a
+    manifest, so no name can address anything outside its version directory.
+    """
     parts = name.split("/")
-    if name == MANIFEST_NAME or not all(_FILE_PART.match(part) for part in parts):
+    if name == MANIFEST_NAME or not all(_FILE_PART.fullmatch(part) for part in parts):
         raise RegistryError(
             f"invalid artefact name {name!r}: use '/'-separated parts of letters, digits, "
             f"'_', '.', '=', '+', '-' (not starting with '.' or '-'), and not {MANIFEST_NAME!r}"
         )
     return name
+
+
+def check_file_names(names: Iterable[str]) -> list[str]:
+    """Validate a version's artefact names, and that none is also used as a directory
+    (``"a"`` and ``"a/b"`` cannot both be files)."""
+    checked = sorted(check_file_name(name) for name in names)
+    directories = {"/".join(n.split("/")[:i]) for n in checked for i in range(1, n.count("/") + 1)}
+    clashes = sorted(directories.intersection(checked))
+    if clashes:
+        raise RegistryError(
+            f"artefact names {clashes} are also used as directories of other artefacts; "
+            "rename one of each pair"
+        )
+    return checked
 
 
 def check_metrics(metrics: dict[str, float]) -> dict[str, float]:
@@ -120,6 +143,16 @@ class Manifest(BaseModel):
     def _finite_metrics(cls, metrics: dict[str, float]) -> dict[str, float]:
         return check_metrics(metrics)
 
+    @field_validator("files")
+    @classmethod
+    def _safe_file_names(cls, files: dict[str, FileEntry]) -> dict[str, FileEntry]:
+        # A manifest read from storage is untrusted: its names become paths on read and fetch.
+        try:
+            check_file_names(files)
+        except RegistryError as err:
+            raise ValueError(str(err)) from None
+        return files
+
     @property
     def name(self) -> str:
         return version_dir_name(self.version)
@@ -155,6 +188,14 @@ class AliasRecord(BaseModel):
     version: int
     previous: list[int] = Field(default_factory=list)
     history: list[AliasMove] = Field(default_factory=list)
+
+    @field_validator("alias")
+    @classmethod
+    def _valid_alias(cls, alias: str) -> str:
+        try:
+            return check_alias_name(alias)
+        except RegistryError as err:
+            raise ValueError(str(err)) from None
 
     def moved_to(self, version: int, action: Literal["publish", "promote"]) -> AliasRecord:
         """This alias pointing at ``version``; the current target becomes rollback's target."""

@@ -7,8 +7,13 @@ Layout under the registry root (any pyarrow filesystem)::
     versions/v000001/manifest.json  written LAST: the version exists iff this file exists
     versions/v000002/.publishing  marker of a publish in progress (host, pid, start time)
     aliases/latest.json           alias records, each replaced atomically
+    aliases/.publish.lock         the writer lock, held through a publish or an alias move
 
-See docs/registry.md for the guarantees and the single-publisher assumption.
+Every name read from storage (version directories, manifest file keys, alias files) is
+validated before it becomes a path, and no symlink below the root is followed (see
+storage.py), so reads, fetches and gc never leave the root or the destination.
+
+See docs/registry.md for the guarantees and the single-publisher rule.
 """
 
 from __future__ import annotations
@@ -22,16 +27,23 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator, Mapping
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO
 
 import pyarrow.fs as pafs
 from pydantic import ValidationError
 
-from connectors.registry.errors import ChecksumError, RegistryError, VersionNotFoundError
+from connectors.registry.errors import (
+    ChecksumError,
+    ConcurrentPublishError,
+    RegistryError,
+    UnsafePathError,
+    VersionNotFoundError,
+)
+from connectors.registry.lock import WriterLock
 from connectors.registry.manifest import (
     FORMAT_VERSION,
     MANIFEST_NAME,
@@ -40,6 +52,7 @@ from connectors.registry.manifest import (
     Manifest,
     check_alias_name,
     check_file_name,
+    check_file_names,
     check_metrics,
     new_alias,
     parse_version_dir,
@@ -55,8 +68,20 @@ MARKER_NAME = "registry.json"
 PUBLISHING_NAME = ".publishing"
 CONFIG_NAME = "config.json"
 LATEST = "latest"
-# A partial version from another host (whose process we cannot probe) is abandoned after this.
+# A partial version or writer lock from another host (whose process we cannot probe) is
+# abandoned after this.
 DEFAULT_GRACE_S = 3600.0
+# How long a writer waits for another writer's publish or alias move to finish.
+LOCK_TIMEOUT_S = 120.0
+
+
+class _Unchecked:
+    def __repr__(self) -> str:
+        return "UNCHECKED"
+
+
+# ``publish(expect_latest=UNCHECKED)``: move latest without comparing it first.
+UNCHECKED: Any = _Unchecked()
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,8 +139,14 @@ class Registry:
         watermark: int | None = None,
         metrics: Mapping[str, float] | None = None,
         config: Mapping[str, Any] | None = None,
+        expect_latest: int | object | None = UNCHECKED,
+        lock_timeout_s: float = LOCK_TIMEOUT_S,
     ) -> Manifest:
         """Publish a new immutable version and move ``latest`` to it.
+
+        The whole publish holds the registry's writer lock (``aliases/.publish.lock``), so
+        the ``expect_latest`` check and the move of ``latest`` are atomic against other
+        writers on local disks (best effort on object stores, see docs/registry.md).
 
         Args:
             files: artefact name -> content (bytes, or a local file to copy). Names may contain
@@ -125,6 +156,11 @@ class Registry:
             watermark: event-time watermark (epoch seconds) of this state.
             metrics: finite streaming metrics to record.
             config: model/trainer configuration, stored as the artefact ``config.json``.
+            expect_latest: compare-and-set: the version ``latest`` must point to now (None:
+                no ``latest`` yet). Otherwise ``ConcurrentPublishError`` is raised before any
+                version is claimed. An unreadable ``aliases/latest.json`` counts as unknown:
+                the publish goes ahead with a warning.
+            lock_timeout_s: how long to wait for another writer's lock.
 
         Returns:
             The manifest of the new version. Until its manifest is written the version is
@@ -138,9 +174,85 @@ class Registry:
             artefacts[CONFIG_NAME] = json.dumps(dict(config), indent=2, sort_keys=True).encode()
         if not artefacts:
             raise RegistryError("nothing to publish: files is empty and no config was given")
+        check_file_names(artefacts)
         if parent is not None:
             self.show(parent)  # raises VersionNotFoundError naming the parent
         checked_metrics = check_metrics({k: float(v) for k, v in (metrics or {}).items()})
+        with self._writer_lock(lock_timeout_s):
+            latest, readable = self._latest_record_for_publish()
+            if expect_latest is not UNCHECKED:
+                self._check_expected_latest(latest, readable, expect_latest)
+            manifest = self._publish_locked(
+                artefacts, parent, source_positions, watermark, checked_metrics
+            )
+            self._store.make_dirs("aliases")
+            record = (
+                new_alias(LATEST, manifest.version, "publish")
+                if latest is None
+                else latest.moved_to(manifest.version, "publish")
+            )
+            self._store.atomic_write(_alias_path(LATEST), record.to_json())
+        log.info("published %s to %s (%d files)", manifest.name, self.location, len(manifest.files))
+        return manifest
+
+    def latest_version(self) -> int | None:
+        """The version ``latest`` points to; None when there is none yet, and (with a
+        warning) when ``aliases/latest.json`` cannot be read."""
+        try:
+            return self.alias(LATEST).version
+        except VersionNotFoundError:
+            return None
+        except RegistryError as err:
+            log.warning("cannot tell which version 'latest' points to: %s", err)
+            return None
+
+    def _latest_record_for_publish(self) -> tuple[AliasRecord | None, bool]:
+        """``latest``'s record (None if there is none) and whether it was readable. A damaged
+        alias file is warned about and replaced: it must not stop the trainer publishing."""
+        try:
+            return self.alias(LATEST), True
+        except VersionNotFoundError:
+            return None, True
+        except UnsafePathError:
+            raise  # a planted symlink is never written through or silently replaced
+        except RegistryError as err:
+            log.warning(
+                "%s is unreadable (%s); this publish starts a fresh 'latest' record "
+                "(its rollback stack and history are lost)",
+                self._store.describe(_alias_path(LATEST)),
+                err,
+            )
+            return None, False
+
+    def _check_expected_latest(
+        self, latest: AliasRecord | None, readable: bool, expected: object
+    ) -> None:
+        if not readable:
+            log.warning(
+                "publishing to %s without checking expect_latest=%s: 'latest' is unreadable",
+                self.location,
+                expected,
+            )
+            return
+        current = None if latest is None else latest.version
+        if current != expected:
+            raise ConcurrentPublishError(
+                f"refusing to publish to {self.location}: 'latest' points to "
+                f"{_describe_version(current)} but this writer expected "
+                f"{_describe_version(expected)}, so another writer moved it since (another "
+                "trainer publishing, or a promote/rollback of 'latest'); run only one trainer per "
+                "registry, or give each trainer its own registry (after a deliberate rollback, "
+                "restart the trainer)"
+            )
+
+    def _publish_locked(
+        self,
+        artefacts: Mapping[str, bytes | Path],
+        parent: int | None,
+        source_positions: Mapping[str, int] | None,
+        watermark: int | None,
+        checked_metrics: dict[str, float],
+    ) -> Manifest:
         version = self._claim_version()
         vdir = _vdir(version)
         try:
@@ -165,9 +277,24 @@ class Registry:
             raise
         with suppress(OSError):  # the version is published; a stale marker is harmless
             self._store.delete_file(f"{vdir}/{PUBLISHING_NAME}")
-        self._move_alias(LATEST, version, "publish")
-        log.info("published %s to %s (%d files)", manifest.name, self.location, len(entries))
         return manifest
+
+    @contextmanager
+    def _writer_lock(self, timeout_s: float) -> Iterator[None]:
+        lock = WriterLock(self._store, grace_s=DEFAULT_GRACE_S, timeout_s=timeout_s)
+        lock.acquire()
+        try:
+            yield
+        finally:
+            try:
+                lock.release()
+            except OSError as err:
+                log.warning(
+                    "could not release the writer lock of %s (%s); the next writer breaks it "
+                    "once this process has exited",
+                    self.location,
+                    err,
+                )
 
     def _claim_version(self) -> int:
         """Take the next version number; partial directories count, so numbers never repeat
@@ -219,7 +346,7 @@ class Registry:
     def read_file(self, ref: str | int, name: str) -> bytes:
         """The verified content of one artefact; ``ChecksumError`` if it was altered."""
         manifest = self.show(ref)
-        entry = _entry(manifest, name, self.location)
+        entry = _entry(manifest, check_file_name(name), self.location)
         rel = f"{_vdir(manifest.version)}/{name}"
         data = self._read(rel, manifest)
         _verify(self._store.describe(rel), entry, len(data), _sha256(data))
@@ -230,20 +357,25 @@ class Registry:
 
         The copy is assembled next to ``dest_dir`` and renamed into place, so ``dest_dir``
         appears complete or not at all. ``dest_dir`` must not exist or be an empty directory.
+        Every file is created new inside that fresh directory (validated names, no symlink
+        followed), so nothing outside ``dest_dir`` is written.
         """
         manifest = self.show(ref)
         dest = Path(dest_dir)
-        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-            raise RegistryError(f"fetch destination {dest} exists and is not an empty directory")
+        if dest.is_symlink() or (dest.exists() and (not dest.is_dir() or any(dest.iterdir()))):
+            raise RegistryError(
+                f"fetch destination {dest} exists and is not an empty directory (or is a symlink)"
+            )
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex}"
+        tmp.mkdir()
         try:
             for name, entry in manifest.files.items():
                 rel = f"{_vdir(manifest.version)}/{name}"
-                target = tmp / name
+                target = _inside(tmp, check_file_name(name))
                 target.parent.mkdir(parents=True, exist_ok=True)
                 digest, size = hashlib.sha256(), 0
-                with open(target, "wb") as out:
+                with _create_new(target) as out:
                     for chunk in self._chunks(rel, manifest):
                         digest.update(chunk)
                         size += len(chunk)
@@ -271,7 +403,7 @@ class Registry:
         try:
             manifest = Manifest.model_validate_json(raw)
         except ValidationError as err:
-            raise RegistryError(f"{where}: invalid manifest: {err}") from err
+            raise RegistryError(f"{where}: invalid manifest: {_summary(err)}") from err
         if manifest.format_version > FORMAT_VERSION:
             raise RegistryError(
                 f"{where}: manifest format {manifest.format_version} is newer than this reader "
@@ -286,12 +418,16 @@ class Registry:
             return self._store.read_bytes(rel)
         except FileNotFoundError:
             raise self._missing(rel, manifest) from None
+        except OSError as err:  # e.g. a directory where the manifest lists a file
+            raise RegistryError(f"{self._store.describe(rel)}: cannot read it: {err}") from err
 
     def _chunks(self, rel: str, manifest: Manifest) -> Iterator[bytes]:
         try:
             yield from self._store.iter_chunks(rel)
         except FileNotFoundError:
             raise self._missing(rel, manifest) from None
+        except OSError as err:
+            raise RegistryError(f"{self._store.describe(rel)}: cannot read it: {err}") from err
 
     def _missing(self, rel: str, manifest: Manifest) -> RegistryError:
         return RegistryError(
@@ -300,6 +436,7 @@ class Registry:
         )
 
     def _version_dirs(self) -> list[pafs.FileInfo]:
+        # list_dir leaves out symlinks and unsafe names (with a warning): never followed.
         infos = self._store.list_dir("versions")
         return [
             i
@@ -313,7 +450,14 @@ class Registry:
         for info in self._version_dirs():
             version = parse_version_dir(info.base_name)
             assert version is not None
-            found[version] = self._store.exists(f"{_vdir(version)}/{MANIFEST_NAME}")
+            if info.base_name != version_dir_name(version):
+                # e.g. "v1" next to "v000001": not a directory publish wrote, never touched.
+                log.warning("ignoring %s: not a version directory name", info.path)
+                continue
+            try:
+                found[version] = self._store.exists(f"{_vdir(version)}/{MANIFEST_NAME}")
+            except UnsafePathError as err:
+                log.warning("ignoring %s: %s", version_dir_name(version), err)
         return dict(sorted(found.items()))
 
     def _complete_versions(self) -> list[int]:
@@ -324,11 +468,8 @@ class Registry:
     def aliases(self) -> dict[str, AliasRecord]:
         """All aliases by name."""
         records = {}
-        for info in self._store.list_dir("aliases"):
-            name = info.base_name
-            if info.type == pafs.FileType.File and name.endswith(".json") and name[0] != ".":
-                record = self.alias(name.removesuffix(".json"))
-                records[record.alias] = record
+        for name in self._alias_names():
+            records[name] = self.alias(name)
         return dict(sorted(records.items()))
 
     def alias(self, alias: str) -> AliasRecord:
@@ -341,40 +482,56 @@ class Registry:
                 f"no alias {alias!r} in {self.location} (existing: {sorted(self._alias_names())})"
             ) from None
         try:
-            return AliasRecord.model_validate_json(raw)
+            record = AliasRecord.model_validate_json(raw)
         except ValidationError as err:
             raise RegistryError(
-                f"{self._store.describe(rel)}: invalid alias record: {err}"
+                f"{self._store.describe(rel)}: invalid alias record: {_summary(err)}"
             ) from err
+        if record.alias != alias:
+            raise RegistryError(
+                f"{self._store.describe(rel)}: the record is for alias {record.alias!r}, not "
+                f"{alias!r} (file renamed or damaged); promote {alias!r} again to repair it"
+            )
+        return record
 
     def promote(self, ref: str | int, alias: str) -> AliasRecord:
         """Point ``alias`` at a version (number or another alias); creates the alias if new."""
         check_alias_name(alias)
-        version = self.show(ref).version
-        return self._move_alias(alias, version, "promote")
+        # Read-modify-write under the writer lock: atomic against publish moving latest.
+        with self._writer_lock(LOCK_TIMEOUT_S):
+            version = self.show(ref).version
+            try:
+                record = self.alias(alias).moved_to(version, "promote")
+            except VersionNotFoundError:
+                record = new_alias(alias, version, "promote")
+            self._store.make_dirs("aliases")
+            self._store.atomic_write(_alias_path(alias), record.to_json())
+        return record
 
     def rollback(self, alias: str) -> AliasRecord:
         """Point ``alias`` back at its previous target."""
-        record = self.alias(alias).rolled_back()
-        self._manifest(record.version)  # refuses a target that is no longer published
-        self._store.atomic_write(_alias_path(alias), record.to_json())
-        return record
-
-    def _move_alias(
-        self, alias: str, version: int, action: Literal["publish", "promote"]
-    ) -> AliasRecord:
-        # Read-modify-write: safe with one writer per alias (the trainer moves latest).
-        try:
-            record = self.alias(alias).moved_to(version, action)
-        except VersionNotFoundError:
-            record = new_alias(alias, version, action)
-        self._store.make_dirs("aliases")
-        self._store.atomic_write(_alias_path(alias), record.to_json())
+        with self._writer_lock(LOCK_TIMEOUT_S):
+            record = self.alias(alias).rolled_back()
+            self._manifest(record.version)  # refuses a target that is no longer published
+            self._store.atomic_write(_alias_path(alias), record.to_json())
         return record
 
     def _alias_names(self) -> list[str]:
-        infos = self._store.list_dir("aliases")
-        return [i.base_name.removesuffix(".json") for i in infos if i.base_name.endswith(".json")]
+        """Names of the alias files; files that are not ``<valid alias>.json`` are ignored
+        with a warning (list_dir already leaves out symlinks)."""
+        names = []
+        for info in self._store.list_dir("aliases"):
+            name = info.base_name
+            if name.startswith(".") or info.type != pafs.FileType.File:
+                continue  # the writer lock and atomic_write's temporary files
+            alias = name.removesuffix(".json")
+            try:
+                if alias == name:
+                    raise RegistryError(f"{name!r} has no .json suffix")
+                names.append(check_alias_name(alias))
+            except RegistryError as err:
+                log.warning("ignoring %s: not an alias file (%s)", info.path, err)
+        return names
 
     # -- retention ---------------------------------------------------------------------------
 
@@ -387,16 +544,9 @@ class Registry:
         """
         if keep < 1:
             raise RegistryError(f"gc keep must be >= 1, got {keep}")
-        versions = self._all_versions()
-        complete = [v for v, done in versions.items() if done]
-        protected = set(complete[-keep:])
-        for record in self.aliases().values():
-            protected.add(record.version)
-            protected.update(record.previous[-1:])
-        removed = tuple(v for v in complete if v not in protected)
-        partial = tuple(
-            v for v, done in versions.items() if not done and self._abandoned(v, grace_s)
-        )
+        # Not under the writer lock: gc must not wait for a long publish (whose partial
+        # version it leaves alone anyway). An operator runs gc and promote one at a time.
+        removed, partial = self._gc_plan(keep, grace_s)
         if not dry_run:
             for version in removed:
                 # Manifest first: from that instant readers see the version as gone, never
@@ -407,6 +557,20 @@ class Registry:
                 self._store.delete_dir(_vdir(version))
             self._remove_stale_temp_files(grace_s)
         return GcResult(removed=removed, partial=partial, dry_run=dry_run)
+
+    def _gc_plan(self, keep: int, grace_s: float) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(complete versions beyond retention, abandoned partial versions)."""
+        versions = self._all_versions()
+        complete = [v for v, done in versions.items() if done]
+        protected = set(complete[-keep:])
+        for record in self.aliases().values():
+            protected.add(record.version)
+            protected.update(record.previous[-1:])
+        removed = tuple(v for v in complete if v not in protected)
+        partial = tuple(
+            v for v, done in versions.items() if not done and self._abandoned(v, grace_s)
+        )
+        return removed, partial
 
     def _abandoned(self, version: int, grace_s: float) -> bool:
         vdir = _vdir(version)
@@ -454,6 +618,36 @@ def _alias_path(alias: str) -> str:
 def _publisher_marker() -> bytes:
     marker = {"host": socket.gethostname(), "pid": os.getpid(), "started_at": utc_now()}
     return json.dumps(marker, default=datetime.isoformat).encode()
+
+
+def _summary(err: ValidationError) -> str:
+    """A pydantic error on one line: ``field: problem; ...``."""
+    problems = []
+    for error in err.errors(include_url=False):
+        where = ".".join(str(part) for part in error["loc"]) or "document"
+        problems.append(f"{where}: {error['msg']}")
+    return "; ".join(problems)
+
+
+def _describe_version(version: object) -> str:
+    if isinstance(version, int):
+        return version_dir_name(version)
+    return "no version (no latest alias)" if version is None else repr(version)
+
+
+def _inside(directory: Path, name: str) -> Path:
+    """``directory / name``, refusing any result outside ``directory`` (defence in depth:
+    ``name`` is already a validated relative name)."""
+    target = directory / name
+    if not target.resolve().is_relative_to(directory.resolve()):
+        raise UnsafePathError(f"artefact name {name!r} leaves the fetch directory {directory}")
+    return target
+
+
+def _create_new(path: Path) -> BinaryIO:
+    """Open a file that must not exist yet, never through a symlink."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    return os.fdopen(os.open(path, flags, 0o644), "wb")
 
 
 def _entry(manifest: Manifest, name: str, location: str) -> FileEntry:

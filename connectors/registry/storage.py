@@ -10,20 +10,36 @@ handled here:
 * Other filesystems: no fsync is possible or needed (an upload is durable once it returns), no
   exclusive create exists, and a single upload is atomic (an object appears whole or not at
   all). Visibility is guaranteed by the registry writing the manifest last, not by renames.
+
+Every path is checked before use, on every backend: it must be relative and made of plain
+components (no '', '.', '..', '\\', NUL or control characters), so a name read from storage
+cannot address anything outside the root. On local disks no component below the root may be a
+symlink (each is lstat-ed; files are opened with ``O_NOFOLLOW``; listings skip symlinks with a
+warning): the registry never creates symlinks, so one found there was planted and is refused.
+Object stores have no symlinks.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import logging
 import os
 import posixpath
+import shutil
+import stat
 import uuid
 from collections.abc import Iterator
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import pyarrow.fs as pafs
+
+from connectors.registry.errors import UnsafePathError
+
+log = logging.getLogger(__name__)
 
 # Streaming granularity for hashing and copying large files (weights).
 CHUNK_BYTES = 8 * 1024 * 1024
@@ -73,9 +89,12 @@ class Storage:
 
     def describe(self, rel: str = "") -> str:
         """Human-readable location of ``rel`` for error messages."""
-        return f"{self.fs.type_name}:{self._abs(rel)}"
+        if not rel:
+            return self.describe_root()
+        return f"{self.fs.type_name}:{posixpath.join(self.root, rel) if self.root else rel}"
 
     def _abs(self, rel: str) -> str:
+        self._check(rel)
         if not rel:
             return self.root
         return posixpath.join(self.root, rel) if self.root else rel
@@ -83,7 +102,44 @@ class Storage:
     def _local(self, rel: str) -> str | None:
         if self.local_root is None:
             return None
+        self._check(rel)
         return os.path.join(self.local_root, rel) if rel else self.local_root
+
+    @property
+    def is_local(self) -> bool:
+        return self.local_root is not None
+
+    def local_path(self, rel: str) -> str | None:
+        """The checked OS path of ``rel`` on local disks; None on other filesystems."""
+        return self._local(rel)
+
+    def _check(self, rel: str) -> None:
+        """Refuse a path that is not plain and relative, or (local disks) that goes through a
+        symlink below the root."""
+        if rel and not all(_plain_part(part) for part in rel.split("/")):
+            raise UnsafePathError(
+                f"refusing path {rel!r} below {self.describe_root()}: every component must be "
+                "a plain name (not empty, '.', '..', absolute, and without '\\', NUL or "
+                "control characters); the registry's contents were tampered with or damaged"
+            )
+        if self.local_root is None or not rel:
+            return
+        path = self.local_root
+        for part in rel.split("/"):
+            path = os.path.join(path, part)
+            try:
+                mode = os.lstat(path).st_mode
+            except (FileNotFoundError, NotADirectoryError):
+                return  # nothing below a missing component exists
+            if stat.S_ISLNK(mode):
+                raise UnsafePathError(
+                    f"{self.fs.type_name}:{path} is a symlink: the registry never creates "
+                    f"symlinks and does not follow them out of {self.describe_root()}; "
+                    "remove it (or replace it by a real copy)"
+                )
+
+    def describe_root(self) -> str:
+        return f"{self.fs.type_name}:{self.root or '/'}"
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -94,27 +150,54 @@ class Storage:
         return self.info(rel).type != pafs.FileType.NotFound
 
     def list_dir(self, rel: str) -> list[pafs.FileInfo]:
-        """Direct children of ``rel`` (empty if it does not exist)."""
+        """Direct children of ``rel`` (empty if it does not exist); symlinks and entries with
+        unsafe names are left out with a warning."""
         selector = pafs.FileSelector(self._abs(rel), allow_not_found=True, recursive=False)
-        return self.fs.get_file_info(selector)
-
-    def list_files(self, rel: str) -> list[str]:
-        """All files below ``rel``, as paths relative to ``rel``, sorted."""
-        base = self._abs(rel)
-        selector = pafs.FileSelector(base, allow_not_found=True, recursive=True)
-        infos = self.fs.get_file_info(selector)
-        files = [i.path for i in infos if i.type == pafs.FileType.File]
-        return sorted(posixpath.relpath(p, base) if base else p for p in files)
+        local = self._local(rel)
+        children = []
+        for info in self.fs.get_file_info(selector):
+            name = info.base_name
+            if not _plain_part(name):
+                log.warning("ignoring %r in %s: not a plain file name", name, self.describe(rel))
+            elif local is not None and os.path.islink(os.path.join(local, name)):
+                log.warning(
+                    "ignoring symlink %s: the registry never creates symlinks; remove it",
+                    os.path.join(local, name),
+                )
+            else:
+                children.append(info)
+        return children
 
     def read_bytes(self, rel: str) -> bytes:
-        with self.fs.open_input_stream(self._abs(rel), compression=None) as stream:
+        with self._open_input(rel) as stream:
             return stream.read()
 
     def iter_chunks(self, rel: str) -> Iterator[bytes]:
         """The file's content in chunks of at most ``CHUNK_BYTES``."""
-        with self.fs.open_input_stream(self._abs(rel), compression=None) as stream:
+        with self._open_input(rel) as stream:
             while chunk := stream.read(CHUNK_BYTES):
                 yield chunk
+
+    def _open_input(self, rel: str) -> BinaryIO:
+        local = self._local(rel)
+        if local is None:
+            return self.fs.open_input_stream(self._abs(rel), compression=None)
+        # O_NOFOLLOW: a file swapped for a symlink after the check above is refused too;
+        # O_NONBLOCK: a planted FIFO cannot block the open (no effect on regular files).
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            fd = os.open(local, flags)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise UnsafePathError(
+                    f"{self.describe(rel)} is a symlink: the registry does not follow "
+                    "symlinks; remove it"
+                ) from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise UnsafePathError(f"{self.describe(rel)} is not a regular file; remove it")
+        return os.fdopen(fd, "rb")
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -176,25 +259,56 @@ class Storage:
         there the check-then-create is only safe with a single writer, which the registry
         documents (one trainer publishes).
         """
-        local = self._local(rel)
-        if local is not None:
-            self.make_dirs(posixpath.dirname(rel))
+        parent, name = posixpath.split(rel)
+        local_parent = self._local(parent)
+        if local_parent is not None:
+            self.make_dirs(parent)
             try:
-                os.mkdir(local)
+                os.mkdir(os.path.join(local_parent, name))
             except FileExistsError:
-                return False
-            self._fsync(posixpath.dirname(rel))
+                return False  # taken, also by a planted symlink (which is never followed)
+            self._fsync(parent)
             return True
         if self.exists(rel):
             return False
         self.fs.create_dir(self._abs(rel), recursive=True)
         return True
 
+    def create_exclusive(self, rel: str, data: bytes) -> bool:
+        """Create file ``rel`` with ``data`` unless it exists; False if it does.
+
+        Exclusive on local disks (``O_CREAT | O_EXCL``). Object stores: check, then upload,
+        which is only best effort against a concurrent writer.
+        """
+        local = self._local(rel)
+        if local is None:
+            if self.exists(rel):
+                return False
+            self.write(rel, data)
+            return True
+        self.make_dirs(posixpath.dirname(rel))
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(local, flags, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        self._fsync(posixpath.dirname(rel))
+        return True
+
     def delete_file(self, rel: str) -> None:
         self.fs.delete_file(self._abs(rel))
 
     def delete_dir(self, rel: str) -> None:
-        self.fs.delete_dir(self._abs(rel))
+        local = self._local(rel)
+        if local is None:
+            self.fs.delete_dir(self._abs(rel))
+        else:
+            # rmtree never follows symlinks inside the tree (and refuses a symlinked top).
+            shutil.rmtree(local)
 
     # -- durability (local disks only) -----------------------------------------------------
 
@@ -204,6 +318,10 @@ class Storage:
         local = self._local(rel)
         if local is not None:
             _fsync_path(local)
+
+
+def _plain_part(part: str) -> bool:
+    return part not in ("", ".", "..") and "\\" not in part and part.isprintable()
 
 
 def _fsync_path(path: str) -> None:

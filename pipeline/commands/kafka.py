@@ -191,18 +191,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     topics = subparsers.add_parser("topics", help="create, list, describe or delete topics")
     topics_sub = topics.add_subparsers(dest="topics_command", metavar="ACTION", required=True)
     create = topics_sub.add_parser("create", help="create a topic (ok if it exists alike)")
-    create.add_argument("name")
-    create.add_argument("--partitions", type=int, required=True)
-    create.add_argument("--replication-factor", type=int, default=1)
+    create.add_argument("name", help="topic name")
+    create.add_argument(
+        "--partitions", type=int, required=True, help="partitions (users are keyed to them)"
+    )
+    create.add_argument(
+        "--replication-factor", type=int, default=1, help="copies of each partition (default: 1)"
+    )
     create.add_argument(
         "--config", action="append", default=[], metavar="NAME=VALUE", help="topic config"
     )
     listing = topics_sub.add_parser("list", help="list topic names")
     listing.add_argument("--internal", action="store_true", help="include __internal topics")
     describe = topics_sub.add_parser("describe", help="partitions, leaders, end offsets")
-    describe.add_argument("name")
+    describe.add_argument("name", help="topic name")
     delete = topics_sub.add_parser("delete", help="delete a topic and its data")
-    delete.add_argument("name")
+    delete.add_argument("name", help="topic name")
     for sub in (create, listing, describe, delete):
         add_client_arguments(sub)
         sub.set_defaults(func=_topics)
@@ -210,7 +214,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     produce = subparsers.add_parser(
         "produce", help="replay a dataset or the synthetic stream into a topic"
     )
-    produce.add_argument("--topic", required=True)
+    produce.add_argument("--topic", required=True, help="topic to write to")
     source = produce.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", type=Path, help="event log file (MovieLens, CSV, Parquet)")
     source.add_argument("--synthetic", action="store_true", help="the seeded synthetic stream")
@@ -224,7 +228,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--events-per-user", type=int, default=60, help="synthetic: mean events per user"
     )
     produce.add_argument("--seed", type=int, default=0, help="synthetic: random seed")
-    produce.add_argument("--codec", default="json", choices=["json", "arrow"])
+    produce.add_argument(
+        "--codec",
+        default="json",
+        choices=["json", "arrow"],
+        help="one JSON event per message, or Arrow batches of many (default: json)",
+    )
     produce.add_argument(
         "--rate", type=float, help="events per second (default: as fast as possible)"
     )

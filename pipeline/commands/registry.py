@@ -11,9 +11,16 @@ import argparse
 import json
 import os
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 DEFAULT_REGISTRY = "./registry"
+# Widest cells of `registry list` (longer ones end in "..."), and how many metrics it shows.
+METRICS_WIDTH = 28
+ALIASES_WIDTH = 16
+LIST_METRICS = 2
+# Metrics `registry list` shows first, by name prefix.
+KEY_METRIC_PREFIXES = ("ndcg", "hr", "mrr", "recall", "loss")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,7 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parents=[common],
         help="list published versions with their aliases",
         description="List complete versions, oldest first: creation time, parent, event-time "
-        "watermark, size, metrics and the aliases pointing at each. Partial versions "
+        "watermark (UTC), size, the key metrics, the number of source partitions and the "
+        "aliases pointing at each ('show' prints everything). Partial versions "
         "(interrupted publishes) are not shown.",
     )
     list_parser.set_defaults(func=_run(_list))
@@ -74,7 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Move ALIAS back to the version it pointed at before its last promote or "
         "publish. Repeat to go further back.",
     )
-    rollback.add_argument("alias", metavar="ALIAS")
+    rollback.add_argument("alias", metavar="ALIAS", help="alias to move back, e.g. prod")
     rollback.set_defaults(func=_run(_rollback))
 
     gc = commands.add_parser(
@@ -121,20 +129,21 @@ def _list(registry, args: argparse.Namespace) -> int:
         rows = [{**_dump(m), "aliases": by_version.get(m.version, [])} for m in manifests]
         _print_json(rows)
         return 0
+    # Each cell is capped so that a row fits ~120 columns; `show` prints everything.
     table = [
         [
             m.name,
-            m.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            m.created_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M"),
             _vname(m.parent),
-            "-" if m.watermark is None else str(m.watermark),
-            str(len(m.files)),
+            _utc(m.watermark),
             _human_size(m.total_size),
-            " ".join(f"{k}={v:.4g}" for k, v in sorted(m.metrics.items())) or "-",
-            ",".join(by_version.get(m.version, [])) or "-",
+            _clip(_key_metrics(m.metrics), METRICS_WIDTH),
+            str(len(m.source_positions)) if m.source_positions else "-",
+            _clip(",".join(by_version.get(m.version, [])) or "-", ALIASES_WIDTH),
         ]
         for m in manifests
     ]
-    header = ["VERSION", "CREATED (UTC)", "PARENT", "WATERMARK", "FILES", "SIZE", "METRICS"]
+    header = ["VERSION", "CREATED (UTC)", "PARENT", "WATERMARK (UTC)", "SIZE", "METRICS", "SRC"]
     _print_table([*header, "ALIASES"], table)
     if not manifests:
         print(f"(no published versions in {registry.location})")
@@ -151,11 +160,13 @@ def _show(registry, args: argparse.Namespace) -> int:
         return 0
     print(f"{manifest.name}  created {manifest.created_at.isoformat()}")
     print(f"  parent:           {_vname(manifest.parent)}")
-    print(f"  watermark:        {manifest.watermark if manifest.watermark is not None else '-'}")
+    watermark = manifest.watermark
+    shown = "-" if watermark is None else f"{_utc(watermark)} ({watermark})"
+    print(f"  watermark:        {shown}")
     positions = manifest.source_positions
     print(f"  source positions: {json.dumps(positions, sort_keys=True) if positions else '-'}")
     for name, value in sorted(manifest.metrics.items()):
-        print(f"  metric {name}: {value:.6g}")
+        print(f"  metric {_printable(name)}: {value:.6g}")
     rows = [[n, _human_size(e.size), e.sha256] for n, e in sorted(manifest.files.items())]
     _print_table(["FILE", "SIZE", "SHA256"], rows)
     if alias is not None:
@@ -212,6 +223,42 @@ def _print_table(header: list[str], rows: list[list[str]]) -> None:
         print(
             "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         )
+
+
+def _utc(epoch_s: int | None) -> str:
+    """Epoch seconds as ISO 8601 UTC (``2026-12-01T10:00:00Z``); raw if out of range."""
+    if epoch_s is None:
+        return "-"
+    try:
+        return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):
+        return str(epoch_s)
+
+
+def _key_metrics(metrics: dict[str, float]) -> str:
+    """Up to LIST_METRICS metrics, ranking ones (ndcg, hr, ...) first; "+N" for the rest."""
+
+    def rank(name: str) -> tuple[int, str]:
+        lowered = name.lower()
+        prefixes = KEY_METRIC_PREFIXES
+        return next(
+            (i for i, p in enumerate(prefixes) if lowered.startswith(p)), len(prefixes)
+        ), name
+
+    names = sorted(metrics, key=rank)
+    shown = [f"{_printable(n)}={metrics[n]:.3g}" for n in names[:LIST_METRICS]]
+    if len(names) > LIST_METRICS:
+        shown.append(f"+{len(names) - LIST_METRICS}")
+    return " ".join(shown) or "-"
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _printable(text: str) -> str:
+    # Names come from a manifest on storage: never let control characters reach the terminal.
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _vname(version: int | None) -> str:

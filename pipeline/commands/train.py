@@ -161,33 +161,8 @@ def make_dead_letter_sink(cfg: TrainerConfig) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
-    if args.print_config:
-        print(json.dumps(cfg.model_dump(mode="json"), indent=2))
-        return 0
-    from connectors.registry import Registry
-    from pipeline.checkpoint import CheckpointStore
-    from pipeline.observability import TrainerMetrics
-    from pipeline.trainer import OnlineTrainer
-
-    source = make_source(cfg)
-    sink = make_dead_letter_sink(cfg)
-    registry = Registry.open(cfg.registry.uri, create=True) if cfg.registry.enabled else None
-    metrics = TrainerMetrics(cfg.observability.prometheus_host, cfg.observability.prometheus_port)
-    trainer = OnlineTrainer(
-        cfg,
-        source,
-        sink,
-        checkpoints=CheckpointStore(cfg.checkpoint.dir, keep=cfg.checkpoint.keep),
-        registry=registry,
-        metrics=metrics,
-    )
-    if hasattr(source, "on_revoke"):  # Kafka: checkpoint before partitions move; report lag
-        source.on_revoke(lambda _partitions: trainer.checkpoint())
-        source.on_lag(metrics.set_consumer_lag)
-    if cfg.checkpoint.resume:
-        trainer.restore()
-
+    # Signal handlers first: a SIGTERM while the source, the metrics endpoint or the restore
+    # start up must end the run cleanly (exit 0) like one during training.
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -198,12 +173,70 @@ def run(args: argparse.Namespace) -> int:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        with streaming_gc():  # see pipeline/gcpolicy.py
-            summary = trainer.run(stop)
+        return _run(args, stop)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _run(args: argparse.Namespace, stop: threading.Event) -> int:
+    cfg = config_from_args(args)
+    if args.print_config:
+        print(json.dumps(cfg.model_dump(mode="json"), indent=2))
+        return 0
+    from connectors.registry import RegistryError
+    from pipeline.checkpoint import CheckpointError
+    from pipeline.runlock import DirectoryLock, DirectoryLockedError
+
+    lock = DirectoryLock(cfg.checkpoint.dir)
+    try:
+        lock.acquire()
+    except DirectoryLockedError as err:
+        raise SystemExit(f"genrec train: error: {err}") from None
+    try:
+        summary = _train(cfg, stop)
+    except (CheckpointError, RegistryError) as err:
+        raise SystemExit(f"genrec train: error: {err}") from None
+    finally:
+        lock.release()
+    print(json.dumps(summary, indent=2, default=float))
+    log.info(
+        "checkpoints in %s, registry %s, logs and dead letters in %s",
+        cfg.checkpoint.dir,
+        cfg.registry.uri if cfg.registry.enabled else "(publishing off)",
+        cfg.run_dir,
+    )
+    return 0
+
+
+def _train(cfg: TrainerConfig, stop: threading.Event) -> dict[str, Any]:
+    from connectors.registry import Registry
+    from pipeline.checkpoint import CheckpointStore
+    from pipeline.observability import TrainerMetrics
+    from pipeline.trainer import OnlineTrainer
+
+    source = make_source(cfg)
+    sink = make_dead_letter_sink(cfg)
+    try:
+        registry = Registry.open(cfg.registry.uri, create=True) if cfg.registry.enabled else None
+        metrics = TrainerMetrics(
+            cfg.observability.prometheus_host, cfg.observability.prometheus_port
+        )
+        trainer = OnlineTrainer(
+            cfg,
+            source,
+            sink,
+            checkpoints=CheckpointStore(cfg.checkpoint.dir, keep=cfg.checkpoint.keep),
+            registry=registry,
+            metrics=metrics,
+        )
+        if hasattr(source, "on_revoke"):  # Kafka: checkpoint before partitions move; report lag
+            source.on_revoke(lambda _partitions: trainer.checkpoint())
+            source.on_lag(metrics.set_consumer_lag)
+        if cfg.checkpoint.resume:
+            trainer.restore()
+        with streaming_gc():  # see pipeline/gcpolicy.py
+            return trainer.run(stop)
+    finally:
         sink.close()
         source.close()
-    print(json.dumps(summary, indent=2, default=float))
-    return 0

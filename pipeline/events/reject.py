@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +26,10 @@ class Reject:
         row: the row index inside an Arrow payload (across all its record batches); ``None``
             when the reject covers the whole record (a JSON event, or an Arrow payload that
             could not be read or lacks a column: then all its events are in this one reject).
+        original_size: set only when ``payload`` is a truncated prefix (a dead-letter sink
+            bounds what it writes): the byte size of the whole payload.
+        original_sha256: with ``original_size``, the hex sha256 of the whole payload, to match
+            the dead letter with the source record.
     """
 
     reason: RejectReason
@@ -32,6 +38,31 @@ class Reject:
     offset: int
     payload: bytes
     row: int | None = None
+    original_size: int | None = None
+    original_sha256: str | None = None
+
+    @property
+    def truncated(self) -> bool:
+        """Whether ``payload`` is only the first bytes of the rejected payload."""
+        return self.original_size is not None
+
+    def truncated_to(self, max_bytes: int) -> Reject:
+        """This reject with at most ``max_bytes`` of its payload, recording the whole
+        payload's size and sha256; ``self`` when the payload fits already.
+
+        A UTF-8 payload is cut at a character boundary, so that it stays text."""
+        if len(self.payload) <= max_bytes:
+            return self
+        if self.truncated:  # cut again: size and checksum stay those of the whole payload
+            size, sha256 = self.original_size, self.original_sha256
+        else:
+            size, sha256 = len(self.payload), hashlib.sha256(self.payload).hexdigest()
+        return dataclasses.replace(
+            self,
+            payload=_utf8_prefix(self.payload, max(0, max_bytes)),
+            original_size=size,
+            original_sha256=sha256,
+        )
 
     def where(self) -> str:
         """``partition@offset``, plus ``#row`` for one row of an Arrow batch."""
@@ -39,12 +70,13 @@ class Reject:
         return base if self.row is None else f"{base}#{self.row}"
 
     def to_json_dict(self) -> dict[str, Any]:
-        """JSON-ready form for dead-letter files/topics: payload as text when it is UTF-8."""
+        """JSON-ready form for dead-letter files/topics: payload as text when it is UTF-8;
+        ``truncated``, ``original_size`` and ``original_sha256`` only for a truncated one."""
         try:
             payload, encoding = self.payload.decode("utf-8"), "utf-8"
         except UnicodeDecodeError:
             payload, encoding = base64.b64encode(self.payload).decode("ascii"), "base64"
-        return {
+        data: dict[str, Any] = {
             "reason": str(self.reason),
             "message": self.message,
             "where": self.where(),
@@ -54,10 +86,16 @@ class Reject:
             "payload": payload,
             "payload_encoding": encoding,
         }
+        if self.truncated:
+            data["truncated"] = True
+            data["original_size"] = self.original_size
+            data["original_sha256"] = self.original_sha256
+        return data
 
     @classmethod
     def from_json_dict(cls, data: dict[str, Any]) -> Reject:
-        """Inverse of ``to_json_dict`` (to inspect or replay dead letters)."""
+        """Inverse of ``to_json_dict`` (to inspect or replay dead letters); reads lines
+        written before truncation existed too."""
         if data["payload_encoding"] == "base64":
             payload = base64.b64decode(data["payload"])
         else:
@@ -69,7 +107,22 @@ class Reject:
             offset=data["offset"],
             payload=payload,
             row=data["row"],
+            original_size=data.get("original_size"),
+            original_sha256=data.get("original_sha256"),
         )
+
+
+def _utf8_prefix(data: bytes, max_bytes: int) -> bytes:
+    """``data[:max_bytes]``, shortened by up to 3 bytes when that ends a UTF-8 text inside a
+    character (a split character would make the whole prefix binary)."""
+    cut = data[:max_bytes]
+    for end in range(len(cut), max(-1, len(cut) - 4), -1):
+        try:
+            cut[:end].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        return cut[:end]
+    return cut  # not UTF-8 text: keep every byte
 
 
 @dataclass(frozen=True, slots=True)

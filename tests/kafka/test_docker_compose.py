@@ -5,6 +5,7 @@ dependencies consistently, and run genrec commands that the real CLI accepts."""
 from __future__ import annotations
 
 import base64
+import fnmatch
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,8 @@ import yaml
 from connectors.kafka.broker import DEFAULT_KAFKA_VERSION
 from pipeline.cli import build_parser
 
-COMPOSE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.yml"
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +59,6 @@ def test_genrec_services_reach_kafka_and_wait_for_it(services: dict):
     advertised = _listeners(services["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"])
     genrec = {name: s for name, s in services.items() if name != "kafka"}
     assert {"topics", "producer", "trainer"} <= set(genrec)
-    assert services["trainer"]["build"]["context"] == "."
     for name, service in genrec.items():
         assert service["environment"]["KAFKA_BOOTSTRAP_SERVERS"] in advertised.values(), name
         assert service["depends_on"], name
@@ -92,3 +93,50 @@ def test_built_services_have_a_dockerfile_that_installs_genrec(services: dict):
         assert "pip install" in text, f"{dockerfile} does not install genrec for {name}"
         for package in ("model", "kernels", "pipeline", "connectors"):
             assert f"COPY {package} " in text, f"{dockerfile} does not copy {package}/"
+
+
+def test_the_genrec_image_is_built_once_and_shared(services: dict):
+    built = {name: s for name, s in services.items() if "build" in s}
+    assert len(built) == 1, f"{sorted(built)} all build an image; build it in one service"
+    ((builder, service),) = built.items()
+    assert service["build"]["context"] == "."
+    image = service["image"]
+    for name in ("topics", "producer", "trainer"):
+        assert services[name]["image"] == image, f"{name} does not run {image}"
+    # the builder runs first: every other genrec service waits for it
+    for name in {"topics", "producer", "trainer"} - {builder}:
+        assert builder in services[name]["depends_on"], name
+
+
+def test_trainer_restarts_and_reports_health_on_its_metrics_port(services: dict):
+    trainer = services["trainer"]
+    assert trainer["restart"] in ("unless-stopped", "on-failure", "always")
+    args = build_parser().parse_args(trainer["command"][1:])
+    port = args.metrics_port
+    assert port == 9464 and f"{port}:{port}" in trainer["ports"]
+    test = trainer["healthcheck"]["test"]
+    probe = " ".join(test)
+    assert test[0] == "CMD" and "python" in test[1]  # the slim image has no curl
+    assert "urllib.request" in probe and f"127.0.0.1:{port}/metrics" in probe
+    assert trainer["healthcheck"]["start_period"]
+
+
+def _dockerignore() -> list[str]:
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def test_dockerignore_keeps_local_state_out_of_the_build_context():
+    patterns = _dockerignore()
+    for path in (".venv", ".git", "checkpoints", "registry", "runs"):
+        assert path in patterns, f".dockerignore does not exclude {path}"
+    copied = [
+        name
+        for line in (ROOT / "Dockerfile").read_text().splitlines()
+        if line.startswith("COPY ")
+        for name in line.split()[1:-1]  # COPY SRC... DEST
+    ]
+    assert {"pyproject.toml", "README.md", "pipeline"} <= set(copied)
+    for name in copied:
+        hit = [p for p in patterns if fnmatch.fnmatch(name, p)]
+        assert not hit, f"Dockerfile copies {name}, but .dockerignore excludes it ({hit})"

@@ -96,3 +96,30 @@ def test_help_texts(capsys) -> None:
     assert "--keep" in out and "GENREC_REGISTRY" in out and "--dry-run" in out
     assert cli.main(["registry"]) == 2  # no subcommand: prints help
     assert "rollback" in capsys.readouterr().out
+
+
+def test_list_fits_the_terminal_and_shows_the_watermark_in_utc(tmp_path: Path, capsys) -> None:
+    root = tmp_path / "reg"
+    registry = Registry.open(root, create=True)
+    metrics = {"ndcg@10": 0.17234, "hr@10": 0.30971, "mrr": 0.1, "loss": 1.25, "events_per_s": 9e4}
+    positions = {f"events-with-a-long-topic-name:{p}": 10**12 for p in range(64)}
+    registry.publish(
+        {"model.pt": bytes(5_000_000)},
+        metrics=metrics,
+        source_positions=positions,
+        watermark=1_796_119_200,
+    )
+    registry.promote(1, "production-canary-europe-west-1")
+
+    assert cli.main(["registry", "list", "--registry", str(root)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(line) for line in lines) <= 120, lines
+    assert "WATERMARK (UTC)" in lines[0] and "2026-12-01T10:00:00Z" in lines[1]
+    assert "1796119200" not in lines[1]
+    assert "ndcg@10=0.172 hr@10=0.31 +3" in lines[1]  # key metrics first, the rest counted
+    assert " 64 " in lines[1] and lines[1].endswith("latest,produc...")
+
+    assert cli.main(["registry", "show", "1", "--registry", str(root)]) == 0
+    shown = capsys.readouterr().out
+    assert "watermark:        2026-12-01T10:00:00Z (1796119200)" in shown
+    assert "metric events_per_s: 90000" in shown and "events-with-a-long-topic-name:63" in shown

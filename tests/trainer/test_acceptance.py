@@ -38,6 +38,8 @@ SMALL_MODEL = [
     "--set", "store.max_len=12",
     "--set", "vocab.capacity=1000",
     "--set", "train.num_negatives=32",
+    "--checkpoint-dir", "checkpoints",
+    "--run-dir", "runs/train",
 ]  # fmt: skip
 
 

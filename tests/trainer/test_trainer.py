@@ -134,7 +134,7 @@ def test_sigterm_finishes_batch_checkpoints_and_exits_zero(tmp_path):
         sys.executable, "-m", "pipeline.cli", "train",
         "--source", "synthetic", "--set", "source.synthetic.num_users=2000",
         "--metrics-port", "0", "--threads", "1", "--batch-events", "64",
-        "--checkpoint-every-events", "256", "--no-publish",
+        "--checkpoint-every-events", "256", "--no-publish", "--checkpoint-dir", "checkpoints",
         "--set", "model.embedding_dim=16", "--set", "store.max_len=10",
         "--set", "vocab.capacity=1001",
     ]  # fmt: skip
