@@ -15,10 +15,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 DEFAULT_REGISTRY = "./registry"
-# Widest cells of `registry list` (longer ones end in "..."), and how many metrics it shows.
-METRICS_WIDTH = 28
+# Widest cells of `registry list` (longer ones end in "..."), and how many metrics it shows
+# (one: `registry show` has them all).
+METRICS_WIDTH = 32
 ALIASES_WIDTH = 16
-LIST_METRICS = 2
+LIST_METRICS = 1
 # Metrics `registry list` shows first, by name prefix.
 KEY_METRIC_PREFIXES = ("ndcg", "hr", "mrr", "recall", "loss")
 
