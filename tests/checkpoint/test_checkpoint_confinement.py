@@ -18,6 +18,7 @@ from unittest import mock
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tree_snapshot import snapshot
 
 from pipeline.checkpoint import CheckpointError, CheckpointStore
 
@@ -53,21 +54,6 @@ def _manifest(seq: int, files: dict[str, bytes]) -> str:
     return json.dumps(
         {"format_version": 1, "seq": seq, "created_at": "x", "meta": {}, "files": entries}
     )
-
-
-def _snapshot(directory: Path) -> dict[str, object]:
-    found: dict[str, object] = {}
-    for dirpath, dirnames, filenames in os.walk(directory):
-        for name in dirnames + filenames:
-            path = Path(dirpath, name)
-            rel = str(path.relative_to(directory))
-            if path.is_symlink():
-                found[rel] = ("link", os.readlink(path))
-            elif path.is_dir():
-                found[rel] = ("dir",)
-            else:
-                found[rel] = ("file", path.read_bytes(), path.stat().st_mtime_ns)
-    return found
 
 
 def _plant(attack: str, name: str, store: Path, outside: Path) -> None:
@@ -108,7 +94,7 @@ def test_checkpoint_store_never_leaves_its_directory(attack: str, name: str) -> 
         store.save({"a": b"1"}, {"step": 1})
         store.save({"a": b"2"}, {"step": 2})
         _plant(attack, name, store.directory, outside)
-        before = _snapshot(outside)
+        before = snapshot(outside)
 
         returned: list[bytes] = []
         for seq in (0, 1, 2, 9):
@@ -122,7 +108,7 @@ def test_checkpoint_store_never_leaves_its_directory(attack: str, name: str) -> 
         returned.extend(blob for ckpt in store.loadable() for blob in ckpt.state.values())
 
         assert SECRET not in returned, f"{attack} {name!r} leaked the secret"
-        assert _snapshot(outside) == before, f"{attack} {name!r} changed 'outside'"
+        assert snapshot(outside) == before, f"{attack} {name!r} changed 'outside'"
         assert sorted(os.listdir(base)) == ["ckpt", "outside"]
         latest = store.latest()
         assert latest is not None and latest.meta == {"step": 4}

@@ -21,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from registry_backends import BACKENDS, make_backend
+from tree_snapshot import snapshot
 
 from connectors.registry import Registry, RegistryError
 
@@ -56,22 +57,6 @@ def _entry(data: bytes) -> dict[str, object]:
 def _manifest(version: int, files: dict[str, bytes]) -> str:
     entries = {name: _entry(data) for name, data in files.items()}
     return json.dumps({"version": version, "created_at": "2026-01-01T00:00:00Z", "files": entries})
-
-
-def _snapshot(directory: Path) -> dict[str, object]:
-    """Every entry below ``directory`` (symlinks not followed) with its content or target."""
-    found: dict[str, object] = {}
-    for dirpath, dirnames, filenames in os.walk(directory):
-        for name in dirnames + filenames:
-            path = Path(dirpath, name)
-            rel = str(path.relative_to(directory))
-            if path.is_symlink():
-                found[rel] = ("link", os.readlink(path))
-            elif path.is_dir():
-                found[rel] = ("dir",)
-            else:
-                found[rel] = ("file", path.read_bytes(), path.stat().st_mtime_ns)
-    return found
 
 
 def _plant(attack: str, name: str, root: Path, outside: Path) -> None:
@@ -183,13 +168,13 @@ def test_registry_never_leaves_its_root(backend_name: str, data: st.DataObject) 
         registry = backend.open(create=True)
         registry.publish({"model.pt": b"w1"})
         _plant(attack, name, backend.local_dir, outside)
-        before = _snapshot(outside)
+        before = snapshot(outside)
         fetch_dir = base / "fetch"
         fetch_dir.mkdir()
 
         returned = _run_everything(backend.open(), name, fetch_dir)
 
         assert not [r for r in returned if SECRET in r], f"{attack} {name!r} leaked the secret"
-        assert _snapshot(outside) == before, f"{attack} {name!r} changed 'outside'"
+        assert snapshot(outside) == before, f"{attack} {name!r} changed 'outside'"
         assert sorted(os.listdir(base)) == ["fetch", "outside", "registry"]
         assert all(p.name.startswith("out") for p in fetch_dir.iterdir())  # no temp dirs left

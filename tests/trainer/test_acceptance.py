@@ -91,6 +91,7 @@ def verify_registry(uri: Path) -> list[int]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # five killed runs and a final one: minutes on a loaded machine
 def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path):
     stream = tmp_path / "events.jsonl"
     batch = write_stream(stream, num_users=300, seed=3)
