@@ -157,3 +157,18 @@ class SequentialEncoder(nn.Module):
     def encode(self, batch: JaggedBatch) -> torch.Tensor:
         """[T, D] L2-normalised states; implemented by each model."""
         raise NotImplementedError
+
+    @torch.no_grad()
+    def reference_init(self) -> None:
+        """Re-initialise as Meta's research code does: the item table truncated normal
+        (std ITEM_INIT_STD, cut at 2 std, padding row zero), every other parameter with >= 2 dims
+        (the position table too) xavier normal; 1-D parameters keep their init.
+        HSTU overrides this for its own layers."""
+        for name, param in self.named_parameters():
+            if name == "item_emb.weight":
+                # truncated at 2 std as the reference (torch's default cuts at +-2 absolute)
+                cut = 2 * ITEM_INIT_STD
+                nn.init.trunc_normal_(param, std=ITEM_INIT_STD, a=-cut, b=cut)
+                param[0].zero_()
+            elif param.dim() >= 2:
+                nn.init.xavier_normal_(param)

@@ -89,6 +89,20 @@ class HSTU(SequentialEncoder):
         self.cfg = cfg
         self.layers = nn.ModuleList(HSTULayer(cfg) for _ in range(cfg.num_layers))
 
+    @torch.no_grad()
+    def reference_init(self) -> None:
+        """The research code's init: the input layer as ``SequentialEncoder``; per layer
+        uvqk weight N(0, 0.02) without bias (the bias is zeroed and frozen), output
+        projection xavier uniform (bias as ``nn.Linear``), relative biases N(0, 0.02)."""
+        super().reference_init()
+        for layer in self.layers:
+            nn.init.normal_(layer.uvqk.weight, std=BIAS_INIT_STD)
+            layer.uvqk.bias.zero_()
+            layer.uvqk.bias.requires_grad_(False)
+            nn.init.xavier_uniform_(layer.out.weight)
+            nn.init.normal_(layer.pos_bias, std=BIAS_INIT_STD)
+            nn.init.normal_(layer.time_bias, std=BIAS_INIT_STD)
+
     def encode(self, batch: JaggedBatch) -> torch.Tensor:
         """States for every event; position i depends on events 0..i and on t_{i+1}."""
         x = self.embed_inputs(batch)

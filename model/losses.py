@@ -7,6 +7,9 @@ import torch.nn.functional as F
 
 DEFAULT_NUM_NEGATIVES = 128
 DEFAULT_TEMPERATURE = 0.05
+# Logit of a per-position negative that equals its target (the reference's value: finite,
+# so a row whose negatives are all hits still has a defined softmax).
+ACCIDENTAL_HIT_LOGIT = -5e4
 
 
 def sample_negatives(
@@ -17,13 +20,36 @@ def sample_negatives(
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
     """[K] item rows drawn uniformly with replacement from 1..R-1, or from ``candidate_rows``."""
+    return _draw_rows((num_negatives,), num_rows, candidate_rows, generator, device)
+
+
+def sample_negatives_per_position(
+    num_positions: int,
+    num_negatives: int,
+    num_rows: int,
+    candidate_rows: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """[M, K] item rows: K independent uniform draws (with replacement) for each of M
+    positions, from 1..R-1 or from ``candidate_rows`` (the reference's sampler)."""
+    return _draw_rows((num_positions, num_negatives), num_rows, candidate_rows, generator, device)
+
+
+def _draw_rows(
+    shape: tuple[int, ...],
+    num_rows: int,
+    candidate_rows: torch.Tensor | None,
+    generator: torch.Generator | None,
+    device: torch.device | str,
+) -> torch.Tensor:
     if candidate_rows is None:
         if num_rows < 2:
             raise ValueError(f"need at least one item row to sample from, got R={num_rows}")
-        return torch.randint(1, num_rows, (num_negatives,), generator=generator).to(device)
+        return torch.randint(1, num_rows, shape, generator=generator).to(device)
     if candidate_rows.numel() == 0:
         raise ValueError("candidate_rows is empty; there is nothing to sample negatives from")
-    picks = torch.randint(0, candidate_rows.numel(), (num_negatives,), generator=generator)
+    picks = torch.randint(0, candidate_rows.numel(), shape, generator=generator)
     return candidate_rows.to(device)[picks.to(device)]
 
 
@@ -38,13 +64,17 @@ def sampled_softmax_loss(
     candidate_rows: torch.Tensor | None = None,
     negatives: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    per_position: bool = False,
 ) -> torch.Tensor:
     """Mean (or weighted mean) of -log softmax of the target among K sampled negatives.
 
-    One set of K negatives is drawn per call and shared by all M targets, so the cost is
-    [M, K] logits rather than [M, K, D] gathered embeddings. A negative equal to a
-    target (an accidental hit) is masked out of that target's softmax. Logits are cosine
-    similarities (inputs are L2-normalised) divided by ``temperature``.
+    By default one set of K negatives is drawn per call and shared by all M targets, so
+    the cost is [M, K] logits rather than [M, K, D] gathered embeddings; an accidental hit
+    (a negative equal to the target) is left out of that target's softmax (-inf).
+    With ``per_position`` (the reference's loss) each target gets its own K negatives
+    ([M, K], ``sample_negatives_per_position``) and an accidental hit's logit is set to
+    ``ACCIDENTAL_HIT_LOGIT``. Logits are cosine similarities (inputs are L2-normalised)
+    divided by ``temperature``.
 
     Args:
         queries: [M, D] states predicting each target (``select_targets(...).queries``).
@@ -55,8 +85,10 @@ def sampled_softmax_loss(
         weights: optional [M] per-target weights; the loss is sum(w * l) / sum(w).
         candidate_rows: optional rows to draw negatives from (the live catalogue);
             default rows 1..R-1.
-        negatives: optional explicit [K] negative rows (tests, custom samplers).
+        negatives: optional explicit negative rows (tests, custom samplers): [K], or
+            [M, K] with ``per_position``.
         generator: random generator for reproducible draws.
+        per_position: draw K negatives per target instead of K shared ones.
 
     Returns:
         Scalar loss (0 with a gradient path when there are no targets).
@@ -65,6 +97,18 @@ def sampled_softmax_loss(
         raise ValueError(f"{queries.shape[0]} queries but {targets.shape[0]} targets")
     if queries.shape[0] == 0:
         return queries.sum() * 0.0
+    if per_position:
+        losses = _per_position_losses(
+            queries,
+            targets,
+            item_table,
+            num_negatives,
+            temperature,
+            candidate_rows,
+            negatives,
+            generator,
+        )
+        return _weighted_mean(losses, weights)
     if negatives is None:
         negatives = sample_negatives(
             num_negatives, item_table.shape[0], candidate_rows, generator, queries.device
@@ -74,6 +118,36 @@ def sampled_softmax_loss(
     neg = neg.masked_fill(negatives.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))
     logits = torch.cat([pos, neg], dim=1) / temperature
     losses = -F.log_softmax(logits, dim=1)[:, 0]
+    return _weighted_mean(losses, weights)
+
+
+def _per_position_losses(
+    queries: torch.Tensor,
+    targets: torch.Tensor,
+    item_table: torch.Tensor,
+    num_negatives: int,
+    temperature: float,
+    candidate_rows: torch.Tensor | None,
+    negatives: torch.Tensor | None,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """[M] -log softmax of each target among its own [K] negatives."""
+    m = queries.shape[0]
+    if negatives is None:
+        negatives = sample_negatives_per_position(
+            m, num_negatives, item_table.shape[0], candidate_rows, generator, queries.device
+        )
+    if negatives.dim() != 2 or negatives.shape[0] != m:
+        raise ValueError(
+            f"per-position negatives must have shape [M={m}, K], got {list(negatives.shape)}"
+        )
+    pos = (queries * item_table[targets]).sum(-1, keepdim=True) / temperature  # [M, 1]
+    neg = torch.einsum("md,mkd->mk", queries, item_table[negatives]) / temperature  # [M, K]
+    neg = neg.masked_fill(negatives == targets.unsqueeze(1), ACCIDENTAL_HIT_LOGIT)
+    return -F.log_softmax(torch.cat([pos, neg], dim=1), dim=1)[:, 0]
+
+
+def _weighted_mean(losses: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
     if weights is None:
         return losses.mean()
     weights = weights.to(losses.dtype)

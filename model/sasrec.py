@@ -1,7 +1,10 @@
 """SASRec baseline (Kang & McAuley, 2018): causal softmax self-attention plus pointwise FFN.
 
-Pre-LN transformer blocks over the same input layer, item table, output normalisation and
-loss as HSTU. The blocks run on a right-padded [B, n, D] tensor: padding happens at one
+Transformer blocks over the same input layer, item table, output normalisation and loss as
+HSTU. ``style="genrec"``: pre-LN blocks with a GELU FFN; ``style="reference"``: the block of
+the original SASRec code that Meta's research code uses (the normalised input is the
+attention query and the residual, keys/values are the raw input; then LN and a ReLU FFN
+with its own residual; padded positions zeroed after each block). The blocks run on a right-padded [B, n, D] tensor: padding happens at one
 explicit boundary (``pad_jagged``/``unpad_jagged``) and, because attention is causal and
 padding sits after each sequence's last event, real positions never see padded ones, so a
 sequence's output does not depend on the rest of the batch.
@@ -19,6 +22,8 @@ from kernels.reference import pad_jagged, unpad_jagged
 from model.base import SequentialEncoder
 from model.jagged import JaggedBatch
 
+SASREC_STYLES = ("genrec", "reference")
+
 
 @dataclass
 class SASRecConfig:
@@ -32,6 +37,13 @@ class SASRecConfig:
     max_len: int = 200
     dropout: float = 0.2
     input_dropout: float = 0.2
+    style: str = "genrec"
+
+    def __post_init__(self) -> None:
+        if self.style not in SASREC_STYLES:
+            raise ValueError(
+                f"SASRecConfig.style must be one of {SASREC_STYLES}, got {self.style!r}"
+            )
 
 
 class SASRecBlock(nn.Module):
@@ -65,22 +77,63 @@ class SASRecBlock(nn.Module):
         return x + self.dropout(self.ffn(self.norm_ffn(x)))
 
 
+class ReferenceSASRecBlock(nn.Module):
+    """The original SASRec block: q = LN(x); x = q + MHA(q, x, x); x = LN(x);
+    x = x + FFN(x) (ReLU, dropout after each linear); padded positions zeroed."""
+
+    def __init__(self, cfg: SASRecConfig):
+        super().__init__()
+        d = cfg.embedding_dim
+        if d % cfg.num_heads:
+            raise ValueError(f"embedding_dim {d} is not divisible by num_heads {cfg.num_heads}")
+        self.norm_attn = nn.LayerNorm(d, eps=1e-8)
+        self.attn = nn.MultiheadAttention(d, cfg.num_heads, dropout=cfg.dropout, batch_first=True)
+        self.norm_ffn = nn.LayerNorm(d, eps=1e-8)
+        ffn = cfg.ffn_dim or d
+        self.ffn = nn.Sequential(
+            nn.Linear(d, ffn),
+            nn.Dropout(cfg.dropout),
+            nn.ReLU(),
+            nn.Linear(ffn, d),
+            nn.Dropout(cfg.dropout),
+        )
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        n = x.shape[1]
+        causal = torch.ones(n, n, dtype=torch.bool, device=x.device).triu(1)  # True: blocked
+        q = self.norm_attn(x)
+        attn, _ = self.attn(q, x, x, attn_mask=causal, need_weights=False)
+        x = self.norm_ffn(q + attn)
+        return (x + self.ffn(x)) * valid
+
+
 class SASRec(SequentialEncoder):
     """SASRec sequential encoder: ``encode(batch) -> [T, D]`` L2-normalised states."""
 
     def __init__(self, cfg: SASRecConfig):
         super().__init__(cfg.num_rows, cfg.embedding_dim, cfg.max_len, cfg.input_dropout)
         self.cfg = cfg
-        self.blocks = nn.ModuleList(SASRecBlock(cfg) for _ in range(cfg.num_layers))
-        self.norm_out = nn.LayerNorm(cfg.embedding_dim)
+        block = ReferenceSASRecBlock if cfg.style == "reference" else SASRecBlock
+        self.blocks = nn.ModuleList(block(cfg) for _ in range(cfg.num_layers))
+        self.norm_out = nn.LayerNorm(
+            cfg.embedding_dim, eps=1e-8 if cfg.style == "reference" else 1e-5
+        )
 
     def encode(self, batch: JaggedBatch) -> torch.Tensor:
         """States for every event; position i depends on events 0..i only."""
         x = self.embed_inputs(batch)
         if batch.total == 0:
             return x
-        x = pad_jagged(x, batch.offsets, batch.max_length())
-        for block in self.blocks:
-            x = block(x)
+        n = batch.max_length()
+        x = pad_jagged(x, batch.offsets, n)
+        if self.cfg.style == "reference":
+            lengths = batch.lengths().to(x.device)
+            valid = (torch.arange(n, device=x.device) < lengths[:, None]).unsqueeze(-1)
+            x = x * valid
+            for block in self.blocks:
+                x = block(x, valid.to(x.dtype))
+        else:
+            for block in self.blocks:
+                x = block(x)
         x = unpad_jagged(self.norm_out(x), batch.offsets)
         return F.normalize(x, dim=-1)

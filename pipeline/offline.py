@@ -1,10 +1,16 @@
 """Offline training and full-ranking evaluation on leave-one-out splits.
 
 Training is autoregressive: each training sequence, cut to its last ``max_len`` events,
-predicts every event from the state before it (sampled softmax). After every epoch the
-model ranks the whole catalogue for each user's validation target (context = the events
-before it, last ``max_len``; the query time is the target's timestamp, as at serving
-time); the epoch with the best validation NDCG@10 is checkpointed and evaluated on test.
+predicts every event from the state before it (sampled softmax). With the "holdout" split,
+after every epoch the model ranks the whole catalogue for each user's validation target
+(context = the events before it, last ``max_len``; the query time is the target's
+timestamp, as at serving time); the epoch with the best validation NDCG@10 is
+checkpointed and evaluated on test. With the "paper" split the validation event trains
+too, there is no selection, and the last epoch is evaluated on test.
+
+Two evaluation protocols: "all-items" ranks the target among every item; "exclude-seen"
+(the paper's) first removes the items of the user's context (the ``max_len`` events the
+model reads, as the reference does), so a target consumed before counts as a miss.
 The most-popular baseline "trains" by counting training events and is evaluated by the
 same code. Same seed, same data, same numbers.
 """
@@ -38,11 +44,20 @@ from pipeline.synthetic import SyntheticConfig, generate_events
 log = logging.getLogger(__name__)
 
 SELECTION_METRIC = "ndcg@10"
+PROTOCOLS = ("all-items", "exclude-seen")
+
+
+def protocol_name(exclude_seen: bool) -> str:
+    """The JSON name of an evaluation protocol."""
+    return "exclude-seen" if exclude_seen else "all-items"
 
 
 @dataclass
 class OfflineResult:
-    """What ``train_offline`` measured: per-epoch validation and the best epoch's test."""
+    """What ``train_offline`` measured: per-epoch validation and the chosen epoch's test.
+
+    ``test`` is under the configured protocol; ``test_by_protocol`` has both.
+    """
 
     model: str
     best_epoch: int
@@ -50,12 +65,17 @@ class OfflineResult:
     valid_history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
     checkpoint: str | None = None
+    protocol: str = "all-items"
+    split: str = "holdout"
+    test_by_protocol: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
-        """Flat JSON-ready dict: model, epoch, seconds, then the test metrics."""
+        """Flat JSON-ready dict: model, epoch, train_split, protocol, seconds, test metrics."""
         return {
             "model": self.model,
             "epoch": self.best_epoch,
+            "train_split": self.split,
+            "protocol": self.protocol,
             "seconds": round(self.seconds, 3),
             **self.test,
             "checkpoint": self.checkpoint,
@@ -163,11 +183,14 @@ def evaluate(
     batch_size: int = 256,
     ks: tuple[int, ...] = DEFAULT_KS,
     device: str = "cpu",
+    exclude_seen: bool = False,
 ) -> dict[str, float]:
     """Full-ranking metrics of each user's last event given the events before it.
 
     Users with no context (one event) or whose target has no item row (0, unknown to the
-    model) are skipped; ``count`` says how many targets were ranked.
+    model) are skipped; ``count`` says how many targets were ranked. With
+    ``exclude_seen`` the context's items are removed before ranking and a target among
+    them is a miss (the paper's protocol). ``*_ci95`` keys are 95% interval half-widths.
     """
     was_training = model.training
     model.eval()
@@ -178,9 +201,16 @@ def evaluate(
     for lo in range(0, users.size, batch_size):
         batch, targets = next_item_batch(ds, users[lo : lo + batch_size], max_len)
         batch, targets = batch.to(device), targets.to(device)
-        acc.update(target_ranks(next_item_scores(model, batch), targets))
+        exclude = (batch.item_ids, batch.offsets) if exclude_seen else (None, None)
+        ranks = target_ranks(
+            next_item_scores(model, batch),
+            targets,
+            exclude_items=exclude[0],
+            exclude_offsets=exclude[1],
+        )
+        acc.update(ranks)
     model.train(was_training)
-    return acc.result()
+    return acc.result() | acc.ci95()
 
 
 def model_max_len(model: nn.Module, default: int) -> int:
@@ -197,11 +227,13 @@ def train_offline(
 ) -> OfflineResult:
     """Train ``kind`` on ``splits[0]``, select the epoch on ``splits[1]``, test on ``splits[2]``.
 
+    With ``cfg.split == "paper"`` there is no selection: the last epoch is tested.
+
     Args:
         kind: "hstu", "sasrec" or "popular".
         model_config: fields of the model's config dataclass except ``num_rows``, which is
             set from the data (num_items + 1).
-        splits: (train, valid, test) from ``pipeline.datasets.leave_one_out``.
+        splits: (train, valid, test) from ``pipeline.datasets.make_splits(ds, cfg.split)``.
         cfg: optimisation settings.
         out_dir: where the best checkpoint (``out_dir/checkpoint``) is written; None: nowhere.
         meta: extra JSON metadata stored in the checkpoint (data source, item keys, ...).
@@ -209,7 +241,10 @@ def train_offline(
     started = time.perf_counter()
     train, valid, test = splits
     torch.manual_seed(cfg.seed)
-    model = build_model(kind, {**model_config, "num_rows": train.num_items + 1}).to(cfg.device)
+    model = build_model(kind, {**model_config, "num_rows": train.num_items + 1})
+    if cfg.init == "reference" and isinstance(model, SequentialEncoder):
+        model.reference_init()
+    model = model.to(cfg.device)
     max_len = model_max_len(model, default=model_config.get("max_len", 200))
     checkpoint = None if out_dir is None else Path(out_dir) / "checkpoint"
     meta = {**(meta or {}), "train_config": asdict(cfg)}
@@ -218,8 +253,10 @@ def train_offline(
         if checkpoint is not None:
             save_checkpoint(checkpoint, model, {**meta, "epoch": epoch, "valid": metrics})
 
-    def eval_split(ds: SequenceDataset) -> dict[str, float]:
-        return evaluate(model, ds, max_len, cfg.eval_batch_size, device=cfg.device)
+    def eval_split(ds: SequenceDataset, exclude_seen: bool = cfg.exclude_seen) -> dict[str, float]:
+        return evaluate(
+            model, ds, max_len, cfg.eval_batch_size, device=cfg.device, exclude_seen=exclude_seen
+        )
 
     history: list[dict[str, float]] = []
     if isinstance(model, MostPopular):
@@ -230,7 +267,8 @@ def train_offline(
     else:
         best_epoch, best_state = _fit(model, train, valid, cfg, max_len, history, keep_best)
         model.load_state_dict(best_state)
-    test_metrics = eval_split(test)
+    by_protocol = {protocol_name(ex): eval_split(test, ex) for ex in (False, True)}
+    test_metrics = by_protocol[protocol_name(cfg.exclude_seen)]
     result = OfflineResult(
         model=kind,
         best_epoch=best_epoch,
@@ -238,6 +276,9 @@ def train_offline(
         valid_history=history,
         seconds=time.perf_counter() - started,
         checkpoint=None if checkpoint is None else str(checkpoint),
+        protocol=protocol_name(cfg.exclude_seen),
+        split=cfg.split,
+        test_by_protocol=by_protocol,
     )
     log.info("%s best epoch %d test %s", kind, best_epoch, _fmt(test_metrics))
     return result
@@ -276,8 +317,14 @@ def _fit(
     history: list[dict[str, float]],
     keep_best: Callable[[int, dict[str, float]], None],
 ) -> tuple[int, dict[str, torch.Tensor]]:
-    """Epoch loop; returns (best epoch, its state dict) by validation NDCG@10."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    """Epoch loop; returns (best epoch, its state dict) by validation NDCG@10, or, with the
+    paper's split, (last epoch, its state dict) without evaluating anything."""
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=cfg.lr,
+        betas=(0.9, cfg.adam_beta2),
+        weight_decay=cfg.weight_decay,
+    )
     rng = np.random.default_rng(cfg.seed)
     negatives_gen = torch.Generator().manual_seed(cfg.seed)
     users = np.flatnonzero(train.lengths() >= 2)  # a one-event sequence has no target
@@ -304,6 +351,7 @@ def _fit(
                 temperature=cfg.temperature,
                 weights=targets.weights,
                 generator=negatives_gen,
+                per_position=cfg.per_position_negatives,
             )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -311,21 +359,40 @@ def _fit(
             total_loss += float(loss.detach())
             steps += 1
             bar.set_postfix(loss=f"{total_loss / steps:.4f}")
-        metrics = evaluate(model, valid, max_len, cfg.eval_batch_size, device=cfg.device)
-        history.append({"epoch": epoch, "train_loss": total_loss / max(steps, 1), **metrics})
+        train_loss = total_loss / max(steps, 1)
+        if cfg.split == "paper":
+            # no validation set: the epoch count is fixed in advance and the last one is kept
+            history.append({"epoch": epoch, "train_loss": train_loss})
+            log.info("epoch %d/%d loss %.4f", epoch, cfg.epochs, train_loss)
+            best_epoch, best_state = epoch, model.state_dict()
+            continue
+        metrics = evaluate(
+            model,
+            valid,
+            max_len,
+            cfg.eval_batch_size,
+            device=cfg.device,
+            exclude_seen=cfg.exclude_seen,
+        )
+        history.append({"epoch": epoch, "train_loss": train_loss, **metrics})
         log.info(
             "epoch %d/%d loss %.4f valid %s",
             epoch,
             cfg.epochs,
-            total_loss / max(steps, 1),
+            train_loss,
             _fmt(metrics),
         )
         if metrics[SELECTION_METRIC] > best_score:
             best_epoch, best_score = epoch, metrics[SELECTION_METRIC]
             best_state = copy.deepcopy(model.state_dict())
             keep_best(epoch, metrics)
+    if cfg.split == "paper":
+        best_state = copy.deepcopy(best_state)
+        keep_best(best_epoch, history[-1] if history else {})
     return best_epoch, best_state
 
 
 def _fmt(metrics: dict[str, float]) -> str:
-    return " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != "count")
+    return " ".join(
+        f"{k}={v:.4f}" for k, v in metrics.items() if k != "count" and not k.endswith("_ci95")
+    )

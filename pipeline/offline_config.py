@@ -4,18 +4,41 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+SPLITS = ("holdout", "paper")
+INITS = ("genrec", "reference")
+
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings shared by every model (equal budgets in comparisons)."""
+    """Optimisation and protocol settings shared by every model (equal budgets in comparisons).
+
+    ``split``: "holdout" trains on each sequence minus its last 2 events and keeps the epoch
+    with the best validation NDCG@10; "paper" (the HSTU paper's) trains on every prefix up
+    to the second-to-last event (the validation event is a training target) and keeps the
+    last epoch, so the test set never chooses anything.
+    ``exclude_seen``: rank only items outside the user's context (the paper's protocol).
+    ``per_position_negatives``: K negatives per target (the reference) instead of K shared.
+    ``init``: "reference" re-initialises the model as Meta's research code does.
+    """
 
     epochs: int = 10
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.0
+    adam_beta2: float = 0.999
     num_negatives: int = 128
     temperature: float = 0.05
+    per_position_negatives: bool = False
+    init: str = "genrec"
+    split: str = "holdout"
+    exclude_seen: bool = False
     eval_batch_size: int = 256
     seed: int = 0
     device: str = "cpu"
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise ValueError(f"TrainConfig.split must be one of {SPLITS}, got {self.split!r}")
+        if self.init not in INITS:
+            raise ValueError(f"TrainConfig.init must be one of {INITS}, got {self.init!r}")

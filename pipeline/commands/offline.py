@@ -16,8 +16,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from pipeline.datasets import FORMATS, leave_one_out
-from pipeline.offline_config import TrainConfig
+from pipeline.datasets import FORMATS, leave_one_out, make_splits
+from pipeline.offline_config import INITS, SPLITS, TrainConfig
 from pipeline.synthetic import SyntheticConfig
 
 log = logging.getLogger(__name__)
@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 # The keys of model.serialize.MODEL_KINDS (a test keeps them equal); spelled out here
 # because importing the models pulls in torch, which would slow down every `genrec --help`.
 MODEL_NAMES = ("hstu", "popular", "sasrec")
+SASREC_STYLES = ("genrec", "reference")  # model.sasrec.SASREC_STYLES (a test keeps them equal)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,34 +37,151 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "best validation NDCG@10 (full ranking), evaluate it on each user's last event."
         ),
     )
-    train.add_argument("--model", choices=MODEL_NAMES, default="hstu")
+    train.add_argument(
+        "--model", choices=MODEL_NAMES, default="hstu", help="model to train (default: %(default)s)"
+    )
     _add_data_args(train)
     train.add_argument("--out", required=True, help="output directory (checkpoint, metrics)")
     train.add_argument("--json", action="store_true", help="print the result as a JSON line")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     t = TrainConfig()
     opt = train.add_argument_group("training")
-    opt.add_argument("--epochs", type=int, default=t.epochs)
-    opt.add_argument("--seed", type=int, default=t.seed)
-    opt.add_argument("--batch-size", type=int, default=t.batch_size, help="users per step")
-    opt.add_argument("--lr", type=float, default=t.lr)
-    opt.add_argument("--weight-decay", type=float, default=t.weight_decay)
-    opt.add_argument("--num-negatives", type=int, default=t.num_negatives)
-    opt.add_argument("--temperature", type=float, default=t.temperature)
-    opt.add_argument("--eval-batch-size", type=int, default=t.eval_batch_size)
-    opt.add_argument("--device", default=t.device, help="torch device, e.g. cpu or cuda")
+    opt.add_argument(
+        "--epochs",
+        type=int,
+        default=t.epochs,
+        help="passes over the training split (default: %(default)s)",
+    )
+    opt.add_argument("--seed", type=int, default=t.seed, help="random seed (default: %(default)s)")
+    opt.add_argument(
+        "--batch-size", type=int, default=t.batch_size, help="users per step (default: %(default)s)"
+    )
+    opt.add_argument(
+        "--lr", type=float, default=t.lr, help="Adam learning rate (default: %(default)s)"
+    )
+    opt.add_argument(
+        "--weight-decay",
+        type=float,
+        default=t.weight_decay,
+        help="Adam weight decay (default: %(default)s)",
+    )
+    opt.add_argument(
+        "--num-negatives",
+        type=int,
+        default=t.num_negatives,
+        help="sampled-softmax negatives per target (default: %(default)s)",
+    )
+    opt.add_argument(
+        "--temperature",
+        type=float,
+        default=t.temperature,
+        help="softmax temperature (default: %(default)s)",
+    )
+    opt.add_argument(
+        "--eval-batch-size",
+        type=int,
+        default=t.eval_batch_size,
+        help="users per full-ranking evaluation step (default: %(default)s)",
+    )
+    opt.add_argument(
+        "--device", default=t.device, help="torch device, e.g. cpu or cuda (default: %(default)s)"
+    )
+    opt.add_argument(
+        "--adam-beta2",
+        type=float,
+        default=t.adam_beta2,
+        help="AdamW beta2; the reference uses 0.98 (default: %(default)s)",
+    )
+    opt.add_argument(
+        "--per-position-negatives",
+        action=argparse.BooleanOptionalAction,
+        default=t.per_position_negatives,
+        help="draw the negatives per target (the reference) instead of one set shared by "
+        "the step (default: %(default)s)",
+    )
+    opt.add_argument(
+        "--init",
+        choices=INITS,
+        default=t.init,
+        help="parameter init; reference: Meta's research code's (default: %(default)s)",
+    )
+    opt.add_argument(
+        "--split",
+        choices=SPLITS,
+        default=t.split,
+        help="holdout: train without the last 2 events, keep the best validation epoch; "
+        "paper: the validation event trains too, keep the last epoch (default: %(default)s)",
+    )
+    opt.add_argument(
+        "--exclude-seen",
+        action=argparse.BooleanOptionalAction,
+        default=t.exclude_seen,
+        help="evaluation protocol: remove the user's context items before ranking (the "
+        "paper's; a target consumed before is a miss); used for validation and the "
+        "reported test metrics, the other protocol is in metrics.json (default: %(default)s)",
+    )
+    opt.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads, 0: torch's default (default: %(default)s)",
+    )
     arch = train.add_argument_group("model (HSTU and SASRec)")
-    arch.add_argument("--embedding-dim", type=int, default=64)
-    arch.add_argument("--num-layers", type=int, default=2)
-    arch.add_argument("--num-heads", type=int, default=1)
-    arch.add_argument("--max-len", type=int, default=200, help="N: last events per sequence")
-    arch.add_argument("--dropout", type=float, default=0.2)
-    arch.add_argument("--input-dropout", type=float, default=0.2)
-    arch.add_argument("--dqk", type=int, default=0, help="HSTU q/k dim per head (0: D/heads)")
-    arch.add_argument("--dv", type=int, default=0, help="HSTU v/u dim per head (0: D/heads)")
-    arch.add_argument("--ffn-dim", type=int, default=0, help="SASRec FFN width (0: D)")
     arch.add_argument(
-        "--attention-backend", default="auto", choices=["auto", "reference", "triton"]
+        "--embedding-dim",
+        type=int,
+        default=64,
+        help="D: item embedding width (default: %(default)s)",
+    )
+    arch.add_argument(
+        "--num-layers", type=int, default=2, help="HSTU / SASRec layers (default: %(default)s)"
+    )
+    arch.add_argument(
+        "--num-heads", type=int, default=1, help="attention heads (default: %(default)s)"
+    )
+    arch.add_argument(
+        "--max-len",
+        type=int,
+        default=200,
+        help="N: last events per sequence (default: %(default)s)",
+    )
+    arch.add_argument(
+        "--dropout",
+        type=float,
+        default=0.2,
+        help="dropout inside the layers (default: %(default)s)",
+    )
+    arch.add_argument(
+        "--input-dropout",
+        type=float,
+        default=0.2,
+        help="dropout on input embeddings (default: %(default)s)",
+    )
+    arch.add_argument(
+        "--dqk",
+        type=int,
+        default=0,
+        help="HSTU q/k dim per head, 0: D/heads (default: %(default)s)",
+    )
+    arch.add_argument(
+        "--dv", type=int, default=0, help="HSTU v/u dim per head, 0: D/heads (default: %(default)s)"
+    )
+    arch.add_argument(
+        "--ffn-dim", type=int, default=0, help="SASRec FFN width, 0: D (default: %(default)s)"
+    )
+    arch.add_argument(
+        "--attention-backend",
+        default="auto",
+        choices=["auto", "reference", "triton"],
+        help="HSTU attention kernel; auto: Triton on CUDA, else the reference (default: %(default)s)",
+    )
+    arch.add_argument(
+        "--sasrec-style",
+        dest="style",
+        choices=SASREC_STYLES,
+        default="genrec",
+        help="SASRec block: genrec (pre-LN, GELU) or reference (the original SASRec block, "
+        "ReLU) (default: %(default)s)",
     )
     train.set_defaults(func=run_train)
 
@@ -78,10 +196,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     ev.add_argument("--checkpoint", required=True, help="checkpoint directory (OUT/checkpoint)")
     _add_data_args(ev)
-    ev.add_argument("--split", choices=["test", "valid"], default="test")
-    ev.add_argument("--eval-batch-size", type=int, default=256)
-    ev.add_argument("--max-len", type=int, default=200, help="context length for popular")
-    ev.add_argument("--device", default="cpu")
+    ev.add_argument(
+        "--split",
+        choices=["test", "valid"],
+        default="test",
+        help="rank the last event (test) or the second-to-last (valid) (default: %(default)s)",
+    )
+    ev.add_argument(
+        "--eval-batch-size",
+        type=int,
+        default=256,
+        help="users per evaluation step (default: %(default)s)",
+    )
+    ev.add_argument(
+        "--max-len",
+        type=int,
+        default=200,
+        help="context length for popular (others: the checkpoint's) (default: %(default)s)",
+    )
+    ev.add_argument(
+        "--device", default="cpu", help="torch device, e.g. cpu or cuda (default: %(default)s)"
+    )
+    ev.add_argument(
+        "--exclude-seen",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="evaluation protocol: remove the user's context items before ranking (the "
+        "paper's); default: the protocol the checkpoint was trained with",
+    )
     ev.add_argument("--json", action="store_true", help="print the result as a JSON line")
     ev.set_defaults(func=run_evaluate)
 
@@ -89,13 +231,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
     data.add_argument("--data", help="event log file; default: the synthetic generator")
-    data.add_argument("--format", choices=FORMATS, default="auto")
+    data.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="auto",
+        help="event log format; auto: from the suffix and first line (default: %(default)s)",
+    )
     data.add_argument("--skip-malformed", action="store_true", help="skip and count malformed rows")
     s = SyntheticConfig()
-    data.add_argument("--synthetic-users", type=int, default=s.num_users)
-    data.add_argument("--synthetic-items", type=int, default=s.num_items)
-    data.add_argument("--synthetic-events-per-user", type=int, default=s.events_per_user)
-    data.add_argument("--synthetic-seed", type=int, default=s.seed)
+    data.add_argument(
+        "--synthetic-users",
+        type=int,
+        default=s.num_users,
+        help="synthetic users (default: %(default)s)",
+    )
+    data.add_argument(
+        "--synthetic-items",
+        type=int,
+        default=s.num_items,
+        help="synthetic items (default: %(default)s)",
+    )
+    data.add_argument(
+        "--synthetic-events-per-user",
+        type=int,
+        default=s.events_per_user,
+        help="mean synthetic events per user (default: %(default)s)",
+    )
+    data.add_argument(
+        "--synthetic-seed",
+        type=int,
+        default=s.seed,
+        help="synthetic generator seed (default: %(default)s)",
+    )
 
 
 def _synthetic_config(args: argparse.Namespace) -> SyntheticConfig:
@@ -123,15 +290,24 @@ def run_train(args: argparse.Namespace) -> int:
     ds, source = load_sequences(
         args.data, args.format, args.skip_malformed, _synthetic_config(args)
     )
-    splits = leave_one_out(ds)
+    splits = make_splits(ds, args.split)
     log.info("data: %d users, %d items, %d events", ds.num_users, ds.num_items, ds.num_events)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     cfg = TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
+        adam_beta2=args.adam_beta2,
         weight_decay=args.weight_decay,
         num_negatives=args.num_negatives,
         temperature=args.temperature,
+        per_position_negatives=args.per_position_negatives,
+        init=args.init,
+        split=args.split,
+        exclude_seen=args.exclude_seen,
         eval_batch_size=args.eval_batch_size,
         seed=args.seed,
         device=args.device,
@@ -143,7 +319,14 @@ def run_train(args: argparse.Namespace) -> int:
     result = train_offline(args.model, model_config, splits, cfg, out_dir=out, meta=meta)
     summary = result.summary()
     (out / "metrics.json").write_text(
-        json.dumps({**summary, "valid_history": result.valid_history}, indent=1)
+        json.dumps(
+            {
+                **summary,
+                "test_by_protocol": result.test_by_protocol,
+                "valid_history": result.valid_history,
+            },
+            indent=1,
+        )
     )
     _print_result(summary, args.json)
     return 0
@@ -151,7 +334,13 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from model.serialize import load_checkpoint, model_kind
-    from pipeline.offline import evaluate, load_sequences, model_max_len, remap_items
+    from pipeline.offline import (
+        evaluate,
+        load_sequences,
+        model_max_len,
+        protocol_name,
+        remap_items,
+    )
 
     started = time.perf_counter()
     model, meta = load_checkpoint(args.checkpoint, map_location=args.device)
@@ -165,18 +354,23 @@ def run_evaluate(args: argparse.Namespace) -> int:
     ds = remap_items(ds, meta["item_keys"])
     _, valid, test = leave_one_out(ds)
     max_len = model_max_len(model, default=args.max_len)
+    exclude_seen = args.exclude_seen
+    if exclude_seen is None:
+        exclude_seen = bool(meta.get("train_config", {}).get("exclude_seen", False))
     metrics = evaluate(
         model,
         test if args.split == "test" else valid,
         max_len,
         args.eval_batch_size,
         device=args.device,
+        exclude_seen=exclude_seen,
     )
     summary = {
         "model": model_kind(model),
         "epoch": meta.get("epoch"),
         "seconds": round(time.perf_counter() - started, 3),
         "split": args.split,
+        "protocol": protocol_name(exclude_seen),
         **metrics,
     }
     _print_result(summary, args.json)

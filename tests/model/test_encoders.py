@@ -31,8 +31,11 @@ def make_model(kind: str) -> torch.nn.Module:
             for layer in model.layers:
                 layer.time_bias.copy_(torch.linspace(-2.0, 2.0, layer.time_bias.numel()))
     else:
+        style = "reference" if kind == "sasrec-reference" else "genrec"
         model = SASRec(
-            SASRecConfig(NUM_ROWS, embedding_dim=16, num_layers=2, num_heads=2, max_len=MAX_LEN)
+            SASRecConfig(
+                NUM_ROWS, embedding_dim=16, num_layers=2, num_heads=2, max_len=MAX_LEN, style=style
+            )
         )
     return model.eval()
 
@@ -46,7 +49,7 @@ def random_sequences(gen: torch.Generator, lengths: list[int]) -> tuple[list, li
     return items, times
 
 
-KINDS = ["hstu", "sasrec"]
+KINDS = ["hstu", "sasrec", "sasrec-reference"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -161,3 +164,21 @@ def test_reset_item_rows_and_limits(kind: str) -> None:
         model.encode(too_long)
     with pytest.raises(ValueError, match="outside the item table"):
         model.encode(JaggedBatch.from_lists([[NUM_ROWS]], [[1]]))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_reference_init_follows_the_research_code(kind: str) -> None:
+    model = make_model(kind)
+    model.reference_init()
+    item = model.item_emb.weight.detach()
+    assert torch.equal(item[0], torch.zeros_like(item[0]))
+    assert float(item[1:].abs().max()) <= 2 * 0.02 + 1e-6  # truncated at 2 std
+    assert abs(float(item[1:].std()) - 0.02) < 0.01
+    # xavier normal for the position table: std sqrt(2 / (fan_in + fan_out))
+    expected = (2.0 / (MAX_LEN + 16)) ** 0.5
+    assert abs(float(model.pos_emb.weight.detach().std()) - expected) < 0.35 * expected
+    if kind == "hstu":
+        for layer in model.layers:
+            assert torch.equal(layer.uvqk.bias, torch.zeros_like(layer.uvqk.bias))
+            assert not layer.uvqk.bias.requires_grad  # the reference has no bias there
+            assert abs(float(layer.uvqk.weight.detach().std()) - 0.02) < 0.005

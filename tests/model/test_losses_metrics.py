@@ -111,3 +111,89 @@ def test_most_popular_counts_training_events() -> None:
     assert ranks.tolist() == [1, 4]
     with pytest.raises(ValueError, match="outside the item table"):
         model.fit(torch.tensor([5]))
+
+
+def test_per_position_negatives_have_shape_positions_by_r() -> None:
+    from model.losses import sample_negatives_per_position
+
+    gen = torch.Generator().manual_seed(0)
+    drawn = sample_negatives_per_position(7, 5, 4, generator=gen)
+    assert drawn.shape == (7, 5)
+    assert drawn.min() >= 1 and drawn.max() <= 3
+    # independent per position: rows are not all copies of one shared set
+    assert len({tuple(row) for row in drawn.tolist()}) > 1
+    live = torch.tensor([2, 4])
+    assert set(sample_negatives_per_position(3, 50, 5, live, gen).flatten().tolist()) == {2, 4}
+
+
+def test_per_position_loss_matches_hand_computation_with_hits_masked() -> None:
+    from model.losses import ACCIDENTAL_HIT_LOGIT
+
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    targets = torch.tensor([1, 2])
+    # query 0's own negatives: 2 (0.0), 1 (accidental hit); query 1's: 3 (0.0), 2 (hit)
+    negatives = torch.tensor([[2, 1], [3, 2]])
+    temp = 0.5
+    loss = sampled_softmax_loss(
+        q, targets, TABLE, negatives=negatives, temperature=temp, per_position=True
+    )
+    hit = math.exp(ACCIDENTAL_HIT_LOGIT)  # the masked logit: exp(-5e4) == 0 in float64
+    l0 = -math.log(math.exp(1 / temp) / (math.exp(1 / temp) + math.exp(0) + hit))
+    l1 = -math.log(math.exp(1 / temp) / (math.exp(1 / temp) + math.exp(0) + hit))
+    assert loss.item() == pytest.approx((l0 + l1) / 2, rel=1e-6)
+    # unmasked, a hit would add exp(1 / temp) to the denominator: the loss would be larger
+    assert loss.item() < math.log(2 + math.exp(-1 / temp))
+    # query 1 against negatives [1, 4]: cos 0.0 and 0.8, no hits
+    weighted = sampled_softmax_loss(
+        q,
+        targets,
+        TABLE,
+        negatives=torch.tensor([[2, 1], [1, 4]]),
+        temperature=temp,
+        weights=torch.tensor([1.0, 3.0]),
+        per_position=True,
+    )
+    l1b = -math.log(math.exp(2) / (math.exp(2) + math.exp(0) + math.exp(1.6)))
+    assert weighted.item() == pytest.approx((l0 + 3 * l1b) / 4, rel=1e-6)
+    with pytest.raises(ValueError, match=r"\[M=2, K\]"):
+        sampled_softmax_loss(q, targets, TABLE, negatives=torch.tensor([2, 3]), per_position=True)
+
+
+def test_per_position_loss_draws_reproducibly_and_backpropagates() -> None:
+    q = torch.tensor([[1.0, 0.0], [0.6, 0.8]], requires_grad=True)
+    targets = torch.tensor([1, 4])
+    gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    a = sampled_softmax_loss(q, targets, TABLE, num_negatives=6, generator=gen(), per_position=True)
+    b = sampled_softmax_loss(q, targets, TABLE, num_negatives=6, generator=gen(), per_position=True)
+    assert a.item() == b.item()
+    a.backward()
+    assert q.grad is not None and q.grad.abs().sum() > 0
+
+
+def test_exclude_seen_makes_a_previously_consumed_target_a_miss() -> None:
+    # query 0: history [1, 2], target 2 (consumed before) -> a miss under the paper's protocol
+    # query 1: history [4], target 1; item 4 scores above the target but is excluded
+    scores = torch.tensor([[0.0, 0.9, 0.8, 0.1, 0.2], [0.0, 0.5, 0.1, 0.2, 0.9]])
+    targets = torch.tensor([2, 1])
+    assert target_ranks(scores, targets).tolist() == [2, 2]
+    excluded = target_ranks(
+        scores,
+        targets,
+        exclude_items=torch.tensor([1, 2, 4]),
+        exclude_offsets=torch.tensor([0, 2, 3]),
+    )
+    assert excluded.tolist() == [5, 1]  # rank R (= 5) is past every real rank: a miss
+    metrics = ranking_metrics(excluded, ks=(1, 3))
+    assert metrics["hr@3"] == pytest.approx(0.5) and metrics["ndcg@3"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="M\\+1"):
+        target_ranks(scores, targets, exclude_items=torch.tensor([1]), exclude_offsets=None)
+
+
+def test_accumulator_ci95_is_the_normal_interval_over_targets() -> None:
+    acc = RankingAccumulator(ks=(1,))
+    acc.update(torch.tensor([1, 2, 1, 3]))  # hr@1 per target: 1, 0, 1, 0
+    ci = acc.ci95()
+    std = math.sqrt(((0.5**2) * 4) / 3)  # sample std of [1, 0, 1, 0]
+    assert ci["hr@1_ci95"] == pytest.approx(1.96 * std / 2)
+    assert set(ci) == {"hr@1_ci95", "ndcg@1_ci95", "mrr_ci95"}
+    assert math.isnan(RankingAccumulator(ks=(1,)).ci95()["mrr_ci95"])

@@ -87,3 +87,33 @@ def test_building_the_parser_does_not_import_torch_or_kafka() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_protocol_and_split_options_round_trip_through_evaluate(tmp_path, capsys) -> None:
+    out = tmp_path / "ref"
+    argv = ["train-offline", "--model", "sasrec", "--epochs", "1", "--out", str(out)]
+    argv += ["--split", "paper", "--exclude-seen", "--per-position-negatives"]
+    argv += ["--init", "reference", "--sasrec-style", "reference", "--adam-beta2", "0.98"]
+    assert main([*argv, "--json", "--no-progress", *TINY_DATA, *TINY_MODEL]) == 0
+    result = last_json_line(capsys.readouterr().out)
+    assert result["protocol"] == "exclude-seen" and result["train_split"] == "paper"
+    saved = json.loads((out / "metrics.json").read_text())
+    assert set(saved["test_by_protocol"]) == {"all-items", "exclude-seen"}
+    # evaluate defaults to the checkpoint's protocol and can switch to the other one
+    assert main(["evaluate", "--checkpoint", str(out / "checkpoint"), "--json"]) == 0
+    again = last_json_line(capsys.readouterr().out)
+    assert again["protocol"] == "exclude-seen"
+    assert {k: again[k] for k in METRIC_KEYS} == {k: result[k] for k in METRIC_KEYS}
+    ck = str(out / "checkpoint")
+    assert main(["evaluate", "--checkpoint", ck, "--no-exclude-seen", "--json"]) == 0
+    other = last_json_line(capsys.readouterr().out)
+    assert other["protocol"] == "all-items"
+    expected = saved["test_by_protocol"]["all-items"]
+    assert {k: other[k] for k in METRIC_KEYS} == {k: expected[k] for k in METRIC_KEYS}
+
+
+def test_sasrec_style_choices_match_the_model() -> None:
+    from model.sasrec import SASREC_STYLES as MODEL_STYLES
+    from pipeline.commands.offline import SASREC_STYLES
+
+    assert SASREC_STYLES == MODEL_STYLES

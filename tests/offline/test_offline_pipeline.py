@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from model.serialize import WEIGHTS_FILE, build_model, load_checkpoint, save_checkpoint
-from pipeline.datasets import SequenceDataset, leave_one_out
+from pipeline.datasets import SequenceDataset, leave_one_out, make_splits, paper_split
 from pipeline.offline import (
     TrainConfig,
+    evaluate,
     item_keys_json,
     length_grouped_batches,
     load_sequences,
@@ -131,3 +132,69 @@ def test_checkpoint_refuses_pickled_objects(tmp_path) -> None:
         load_checkpoint(tmp_path / "ck")
     with pytest.raises(FileNotFoundError, match=r"model\.json"):
         load_checkpoint(tmp_path / "nothing")
+
+
+def rewatch_dataset() -> SequenceDataset:
+    # user 0: items 1, 2, 1 (its test target, item 1, was consumed before);
+    # user 1: items 3, 2, 4 (target 4 is new to the user)
+    return SequenceDataset(
+        item_ids=np.array([1, 2, 1, 3, 2, 4]),
+        timestamps=np.array([1, 2, 3, 1, 2, 3]),
+        actions=np.zeros(6, dtype=np.int64),
+        offsets=np.array([0, 3, 6]),
+        item_keys=np.array([None, 11, 12, 13, 14], dtype=object),
+        user_keys=np.array([0, 1]),
+    )
+
+
+def test_evaluate_exclude_seen_counts_a_previously_consumed_target_as_a_miss() -> None:
+    ds = rewatch_dataset()
+    model = build_model("popular", {"num_rows": 5})
+    model.fit(torch.tensor([1, 1, 1, 1, 2, 2, 2, 4, 4, 3]))  # popularity: 1 > 2 > 4 > 3
+    everything = evaluate(model, ds, max_len=8, ks=(1, 2))
+    # all items: user 0's target 1 ranks 1st; user 1's target 4 ranks 3rd (after 1, 2)
+    assert everything["hr@1"] == 0.5 and everything["hr@2"] == 0.5
+    paper = evaluate(model, ds, max_len=8, ks=(1, 2), exclude_seen=True)
+    # exclude seen: user 0's target 1 is in its history -> a miss; user 1's history
+    # (3, 2) is removed, so its target 4 ranks 2nd, after item 1
+    assert paper["hr@1"] == 0.0 and paper["hr@2"] == 0.5
+    assert paper["count"] == 2
+    assert paper["hr@2_ci95"] > 0
+
+
+def test_paper_split_trains_on_the_validation_event_and_keeps_the_last_epoch() -> None:
+    ds = hand_dataset()
+    train, valid, test = paper_split(ds)
+    assert train.item_ids.tolist() == [1, 2, 3, 4, 6, 7]  # the validation events 4, 7 train
+    assert valid.item_ids.tolist() == train.item_ids.tolist() and test is ds
+    assert make_splits(ds, "holdout")[0].item_ids.tolist() == [1, 2, 3, 6]
+    with pytest.raises(ValueError, match="'holdout' or 'paper'"):
+        make_splits(ds, "random")
+    big, _ = load_sequences(None, synthetic=TINY)
+    cfg = TrainConfig(epochs=2, batch_size=16, num_negatives=16, progress=False, split="paper")
+    result = train_offline("hstu", TINY_MODEL, make_splits(big, "paper"), cfg)
+    assert result.best_epoch == 2  # no selection: the last epoch
+    assert [set(h) for h in result.valid_history] == [{"epoch", "train_loss"}] * 2
+    assert result.summary()["train_split"] == "paper"
+    assert set(result.test_by_protocol) == {"all-items", "exclude-seen"}
+    assert result.test == result.test_by_protocol["all-items"]
+
+
+def test_reference_settings_train_deterministically() -> None:
+    ds, _ = load_sequences(None, synthetic=TINY)
+    splits = leave_one_out(ds)
+    cfg = TrainConfig(
+        epochs=1,
+        batch_size=16,
+        num_negatives=16,
+        progress=False,
+        per_position_negatives=True,
+        init="reference",
+        adam_beta2=0.98,
+        exclude_seen=True,
+    )
+    a = train_offline("sasrec", {**TINY_MODEL, "style": "reference"}, splits, cfg)
+    b = train_offline("sasrec", {**TINY_MODEL, "style": "reference"}, splits, cfg)
+    assert a.test == b.test and a.protocol == "exclude-seen"
+    with pytest.raises(ValueError, match=r"TrainConfig\.split"):
+        TrainConfig(split="nope")
