@@ -15,8 +15,9 @@ micro-batches of ``train.batch_events``:
 A checkpoint is taken only between polls, when every polled record is fully applied, so
 the saved source positions describe exactly the saved state: after a crash the trainer
 loads the newest checkpoint, seeks the source there and every event affects the model
-exactly once. Versions are published to the registry on their own schedule, right before a
-checkpoint, with the positions and event-time watermark of that state.
+exactly once. Versions are published to the registry on their own schedule, right after a
+checkpoint, with the positions and event-time watermark of that state: no version is ever
+ahead of the newest checkpoint, so versions' positions never go backwards after a crash.
 """
 
 from __future__ import annotations
@@ -212,6 +213,7 @@ class OnlineTrainer:
         # the lineage when another writer moved it meanwhile.
         self._expected_latest: int | None = None
         self._fatal: ConcurrentPublishError | None = None
+        self._restored_positions: dict[str, int] | None = None
 
     # ------------------------------------------------------------- restore
     def _new_model(self) -> tuple[HSTU, torch.optim.Optimizer]:
@@ -313,6 +315,7 @@ class OnlineTrainer:
         self.builder = BatchBuilder(self.store, self.vocab, self.cfg.max_targets)
         self.counters, self.rejected = counters, rejected
         self.last_published = last_published
+        self._restored_positions = dict(positions)
         self.resumed_from = str(ckpt.path)
         log.info(
             "resumed from %s: %d events trained, positions %s",
@@ -333,6 +336,7 @@ class OnlineTrainer:
         logged_targets = self.counters["targets"]
         if self.registry is not None and cfg.registry.enabled:
             self._expected_latest = self.registry.latest_version()
+            self._adopt_published()
         try:
             while not stop.is_set() and self._fatal is None:
                 if self._bound_reached(started, start_events):
@@ -483,6 +487,23 @@ class OnlineTrainer:
         return out
 
     # ---------------------------------------------- checkpoints and registry
+    def _adopt_published(self) -> None:
+        """Take ``latest`` as this state's version when it was published from exactly the
+        restored checkpoint (the process died after that publish, before the next
+        checkpoint could record it), so the next version names it as its parent."""
+        latest = self._expected_latest
+        if self._restored_positions is None or latest in (None, self.last_published):
+            return
+        assert self.registry is not None and latest is not None
+        try:
+            manifest = self.registry.show(latest)
+        except Exception as err:  # an unreadable version is simply not ours to adopt
+            log.warning("cannot read latest version %s: %s", latest, err)
+            return
+        if manifest.source_positions == self._restored_positions:
+            log.info("version %d was published from this checkpoint's state: its parent", latest)
+            self.last_published = latest
+
     def _maybe_publish_and_checkpoint(self) -> None:
         now = time.monotonic()
         ck, reg = self.cfg.checkpoint, self.cfg.registry
@@ -494,24 +515,27 @@ class OnlineTrainer:
             and self._since_publish > 0
             and (self._since_publish >= reg.every_events or now - self._last_publish >= reg.every_s)
         )
-        if publish_due:
-            self.publish()
+        # Checkpoint first, then publish that same state: a crash in between can then only
+        # replay from a checkpoint at or past every published version's positions, so the
+        # versions' positions never go backwards (``_adopt_published`` relinks the parent).
         if self.checkpoints is not None and (
             publish_due
             or self._since_checkpoint >= ck.every_events
             or (self._unsaved_records and now - self._last_checkpoint >= ck.every_s)
         ):
             self.checkpoint()
+        if publish_due:
+            self.publish()
         self.metrics.checkpoint_age.set(time.monotonic() - self._last_checkpoint)
 
     def _finish(self) -> None:
         reg = self.cfg.registry
         unpublished = self._since_publish > 0 or self.last_published is None
         publishing = self.registry is not None and reg.enabled and self._fatal is None
-        if publishing and reg.publish_on_exit and unpublished:
-            self.publish()
         if self.checkpoints is not None:
             self.checkpoint()
+        if publishing and reg.publish_on_exit and unpublished:
+            self.publish()
 
     def checkpoint(self) -> Path:
         """Save model, optimizer, vocabulary, store, metrics and positions atomically."""

@@ -189,6 +189,7 @@ class KafkaSource:
             **(consumer_options or {}),
         }
         self._consumer: KafkaConsumer = KafkaConsumer(**kwargs)
+        _keep_rejoin_requested(self._consumer)
         self._consumer.subscribe(self.topics, listener=_Listener(self))
         self._next: dict[str, int] = {}  # next offset per partition known to this process
         self._assigned: set[str] = set()
@@ -492,6 +493,30 @@ class KafkaSource:
             return end
         found = self._consumer.offsets_for_times({tp: self.start for tp in tps})
         return {tp: end[tp] if found.get(tp) is None else int(found[tp].offset) for tp in tps}
+
+
+def _keep_rejoin_requested(consumer: KafkaConsumer) -> None:
+    """Make a rebalance that metadata asked for stick until it completes (KAFKA-9815).
+
+    kafka-python (3.0.12) rejoins when the partitions in its metadata differ from those of
+    the last assignment it computed as leader, without setting its ``rejoin_needed`` flag.
+    If the ``poll`` that starts that rejoin times out before JoinGroup/SyncGroup answer (a
+    loaded machine, a 200 ms poll step), the join task still computes the new assignment,
+    the difference is gone, and no later ``poll`` applies the result: the consumer keeps an
+    empty or stale assignment and stops heartbeating, for good. A consumer that joins
+    before its first metadata response ("No partition metadata for topic", common at start)
+    takes this path. Like the Java client's fix, requesting the rejoin whenever one is
+    needed keeps it pending until a join has been applied."""
+    coordinator = consumer._coordinator  # no public handle; stable since kafka-python 1.x
+    need_rejoin = coordinator.need_rejoin
+
+    def need_rejoin_until_joined() -> bool:
+        if need_rejoin():
+            coordinator.request_rejoin()
+            return True
+        return False
+
+    coordinator.need_rejoin = need_rejoin_until_joined
 
 
 class _Listener(AsyncConsumerRebalanceListener):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from waits import read_line
 
 from pipeline import checkpoint as checkpoint_module
 from pipeline.checkpoint import (
@@ -160,7 +161,7 @@ def test_killed_writer_leaves_partial_temp_dir_that_is_ignored_and_cleaned(
     )
     try:
         assert child.stdout is not None
-        assert child.stdout.readline().strip() == "READY"
+        assert read_line(child.stdout, 120, "the writer to be READY").strip() == "READY"
         (partial,) = tmp_path.glob(".tmp-*")
         assert [p.name for p in partial.iterdir()] == ["a"]
         # A live writer's temp dir is neither loaded nor removed.

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.kafka
 
 def _consume_all(bootstrap: str, topic: str, expected: int) -> list:
     consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=10_000
+        bootstrap_servers=bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=30_000
     )
     consumer.assign([TopicPartition(topic, 0)])
     messages = []
@@ -111,12 +111,13 @@ def test_arrow_row_rejects_name_their_row(kafka_bootstrap, kafka_admin, create_t
 def test_undeliverable_dead_letters_raise_rather_than_vanish(kafka_bootstrap, create_topic):
     topic = create_topic(partitions=1)
     tiny = create_topic(partitions=1, suffix="-tiny-dlq")
-    # The broker refuses messages above the topic's limit: delivery can never succeed.
+    # The broker refuses messages above the topic's limit, and 100 bytes cannot hold even the
+    # key and headers of a truncated dead letter: delivery can never succeed.
     from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
     admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     admin.alter_configs(
-        [ConfigResource(ConfigResourceType.TOPIC, tiny, configs={"max.message.bytes": "1024"})]
+        [ConfigResource(ConfigResourceType.TOPIC, tiny, configs={"max.message.bytes": "100"})]
     )
     admin.close()
     (reject,) = decode_records([SourceRecord(b"x" * 4096, "json", f"{topic}:0", 9)]).rejects

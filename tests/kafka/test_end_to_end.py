@@ -47,10 +47,16 @@ from pipeline.checkpoint import Checkpoint, CheckpointStore
 from pipeline.datasets import EventLog
 from pipeline.synthetic import SyntheticConfig, generate_events
 
-pytestmark = pytest.mark.kafka
+# Each test runs several trainer processes, each bounded by its own deadline (RUN_TIMEOUT_S,
+# wait_for_*); on a loaded 2-core machine their sum can pass the suite's 300 s per test.
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(600)]
 
 RUN_TIMEOUT_S = 150.0
 ASSIGNED = "connectors.kafka.source: assigned"  # the source's line after a rebalance
+RARE_CHECKPOINTS = [  # later flags win over TINY's
+    "--checkpoint-every-events", "1000000", "--checkpoint-every-s", "3600",
+    "--publish-every-events", "1000000", "--publish-every-s", "3600",
+]  # fmt: skip
 TINY = [
     "--threads", "1", "--metrics-port", "0", "--batch-events", "64", "--log-every", "2",
     "--checkpoint-every-events", "300", "--checkpoint-every-s", "1",
@@ -230,7 +236,7 @@ def test_sigkill_at_random_moments_trains_every_event_exactly_once(
         for part, codec in ((slice(0, half), "json"), (slice(half, None), "arrow")):
             produced.append(_replay(kafka_bootstrap, topic, events.take(part), codec, rate=100))
 
-    producer = threading.Thread(target=produce)
+    producer = threading.Thread(target=produce, daemon=True)
     producer.start()
     trainer = trainers("killed", kafka_bootstrap, topic, f"g-{topic}")
     seed = random.randrange(1_000_000)
@@ -244,7 +250,8 @@ def test_sigkill_at_random_moments_trains_every_event_exactly_once(
             trainer.kill()
             assert trainer.seen() < len(events), f"kill {kill} came after the end (seed {seed})"
     finally:
-        producer.join()
+        producer.join(timeout=RUN_TIMEOUT_S)
+    assert not producer.is_alive(), f"the paced producer did not finish in {RUN_TIMEOUT_S:.0f}s"
     total = sum(produced)
     assert total == len(events)
     trainer.run_to(total, trainer.seen())
@@ -274,8 +281,12 @@ def test_second_trainer_joining_and_leaving_loses_and_repeats_nothing(
     first = trainers("first", kafka_bootstrap, topic, group)
     second = trainers("second", kafka_bootstrap, topic, group)
 
-    first.start()
-    first.wait_for_checkpoint(-1, min_seen=1)
+    # The first trainer checkpoints only when its partitions move (and at exit): whenever the
+    # second one joins, the first has progress no checkpoint covers, so the hand-over
+    # checkpoint asserted below must happen. With periodic checkpoints it may find nothing
+    # left to save, depending on timing.
+    first.start(*RARE_CHECKPOINTS)
+    first.wait_for_log(ASSIGNED)
     second.start()
     second.wait_for_log(ASSIGNED)  # the group rebalanced: both own partitions now
     total += _replay(kafka_bootstrap, topic, events.take(thirds[1]), "json")
@@ -284,8 +295,7 @@ def test_second_trainer_joining_and_leaving_loses_and_repeats_nothing(
     second.stop()  # clean stop: final checkpoint + commit, then its partitions move back
     first.wait_for_log(ASSIGNED, more_than=assignments, timeout_s=60)
     total += _replay(kafka_bootstrap, topic, events.take(thirds[2]), "arrow")
-    first.wait_for_checkpoint(-1, min_seen=first.seen() + 1)
-    first.stop()  # a clean final checkpoint; a last bounded run reads what is left, if any
+    first.stop()  # a final checkpoint; a last bounded run reads what is left, if any
     if first.seen() + second.seen() < total:
         first.run_to(total, first.seen() + second.seen())
 
@@ -388,7 +398,7 @@ def test_malformed_messages_go_to_the_dead_letter_topic_and_valid_ones_train(
     assert final.meta["counters"]["events_trained"] == n_valid
     assert final.meta["rejected"] == dict(expected_reasons)
     consumer = KafkaConsumer(
-        bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=10_000
+        bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=30_000
     )
     consumer.subscribe([dead_letter_topic(topic)])
     letters = []

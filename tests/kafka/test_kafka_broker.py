@@ -57,7 +57,7 @@ def test_trainer_source_falls_back_to_the_running_local_broker(
 
 def _consume_all(bootstrap: str, topic: str, expected: int) -> list[bytes]:
     consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=10_000
+        bootstrap_servers=bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=30_000
     )
     consumer.assign([TopicPartition(topic, 0)])
     values = []

@@ -36,7 +36,7 @@ def _events(users: int = 40, per_user: int = 12, seed: int = 3):
 
 def _consume(bootstrap: str, topic: str, partitions: int, messages: int) -> list:
     consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=10_000
+        bootstrap_servers=bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=30_000
     )
     consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
     received = []

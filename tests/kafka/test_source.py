@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 from kafka import KafkaProducer
+from kafka.admin import KafkaAdminClient, NewPartitions
+from waiting import WAIT_S, poll_records, wait_for_assignment, wait_until
 
 from connectors.kafka.source import KafkaSource, parse_start
 from pipeline.datasets import EventLog
@@ -36,14 +39,6 @@ def _plain(bootstrap: str, topic: str, partition: int, count: int) -> None:
     _send(bootstrap, topic, [(partition, payload, [("codec", b"json")])] * count)
 
 
-def _drain(source: KafkaSource, expected: int, timeout_s: float = 30.0) -> list:
-    records: list = []
-    deadline = time.monotonic() + timeout_s
-    while len(records) < expected and time.monotonic() < deadline:
-        records.extend(source.poll(1000, 0.2))
-    return records
-
-
 def test_records_carry_codec_header_location_and_positions(kafka_bootstrap, create_topic):
     topic = create_topic(partitions=2)
     arrow = encode_arrow(
@@ -66,7 +61,7 @@ def test_records_carry_codec_header_location_and_positions(kafka_bootstrap, crea
     )
     source = KafkaSource(kafka_bootstrap, topic, f"g-{topic}")
     try:
-        records = _drain(source, 4)
+        records = poll_records(source, 4)
         assert source.positions() == {f"{topic}:0": 2, f"{topic}:1": 2}
     finally:
         source.close()
@@ -92,12 +87,11 @@ def test_poll_after_records_returns_empty_at_once(kafka_bootstrap, create_topic)
     _plain(kafka_bootstrap, topic, 0, 10)
     source = KafkaSource(kafka_bootstrap, topic, f"g-{topic}")
     try:
-        first = _drain(source, 1)
-        assert first
+        first = poll_records(source, 1)
         started = time.monotonic()
         assert source.poll(100, 5.0) == []  # the clean point where rebalances may run
         assert time.monotonic() - started < 1.0
-        rest = _drain(source, 10 - len(first))
+        rest = poll_records(source, 10 - len(first))
         assert [r.offset for r in [*first, *rest]] == list(range(10))
     finally:
         source.close()
@@ -109,21 +103,19 @@ def test_assignment_starts_at_the_further_of_checkpoint_and_commit(kafka_bootstr
     key, group = f"{topic}:0", f"g-{topic}"
 
     first = KafkaSource(kafka_bootstrap, topic, group)
-    got: list = []
-    while len(got) < 10:
-        got.extend(first.poll(10 - len(got), 0.5))
+    poll_records(first, 10)
     first.commit(first.positions())
     assert first.positions() == {key: 10}
     first.close()
 
     behind = KafkaSource(kafka_bootstrap, topic, group)
     behind.seek({key: 5})  # a checkpoint older than the commit: another owner trained 5..9
-    assert _drain(behind, 1)[0].offset == 10
+    assert poll_records(behind, 1)[0].offset == 10
     behind.close()
 
     ahead = KafkaSource(kafka_bootstrap, topic, group)
     ahead.seek({key: 20})  # our checkpoint is further than the commit (crash before commit)
-    assert _drain(ahead, 1)[0].offset == 20
+    assert poll_records(ahead, 1)[0].offset == 20
     ahead.close()
 
 
@@ -136,14 +128,14 @@ def test_start_latest_and_timestamp(kafka_bootstrap, create_topic):
     _plain(kafka_bootstrap, topic, 0, 5)
 
     since = KafkaSource(kafka_bootstrap, topic, f"g1-{topic}", start=str(middle))
-    assert _drain(since, 1)[0].offset == 5
+    assert poll_records(since, 1)[0].offset == 5
     since.close()
 
     latest = KafkaSource(kafka_bootstrap, topic, f"g2-{topic}", start="latest")
-    assert latest.poll(10, 3.0) == []
+    assert wait_for_assignment(latest, [f"{topic}:0"]) == []
     assert latest.positions() == {f"{topic}:0": 10}
     _plain(kafka_bootstrap, topic, 0, 1)
-    assert [r.offset for r in _drain(latest, 1)] == [10]
+    assert [r.offset for r in poll_records(latest, 1)] == [10]
     latest.close()
 
 
@@ -162,7 +154,7 @@ def test_revoke_checkpoints_first_so_the_next_owner_continues_exactly(
         owner.commit(owner.positions())
 
     owner.on_revoke(checkpoint)
-    handed = [(r.partition, r.offset) for r in _drain(owner, 30)]  # part of the stream
+    handed = [(r.partition, r.offset) for r in poll_records(owner, 30)]  # part of the stream
 
     joiner = KafkaSource(kafka_bootstrap, topic, group)
     joined: list = []
@@ -172,26 +164,73 @@ def test_revoke_checkpoints_first_so_the_next_owner_continues_exactly(
         while not stop.is_set():
             joined.extend((r.partition, r.offset) for r in joiner.poll(100, 0.2))
 
-    thread = threading.Thread(target=run_joiner)
+    def owner_polls(done: Callable[[], bool]) -> Callable[[], bool]:
+        def step() -> bool:
+            handed.extend((r.partition, r.offset) for r in owner.poll(100, 0.2))
+            return done()
+
+        return step
+
+    thread = threading.Thread(target=run_joiner, name="joiner", daemon=True)
     thread.start()
     try:
-        deadline = time.monotonic() + 60
-        while not joiner.assignment() and time.monotonic() < deadline:
-            handed.extend((r.partition, r.offset) for r in owner.poll(100, 0.2))
-        assert joiner.assignment() and len(owner.assignment()) < 4, "no rebalance"
+        wait_until(
+            owner_polls(lambda: bool(joiner.assignment()) and len(owner.assignment()) < 4),
+            WAIT_S,
+            "the rebalance that gives the joiner partitions",
+        )
         for partition in range(4):  # more data for both owners after the hand-over
             _plain(kafka_bootstrap, topic, partition, 25)
-        while len(handed) + len(joined) < 200 and time.monotonic() < deadline:
-            handed.extend((r.partition, r.offset) for r in owner.poll(100, 0.2))
+        wait_until(
+            owner_polls(lambda: len(handed) + len(joined) >= 200),
+            WAIT_S,
+            "all 200 records handed out by the owner and the joiner together",
+        )
     finally:
         stop.set()
-        thread.join()
+        thread.join(timeout=30)
         joiner.close()
         owner.close()
+    assert not thread.is_alive(), "the joiner's poll loop did not stop within 30s"
     everything = handed + joined
     assert revoked and sorted(revoked[0]) == [f"{topic}:{p}" for p in range(4)]
     assert len(everything) == len(set(everything)) == 200  # nothing twice, nothing missing
     assert joined
+
+
+def test_a_rejoin_that_outlasts_the_poll_is_still_applied(kafka_bootstrap, create_topic):
+    """A rebalance that metadata asks for (here a partition added; at start-up, a join
+    before the first metadata response: "No partition metadata for topic") whose
+    JoinGroup/SyncGroup outlast the poll that started it used to be computed and then never
+    applied: the consumer kept no partitions and stopped heartbeating, for good."""
+    topic = create_topic(partitions=1)
+    source = KafkaSource(
+        kafka_bootstrap, topic, f"g-{topic}", consumer_options={"metadata_max_age_ms": 500}
+    )
+    try:
+        wait_for_assignment(source, [f"{topic}:0"])
+        coordinator = source._consumer._coordinator
+        perform_assignment = coordinator._perform_assignment
+        slowed: list[bool] = []
+
+        def slow_once(*args: object) -> object:
+            # A loaded machine, made certain: the leader's assignment takes longer than the
+            # 200 ms poll step that started the rejoin.
+            if not slowed:
+                slowed.append(True)
+                time.sleep(1.0)
+            return perform_assignment(*args)
+
+        coordinator._perform_assignment = slow_once
+        admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        try:
+            admin.create_partitions({topic: NewPartitions(total_count=2)})
+        finally:
+            admin.close()
+        wait_for_assignment(source, [f"{topic}:0", f"{topic}:1"])
+        assert slowed, "the rejoin did not go through the slowed assignment"
+    finally:
+        source.close()
 
 
 def test_lag_is_distance_to_high_watermark(kafka_bootstrap, create_topic):
@@ -201,9 +240,7 @@ def test_lag_is_distance_to_high_watermark(kafka_bootstrap, create_topic):
     source = KafkaSource(kafka_bootstrap, topic, f"g-{topic}", lag_every_s=0.0)
     source.on_lag(reported.__setitem__)
     try:
-        got: list = []
-        while len(got) < 5:
-            got.extend(source.poll(5 - len(got), 0.5))
+        poll_records(source, 5)
         assert source.lag() == {f"{topic}:0": 15}
         source.poll(1, 0.1)  # the empty poll after records: reports lag
         assert reported == {f"{topic}:0": 15}

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from registry_backends import Backend
+from waits import read_line
 
 from connectors.registry import ChecksumError, Registry, RegistryError, VersionNotFoundError
 from connectors.registry.storage import Storage
@@ -191,7 +192,7 @@ def test_killed_publisher_leaves_invisible_partial_that_gc_removes(uri_backend: 
     )
     try:
         assert child.stdout is not None
-        assert child.stdout.readline().strip() == "READY"
+        assert read_line(child.stdout, 120, "the publisher to be READY").strip() == "READY"
         partial = uri_backend.local_dir / "versions" / "v000002"
         assert sorted(p.name for p in partial.iterdir()) == [
             ".publishing",
@@ -343,7 +344,8 @@ def test_concurrent_publishers_never_share_a_version(tmp_path: Path) -> None:
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join()
+        thread.join(timeout=300)
+        assert not thread.is_alive(), "a publisher thread did not finish in 300 s"
     assert errors == []
     registry = Registry.open(root)
     assert _listed(registry) == list(range(1, 11))

@@ -31,7 +31,9 @@ BY_TIME = sorted(ROWS, key=lambda r: r[2])  # stable: ties keep file order
 def drain(source: Source, step: int) -> list:
     records = []
     while not source.exhausted():
-        records.extend(source.poll(step, 0.0))
+        batch = source.poll(step, 0.0)
+        assert batch, "a source that is not exhausted must return records"
+        records.extend(batch)
     return records
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from test_trainer import small_cfg
+from waits import read_line, wait_until
 
 from connectors.registry import Registry
 from connectors.registry.errors import ConcurrentPublishError
@@ -35,14 +36,6 @@ SMALL_FLAGS = [
     "--set", "vocab.capacity=120", "--set", "vocab.ttl_s=432000",
     "--set", "train.num_negatives=16", "--set", "source.synthetic.num_users=60",
 ]  # fmt: skip
-
-
-def wait_until(predicate, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def genrec(*args: str, cwd: Path, timeout_s: float = 180) -> subprocess.CompletedProcess:
@@ -121,7 +114,7 @@ def test_a_lock_left_by_a_killed_trainer_is_taken_over(tmp_path):
         text=True,
     )  # fmt: skip
     try:
-        assert holder.stdout.readline().strip() == "locked"
+        assert read_line(holder.stdout, 120, "the holder to take the lock").strip() == "locked"
         with pytest.raises(DirectoryLockedError, match=rf"pid {holder.pid}"):
             DirectoryLock(tmp_path / "ckpt").acquire()
         holder.kill()

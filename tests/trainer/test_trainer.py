@@ -8,12 +8,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
+from waits import wait_until
 
 from connectors.registry import Registry
 from pipeline.checkpoint import CheckpointStore
@@ -143,9 +143,7 @@ def test_sigterm_finishes_batch_checkpoints_and_exits_zero(tmp_path):
         cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     ckpt_dir = tmp_path / "checkpoints"
-    deadline = time.monotonic() + 120
-    while not list(ckpt_dir.glob("ckpt-*")) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: list(ckpt_dir.glob("ckpt-*")), 120, "the trainer's first checkpoint")
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err.decode()[-2000:]
