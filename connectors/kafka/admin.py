@@ -124,7 +124,7 @@ class TopicAdmin:
         return sorted(n for n in names if include_internal or not n.startswith("__"))
 
     def delete_topic(self, name: str) -> None:
-        """Delete ``name`` and its data."""
+        """Delete ``name`` and its data; returns once the topic is gone from the metadata."""
         from kafka.errors import UnknownTopicOrPartitionError
 
         try:
@@ -135,6 +135,17 @@ class TopicAdmin:
                 f"cannot delete topic {name!r}: it does not exist on "
                 f"{self.config.bootstrap_servers}"
             ) from exc
+        # The controller accepts a deletion before the brokers' metadata drops the topic: wait,
+        # so that a listing or a re-create right after sees it gone.
+        deadline = time.monotonic() + self.timeout_s
+        while name in self.list_topics():
+            if time.monotonic() > deadline:
+                raise TopicError(
+                    f"topic {name!r} was deleted but is still listed by "
+                    f"{self.config.bootstrap_servers} after {self.timeout_s:.0f}s; the brokers "
+                    "finish the deletion in the background: check again with 'genrec topics list'"
+                )
+            time.sleep(0.1)
 
     def end_offsets(self, name: str) -> dict[int, int]:
         """Per partition, the offset the next message will get (= messages written, as long
