@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pyarrow as pa
 import pytest
-from kafka import KafkaConsumer, TopicPartition
+from waiting import consume_partition0
 
 from connectors.kafka.admin import TopicError
 from connectors.kafka.deadletter import (
@@ -26,26 +26,6 @@ from pipeline.events import RejectReason, decode_records
 from pipeline.sources.base import SourceRecord
 
 pytestmark = pytest.mark.kafka
-
-
-def _consume(bootstrap: str, topic: str, expected: int) -> list:
-    """The first ``expected`` messages of partition 0; fails after 20 s without them."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        consumer_timeout_ms=20_000,
-        fetch_max_bytes=2 * MAX_DEAD_LETTER_BYTES,
-        max_partition_fetch_bytes=2 * MAX_DEAD_LETTER_BYTES,
-    )
-    consumer.assign([TopicPartition(topic, 0)])
-    messages = []
-    for message in consumer:
-        messages.append(message)
-        if len(messages) == expected:
-            break
-    consumer.close()
-    assert len(messages) == expected, f"{topic}: {len(messages)} of {expected} dead letters in 20s"
-    return messages
 
 
 def _arrow_without_action(rows: int) -> bytes:
@@ -90,7 +70,7 @@ def test_reject_above_the_producer_limit_is_written_truncated(kafka_bootstrap, k
     finally:
         sink.close()
     try:
-        first, second = _consume(kafka_bootstrap, dead_letter_topic(topic), 2)
+        first, second = consume_partition0(kafka_bootstrap, dead_letter_topic(topic), 2)
     finally:
         kafka_admin.delete_topic(dead_letter_topic(topic))
     _assert_truncated_dead_letter(first, payload, topic, 41)
@@ -128,7 +108,7 @@ def test_reject_above_the_topics_max_message_bytes_is_resent_truncated(
     finally:
         sink.close()
     try:
-        first, second = _consume(kafka_bootstrap, small_dlq, 2)
+        first, second = consume_partition0(kafka_bootstrap, small_dlq, 2)
     finally:
         with contextlib.suppress(TopicError):
             kafka_admin.delete_topic(small_dlq)
@@ -186,4 +166,7 @@ def test_an_outage_unlike_a_size_refusal_raises_after_give_up(
     finally:
         if kafka_broker.is_running():  # else close waits out the 120 s delivery timeout
             sink.close()
-    assert [read_dead_letter(m).offset for m in _consume(kafka_bootstrap, dlq, 2)] == [8, 9]
+    assert [read_dead_letter(m).offset for m in consume_partition0(kafka_bootstrap, dlq, 2)] == [
+        8,
+        9,
+    ]

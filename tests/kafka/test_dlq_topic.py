@@ -4,7 +4,7 @@ reason and origin; undeliverable dead letters raise instead of disappearing."""
 from __future__ import annotations
 
 import pytest
-from kafka import KafkaConsumer, TopicPartition
+from waiting import consume_partition0
 
 from connectors.kafka.deadletter import (
     DeadLetterError,
@@ -16,20 +16,6 @@ from pipeline.events import RejectReason, decode_records
 from pipeline.sources.base import SourceRecord
 
 pytestmark = pytest.mark.kafka
-
-
-def _consume_all(bootstrap: str, topic: str, expected: int) -> list:
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=30_000
-    )
-    consumer.assign([TopicPartition(topic, 0)])
-    messages = []
-    for message in consumer:
-        messages.append(message)
-        if len(messages) == expected:
-            break
-    consumer.close()
-    return messages
 
 
 def test_rejects_land_in_the_dead_letter_topic_with_reason_and_origin(
@@ -58,7 +44,7 @@ def test_rejects_land_in_the_dead_letter_topic_with_reason_and_origin(
         }
     finally:
         sink.close()
-    messages = _consume_all(kafka_bootstrap, dead_letter_topic(topic), 4)
+    messages = consume_partition0(kafka_bootstrap, dead_letter_topic(topic), 4)
     kafka_admin.delete_topic(dead_letter_topic(topic))
 
     def place(r):
@@ -100,7 +86,7 @@ def test_arrow_row_rejects_name_their_row(kafka_bootstrap, kafka_admin, create_t
         sink.flush()
     finally:
         sink.close()
-    (message,) = _consume_all(kafka_bootstrap, f"{topic}-all-dead", 1)
+    (message,) = consume_partition0(kafka_bootstrap, f"{topic}-all-dead", 1)
     kafka_admin.delete_topic(f"{topic}-all-dead")
     headers = dict(message.headers)
     assert headers["source.row"] == b"1"

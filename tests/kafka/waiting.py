@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import time
 
+from kafka import KafkaConsumer, TopicPartition
 from waits import wait_until
 
+from connectors.kafka.deadletter import MAX_DEAD_LETTER_BYTES
 from connectors.kafka.source import KafkaSource
 from pipeline.sources.base import SourceRecord
 
@@ -46,3 +48,26 @@ def wait_for_assignment(
 
     wait_until(assigned, timeout_s, f"{sorted(partitions)} assigned to group {source.group_id}")
     return records
+
+
+def consume_partition0(bootstrap: str, topic: str, expected: int, timeout_s: float = 30) -> list:
+    """The first ``expected`` messages of ``topic``'s partition 0 (dead letters up to the
+    producer's size limit fit one fetch); fails if they do not come within ``timeout_s``."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=int(timeout_s * 1000),
+        fetch_max_bytes=2 * MAX_DEAD_LETTER_BYTES,
+        max_partition_fetch_bytes=2 * MAX_DEAD_LETTER_BYTES,
+    )
+    consumer.assign([TopicPartition(topic, 0)])
+    messages = []
+    for message in consumer:
+        messages.append(message)
+        if len(messages) == expected:
+            break
+    consumer.close()
+    assert len(messages) == expected, (
+        f"{topic}: {len(messages)} of {expected} messages in {timeout_s:.0f}s"
+    )
+    return messages
