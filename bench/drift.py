@@ -34,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from pipeline.checkpoint import CheckpointStore
-from pipeline.config import load_config
+from pipeline.config import deep_merge, dotted_overrides, load_config
 from pipeline.deadletter import MemoryDeadLetterSink
 from pipeline.sources.synthetic import SyntheticSource
 from pipeline.synthetic import SyntheticConfig
@@ -66,6 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-len", type=int, default=50)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="trainer setting over the bench's (repeatable), e.g. train.per_position_negatives=false",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
@@ -100,6 +107,7 @@ def run(
         "checkpoint": {"dir": f"{workdir}/checkpoints"},
         "observability": {"prometheus_port": 0},
     }
+    overrides = deep_merge(overrides, dotted_overrides(args.set))
     online_cfg = load_config(overrides=overrides, environ={})
     frozen_cfg = load_config(
         overrides={**overrides, "train": {**overrides["train"], "learn": False}}, environ={}

@@ -28,11 +28,11 @@ from typing import Any
 
 import torch
 
-from model.hstu import HSTUConfig
-from model.sasrec import SASREC_STYLES, SASRecConfig
+from model.hstu import LAYER_NORMS, HSTUConfig
+from model.sasrec import SASREC_STYLES
 from pipeline.datasets import make_splits
 from pipeline.offline import PROTOCOLS, TrainConfig, load_sequences, train_offline
-from pipeline.offline_config import INITS, SPLITS
+from pipeline.offline_config import HSTU_LAYER_NORM, INITS, LR_SCHEDULES, SASREC_STYLE, SPLITS
 
 METRICS = ("hr@10", "hr@50", "hr@200", "ndcg@10", "ndcg@50", "ndcg@200", "mrr")
 # two-sided 97.5% Student t quantiles by degrees of freedom, for the interval over seeds
@@ -40,7 +40,7 @@ T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    t, h, s = TrainConfig(), HSTUConfig(num_rows=2), SASRecConfig(num_rows=2)
+    t, h = TrainConfig(), HSTUConfig(num_rows=2)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data", help="event log (default: the synthetic generator)")
     p.add_argument("--format", default="auto", help="event log format (default: auto)")
@@ -58,7 +58,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=t.per_position_negatives,
         help="K negatives per target (the reference) instead of K shared per step",
     )
+    p.add_argument(
+        "--shared-negatives",
+        type=int,
+        default=t.num_shared_negatives,
+        help="S more negatives shared by each step (with --per-position-negatives)",
+    )
     p.add_argument("--init", choices=INITS, default=t.init, help="parameter initialisation")
+    p.add_argument(
+        "--lr-schedule", choices=LR_SCHEDULES, default=t.lr_schedule, help="learning-rate schedule"
+    )
     p.add_argument("--split", choices=SPLITS, default=t.split, help="train/valid/test split")
     p.add_argument(
         "--exclude-seen",
@@ -72,7 +81,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-len", type=int, default=h.max_len, help="N: last events per user")
     p.add_argument("--dropout", type=float, default=h.dropout, help="dropout (input too)")
     p.add_argument(
-        "--sasrec-style", choices=SASREC_STYLES, default=s.style, help="SASRec block style"
+        "--hstu-layer-norm", choices=LAYER_NORMS, default=HSTU_LAYER_NORM, help="HSTU layer norms"
+    )
+    p.add_argument(
+        "--sasrec-style", choices=SASREC_STYLES, default=SASREC_STYLE, help="SASRec block style"
     )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     p.add_argument("--progress", action="store_true", help="show per-epoch progress bars")
@@ -107,7 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     total = len(models) * len(seeds)
     for kind in models:
-        config = {**model_config, "style": args.sasrec_style} if kind == "sasrec" else model_config
+        config = {
+            "hstu": {**model_config, "layer_norm": args.hstu_layer_norm},
+            "sasrec": {**model_config, "style": args.sasrec_style},
+        }.get(kind, {})
         for seed in seeds:
             cfg = TrainConfig(
                 epochs=args.epochs,
@@ -117,14 +132,16 @@ def main(argv: list[str] | None = None) -> int:
                 weight_decay=args.weight_decay,
                 num_negatives=args.num_negatives,
                 per_position_negatives=args.per_position_negatives,
+                num_shared_negatives=args.shared_negatives,
                 init=args.init,
+                lr_schedule=args.lr_schedule,
                 split=args.split,
                 exclude_seen=args.exclude_seen,
                 seed=seed,
                 progress=args.progress,
             )
             cpu0, wall0 = time.process_time(), time.perf_counter()
-            result = train_offline(kind, {} if kind == "popular" else config, splits, cfg)
+            result = train_offline(kind, config, splits, cfg)
             run: dict[str, Any] = {
                 "model": kind,
                 "seed": seed,

@@ -199,7 +199,7 @@ def stage_full_training(args: argparse.Namespace, data: Data) -> dict[str, Any]:
     """The whole online step on Arrow records: decode, store, batch, test, train (CPU)."""
     import tempfile
 
-    from pipeline.config import load_config
+    from pipeline.config import deep_merge, dotted_overrides, load_config
     from pipeline.deadletter import MemoryDeadLetterSink
     from pipeline.events import EventBatch, encode_arrow
     from pipeline.trainer import OnlineTrainer
@@ -208,16 +208,14 @@ def stage_full_training(args: argparse.Namespace, data: Data) -> dict[str, Any]:
     step = args.batch_events
     payloads = [encode_arrow(events.take(slice(i, i + step))) for i in range(0, len(events), step)]
     recs = records(payloads, "arrow")
-    cfg = load_config(
-        overrides={
-            "run_dir": tempfile.gettempdir(),  # unused: process_records writes no files
-            "store": {"max_len": args.max_len},
-            "vocab": {"capacity": int(np.unique(events.item_id).size) + 1},
-            "train": {"batch_events": step},
-            "observability": {"prometheus_port": 0},
-        },
-        environ={},
-    )
+    overrides = {
+        "run_dir": tempfile.gettempdir(),  # unused: process_records writes no files
+        "store": {"max_len": args.max_len},
+        "vocab": {"capacity": int(np.unique(events.item_id).size) + 1},
+        "train": {"batch_events": step},
+        "observability": {"prometheus_port": 0},
+    }
+    cfg = load_config(overrides=deep_merge(overrides, dotted_overrides(args.set)), environ={})
 
     def run() -> int:
         trainer = OnlineTrainer(cfg, source=None, dead_letters=MemoryDeadLetterSink())
@@ -252,6 +250,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-events", type=int, default=4096, help="store/training batch")
     parser.add_argument("--max-len", type=int, default=50, help="history length N")
     parser.add_argument("--train-events", type=int, default=20_000, help="full_training events")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="full_training: trainer setting over the bench's (repeatable)",
+    )
     args = parser.parse_args(argv)
 
     single_core()

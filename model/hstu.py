@@ -4,6 +4,8 @@ Per layer: ``xn = LN(x)``; ``u, v, q, k = split(SiLU(xn W))``; pointwise causal 
 (``kernels.hstu_attention``) with a learned position bias [N] and time bias [129] shared by
 all heads; ``y = x + W_o(dropout(u * LN(attn)))``. No softmax, no FFN. Input is
 ``item_emb * sqrt(D) + learned position``; the output is L2-normalised.
+``layer_norm="plain"`` uses layer norms without a learned scale and shift (eps 1e-6), as
+the research code does; ``"affine"`` (the config default, so older checkpoints load) learns them.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from model.base import SequentialEncoder, query_timestamps
 from model.jagged import JaggedBatch
 
 BIAS_INIT_STD = 0.02
+LAYER_NORMS = ("affine", "plain")
 
 
 @dataclass
@@ -36,6 +39,19 @@ class HSTUConfig:
     input_dropout: float = 0.2
     alpha: float = 1.0
     attention_backend: str = "auto"
+    layer_norm: str = "affine"
+
+    def __post_init__(self) -> None:
+        if self.layer_norm not in LAYER_NORMS:
+            raise ValueError(
+                f"HSTUConfig.layer_norm must be one of {LAYER_NORMS}, got {self.layer_norm!r}"
+            )
+
+    def norm(self, width: int) -> nn.LayerNorm:
+        """A layer norm over ``width`` features in this config's style."""
+        if self.layer_norm == "plain":
+            return nn.LayerNorm(width, eps=1e-6, elementwise_affine=False)
+        return nn.LayerNorm(width)
 
     def head_dims(self) -> tuple[int, int]:
         default = self.embedding_dim // self.num_heads
@@ -51,9 +67,9 @@ class HSTULayer(nn.Module):
         self.num_heads = cfg.num_heads
         self.dqk, self.dv = cfg.head_dims()
         d = cfg.embedding_dim
-        self.norm_in = nn.LayerNorm(d)
+        self.norm_in = cfg.norm(d)
         self.uvqk = nn.Linear(d, cfg.num_heads * (2 * self.dv + 2 * self.dqk))
-        self.norm_attn = nn.LayerNorm(cfg.num_heads * self.dv)
+        self.norm_attn = cfg.norm(cfg.num_heads * self.dv)
         self.dropout = nn.Dropout(cfg.dropout)
         self.out = nn.Linear(cfg.num_heads * self.dv, d)
         self.pos_bias = nn.Parameter(torch.randn(cfg.max_len) * BIAS_INIT_STD)

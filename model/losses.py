@@ -65,6 +65,7 @@ def sampled_softmax_loss(
     negatives: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     per_position: bool = False,
+    num_shared_negatives: int = 0,
 ) -> torch.Tensor:
     """Mean (or weighted mean) of -log softmax of the target among K sampled negatives.
 
@@ -73,8 +74,9 @@ def sampled_softmax_loss(
     (a negative equal to the target) is left out of that target's softmax (-inf).
     With ``per_position`` (the reference's loss) each target gets its own K negatives
     ([M, K], ``sample_negatives_per_position``) and an accidental hit's logit is set to
-    ``ACCIDENTAL_HIT_LOGIT``. Logits are cosine similarities (inputs are L2-normalised)
-    divided by ``temperature``.
+    ``ACCIDENTAL_HIT_LOGIT``; ``num_shared_negatives`` S > 0 then adds S more negatives
+    shared by all targets (cheap: an [M, S] matmul), so a target competes with K + S items.
+    Logits are cosine similarities (inputs are L2-normalised) divided by ``temperature``.
 
     Args:
         queries: [M, D] states predicting each target (``select_targets(...).queries``).
@@ -89,6 +91,7 @@ def sampled_softmax_loss(
             [M, K] with ``per_position``.
         generator: random generator for reproducible draws.
         per_position: draw K negatives per target instead of K shared ones.
+        num_shared_negatives: S extra negatives shared by the step (``per_position`` only).
 
     Returns:
         Scalar loss (0 with a gradient path when there are no targets).
@@ -97,8 +100,12 @@ def sampled_softmax_loss(
         raise ValueError(f"{queries.shape[0]} queries but {targets.shape[0]} targets")
     if queries.shape[0] == 0:
         return queries.sum() * 0.0
+    if num_shared_negatives < 0:
+        raise ValueError(f"num_shared_negatives must be >= 0, got {num_shared_negatives}")
+    if num_shared_negatives and not per_position:
+        raise ValueError("num_shared_negatives adds to per-position negatives; set per_position")
     if per_position:
-        losses = _per_position_losses(
+        logits = _per_position_logits(
             queries,
             targets,
             item_table,
@@ -108,6 +115,14 @@ def sampled_softmax_loss(
             negatives,
             generator,
         )
+        if num_shared_negatives:
+            shared = sample_negatives(
+                num_shared_negatives, item_table.shape[0], candidate_rows, generator, queries.device
+            )
+            extra = (queries @ item_table[shared].T) / temperature  # [M, S]
+            hits = shared.unsqueeze(0) == targets.unsqueeze(1)
+            logits = torch.cat([logits, extra.masked_fill(hits, ACCIDENTAL_HIT_LOGIT)], dim=1)
+        losses = -F.log_softmax(logits, dim=1)[:, 0]
         return _weighted_mean(losses, weights)
     if negatives is None:
         negatives = sample_negatives(
@@ -121,7 +136,7 @@ def sampled_softmax_loss(
     return _weighted_mean(losses, weights)
 
 
-def _per_position_losses(
+def _per_position_logits(
     queries: torch.Tensor,
     targets: torch.Tensor,
     item_table: torch.Tensor,
@@ -131,7 +146,8 @@ def _per_position_losses(
     negatives: torch.Tensor | None,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
-    """[M] -log softmax of each target among its own [K] negatives."""
+    """[M, 1 + K] logits of each target (column 0) and its own K negatives; an accidental
+    hit's logit is ``ACCIDENTAL_HIT_LOGIT``."""
     m = queries.shape[0]
     if negatives is None:
         negatives = sample_negatives_per_position(
@@ -144,7 +160,7 @@ def _per_position_losses(
     pos = (queries * item_table[targets]).sum(-1, keepdim=True) / temperature  # [M, 1]
     neg = torch.einsum("md,mkd->mk", queries, item_table[negatives]) / temperature  # [M, K]
     neg = neg.masked_fill(negatives == targets.unsqueeze(1), ACCIDENTAL_HIT_LOGIT)
-    return -F.log_softmax(torch.cat([pos, neg], dim=1), dim=1)[:, 0]
+    return torch.cat([pos, neg], dim=1)
 
 
 def _weighted_mean(losses: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:

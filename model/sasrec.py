@@ -4,10 +4,11 @@ Transformer blocks over the same input layer, item table, output normalisation a
 HSTU. ``style="genrec"``: pre-LN blocks with a GELU FFN; ``style="reference"``: the block of
 the original SASRec code that Meta's research code uses (the normalised input is the
 attention query and the residual, keys/values are the raw input; then LN and a ReLU FFN
-with its own residual; padded positions zeroed after each block). The blocks run on a right-padded [B, n, D] tensor: padding happens at one
-explicit boundary (``pad_jagged``/``unpad_jagged``) and, because attention is causal and
-padding sits after each sequence's last event, real positions never see padded ones, so a
-sequence's output does not depend on the rest of the batch.
+with its own residual; padded positions zeroed after each block; layer norms without learned
+scale and shift, no final layer norm). The blocks run on a right-padded [B, n, D] tensor:
+padding happens at one explicit boundary (``pad_jagged``/``unpad_jagged``) and, because
+attention is causal and padding sits after each sequence's last event, real positions never
+see padded ones, so a sequence's output does not depend on the rest of the batch.
 """
 
 from __future__ import annotations
@@ -78,17 +79,18 @@ class SASRecBlock(nn.Module):
 
 
 class ReferenceSASRecBlock(nn.Module):
-    """The original SASRec block: q = LN(x); x = q + MHA(q, x, x); x = LN(x);
-    x = x + FFN(x) (ReLU, dropout after each linear); padded positions zeroed."""
+    """The original SASRec block as Meta's research code has it: q = LN(x);
+    x = LN(q + MHA(q, x, x)); x = x + FFN(x) (ReLU, dropout after each linear); padded
+    positions zeroed. Its layer norms learn no scale or shift (eps 1e-8)."""
 
     def __init__(self, cfg: SASRecConfig):
         super().__init__()
         d = cfg.embedding_dim
         if d % cfg.num_heads:
             raise ValueError(f"embedding_dim {d} is not divisible by num_heads {cfg.num_heads}")
-        self.norm_attn = nn.LayerNorm(d, eps=1e-8)
+        self.norm_attn = nn.LayerNorm(d, eps=1e-8, elementwise_affine=False)
         self.attn = nn.MultiheadAttention(d, cfg.num_heads, dropout=cfg.dropout, batch_first=True)
-        self.norm_ffn = nn.LayerNorm(d, eps=1e-8)
+        self.norm_ffn = nn.LayerNorm(d, eps=1e-8, elementwise_affine=False)
         ffn = cfg.ffn_dim or d
         self.ffn = nn.Sequential(
             nn.Linear(d, ffn),
@@ -115,8 +117,9 @@ class SASRec(SequentialEncoder):
         self.cfg = cfg
         block = ReferenceSASRecBlock if cfg.style == "reference" else SASRecBlock
         self.blocks = nn.ModuleList(block(cfg) for _ in range(cfg.num_layers))
-        self.norm_out = nn.LayerNorm(
-            cfg.embedding_dim, eps=1e-8 if cfg.style == "reference" else 1e-5
+        # the reference's blocks end in their FFN residual: no final layer norm
+        self.norm_out: nn.Module = (
+            nn.Identity() if cfg.style == "reference" else nn.LayerNorm(cfg.embedding_dim)
         )
 
     def encode(self, batch: JaggedBatch) -> torch.Tensor:

@@ -117,12 +117,23 @@ class ModelSection(_Section):
     attention_backend: Literal["auto", "reference", "triton"] = Field(
         "auto", description="attention kernel backend"
     )
+    layer_norm: Literal["plain", "affine"] = Field(
+        "plain",
+        description="HSTU layer norms: plain (no learned scale/shift, the reference's) or affine",
+    )
+    init: Literal["reference", "genrec"] = Field(
+        "reference", description="parameter init: reference (Meta's research code's) or genrec"
+    )
 
 
 class TrainSection(_Section):
     lr: float = Field(2e-3, gt=0, description="Adam learning rate")
     weight_decay: float = Field(0.0, ge=0, description="Adam weight decay")
+    adam_beta2: float = Field(0.98, gt=0, lt=1, description="Adam beta2 (the reference's 0.98)")
     num_negatives: int = Field(128, ge=1, description="sampled-softmax negatives (live items)")
+    per_position_negatives: bool = Field(
+        True, description="draw num_negatives per target (the reference) instead of per step"
+    )
     temperature: float = Field(0.05, gt=0, description="softmax temperature")
     batch_events: int = Field(256, ge=1, description="events per micro-batch (optimizer step)")
     max_targets: int | None = Field(

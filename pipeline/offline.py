@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -328,6 +329,7 @@ def _fit(
     rng = np.random.default_rng(cfg.seed)
     negatives_gen = torch.Generator().manual_seed(cfg.seed)
     users = np.flatnonzero(train.lengths() >= 2)  # a one-event sequence has no target
+    schedule = make_lr_schedule(optimizer, cfg, steps_per_epoch=-(-users.size // cfg.batch_size))
     best_epoch, best_score, best_state = 0, -1.0, copy.deepcopy(model.state_dict())
     for epoch in range(1, cfg.epochs + 1):
         model.train()
@@ -352,10 +354,12 @@ def _fit(
                 weights=targets.weights,
                 generator=negatives_gen,
                 per_position=cfg.per_position_negatives,
+                num_shared_negatives=cfg.num_shared_negatives,
             )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            schedule.step()
             total_loss += float(loss.detach())
             steps += 1
             bar.set_postfix(loss=f"{total_loss / steps:.4f}")
@@ -390,6 +394,18 @@ def _fit(
         best_state = copy.deepcopy(best_state)
         keep_best(best_epoch, history[-1] if history else {})
     return best_epoch, best_state
+
+
+def make_lr_schedule(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Constant learning rate, or a cosine from ``cfg.lr`` down to 0 over every step."""
+    total = max(cfg.epochs * steps_per_epoch, 1)
+    if cfg.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+        )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 
 
 def _fmt(metrics: dict[str, float]) -> str:

@@ -6,6 +6,12 @@ from dataclasses import dataclass
 
 SPLITS = ("holdout", "paper")
 INITS = ("genrec", "reference")
+LR_SCHEDULES = ("constant", "cosine")
+# Architecture defaults of `genrec train-offline` and bench/offline_quality.py: the research
+# code's layers (docs/quality.md). The model configs keep their own defaults, so that
+# checkpoints written before these settings existed load as they were written.
+HSTU_LAYER_NORM = "plain"
+SASREC_STYLE = "reference"
 
 
 @dataclass
@@ -18,19 +24,24 @@ class TrainConfig:
     last epoch, so the test set never chooses anything.
     ``exclude_seen``: rank only items outside the user's context (the paper's protocol).
     ``per_position_negatives``: K negatives per target (the reference) instead of K shared.
+    ``num_shared_negatives``: S more negatives shared by each step, on top of the K
+    per-target ones (per-position negatives only).
     ``init``: "reference" re-initialises the model as Meta's research code does.
+    ``lr_schedule``: "constant" (the reference) or "cosine" (decays to 0 over all steps).
     """
 
-    epochs: int = 10
+    epochs: int = 30
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.0
-    adam_beta2: float = 0.999
+    adam_beta2: float = 0.98
     num_negatives: int = 128
     temperature: float = 0.05
-    per_position_negatives: bool = False
-    init: str = "genrec"
-    split: str = "holdout"
+    per_position_negatives: bool = True
+    num_shared_negatives: int = 0
+    init: str = "reference"
+    lr_schedule: str = "constant"
+    split: str = "paper"
     exclude_seen: bool = False
     eval_batch_size: int = 256
     seed: int = 0
@@ -40,5 +51,15 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
             raise ValueError(f"TrainConfig.split must be one of {SPLITS}, got {self.split!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(
+                f"TrainConfig.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}"
+            )
+        if self.num_shared_negatives < 0 or (
+            self.num_shared_negatives and not self.per_position_negatives
+        ):
+            raise ValueError(
+                "TrainConfig.num_shared_negatives must be >= 0 and needs per_position_negatives"
+            )
         if self.init not in INITS:
             raise ValueError(f"TrainConfig.init must be one of {INITS}, got {self.init!r}")

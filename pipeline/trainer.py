@@ -112,6 +112,7 @@ def build_model(cfg: TrainerConfig) -> HSTU:
             dropout=m.dropout,
             input_dropout=m.input_dropout,
             attention_backend=m.attention_backend,
+            layer_norm=m.layer_norm,
         )
     )
 
@@ -124,6 +125,37 @@ def _shape_config(cfg: TrainerConfig) -> dict[str, Any]:
         for part in key.split("."):
             value = value[part]
         out[key] = value
+    return out
+
+
+# Model settings added after checkpoints existed, with the value those checkpoints were
+# written with, so that an older checkpoint of the same shapes still restores.
+_LEGACY_MODEL_SETTINGS = {"layer_norm": "affine", "init": "genrec"}
+
+
+def _with_legacy_defaults(saved: Any) -> Any:
+    if isinstance(saved, dict) and isinstance(saved.get("model"), dict):
+        return {**saved, "model": {**_LEGACY_MODEL_SETTINGS, **saved["model"]}}
+    return saved
+
+
+def _setting_differences(saved: Any, wanted: dict[str, Any]) -> str:
+    """``"model.layer_norm: checkpoint 'affine', this run 'plain'; ..."`` for dict settings."""
+    if not isinstance(saved, dict):
+        return ""
+    flat_saved, flat_wanted = _flatten(saved), _flatten(wanted)
+    return "; ".join(
+        f"{key}: checkpoint {flat_saved.get(key)!r}, this run {flat_wanted.get(key)!r}"
+        for key in sorted(set(flat_saved) | set(flat_wanted))
+        if flat_saved.get(key) != flat_wanted.get(key)
+    )
+
+
+def _flatten(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        out.update(_flatten(value, name) if isinstance(value, dict) else {name: value})
     return out
 
 
@@ -217,9 +249,16 @@ class OnlineTrainer:
 
     # ------------------------------------------------------------- restore
     def _new_model(self) -> tuple[HSTU, torch.optim.Optimizer]:
-        model = build_model(self.cfg).to(self.device)
+        model = build_model(self.cfg)
+        if self.cfg.model.init == "reference":
+            model.reference_init()
+        model = model.to(self.device)
+        t = self.cfg.train
         optimizer = torch.optim.Adam(
-            model.parameters(), lr=self.cfg.train.lr, weight_decay=self.cfg.train.weight_decay
+            model.parameters(),
+            lr=t.lr,
+            betas=(0.9, t.adam_beta2),
+            weight_decay=t.weight_decay,
         )
         return model, optimizer
 
@@ -262,12 +301,14 @@ class OnlineTrainer:
 
     def _check_compatible(self, ckpt: Checkpoint) -> None:
         """Refuse (``ValueError``) a checkpoint of other shapes or of another source."""
-        saved = ckpt.meta.get("shape_config")
-        if saved != _shape_config(self.cfg):
+        saved = _with_legacy_defaults(ckpt.meta.get("shape_config"))
+        wanted = _shape_config(self.cfg)
+        if saved != wanted:
+            diff = _setting_differences(saved, wanted)
             raise RestoreRefusedError(
-                f"checkpoint {ckpt.path} was written with {saved}, but this run uses "
-                f"{_shape_config(self.cfg)}; use the same model/store/vocab settings or another "
-                "checkpoint.dir"
+                f"checkpoint {ckpt.path} was written with other model/store/vocab settings "
+                f"({diff or saved}); set them as the checkpoint has them (--set KEY=VALUE) "
+                "or use another checkpoint.dir"
             )
         saved_source = ckpt.meta.get("source")
         if saved_source is not None and saved_source != source_identity(self.cfg):
@@ -476,6 +517,7 @@ class OnlineTrainer:
                 temperature=self.cfg.train.temperature,
                 candidate_rows=live,
                 generator=self.generator,
+                per_position=self.cfg.train.per_position_negatives,
             )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.datasets import FORMATS, leave_one_out, make_splits
-from pipeline.offline_config import INITS, SPLITS, TrainConfig
+from pipeline.offline_config import (
+    HSTU_LAYER_NORM,
+    INITS,
+    LR_SCHEDULES,
+    SASREC_STYLE,
+    SPLITS,
+    TrainConfig,
+)
 from pipeline.synthetic import SyntheticConfig
 
 log = logging.getLogger(__name__)
@@ -26,6 +33,7 @@ log = logging.getLogger(__name__)
 # because importing the models pulls in torch, which would slow down every `genrec --help`.
 MODEL_NAMES = ("hstu", "popular", "sasrec")
 SASREC_STYLES = ("genrec", "reference")  # model.sasrec.SASREC_STYLES (a test keeps them equal)
+HSTU_LAYER_NORMS = ("affine", "plain")  # model.hstu.LAYER_NORMS (a test keeps them equal)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -98,6 +106,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=t.per_position_negatives,
         help="draw the negatives per target (the reference) instead of one set shared by "
         "the step (default: %(default)s)",
+    )
+    opt.add_argument(
+        "--shared-negatives",
+        type=int,
+        default=t.num_shared_negatives,
+        help="S more negatives shared by each step, on top of the per-target ones "
+        "(needs --per-position-negatives) (default: %(default)s)",
+    )
+    opt.add_argument(
+        "--lr-schedule",
+        choices=LR_SCHEDULES,
+        default=t.lr_schedule,
+        help="constant (the reference) or cosine (down to 0 over all steps) (default: %(default)s)",
     )
     opt.add_argument(
         "--init",
@@ -176,10 +197,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="HSTU attention kernel; auto: Triton on CUDA, else the reference (default: %(default)s)",
     )
     arch.add_argument(
+        "--hstu-layer-norm",
+        dest="layer_norm",
+        choices=HSTU_LAYER_NORMS,
+        default=HSTU_LAYER_NORM,
+        help="HSTU layer norms: affine (learned scale and shift) or plain (none, the "
+        "reference's) (default: %(default)s)",
+    )
+    arch.add_argument(
         "--sasrec-style",
         dest="style",
         choices=SASREC_STYLES,
-        default="genrec",
+        default=SASREC_STYLE,
         help="SASRec block: genrec (pre-LN, GELU) or reference (the original SASRec block, "
         "ReLU) (default: %(default)s)",
     )
@@ -305,7 +334,9 @@ def run_train(args: argparse.Namespace) -> int:
         num_negatives=args.num_negatives,
         temperature=args.temperature,
         per_position_negatives=args.per_position_negatives,
+        num_shared_negatives=args.shared_negatives,
         init=args.init,
+        lr_schedule=args.lr_schedule,
         split=args.split,
         exclude_seen=args.exclude_seen,
         eval_batch_size=args.eval_batch_size,

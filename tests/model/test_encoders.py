@@ -16,7 +16,7 @@ MAX_LEN = 12
 
 def make_model(kind: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    if kind == "hstu":
+    if kind.startswith("hstu"):
         model = HSTU(
             HSTUConfig(
                 NUM_ROWS,
@@ -25,6 +25,7 @@ def make_model(kind: str) -> torch.nn.Module:
                 num_heads=2,
                 max_len=MAX_LEN,
                 attention_backend="reference",
+                layer_norm="plain" if kind == "hstu-plain" else "affine",
             )
         )
         with torch.no_grad():  # make the time bias matter so the timestamp tests can fail
@@ -49,7 +50,7 @@ def random_sequences(gen: torch.Generator, lengths: list[int]) -> tuple[list, li
     return items, times
 
 
-KINDS = ["hstu", "sasrec", "sasrec-reference"]
+KINDS = ["hstu", "hstu-plain", "sasrec", "sasrec-reference"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -177,8 +178,29 @@ def test_reference_init_follows_the_research_code(kind: str) -> None:
     # xavier normal for the position table: std sqrt(2 / (fan_in + fan_out))
     expected = (2.0 / (MAX_LEN + 16)) ** 0.5
     assert abs(float(model.pos_emb.weight.detach().std()) - expected) < 0.35 * expected
-    if kind == "hstu":
+    if kind.startswith("hstu"):
         for layer in model.layers:
             assert torch.equal(layer.uvqk.bias, torch.zeros_like(layer.uvqk.bias))
             assert not layer.uvqk.bias.requires_grad  # the reference has no bias there
             assert abs(float(layer.uvqk.weight.detach().std()) - 0.02) < 0.005
+
+
+def test_plain_hstu_layer_norms_have_no_parameters() -> None:
+    plain, affine = make_model("hstu-plain"), make_model("hstu")
+    names = {n for n, _ in plain.named_parameters()}
+    assert not any("norm" in n for n in names)
+    assert {n for n, _ in affine.named_parameters()} - names == {
+        f"layers.{i}.{norm}.{p}"
+        for i in range(2)
+        for norm in ("norm_in", "norm_attn")
+        for p in ("weight", "bias")
+    }
+    with pytest.raises(ValueError, match="layer_norm"):
+        HSTUConfig(NUM_ROWS, layer_norm="rms")
+
+
+def test_reference_sasrec_layer_norms_have_no_parameters_and_no_final_norm() -> None:
+    reference, genrec = make_model("sasrec-reference"), make_model("sasrec")
+    assert not any("norm" in n for n, _ in reference.named_parameters())
+    assert isinstance(reference.norm_out, torch.nn.Identity)
+    assert any(n.startswith("norm_out.") for n, _ in genrec.named_parameters())

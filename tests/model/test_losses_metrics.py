@@ -159,6 +159,37 @@ def test_per_position_loss_matches_hand_computation_with_hits_masked() -> None:
         sampled_softmax_loss(q, targets, TABLE, negatives=torch.tensor([2, 3]), per_position=True)
 
 
+def test_shared_negatives_add_to_each_targets_own_negatives() -> None:
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    targets = torch.tensor([1, 2])
+    own = torch.tensor([[3], [3]])  # cos -1.0 and 0.0
+    temp = 0.5
+    # the shared rows come from the generator after the (explicit) own negatives
+    shared = sample_negatives(3, 5, generator=torch.Generator().manual_seed(7))
+    loss = sampled_softmax_loss(
+        q,
+        targets,
+        TABLE,
+        negatives=own,
+        temperature=temp,
+        per_position=True,
+        num_shared_negatives=3,
+        generator=torch.Generator().manual_seed(7),
+    )
+    expected = []
+    for i in range(2):
+        pos = math.exp(float(q[i] @ TABLE[targets[i]]) / temp)
+        negs = [float(q[i] @ TABLE[own[i, 0]]) / temp]
+        # a shared row equal to the target is an accidental hit: left out (exp(-5e4) == 0)
+        negs += [float(q[i] @ TABLE[r]) / temp for r in shared.tolist() if r != targets[i]]
+        expected.append(-math.log(pos / (pos + sum(math.exp(n) for n in negs))))
+    assert loss.item() == pytest.approx(sum(expected) / 2, rel=1e-6)
+    with pytest.raises(ValueError, match="per_position"):
+        sampled_softmax_loss(q, targets, TABLE, num_shared_negatives=2)
+    with pytest.raises(ValueError, match=">= 0"):
+        sampled_softmax_loss(q, targets, TABLE, per_position=True, num_shared_negatives=-1)
+
+
 def test_per_position_loss_draws_reproducibly_and_backpropagates() -> None:
     q = torch.tensor([[1.0, 0.0], [0.6, 0.8]], requires_grad=True)
     targets = torch.tensor([1, 4])

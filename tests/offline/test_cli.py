@@ -112,8 +112,10 @@ def test_protocol_and_split_options_round_trip_through_evaluate(tmp_path, capsys
     assert {k: other[k] for k in METRIC_KEYS} == {k: expected[k] for k in METRIC_KEYS}
 
 
-def test_sasrec_style_choices_match_the_model() -> None:
+def test_architecture_choices_match_the_model() -> None:
+    from model.hstu import LAYER_NORMS
     from model.sasrec import SASREC_STYLES as MODEL_STYLES
-    from pipeline.commands.offline import SASREC_STYLES
+    from pipeline.commands.offline import HSTU_LAYER_NORMS, SASREC_STYLES
 
     assert SASREC_STYLES == MODEL_STYLES
+    assert HSTU_LAYER_NORMS == LAYER_NORMS

@@ -9,7 +9,9 @@ from pipeline.offline import TrainConfig, load_sequences, train_offline
 from pipeline.synthetic import SyntheticConfig
 
 SMALL_MODEL = dict(embedding_dim=32, num_layers=1, max_len=50, dropout=0.1, input_dropout=0.1)
-SHORT_RUN = TrainConfig(epochs=4, batch_size=32, lr=3e-3, num_negatives=64, progress=False)
+SHORT_RUN = TrainConfig(
+    epochs=4, batch_size=32, lr=3e-3, num_negatives=64, split="holdout", progress=False
+)
 
 
 @pytest.fixture(scope="module")

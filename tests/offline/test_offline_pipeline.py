@@ -16,6 +16,7 @@ from pipeline.offline import (
     item_keys_json,
     length_grouped_batches,
     load_sequences,
+    make_lr_schedule,
     next_item_batch,
     remap_items,
     train_offline,
@@ -198,3 +199,27 @@ def test_reference_settings_train_deterministically() -> None:
     assert a.test == b.test and a.protocol == "exclude-seen"
     with pytest.raises(ValueError, match=r"TrainConfig\.split"):
         TrainConfig(split="nope")
+
+
+def test_cosine_schedule_decays_to_zero_over_every_step() -> None:
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([param], lr=0.01)
+    cfg = TrainConfig(epochs=2, lr=0.01, lr_schedule="cosine", progress=False)
+    schedule = make_lr_schedule(optimizer, cfg, steps_per_epoch=3)
+    lrs = []
+    for _ in range(6):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert lrs[0] == pytest.approx(0.01) and lrs[3] == pytest.approx(0.005)
+    assert lrs == sorted(lrs, reverse=True) and optimizer.param_groups[0]["lr"] == pytest.approx(0)
+    constant = torch.optim.AdamW([param], lr=0.01)
+    flat = make_lr_schedule(constant, TrainConfig(epochs=2, progress=False), steps_per_epoch=3)
+    for _ in range(6):
+        constant.step()
+        flat.step()
+    assert constant.param_groups[0]["lr"] == 0.01
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(lr_schedule="step")
+    with pytest.raises(ValueError, match="num_shared_negatives"):
+        TrainConfig(num_shared_negatives=64, per_position_negatives=False)

@@ -186,8 +186,14 @@ def test_an_idle_tail_is_checkpointed_and_published_on_time(tmp_path):
     try:
         wait_until(lambda: source.polls_after_end > 0, 120, "the source to drain")
         wait_until(tail_saved, 30, "a checkpoint covering the idle tail")
+        # the checkpoint is written before the version: 'latest' may not exist yet
         wait_until(
-            lambda: registry.show("latest").source_positions == end, 30, "a version of the tail"
+            lambda: (
+                registry.latest_version() is not None
+                and registry.show("latest").source_positions == end
+            ),
+            30,
+            "a version of the tail",
         )
         # Nothing new while idle: no more checkpoints or versions pile up.
         newest, version = store.sequences()[-1], registry.show("latest").version

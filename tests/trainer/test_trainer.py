@@ -23,7 +23,7 @@ from pipeline.deadletter import MemoryDeadLetterSink
 from pipeline.observability import TrainerMetrics
 from pipeline.sources.synthetic import SyntheticSource
 from pipeline.synthetic import SyntheticConfig
-from pipeline.trainer import OnlineTrainer
+from pipeline.trainer import OnlineTrainer, RestoreRefusedError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -126,6 +126,39 @@ def test_resume_continues_counters_positions_and_version_chain(tmp_path):
     assert np.isfinite(s2["progressive_cumulative"]["ndcg@10"])
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) >= 2 and "window" in json.loads(lines[-1])
+
+
+def test_restore_names_the_differing_settings_and_reads_older_checkpoints(tmp_path):
+    def trainer(cfg, store_dir):
+        return OnlineTrainer(
+            cfg,
+            SyntheticSource(SyntheticConfig(num_users=40, num_items=100), events_per_record=64),
+            MemoryDeadLetterSink(),
+            checkpoints=CheckpointStore(store_dir),
+        )
+
+    def with_model(cfg, **model):
+        return cfg.model_copy(update={"model": cfg.model.model_copy(update=model)})
+
+    legacy = with_model(small_cfg(tmp_path, max_events=300), layer_norm="affine", init="genrec")
+    trainer(legacy, legacy.checkpoint.dir).run()
+    ckpt = CheckpointStore(legacy.checkpoint.dir).latest()
+    # as written before model.layer_norm and model.init existed
+    meta = json.loads(json.dumps(ckpt.meta))
+    for key in ("layer_norm", "init"):
+        del meta["shape_config"]["model"][key]
+    old_dir = tmp_path / "old-ckpt"
+    CheckpointStore(old_dir).save(ckpt.state, meta)
+    with pytest.raises(
+        RestoreRefusedError, match=r"model\.layer_norm: checkpoint 'affine', this run 'plain'"
+    ):
+        trainer(small_cfg(tmp_path), old_dir).restore()
+    wider = with_model(legacy, embedding_dim=8)
+    with pytest.raises(
+        RestoreRefusedError, match=r"model\.embedding_dim: checkpoint 16, this run 8"
+    ):
+        trainer(wider, old_dir).restore()
+    assert trainer(legacy, old_dir).restore()
 
 
 @pytest.mark.slow
