@@ -39,10 +39,12 @@ import numpy as np
 from model.grouping import factorize, group_order
 from model.keyindex import Key, KeyIndex
 from model.memory import lazy_zeros
+from model.recency import RecencyIndex
 from model.slots import SlotPool
 
 _ROW_BITS = 32
 _ROW_MASK = (1 << _ROW_BITS) - 1
+_NO_ROWS = np.empty(0, dtype=np.int64)
 
 
 def pack_arrays(arrays: dict[str, np.ndarray]) -> bytes:
@@ -142,6 +144,7 @@ class ItemVocabulary:
         self._generation = lazy_zeros(capacity, np.int64)
         self._free = SlotPool(capacity, start=1)  # lowest rows are handed out first
         self._pending: dict[Key, tuple[int, int]] = {}  # key -> (count, last seen)
+        self._recency = RecencyIndex()  # rows by last-seen time, for TTL and capacity eviction
         self._live_cache: np.ndarray | None = None
         self.counters: dict[str, int] = {
             "admitted": 0,
@@ -219,6 +222,7 @@ class ItemVocabulary:
         in_use = rows_u[rows_u > 0]
         if in_use.size:
             self._last_seen[in_use] = np.maximum(self._last_seen[in_use], max_ts[rows_u > 0])
+            self._touch(in_use)
         assigned = self._take_rows(admit_u.size, protect=in_use)
         if assigned.size < admit_u.size:
             self.counters["not_admitted_full"] += int(admit_u.size - assigned.size)
@@ -232,6 +236,7 @@ class ItemVocabulary:
             self._used[assigned] = True
             self._generation[assigned] += 1
             self._last_seen[assigned] = max_ts[admit_u]
+            self._touch(assigned)
             rows_u[admit_u] = assigned
             self._live_cache = None
             self.counters["admitted"] += int(assigned.size)
@@ -261,7 +266,7 @@ class ItemVocabulary:
         """Free rows whose key was last seen before ``now - ttl_s`` (event time)."""
         if self.ttl_s is None:
             return np.empty(0, dtype=np.int64)
-        stale = np.flatnonzero(self._used & (self._last_seen < now - self.ttl_s)).astype(np.int64)
+        stale = np.sort(self._recency.older_than(now - self.ttl_s, self._is_current, _NO_ROWS))
         if stale.size:
             self._free_rows(stale)
             self.counters["evicted_ttl"] += int(stale.size)
@@ -272,15 +277,18 @@ class ItemVocabulary:
             return np.empty(0, dtype=np.int64)
         missing = n - len(self._free)
         if missing > 0:
-            candidates = np.flatnonzero(self._used).astype(np.int64)
-            if protect.size:
-                candidates = np.setdiff1d(candidates, protect, assume_unique=False)
-            if candidates.size:
-                k = min(missing, candidates.size)
-                victims = candidates[np.argsort(self._last_seen[candidates], kind="stable")[:k]]
+            # the rows seen longest ago (then the lowest), outside protect: O(evicted)
+            victims = self._recency.oldest(missing, self._is_current, protect)
+            if victims.size:
                 self._free_rows(victims)
                 self.counters["evicted_capacity"] += int(victims.size)
         return self._free.take(min(n, len(self._free)))
+
+    def _touch(self, rows: np.ndarray) -> None:
+        self._recency.touch(rows, self._last_seen[rows], len(self), self._is_current)
+
+    def _is_current(self, row: int, last_seen: int) -> bool:
+        return bool(self._used[row]) and int(self._last_seen[row]) == last_seen
 
     def _free_rows(self, rows: np.ndarray) -> None:
         keys = self._row_key[rows]  # a copy (fancy indexing)
@@ -343,6 +351,7 @@ class ItemVocabulary:
         vocab._key_to_row.insert(key_array, rows)
         vocab._used[rows] = True
         vocab._last_seen[:] = a["last_seen"]
+        vocab._touch(rows.astype(np.int64))
         vocab._generation[:] = a["generation"]
         vocab._free = SlotPool.from_list(capacity, a["free"].tolist())
         pkeys = keys_from_arrays(

@@ -43,6 +43,7 @@ import numpy as np
 from model.grouping import compact_groups, factorize, group_order
 from model.keyindex import Key, KeyIndex
 from model.memory import lazy_zeros
+from model.recency import RecencyIndex
 from model.slots import SlotPool
 from model.vocab import (
     keys_from_arrays,
@@ -160,6 +161,7 @@ class SequenceStore:
         self.watermark = _INT64_MIN  # largest accepted event time
         self._slot_of = KeyIndex()
         self._slots = SlotPool(0)
+        self._recency = RecencyIndex()  # users by last event time, for TTL and LRU eviction
         self._alloc(0)
         self._grow(1)  # never empty, so batch code can index slot 0 for unknown users
         self.counters: dict[str, int] = {
@@ -411,6 +413,7 @@ class SequenceStore:
         self.head[slots] = (self.head[slots] + overflow) % self.max_len
         self.length[slots] = length + counts - overflow
         self.last_ts[slots] = new["ts"][np.cumsum(counts) - 1]
+        self._touch(slots)
 
     def _rebuild(self, slots: np.ndarray, seg_new: np.ndarray, new: dict[str, np.ndarray]) -> None:
         """Sort stored + new events of each row, apply TTL and the cap, rewrite from column 0."""
@@ -452,34 +455,44 @@ class SequenceStore:
         nonempty = kept > 0
         last[nonempty] = self.ts[slots[nonempty], kept[nonempty] - 1]
         self.last_ts[slots] = last
+        self._touch(slots[nonempty])
         empty = slots[~nonempty]
         if empty.size:
             self._remove(empty)
             self.counters["users_expired_ttl"] += int(empty.size)
 
+    def _touch(self, slots: np.ndarray) -> None:
+        """Index ``slots`` at their new ``last_ts`` (amortised O(1) per slot)."""
+        self._recency.touch(slots, self.last_ts[slots], self.num_users, self._is_current)
+
+    def _is_current(self, slot: int, last_ts: int) -> bool:
+        return self._key_of[slot] is not None and int(self.last_ts[slot]) == last_ts
+
     def _expire_users(self, protect: np.ndarray) -> None:
+        """Remove every user whose last event is older than the TTL floor, except ``protect``:
+        O(expired) through the recency index, not a scan of all users."""
         floor = self.ttl_floor()
         if floor == _INT64_MIN or not len(self._slot_of):
             return
-        used = slice(0, self._slots.used_end)
-        stale = np.flatnonzero((self.length[used] > 0) & (self.last_ts[used] < floor))
-        stale = np.setdiff1d(stale, protect)
+        stale = self._recency.older_than(floor, self._is_current, protect)
         if stale.size:
             self._remove(stale)
             self.counters["users_expired_ttl"] += int(stale.size)
 
     def _make_room(self, new_users: int, protect: np.ndarray) -> None:
+        """Evict the least recently active users (oldest last event, then lowest slot), none
+        in ``protect``, so that ``new_users`` fit: O(evicted) through the recency index."""
         excess = self.num_users + new_users - self.max_users
         if excess <= 0:
             return
-        occupied = np.array([slot for _, slot in self._slot_of.items()], dtype=np.int64)
-        candidates = np.setdiff1d(occupied, protect)
-        if candidates.size < excess:
+        victims = self._recency.oldest(excess, self._is_current, protect)
+        if victims.size < excess:
+            # still stored: keep them indexed
+            self._recency.touch(victims, self.last_ts[victims], self.num_users, self._is_current)
             raise ValueError(
                 f"one batch brings {new_users} new users but max_users={self.max_users}; "
                 "raise store.max_users or use smaller batches"
             )
-        victims = candidates[np.argsort(self.last_ts[candidates], kind="stable")[:excess]]
         self._remove(victims)
         self.counters["users_evicted_lru"] += int(victims.size)
 
@@ -547,6 +560,7 @@ class SequenceStore:
         store.length[slots] = lengths
         nonempty = lengths > 0
         store.last_ts[slots[nonempty]] = store.ts[slots[nonempty], lengths[nonempty] - 1]
+        store._touch(slots[nonempty])
         store.counters.update(
             zip(a["counter_names"].tolist(), a["counter_values"].tolist(), strict=True)
         )
