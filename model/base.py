@@ -5,6 +5,9 @@ The interface the trainers (offline and online) rely on:
 * ``model.encode(batch) -> [T, D]``: one L2-normalised state per event; the state at
   position i summarises events 0..i of its own sequence and predicts event i+1.
 * ``model.item_embeddings() -> [R, D]``: the L2-normalised item table (row 0 = padding).
+* ``model.item_rows() -> ItemRows``: the same table computed only for the rows indexed
+  (``rows[ids]``), so a step costs O(rows touched), not O(R); with ``item_emb.sparse`` the
+  table's gradient is sparse too (the online trainer's ``train.sparse_embeddings``).
 * ``select_targets(batch, states)``: the (query state, target row) pairs of the batch's
   targets, the input of ``model.losses.sampled_softmax_loss`` and ``model.metrics``.
 * ``last_states(batch, states)``: the state at each sequence's last event, used to score
@@ -86,6 +89,25 @@ def query_timestamps(batch: JaggedBatch) -> torch.Tensor:
     return out
 
 
+class ItemRows:
+    """The L2-normalised item table, evaluated only at the rows asked for.
+
+    ``rows[ids]`` equals ``model.item_embeddings()[ids]`` (same values and gradients), but
+    gathers before normalising; ``shape`` is the full table's. Losses and rankers take it
+    wherever they take the table.
+    """
+
+    def __init__(self, embedding: nn.Embedding) -> None:
+        self._embedding = embedding
+
+    @property
+    def shape(self) -> torch.Size:
+        return self._embedding.weight.shape
+
+    def __getitem__(self, rows: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self._embedding(rows), dim=-1)
+
+
 class SequentialEncoder(nn.Module):
     """Item table, learned absolute positions and the input layer shared by HSTU and SASRec.
 
@@ -117,6 +139,10 @@ class SequentialEncoder(nn.Module):
     def item_embeddings(self) -> torch.Tensor:
         """[R, D] L2-normalised item table; row 0 (padding) is all zeros."""
         return F.normalize(self.item_emb.weight, dim=-1)
+
+    def item_rows(self) -> ItemRows:
+        """The normalised item table, computed per indexed row (see ``ItemRows``)."""
+        return ItemRows(self.item_emb)
 
     @torch.no_grad()
     def reset_item_rows(self, rows: torch.Tensor) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from model.base import ItemRows
+
 DEFAULT_NUM_NEGATIVES = 128
 DEFAULT_TEMPERATURE = 0.05
 # Logit of a per-position negative that equals its target (the reference's value: finite,
@@ -56,7 +58,7 @@ def _draw_rows(
 def sampled_softmax_loss(
     queries: torch.Tensor,
     targets: torch.Tensor,
-    item_table: torch.Tensor,
+    item_table: torch.Tensor | ItemRows,
     *,
     num_negatives: int = DEFAULT_NUM_NEGATIVES,
     temperature: float = DEFAULT_TEMPERATURE,
@@ -81,7 +83,8 @@ def sampled_softmax_loss(
     Args:
         queries: [M, D] states predicting each target (``select_targets(...).queries``).
         targets: [M] int64 target rows.
-        item_table: [R, D] normalised item table (``model.item_embeddings()``).
+        item_table: [R, D] normalised item table (``model.item_embeddings()``), or
+            ``model.item_rows()``, which computes only the rows indexed.
         num_negatives: K, ignored when ``negatives`` is given.
         temperature: softmax temperature (paper: 0.05).
         weights: optional [M] per-target weights; the loss is sum(w * l) / sum(w).
@@ -139,7 +142,7 @@ def sampled_softmax_loss(
 def _per_position_logits(
     queries: torch.Tensor,
     targets: torch.Tensor,
-    item_table: torch.Tensor,
+    item_table: torch.Tensor | ItemRows,
     num_negatives: int,
     temperature: float,
     candidate_rows: torch.Tensor | None,

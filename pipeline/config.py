@@ -134,6 +134,11 @@ class TrainSection(_Section):
     per_position_negatives: bool = Field(
         True, description="draw num_negatives per target (the reference) instead of per step"
     )
+    sparse_embeddings: bool = Field(
+        True,
+        description="item table: sparse gradients and lazy Adam on the rows a step touches "
+        "(step cost independent of vocab.capacity)",
+    )
     temperature: float = Field(0.05, gt=0, description="softmax temperature")
     batch_events: int = Field(256, ge=1, description="events per micro-batch (optimizer step)")
     max_targets: int | None = Field(

@@ -13,13 +13,14 @@ import math
 import numpy as np
 import torch
 
+from model.base import ItemRows
 from model.vocab import pack_arrays, unpack_arrays
 
 
 def ranks_over_catalogue(
     queries: torch.Tensor,
     targets: torch.Tensor,
-    item_table: torch.Tensor,
+    item_table: torch.Tensor | ItemRows,
     live_rows: torch.Tensor,
     chunk: int = 1024,
 ) -> torch.Tensor:
@@ -27,7 +28,8 @@ def ranks_over_catalogue(
 
     Args:
         queries: [M, D] states; targets: [M] rows, each of which must be in ``live_rows``.
-        item_table: [R, D]; live_rows: sorted int64 rows that compete (the catalogue).
+        item_table: [R, D] (or ``model.item_rows()``: only the live rows are computed);
+            live_rows: sorted int64 rows that compete (the catalogue).
     """
     candidates = item_table[live_rows]  # [V, D]
     column = torch.searchsorted(live_rows, targets)

@@ -40,6 +40,7 @@ from connectors.registry.errors import ConcurrentPublishError
 from model.base import select_targets
 from model.hstu import HSTU, HSTUConfig
 from model.losses import sampled_softmax_loss
+from model.optim import RowSparseAdam
 from model.vocab import ItemVocabulary
 from pipeline.batching import BatchBuilder
 from pipeline.checkpoint import (
@@ -77,7 +78,7 @@ class StepResult:
 
 def reset_item_rows(
     reinit: Callable[[torch.Tensor], None],
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | RowSparseAdam,
     weight: torch.Tensor,
     rows: np.ndarray,
 ) -> None:
@@ -248,17 +249,18 @@ class OnlineTrainer:
         self._restored_positions: dict[str, int] | None = None
 
     # ------------------------------------------------------------- restore
-    def _new_model(self) -> tuple[HSTU, torch.optim.Optimizer]:
+    def _new_model(self) -> tuple[HSTU, torch.optim.Optimizer | RowSparseAdam]:
         model = build_model(self.cfg)
         if self.cfg.model.init == "reference":
             model.reference_init()
         model = model.to(self.device)
         t = self.cfg.train
+        betas = (0.9, t.adam_beta2)
+        if t.sparse_embeddings:
+            model.item_emb.sparse = True  # lookups give the table a sparse gradient
+            return model, RowSparseAdam(model, t.lr, betas, t.weight_decay)
         optimizer = torch.optim.Adam(
-            model.parameters(),
-            lr=t.lr,
-            betas=(0.9, t.adam_beta2),
-            weight_decay=t.weight_decay,
+            model.parameters(), lr=t.lr, betas=betas, weight_decay=t.weight_decay
         )
         return model, optimizer
 
@@ -324,9 +326,15 @@ class OnlineTrainer:
         meta = ckpt.meta
         model, optimizer = self._new_model()
         model.load_state_dict(state_from_bytes(ckpt.state["model"], f"{ckpt.path}/model"))
-        optimizer.load_state_dict(
-            state_from_bytes(ckpt.state["optimizer"], f"{ckpt.path}/optimizer")
-        )
+        optimizer_state = state_from_bytes(ckpt.state["optimizer"], f"{ckpt.path}/optimizer")
+        written_sparse = set(optimizer_state) == {"dense", "rows"}
+        if written_sparse != self.cfg.train.sparse_embeddings:
+            raise RestoreRefusedError(
+                f"checkpoint {ckpt.path} holds the optimizer state of train.sparse_embeddings="
+                f"{str(written_sparse).lower()}; resume it with --set "
+                f"train.sparse_embeddings={str(written_sparse).lower()}"
+            )
+        optimizer.load_state_dict(optimizer_state)
         store = SequenceStore.restore(ckpt.state["store"])
         vocab = ItemVocabulary.restore(ckpt.state["vocab"])
         # The blobs carry their own sizes: they must fit the model and the settings.
@@ -497,17 +505,18 @@ class OnlineTrainer:
                 states = self.model.encode(batch)
                 targets = select_targets(batch, states)
                 ranks = ranks_over_catalogue(
-                    targets.queries, targets.items, self.model.item_embeddings(), live
+                    targets.queries, targets.items, self.model.item_rows(), live
                 )
             self.model.train()
         if learn:
             states = self.model.encode(batch)
             targets = select_targets(batch, states)
-            table = self.model.item_embeddings()
+            # rows are normalised as they are looked up: O(rows touched), not O(capacity)
+            table = self.model.item_rows()
             if not self._separate_eval:
                 with torch.no_grad():
                     ranks = ranks_over_catalogue(
-                        targets.queries.detach(), targets.items, table.detach(), live
+                        targets.queries.detach(), targets.items, table, live
                     )
             loss = sampled_softmax_loss(
                 targets.queries,

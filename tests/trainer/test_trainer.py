@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from waits import wait_until
 
 from connectors.registry import Registry
@@ -159,6 +160,34 @@ def test_restore_names_the_differing_settings_and_reads_older_checkpoints(tmp_pa
     ):
         trainer(wider, old_dir).restore()
     assert trainer(legacy, old_dir).restore()
+
+
+def test_sparse_embeddings_resume_and_refuse_a_dense_optimizer_state(tmp_path):
+    def trainer(cfg):
+        return OnlineTrainer(
+            cfg,
+            SyntheticSource(SyntheticConfig(num_users=40, num_items=100), events_per_record=64),
+            MemoryDeadLetterSink(),
+            checkpoints=CheckpointStore(cfg.checkpoint.dir),
+        )
+
+    sparse = small_cfg(tmp_path, max_events=300)  # the default
+    first = trainer(sparse)
+    initial = first.model.item_emb.weight.detach().clone()
+    first.run()
+    weight = first.model.item_emb.weight.detach()
+    # 100 item keys, rows handed out lowest first: rows 101.. never served an item
+    assert int(first.vocab.live_rows().max()) <= 100 < weight.shape[0] - 1
+    assert torch.equal(weight[101:], initial[101:])
+    assert not torch.equal(weight[1:101], initial[1:101])
+    second = trainer(sparse)
+    assert second.restore()
+    assert torch.equal(second.model.item_emb.weight, first.model.item_emb.weight)
+    second.run()
+    assert second.counters["events_trained"] > first.counters["events_trained"]
+    dense = small_cfg(tmp_path, max_events=300, sparse_embeddings=False)
+    with pytest.raises(RestoreRefusedError, match=r"train\.sparse_embeddings=true"):
+        trainer(dense).restore()
 
 
 @pytest.mark.slow
