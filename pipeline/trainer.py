@@ -247,6 +247,9 @@ class OnlineTrainer:
         self._expected_latest: int | None = None
         self._fatal: ConcurrentPublishError | None = None
         self._restored_positions: dict[str, int] | None = None
+        # Wall seconds per part of the step (bench/scale.py): store + batch assembly,
+        # evaluation (ranking), forward + backward, optimizer; CPU clock, unsynchronised on CUDA.
+        self.step_seconds: Counter[str] = Counter()
 
     # ------------------------------------------------------------- restore
     def _new_model(self) -> tuple[HSTU, torch.optim.Optimizer | RowSparseAdam]:
@@ -327,7 +330,10 @@ class OnlineTrainer:
         model, optimizer = self._new_model()
         model.load_state_dict(state_from_bytes(ckpt.state["model"], f"{ckpt.path}/model"))
         optimizer_state = state_from_bytes(ckpt.state["optimizer"], f"{ckpt.path}/optimizer")
-        written_sparse = set(optimizer_state) == {"dense", "rows"}
+        written_sparse = isinstance(optimizer_state, dict) and set(optimizer_state) == {
+            "dense",
+            "rows",
+        }
         if written_sparse != self.cfg.train.sparse_embeddings:
             raise RestoreRefusedError(
                 f"checkpoint {ckpt.path} holds the optimizer state of train.sparse_embeddings="
@@ -466,6 +472,7 @@ class OnlineTrainer:
 
     def train_on(self, events: EventBatch) -> StepResult:
         """One micro-batch: vet, map, assemble, score (test), train, store."""
+        started = time.perf_counter()
         prepared = self.builder.build(events)
         if prepared.assigned_rows.size:
             reset_item_rows(
@@ -476,9 +483,12 @@ class OnlineTrainer:
             )
         micro = prepared.micro
         ranks = np.empty(0, dtype=np.int64)
+        built = time.perf_counter()
         if micro.num_targets:
             ranks = self._test_then_train(micro.batch)
+        trained = time.perf_counter()
         self.builder.commit(prepared)
+        self.step_seconds["store_batch"] += (built - started) + (time.perf_counter() - trained)
         store_rejects = prepared.plan.reject_counts()
         self.rejected.update(store_rejects)
         self.metrics.add_rejects(store_rejects)
@@ -495,6 +505,7 @@ class OnlineTrainer:
 
     def _test_then_train(self, batch: Any) -> np.ndarray:
         """Rank every target (test), then take one optimizer step on them (train)."""
+        clock = time.perf_counter()
         batch = batch.to(self.device)
         learn = self.cfg.train.learn
         live = torch.from_numpy(self.vocab.live_rows()).to(self.device)
@@ -508,16 +519,19 @@ class OnlineTrainer:
                     targets.queries, targets.items, self.model.item_rows(), live
                 )
             self.model.train()
+            clock = self._lap("evaluate", clock)
         if learn:
             states = self.model.encode(batch)
             targets = select_targets(batch, states)
             # rows are normalised as they are looked up: O(rows touched), not O(capacity)
             table = self.model.item_rows()
             if not self._separate_eval:
+                clock = self._lap("forward_backward", clock)
                 with torch.no_grad():
                     ranks = ranks_over_catalogue(
                         targets.queries.detach(), targets.items, table, live
                     )
+                clock = self._lap("evaluate", clock)
             loss = sampled_softmax_loss(
                 targets.queries,
                 targets.items,
@@ -530,12 +544,19 @@ class OnlineTrainer:
             )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            clock = self._lap("forward_backward", clock)
             self.optimizer.step()
+            clock = self._lap("optimizer", clock)
             self.last_loss = float(loss.detach())
             self.metrics.loss.set(self.last_loss)
         out = ranks.cpu().numpy()
         self.progressive.update(out)
         return out
+
+    def _lap(self, part: str, since: float) -> float:
+        now = time.perf_counter()
+        self.step_seconds[part] += now - since
+        return now
 
     # ---------------------------------------------- checkpoints and registry
     def _adopt_published(self) -> None:

@@ -180,6 +180,8 @@ def test_sparse_embeddings_resume_and_refuse_a_dense_optimizer_state(tmp_path):
     assert int(first.vocab.live_rows().max()) <= 100 < weight.shape[0] - 1
     assert torch.equal(weight[101:], initial[101:])
     assert not torch.equal(weight[1:101], initial[1:101])
+    parts = {"store_batch", "evaluate", "forward_backward", "optimizer"}
+    assert set(first.step_seconds) == parts and all(v > 0 for v in first.step_seconds.values())
     second = trainer(sparse)
     assert second.restore()
     assert torch.equal(second.model.item_emb.weight, first.model.item_emb.weight)
