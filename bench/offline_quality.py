@@ -30,9 +30,10 @@ import torch
 
 from model.hstu import LAYER_NORMS, HSTUConfig
 from model.sasrec import SASREC_STYLES
+from pipeline.commands.offline import add_training_options, train_config_from_args
 from pipeline.datasets import make_splits
-from pipeline.offline import PROTOCOLS, TrainConfig, load_sequences, train_offline
-from pipeline.offline_config import HSTU_LAYER_NORM, INITS, LR_SCHEDULES, SASREC_STYLE, SPLITS
+from pipeline.offline import PROTOCOLS, load_sequences, train_offline
+from pipeline.offline_config import HSTU_LAYER_NORM, SASREC_STYLE
 
 METRICS = ("hr@10", "hr@50", "hr@200", "ndcg@10", "ndcg@50", "ndcg@200", "mrr")
 # two-sided 97.5% Student t quantiles by degrees of freedom, for the interval over seeds
@@ -40,41 +41,13 @@ T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    t, h = TrainConfig(), HSTUConfig(num_rows=2)
+    h = HSTUConfig(num_rows=2)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data", help="event log (default: the synthetic generator)")
     p.add_argument("--format", default="auto", help="event log format (default: auto)")
     p.add_argument("--models", default="hstu,sasrec,popular", help="comma-separated models")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
-    p.add_argument("--epochs", type=int, default=t.epochs, help="training epochs")
-    p.add_argument("--batch-size", type=int, default=t.batch_size, help="users per step")
-    p.add_argument("--lr", type=float, default=t.lr, help="AdamW learning rate")
-    p.add_argument("--adam-beta2", type=float, default=t.adam_beta2, help="AdamW beta2")
-    p.add_argument("--weight-decay", type=float, default=t.weight_decay, help="AdamW decay")
-    p.add_argument("--num-negatives", type=int, default=t.num_negatives, help="negatives K")
-    p.add_argument(
-        "--per-position-negatives",
-        action=argparse.BooleanOptionalAction,
-        default=t.per_position_negatives,
-        help="K negatives per target (the reference) instead of K shared per step",
-    )
-    p.add_argument(
-        "--shared-negatives",
-        type=int,
-        default=t.num_shared_negatives,
-        help="S more negatives shared by each step (with --per-position-negatives)",
-    )
-    p.add_argument("--init", choices=INITS, default=t.init, help="parameter initialisation")
-    p.add_argument(
-        "--lr-schedule", choices=LR_SCHEDULES, default=t.lr_schedule, help="learning-rate schedule"
-    )
-    p.add_argument("--split", choices=SPLITS, default=t.split, help="train/valid/test split")
-    p.add_argument(
-        "--exclude-seen",
-        action=argparse.BooleanOptionalAction,
-        default=t.exclude_seen,
-        help="protocol of the epoch selection (holdout split); both are always reported",
-    )
+    add_training_options(p)
     p.add_argument("--embedding-dim", type=int, default=h.embedding_dim, help="D")
     p.add_argument("--num-layers", type=int, default=h.num_layers, help="blocks")
     p.add_argument("--num-heads", type=int, default=h.num_heads, help="attention heads")
@@ -124,22 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             "sasrec": {**model_config, "style": args.sasrec_style},
         }.get(kind, {})
         for seed in seeds:
-            cfg = TrainConfig(
-                epochs=args.epochs,
-                batch_size=args.batch_size,
-                lr=args.lr,
-                adam_beta2=args.adam_beta2,
-                weight_decay=args.weight_decay,
-                num_negatives=args.num_negatives,
-                per_position_negatives=args.per_position_negatives,
-                num_shared_negatives=args.shared_negatives,
-                init=args.init,
-                lr_schedule=args.lr_schedule,
-                split=args.split,
-                exclude_seen=args.exclude_seen,
-                seed=seed,
-                progress=args.progress,
-            )
+            cfg = train_config_from_args(args, seed=seed, progress=args.progress)
             cpu0, wall0 = time.process_time(), time.perf_counter()
             result = train_offline(kind, config, splits, cfg)
             run: dict[str, Any] = {

@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(run_point(args, *args.point)))
         return 0
     points = []
-    passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
+    passthrough = list(argv if argv is not None else sys.argv[1:])
     for capacity in (int(c) for c in args.capacities.split(",")):
         for users in (int(u) for u in args.users.split(",")):
             cmd = [sys.executable, __file__, *passthrough, "--point", str(capacity), str(users)]

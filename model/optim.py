@@ -20,6 +20,11 @@ from model.base import SequentialEncoder
 DENSE, ROWS = "dense", "rows"
 
 
+def is_row_sparse_state(state: object) -> bool:
+    """Whether ``state`` is a ``RowSparseAdam.state_dict()`` (else: one optimizer's)."""
+    return isinstance(state, dict) and set(state) == {DENSE, ROWS}
+
+
 class RowSparseAdam:
     """Adam on the dense parameters, SparseAdam on ``model.item_emb.weight``.
 
@@ -57,7 +62,7 @@ class RowSparseAdam:
         return {DENSE: self.dense.state_dict(), ROWS: self.rows.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if set(state) != {DENSE, ROWS}:
+        if not is_row_sparse_state(state):
             raise ValueError(
                 "this optimizer state was written by dense Adam (train.sparse_embeddings: "
                 "false); resume it with --set train.sparse_embeddings=false"

@@ -40,7 +40,7 @@ from connectors.registry.errors import ConcurrentPublishError
 from model.base import select_targets
 from model.hstu import HSTU, HSTUConfig
 from model.losses import sampled_softmax_loss
-from model.optim import RowSparseAdam
+from model.optim import RowSparseAdam, is_row_sparse_state
 from model.vocab import ItemVocabulary
 from pipeline.batching import BatchBuilder
 from pipeline.checkpoint import (
@@ -330,10 +330,7 @@ class OnlineTrainer:
         model, optimizer = self._new_model()
         model.load_state_dict(state_from_bytes(ckpt.state["model"], f"{ckpt.path}/model"))
         optimizer_state = state_from_bytes(ckpt.state["optimizer"], f"{ckpt.path}/optimizer")
-        written_sparse = isinstance(optimizer_state, dict) and set(optimizer_state) == {
-            "dense",
-            "rows",
-        }
+        written_sparse = is_row_sparse_state(optimizer_state)
         if written_sparse != self.cfg.train.sparse_embeddings:
             raise RestoreRefusedError(
                 f"checkpoint {ckpt.path} holds the optimizer state of train.sparse_embeddings="
