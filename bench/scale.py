@@ -7,7 +7,9 @@ distinct keys, items drawn from a power law (Zipf, exponent ``--zipf``) over C -
 that the table fills, event times increasing, Arrow records of 4,096 events. Reported per
 point: events/s over ``--events`` timed events (after ``--warmup`` untimed ones), the step
 time split (store + batch assembly, evaluation, forward + backward, optimizer; seconds
-over the timed events), one checkpoint's bytes and seconds, and peak RSS.
+over the timed events), the bytes and seconds of the run's first checkpoint (full) and of
+the next one after ``--delta-events`` more events (a delta: the rows changed since), and peak
+RSS.
 
 A store holds at most ``store.max_users`` users (default 1,000,000). To time a full store
 without streaming a million users through the model first, ``--prefill-users N`` commits
@@ -42,6 +44,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--events", type=int, default=20_000, help="timed events per point")
     p.add_argument("--warmup", type=int, default=4096, help="untimed events first")
     p.add_argument("--prefill-users", type=int, default=0, help="users put in the store first")
+    p.add_argument(
+        "--delta-events", type=int, default=10_000, help="events between the full and the delta"
+    )
     p.add_argument("--zipf", type=float, default=1.1, help="item popularity exponent")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--seed", type=int, default=0)
@@ -123,9 +128,10 @@ def run_point(args: argparse.Namespace, capacity: int, users: int) -> dict[str, 
         trainer.process_records([record])
     seconds = time.perf_counter() - started
     trained = trainer.counters["events_trained"] - trained_before
-    saved = time.perf_counter()
-    path = trainer.checkpoint()
-    checkpoint_s = time.perf_counter() - saved
+    full_bytes, full_s = timed_checkpoint(trainer)  # the first one of a run is full
+    for record in stream.records(args.delta_events):
+        trainer.process_records([record])
+    delta_bytes, delta_s = timed_checkpoint(trainer)  # the rows changed since: a delta
     return {
         "capacity": capacity,
         "distinct_users": users,
@@ -137,10 +143,21 @@ def run_point(args: argparse.Namespace, capacity: int, users: int) -> dict[str, 
         "users_evicted": trainer.store.counters["users_evicted_lru"],
         "vocab_rows_live": len(trainer.vocab),
         "build_seconds": round(build_s, 2),
-        "checkpoint_bytes": sum(f.stat().st_size for f in path.iterdir()),
-        "checkpoint_seconds": round(checkpoint_s, 2),
+        "checkpoint_bytes": full_bytes,
+        "checkpoint_seconds": round(full_s, 2),
+        "delta_checkpoint_after_events": args.delta_events,
+        "delta_checkpoint_bytes": delta_bytes,
+        "delta_checkpoint_seconds": round(delta_s, 2),
+        "delta_over_full": round(delta_bytes / full_bytes, 4),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
+
+
+def timed_checkpoint(trainer: Any) -> tuple[int, float]:
+    """(bytes, seconds) of one checkpoint of ``trainer`` as it decides to write it."""
+    started = time.perf_counter()
+    path = trainer.checkpoint()
+    return sum(f.stat().st_size for f in path.iterdir()), time.perf_counter() - started
 
 
 def prefill(trainer: Any, stream: Stream, num_users: int) -> None:

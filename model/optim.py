@@ -7,6 +7,9 @@ table's gradient sparse (``nn.Embedding(sparse=True)``), only the rows a step lo
 inputs, targets, negatives) change, with their moments; untouched rows keep theirs as they
 were instead of decaying. The same code runs on CPU and CUDA (SparseAdam has both kernels),
 so no device falls back to dense updates. Weight decay applies to the dense parameters only.
+
+It also remembers which rows changed since ``clear_changed`` (the rows a step updated, and
+those the caller reset through ``mark_changed``), so that a checkpoint can write only those.
 """
 
 from __future__ import annotations
@@ -45,6 +48,9 @@ class RowSparseAdam:
         dense = [p for p in model.parameters() if p is not table]
         self.dense = torch.optim.Adam(dense, lr=lr, betas=betas, weight_decay=weight_decay)
         self.rows = torch.optim.SparseAdam([table], lr=lr, betas=betas)
+        self._table = table
+        # One flag per row: O(rows touched) to set each step, one scan per checkpoint.
+        self._changed = torch.zeros(table.shape[0], dtype=torch.bool, device=table.device)
 
     @property
     def state(self) -> dict[torch.Tensor, dict[str, Any]]:
@@ -56,7 +62,22 @@ class RowSparseAdam:
 
     def step(self) -> None:
         self.dense.step()
+        grad = self._table.grad
+        if grad is not None:
+            # _indices(): the looked-up rows, duplicates included (SparseAdam coalesces).
+            self._changed[grad._indices()[0]] = True
         self.rows.step()
+
+    def mark_changed(self, rows: torch.Tensor) -> None:
+        """Record rows changed outside ``step`` (re-initialised for a new item)."""
+        self._changed[rows.to(self._changed.device)] = True
+
+    def changed_rows(self) -> torch.Tensor:
+        """The rows changed since the last ``clear_changed`` (sorted int64)."""
+        return torch.nonzero(self._changed).flatten()
+
+    def clear_changed(self) -> None:
+        self._changed.zero_()
 
     def state_dict(self) -> dict[str, Any]:
         return {DENSE: self.dense.state_dict(), ROWS: self.rows.state_dict()}

@@ -43,13 +43,26 @@ class SlotPool:
         """Return slots; the last one given is the first taken again."""
         self._freed.extend(slots)
 
-    def as_list(self) -> list[int]:
-        """Every free slot in the order a list popped from its end would hand them out."""
-        return [*range(self.capacity - 1, self._unused - 1, -1), *self._freed]
+    @property
+    def freed(self) -> list[int]:
+        """The freed slots (a copy), the next one taken last: with ``used_end``, the state."""
+        return list(self._freed)
+
+    @classmethod
+    def restore(cls, capacity: int, freed: list[int], used_end: int) -> SlotPool:
+        """The pool whose ``freed`` and ``used_end`` are these (O(freed), not O(capacity))."""
+        if not 0 <= used_end <= capacity or any(not 0 <= s < used_end for s in freed):
+            raise ValueError(
+                f"free slots {freed[:5]}... / used_end {used_end} do not fit {capacity}"
+            )
+        pool = cls(capacity, start=used_end)
+        pool._freed = list(freed)
+        return pool
 
     @classmethod
     def from_list(cls, capacity: int, free: list[int]) -> SlotPool:
-        """Inverse of ``as_list`` (the never used range is not recovered: all are 'freed')."""
+        """The pool that hands out ``free`` popped from its end (the list of every free slot
+        of older snapshots; the never used range is not recovered: all count as freed)."""
         pool = cls(capacity, start=capacity)
         pool._freed = list(free)
         return pool

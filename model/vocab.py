@@ -308,8 +308,13 @@ class ItemVocabulary:
 
     # ---------------------------------------------------------------- snapshot
     def snapshot(self) -> bytes:
-        """The whole state as a ``numpy.savez`` archive (no pickled objects)."""
-        rows = np.flatnonzero(self._used).astype(np.int64)
+        """The whole state as a ``numpy.savez`` archive (no pickled objects).
+
+        O(rows ever handed out), not O(capacity): rows past ``used_end`` were never used, so
+        their last-seen times and generations are zero and are not written.
+        """
+        end = self._free.used_end
+        rows = np.flatnonzero(self._used[:end]).astype(np.int64)
         row_keys = self._row_key[rows].tolist()
         pending_keys = list(self._pending)
         pending = np.array(list(self._pending.values()), dtype=np.int64).reshape(-1, 2)
@@ -324,9 +329,9 @@ class ItemVocabulary:
                 dtype=np.int64,
             ),
             "rows": rows,
-            "last_seen": self._last_seen,
-            "generation": self._generation,
-            "free": np.array(self._free.as_list(), dtype=np.int64),
+            "last_seen": self._last_seen[:end],
+            "generation": self._generation[:end],
+            "freed": np.array(self._free.freed, dtype=np.int64),
             "pending": pending,
             "counter_names": np.array(list(self.counters), dtype=np.str_),
             "counter_values": np.array(list(self.counters.values()), dtype=np.int64),
@@ -350,10 +355,14 @@ class ItemVocabulary:
         vocab._row_key[rows] = key_array
         vocab._key_to_row.insert(key_array, rows)
         vocab._used[rows] = True
-        vocab._last_seen[:] = a["last_seen"]
+        end = a["last_seen"].size  # capacity in snapshots written before "freed"
+        vocab._last_seen[:end] = a["last_seen"]
         vocab._touch(rows.astype(np.int64))
-        vocab._generation[:] = a["generation"]
-        vocab._free = SlotPool.from_list(capacity, a["free"].tolist())
+        vocab._generation[:end] = a["generation"]
+        if "freed" in a:
+            vocab._free = SlotPool.restore(capacity, a["freed"].tolist(), end)
+        else:
+            vocab._free = SlotPool.from_list(capacity, a["free"].tolist())
         pkeys = keys_from_arrays(
             {k[8:]: v for k, v in a.items() if k.startswith("pending_")}, a["pending"].shape[0]
         )

@@ -7,6 +7,17 @@ directory, fsyncs every file and the directory, and renames it into place: a ``c
 directory is either complete or absent. ``loadable`` yields the checkpoints that verify, newest
 first, skipping damaged ones with a warning; ``latest`` is the first of them.
 
+A checkpoint may be a **delta** on an older one, its parent: its manifest then names the
+parent's sequence number and the sha256 of the parent's manifest, and ``load`` loads and
+verifies the whole chain back to a full checkpoint (``Checkpoint.parents``, oldest first). What
+a delta means (which blobs replace, which patch) is the writer's business; the store only keeps
+the chain intact: a parent's manifest must hash to what the child recorded, a parent is always
+older than its child, and retention never deletes a checkpoint a retained one depends on.
+
+A blob is given either as bytes or as a writer, a callable that writes it to a binary file
+(e.g. ``lambda f: torch.save(state, f)``), so a multi-gigabyte tensor is streamed to disk and
+hashed on the way instead of being serialised in memory first.
+
 Nothing read from disk is trusted as a path: blob names in a manifest must be plain names (the
 rule ``save`` applies), and no symlink in the store is followed (checkpoint directories and
 files are opened with ``O_NOFOLLOW``; pruning never deletes through a symlink).
@@ -28,11 +39,11 @@ import re
 import shutil
 import stat
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from connectors.registry.storage import process_alive
 
@@ -46,6 +57,12 @@ _CKPT_DIR = re.compile(r"ckpt-([0-9]+)")
 _TMP_DIR = re.compile(r"\.tmp-([0-9]+)-[0-9a-f]+")
 _STATE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=+-]*")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+# A longer chain is refused as damage: writers start a full checkpoint long before this.
+MAX_CHAIN = 1000
+_UNREADABLE = -1
+
+BlobWriter = Callable[[BinaryIO], None]
+Blob = bytes | bytearray | memoryview | BlobWriter
 
 
 class CheckpointError(Exception):
@@ -62,6 +79,8 @@ class Checkpoint:
         created_at: when it was saved (UTC, ISO 8601).
         meta: the trainer's JSON metadata (source positions, counters, ...).
         state: blob name -> bytes, as given to ``save``.
+        parents: for a delta, the checkpoints it builds on, loaded and verified: the full
+            one first, its direct parent last; empty for a full checkpoint.
     """
 
     seq: int
@@ -69,6 +88,20 @@ class Checkpoint:
     created_at: str
     meta: dict[str, Any]
     state: dict[str, bytes]
+    parents: tuple[Checkpoint, ...] = ()
+
+    @property
+    def root(self) -> Checkpoint:
+        """The full checkpoint at the start of the chain (``self`` when not a delta)."""
+        return self.parents[0] if self.parents else self
+
+
+@dataclass(frozen=True, slots=True)
+class _Manifest:
+    created_at: str
+    meta: dict[str, Any]
+    files: dict[str, tuple[int, str]]
+    parent: tuple[int, str] | None  # (seq, sha256 of its manifest)
 
 
 class CheckpointStore:
@@ -77,7 +110,8 @@ class CheckpointStore:
     def __init__(self, directory: str | os.PathLike[str], *, keep: int = 3) -> None:
         """Args:
         directory: where checkpoints live (created if missing).
-        keep: how many complete checkpoints to retain (newest first), at least 1.
+        keep: how many full checkpoints to retain (newest first), at least 1, each with the
+            deltas written on it; so a damaged full checkpoint leaves ``keep - 1`` chains.
         """
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
@@ -85,24 +119,37 @@ class CheckpointStore:
         self.keep = keep
         self.directory.mkdir(parents=True, exist_ok=True)
 
-    def save(self, state: Mapping[str, bytes], meta: Mapping[str, Any]) -> Path:
+    def save(
+        self, state: Mapping[str, Blob], meta: Mapping[str, Any], *, parent: int | None = None
+    ) -> Path:
         """Write a new checkpoint atomically and prune old ones; returns its directory.
 
         Args:
-            state: blob name -> bytes (names: letters, digits, ``_.=+-``; not ``manifest.json``).
+            state: blob name -> bytes or writer (names: letters, digits, ``_.=+-``; not
+                ``manifest.json``).
             meta: JSON-serialisable metadata, e.g. ``{"source_positions": {...}, ...}``.
+            parent: the sequence number of the checkpoint this one is a delta on (None: a
+                full checkpoint). It must be complete and readable here.
         """
         for name, blob in state.items():
             _check_state_name(name, "invalid state name")
-            if not isinstance(blob, bytes | bytearray | memoryview):
+            if not isinstance(blob, bytes | bytearray | memoryview) and not callable(blob):
                 raise CheckpointError(
-                    f"state {name!r} is {type(blob).__name__}, not bytes; serialise tensors "
-                    "with state_to_bytes()"
+                    f"state {name!r} is {type(blob).__name__}, not bytes or a writer; serialise "
+                    "tensors with state_to_bytes() or pass tensor_writer()"
                 )
         try:
             meta_json = json.loads(json.dumps(dict(meta)))
         except (TypeError, ValueError) as err:
             raise CheckpointError(f"checkpoint meta is not JSON-serialisable: {err}") from err
+        parent_link = (
+            None
+            if parent is None
+            else {
+                "seq": parent,
+                "manifest_sha256": hashlib.sha256(self._manifest_bytes(parent)).hexdigest(),
+            }
+        )
         # Every ckpt-* name counts, symlinks included, so the new name is always free.
         seq = max((seq for seq, _ in self._ckpt_entries()), default=0) + 1
         final = self.directory / f"ckpt-{seq:08d}"
@@ -111,9 +158,8 @@ class CheckpointStore:
         try:
             files = {}
             for name in sorted(state):
-                blob = bytes(state[name])
-                _write_synced(tmp / name, blob)
-                files[name] = {"size": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
+                size, sha256 = _write_synced(tmp / name, state[name])
+                files[name] = {"size": size, "sha256": sha256}
             manifest = {
                 "format_version": FORMAT_VERSION,
                 "seq": seq,
@@ -121,6 +167,8 @@ class CheckpointStore:
                 "meta": meta_json,
                 "files": files,
             }
+            if parent_link is not None:
+                manifest["parent"] = parent_link
             _write_synced(tmp / MANIFEST_NAME, json.dumps(manifest, indent=2).encode())
             _fsync(tmp)
             if final.exists():
@@ -155,26 +203,53 @@ class CheckpointStore:
                 log.warning("skipping damaged checkpoint, falling back to an older one: %s", err)
 
     def load(self, seq: int) -> Checkpoint:
-        """Load and verify ``ckpt-<seq>``; ``CheckpointError`` names what is wrong."""
+        """Load and verify ``ckpt-<seq>`` and, for a delta, its chain of parents;
+        ``CheckpointError`` names what is wrong."""
+        manifest_raw, ckpt, parent = self._load_one(seq)
+        chain: list[Checkpoint] = []
+        child, child_seq = manifest_raw, seq
+        while parent is not None:
+            parent_seq, expected = parent
+            where = (
+                f"{self.directory / f'ckpt-{child_seq:08d}'} is a delta on ckpt-{parent_seq:08d}"
+            )
+            if parent_seq >= child_seq:
+                raise CheckpointError(f"{where}, which is not older: the chain is damaged")
+            if len(chain) >= MAX_CHAIN:
+                raise CheckpointError(f"{where}: the chain is longer than {MAX_CHAIN}")
+            try:
+                child, loaded, parent = self._load_one(parent_seq)
+            except CheckpointError as err:
+                raise CheckpointError(f"{where}, which does not load: {err}") from err
+            if hashlib.sha256(child).hexdigest() != expected:
+                raise CheckpointError(
+                    f"{where}, whose manifest is not the one it was written on (sha256 "
+                    "differs): the parent was replaced"
+                )
+            chain.append(loaded)
+            child_seq = parent_seq
+        return Checkpoint(
+            seq=ckpt.seq,
+            path=ckpt.path,
+            created_at=ckpt.created_at,
+            meta=ckpt.meta,
+            state=ckpt.state,
+            parents=tuple(reversed(chain)),
+        )
+
+    def _load_one(self, seq: int) -> tuple[bytes, Checkpoint, tuple[int, str] | None]:
+        """(manifest bytes, the checkpoint without parents, its parent link) of one dir."""
         path = self.directory / f"ckpt-{seq:08d}"
         manifest_path = path / MANIFEST_NAME
-        if path.is_symlink():
-            raise CheckpointError(f"{path} is a symlink, which is never followed; remove it")
-        try:
-            # O_NOFOLLOW: also refuses a directory swapped for a symlink after the check.
-            dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError as err:
-            raise CheckpointError(f"{path} does not exist") from err
-        except OSError as err:
-            raise CheckpointError(f"{path} is not a checkpoint directory: {_reason(err)}") from err
+        dir_fd = self._open_dir(path)
         try:
             try:
                 raw = _read_in(dir_fd, MANIFEST_NAME)
             except FileNotFoundError as err:
                 raise CheckpointError(f"{manifest_path} is missing") from err
-            created_at, meta, files = _parse_manifest(manifest_path, raw, seq)
+            manifest = _parse_manifest(manifest_path, raw, seq)
             state = {}
-            for name, (size, sha256) in files.items():
+            for name, (size, sha256) in manifest.files.items():
                 try:
                     blob = _read_in(dir_fd, name)
                 except FileNotFoundError as err:
@@ -192,7 +267,41 @@ class CheckpointStore:
             raise CheckpointError(f"{path}: cannot read the checkpoint: {_reason(err)}") from err
         finally:
             os.close(dir_fd)
-        return Checkpoint(seq=seq, path=path, created_at=created_at, meta=meta, state=state)
+        ckpt = Checkpoint(
+            seq=seq, path=path, created_at=manifest.created_at, meta=manifest.meta, state=state
+        )
+        return raw, ckpt, manifest.parent
+
+    def _open_dir(self, path: Path) -> int:
+        if path.is_symlink():
+            raise CheckpointError(f"{path} is a symlink, which is never followed; remove it")
+        try:
+            # O_NOFOLLOW: also refuses a directory swapped for a symlink after the check.
+            return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError as err:
+            raise CheckpointError(f"{path} does not exist") from err
+        except OSError as err:
+            raise CheckpointError(f"{path} is not a checkpoint directory: {_reason(err)}") from err
+
+    def _manifest_bytes(self, seq: int) -> bytes:
+        """The raw manifest of ``ckpt-<seq>`` (not verified beyond being a regular file)."""
+        path = self.directory / f"ckpt-{seq:08d}"
+        dir_fd = self._open_dir(path)
+        try:
+            return _read_in(dir_fd, MANIFEST_NAME)
+        except OSError as err:
+            raise CheckpointError(f"{path / MANIFEST_NAME}: cannot read: {_reason(err)}") from err
+        finally:
+            os.close(dir_fd)
+
+    def _parent_of(self, seq: int) -> int | None:
+        """The parent seq of ``ckpt-<seq>``, None for a full one, ``_UNREADABLE``."""
+        path = self.directory / f"ckpt-{seq:08d}" / MANIFEST_NAME
+        try:
+            manifest = _parse_manifest(path, self._manifest_bytes(seq), seq)
+        except CheckpointError:
+            return _UNREADABLE
+        return None if manifest.parent is None else manifest.parent[0]
 
     def sequences(self) -> list[int]:
         """Sequence numbers of complete (renamed) checkpoints, oldest first; not verified."""
@@ -215,9 +324,25 @@ class CheckpointStore:
         return seqs
 
     def _prune(self) -> None:
-        for seq in self._complete()[: -self.keep]:
-            # rmtree refuses a symlinked top and never follows symlinks inside the tree.
-            shutil.rmtree(self.directory / f"ckpt-{seq:08d}")
+        """Keep the newest ``keep`` full checkpoints, everything after the oldest of them,
+        and every parent a kept delta names; delete the rest."""
+        seqs = self._complete()
+        parents = {seq: self._parent_of(seq) for seq in seqs}
+        fulls = [seq for seq in seqs if parents[seq] is None]
+        if len(fulls) <= self.keep:
+            return
+        cutoff = fulls[-self.keep]
+        kept = {seq for seq in seqs if seq >= cutoff}
+        todo = list(kept)
+        while todo:
+            parent = parents.get(todo.pop())
+            if parent is not None and parent != _UNREADABLE and parent not in kept:
+                kept.add(parent)
+                todo.append(parent)
+        for seq in seqs:
+            if seq not in kept:
+                # rmtree refuses a symlinked top and never follows symlinks inside the tree.
+                shutil.rmtree(self.directory / f"ckpt-{seq:08d}")
 
     def _remove_abandoned_temp_dirs(self) -> None:
         with os.scandir(self.directory) as entries:
@@ -230,6 +355,14 @@ class CheckpointStore:
                     shutil.rmtree(entry.path, ignore_errors=True)
 
 
+def seq_of(path: Path) -> int:
+    """The sequence number of a checkpoint directory ``save`` returned."""
+    match = _CKPT_DIR.fullmatch(path.name)
+    if match is None:
+        raise ValueError(f"{path} is not a checkpoint directory")
+    return int(match.group(1))
+
+
 def state_to_bytes(state: Mapping[str, Any]) -> bytes:
     """Serialise a ``state_dict`` (tensors, nested dicts/lists, numbers) with ``torch.save``."""
     import torch  # lazy: the store itself needs no torch
@@ -237,6 +370,16 @@ def state_to_bytes(state: Mapping[str, Any]) -> bytes:
     buffer = io.BytesIO()
     torch.save(dict(state), buffer)
     return buffer.getvalue()
+
+
+def tensor_writer(state: Mapping[str, Any]) -> BlobWriter:
+    """A blob writer for ``save`` that streams ``state_to_bytes(state)``'s bytes to the file."""
+    import torch
+
+    def write(handle: BinaryIO) -> None:
+        torch.save(dict(state), handle)
+
+    return write
 
 
 def state_from_bytes(data: bytes, what: str = "state") -> dict[str, Any]:
@@ -276,11 +419,8 @@ def _check_state_name(name: object, problem: str) -> str:
     return name
 
 
-def _parse_manifest(
-    where: Path, raw: bytes, seq: int
-) -> tuple[str, dict[str, Any], dict[str, tuple[int, str]]]:
-    """(created_at, meta, name -> (size, sha256)) of a manifest; one-line CheckpointError
-    naming ``where`` for anything malformed."""
+def _parse_manifest(where: Path, raw: bytes, seq: int) -> _Manifest:
+    """The parsed manifest; one-line CheckpointError naming ``where`` for anything malformed."""
 
     def bad(problem: str) -> CheckpointError:
         return CheckpointError(f"{where} is unreadable: {problem}")
@@ -323,7 +463,20 @@ def _parse_manifest(
         if not _SHA256.fullmatch(sha256):
             raise bad(f"files[{name!r}].sha256 is not 64 lowercase hex digits")
         entries[name] = (size, sha256)
-    return created_at, meta, entries
+    return _Manifest(created_at, meta, entries, _parse_parent(manifest.get("parent"), bad))
+
+
+def _parse_parent(link: object, bad: Callable[[str], CheckpointError]) -> tuple[int, str] | None:
+    if link is None:
+        return None
+    if not isinstance(link, dict):
+        raise bad(f"parent is {type(link).__name__}, not an object")
+    seq, sha256 = link.get("seq"), link.get("manifest_sha256")
+    if not _is_int(seq) or seq < 1:
+        raise bad(f"parent.seq is {seq!r}, not a checkpoint number")
+    if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
+        raise bad("parent.manifest_sha256 is not 64 lowercase hex digits")
+    return seq, sha256
 
 
 def _read_in(dir_fd: int, name: str) -> bytes:
@@ -366,11 +519,34 @@ def _first_line(err: BaseException) -> str:
     return lines[0] if lines else "no details"
 
 
-def _write_synced(path: Path, data: bytes) -> None:
+class _HashingFile:
+    """A write-only file that hashes and counts what goes through it (for blob writers)."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self._handle = handle
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: Any) -> int:
+        self.sha256.update(data)
+        self.size += memoryview(data).nbytes
+        return self._handle.write(data)
+
+    def flush(self) -> None:
+        self._handle.flush()
+
+
+def _write_synced(path: Path, blob: Blob) -> tuple[int, str]:
+    """Write ``blob`` (bytes, or a writer given a file) durably; its (size, sha256)."""
     with open(path, "wb") as handle:
-        handle.write(data)
+        out = _HashingFile(handle)
+        if callable(blob):
+            blob(out)  # type: ignore[arg-type]
+        else:
+            out.write(blob)
         handle.flush()
         os.fsync(handle.fileno())
+    return out.size, out.sha256.hexdigest()
 
 
 def _fsync(directory: Path) -> None:

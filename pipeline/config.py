@@ -163,7 +163,15 @@ class CheckpointSection(_Section):
     )
     every_s: float = Field(60.0, gt=0, description="checkpoint at least this often, seconds")
     every_events: int = Field(50_000, ge=1, description="...or after this many input events")
-    keep: int = Field(3, ge=1, description="checkpoints retained")
+    keep: int = Field(
+        3, ge=1, description="full checkpoints retained, each with the deltas written on it"
+    )
+    full_every: int = Field(
+        10,
+        ge=1,
+        description="every Nth checkpoint is full; the others are deltas holding only the item "
+        "rows changed since the previous one (with train.sparse_embeddings; 1: always full)",
+    )
     resume: bool = Field(True, description="load the newest checkpoint on start")
 
 

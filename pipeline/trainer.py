@@ -42,13 +42,16 @@ from model.hstu import HSTU, HSTUConfig
 from model.losses import sampled_softmax_loss
 from model.optim import RowSparseAdam, is_row_sparse_state
 from model.vocab import ItemVocabulary
+from pipeline import rowdelta
 from pipeline.batching import BatchBuilder
 from pipeline.checkpoint import (
     Checkpoint,
     CheckpointError,
     CheckpointStore,
+    seq_of,
     state_from_bytes,
     state_to_bytes,
+    tensor_writer,
 )
 from pipeline.config import TrainerConfig
 from pipeline.deadletter import DeadLetterSink
@@ -64,6 +67,17 @@ MODEL_FILE = "model.pt"
 VOCAB_FILE = "vocab.npz"
 # Settings a checkpoint must agree with: they fix tensor shapes and stored data layout.
 _SHAPE_KEYS = ("model", "store.max_len", "vocab.capacity")
+
+
+@dataclass(frozen=True)
+class _Chain:
+    """The newest checkpoint of this state, which the next delta builds on."""
+
+    seq: int
+    deltas: int  # since the full checkpoint at its root
+    full_bytes: int
+    delta_bytes: int  # written by those deltas together
+    row_tensors: frozenset[str]  # rowdelta.present() of the root: a delta must have the same
 
 
 @dataclass(frozen=True)
@@ -93,6 +107,8 @@ def reset_item_rows(
         return
     index = torch.as_tensor(rows, dtype=torch.int64, device=weight.device)
     reinit(index)
+    if isinstance(optimizer, RowSparseAdam):
+        optimizer.mark_changed(index)
     state = optimizer.state.get(weight, {})
     with torch.no_grad():
         for value in state.values():
@@ -247,6 +263,7 @@ class OnlineTrainer:
         self._expected_latest: int | None = None
         self._fatal: ConcurrentPublishError | None = None
         self._restored_positions: dict[str, int] | None = None
+        self._chain: _Chain | None = None
         # Wall seconds per part of the step (bench/scale.py): store + batch assembly,
         # evaluation (ranking), forward + backward, optimizer; CPU clock, unsynchronised on CUDA.
         self.step_seconds: Counter[str] = Counter()
@@ -328,8 +345,9 @@ class OnlineTrainer:
         """Rebuild every piece of state from ``ckpt``; ``self`` changes only on success."""
         meta = ckpt.meta
         model, optimizer = self._new_model()
-        model.load_state_dict(state_from_bytes(ckpt.state["model"], f"{ckpt.path}/model"))
-        optimizer_state = state_from_bytes(ckpt.state["optimizer"], f"{ckpt.path}/optimizer")
+        nets = _load_nets(ckpt)
+        model.load_state_dict(nets["model"])
+        optimizer_state = nets["optimizer"]
         written_sparse = is_row_sparse_state(optimizer_state)
         if written_sparse != self.cfg.train.sparse_embeddings:
             raise RestoreRefusedError(
@@ -368,6 +386,13 @@ class OnlineTrainer:
         self.counters, self.rejected = counters, rejected
         self.last_published = last_published
         self._restored_positions = dict(positions)
+        self._chain = _Chain(
+            seq=ckpt.seq,
+            deltas=len(ckpt.parents),
+            full_bytes=_size(ckpt.root),
+            delta_bytes=sum(_size(c) for c in (*ckpt.parents[1:], ckpt) if c is not ckpt.root),
+            row_tensors=rowdelta.present(nets),
+        )
         self.resumed_from = str(ckpt.path)
         log.info(
             "resumed from %s: %d events trained, positions %s",
@@ -606,14 +631,27 @@ class OnlineTrainer:
         if publishing and reg.publish_on_exit and unpublished:
             self.publish()
 
-    def checkpoint(self) -> Path:
-        """Save model, optimizer, vocabulary, store, metrics and positions atomically."""
+    def checkpoint(self, *, full: bool = False) -> Path:
+        """Save model, optimizer, vocabulary, store, metrics and positions atomically.
+
+        A delta on the previous checkpoint (``pipeline.rowdelta``: only the item rows changed
+        since) unless ``full``, the chain has ``checkpoint.full_every - 1`` deltas, its deltas
+        together outgrow half the full checkpoint, or the item table is trained densely.
+        """
         assert self.checkpoints is not None
         self.dead_letters.flush()  # dead letters of these events are durable first
         positions = self.source.positions()
-        state = {
-            "model": state_to_bytes(self.model.state_dict()),
-            "optimizer": state_to_bytes(self.optimizer.state_dict()),
+        nets = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        parent = None if full else self._delta_parent(nets)
+        if parent is None:
+            # Streamed to disk: a full table is never serialised in memory.
+            state: dict[str, Any] = {name: tensor_writer(part) for name, part in nets.items()}
+        else:
+            assert isinstance(self.optimizer, RowSparseAdam)
+            rest, changed = rowdelta.split(nets, self.optimizer.changed_rows())
+            state = {name: state_to_bytes(part) for name, part in rest.items()}
+            state["item_rows"] = state_to_bytes(changed)
+        state |= {
             "vocab": self.vocab.snapshot(),
             "store": self.store.snapshot(),
             "progressive": self.progressive.snapshot(),
@@ -627,8 +665,21 @@ class OnlineTrainer:
             "shape_config": _shape_config(self.cfg),
             "source": source_identity(self.cfg),
             "config": self.cfg.model_dump(mode="json"),
+            "delta": parent is not None,
         }
-        path = self.checkpoints.save(state, meta)
+        path = self.checkpoints.save(state, meta, parent=parent)
+        if isinstance(self.optimizer, RowSparseAdam):
+            self.optimizer.clear_changed()
+        size = sum(f.stat().st_size for f in path.iterdir())
+        chain = self._chain
+        if parent is None or chain is None:
+            chain = _Chain(seq_of(path), 0, size, 0, rowdelta.present(nets))
+        else:
+            chain = _Chain(
+                seq_of(path), chain.deltas + 1, chain.full_bytes, chain.delta_bytes + size,
+                chain.row_tensors,
+            )  # fmt: skip
+        self._chain = chain
         self.source.commit(positions)  # after the checkpoint: lag monitoring only
         self._since_checkpoint = 0
         self._unsaved_records = False
@@ -636,6 +687,19 @@ class OnlineTrainer:
         self.metrics.checkpoint_time.set(time.time())
         log.debug("checkpoint %s at %s", path, positions)
         return path
+
+    def _delta_parent(self, nets: Mapping[str, Any]) -> int | None:
+        """The checkpoint the next one can be a delta on, or None: it must be full."""
+        chain = self._chain
+        if (
+            chain is None  # nothing of this state saved yet
+            or not isinstance(self.optimizer, RowSparseAdam)  # dense Adam moves every row
+            or chain.deltas + 1 >= self.cfg.checkpoint.full_every
+            or chain.delta_bytes * 2 > chain.full_bytes  # restore would read too much
+            or rowdelta.present(nets) != chain.row_tensors  # e.g. Adam state appeared
+        ):
+            return None
+        return chain.seq
 
     def publish(self) -> int | None:
         """Publish weights, vocabulary and config with positions, watermark and metrics.
@@ -753,6 +817,26 @@ class OnlineTrainer:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "summary.json").write_text(json.dumps(_jsonable(out), indent=2) + "\n")
         return out
+
+
+def _load_nets(ckpt: Checkpoint) -> dict[str, Any]:
+    """{"model": ..., "optimizer": ...} state dicts of ``ckpt``, its delta chain composed."""
+
+    def nets(c: Checkpoint) -> dict[str, Any]:
+        return {n: state_from_bytes(c.state[n], f"{c.path}/{n}") for n in ("model", "optimizer")}
+
+    if not ckpt.parents:
+        return nets(ckpt)
+    deltas = []
+    for c in (*ckpt.parents[1:], ckpt):
+        if "item_rows" not in c.state:
+            raise ValueError(f"{c.path} is a delta checkpoint without item_rows")
+        deltas.append((nets(c), state_from_bytes(c.state["item_rows"], f"{c.path}/item_rows")))
+    return rowdelta.compose(nets(ckpt.root), deltas)
+
+
+def _size(ckpt: Checkpoint) -> int:
+    return sum(len(blob) for blob in ckpt.state.values())
 
 
 def _jsonable(value: Any) -> Any:

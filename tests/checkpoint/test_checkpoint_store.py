@@ -117,10 +117,10 @@ def test_failed_save_leaves_no_trace(tmp_path: Path, monkeypatch: pytest.MonkeyP
     store.save({"a": b"1"}, {"step": 1})
     real_write = checkpoint_module._write_synced
 
-    def failing_write(path: Path, data: bytes) -> None:
+    def failing_write(path: Path, data: bytes) -> tuple[int, str]:
         if path.name == "b":
             raise OSError("injected: disk full")
-        real_write(path, data)
+        return real_write(path, data)
 
     monkeypatch.setattr(checkpoint_module, "_write_synced", failing_write)
     with pytest.raises(OSError, match="injected"):
@@ -138,7 +138,7 @@ from pipeline import checkpoint
 real_write = checkpoint._write_synced
 
 def write(path, data):
-    real_write(path, data)
+    written = real_write(path, data)
     print("READY", flush=True)
     time.sleep(600)
 
@@ -182,7 +182,7 @@ def test_killed_writer_leaves_partial_temp_dir_that_is_ignored_and_cleaned(
 @pytest.mark.parametrize(
     ("state", "meta", "message"),
     [
-        ({"model.pt": torch.ones(1)}, {}, "not bytes; serialise tensors"),
+        ({"model.pt": torch.ones(1)}, {}, "not bytes or a writer; serialise"),
         ({"../x": b""}, {}, "invalid state name"),
         ({"manifest.json": b""}, {}, "invalid state name"),
         ({"a": b""}, {"when": object()}, "not JSON-serialisable"),

@@ -7,18 +7,21 @@ import pytest
 from model.slots import SlotPool
 
 
-def test_take_order_and_round_trip_through_a_list():
+def test_take_order_and_round_trip_through_its_state():
     pool = SlotPool(6, start=1)
     assert len(pool) == 5
     assert pool.take(2).tolist() == [1, 2]
     pool.give([2, 1])  # 1 was given last: it comes back first
     assert pool.take(3).tolist() == [1, 2, 3]
     assert pool.used_end == 4 and len(pool) == 2
-    # as_list pops like the old list of free rows; from_list hands out the same sequence
-    assert pool.as_list() == [5, 4]
     pool.give([3])
-    copy = SlotPool.from_list(6, pool.as_list())
-    assert copy.take(3).tolist() == pool.take(3).tolist() == [3, 4, 5]
+    assert (pool.freed, pool.used_end) == ([3], 4)
+    copy = SlotPool.restore(6, pool.freed, pool.used_end)
+    # the list of every free slot of older snapshots hands out the same sequence
+    legacy = SlotPool.from_list(6, [5, 4, 3])
+    assert copy.take(3).tolist() == legacy.take(3).tolist() == pool.take(3).tolist() == [3, 4, 5]
+    with pytest.raises(ValueError, match="do not fit 6"):
+        SlotPool.restore(6, [5], 4)
     with pytest.raises(ValueError, match="asked for 1 slots, 0 are free"):
         pool.take(1)
 
