@@ -128,6 +128,7 @@ def run_point(args: argparse.Namespace, capacity: int, users: int) -> dict[str, 
         trainer.process_records([record])
     seconds = time.perf_counter() - started
     trained = trainer.counters["events_trained"] - trained_before
+    step_seconds = dict(trainer.step_seconds)  # of the timed events only
     full_bytes, full_s = timed_checkpoint(trainer)  # the first one of a run is full
     for record in stream.records(args.delta_events):
         trainer.process_records([record])
@@ -137,8 +138,8 @@ def run_point(args: argparse.Namespace, capacity: int, users: int) -> dict[str, 
         "distinct_users": users,
         "events": trained,
         "events_per_s": round(trained / seconds),
-        "step_seconds": {k: round(v, 3) for k, v in sorted(trainer.step_seconds.items())},
-        "other_seconds": round(seconds - sum(trainer.step_seconds.values()), 3),
+        "step_seconds": {k: round(v, 3) for k, v in sorted(step_seconds.items())},
+        "other_seconds": round(seconds - sum(step_seconds.values()), 3),
         "store_users": trainer.store.num_users,
         "users_evicted": trainer.store.counters["users_evicted_lru"],
         "vocab_rows_live": len(trainer.vocab),

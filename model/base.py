@@ -27,6 +27,7 @@ from torch import nn
 from model.jagged import JaggedBatch, positions_in_sequence
 
 ITEM_INIT_STD = 0.02  # item embeddings start small; the input layer scales them by sqrt(D)
+INIT_BLOCK_ROWS = 1 << 20
 
 
 class Targets(NamedTuple):
@@ -108,6 +109,21 @@ class ItemRows:
         return F.normalize(self._embedding(rows), dim=-1)
 
 
+def trunc_normal_rows_(
+    weight: torch.Tensor, std: float, a: float = -2.0, b: float = 2.0
+) -> torch.Tensor:
+    """``nn.init.trunc_normal_`` of ``weight`` in blocks of ``INIT_BLOCK_ROWS`` rows.
+
+    torch's truncated normal makes full-size temporaries: a 10M-row table would need several
+    more gigabytes while it is drawn. Tables up to one block are drawn in one call, exactly as
+    ``nn.init.trunc_normal_`` would.
+    """
+    with torch.no_grad():
+        for lo in range(0, weight.shape[0], INIT_BLOCK_ROWS):
+            nn.init.trunc_normal_(weight[lo : lo + INIT_BLOCK_ROWS], std=std, a=a, b=b)
+    return weight
+
+
 class SequentialEncoder(nn.Module):
     """Item table, learned absolute positions and the input layer shared by HSTU and SASRec.
 
@@ -127,7 +143,7 @@ class SequentialEncoder(nn.Module):
         self.item_emb = nn.Embedding(num_rows, embedding_dim, padding_idx=0)
         self.pos_emb = nn.Embedding(max_len, embedding_dim)
         self.input_dropout = nn.Dropout(input_dropout)
-        nn.init.trunc_normal_(self.item_emb.weight, std=ITEM_INIT_STD)
+        trunc_normal_rows_(self.item_emb.weight, std=ITEM_INIT_STD)
         nn.init.trunc_normal_(self.pos_emb.weight, std=1.0 / math.sqrt(embedding_dim))
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
@@ -194,7 +210,7 @@ class SequentialEncoder(nn.Module):
             if name == "item_emb.weight":
                 # truncated at 2 std as the reference (torch's default cuts at +-2 absolute)
                 cut = 2 * ITEM_INIT_STD
-                nn.init.trunc_normal_(param, std=ITEM_INIT_STD, a=-cut, b=cut)
+                trunc_normal_rows_(param, std=ITEM_INIT_STD, a=-cut, b=cut)
                 param[0].zero_()
             elif param.dim() >= 2:
                 nn.init.xavier_normal_(param)

@@ -4,6 +4,8 @@ Readers cover MovieLens ``ratings.dat`` (``user::item::rating::timestamp``), Mov
 ``ratings.csv`` and generic CSV/Parquet logs whose header names user, item and timestamp
 columns (an action column is optional). A malformed line is an error naming file and line,
 unless the caller asks to skip such lines, in which case they are counted by reason.
+``read_event_log`` returns the whole log; ``iter_event_log`` hands it over in chunks of a
+bounded number of rows, for readers that must not hold a whole file (file replay).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import csv
 import logging
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +63,10 @@ class EventLog:
         return EventLog(
             self.user[index], self.item[index], self.timestamp[index], self.action[index]
         )
+
+    def slice(self, start: int, stop: int) -> EventLog:
+        """Rows ``start:stop``."""
+        return self.take(slice(start, stop))
 
     def sorted_by_time(self) -> EventLog:
         """Event-time order; ties keep file order (stable sort)."""
@@ -125,6 +132,46 @@ def read_event_log(
     path: str | Path, format: str = "auto", skip_malformed: bool = False
 ) -> tuple[EventLog, ReadStats]:
     """Read an event log; raise DataFormatError on the first malformed row unless skipping."""
+    chunks, stats = _column_chunks(path, format, skip_malformed, chunk_rows=None)
+    whole: _Columns = ([], [], [], [])
+    for chunk in chunks:
+        for column, part in zip(whole, chunk, strict=True):
+            column.extend(part)
+    # int keys only when every key of the file is an integer (one chunk may not tell)
+    event_log = _event_log(whole)
+    _finish_stats(stats, len(event_log))
+    return event_log, stats
+
+
+def iter_event_log(
+    path: str | Path, format: str = "auto", skip_malformed: bool = False, chunk_rows: int = 1 << 20
+) -> tuple[Iterator[EventLog], ReadStats]:
+    """The log in file order, in ``EventLog`` chunks of at most ``chunk_rows`` rows, and the
+    ``ReadStats`` that the iteration fills in (complete once it is exhausted).
+
+    Each chunk decides on its own whether its keys are int64 or str: a consumer that mixes
+    chunks must canonicalise keys (``EventBatch.from_event_log`` does).
+    """
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    chunks, stats = _column_chunks(path, format, skip_malformed, chunk_rows)
+
+    def generate() -> Iterator[EventLog]:
+        rows = 0
+        for chunk in chunks:
+            rows += len(chunk[0])
+            yield _event_log(chunk)
+        _finish_stats(stats, rows)
+
+    return generate(), stats
+
+
+_Columns = tuple[list, list, list, list]
+
+
+def _column_chunks(
+    path: str | Path, format: str, skip_malformed: bool, chunk_rows: int | None
+) -> tuple[Iterator[_Columns], ReadStats]:
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such file (check the --data path)")
@@ -133,32 +180,49 @@ def read_event_log(
     fmt = detect_format(p) if format == "auto" else format
     stats = ReadStats(path=str(p), format=fmt)
     on_error = _LineErrors(stats, skip_malformed)
+    limit = chunk_rows or 1 << 62
     if fmt == "parquet":
-        columns = _read_parquet(p, on_error)
-    elif fmt == "movielens-dat":
-        columns = _read_movielens_dat(p, on_error)
-    else:
-        columns = _read_csv(p, on_error, movielens=fmt == "movielens-csv")
+        return _read_parquet(p, on_error, limit), stats
+    if fmt == "movielens-dat":
+        return _read_movielens_dat(p, on_error, limit), stats
+    return _read_csv(p, on_error, fmt == "movielens-csv", limit), stats
+
+
+def _event_log(columns: _Columns) -> EventLog:
     users, items, times, actions = columns
-    event_log = EventLog(
+    return EventLog(
         user=_keys_array(users),
         item=_keys_array(items),
         timestamp=np.asarray(times, dtype=np.int64),
         action=np.asarray(actions, dtype=np.int64),
     )
-    stats.rows = len(event_log)
+
+
+def _finish_stats(stats: ReadStats, rows: int) -> None:
+    stats.rows = rows
     if stats.skipped_total:
         log.warning(
             "%s: skipped %d malformed rows (%s); first: %s",
-            p,
+            stats.path,
             stats.skipped_total,
             dict(stats.skipped),
             stats.errors[0],
         )
-    return event_log, stats
 
 
-_Columns = tuple[list, list, list, list]
+class _Chunker:
+    """Collects rows and hands them out ``limit`` at a time."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.cols: _Columns = ([], [], [], [])
+
+    def full(self) -> bool:
+        return len(self.cols[0]) >= self.limit
+
+    def take(self) -> _Columns:
+        out, self.cols = self.cols, ([], [], [], [])
+        return out
 
 
 def _parse_time(text: str) -> int | None:
@@ -206,8 +270,8 @@ def _append_row(
     cols[3].append(code)
 
 
-def _read_movielens_dat(path: Path, on_error) -> _Columns:
-    cols: _Columns = ([], [], [], [])
+def _read_movielens_dat(path: Path, on_error, limit: int) -> Iterator[_Columns]:
+    chunk = _Chunker(limit)
     with path.open(encoding="latin-1") as fh:
         for lineno, line in enumerate(fh, start=1):
             line = line.rstrip("\r\n")
@@ -221,8 +285,12 @@ def _read_movielens_dat(path: Path, on_error) -> _Columns:
                     f"expected 4 fields 'user::item::rating::timestamp', got {len(parts)}: {line[:80]!r}",
                 )
                 continue
-            _append_row(cols, f"{path}:{lineno}", parts[0], parts[1], parts[3], None, on_error)
-    return cols
+            _append_row(
+                chunk.cols, f"{path}:{lineno}", parts[0], parts[1], parts[3], None, on_error
+            )
+            if chunk.full():
+                yield chunk.take()
+    yield chunk.take()
 
 
 def _find_column(header: list[str], names: tuple[str, ...]) -> int | None:
@@ -246,14 +314,14 @@ def _required_columns(path: Path, header: list[str]) -> tuple[int, int, int, int
     return idx[0], idx[1], idx[2], _find_column(header, ACTION_COLUMNS)  # type: ignore[return-value]
 
 
-def _read_csv(path: Path, on_error, movielens: bool) -> _Columns:
-    cols: _Columns = ([], [], [], [])
+def _read_csv(path: Path, on_error, movielens: bool, limit: int) -> Iterator[_Columns]:
+    chunk = _Chunker(limit)
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     with path.open(encoding="utf-8", newline="") as fh:
         reader = csv.reader(fh, delimiter=delimiter)
         header = next(reader, None)
         if header is None:
-            return cols
+            return
         u, i, t, a = _required_columns(path, header)
         if movielens:
             a = None  # MovieLens' rating column is a score, not an action type
@@ -268,29 +336,38 @@ def _read_csv(path: Path, on_error, movielens: bool) -> _Columns:
                 )
                 continue
             _append_row(
-                cols, where, row[u], row[i], row[t], None if a is None else row[a], on_error
+                chunk.cols, where, row[u], row[i], row[t], None if a is None else row[a], on_error
             )
-    return cols
+            if chunk.full():
+                yield chunk.take()
+    yield chunk.take()
 
 
-def _read_parquet(path: Path, on_error) -> _Columns:
+def _read_parquet(path: Path, on_error, limit: int) -> Iterator[_Columns]:
     import pyarrow.parquet as pq  # lazy: only this reader needs it
 
-    table = pq.read_table(path)
-    u, i, t, a = _required_columns(path, table.column_names)
-    names = table.column_names
-    data = [table.column(names[c]).to_pylist() for c in (u, i, t)]
-    actions = table.column(names[a]).to_pylist() if a is not None else None
-    cols: _Columns = ([], [], [], [])
-    for row, (user, item, ts) in enumerate(zip(*data, strict=True)):
-        where = f"{path}: row {row}"
-        if user is None or item is None or ts is None:
-            on_error(where, "missing_field", "null user, item or timestamp")
-            continue
-        ts_text = str(ts.timestamp()) if hasattr(ts, "timestamp") else str(ts)
-        act = None if actions is None or actions[row] is None else str(actions[row])
-        _append_row(cols, where, str(user), str(item), ts_text, act, on_error)
-    return cols
+    parquet = pq.ParquetFile(path)
+    names = parquet.schema_arrow.names
+    u, i, t, a = _required_columns(path, names)
+    wanted = [names[c] for c in (u, i, t)] + ([] if a is None else [names[a]])
+    chunk = _Chunker(limit)
+    row = 0
+    # row groups are read batch by batch: never more than one batch of the file in memory
+    for batch in parquet.iter_batches(batch_size=min(limit, 65_536), columns=wanted):
+        data = [batch.column(k).to_pylist() for k in range(3)]
+        actions = batch.column(3).to_pylist() if a is not None else None
+        for k, (user, item, ts) in enumerate(zip(*data, strict=True)):
+            where = f"{path}: row {row + k}"
+            if user is None or item is None or ts is None:
+                on_error(where, "missing_field", "null user, item or timestamp")
+                continue
+            ts_text = str(ts.timestamp()) if hasattr(ts, "timestamp") else str(ts)
+            act = None if actions is None or actions[k] is None else str(actions[k])
+            _append_row(chunk.cols, where, str(user), str(item), ts_text, act, on_error)
+            if chunk.full():
+                yield chunk.take()
+        row += batch.num_rows
+    yield chunk.take()
 
 
 def _keys_array(keys: list[str]) -> np.ndarray:

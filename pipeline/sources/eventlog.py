@@ -1,6 +1,7 @@
-"""Replay an in-memory ``EventLog`` as records: the engine behind the synthetic and file sources.
+"""Replay an event log as records: the engine behind the synthetic and file sources.
 
-The log (loaded lazily, on first use, by a caller-supplied function) is cut into consecutive
+The log (loaded lazily, on first use, by a caller-supplied function; an ``EventLog`` in memory
+or anything with its length and ``slice``, such as the file source's ``SpilledLog`` on disk) is cut into consecutive
 records of ``events_per_record`` events: Arrow IPC payloads of many events, or one JSON
 payload per event. Record k holds events ``[k * events_per_record, (k + 1) * events_per_record)``
 of the log, so a position is simply the number of records already emitted, and ``seek``
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from typing import Protocol
 
 from pipeline.datasets import EventLog
 from pipeline.events import EventBatch, encode_arrow, encode_json_rows
@@ -20,6 +22,14 @@ from pipeline.sources.base import CODECS, Records
 log = logging.getLogger(__name__)
 
 DEFAULT_EVENTS_PER_RECORD = {"arrow": 4096, "json": 1}
+
+
+class LogRows(Protocol):
+    """What the source needs of a log: its length and rows ``start:stop`` as an EventLog."""
+
+    def __len__(self) -> int: ...
+
+    def slice(self, start: int, stop: int) -> EventLog: ...
 
 
 def resolve_events_per_record(codec: str, events_per_record: int | None) -> int:
@@ -43,7 +53,7 @@ class EventLogSource:
 
     def __init__(
         self,
-        load: Callable[[], EventLog],
+        load: Callable[[], LogRows],
         partition: str,
         codec: str = "arrow",
         events_per_record: int | None = None,
@@ -53,11 +63,11 @@ class EventLogSource:
         self.events_per_record = resolve_events_per_record(codec, events_per_record)
         self.committed: dict[str, int] = {}
         self._load = load
-        self._log: EventLog | None = None
+        self._log: LogRows | None = None
         self._next = 0
 
     @property
-    def event_log(self) -> EventLog:
+    def event_log(self) -> LogRows:
         """The replayed log, loaded on first access."""
         if self._log is None:
             self._log = self._load()
@@ -74,7 +84,7 @@ class EventLogSource:
         if stop <= start:
             return Records()
         epr = self.events_per_record
-        events = EventBatch.from_event_log(self.event_log, start * epr, stop * epr)
+        events = EventBatch.from_event_log(self.event_log.slice(start * epr, stop * epr))
         if self.codec == "json":
             payloads = encode_json_rows(events)
         else:

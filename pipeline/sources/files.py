@@ -3,8 +3,10 @@
 Two kinds of file:
 
 - **Tables** (MovieLens ``.dat``/``.csv``, generic CSV, Parquet; read by
-  ``pipeline.datasets.read_event_log``): the whole log is read, put in event-time order (ties
-  keep file order) and cut into records like ``SyntheticSource`` (codec ``arrow``, the default:
+  ``pipeline.datasets.iter_event_log``): the log is put in event-time order (ties keep file
+  order) in bounded memory, by an external sort into a spill file (``pipeline.sources.spill``:
+  chunks of ``chunk_rows`` rows sorted and merged on disk under ``spill_dir``, deleted on
+  ``close``), and cut into records like ``SyntheticSource`` (codec ``arrow``, the default:
   ``events_per_record`` events each, default 4096; ``json``: one event each). Offset = record index. A malformed row is
   an error when the file is opened (``DataFormatError`` naming file:line), unless
   ``skip_malformed=True``: then the reader skips and counts such rows (``read_stats``) and logs
@@ -25,13 +27,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
-from pipeline.datasets import EventLog, ReadStats, read_event_log
+from pipeline.datasets import ReadStats, iter_event_log
 from pipeline.sources.base import Records, Source
 from pipeline.sources.eventlog import EventLogSource
+from pipeline.sources.spill import SpilledLog, spill_sorted
 
 log = logging.getLogger(__name__)
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
+# Rows parsed per sorted run: ~100 MB of Python objects at most while a chunk is read.
+CHUNK_ROWS = 1 << 18
 
 
 class JsonlSource:
@@ -123,8 +128,13 @@ class FileSource:
         events_per_record: int | None = None,
         partition: str | None = None,
         skip_malformed: bool = False,
+        spill_dir: str | Path | None = None,
+        chunk_rows: int = CHUNK_ROWS,
     ) -> None:
         self.path = Path(path)
+        self._spill_dir = spill_dir
+        self._chunk_rows = chunk_rows
+        self._spilled: SpilledLog | None = None
         self.partition = partition or f"file:{self.path.name}"
         self.read_stats: ReadStats | None = None
         is_jsonl = format == "jsonl" or (
@@ -145,9 +155,13 @@ class FileSource:
                 self._read, self.partition, codec or "arrow", events_per_record
             )
 
-    def _read(self) -> EventLog:
-        event_log, self.read_stats = read_event_log(self.path, self._format, self._skip_malformed)
-        return event_log.sorted_by_time()
+    def _read(self) -> SpilledLog:
+        chunks, self.read_stats = iter_event_log(
+            self.path, self._format, self._skip_malformed, self._chunk_rows
+        )
+        assert isinstance(self._inner, EventLogSource)
+        self._spilled = spill_sorted(chunks, self._inner.events_per_record, self._spill_dir)
+        return self._spilled
 
     def poll(self, max_records: int, timeout_s: float = 0.0) -> Records:
         return self._inner.poll(max_records, timeout_s)
@@ -166,3 +180,6 @@ class FileSource:
 
     def close(self) -> None:
         self._inner.close()
+        if self._spilled is not None:
+            self._spilled.close()
+            self._spilled = None
