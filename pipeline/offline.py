@@ -35,6 +35,7 @@ from model.base import SequentialEncoder, last_states, select_targets
 from model.jagged import JaggedBatch
 from model.losses import sampled_softmax_loss
 from model.metrics import DEFAULT_KS, RankingAccumulator, target_ranks
+from model.optim import RowSparseAdam
 from model.popular import MostPopular
 from model.retrieval import score_items
 from model.serialize import build_model, save_checkpoint
@@ -320,16 +321,22 @@ def _fit(
 ) -> tuple[int, dict[str, torch.Tensor]]:
     """Epoch loop; returns (best epoch, its state dict) by validation NDCG@10, or, with the
     paper's split, (last epoch, its state dict) without evaluating anything."""
-    optimizer = torch.optim.AdamW(
-        model.parameters(),
-        lr=cfg.lr,
-        betas=(0.9, cfg.adam_beta2),
-        weight_decay=cfg.weight_decay,
-    )
+    betas = (0.9, cfg.adam_beta2)
+    optimizer: torch.optim.Optimizer | RowSparseAdam
+    if cfg.sparse_embeddings:
+        model.item_emb.sparse = True
+        optimizer = RowSparseAdam(model, cfg.lr, betas, cfg.weight_decay)
+        optimizers = [optimizer.dense, optimizer.rows]
+    else:
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay
+        )
+        optimizers = [optimizer]
     rng = np.random.default_rng(cfg.seed)
     negatives_gen = torch.Generator().manual_seed(cfg.seed)
     users = np.flatnonzero(train.lengths() >= 2)  # a one-event sequence has no target
-    schedule = make_lr_schedule(optimizer, cfg, steps_per_epoch=-(-users.size // cfg.batch_size))
+    steps_per_epoch = -(-users.size // cfg.batch_size)
+    schedules = [make_lr_schedule(o, cfg, steps_per_epoch) for o in optimizers]
     best_epoch, best_score, best_state = 0, -1.0, copy.deepcopy(model.state_dict())
     for epoch in range(1, cfg.epochs + 1):
         model.train()
@@ -348,7 +355,8 @@ def _fit(
             loss = sampled_softmax_loss(
                 targets.queries,
                 targets.items,
-                model.item_embeddings(),
+                # rows normalised as looked up: a sparse gradient when the table is sparse
+                model.item_rows() if cfg.sparse_embeddings else model.item_embeddings(),
                 num_negatives=cfg.num_negatives,
                 temperature=cfg.temperature,
                 weights=targets.weights,
@@ -359,7 +367,8 @@ def _fit(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            schedule.step()
+            for schedule in schedules:
+                schedule.step()
             total_loss += float(loss.detach())
             steps += 1
             bar.set_postfix(loss=f"{total_loss / steps:.4f}")

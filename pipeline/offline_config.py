@@ -28,6 +28,8 @@ class TrainConfig:
     per-target ones (per-position negatives only).
     ``init``: "reference" re-initialises the model as Meta's research code does.
     ``lr_schedule``: "constant" (the reference) or "cosine" (decays to 0 over all steps).
+    ``sparse_embeddings``: the item table gets sparse gradients and lazy Adam (the online
+    trainer's default, ``model.optim.RowSparseAdam``) instead of AdamW on every row.
     """
 
     epochs: int = 30
@@ -41,6 +43,7 @@ class TrainConfig:
     num_shared_negatives: int = 0
     init: str = "reference"
     lr_schedule: str = "constant"
+    sparse_embeddings: bool = False
     split: str = "paper"
     exclude_seen: bool = False
     eval_batch_size: int = 256

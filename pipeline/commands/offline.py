@@ -106,6 +106,13 @@ def add_training_options(group: argparse._ActionsContainer) -> None:
         help="constant (the reference) or cosine (down to 0 over all steps) (default: %(default)s)",
     )
     group.add_argument(
+        "--sparse-embeddings",
+        action=argparse.BooleanOptionalAction,
+        default=t.sparse_embeddings,
+        help="item table: sparse gradients and lazy Adam on the rows a step touches, as the "
+        "online trainer; off: AdamW on every row, the reference (default: %(default)s)",
+    )
+    group.add_argument(
         "--init",
         choices=INITS,
         default=t.init,
@@ -143,6 +150,7 @@ def train_config_from_args(args: argparse.Namespace, seed: int, progress: bool) 
         num_shared_negatives=args.shared_negatives,
         init=args.init,
         lr_schedule=args.lr_schedule,
+        sparse_embeddings=args.sparse_embeddings,
         split=args.split,
         exclude_seen=args.exclude_seen,
         eval_batch_size=args.eval_batch_size,
