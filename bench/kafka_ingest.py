@@ -103,11 +103,11 @@ def through_source(
     """Seconds for ``KafkaSource`` + ``decode_records`` (``decode``), + batch assembly
     (``pipeline``). Records are gathered one micro-batch at a time with the trainer's own
     ``gather``."""
-    from model.vocab import ItemVocabulary
     from pipeline.batching import BatchBuilder
     from pipeline.events import decode_records
     from pipeline.sources.base import gather
-    from pipeline.store import SequenceStore
+    from pipeline.state.store import SequenceStore
+    from pipeline.state.vocab import ItemVocabulary
 
     source = _open_source(bootstrap, topic, args)
     store = SequenceStore(max_len=args.max_len, tolerance_s=3600)

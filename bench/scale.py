@@ -4,7 +4,8 @@ Every point runs the trainer's **default configuration** with only ``vocab.capac
 to the point's C (checkpoints go to a temporary directory, the registry is off), in a fresh
 process so that its peak RSS is its own. The stream is synthetic: users uniform over U
 distinct keys, items drawn from a power law (Zipf, exponent ``--zipf``) over C - 1 keys so
-that the table fills, event times increasing, Arrow records of 4,096 events. Reported per
+that the table fills (or over ``--items`` keys at every point: the same stream for every
+capacity), event times increasing, Arrow records of 4,096 events. Reported per
 point: events/s over ``--events`` timed events (after ``--warmup`` untimed ones), the step
 time split (store + batch assembly, evaluation, forward + backward, optimizer; seconds
 over the timed events), the bytes and seconds of the run's first checkpoint (full) and of
@@ -48,6 +49,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--delta-events", type=int, default=10_000, help="events between the full and the delta"
     )
     p.add_argument("--zipf", type=float, default=1.1, help="item popularity exponent")
+    p.add_argument(
+        "--items",
+        type=int,
+        default=0,
+        help="distinct item keys of the stream (0: C - 1 at each point, so that the table "
+        "fills; a fixed N gives every capacity the same stream)",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--point", nargs=2, type=int, metavar=("C", "U"), help=argparse.SUPPRESS)
@@ -108,7 +116,7 @@ def run_point(args: argparse.Namespace, capacity: int, users: int) -> dict[str, 
         },
         environ={},
     )
-    stream = Stream(capacity - 1, users, args.zipf, args.seed)
+    stream = Stream(args.items or capacity - 1, users, args.zipf, args.seed)
     built = time.perf_counter()
     # records are fed to process_records directly; the source only answers positions()
     idle = SyntheticSource(SyntheticConfig(num_users=1, num_items=40, events_per_user=3))

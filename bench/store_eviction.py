@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.config import StoreSection
-from pipeline.store import SequenceStore
+from pipeline.state.store import SequenceStore
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -150,7 +150,7 @@ def decoded_batches(data: Data) -> list:
 def stage_store(args: argparse.Namespace, data: Data) -> dict[str, Any]:
     """Sequence store alone: plan (late/duplicate checks) + commit, per micro-batch."""
     from pipeline.events import EventBatch
-    from pipeline.store import SequenceStore
+    from pipeline.state.store import SequenceStore
 
     events = EventBatch.concat(decoded_batches(data))
     size = args.batch_events
@@ -171,10 +171,10 @@ def stage_store(args: argparse.Namespace, data: Data) -> dict[str, Any]:
 
 def stage_arrow_to_batches(args: argparse.Namespace, data: Data) -> dict[str, Any]:
     """Arrow payloads -> decode + validate -> store + vocabulary -> jagged batches (no model)."""
-    from model.vocab import ItemVocabulary
     from pipeline.batching import BatchBuilder
     from pipeline.events import decode
-    from pipeline.store import SequenceStore
+    from pipeline.state.store import SequenceStore
+    from pipeline.state.vocab import ItemVocabulary
 
     recs = records(data.arrow, "arrow")
     size = args.batch_events

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model.grouping import compact_groups, group_order
 from model.jagged import JaggedBatch
-from model.vocab import ItemVocabulary
 from pipeline.events import EventBatch
-from pipeline.store import Histories, IngestPlan, SequenceStore
+from pipeline.state.grouping import compact_groups, group_order
+from pipeline.state.store import Histories, IngestPlan, SequenceStore
+from pipeline.state.vocab import ItemVocabulary
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from model.base import ItemRows
-from model.vocab import pack_arrays, unpack_arrays
+from pipeline.state.vocab import pack_arrays, unpack_arrays
 
 
 def ranks_over_catalogue(

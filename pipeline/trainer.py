@@ -41,7 +41,6 @@ from model.base import select_targets
 from model.hstu import HSTU, HSTUConfig
 from model.losses import sampled_softmax_loss
 from model.optim import RowSparseAdam, is_row_sparse_state
-from model.vocab import ItemVocabulary
 from pipeline import rowdelta
 from pipeline.batching import BatchBuilder
 from pipeline.checkpoint import (
@@ -59,7 +58,8 @@ from pipeline.events import EventBatch, decode_records
 from pipeline.observability import MetricsLog, TrainerMetrics, progress_line
 from pipeline.progressive import ProgressiveMetrics, ranks_over_catalogue
 from pipeline.sources.base import Records, Source, SourceRecord, gather
-from pipeline.store import SequenceStore
+from pipeline.state.store import SequenceStore
+from pipeline.state.vocab import ItemVocabulary
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Eviction through the recency index picks exactly what a full scan would (oracle tests).
 
-The store and the vocabulary choose whom to evict from a lazy heap (model/recency.py). Here
+The store and the vocabulary choose whom to evict from a lazy heap (pipeline/state/recency.py). Here
 a brute-force scan over every stored user / row, made just before each decision, predicts
 the victims: the oldest last-activity times outside the protected set, ties by the lower
 slot / row, and for TTL every id older than the floor. Random streams with out-of-order
@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.recency import RecencyIndex
-from model.vocab import ItemVocabulary
-from pipeline.store import SequenceStore
+from pipeline.state.recency import RecencyIndex
+from pipeline.state.store import SequenceStore
+from pipeline.state.vocab import ItemVocabulary
 
 
 class ScanCheckedStore(SequenceStore):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import pipeline.store as store_module
-from pipeline.store import REJECT_DUPLICATE, REJECT_LATE, SequenceStore, hash_event_ids
+import pipeline.state.store as store_module
+from pipeline.state.store import REJECT_DUPLICATE, REJECT_LATE, SequenceStore, hash_event_ids
 
 
 def ingest(store, users, ts, items=None, event_ids=None):

@@ -21,12 +21,12 @@ import pytest
 
 from connectors.registry import Registry
 from model.hstu import HSTU, HSTUConfig
-from model.vocab import ItemVocabulary
 from pipeline.checkpoint import CheckpointStore, state_from_bytes
 from pipeline.cli import main
 from pipeline.deadletter import read_dead_letters
 from pipeline.events import EventBatch, encode_json_rows
-from pipeline.store import SequenceStore
+from pipeline.state.store import SequenceStore
+from pipeline.state.vocab import ItemVocabulary
 from pipeline.synthetic import SyntheticConfig, generate_events
 
 REPO = Path(__file__).resolve().parents[2]

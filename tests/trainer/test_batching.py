@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.vocab import ItemVocabulary
 from pipeline.batching import BatchBuilder
 from pipeline.events import EventBatch
-from pipeline.store import SequenceStore
+from pipeline.state.store import SequenceStore
+from pipeline.state.vocab import ItemVocabulary
 
 
 def events(users, items, ts):

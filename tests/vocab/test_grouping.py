@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.grouping import compact_groups, factorize, group_order
+from pipeline.state.grouping import compact_groups, factorize, group_order
 
 
 @pytest.mark.parametrize("n_groups", [1, 7, 70_000])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.keyindex import KeyIndex, split_keys
+from pipeline.state.keyindex import KeyIndex, split_keys
 
 
 def _objects(*keys: int | str) -> np.ndarray:

@@ -7,7 +7,7 @@ import mmap
 import numpy as np
 import pytest
 
-from model.memory import lazy_zeros
+from pipeline.state.memory import lazy_zeros
 
 
 @pytest.mark.parametrize("shape", [7, (3, 5), (1 << 18, 8), 0])

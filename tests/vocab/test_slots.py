@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from model.slots import SlotPool
+from pipeline.state.slots import SlotPool
 
 
 def test_take_order_and_round_trip_through_its_state():

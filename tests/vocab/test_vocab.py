@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.grouping import factorize
-from model.vocab import ItemVocabulary
+from pipeline.state.grouping import factorize
+from pipeline.state.vocab import ItemVocabulary
 
 
 def keys(*values):

@@ -36,11 +36,11 @@ from typing import Any
 
 import numpy as np
 
-from model.grouping import factorize, group_order
-from model.keyindex import Key, KeyIndex
-from model.memory import lazy_zeros
-from model.recency import RecencyIndex
-from model.slots import SlotPool
+from pipeline.state.grouping import factorize, group_order
+from pipeline.state.keyindex import Key, KeyIndex
+from pipeline.state.memory import lazy_zeros
+from pipeline.state.recency import RecencyIndex
+from pipeline.state.slots import SlotPool
 
 _ROW_BITS = 32
 _ROW_MASK = (1 << _ROW_BITS) - 1

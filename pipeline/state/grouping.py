@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from model.keyindex import Key
+from pipeline.state.keyindex import Key
 
 # factorize ranks int keys through a [max - min + 1] bitmap instead of sorting them when that
 # span is at most this many slots per key plus a constant (a few µs of memset).

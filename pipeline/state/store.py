@@ -5,8 +5,8 @@ timestamp, action, value, event-id hash), plus a length, a head and a last-event
 slot. Each row is a ring buffer in event-time order starting at its head, so the common case
 (a user's new events are no older than their stored ones) appends in place without moving
 the stored events; out-of-order inserts and TTL trimming rebuild the affected rows. Every
-operation works on a whole micro-batch with numpy (``model.grouping`` groups by user, a
-``model.keyindex.KeyIndex`` maps users to slots); there is no per-event Python object.
+operation works on a whole micro-batch with numpy (``pipeline.state.grouping`` groups by user, a
+``pipeline.state.keyindex.KeyIndex`` maps users to slots); there is no per-event Python object.
 
 Semantics:
 
@@ -40,12 +40,12 @@ from typing import Any
 
 import numpy as np
 
-from model.grouping import compact_groups, factorize, group_order
-from model.keyindex import Key, KeyIndex
-from model.memory import lazy_zeros
-from model.recency import RecencyIndex
-from model.slots import SlotPool
-from model.vocab import (
+from pipeline.state.grouping import compact_groups, factorize, group_order
+from pipeline.state.keyindex import Key, KeyIndex
+from pipeline.state.memory import lazy_zeros
+from pipeline.state.recency import RecencyIndex
+from pipeline.state.slots import SlotPool
+from pipeline.state.vocab import (
     keys_from_arrays,
     keys_to_arrays,
     pack_arrays,
@@ -55,7 +55,7 @@ from model.vocab import (
 REJECT_LATE = "late"
 REJECT_DUPLICATE = "duplicate"
 _INT64_MIN = np.iinfo(np.int64).min
-# Address space reserved for the first users at once (model.memory.lazy_zeros: pages are only
+# Address space reserved for the first users at once (pipeline.state.memory.lazy_zeros: pages are only
 # backed by memory once written), so the store rarely grows by copying.
 _RESERVE_BYTES = 256 << 20
 
