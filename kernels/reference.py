@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from model.jagged import positions_in_sequence, segment_ids
+from kernels.offsets import positions_in_sequence, segment_ids
 
 NUM_TIME_BUCKETS = 129  # buckets 0..128 after clamping
 TIME_BUCKET_DIVISOR = 0.301  # ~log(2): one bucket per doubling of the time gap

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.jagged import JaggedBatch, positions_in_sequence
+from kernels.offsets import positions_in_sequence
+from model.jagged import JaggedBatch
 
 ITEM_INIT_STD = 0.02  # item embeddings start small; the input layer scales them by sqrt(D)
 INIT_BLOCK_ROWS = 1 << 20

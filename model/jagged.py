@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from kernels.offsets import positions_in_sequence
+
 
 class JaggedError(ValueError):
     """A jagged batch is malformed; the message names the field and the first bad index."""
@@ -29,19 +31,6 @@ def offsets_from_lengths(lengths: torch.Tensor | np.ndarray | Sequence[int]) -> 
     out = torch.zeros(lengths_t.numel() + 1, dtype=torch.int64)
     torch.cumsum(lengths_t, dim=0, out=out[1:])
     return out
-
-
-def segment_ids(offsets: torch.Tensor) -> torch.Tensor:
-    """[T] index of the sequence that owns each row."""
-    lengths = offsets[1:] - offsets[:-1]
-    return torch.repeat_interleave(torch.arange(lengths.numel(), device=offsets.device), lengths)
-
-
-def positions_in_sequence(offsets: torch.Tensor) -> torch.Tensor:
-    """[T] 0-based position of each row inside its own sequence."""
-    total = int(offsets[-1])
-    rows = torch.arange(total, device=offsets.device)
-    return rows - offsets[:-1].repeat_interleave(offsets[1:] - offsets[:-1])
 
 
 def validate_offsets(offsets: torch.Tensor, total: int | None = None) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 import torch
 
-from model.jagged import segment_ids
+from kernels.offsets import segment_ids
 from model.retrieval import mask_unavailable
 
 DEFAULT_KS: tuple[int, ...] = (10, 50, 200)

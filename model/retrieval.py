@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from model.jagged import segment_ids
+from kernels.offsets import segment_ids
 
 
 def mask_unavailable(

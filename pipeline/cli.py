@@ -1,8 +1,9 @@
 """The ``genrec`` command line: one entry point, one module per subcommand group.
 
 Each module in ``COMMAND_MODULES`` exposes ``register(subparsers)``, which adds its
-subcommand(s) and sets ``func`` (called with the parsed args; returns an exit code).
-Modules are imported only when listed, so ``genrec --help`` stays quick.
+subcommand(s) and sets ``func`` (called with the parsed args; returns an exit code): the
+pipeline's own (offline training, ``train``) and the connectors' (Kafka, registry), found
+through the ``genrec.commands`` entry points (``pipeline/plugins.py``).
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ import importlib
 import logging
 import sys
 
+from pipeline import plugins
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_LEVEL_HELP = "logging verbosity (default: INFO)"
 
 COMMAND_MODULES: tuple[str, ...] = (
     "pipeline.commands.offline",
-    "pipeline.commands.kafka",
-    "pipeline.commands.registry",
+    *plugins.modules("genrec.commands"),
     "pipeline.commands.train",
 )
 

@@ -99,3 +99,14 @@ def _read_holder(fd: int) -> str:
         return f"pid {int(info['pid'])} on {info['host']} since {info['since']}"
     except (OSError, ValueError, KeyError, TypeError):
         return "holder unknown: the lock file is being written or unreadable"
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this host (signal 0 probes without killing)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    return True

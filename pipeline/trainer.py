@@ -36,7 +36,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from connectors.registry.errors import ConcurrentPublishError
 from model.base import select_targets
 from model.hstu import HSTU, HSTUConfig
 from model.losses import sampled_softmax_loss
@@ -57,6 +56,7 @@ from pipeline.deadletter import DeadLetterSink
 from pipeline.events import EventBatch, decode_records
 from pipeline.observability import MetricsLog, TrainerMetrics, progress_line
 from pipeline.progressive import ProgressiveMetrics, ranks_over_catalogue
+from pipeline.publishing import ConcurrentPublishError
 from pipeline.sources.base import Records, Source, SourceRecord, gather
 from pipeline.state.store import SequenceStore
 from pipeline.state.vocab import ItemVocabulary

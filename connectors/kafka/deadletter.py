@@ -377,6 +377,11 @@ class KafkaDeadLetterSink:
         self._ready_topics.add(topic)
 
 
+def from_trainer_config(cfg: Any) -> KafkaDeadLetterSink:
+    """The ``genrec.dead_letters`` plugin for ``dead_letter.kind: kafka``."""
+    return sink_from_section(cfg.source.kafka)
+
+
 def sink_from_section(kafka: Any) -> KafkaDeadLetterSink:
     """The dead-letter sink of the trainer's ``source.kafka`` config section
     (``dead_letter_topic``, else ``<source topic>.dlq``)."""

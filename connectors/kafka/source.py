@@ -564,6 +564,11 @@ def client_config_from_section(kafka: Any) -> KafkaClientConfig:
     return client_config_from_args(kafka, default_bootstrap=running_local_bootstrap())
 
 
+def from_trainer_config(cfg: Any) -> KafkaSource:
+    """The ``genrec.sources`` plugin for ``source.kind: kafka`` (see pipeline/plugins.py)."""
+    return source_from_section(cfg.source.kafka, lag_every_s=cfg.observability.log_every_s)
+
+
 def source_from_section(kafka: Any, lag_every_s: float = 10.0) -> KafkaSource:
     """The ``KafkaSource`` described by the trainer's ``source.kafka`` config section."""
     topics = [t.strip() for t in kafka.topic.split(",") if t.strip()]

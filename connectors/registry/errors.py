@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pipeline import publishing
 
-class RegistryError(Exception):
+
+class RegistryError(publishing.PublishError):
     """Base class: something about the registry's contents or a request on it is wrong."""
 
 
@@ -20,6 +22,6 @@ class UnsafePathError(RegistryError):
     that nothing outside the root is ever read, written or deleted."""
 
 
-class ConcurrentPublishError(RegistryError):
+class ConcurrentPublishError(RegistryError, publishing.ConcurrentPublishError):
     """Another writer moved ``latest`` (or holds the publish lock): this publish was refused
     before any version became visible."""

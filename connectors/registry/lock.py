@@ -23,7 +23,8 @@ from contextlib import suppress
 from datetime import UTC, datetime
 
 from connectors.registry.errors import ConcurrentPublishError
-from connectors.registry.storage import Storage, process_alive
+from connectors.registry.storage import Storage
+from pipeline.runlock import process_alive
 
 log = logging.getLogger(__name__)
 

@@ -60,7 +60,8 @@ from connectors.registry.manifest import (
     utc_now,
     version_dir_name,
 )
-from connectors.registry.storage import Storage, filesystem_from_uri, process_alive
+from connectors.registry.storage import Storage, filesystem_from_uri
+from pipeline.runlock import process_alive
 
 log = logging.getLogger(__name__)
 

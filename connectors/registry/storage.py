@@ -68,17 +68,6 @@ def filesystem_from_uri(uri: str | os.PathLike[str]) -> tuple[pafs.FileSystem, s
     return fs, path.rstrip("/")
 
 
-def process_alive(pid: int) -> bool:
-    """Whether a process with this id exists on this host (signal 0 probes without killing)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by another user
-    return True
-
-
 class Storage:
     """Paths relative to a root inside one pyarrow filesystem ("a/b" style, never absolute)."""
 

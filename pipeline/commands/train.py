@@ -15,6 +15,7 @@ import signal
 import threading
 from typing import Any
 
+from pipeline import plugins
 from pipeline.config import (
     TrainerConfig,
     deep_merge,
@@ -134,14 +135,8 @@ def make_source(cfg: TrainerConfig) -> Any:
 
         assert src.path is not None  # checked by the config
         return FileSource(src.path, format=src.format, events_per_record=src.events_per_record)
-    try:
-        from connectors.kafka.source import source_from_section
-    except ImportError as err:
-        raise SystemExit(
-            f"--source kafka needs connectors/kafka/source.py (KafkaSource), which is not "
-            f"available in this installation ({err}); use --source synthetic or file"
-        ) from err
-    return source_from_section(src.kafka, lag_every_s=cfg.observability.log_every_s)
+    factory = plugins.load("genrec.sources", src.kind, f"--source {src.kind}")
+    return factory(cfg)
 
 
 def make_dead_letter_sink(cfg: TrainerConfig) -> Any:
@@ -150,14 +145,8 @@ def make_dead_letter_sink(cfg: TrainerConfig) -> Any:
         from pipeline.deadletter import JsonlDeadLetterSink
 
         return JsonlDeadLetterSink(cfg.dead_letter_path)
-    try:
-        from connectors.kafka.deadletter import sink_from_section
-    except ImportError as err:
-        raise SystemExit(
-            f"dead_letter.kind=kafka needs connectors/kafka/deadletter.py ({err}); "
-            "use dead_letter.kind=jsonl"
-        ) from err
-    return sink_from_section(cfg.source.kafka)
+    kind = cfg.dead_letter.kind
+    return plugins.load("genrec.dead_letters", kind, f"dead_letter.kind={kind}")(cfg)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -184,8 +173,8 @@ def _run(args: argparse.Namespace, stop: threading.Event) -> int:
     if args.print_config:
         print(json.dumps(cfg.model_dump(mode="json"), indent=2))
         return 0
-    from connectors.registry import RegistryError
     from pipeline.checkpoint import CheckpointError
+    from pipeline.publishing import PublishError
     from pipeline.runlock import DirectoryLock, DirectoryLockedError
 
     lock = DirectoryLock(cfg.checkpoint.dir)
@@ -195,7 +184,7 @@ def _run(args: argparse.Namespace, stop: threading.Event) -> int:
         raise SystemExit(f"genrec train: error: {err}") from None
     try:
         summary = _train(cfg, stop)
-    except (CheckpointError, RegistryError) as err:
+    except (CheckpointError, PublishError, plugins.PluginNotFoundError) as err:
         raise SystemExit(f"genrec train: error: {err}") from None
     finally:
         lock.release()
@@ -210,7 +199,6 @@ def _run(args: argparse.Namespace, stop: threading.Event) -> int:
 
 
 def _train(cfg: TrainerConfig, stop: threading.Event) -> dict[str, Any]:
-    from connectors.registry import Registry
     from pipeline.checkpoint import CheckpointStore
     from pipeline.observability import TrainerMetrics
     from pipeline.trainer import OnlineTrainer
@@ -218,7 +206,10 @@ def _train(cfg: TrainerConfig, stop: threading.Event) -> dict[str, Any]:
     source = make_source(cfg)
     sink = make_dead_letter_sink(cfg)
     try:
-        registry = Registry.open(cfg.registry.uri, create=True) if cfg.registry.enabled else None
+        registry = None
+        if cfg.registry.enabled:
+            open_registry = plugins.load("genrec.registries", "default", "publishing")
+            registry = open_registry(cfg.registry.uri, create=True)
         metrics = TrainerMetrics(
             cfg.observability.prometheus_host, cfg.observability.prometheus_port
         )

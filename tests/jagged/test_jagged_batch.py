@@ -7,13 +7,8 @@ import pyarrow as pa
 import pytest
 import torch
 
-from model.jagged import (
-    JaggedBatch,
-    JaggedError,
-    offsets_from_lengths,
-    positions_in_sequence,
-    segment_ids,
-)
+from kernels.offsets import positions_in_sequence, segment_ids
+from model.jagged import JaggedBatch, JaggedError, offsets_from_lengths
 
 
 def test_from_lists_layout() -> None:

@@ -14,7 +14,7 @@ from pipeline import cli
 @pytest.fixture(autouse=True)
 def only_registry_commands(monkeypatch: pytest.MonkeyPatch) -> None:
     # Other command modules belong to other packages; keep these tests independent of them.
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ("pipeline.commands.registry",))
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("connectors.registry.commands",))
     monkeypatch.delenv("GENREC_REGISTRY", raising=False)
 
 

@@ -192,7 +192,7 @@ def test_alias_names_are_fully_matched(tmp_path: Path, alias: str) -> None:
 def test_cli_promote_refuses_alias_with_trailing_newline(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ("pipeline.commands.registry",))
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("connectors.registry.commands",))
     Registry.open(tmp_path, create=True).publish({"model.pt": b"w"})
     assert cli.main(["registry", "promote", "1", "prod\n", "--registry", str(tmp_path)]) == 1
     assert "invalid alias name 'prod\\n'" in capsys.readouterr().err
