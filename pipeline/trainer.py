@@ -356,7 +356,7 @@ class OnlineTrainer:
                 f"train.sparse_embeddings={str(written_sparse).lower()}"
             )
         optimizer.load_state_dict(optimizer_state)
-        store = SequenceStore.restore(ckpt.state["store"])
+        store = _load_store(ckpt)
         vocab = ItemVocabulary.restore(ckpt.state["vocab"])
         # The blobs carry their own sizes: they must fit the model and the settings.
         if vocab.capacity != self.cfg.vocab.capacity or store.max_len != self.cfg.store.max_len:
@@ -651,9 +651,11 @@ class OnlineTrainer:
             rest, changed = rowdelta.split(nets, self.optimizer.changed_rows())
             state = {name: state_to_bytes(part) for name, part in rest.items()}
             state["item_rows"] = state_to_bytes(changed)
+            state["store_delta"] = self.store.delta_snapshot()  # users written since
+        if parent is None:
+            state["store"] = self.store.snapshot()
         state |= {
             "vocab": self.vocab.snapshot(),
-            "store": self.store.snapshot(),
             "progressive": self.progressive.snapshot(),
         }
         meta = {
@@ -670,6 +672,7 @@ class OnlineTrainer:
         path = self.checkpoints.save(state, meta, parent=parent)
         if isinstance(self.optimizer, RowSparseAdam):
             self.optimizer.clear_changed()
+        self.store.clear_changed()
         size = sum(f.stat().st_size for f in path.iterdir())
         chain = self._chain
         if parent is None or chain is None:
@@ -833,6 +836,16 @@ def _load_nets(ckpt: Checkpoint) -> dict[str, Any]:
             raise ValueError(f"{c.path} is a delta checkpoint without item_rows")
         deltas.append((nets(c), state_from_bytes(c.state["item_rows"], f"{c.path}/item_rows")))
     return rowdelta.compose(nets(ckpt.root), deltas)
+
+
+def _load_store(ckpt: Checkpoint) -> SequenceStore:
+    """The sequence store of ``ckpt``: its full snapshot's, then each delta's users."""
+    store = SequenceStore.restore(ckpt.root.state["store"])
+    for c in (*ckpt.parents[1:], ckpt) if ckpt.parents else ():
+        if "store_delta" not in c.state:
+            raise ValueError(f"{c.path} is a delta checkpoint without store_delta")
+        store.apply_delta(c.state["store_delta"])
+    return store
 
 
 def _size(ckpt: Checkpoint) -> int:

@@ -183,6 +183,7 @@ class SequenceStore:
         self.head = np.zeros(slots, dtype=np.int64)  # column of the oldest event
         self.last_ts = np.full(slots, _INT64_MIN, dtype=np.int64)
         self._key_of = np.empty(slots, dtype=object)  # user key per slot (None: free)
+        self._changed = np.zeros(slots, dtype=bool)  # written or freed since clear_changed()
 
     def _grow(self, needed: int) -> None:
         old = self.length.size
@@ -190,7 +191,7 @@ class SequenceStore:
             return
         row_bytes = self.max_len * sum(getattr(self, c).itemsize for c in self._COLUMNS)
         new = min(max(needed, 2 * old, _RESERVE_BYTES // row_bytes), self.max_users)
-        for name in (*self._COLUMNS, "length", "head", "last_ts", "_key_of"):
+        for name in (*self._COLUMNS, "length", "head", "last_ts", "_key_of", "_changed"):
             arr = getattr(self, name)
             # A slot's memory is touched when it is first written, not when it is reserved.
             # (np.empty of objects is all None.)
@@ -355,6 +356,7 @@ class SequenceStore:
             self._slot_of.insert(new_keys, new_slots)
             self._key_of[new_slots] = new_keys
             slots[new_users] = new_slots
+        self._changed[slots[users_in_batch]] = True
         self._merge(
             slots[users_in_batch],
             seg_new,
@@ -501,17 +503,39 @@ class SequenceStore:
         self._slot_of.remove(self._key_of[slots])
         self._key_of[slots] = None
         self._slots.give(slots.tolist())
+        self._changed[slots] = True
         self.length[slots] = 0
         self.head[slots] = 0
         self.last_ts[slots] = _INT64_MIN
 
     # -------------------------------------------------------------- snapshot
     def snapshot(self) -> bytes:
-        """Users and their events as a compact ``numpy.savez`` archive (no pickle)."""
-        pairs = self._slot_of.items()
-        keys = [key for key, _ in pairs]
-        slots = np.array([slot for _, slot in pairs], dtype=np.int64)
-        lengths = self.length[slots] if slots.size else np.zeros(0, np.int64)
+        """Users and their events as a compact ``numpy.savez`` archive (no pickle).
+
+        Slot-exact: users keep their slots and the free-slot pool its order through a
+        restore, so that eviction ties (broken by slot) and new users' slots come out as
+        without it; users are written in slot order, so equal states give equal bytes.
+        """
+        end = self._slots.used_end
+        occupied = np.flatnonzero(np.not_equal(self._key_of[:end], None)).astype(np.int64)
+        return pack_arrays(self._archive(occupied, np.zeros(0, np.int64)))
+
+    def delta_snapshot(self) -> bytes:
+        """What changed since ``clear_changed``: the users of written slots (whole rows) and
+        the slots freed, with the pool, watermark and counters; ``apply_delta`` of it on a
+        restored ``snapshot()`` of that time gives this store. O(changed slots + freed)."""
+        end = self._slots.used_end
+        changed = np.flatnonzero(self._changed[:end]).astype(np.int64)
+        held = np.not_equal(self._key_of[changed], None)
+        return pack_arrays(self._archive(changed[held], changed[~held]))
+
+    def clear_changed(self) -> None:
+        """Start a new delta (after a checkpoint)."""
+        self._changed[:] = False
+
+    def _archive(self, slots: np.ndarray, cleared: np.ndarray) -> dict[str, Any]:
+        keys = self._key_of[slots].tolist()
+        lengths = self.length[slots]
         rows = np.repeat(slots, lengths)
         cols = self._ring_cols(
             rows, np.arange(rows.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)
@@ -527,6 +551,10 @@ class SequenceStore:
                 ],
                 dtype=np.int64,
             ),
+            "slots": slots,
+            "cleared": cleared,
+            "freed": np.array(self._slots.freed, dtype=np.int64),
+            "used_end": np.array([self._slots.used_end], dtype=np.int64),
             "lengths": lengths,
             "counter_names": np.array(list(self.counters), dtype=np.str_),
             "counter_values": np.array(list(self.counters.values()), dtype=np.int64),
@@ -535,36 +563,73 @@ class SequenceStore:
             arrays[f"col_{c}"] = getattr(self, c)[rows, cols]
         for name, arr in keys_to_arrays(keys).items():
             arrays[f"user_{name}"] = arr
-        return pack_arrays(arrays)
+        return arrays
 
     @classmethod
     def restore(cls, data: bytes) -> SequenceStore:
-        """Rebuild a store from ``snapshot()`` bytes."""
+        """Rebuild a store from ``snapshot()`` bytes (also those of older versions, which
+        did not record slots: their users get slots 0, 1, ... in snapshot order)."""
         a = unpack_arrays(data)
-        max_len, max_users, ttl, tolerance, watermark = a["params"].tolist()
+        max_len, max_users, ttl, tolerance = a["params"].tolist()[:4]
         store = cls(max_len, max_users, None if ttl < 0 else ttl, tolerance)
-        store.watermark = watermark
-        lengths = a["lengths"]
+        if "slots" not in a:
+            n = a["lengths"].size
+            store._grow(n)
+            a = {**a, "slots": store._slots.take(n)}
+        store._apply(a)
+        return store
+
+    def apply_delta(self, data: bytes) -> None:
+        """Apply a ``delta_snapshot()`` taken after the state this store holds."""
+        a = unpack_arrays(data)
+        params = a["params"].tolist()
+        mine = [self.max_len, self.max_users, -1 if self.ttl_s is None else self.ttl_s]
+        if params[:3] != mine or "cleared" not in a:
+            raise ValueError(f"a store delta of other settings ({params[:3]}, not {mine})")
+        self._apply(a)
+
+    def _apply(self, a: dict[str, np.ndarray]) -> None:
+        """Write the archive's users into their slots, free its cleared slots, take its pool,
+        watermark and counters; the recency index is rebuilt."""
+        slots, lengths = a["slots"].astype(np.int64), a["lengths"]
         n = lengths.size
+        if slots.size != n or (slots.size and int(slots.min()) < 0):
+            raise ValueError("a store snapshot whose slots and lengths disagree")
+        if n and int(lengths.max()) > self.max_len:
+            raise ValueError(f"a store snapshot with rows longer than max_len={self.max_len}")
+        used_end = int(a["used_end"][0]) if "used_end" in a else self._slots.used_end
+        if used_end > self.max_users or (n and int(slots.max()) >= used_end):
+            raise ValueError(
+                f"a store snapshot with slots up to {used_end} for max_users={self.max_users}"
+            )
+        self._grow(max(used_end, int(slots.max()) + 1 if n else 0, 1))
+        # users leaving these slots (freed, or replaced by another user)
+        touched = np.concatenate([slots, a.get("cleared", np.zeros(0, np.int64))])
+        self._remove(touched.astype(np.int64))
         keys = keys_from_arrays({k[5:]: v for k, v in a.items() if k.startswith("user_")}, n)
-        store._grow(n)
-        slots = store._slots.take(n)
         key_array = np.empty(n, dtype=object)
         key_array[:] = keys
-        store._key_of[slots] = key_array
-        store._slot_of.insert(key_array, slots)
+        self._key_of[slots] = key_array
+        self._slot_of.insert(key_array, slots)
         rows = np.repeat(slots, lengths)
         cols = np.arange(rows.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        for c in cls._COLUMNS:
-            getattr(store, c)[rows, cols] = a[f"col_{c}"]
-        store.length[slots] = lengths
+        for c in self._COLUMNS:
+            getattr(self, c)[rows, cols] = a[f"col_{c}"]
+        self.head[slots] = 0
+        self.length[slots] = lengths
         nonempty = lengths > 0
-        store.last_ts[slots[nonempty]] = store.ts[slots[nonempty], lengths[nonempty] - 1]
-        store._touch(slots[nonempty])
-        store.counters.update(
+        self.last_ts[slots[nonempty]] = self.ts[slots[nonempty], lengths[nonempty] - 1]
+        if "freed" in a:
+            self._slots = SlotPool.restore(self.length.size, a["freed"].tolist(), used_end)
+        self.watermark = int(a["params"][4])
+        self.counters.update(
             zip(a["counter_names"].tolist(), a["counter_values"].tolist(), strict=True)
         )
-        return store
+        self._recency = RecencyIndex()
+        end = self._slots.used_end
+        occupied = np.flatnonzero(np.not_equal(self._key_of[:end], None)).astype(np.int64)
+        self._touch(occupied[self.length[occupied] > 0])
+        self._changed[:] = False
 
 
 def _previous_running_max(group: np.ndarray, n_groups: int, values: np.ndarray) -> np.ndarray:

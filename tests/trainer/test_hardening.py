@@ -227,7 +227,8 @@ def _rewrite(ckpt_dir: Path, blob: str | None = None, data: bytes | None = None,
 
 DAMAGE = {
     "model_not_a_zip": {"blob": "model", "data": b"PK not a zip at all"},
-    "store_not_an_archive": {"blob": "store", "data": b"\x00" * 64},
+    # the newest is a delta on the older one: its store is the users written since
+    "store_not_an_archive": {"blob": "store_delta", "data": b"\x00" * 64},
     "format_version_text": {"format_version": "x"},
     "files_a_list": {"files": ["model"]},
     "counters_missing": {"meta_counters": None},
@@ -247,7 +248,9 @@ def two_checkpoints(tmp_path_factory):
     second = trainer_for(cfg, SyntheticSource(SYNTHETIC, events_per_record=64))
     assert second.restore()
     second.run()
-    assert len(CheckpointStore(cfg.checkpoint.dir).sequences()) == 2
+    store = CheckpointStore(cfg.checkpoint.dir)
+    assert len(store.sequences()) == 2
+    assert [p.seq for p in store.latest().parents] == store.sequences()[:1]
     return tmp
 
 
