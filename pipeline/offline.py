@@ -363,6 +363,7 @@ def _fit(
                 generator=negatives_gen,
                 per_position=cfg.per_position_negatives,
                 num_shared_negatives=cfg.num_shared_negatives,
+                shared_from=cfg.shared_negatives_from,
             )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

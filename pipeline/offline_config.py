@@ -25,7 +25,8 @@ class TrainConfig:
     ``exclude_seen``: rank only items outside the user's context (the paper's protocol).
     ``per_position_negatives``: K negatives per target (the reference) instead of K shared.
     ``num_shared_negatives``: S more negatives shared by each step, on top of the K
-    per-target ones (per-position negatives only).
+    per-target ones (per-position negatives only); ``shared_negatives_from``: "uniform"
+    or "in_batch" (the step's targets, logQ-corrected: mixed negative sampling).
     ``init``: "reference" re-initialises the model as Meta's research code does.
     ``lr_schedule``: "constant" (the reference) or "cosine" (decays to 0 over all steps).
     ``sparse_embeddings``: the item table gets sparse gradients and lazy Adam (the online
@@ -41,6 +42,7 @@ class TrainConfig:
     temperature: float = 0.05
     per_position_negatives: bool = True
     num_shared_negatives: int = 0
+    shared_negatives_from: str = "uniform"
     init: str = "reference"
     lr_schedule: str = "constant"
     sparse_embeddings: bool = False
@@ -63,6 +65,11 @@ class TrainConfig:
         ):
             raise ValueError(
                 "TrainConfig.num_shared_negatives must be >= 0 and needs per_position_negatives"
+            )
+        if self.shared_negatives_from not in ("uniform", "in_batch"):
+            raise ValueError(
+                "TrainConfig.shared_negatives_from must be 'uniform' or 'in_batch', got "
+                f"{self.shared_negatives_from!r}"
             )
         if self.init not in INITS:
             raise ValueError(f"TrainConfig.init must be one of {INITS}, got {self.init!r}")

@@ -100,6 +100,13 @@ def add_training_options(group: argparse._ActionsContainer) -> None:
         "(needs --per-position-negatives) (default: %(default)s)",
     )
     group.add_argument(
+        "--shared-negatives-from",
+        choices=("uniform", "in_batch"),
+        default=t.shared_negatives_from,
+        help="where the --shared-negatives come from: uniform over the items, or the step's "
+        "targets (popularity, logQ-corrected) (default: %(default)s)",
+    )
+    group.add_argument(
         "--lr-schedule",
         choices=LR_SCHEDULES,
         default=t.lr_schedule,
@@ -148,6 +155,7 @@ def train_config_from_args(args: argparse.Namespace, seed: int, progress: bool) 
         temperature=args.temperature,
         per_position_negatives=args.per_position_negatives,
         num_shared_negatives=args.shared_negatives,
+        shared_negatives_from=args.shared_negatives_from,
         init=args.init,
         lr_schedule=args.lr_schedule,
         sparse_embeddings=args.sparse_embeddings,

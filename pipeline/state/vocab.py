@@ -173,7 +173,9 @@ class ItemVocabulary:
     def live_rows(self) -> np.ndarray:
         """Sorted int64 rows currently assigned: the catalogue to rank and sample over."""
         if self._live_cache is None:
-            self._live_cache = np.flatnonzero(self._used).astype(np.int64)
+            # rows past used_end were never handed out: O(rows used), not O(capacity)
+            end = self._free.used_end
+            self._live_cache = np.flatnonzero(self._used[:end]).astype(np.int64)
         return self._live_cache
 
     def refs(self, rows: np.ndarray) -> np.ndarray:

@@ -190,6 +190,40 @@ def test_shared_negatives_add_to_each_targets_own_negatives() -> None:
         sampled_softmax_loss(q, targets, TABLE, per_position=True, num_shared_negatives=-1)
 
 
+def test_in_batch_shared_negatives_are_logq_corrected_targets_of_the_step() -> None:
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [0.8, 0.6]])
+    targets = torch.tensor([1, 2, 2, 4])
+    own = torch.tensor([[3], [3], [1], [2]])  # K = 1 per target
+    temp = 0.5
+    picks = torch.randint(0, 4, (3,), generator=torch.Generator().manual_seed(5))
+    shared = targets[picks]
+    loss = sampled_softmax_loss(
+        q,
+        targets,
+        TABLE,
+        negatives=own,
+        temperature=temp,
+        per_position=True,
+        num_shared_negatives=3,
+        shared_from="in_batch",
+        generator=torch.Generator().manual_seed(5),
+    )
+    n_candidates = TABLE.shape[0] - 1
+    expected = []
+    for i in range(4):
+        pos = math.exp(float(q[i] @ TABLE[targets[i]]) / temp)
+        negs = [float(q[i] @ TABLE[own[i, 0]]) / temp if own[i, 0] != targets[i] else -5e4]
+        for r in shared.tolist():
+            if r == targets[i]:
+                continue  # an accidental hit: left out
+            share = 3 * (targets == r).sum().item() / 4  # expected draws of r among the 3
+            negs.append(float(q[i] @ TABLE[r]) / temp - math.log(share / (1 / n_candidates)))
+        expected.append(-math.log(pos / (pos + sum(math.exp(n) for n in negs))))
+    assert loss.item() == pytest.approx(sum(expected) / 4, rel=1e-5)
+    with pytest.raises(ValueError, match="shared_from"):
+        sampled_softmax_loss(q, targets, TABLE, per_position=True, shared_from="popular")
+
+
 def test_per_position_loss_draws_reproducibly_and_backpropagates() -> None:
     q = torch.tensor([[1.0, 0.0], [0.6, 0.8]], requires_grad=True)
     targets = torch.tensor([1, 4])
