@@ -155,6 +155,11 @@ class FileSource:
                 self._read, self.partition, codec or "arrow", events_per_record
             )
 
+    @property
+    def spilled(self) -> SpilledLog | None:
+        """The sorted spill of a table file once it was read (None: JSONL, or not yet)."""
+        return self._spilled
+
     def _read(self) -> SpilledLog:
         chunks, self.read_stats = iter_event_log(
             self.path, self._format, self._skip_malformed, self._chunk_rows

@@ -593,19 +593,25 @@ class SequenceStore:
         watermark and counters; the recency index is rebuilt."""
         slots, lengths = a["slots"].astype(np.int64), a["lengths"]
         n = lengths.size
-        if slots.size != n or (slots.size and int(slots.min()) < 0):
+        if slots.size != n:
             raise ValueError("a store snapshot whose slots and lengths disagree")
         if n and int(lengths.max()) > self.max_len:
             raise ValueError(f"a store snapshot with rows longer than max_len={self.max_len}")
         used_end = int(a["used_end"][0]) if "used_end" in a else self._slots.used_end
-        if used_end > self.max_users or (n and int(slots.max()) >= used_end):
+        if used_end > self.max_users:
             raise ValueError(
                 f"a store snapshot with slots up to {used_end} for max_users={self.max_users}"
             )
         self._grow(max(used_end, int(slots.max()) + 1 if n else 0, 1))
         # users leaving these slots (freed, or replaced by another user)
-        touched = np.concatenate([slots, a.get("cleared", np.zeros(0, np.int64))])
-        self._remove(touched.astype(np.int64))
+        touched = np.concatenate([slots, a.get("cleared", np.zeros(0, np.int64))]).astype(np.int64)
+        if touched.size and (
+            int(touched.min()) < 0
+            or int(touched.max()) >= used_end
+            or np.unique(touched).size != touched.size
+        ):
+            raise ValueError("a store snapshot naming a slot twice or outside its slot range")
+        self._remove(touched)
         keys = keys_from_arrays({k[5:]: v for k, v in a.items() if k.startswith("user_")}, n)
         key_array = np.empty(n, dtype=object)
         key_array[:] = keys

@@ -108,6 +108,11 @@ def test_a_delta_of_other_settings_or_slots_out_of_range_is_refused() -> None:
     bad["used_end"] = np.array([26], np.int64)
     with pytest.raises(ValueError, match="max_users=25"):
         SequenceStore.restore(pack_arrays(bad))
+    for slots in ([-1], [0, 0], [30]):
+        delta = unpack_arrays(store.delta_snapshot())
+        delta["cleared"] = np.array(slots, np.int64)
+        with pytest.raises(ValueError, match="slot twice or outside"):
+            SequenceStore.restore(store.snapshot()).apply_delta(pack_arrays(delta))
 
 
 def test_a_delta_frees_the_slots_of_users_expired_since() -> None:
