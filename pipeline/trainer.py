@@ -653,7 +653,7 @@ class OnlineTrainer:
             state["item_rows"] = state_to_bytes(changed)
             state["store_delta"] = self.store.delta_snapshot()  # users written since
         if parent is None:
-            state["store"] = self.store.snapshot()
+            state["store"] = self.store.write_snapshot  # streamed: no copy in memory
         state |= {
             "vocab": self.vocab.snapshot(),
             "progressive": self.progressive.snapshot(),

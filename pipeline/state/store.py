@@ -50,6 +50,7 @@ from pipeline.state.vocab import (
     keys_to_arrays,
     pack_arrays,
     unpack_arrays,
+    write_arrays,
 )
 
 REJECT_LATE = "late"
@@ -516,9 +517,17 @@ class SequenceStore:
         restore, so that eviction ties (broken by slot) and new users' slots come out as
         without it; users are written in slot order, so equal states give equal bytes.
         """
+        return pack_arrays(self._full_archive())
+
+    def write_snapshot(self, handle: Any) -> None:
+        """``snapshot()`` streamed into a write-only file: a store of millions of users is
+        not held in memory a second time (or a third, by ``BytesIO.getvalue``)."""
+        write_arrays(self._full_archive(), handle)
+
+    def _full_archive(self) -> dict[str, Any]:
         end = self._slots.used_end
         occupied = np.flatnonzero(np.not_equal(self._key_of[:end], None)).astype(np.int64)
-        return pack_arrays(self._archive(occupied, np.zeros(0, np.int64)))
+        return self._archive(occupied, np.zeros(0, np.int64))
 
     def delta_snapshot(self) -> bytes:
         """What changed since ``clear_changed``: the users of written slots (whole rows) and

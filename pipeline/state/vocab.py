@@ -30,6 +30,7 @@ This module imports only numpy (and torch nowhere), so ``model/`` stays light.
 from __future__ import annotations
 
 import io
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +53,15 @@ def pack_arrays(arrays: dict[str, np.ndarray]) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return buf.getvalue()
+
+
+def write_arrays(arrays: dict[str, np.ndarray], handle: Any) -> None:
+    """``pack_arrays`` streamed into a write-only file (no copy of the archive in memory):
+    a zip with data descriptors, which ``unpack_arrays`` (``np.load``) reads the same."""
+    with zipfile.ZipFile(handle, mode="w", compression=zipfile.ZIP_STORED) as archive:
+        for name, array in arrays.items():
+            with archive.open(f"{name}.npy", mode="w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
 
 
 def unpack_arrays(data: bytes) -> dict[str, np.ndarray]:
