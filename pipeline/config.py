@@ -170,7 +170,8 @@ class CheckpointSection(_Section):
         10,
         ge=1,
         description="every Nth checkpoint is full; the others are deltas holding only the item "
-        "rows changed since the previous one (with train.sparse_embeddings; 1: always full)",
+        "rows and users changed since the previous one (with train.sparse_embeddings; 1: "
+        "always full)",
     )
     resume: bool = Field(True, description="load the newest checkpoint on start")
 
