@@ -12,7 +12,8 @@ Stages (each a function ``stage_<name>(args, data) -> dict`` taking prepared pay
 - ``arrow_to_batches``: decode + validate + store + item vocabulary + jagged batch assembly
   (everything before the model; micro-batches of ``--batch-events`` cut from each payload);
 - ``full_training``: the whole online step (decode, store, batch, test, train) on the first
-  ``--train-events`` events with the default HSTU (run it with ``--batch-events 256``).
+  ``--train-events`` events with the trainer's default configuration (``--set`` changes it;
+  ``--batch-events`` and ``--max-len`` are for the other stages).
 
 Example::
 
@@ -172,6 +173,7 @@ def stage_store(args: argparse.Namespace, data: Data) -> dict[str, Any]:
 def stage_arrow_to_batches(args: argparse.Namespace, data: Data) -> dict[str, Any]:
     """Arrow payloads -> decode + validate -> store + vocabulary -> jagged batches (no model)."""
     from pipeline.batching import BatchBuilder
+    from pipeline.config import VocabSection
     from pipeline.events import decode
     from pipeline.state.store import SequenceStore
     from pipeline.state.vocab import ItemVocabulary
@@ -181,7 +183,8 @@ def stage_arrow_to_batches(args: argparse.Namespace, data: Data) -> dict[str, An
 
     def run() -> int:
         store = SequenceStore(max_len=args.max_len, tolerance_s=3600)
-        builder = BatchBuilder(store, ItemVocabulary(capacity=1_000_000), args.max_len // 2)
+        capacity = VocabSection().capacity  # the default table, not one sized to the data
+        builder = BatchBuilder(store, ItemVocabulary(capacity=capacity), args.max_len // 2)
         seen = 0
         for r in recs:
             events = decode(r).events
@@ -205,17 +208,16 @@ def stage_full_training(args: argparse.Namespace, data: Data) -> dict[str, Any]:
     from pipeline.trainer import OnlineTrainer
 
     events = EventBatch.concat(decoded_batches(data)).take(slice(0, args.train_events))
-    step = args.batch_events
-    payloads = [encode_arrow(events.take(slice(i, i + step))) for i in range(0, len(events), step)]
-    recs = records(payloads, "arrow")
+    # The trainer's default configuration, nothing fitted to this data (the item table at
+    # its default capacity, not the stream's ~1,000 items); change it with --set only.
     overrides = {
         "run_dir": tempfile.gettempdir(),  # unused: process_records writes no files
-        "store": {"max_len": args.max_len},
-        "vocab": {"capacity": int(np.unique(events.item_id).size) + 1},
-        "train": {"batch_events": step},
         "observability": {"prometheus_port": 0},
     }
     cfg = load_config(overrides=deep_merge(overrides, dotted_overrides(args.set)), environ={})
+    step = cfg.train.batch_events
+    payloads = [encode_arrow(events.take(slice(i, i + step))) for i in range(0, len(events), step)]
+    recs = records(payloads, "arrow")
 
     def run() -> int:
         trainer = OnlineTrainer(cfg, source=None, dead_letters=MemoryDeadLetterSink())
@@ -224,7 +226,12 @@ def stage_full_training(args: argparse.Namespace, data: Data) -> dict[str, Any]:
         return int(trainer.counters["events_trained"])
 
     out = timed(run, 1)
-    out.update(batch_events=step, max_len=args.max_len, model="hstu d=64 L=2 (defaults)")
+    out.update(
+        batch_events=step,
+        max_len=cfg.store.max_len,
+        capacity=cfg.vocab.capacity,
+        model="hstu d=64 L=2 (defaults)",
+    )
     return out
 
 

@@ -213,12 +213,5 @@ class SequentialEncoder(nn.Module):
                 cut = 2 * ITEM_INIT_STD
                 trunc_normal_rows_(param, std=ITEM_INIT_STD, a=-cut, b=cut)
                 param[0].zero_()
-            elif name == "pos_emb.weight":
-                self._reference_position_init(param)
             elif param.dim() >= 2:
                 nn.init.xavier_normal_(param)
-
-    def _reference_position_init(self, table: torch.Tensor) -> None:
-        """The position table under ``reference_init``: xavier normal, as the research
-        code's HSTU (its ``reset_params`` re-initialises the input layer too)."""
-        nn.init.xavier_normal_(table)

@@ -122,13 +122,6 @@ class SASRec(SequentialEncoder):
             nn.Identity() if cfg.style == "reference" else nn.LayerNorm(cfg.embedding_dim)
         )
 
-    def _reference_position_init(self, table: torch.Tensor) -> None:
-        """The research code's SASRec leaves the input layer out of its xavier init
-        (``reset_state`` skips ``_input_features_preproc``), so its position table keeps the
-        input layer's own init: truncated normal, std 1/sqrt(D), cut at 2 std."""
-        std = self.embedding_dim**-0.5
-        nn.init.trunc_normal_(table, std=std, a=-2 * std, b=2 * std)
-
     def encode(self, batch: JaggedBatch) -> torch.Tensor:
         """States for every event; position i depends on events 0..i only."""
         x = self.embed_inputs(batch)

@@ -356,7 +356,7 @@ class OnlineTrainer:
                 f"train.sparse_embeddings={str(written_sparse).lower()}"
             )
         optimizer.load_state_dict(optimizer_state)
-        store = _load_store(ckpt)
+        store = checkpoint_store(ckpt)
         vocab = ItemVocabulary.restore(ckpt.state["vocab"])
         # The blobs carry their own sizes: they must fit the model and the settings.
         if vocab.capacity != self.cfg.vocab.capacity or store.max_len != self.cfg.store.max_len:
@@ -838,8 +838,8 @@ def _load_nets(ckpt: Checkpoint) -> dict[str, Any]:
     return rowdelta.compose(nets(ckpt.root), deltas)
 
 
-def _load_store(ckpt: Checkpoint) -> SequenceStore:
-    """The sequence store of ``ckpt``: its full snapshot's, then each delta's users."""
+def checkpoint_store(ckpt: Checkpoint) -> SequenceStore:
+    """The sequence store ``ckpt`` holds: its full checkpoint's, then each delta's users."""
     store = SequenceStore.restore(ckpt.root.state["store"])
     for c in (*ckpt.parents[1:], ckpt) if ckpt.parents else ():
         if "store_delta" not in c.state:

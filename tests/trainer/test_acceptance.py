@@ -25,9 +25,9 @@ from pipeline.checkpoint import CheckpointStore, state_from_bytes
 from pipeline.cli import main
 from pipeline.deadletter import read_dead_letters
 from pipeline.events import EventBatch, encode_json_rows
-from pipeline.state.store import SequenceStore
 from pipeline.state.vocab import ItemVocabulary
 from pipeline.synthetic import SyntheticConfig, generate_events
+from pipeline.trainer import checkpoint_store
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL_MODEL = [
@@ -137,7 +137,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path):
     assert counters["events_trained"] == len(batch)
     assert counters["targets"] + counters["context_only"] + counters["unknown_item"] == len(batch)
     assert ckpt.meta["source_positions"] == {"file:events.jsonl": len(batch)}
-    store = SequenceStore.restore(ckpt.state["store"])
+    store = checkpoint_store(ckpt)  # the newest is usually a delta on earlier ones
     vocab = ItemVocabulary.restore(ckpt.state["vocab"])
     expected = expected_histories(batch, max_len=12)
     assert store.num_users == len(expected)
