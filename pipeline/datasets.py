@@ -23,7 +23,7 @@ from pipeline.events.schema import ACTION_CODES, MAX_ACTION_CODE
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("auto", "movielens-dat", "movielens-csv", "csv", "parquet")
+FORMATS = ("auto", "movielens-dat", "movielens-csv", "csv", "parquet", "backfill")
 USER_COLUMNS = ("user_id", "user", "userid", "uid")
 ITEM_COLUMNS = ("item_id", "item", "itemid", "movieid", "movie_id", "iid")
 TIME_COLUMNS = ("timestamp", "ts", "time", "event_time")
@@ -107,8 +107,16 @@ class _LineErrors:
 
 
 def detect_format(path: str | Path) -> str:
-    """Recognise MovieLens files by name and header; else CSV/Parquet by extension."""
+    """Recognise MovieLens files by name and header, a ``genrec backfill sequences`` output
+    directory by its manifest; else CSV/Parquet by extension."""
     p = Path(path)
+    if p.is_dir():
+        if (p / "manifest.json").is_file():
+            return "backfill"
+        raise DataFormatError(
+            f"{p} is a directory but not the output of genrec backfill sequences (no "
+            "manifest.json); pass an event file or a backfill output directory"
+        )
     suffix = p.suffix.lower()
     if suffix in (".parquet", ".pq"):
         return "parquet"
@@ -185,6 +193,8 @@ def _column_chunks(
         return _read_parquet(p, on_error, limit), stats
     if fmt == "movielens-dat":
         return _read_movielens_dat(p, on_error, limit), stats
+    if fmt == "backfill":
+        return _read_backfill(p, limit), stats
     return _read_csv(p, on_error, fmt == "movielens-csv", limit), stats
 
 
@@ -367,6 +377,31 @@ def _read_parquet(path: Path, on_error, limit: int) -> Iterator[_Columns]:
             if chunk.full():
                 yield chunk.take()
         row += batch.num_rows
+    yield chunk.take()
+
+
+def _read_backfill(path: Path, limit: int) -> Iterator[_Columns]:
+    """The events of a ``genrec backfill sequences`` output: its shards' histories, each
+    user's in their stored order (time, ties in lake order); validated by the backfill."""
+    import pyarrow.parquet as pq  # lazy: only this reader needs it
+
+    shards = sorted(path.glob("shard-*-of-*.parquet"))
+    if not shards:
+        raise DataFormatError(f"{path}: the backfill output has no shard-*-of-*.parquet files")
+    chunk = _Chunker(limit)
+    for shard in shards:
+        table = pq.read_table(shard, columns=["user", "item", "timestamp", "action"])
+        for user, items, times, actions in zip(
+            *(table.column(c).to_pylist() for c in ("user", "item", "timestamp", "action")),
+            strict=True,
+        ):
+            users, items_, times_, actions_ = chunk.cols
+            users.extend([str(user)] * len(items))
+            items_.extend(str(i) for i in items)
+            times_.extend(times)
+            actions_.extend(actions)
+            if chunk.full():
+                yield chunk.take()
     yield chunk.take()
 
 

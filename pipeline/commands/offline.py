@@ -309,12 +309,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
-    data.add_argument("--data", help="event log file; default: the synthetic generator")
+    data.add_argument(
+        "--data",
+        help="event log file, or the output directory of genrec backfill sequences; "
+        "default: the synthetic generator",
+    )
     data.add_argument(
         "--format",
         choices=FORMATS,
         default="auto",
-        help="event log format; auto: from the suffix and first line (default: %(default)s)",
+        help="event log format; auto: from the suffix and first line, or backfill for a "
+        "directory with manifest.json (default: %(default)s)",
     )
     data.add_argument("--skip-malformed", action="store_true", help="skip and count malformed rows")
     s = SyntheticConfig()

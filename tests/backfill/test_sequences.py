@@ -13,6 +13,7 @@ import pytest
 
 from pipeline.backfill.sequences import SequencesJob, run_sequences, shard_of
 from pipeline.cli import main
+from pipeline.offline import load_sequences
 from pipeline.synthetic import SyntheticConfig, generate_events
 
 T0 = 1_600_000_000
@@ -130,6 +131,15 @@ def test_histories_dead_letters_and_counts(lake, tmp_path: Path) -> None:
         users = np.array(pq.read_table(shard).column("user").to_pylist())
         assert total == 4 and set(shard_of(users, 4).tolist()) == {number}
     assert json.loads((out / "manifest.json").read_text())["counts"] == counts
+    # train-offline --data reads the output directory (auto-detected): the same sequences
+    ds, source = load_sequences(str(out))
+    assert source["format"] == "backfill"
+    long_enough = {u: e for u, e in expected.items() if len(e) >= 3}
+    assert ds.num_users == len(long_enough)
+    for k, user in enumerate(ds.user_keys.tolist()):
+        lo, hi = ds.offsets[k], ds.offsets[k + 1]
+        items = [ds.item_keys[r] for r in ds.item_ids[lo:hi]]
+        assert list(zip(items, ds.timestamps[lo:hi].tolist(), strict=True)) == long_enough[user]
 
 
 def test_cli_runs_and_reruns_into_the_same_directory(lake, tmp_path: Path, capsys) -> None:
