@@ -82,8 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if args.log_level != "DEBUG":
-        # kafka-python logs every connection step at INFO; genrec's own lines say what matters.
-        logging.getLogger("kafka").setLevel(logging.WARNING)
+        # kafka-python, Beam and dask.distributed log every step at INFO; genrec's own lines
+        # say what matters.
+        for noisy in ("kafka", "apache_beam", "distributed"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -1,29 +1,31 @@
 """``genrec backfill sequences``: lake files -> validated per-user histories, as a Beam pipeline.
 
-Named composite transforms, in flow order:
+Named steps, in flow order (one linear pipeline: see ``_keyed`` for why):
 
-- ``ReadLake``: each input file in chunks of ``CHUNK_ROWS`` rows, as the stream's own records:
-  a Parquet file's record batches become Arrow IPC payloads (its columns are the event
-  schema's: ``user_id``, ``item_id``, ``action``, ``timestamp``, optional ``value`` and
-  ``event_id``), a JSON Lines file's lines JSON payloads. A file that cannot be read (corrupt,
-  wrong schema) becomes one dead letter naming it; its other files go on.
+- ``ListFiles`` / ``ReadLake``: each input file in chunks of ``CHUNK_ROWS`` rows, as the
+  stream's own records: a Parquet file's record batches become Arrow IPC payloads (its
+  columns are the event schema's: ``user_id``, ``item_id``, ``action``, ``timestamp``,
+  optional ``value`` and ``event_id``), a JSON Lines file's lines JSON payloads. A file that
+  cannot be read (corrupt, not Parquet) becomes one dead letter naming it; the others go on.
 - ``Validate``: ``pipeline.events.decode_records``, the decoder the trainer runs, so the lake
   is held to the same schema and rejects get the same reasons. Valid events with event time
-  ``>= until`` are left out (counted ``after_cutoff``: the stream trains them).
-- ``KeyByUserShard``: events go to ``shards`` user-hash shards (a stable hash of the canonical
-  user key: the same user always lands in the same shard), one Beam element per chunk and
-  shard, never one per event.
-- ``WriteHistories``: per shard, every user's events in event-time order, ties in lake order
-  (file order as the inputs are listed and sorted, then row order): one Parquet row per user
-  (``user``, and lists ``item``, ``timestamp``, ``action``, ``value``), in
-  ``shard-SSSSS-of-NNNNN.parquet``.
-- dead letters: every rejected row as a JSON line (the stream's dead-letter fields, plus
-  ``file`` and ``file_row``: the 0-based row of a Parquet file, the 1-based line of a JSON
-  Lines file) in ``deadletters.jsonl``.
+  ``>= until`` are left out (counted ``after_cutoff``: the stream trains them). The valid
+  events are keyed by user-hash shard (a stable hash of the canonical user key: the same
+  user always lands in the same shard), one element per chunk and shard, never one per
+  event; dead letters and counts get keys of their own.
+- ``GroupByShard`` / ``WriteHistories``: per shard, every user's events in event-time order,
+  ties in lake order (file order as the inputs are listed and sorted, then row order): one
+  Parquet row per user (``user``, and lists ``item``, ``timestamp``, ``action``, ``value``)
+  in ``shard-SSSSS-of-NNNNN.parquet``; every rejected row as a JSON line (the stream's
+  dead-letter fields, plus ``file`` and ``file_row``: the 0-based row of a Parquet file, the
+  1-based line of a JSON Lines file) in ``deadletters.jsonl``, in lake order.
 
-Counters (Beam metrics, namespace ``genrec_backfill``) go into ``manifest.json`` with the
-inputs, the settings, the runner and the wall time. Inputs are local paths or globs in this
-version; the runner is Beam's in-process direct runner.
+Counts travel through the pipeline as data (summed by ``CombineGlobally``) into
+``manifest.json``, with the inputs, the settings, the runner and the wall time. Inputs are
+local paths or globs in this version. Runners: Beam's in-process direct runner, or Beam's
+Dask runner on a dask.distributed cluster (``runner="dask"``; a local one of
+``dask_workers`` processes unless ``dask_address`` names a scheduler). The output directory
+must be one that every worker sees (a local one for a local cluster).
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ import io
 import json
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,13 +45,13 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-NAMESPACE = "genrec_backfill"
 CHUNK_ROWS = 65_536
 DEFAULT_SHARDS = 16
 FORMATS = ("auto", "parquet", "jsonl")
 SHARD_NAME = "shard-{:05d}-of-{:05d}.parquet"
 DEAD_LETTERS = "deadletters.jsonl"
 MANIFEST = "manifest.json"
+COUNTS_FILE = ".counts.json"  # the pipeline's summed counts, read back into the manifest
 _ROW_BITS = 40  # lake order = file index << 40 | row in file
 # rows read = valid + rejected; valid = trained by the stream's history + after_cutoff
 COUNTS = ("rows", "valid", "rejected", "after_cutoff", "users", "unreadable_files")
@@ -288,13 +291,78 @@ class SequencesJob:
     format: str = "auto"
     until: int | None = None
     shards: int = DEFAULT_SHARDS
+    runner: str = "direct"  # or "dask"
+    dask_address: str | None = None  # a running scheduler; None: a local cluster
+    dask_workers: int = 2  # of that local cluster
+
+
+def _sum_counts(counts: Iterable[dict[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for part in counts:
+        for name, value in part.items():
+            total[name] = total.get(name, 0) + value
+    return total
+
+
+def _keyed(chunk: Any, until: int | None, shards: int) -> Iterator[tuple[tuple[str, int], Any]]:
+    """One chunk as keyed parts: (("shard", s), columns), (("rejects", 0), dead letter),
+    (("counts", 0), {...}).
+
+    One stream into one ``GroupByKey`` (no fan-out, no multiple outputs, counts as data, not
+    Beam metrics): Beam's Dask runner computes only one of several branches of a
+    PCollection and has no metrics, and this way every runner gives the same outputs.
+    """
+    if isinstance(chunk, dict):  # an unreadable file
+        yield ("rejects", 0), chunk
+        yield ("counts", 0), {"unreadable_files": 1, "rejected_unreadable_file": 1}
+        return
+    checked = validate(chunk, until)
+    counts = {
+        "rows": checked.rows,
+        "valid": checked.rows - checked.rejected,
+        "rejected": checked.rejected,
+        "after_cutoff": checked.after_cutoff,
+    }
+    for letter in checked.dead_letters:
+        key = f"rejected_{letter['reason']}"
+        counts[key] = counts.get(key, 0) + 1
+        yield ("rejects", 0), letter
+    yield ("counts", 0), counts
+    if len(checked.columns["user"]):
+        for shard, columns in split_by_shard(checked.columns, shards):
+            yield ("shard", shard), columns
+
+
+def _write_part(item: tuple[tuple[str, int], Iterable[Any]], out_dir: str, shards: int) -> int:
+    """Write one group: a shard's histories, the dead letters or the summed counts."""
+    (kind, number), parts = item
+    out = Path(out_dir)
+    if kind == "shard":
+        return write_shard(number, list(parts), out_dir, shards)[1]
+    if kind == "rejects":
+        return _write_dead_letters(parts, str(out / DEAD_LETTERS))
+    counts = _sum_counts(parts)
+    (out / COUNTS_FILE).write_text(json.dumps(counts))
+    return len(counts)
+
+
+def _write_dead_letters(letters: Iterable[dict[str, Any]], path: str) -> int:
+    """One JSON line per dead letter, in lake order (the same file on every runner);
+    returns how many."""
+
+    def place(letter: dict[str, Any]) -> tuple[str, int]:
+        return letter["file"], -1 if letter["file_row"] is None else letter["file_row"]
+
+    letters = sorted(letters, key=place)
+    with open(path, "w", encoding="utf-8") as out:
+        out.writelines(json.dumps(letter) + "\n" for letter in letters)
+    return len(letters)
 
 
 def run_sequences(job: SequencesJob) -> dict[str, Any]:
-    """Run the pipeline on Beam's direct runner; returns the manifest (also written)."""
+    """Run the pipeline on the chosen runner; returns the manifest (also written)."""
     import apache_beam as beam
-    from apache_beam.metrics.metric import Metrics, MetricsFilter
-    from apache_beam.options.pipeline_options import PipelineOptions
+    import pyarrow.parquet as pq
 
     if job.shards < 1:
         raise ValueError(f"--shards must be >= 1, got {job.shards}")
@@ -302,55 +370,27 @@ def run_sequences(job: SequencesJob) -> dict[str, Any]:
     files = match_inputs(job.inputs, job.format)
     out = Path(job.out)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob("shard-*-of-*.parquet"):
-        stale.unlink()  # a rerun into the same directory must not keep the old shards
-
-    def validated(chunk: Any) -> Iterator[Any]:
-        if isinstance(chunk, dict):  # an unreadable file
-            Metrics.counter(NAMESPACE, "unreadable_files").inc()
-            yield beam.pvalue.TaggedOutput("rejects", chunk)
-            return
-        checked = validate(chunk, job.until)
-        for name in ("rows", "rejected", "after_cutoff"):
-            Metrics.counter(NAMESPACE, name).inc(getattr(checked, name))
-        Metrics.counter(NAMESPACE, "valid").inc(checked.rows - checked.rejected)
-        for letter in checked.dead_letters:
-            Metrics.counter(NAMESPACE, f"rejected_{letter['reason']}").inc()
-            yield beam.pvalue.TaggedOutput("rejects", letter)
-        if len(checked.columns["user"]):
-            yield checked.columns
-
-    def written(item: tuple[int, Sequence[dict]]) -> str:
-        shard, parts = item
-        path, users = write_shard(shard, list(parts), str(out), job.shards)
-        Metrics.counter(NAMESPACE, "users").inc(users)
-        return path
-
-    options = PipelineOptions(runner="DirectRunner", direct_num_workers=1)
-    with beam.Pipeline(options=options) as pipeline:
-        chunks = (
-            pipeline | "ListFiles" >> beam.Create(files) | "ReadLake" >> beam.FlatMap(read_chunks)
-        )
-        checked = chunks | "Validate" >> beam.FlatMap(validated).with_outputs(
-            "rejects", main="events"
-        )
-        _ = (
-            checked.events
-            | "KeyByUserShard" >> beam.FlatMap(split_by_shard, job.shards)
-            | "GroupShards" >> beam.GroupByKey()
-            | "WriteHistories" >> beam.Map(written)
-        )
-        _ = (
-            checked.rejects
-            | "DeadLetterLines" >> beam.Map(json.dumps)
-            | "WriteDeadLetters"
-            >> beam.io.WriteToText(str(out / DEAD_LETTERS), shard_name_template="")
-        )
-    result = pipeline.result
-    counts = {
-        c.key.metric.name: c.committed
-        for c in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]
-    }
+    for stale in [*out.glob("shard-*-of-*.parquet"), out / COUNTS_FILE, out / DEAD_LETTERS]:
+        stale.unlink(missing_ok=True)  # a rerun into the same directory keeps nothing old
+    with _runner(job) as options:
+        with beam.Pipeline(options=options) as pipeline:
+            _ = (
+                pipeline
+                | "ListFiles" >> beam.Create(files)
+                | "ReadLake" >> beam.FlatMap(read_chunks)
+                | "Validate" >> beam.FlatMap(_keyed, job.until, job.shards)
+                | "GroupByShard" >> beam.GroupByKey()
+                | "WriteHistories" >> beam.Map(_write_part, str(out), job.shards)
+            )
+        client = getattr(pipeline.result, "client", None)
+        if client is not None:
+            client.close()  # Beam's Dask runner opens a client and leaves it open
+    counts = json.loads((out / COUNTS_FILE).read_text())
+    (out / COUNTS_FILE).unlink()
+    if not (out / DEAD_LETTERS).exists():
+        (out / DEAD_LETTERS).write_text("")
+    shard_files = sorted(out.glob("shard-*-of-*.parquet"))
+    counts["users"] = sum(pq.ParquetFile(path).metadata.num_rows for path in shard_files)
     manifest = {
         "created_at": datetime.now(UTC).isoformat(),
         "inputs": [asdict(f) for f in files],
@@ -362,10 +402,58 @@ def run_sequences(job: SequencesJob) -> dict[str, Any]:
             if k.startswith("rejected_")
         },
         "settings": {"format": job.format, "shards": job.shards, "chunk_rows": CHUNK_ROWS},
-        "runner": "DirectRunner (in-process)",
-        "shards": sorted(p.name for p in out.glob("shard-*-of-*.parquet")),
+        "runner": _describe_runner(job),
+        "shards": [path.name for path in shard_files],
         "dead_letters": DEAD_LETTERS,
         "wall_seconds": round(time.monotonic() - started, 2),
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def _describe_runner(job: SequencesJob) -> str:
+    if job.runner == "direct":
+        return "DirectRunner (in-process)"
+    where = job.dask_address or f"a local cluster of {job.dask_workers} worker processes"
+    return f"DaskRunner on {where}"
+
+
+@contextmanager
+def _runner(job: SequencesJob) -> Iterator[Any]:
+    """Pipeline options for the runner; a local Dask cluster lives as long as the run."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    if job.runner == "direct":
+        # flags=[]: options come from here, never from the process's own sys.argv
+        yield PipelineOptions(flags=[], runner="DirectRunner", direct_num_workers=1)
+        return
+    if job.runner != "dask":
+        raise ValueError(f"unknown --runner {job.runner!r}; choose direct or dask")
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as err:
+        raise ValueError(
+            "--runner dask needs dask.distributed (pip install 'dask[distributed]')"
+        ) from err
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        # importing distributed sets its loggers to INFO (every scheduler step): quiet them
+        for name in list(logging.root.manager.loggerDict):
+            if name == "distributed" or name.startswith("distributed."):
+                logging.getLogger(name).setLevel(logging.WARNING)
+    runner = "apache_beam.runners.dask.dask_runner.DaskRunner"
+    if job.dask_address:
+        yield PipelineOptions([f"--runner={runner}", f"--dask_client_address={job.dask_address}"])
+        return
+    with (
+        LocalCluster(
+            n_workers=job.dask_workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",  # any free port: never a clash with another cluster
+            silence_logs=logging.WARNING,
+        ) as cluster,
+        Client(cluster),
+    ):
+        yield PipelineOptions(
+            [f"--runner={runner}", f"--dask_client_address={cluster.scheduler_address}"]
+        )

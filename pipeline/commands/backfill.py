@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     backfill = subparsers.add_parser(
         "backfill",
         help="batch jobs (Apache Beam) that bring an event lake's history in",
-        description="Batch backfill jobs on Apache Beam (in-process direct runner).",
+        description="Batch backfill jobs on Apache Beam (direct or Dask runner).",
     )
     jobs = backfill.add_subparsers(dest="job", metavar="JOB", required=True)
     seq = jobs.add_parser(
@@ -74,6 +74,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=DEFAULT_SHARDS,
         help="user-hash shards, one Parquet file each (default: %(default)s)",
     )
+    seq.add_argument(
+        "--runner",
+        choices=("direct", "dask"),
+        default="direct",
+        help="direct: Beam's in-process runner; dask: Beam's Dask runner on a dask.distributed "
+        "cluster (--dask-address, or a local one) (default: %(default)s)",
+    )
+    seq.add_argument(
+        "--dask-address",
+        help="scheduler of a running dask.distributed cluster (tcp://HOST:PORT); its workers "
+        "must see the inputs and --out (default: start a local cluster)",
+    )
+    seq.add_argument(
+        "--dask-workers",
+        type=int,
+        default=2,
+        help="worker processes of the local Dask cluster (default: %(default)s)",
+    )
     seq.set_defaults(func=_sequences)
 
 
@@ -81,11 +99,17 @@ def _sequences(args: argparse.Namespace) -> int:
     from pipeline.backfill.sequences import SequencesJob, run_sequences
 
     inputs = tuple(p.strip() for arg in args.input for p in arg.split(",") if p.strip())
-    manifest = run_sequences(SequencesJob(inputs, args.out, args.format, args.until, args.shards))
-    print(
-        json.dumps(
-            {k: manifest[k] for k in ("counts", "rejected_by_reason", "shards", "wall_seconds")},
-            indent=2,
-        )
+    job = SequencesJob(
+        inputs,
+        args.out,
+        args.format,
+        args.until,
+        args.shards,
+        args.runner,
+        args.dask_address,
+        args.dask_workers,
     )
+    manifest = run_sequences(job)
+    shown = ("counts", "rejected_by_reason", "shards", "runner", "wall_seconds")
+    print(json.dumps({k: manifest[k] for k in shown}, indent=2))
     return 0

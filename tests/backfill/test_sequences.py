@@ -112,7 +112,8 @@ def test_histories_dead_letters_and_counts(lake, tmp_path: Path) -> None:
     assert counts["after_cutoff"] == sum(r["timestamp"] >= until for r in valid)
     assert counts["users"] == len(oracle(valid, until)) and counts["unreadable_files"] == 1
     assert manifest["rejected_by_reason"] == {
-        "bad_action": 1, "bad_json": 1, "empty_id": 1, "missing_field": 2, "timestamp_out_of_range": 1,
+        "bad_action": 1, "bad_json": 1, "empty_id": 1, "missing_field": 2,
+        "timestamp_out_of_range": 1, "unreadable_file": 1,
     }  # fmt: skip
     letters = [json.loads(line) for line in (out / "deadletters.jsonl").read_text().splitlines()]
     where = sorted((Path(d["file"]).name, d["file_row"], d["reason"]) for d in letters)
@@ -175,3 +176,28 @@ def test_cli_runs_and_reruns_into_the_same_directory(lake, tmp_path: Path, capsy
         == 2
     )
     assert "matches no file" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_the_dask_runner_gives_the_same_outputs(lake, tmp_path: Path) -> None:
+    lake_dir, _, until = lake
+    inputs = (str(lake_dir / "*.parquet"), str(lake_dir / "*.jsonl"))
+    direct = run_sequences(SequencesJob(inputs, str(tmp_path / "direct"), until=until, shards=3))
+    dask = run_sequences(
+        SequencesJob(
+            inputs, str(tmp_path / "dask"), until=until, shards=3, runner="dask", dask_workers=2
+        )
+    )
+    assert dask["runner"] == "DaskRunner on a local cluster of 2 worker processes"
+    assert (dask["counts"], dask["rejected_by_reason"], dask["shards"]) == (
+        direct["counts"], direct["rejected_by_reason"], direct["shards"],
+    )  # fmt: skip
+    for name in [*direct["shards"], "deadletters.jsonl"]:
+        a, b = tmp_path / "direct" / name, tmp_path / "dask" / name
+        if name.endswith(".parquet"):  # (json: NaN values compare equal, as "NaN")
+            ta, tb = pq.read_table(a), pq.read_table(b)
+            assert ta.schema == tb.schema and ta.num_rows == tb.num_rows > 0, name
+            assert json.dumps(ta.to_pylist()) == json.dumps(tb.to_pylist()), name
+        else:
+            assert a.read_bytes() == b.read_bytes()
