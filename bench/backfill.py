@@ -1,0 +1,112 @@
+"""Throughput of ``genrec backfill sequences`` on a synthetic Parquet lake; prints one JSON.
+
+Writes ``--events`` synthetic events (``pipeline.synthetic``: users, items, times; actions
+0) into ``--files`` Parquet files with the event schema's columns, then runs the sequences
+pipeline with its defaults (16 shards, chunks of 65,536 rows) once per runner in
+``--runners``, each in a fresh ``genrec`` process. Reported per runner: events/s over the
+pipeline (the manifest's ``wall_seconds``: matching files, the Beam run, the manifest) and
+end to end (process start included), peak RSS of the driver process, and the counts.
+
+Example (the issue's size)::
+
+    python3 bench/backfill.py --events 10000000 --runners direct,dask
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def write_lake(directory: Path, events: int, files: int, seed: int) -> int:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.synthetic import SyntheticConfig, generate_events
+
+    users = max(1, events // 100)
+    log = generate_events(
+        SyntheticConfig(
+            num_users=users, num_items=max(100, users // 4), events_per_user=100, seed=seed
+        )
+    )
+    n = len(log)
+    table = pa.table(
+        {
+            "user_id": log.user,
+            "item_id": log.item,
+            "action": np.zeros(n, np.int64),
+            "timestamp": log.timestamp,
+        }
+    )
+    step = -(-n // files)
+    for k in range(files):
+        pq.write_table(table.slice(k * step, step), directory / f"part-{k:04d}.parquet")
+    return n
+
+
+def run(runner: str, lake: Path, out: Path) -> dict:
+    """One runner in a fresh process (this script in its child mode): its own peak RSS."""
+    cmd = [sys.executable, __file__, "--child", runner, str(lake), str(out)]
+    started = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - started
+    if done.returncode:
+        return {"runner": runner, "error": done.stderr[-2000:]}
+    child = json.loads(done.stdout.strip().splitlines()[-1])
+    manifest = json.loads((out / "manifest.json").read_text())
+    rows = manifest["counts"]["rows"]
+    return {
+        "runner": manifest["runner"],
+        "events": rows,
+        "pipeline_seconds": manifest["wall_seconds"],
+        "pipeline_events_per_s": round(rows / manifest["wall_seconds"]),
+        "end_to_end_seconds": round(seconds, 2),
+        "end_to_end_events_per_s": round(rows / seconds),
+        "peak_rss_mb_driver": child["peak_rss_mb"],
+        "counts": manifest["counts"],
+    }
+
+
+def child(runner: str, lake: str, out: str) -> int:
+    from pipeline.cli import main as genrec
+
+    args = ["--log-level", "WARNING", "backfill", "sequences", "--input", f"{lake}/*.parquet"]
+    code = genrec([*args, "--out", out, "--runner", runner])
+    peak = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(json.dumps({"peak_rss_mb": peak}))
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--events", type=int, default=10_000_000, help="synthetic events (about)")
+    p.add_argument("--files", type=int, default=8, help="Parquet files of the lake")
+    p.add_argument("--runners", default="direct,dask", help="comma-separated: direct, dask")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--child", nargs=3, metavar=("RUNNER", "LAKE", "OUT"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        return child(*args.child)
+    with tempfile.TemporaryDirectory(prefix="genrec-backfill-bench-") as tmp:
+        lake = Path(tmp) / "lake"
+        lake.mkdir()
+        print(f"writing ~{args.events} events ...", file=sys.stderr, flush=True)
+        n = write_lake(lake, args.events, args.files, args.seed)
+        results = {"events": n, "files": args.files, "runs": []}
+        for runner in args.runners.split(","):
+            print(f"{runner} ...", file=sys.stderr, flush=True)
+            results["runs"].append(run(runner, lake, Path(tmp) / f"out-{runner}"))
+    print(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
