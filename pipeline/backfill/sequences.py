@@ -246,9 +246,9 @@ def write_shard(
     from pipeline.state.grouping import factorize
 
     cols = {
-        name: np.concatenate(
-            [_as_keys(p[name]) if name in ("user", "item") else p[name] for p in parts]
-        )
+        name: _concat_keys([p[name] for p in parts])
+        if name in ("user", "item")
+        else np.concatenate([p[name] for p in parts])
         for name in parts[0]
     }
     users, user_index = factorize(cols["user"])
@@ -268,14 +268,19 @@ def write_shard(
     return path, len(users)
 
 
-def _as_keys(values: np.ndarray) -> np.ndarray:
-    return values.astype(object) if values.dtype.kind in "iu" else values
+def _concat_keys(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """int64 when every part has int keys (no Python objects), else one object array."""
+    if all(a.dtype.kind in "iu" for a in arrays):
+        return np.concatenate(arrays).astype(np.int64, copy=False)
+    return np.concatenate([a.astype(object) for a in arrays])
 
 
 def _arrow_keys(values: np.ndarray) -> Any:
     """int64 when every key is an int, else strings (``5`` and ``"5"`` are one key anyway)."""
     import pyarrow as pa
 
+    if values.dtype.kind in "iu":
+        return pa.array(values, pa.int64())
     listed = values.tolist()
     if all(type(k) is int for k in listed):
         return pa.array(listed, pa.int64())
