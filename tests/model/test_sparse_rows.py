@@ -98,3 +98,25 @@ def test_row_sparse_adam_state_round_trips_and_refuses_dense_state() -> None:
         other.load_state_dict(dense.state_dict())
     with pytest.raises(ValueError, match="sparse=True"):
         RowSparseAdam(tiny_model(False), lr=0.01, betas=(0.9, 0.98))
+
+
+def test_large_tables_are_drawn_block_by_block_from_the_same_truncated_normal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from model import base
+
+    torch.manual_seed(0)
+    small = torch.empty(300, 8)
+    expected = torch.empty(300, 8)
+    torch.manual_seed(1)
+    base.trunc_normal_rows_(small, std=0.02, a=-0.04, b=0.04)
+    torch.manual_seed(1)
+    torch.nn.init.trunc_normal_(expected, std=0.02, a=-0.04, b=0.04)
+    assert torch.equal(small, expected)  # up to one block: torch's own sampler, bit for bit
+    monkeypatch.setattr(base, "INIT_BLOCK_ROWS", 1000)
+    large = base.trunc_normal_rows_(torch.full((5500, 8), float("nan")), std=0.02, a=-0.04, b=0.04)
+    assert bool(torch.isfinite(large).all()) and float(large.abs().max()) <= 0.04
+    # N(0, 0.02) cut at 2 std: std 0.88 x 0.02, mean 0, 9.2% of draws beyond 1.5 std
+    assert abs(float(large.std()) - 0.88 * 0.02) < 0.0005 and abs(float(large.mean())) < 0.0005
+    beyond = float((large.abs() > 0.03).float().mean())
+    assert 0.08 < beyond < 0.105
