@@ -40,7 +40,7 @@ import shutil
 import stat
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -94,6 +94,11 @@ class Checkpoint:
     def root(self) -> Checkpoint:
         """The full checkpoint at the start of the chain (``self`` when not a delta)."""
         return self.parents[0] if self.parents else self
+
+    @property
+    def deltas(self) -> tuple[Checkpoint, ...]:
+        """The deltas from the root to ``self``, in chain order (empty for a full one)."""
+        return (*self.parents[1:], self) if self.parents else ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,14 +233,7 @@ class CheckpointStore:
                 )
             chain.append(loaded)
             child_seq = parent_seq
-        return Checkpoint(
-            seq=ckpt.seq,
-            path=ckpt.path,
-            created_at=ckpt.created_at,
-            meta=ckpt.meta,
-            state=ckpt.state,
-            parents=tuple(reversed(chain)),
-        )
+        return replace(ckpt, parents=tuple(reversed(chain)))
 
     def _load_one(self, seq: int) -> tuple[bytes, Checkpoint, tuple[int, str] | None]:
         """(manifest bytes, the checkpoint without parents, its parent link) of one dir."""
@@ -365,16 +363,14 @@ def seq_of(path: Path) -> int:
 
 def state_to_bytes(state: Mapping[str, Any]) -> bytes:
     """Serialise a ``state_dict`` (tensors, nested dicts/lists, numbers) with ``torch.save``."""
-    import torch  # lazy: the store itself needs no torch
-
     buffer = io.BytesIO()
-    torch.save(dict(state), buffer)
+    tensor_writer(state)(buffer)
     return buffer.getvalue()
 
 
 def tensor_writer(state: Mapping[str, Any]) -> BlobWriter:
     """A blob writer for ``save`` that streams ``state_to_bytes(state)``'s bytes to the file."""
-    import torch
+    import torch  # lazy: the store itself needs no torch
 
     def write(handle: BinaryIO) -> None:
         torch.save(dict(state), handle)

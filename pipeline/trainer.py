@@ -390,7 +390,7 @@ class OnlineTrainer:
             seq=ckpt.seq,
             deltas=len(ckpt.parents),
             full_bytes=_size(ckpt.root),
-            delta_bytes=sum(_size(c) for c in (*ckpt.parents[1:], ckpt) if c is not ckpt.root),
+            delta_bytes=sum(_size(c) for c in ckpt.deltas),
             row_tensors=rowdelta.present(nets),
         )
         self.resumed_from = str(ckpt.path)
@@ -644,16 +644,15 @@ class OnlineTrainer:
         nets = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
         parent = None if full else self._delta_parent(nets)
         if parent is None:
-            # Streamed to disk: a full table is never serialised in memory.
+            # Streamed to disk: a full table or store is never serialised in memory.
             state: dict[str, Any] = {name: tensor_writer(part) for name, part in nets.items()}
+            state["store"] = self.store.write_snapshot
         else:
             assert isinstance(self.optimizer, RowSparseAdam)
             rest, changed = rowdelta.split(nets, self.optimizer.changed_rows())
             state = {name: state_to_bytes(part) for name, part in rest.items()}
             state["item_rows"] = state_to_bytes(changed)
             state["store_delta"] = self.store.delta_snapshot()  # users written since
-        if parent is None:
-            state["store"] = self.store.write_snapshot  # streamed: no copy in memory
         state |= {
             "vocab": self.vocab.snapshot(),
             "progressive": self.progressive.snapshot(),
@@ -831,7 +830,7 @@ def _load_nets(ckpt: Checkpoint) -> dict[str, Any]:
     if not ckpt.parents:
         return nets(ckpt)
     deltas = []
-    for c in (*ckpt.parents[1:], ckpt):
+    for c in ckpt.deltas:
         if "item_rows" not in c.state:
             raise ValueError(f"{c.path} is a delta checkpoint without item_rows")
         deltas.append((nets(c), state_from_bytes(c.state["item_rows"], f"{c.path}/item_rows")))
@@ -841,7 +840,7 @@ def _load_nets(ckpt: Checkpoint) -> dict[str, Any]:
 def checkpoint_store(ckpt: Checkpoint) -> SequenceStore:
     """The sequence store ``ckpt`` holds: its full checkpoint's, then each delta's users."""
     store = SequenceStore.restore(ckpt.root.state["store"])
-    for c in (*ckpt.parents[1:], ckpt) if ckpt.parents else ():
+    for c in ckpt.deltas:
         if "store_delta" not in c.state:
             raise ValueError(f"{c.path} is a delta checkpoint without store_delta")
         store.apply_delta(c.state["store_delta"])
