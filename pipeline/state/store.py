@@ -525,9 +525,12 @@ class SequenceStore:
         write_arrays(self._full_archive(), handle)
 
     def _full_archive(self) -> dict[str, Any]:
+        return self._archive(self._occupied(), np.zeros(0, np.int64))
+
+    def _occupied(self) -> np.ndarray:
+        """The slots holding a user, ascending (a scan of the slots ever handed out)."""
         end = self._slots.used_end
-        occupied = np.flatnonzero(np.not_equal(self._key_of[:end], None)).astype(np.int64)
-        return self._archive(occupied, np.zeros(0, np.int64))
+        return np.flatnonzero(np.not_equal(self._key_of[:end], None)).astype(np.int64)
 
     def delta_snapshot(self) -> bytes:
         """What changed since ``clear_changed``: the users of written slots (whole rows) and
@@ -641,8 +644,7 @@ class SequenceStore:
             zip(a["counter_names"].tolist(), a["counter_values"].tolist(), strict=True)
         )
         self._recency = RecencyIndex()
-        end = self._slots.used_end
-        occupied = np.flatnonzero(np.not_equal(self._key_of[:end], None)).astype(np.int64)
+        occupied = self._occupied()
         self._touch(occupied[self.length[occupied] > 0])
         self._changed[:] = False
 

@@ -49,15 +49,15 @@ _NO_ROWS = np.empty(0, dtype=np.int64)
 
 
 def pack_arrays(arrays: dict[str, np.ndarray]) -> bytes:
-    """Named arrays as one ``numpy.savez`` archive (the snapshot format of the trainer state)."""
+    """Named arrays as one ``numpy.savez``-format archive (the trainer state's snapshots)."""
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    write_arrays(arrays, buf)
     return buf.getvalue()
 
 
 def write_arrays(arrays: dict[str, np.ndarray], handle: Any) -> None:
-    """``pack_arrays`` streamed into a write-only file (no copy of the archive in memory):
-    a zip with data descriptors, which ``unpack_arrays`` (``np.load``) reads the same."""
+    """``pack_arrays`` into a file, which may be write-only (then a zip with data
+    descriptors: no copy of the archive in memory); ``unpack_arrays`` reads both."""
     with zipfile.ZipFile(handle, mode="w", compression=zipfile.ZIP_STORED) as archive:
         for name, array in arrays.items():
             with archive.open(f"{name}.npy", mode="w", force_zip64=True) as member:
@@ -326,7 +326,7 @@ class ItemVocabulary:
         their last-seen times and generations are zero and are not written.
         """
         end = self._free.used_end
-        rows = np.flatnonzero(self._used[:end]).astype(np.int64)
+        rows = self.live_rows()
         row_keys = self._row_key[rows].tolist()
         pending_keys = list(self._pending)
         pending = np.array(list(self._pending.values()), dtype=np.int64).reshape(-1, 2)

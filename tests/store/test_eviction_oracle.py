@@ -22,9 +22,6 @@ class ScanCheckedStore(SequenceStore):
 
     decisions = 0
 
-    def _occupied(self) -> np.ndarray:
-        return np.flatnonzero(np.not_equal(self._key_of[: self._slots.used_end], None))
-
     def _removed_by(self, call) -> np.ndarray:
         removed: list[np.ndarray] = []
         remove = SequenceStore._remove
