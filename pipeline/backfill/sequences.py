@@ -101,8 +101,8 @@ def _file_format(path: str, format: str) -> str:
     )
 
 
-# A chunk of one file: (file, first row of the chunk in the file, codec, payloads).
-Chunk = tuple[LakeFile, int, str, list[bytes]]
+# A chunk of one file: (file, first row of the chunk in the file, its rows, codec, payloads).
+Chunk = tuple[LakeFile, int, int, str, list[bytes]]
 
 
 def read_chunks(lake_file: LakeFile) -> Iterator[Chunk | dict[str, Any]]:
@@ -134,7 +134,7 @@ def _parquet_chunks(lake_file: LakeFile, handle: Any) -> Iterator[Chunk]:
         sink = io.BytesIO()
         with pa.ipc.new_stream(sink, batch.schema) as writer:
             writer.write_batch(batch)
-        yield lake_file, row, "arrow", [sink.getvalue()]
+        yield lake_file, row, batch.num_rows, "arrow", [sink.getvalue()]
         row += batch.num_rows
 
 
@@ -144,10 +144,10 @@ def _jsonl_chunks(lake_file: LakeFile, handle: Any) -> Iterator[Chunk]:
     for number, line in enumerate(handle):
         lines.append(line.rstrip(b"\r\n"))
         if len(lines) == CHUNK_ROWS:
-            yield lake_file, first, "json", lines
+            yield lake_file, first, len(lines), "json", lines
             first, lines = number + 1, []
     if lines:
-        yield lake_file, first, "json", lines
+        yield lake_file, first, len(lines), "json", lines
 
 
 def shard_of(users: np.ndarray, shards: int) -> np.ndarray:
@@ -155,9 +155,9 @@ def shard_of(users: np.ndarray, shards: int) -> np.ndarray:
     from pipeline.state.store import hash_event_ids
 
     out = np.empty(users.size, dtype=np.int64)
-    is_int = np.fromiter((type(k) is int for k in users.tolist()), bool, users.size)
     if users.dtype.kind in "iu":
-        is_int[:] = True
+        return np.mod(users.astype(np.int64), shards)
+    is_int = np.fromiter((type(k) is int for k in users.tolist()), bool, users.size)
     ints = users[is_int].astype(np.int64)
     out[is_int] = np.mod(ints, shards)
     strs = users[~is_int]
@@ -182,18 +182,19 @@ def validate(chunk: Chunk, until: int | None) -> Validated:
     from pipeline.events import decode_records
     from pipeline.sources.base import Records
 
-    lake_file, first, codec, payloads = chunk
+    lake_file, first, n, codec, payloads = chunk
     records = Records.run(payloads, codec, f"file:{lake_file.path}", first)
     result = decode_records(records)
-    letters, bad_rows = [], set()
+    letters = []
+    good = np.ones(n, dtype=bool)  # per row of the chunk
     for reject in result.rejects:
         # json: one line per record (offset = line index); arrow: one payload, row inside it
         row = reject.offset if codec == "json" else first + (reject.row or 0)
         whole = codec == "arrow" and reject.row is None
         if whole:
-            bad_rows.update(range(first, first + _rows_in(payloads[0])))
+            good[:] = False
         else:
-            bad_rows.add(row)
+            good[row - first] = False
         letters.append(
             {
                 **reject.to_json_dict(),
@@ -201,8 +202,7 @@ def validate(chunk: Chunk, until: int | None) -> Validated:
                 "file_row": None if whole else (row + 1 if codec == "json" else row),
             }
         )
-    n = len(payloads) if codec == "json" else _rows_in(payloads[0])
-    rows = np.array([r for r in range(first, first + n) if r not in bad_rows], dtype=np.int64)
+    rows = first + np.flatnonzero(good)
     events = result.events
     if rows.size != len(events):
         raise AssertionError(f"{lake_file.path}: {len(events)} valid events for {rows.size} rows")
@@ -216,15 +216,6 @@ def validate(chunk: Chunk, until: int | None) -> Validated:
         "order": (np.int64(lake_file.index) << _ROW_BITS) + rows[keep],
     }
     return Validated(columns, letters, n, n - rows.size, int((~keep).sum()))
-
-
-def _rows_in(arrow_payload: bytes) -> int:
-    import pyarrow as pa
-
-    try:
-        return pa.ipc.open_stream(arrow_payload).read_all().num_rows
-    except pa.ArrowInvalid:
-        return 0
 
 
 def split_by_shard(columns: dict[str, np.ndarray], shards: int) -> Iterator[tuple[int, dict]]:

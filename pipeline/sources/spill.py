@@ -68,8 +68,9 @@ def spill_sorted(
     under ``directory`` (default: the system's temporary directory)."""
     spill = Path(tempfile.mkdtemp(prefix="genrec-replay-", dir=directory))
     try:
-        runs = []
+        runs, total = [], 0
         for chunk in chunks:
+            total += len(chunk)
             if len(chunk):
                 run = spill / f"run-{len(runs):06d}.arrow"
                 _write(run, chunk.take(np.argsort(chunk.timestamp, kind="stable")), batch_rows)
@@ -81,9 +82,8 @@ def spill_sorted(
             else:
                 empty = np.zeros(0, np.int64)
                 _write(out, EventLog(empty, empty, empty, empty), batch_rows)
-            total = _count(out)
         else:
-            total = _merge(runs, out, batch_rows)
+            _merge(runs, out, batch_rows)
             for run in runs:
                 run.unlink()
         log.info("sorted %d events by event time in %d run(s) at %s", total, len(runs), out)
@@ -125,11 +125,6 @@ def _write(path: Path, event_log: EventLog, batch_rows: int) -> None:
         writer.write_table(table, max_chunksize=batch_rows)
 
 
-def _count(path: Path) -> int:
-    reader = ipc.open_file(pa.OSFile(str(path)))
-    return sum(reader.get_batch(k).num_rows for k in range(reader.num_record_batches))
-
-
 class _Run:
     """One sorted run's unread rows: a buffered block and the batches after it."""
 
@@ -163,7 +158,7 @@ class _Run:
         return float(self.buffer.timestamp[-1])
 
 
-def _merge(paths: list[Path], out: Path, batch_rows: int) -> int:
+def _merge(paths: list[Path], out: Path, batch_rows: int) -> None:
     block = max(MIN_BLOCK_ROWS, MERGE_BUFFER_ROWS // len(paths))
     runs = [_Run(path, block) for path in paths]
     # str keys as soon as one run has them (the stream canonicalises "5" and 5 alike)
@@ -172,7 +167,6 @@ def _merge(paths: list[Path], out: Path, batch_rows: int) -> int:
         key_type = pa.string()
     for run in runs:
         run.schema = _schema(key_type)
-    total = 0
     pending: list[EventLog] = []  # emitted rows not yet written as whole batches
     with ipc.new_file(str(out), _schema(key_type)) as writer:
 
@@ -207,7 +201,6 @@ def _merge(paths: list[Path], out: Path, batch_rows: int) -> int:
                 rows = _concat(ready)
                 rows = rows.take(np.argsort(rows.timestamp, kind="stable"))
                 pending.append(rows)
-                total += len(rows)
                 if sum(len(p) for p in pending) >= batch_rows:
                     flush(final=False)
             else:
@@ -220,7 +213,6 @@ def _merge(paths: list[Path], out: Path, batch_rows: int) -> int:
                     run.load()
             active = [run for run in active if run.buffer is not None and len(run.buffer)]
         flush(final=True)
-    return total
 
 
 def _concat(parts: list[EventLog]) -> EventLog:
