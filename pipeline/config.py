@@ -196,6 +196,11 @@ class ObservabilitySection(_Section):
     metrics_log: str | None = Field(
         None, description="JSONL metrics log (default <run_dir>/metrics.jsonl)"
     )
+    targets_log: str | None = Field(
+        None,
+        description="audit file: the event id of every event scored as a target, one per line, "
+        "appended as scored (null: off)",
+    )
 
 
 class TrainerConfig(_Section):

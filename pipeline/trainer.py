@@ -18,6 +18,12 @@ loads the newest checkpoint, seeks the source there and every event affects the 
 exactly once. Versions are published to the registry on their own schedule, right after a
 checkpoint, with the positions and event-time watermark of that state: no version is ever
 ahead of the newest checkpoint, so versions' positions never go backwards after a crash.
+
+A trainer that starts from a backfill bootstrap (``pipeline.backfill.bootstrap``) carries its
+cut-off T in every checkpoint: the backfill accounted for every event with event time < T,
+so such events are skipped here (counted ``before_cutoff``), and so are rejected records
+whose record timestamp is < T; a source that can start at a time (Kafka,
+``offsets_for_times``) is started at T on partitions it has no position for.
 """
 
 from __future__ import annotations
@@ -54,10 +60,11 @@ from pipeline.checkpoint import (
 from pipeline.config import TrainerConfig
 from pipeline.deadletter import DeadLetterSink
 from pipeline.events import EventBatch, decode_records
+from pipeline.events.reject import DecodeResult
 from pipeline.observability import MetricsLog, TrainerMetrics, progress_line
 from pipeline.progressive import ProgressiveMetrics, ranks_over_catalogue
 from pipeline.publishing import ConcurrentPublishError
-from pipeline.sources.base import Records, Source, SourceRecord, gather
+from pipeline.sources.base import Records, Source, SourceRecord, TimeSeekable, gather
 from pipeline.state.store import SequenceStore
 from pipeline.state.vocab import ItemVocabulary
 
@@ -263,6 +270,11 @@ class OnlineTrainer:
         self._expected_latest: int | None = None
         self._fatal: ConcurrentPublishError | None = None
         self._restored_positions: dict[str, int] | None = None
+        # Event time (seconds) below which a backfill accounted for everything; see the
+        # module docstring.
+        self.cutoff: int | None = None
+        # False: the model does not rank targets (a backfill's state fold; counts unchanged).
+        self.scoring = True
         self._chain: _Chain | None = None
         # Wall seconds per part of the step (bench/scale.py): store + batch assembly,
         # evaluation (ranking), forward + backward, optimizer; CPU clock, unsynchronised on CUDA.
@@ -371,6 +383,9 @@ class OnlineTrainer:
         last_published = meta.get("last_published")
         if last_published is not None and not isinstance(last_published, int):
             raise TypeError(f"last_published is {last_published!r}, not a version number")
+        cutoff = meta.get("cutoff")
+        if cutoff is not None and type(cutoff) is not int:
+            raise TypeError(f"cutoff is {cutoff!r}, not Unix seconds")
         try:
             self.source.seek(positions)
         except ValueError as err:
@@ -385,6 +400,9 @@ class OnlineTrainer:
         self.builder = BatchBuilder(self.store, self.vocab, self.cfg.max_targets)
         self.counters, self.rejected = counters, rejected
         self.last_published = last_published
+        self.cutoff = cutoff
+        if cutoff is not None and isinstance(self.source, TimeSeekable):
+            self.source.start_at(cutoff)  # partitions without a position start at T
         self._restored_positions = dict(positions)
         self._chain = _Chain(
             seq=ckpt.seq,
@@ -471,13 +489,46 @@ class OnlineTrainer:
     def process_records(self, records: Sequence[SourceRecord]) -> list[StepResult]:
         """Decode records and train on their events, micro-batch by micro-batch."""
         result = decode_records(records)
+        if self.cutoff is not None:
+            result = self._after_cutoff(result, Records.of(records))
+        return self.process_decoded(result, len(records))
+
+    def _after_cutoff(self, result: DecodeResult, records: Records) -> DecodeResult:
+        """Drop what the backfill accounted for: events before the cut-off, and rejects of
+        records stamped before it (a record without a timestamp is kept)."""
+        assert self.cutoff is not None
+        keep = result.events.timestamp >= self.cutoff
+        rejects = result.rejects
+        if rejects:
+            stamp = dict(
+                zip(
+                    zip(records.partitions, records.offsets, strict=True),
+                    records.times,
+                    strict=True,
+                )
+            )
+            cutoff_ms = self.cutoff * 1000
+            rejects = [
+                r
+                for r in rejects
+                if (t := stamp.get((r.partition, r.offset))) is None or t >= cutoff_ms
+            ]
+        skipped = int((~keep).sum()) + len(result.rejects) - len(rejects)
+        if not skipped:
+            return result
+        self.counters["before_cutoff"] += skipped
+        return DecodeResult(result.events.take(keep), rejects)
+
+    def process_decoded(self, result: DecodeResult, n_records: int) -> list[StepResult]:
+        """Count and dead-letter a decoded poll of ``n_records`` records, then train on its
+        events micro-batch by micro-batch."""
         for reject in result.rejects:
             self.dead_letters.send(reject)
         decode_rejects = Counter(str(r.reason) for r in result.rejects)
         # An Arrow record holds many events: learn how many, to poll the right amount.
         n_events = len(result.events) + len(result.rejects)
-        self._events_per_record = max(1.0, n_events / len(records))
-        self.counters["records"] += len(records)
+        self._events_per_record = max(1.0, n_events / max(1, n_records))
+        self.counters["records"] += n_records
         self._unsaved_records = True  # positions moved, even if no event was valid
         self.counters["events_seen"] += n_events
         self.counters["events_valid"] += len(result.events)
@@ -506,7 +557,7 @@ class OnlineTrainer:
         micro = prepared.micro
         ranks = np.empty(0, dtype=np.int64)
         built = time.perf_counter()
-        if micro.num_targets:
+        if micro.num_targets and self.scoring:
             ranks = self._test_then_train(micro.batch)
         trained = time.perf_counter()
         self.builder.commit(prepared)
@@ -522,7 +573,12 @@ class OnlineTrainer:
         c["steps"] += 1
         self.metrics.trained.inc(prepared.num_accepted)
         self.metrics.targets.inc(micro.num_targets)
-        target_times = events.timestamp[prepared.accepted[micro.target_event]]
+        targets = prepared.accepted[micro.target_event]
+        audit = self.cfg.observability.targets_log
+        if audit is not None and events.event_id is not None:
+            with open(audit, "a", encoding="utf-8") as file:  # appended as scored
+                file.writelines(f"{e}\n" for e in events.event_id[targets].tolist())
+        target_times = events.timestamp[targets]
         return StepResult(prepared.num_accepted, ranks, target_times, self.last_loss)
 
     def _test_then_train(self, batch: Any) -> np.ndarray:
@@ -667,6 +723,7 @@ class OnlineTrainer:
             "source": source_identity(self.cfg),
             "config": self.cfg.model_dump(mode="json"),
             "delta": parent is not None,
+            "cutoff": self.cutoff,
         }
         path = self.checkpoints.save(state, meta, parent=parent)
         if isinstance(self.optimizer, RowSparseAdam):

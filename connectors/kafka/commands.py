@@ -151,6 +151,7 @@ def _produce(args: argparse.Namespace) -> int:
         codec=args.codec,
         batch_events=args.batch_events,
         rate=args.rate,
+        record_time=args.record_time,
     ) as replayer:
         result = replayer.replay(events, max_events=args.max_events, progress=not args.no_progress)
     print(json.dumps(result.as_dict(), indent=2))
@@ -241,6 +242,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--batch-events", type=int, default=2000, help="events per Arrow message at most"
     )
     produce.add_argument("--max-events", type=int, help="stop after this many events")
+    produce.add_argument(
+        "--record-time",
+        choices=("send", "event"),
+        default="send",
+        help="Kafka record timestamps: the send time, or each message's latest event time "
+        "(needed for a backfill hand-off at a cut-off; set the topic's retention.ms=-1 "
+        "first, or the broker deletes old-stamped records) (default: %(default)s)",
+    )
     produce.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_client_arguments(produce)
     produce.set_defaults(func=_produce)

@@ -13,9 +13,13 @@ all land in one partition, in event-time order, whichever codec is used:
   order, so per partition the messages, and each user's events inside them, stay time-ordered.
 
 Every message carries the header ``codec`` = ``b"json"`` or ``b"arrow"``, which the consumer
-source uses to pick the decoder. Kafka's own record timestamp is left to the producer (send
-time): event time lives in the payload, and stamping 20-year-old event times on records would
-make the broker's time-based retention delete them at once.
+source uses to pick the decoder. Kafka's own record timestamp is, by default
+(``record_time="send"``), left to the producer (send time): event time lives in the payload,
+and stamping old event times on records makes the broker's time-based retention delete them
+(set the topic's ``retention.ms=-1`` first). ``record_time="event"`` stamps each message with
+its latest event time, which a backfill hand-off needs to start the stream at its cut-off T
+(``offsets_for_times``: every record before the one it finds then holds only events < T;
+docs/backfill.md).
 """
 
 from __future__ import annotations
@@ -108,6 +112,9 @@ class _RateLimiter:
         self.sent += events
 
 
+RECORD_TIMES = ("send", "event")
+
+
 class EventReplayer:
     """Sends event logs to one topic.
 
@@ -121,6 +128,8 @@ class EventReplayer:
         max_request_bytes: the producer's message size limit; larger Arrow buckets are split.
         timeout_s: how long a message may wait for metadata and delivery (retries included)
             before the replay fails with ``ReplayError``.
+        record_time: ``"send"`` (the producer's clock) or ``"event"`` (the message's latest
+            event time); see the module docstring.
     """
 
     def __init__(
@@ -132,8 +141,13 @@ class EventReplayer:
         rate: float | None = None,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         timeout_s: float = 120.0,
+        record_time: str = "send",
     ) -> None:
         from kafka import KafkaProducer
+
+        if record_time not in RECORD_TIMES:
+            raise ValueError(f"record_time must be one of {RECORD_TIMES}, got {record_time!r}")
+        self.record_time = record_time
 
         if codec not in CODECS:
             raise ValueError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
@@ -230,10 +244,12 @@ class EventReplayer:
         if self.codec == "json":
             from pipeline.events.json_codec import encode_json_rows
 
-            for key, partition, payload in zip(
-                keys, partitions.tolist(), encode_json_rows(chunk), strict=True
-            ):
-                self._send(payload, partition, key, stats)
+            rows = zip(
+                keys, partitions.tolist(), encode_json_rows(chunk), chunk.timestamp.tolist(),
+                strict=True,
+            )  # fmt: skip
+            for key, partition, payload, when in rows:
+                self._send(payload, partition, key, stats, when)
             return
         for partition in np.unique(partitions).tolist():
             self._send_arrow(chunk.take(partitions == partition), partition, stats)
@@ -247,14 +263,27 @@ class EventReplayer:
             self._send_arrow(batch.take(slice(0, half)), partition, stats)
             self._send_arrow(batch.take(slice(half, None)), partition, stats)
             return
-        self._send(payload, partition, None, stats)
+        self._send(payload, partition, None, stats, int(batch.timestamp.max()))
 
-    def _send(self, payload: bytes, partition: int, key: bytes | None, stats: ReplayStats) -> None:
+    def _send(
+        self,
+        payload: bytes,
+        partition: int,
+        key: bytes | None,
+        stats: ReplayStats,
+        latest_event_s: int,
+    ) -> None:
         from kafka.errors import KafkaError
 
+        stamp = latest_event_s * 1000 if self.record_time == "event" else None
         try:
             future = self._producer.send(
-                self.topic, value=payload, key=key, partition=partition, headers=self._header
+                self.topic,
+                value=payload,
+                key=key,
+                partition=partition,
+                headers=self._header,
+                timestamp_ms=stamp,
             )
         except KafkaError as exc:  # e.g. no metadata within timeout_s: the cluster is away
             raise ReplayError(

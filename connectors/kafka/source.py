@@ -76,6 +76,7 @@ _CODEC_NAMES: dict[bytes | None, str] = {b"json": "json", b"arrow": "arrow"}
 _JSON_HEADERS = [(CODEC_HEADER, b"json")]
 _value, _headers = attrgetter("value"), attrgetter("headers")
 _offset = attrgetter("offset")
+_time = attrgetter("timestamp")  # Unix ms: the producer's (CreateTime) or the broker's
 
 
 def _header_text(value: bytes | None) -> str:
@@ -271,6 +272,11 @@ class KafkaSource:
                 self._consumer.seek(TopicPartition(topic, partition), int(offset))
         self._generation += 1  # records fetched before the seek are stale
 
+    def start_at(self, time_s: int) -> None:
+        """Start partitions this consumer has no position for (and the group no committed
+        offset) at the first record stamped ``time_s`` or later (``TimeSeekable``)."""
+        self.start = int(time_s) * 1000
+
     def commit(self, positions: Mapping[str, int]) -> None:
         """Commit positions a checkpoint covers to the group (lag monitoring, hand-over).
 
@@ -350,7 +356,10 @@ class KafkaSource:
             codecs = list(repeat("json", n))
         else:
             codecs = list(map(_codec, headers))
-        return Records(values, codecs, list(repeat(partition, n)), list(map(_offset, messages)))
+        offsets = list(map(_offset, messages))
+        return Records(
+            values, codecs, list(repeat(partition, n)), offsets, list(map(_time, messages))
+        )
 
     def _commit(self, positions: dict[str, int]) -> None:
         positions = {k: v for k, v in positions.items() if k in self._assigned}

@@ -93,6 +93,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="worker processes of the local Dask cluster (default: %(default)s)",
     )
     seq.set_defaults(func=_sequences)
+    _register_bootstrap(jobs)
 
 
 def _sequences(args: argparse.Namespace) -> int:
@@ -111,5 +112,75 @@ def _sequences(args: argparse.Namespace) -> int:
     )
     manifest = run_sequences(job)
     shown = ("counts", "rejected_by_reason", "shards", "runner", "wall_seconds")
+    print(json.dumps({k: manifest[k] for k in shown}, indent=2))
+    return 0
+
+
+def _register_bootstrap(jobs: argparse._SubParsersAction) -> None:
+    from pipeline.backfill.sequences import FORMATS
+
+    boot = jobs.add_parser(
+        "bootstrap",
+        help="lake files before T -> the checkpoint `genrec train` continues from at T",
+        description=(
+            "Replay every lake row before the cut-off T, in lake order, through the trainer's "
+            "own state code (store, vocabulary, counters; no model ranking) and write the "
+            "result as a checkpoint in the trainer's checkpoint.dir, with T in it. A "
+            "`genrec train` with the same settings then resumes from it: it skips events "
+            "before T (and rejected records stamped before T) and starts Kafka partitions at "
+            "T (offsets_for_times). Give the trainer's settings as for `genrec train` "
+            "(--config, GENREC_ variables, --set); see docs/backfill.md, Hand-off."
+        ),
+    )
+    boot.add_argument(
+        "--input",
+        required=True,
+        action="append",
+        help="lake file or glob (repeat, or separate with commas), in lake order, as for "
+        "`backfill sequences`",
+    )
+    boot.add_argument(
+        "--format", choices=FORMATS, default="auto", help="input format (default: %(default)s)"
+    )
+    boot.add_argument(
+        "--until",
+        type=_cutoff,
+        required=True,
+        help="cut-off T (Unix seconds or ISO 8601; UTC when no zone): the backfill accounts "
+        "for events before T, the stream for the rest",
+    )
+    boot.add_argument("--config", metavar="FILE", help="the trainer's YAML configuration")
+    boot.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a trainer setting (repeatable), exactly as for `genrec train`",
+    )
+    boot.add_argument(
+        "--weights",
+        metavar="DIR",
+        help="start the model from this `genrec train-offline --out` directory (same model "
+        "settings; item rows are moved to the vocabulary's) instead of a fresh one",
+    )
+    boot.add_argument(
+        "--force",
+        action="store_true",
+        help="write even when checkpoint.dir already holds checkpoints",
+    )
+    boot.set_defaults(func=_bootstrap)
+
+
+def _bootstrap(args: argparse.Namespace) -> int:
+    from pipeline.backfill.bootstrap import BootstrapJob, run_bootstrap
+    from pipeline.config import dotted_overrides, load_config
+
+    cfg = load_config(args.config, dotted_overrides(args.overrides))
+    inputs = tuple(p.strip() for arg in args.input for p in arg.split(",") if p.strip())
+    manifest = run_bootstrap(
+        BootstrapJob(inputs, args.until, cfg, args.format, args.weights, args.force)
+    )
+    shown = ("checkpoint", "counts", "rejected", "users", "items", "wall_s")
     print(json.dumps({k: manifest[k] for k in shown}, indent=2))
     return 0

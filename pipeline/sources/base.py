@@ -4,7 +4,7 @@ A source hands out raw records with their positions; decoding and validation hap
 pipeline so that every source gets the same dead-letter handling. Positions are "the next
 offset to read" per partition key, exactly what a checkpoint stores and ``seek`` restores.
 
-``poll`` returns ``Records``: the records of a poll in four parallel columns. Indexing or
+``poll`` returns ``Records``: the records of a poll in parallel columns. Indexing or
 iterating gives ``SourceRecord``s, built on demand; the decoder reads the columns directly.
 """
 
@@ -44,7 +44,9 @@ class SourceRecord(NamedTuple):
 
 class Records(Sequence[SourceRecord]):
     """Records column-wise: ``payloads[i]``, ``codecs[i]``, ``partitions[i]``, ``offsets[i]``
-    describe record ``i``.
+    describe record ``i``; ``times[i]`` is its record timestamp in Unix milliseconds where the
+    source has one (Kafka), else None. The timestamp is not part of a ``SourceRecord``: only the
+    backfill hand-off reads it (``pipeline.trainer``, rejects after a cut-off).
 
     Kafka hands out thousands of small messages per poll. Building these four lists takes a
     few C-level passes (~0.2 µs per message), where a ``SourceRecord`` per message cost
@@ -53,7 +55,7 @@ class Records(Sequence[SourceRecord]):
     ``SourceRecord``s on demand (rejects, tests); a slice is a ``Records``.
     """
 
-    __slots__ = ("codecs", "offsets", "partitions", "payloads")
+    __slots__ = ("codecs", "offsets", "partitions", "payloads", "times")
 
     def __init__(
         self,
@@ -61,17 +63,19 @@ class Records(Sequence[SourceRecord]):
         codecs: list[str] | None = None,
         partitions: list[str] | None = None,
         offsets: list[int] | None = None,
+        times: list[int | None] | None = None,
     ) -> None:
         self.payloads = [] if payloads is None else payloads
         self.codecs = [] if codecs is None else codecs
         self.partitions = [] if partitions is None else partitions
         self.offsets = [] if offsets is None else offsets
-        sizes = {len(self.payloads), len(self.codecs), len(self.partitions), len(self.offsets)}
-        if len(sizes) != 1:
+        self.times = list(repeat(None, len(self.payloads))) if times is None else times
+        columns = (self.payloads, self.codecs, self.partitions, self.offsets, self.times)
+        if len({len(c) for c in columns}) != 1:
             raise ValueError(
                 f"Records columns differ in length: payloads={len(self.payloads)}, "
                 f"codecs={len(self.codecs)}, partitions={len(self.partitions)}, "
-                f"offsets={len(self.offsets)}"
+                f"offsets={len(self.offsets)}, times={len(self.times)}"
             )
 
     @classmethod
@@ -105,6 +109,7 @@ class Records(Sequence[SourceRecord]):
         self.codecs.extend(other.codecs)
         self.partitions.extend(other.partitions)
         self.offsets.extend(other.offsets)
+        self.times.extend(other.times)
 
     def __len__(self) -> int:
         return len(self.payloads)
@@ -120,6 +125,7 @@ class Records(Sequence[SourceRecord]):
                 self.codecs[index],
                 self.partitions[index],
                 self.offsets[index],
+                self.times[index],
             )
         return SourceRecord(
             self.payloads[index], self.codecs[index], self.partitions[index], self.offsets[index]
@@ -166,6 +172,16 @@ class Source(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class TimeSeekable(Protocol):
+    """A source that can start partitions at an event time (Kafka: ``offsets_for_times``)."""
+
+    def start_at(self, time_s: int) -> None:
+        """Partitions without a known or committed position start at the first record
+        stamped ``time_s`` (Unix seconds) or later."""
+        ...
 
 
 def gather(

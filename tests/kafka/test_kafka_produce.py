@@ -180,3 +180,24 @@ def test_partition_for_key_matches_kafka_python_default_partitioner():
         assert partition_for_key(key, 7) == partitioner.partition(
             "t", key, key, b"", b"", _Cluster()
         )
+
+
+@pytest.mark.parametrize("codec", ["json", "arrow"])
+def test_event_record_time_stamps_each_message_with_its_latest_event(
+    kafka_bootstrap: str, create_topic, codec: str
+):
+    events = _events(users=20, per_user=10, seed=6)
+    topic = create_topic(partitions=2)
+    with EventReplayer(
+        kafka_bootstrap, topic, codec=codec, batch_events=50, record_time="event"
+    ) as replayer:
+        stats = replayer.replay(events, progress=False)
+    received = _consume(kafka_bootstrap, topic, 2, stats.messages)
+    assert len(received) == stats.messages
+    for message in received:
+        assert message.timestamp == int(_decode(message).timestamp.max()) * 1000
+
+
+def test_record_time_must_be_send_or_event(kafka_bootstrap: str, create_topic):
+    with pytest.raises(ValueError, match="record_time"):
+        EventReplayer(kafka_bootstrap, create_topic(), record_time="wall")
