@@ -187,6 +187,8 @@ def run_bootstrap(job: BootstrapJob) -> dict[str, Any]:
     previous = -np.inf  # arrival time of the last row read, in lake order
     batches = _Batches(trainer)
     try:
+        total_bytes = max(1, sum(f.size for f in files))
+        done_bytes = 0
         for lake_file in files:
             rows_before = rows
             for chunk in read_chunks(lake_file):
@@ -203,10 +205,9 @@ def run_bootstrap(job: BootstrapJob) -> dict[str, Any]:
                 for batch, part, n_rows in parts:
                     after += n_rows - len(part.events) - len(part.rejects)
                     batches.add(batch, part, n_rows)
-            log.info(
-                "bootstrap: %s: %d rows, %d users and %d items held so far",
-                lake_file.path, rows - rows_before, trainer.store.num_users, len(trainer.vocab),
-            )  # fmt: skip
+            done_bytes += lake_file.size
+            _log_progress(started, rows, done_bytes / total_bytes, trainer)
+            log.debug("bootstrap: %s: %d rows", lake_file.path, rows - rows_before)
         batches.flush()
         if job.weights is not None:
             from pipeline.backfill.weights import load_offline_weights
@@ -235,6 +236,17 @@ def run_bootstrap(job: BootstrapJob) -> dict[str, Any]:
     }
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def _log_progress(started: float, rows: int, done: float, trainer: Any) -> None:
+    """One line per file: rows so far, rate, the share of input bytes read and an ETA."""
+    elapsed = max(time.monotonic() - started, 1e-9)
+    eta = elapsed * (1 - done) / max(done, 1e-9)
+    log.info(
+        "bootstrap: %d rows (%.0f rows/s), %.0f%% of the input bytes, ETA %.0f s; %d users, "
+        "%d items held", rows, rows / elapsed, 100 * done, eta, trainer.store.num_users,
+        len(trainer.vocab),
+    )  # fmt: skip
 
 
 def _where(lake_file: LakeFile) -> str:
