@@ -7,9 +7,14 @@ pipeline with its defaults (16 shards, chunks of 65,536 rows) once per runner in
 pipeline (the manifest's ``wall_seconds``: matching files, the Beam run, the manifest) and
 end to end (process start included), peak RSS of the driver process, and the counts.
 
-Example (the issue's size)::
+With ``--movielens PATH`` (a MovieLens ``ratings.csv`` or ``ratings.dat``) it runs the
+pipeline on that file instead, format by name and header, defaults otherwise (direct runner
+unless ``--runners`` says more), and reports the same plus the users written.
+
+Examples (the issue's size; ml-latest-small)::
 
     python3 bench/backfill.py --events 10000000 --runners direct,dask
+    python3 bench/backfill.py --movielens /work/shared/data/ml-latest-small/ratings.csv
 """
 
 from __future__ import annotations
@@ -52,9 +57,10 @@ def write_lake(directory: Path, events: int, files: int, seed: int) -> int:
     return n
 
 
-def run(runner: str, lake: Path, out: Path) -> dict:
-    """One runner in a fresh process (this script in its child mode): its own peak RSS."""
-    cmd = [sys.executable, __file__, "--child", runner, str(lake), str(out)]
+def run(runner: str, inputs: str, out: Path) -> dict:
+    """One runner over ``inputs`` (a path or glob) in a fresh process (this script in its
+    child mode): its own peak RSS."""
+    cmd = [sys.executable, __file__, "--child", runner, inputs, str(out)]
     started = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - started
@@ -70,15 +76,16 @@ def run(runner: str, lake: Path, out: Path) -> dict:
         "pipeline_events_per_s": round(rows / manifest["wall_seconds"]),
         "end_to_end_seconds": round(seconds, 2),
         "end_to_end_events_per_s": round(rows / seconds),
+        "users": manifest["counts"]["users"],
         "peak_rss_mb_driver": child["peak_rss_mb"],
         "counts": manifest["counts"],
     }
 
 
-def child(runner: str, lake: str, out: str) -> int:
+def child(runner: str, inputs: str, out: str) -> int:
     from pipeline.cli import main as genrec
 
-    args = ["--log-level", "WARNING", "backfill", "sequences", "--input", f"{lake}/*.parquet"]
+    args = ["--log-level", "WARNING", "backfill", "sequences", "--input", inputs]
     code = genrec([*args, "--out", out, "--runner", runner])
     peak = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     print(json.dumps({"peak_rss_mb": peak}))
@@ -89,22 +96,37 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--events", type=int, default=10_000_000, help="synthetic events (about)")
     p.add_argument("--files", type=int, default=8, help="Parquet files of the lake")
-    p.add_argument("--runners", default="direct,dask", help="comma-separated: direct, dask")
+    p.add_argument(
+        "--runners",
+        help="comma-separated: direct, dask (default: direct,dask; --movielens: direct)",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--child", nargs=3, metavar=("RUNNER", "LAKE", "OUT"), help=argparse.SUPPRESS)
+    p.add_argument("--movielens", metavar="PATH", help="a MovieLens ratings file, not synthetic")
+    p.add_argument("--child", nargs=3, metavar=("RUNNER", "INPUT", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         return child(*args.child)
+    if args.movielens:
+        return movielens(args.movielens, (args.runners or "direct").split(","))
+    runners = (args.runners or "direct,dask").split(",")
     with tempfile.TemporaryDirectory(prefix="genrec-backfill-bench-") as tmp:
         lake = Path(tmp) / "lake"
         lake.mkdir()
         print(f"writing ~{args.events} events ...", file=sys.stderr, flush=True)
         n = write_lake(lake, args.events, args.files, args.seed)
         results = {"events": n, "files": args.files, "runs": []}
-        for runner in args.runners.split(","):
+        for runner in runners:
             print(f"{runner} ...", file=sys.stderr, flush=True)
-            results["runs"].append(run(runner, lake, Path(tmp) / f"out-{runner}"))
+            results["runs"].append(run(runner, f"{lake}/*.parquet", Path(tmp) / f"out-{runner}"))
     print(json.dumps(results, indent=1))
+    return 0
+
+
+def movielens(path: str, runners: list[str]) -> int:
+    """The pipeline over one MovieLens ratings file, once per runner."""
+    with tempfile.TemporaryDirectory(prefix="genrec-backfill-bench-") as tmp:
+        runs = [run(runner, path, Path(tmp) / f"out-{runner}") for runner in runners]
+    print(json.dumps({"input": path, "bytes": Path(path).stat().st_size, "runs": runs}, indent=1))
     return 0
 
 

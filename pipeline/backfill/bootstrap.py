@@ -192,8 +192,12 @@ def run_bootstrap(job: BootstrapJob) -> dict[str, Any]:
         for lake_file in files:
             rows_before = rows
             for chunk in read_chunks(lake_file):
-                if isinstance(chunk, dict):  # the whole file: no row of it reaches either side
+                if isinstance(chunk, dict):
+                    # A file that cannot be read, or a text row that cannot be split into
+                    # fields: no stream carries either, so they stay out of the trainer's
+                    # counts (the manifest lists them).
                     unreadable.append(chunk)
+                    rows += chunk["file_row"] is not None
                     continue
                 result = decode_records(
                     Records.run(chunk[4], chunk[3], _where(lake_file), chunk[1])
@@ -224,7 +228,8 @@ def run_bootstrap(job: BootstrapJob) -> dict[str, Any]:
         "counts": {
             "rows": rows,
             "after_cutoff": after,
-            "unreadable_files": len(unreadable),
+            "unreadable_files": sum(u["file_row"] is None for u in unreadable),
+            "unparsed_rows": sum(u["file_row"] is not None for u in unreadable),
             **dict(trainer.counters),
         },
         "rejected": dict(trainer.rejected),

@@ -5,8 +5,13 @@ Named steps, in flow order (one linear pipeline: see ``_keyed`` for why):
 - ``ListFiles`` / ``ReadLake``: each input file in chunks of ``CHUNK_ROWS`` rows, as the
   stream's own records: a Parquet file's record batches become Arrow IPC payloads (its
   columns are the event schema's: ``user_id``, ``item_id``, ``action``, ``timestamp``,
-  optional ``value`` and ``event_id``), a JSON Lines file's lines JSON payloads. A file that
-  cannot be read (corrupt, not Parquet) becomes one dead letter naming it; the others go on.
+  optional ``value`` and ``event_id``), a JSON Lines file's lines JSON payloads. Delimited
+  text (``csv`` with those columns in its header, MovieLens's ``ratings.csv`` and
+  ``ratings.dat``: ``_TEXT_FORMATS``) is read by pyarrow's streaming CSV reader as bytes,
+  typed (text -> numbers) and sent on as Arrow payloads; a row that cannot be split into its
+  fields or typed is a dead letter of its own. A file that cannot be read (corrupt, not
+  Parquet, a header without the format's columns) becomes one dead letter naming it; the
+  others go on.
 - ``Validate``: ``pipeline.events.decode_records``, the decoder the trainer runs, so the lake
   is held to the same schema and rejects get the same reasons. Valid events with event time
   ``>= until`` are left out (counted ``after_cutoff``: the stream trains them). The valid
@@ -18,7 +23,10 @@ Named steps, in flow order (one linear pipeline: see ``_keyed`` for why):
   Parquet row per user (``user``, and lists ``item``, ``timestamp``, ``action``, ``value``)
   in ``shard-SSSSS-of-NNNNN.parquet``; every rejected row as a JSON line (the stream's
   dead-letter fields, plus ``file`` and ``file_row``: the 0-based row of a Parquet file, the
-  1-based line of a JSON Lines file) in ``deadletters.jsonl``, in lake order.
+  1-based line of a text file) in ``deadletters.jsonl``, in lake order.
+
+On the direct runner a progress line (rows read, rate, ETA from the inputs' bytes) is
+logged every ``SequencesJob.progress_every_s``.
 
 Counts travel through the pipeline as data (summed by ``CombineGlobally``) into
 ``manifest.json``, with the inputs, the settings, the runner and the wall time. Inputs are
@@ -39,15 +47,16 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 log = logging.getLogger(__name__)
 
 CHUNK_ROWS = 65_536
+PROGRESS_EVERY_S = 10.0  # as the trainer's observability.log_every_s
 DEFAULT_SHARDS = 16
-FORMATS = ("auto", "parquet", "jsonl")
+FORMATS = ("auto", "parquet", "jsonl", "csv", "movielens-csv", "movielens-dat")
 SHARD_NAME = "shard-{:05d}-of-{:05d}.parquet"
 DEAD_LETTERS = "deadletters.jsonl"
 MANIFEST = "manifest.json"
@@ -96,25 +105,38 @@ def _file_format(path: str, format: str) -> str:
         return "parquet"
     if suffix in (".jsonl", ".ndjson", ".json"):
         return "jsonl"
+    if suffix == ".dat":
+        return "movielens-dat"
+    if suffix == ".csv":
+        from pipeline.datasets import DataFormatError, detect_format
+
+        try:  # the offline reader's rule: MovieLens's ratings.csv by its header, else csv
+            return detect_format(path)
+        except (OSError, DataFormatError):  # unreadable (a directory, say)
+            return "csv"  # reading it makes the file's dead letter
     raise ValueError(
-        f"{path}: cannot tell the format from the name; pass --format parquet or jsonl"
+        f"{path}: cannot tell the format from the name; pass --format ({', '.join(FORMATS[1:])})"
     )
 
 
 # A chunk of one file: (file, first row of the chunk in the file, its rows, codec, payloads).
+# ``first`` counts from 0: a Parquet file's row, a text file's line index (the dead letters'
+# ``file_row`` is the 1-based line).
 Chunk = tuple[LakeFile, int, int, str, list[bytes]]
 
 
 def read_chunks(lake_file: LakeFile) -> Iterator[Chunk | dict[str, Any]]:
-    """The file's chunks; a file that cannot be read yields one dead-letter dict instead."""
+    """The file's chunks, and dead-letter dicts: one for a file that cannot be read
+    (``file_row`` None, reason ``unreadable_file``; the chunks before it stand), one for each
+    row of a text file that cannot be split into its fields or typed (``file_row`` its line)."""
     from apache_beam.io.filesystems import FileSystems
 
+    reader = {"parquet": _parquet_chunks, "jsonl": _jsonl_chunks}.get(
+        lake_file.format, _text_chunks
+    )
     try:
         with FileSystems.open(lake_file.path) as handle:
-            if lake_file.format == "parquet":
-                yield from _parquet_chunks(lake_file, handle)
-            else:
-                yield from _jsonl_chunks(lake_file, handle)
+            yield from reader(lake_file, handle)
     except Exception as err:  # corrupt or unreadable file: its dead letter, the rest goes on
         yield {
             "reason": "unreadable_file",
@@ -125,17 +147,27 @@ def read_chunks(lake_file: LakeFile) -> Iterator[Chunk | dict[str, Any]]:
         }
 
 
-def _parquet_chunks(lake_file: LakeFile, handle: Any) -> Iterator[Chunk]:
+def _ipc(table: Any) -> bytes:
+    """One Arrow IPC stream payload (what the stream's ``arrow`` codec carries)."""
     import pyarrow as pa
+
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write(table)
+    return sink.getvalue()
+
+
+def _parquet_chunks(lake_file: LakeFile, handle: Any) -> Iterator[Chunk]:
     import pyarrow.parquet as pq
 
+    parquet = pq.ParquetFile(handle)
+    total = max(1, parquet.metadata.num_rows)
     row = 0
-    for batch in pq.ParquetFile(handle).iter_batches(batch_size=CHUNK_ROWS):
-        sink = io.BytesIO()
-        with pa.ipc.new_stream(sink, batch.schema) as writer:
-            writer.write_batch(batch)
-        yield lake_file, row, batch.num_rows, "arrow", [sink.getvalue()]
+    for batch in parquet.iter_batches(batch_size=CHUNK_ROWS):
+        yield lake_file, row, batch.num_rows, "arrow", [_ipc(batch)]
         row += batch.num_rows
+        # the handle's position says nothing (the reader seeks): the share of rows read does
+        _progress(lake_file, batch.num_rows, lake_file.size * row // total)
 
 
 def _jsonl_chunks(lake_file: LakeFile, handle: Any) -> Iterator[Chunk]:
@@ -145,9 +177,373 @@ def _jsonl_chunks(lake_file: LakeFile, handle: Any) -> Iterator[Chunk]:
         lines.append(line.rstrip(b"\r\n"))
         if len(lines) == CHUNK_ROWS:
             yield lake_file, first, len(lines), "json", lines
+            _progress(lake_file, len(lines), handle.tell())
             first, lines = number + 1, []
     if lines:
         yield lake_file, first, len(lines), "json", lines
+        _progress(lake_file, len(lines), handle.tell())
+
+
+@dataclass(frozen=True)
+class _TextFormat:
+    """How a delimited text format's fields become the event schema's columns."""
+
+    delimiter: str
+    fields: dict[str, str]  # file column -> event field; other columns are left out
+    required: tuple[str, ...] = ()  # the columns the header row must name
+    names: tuple[str, ...] | None = None  # the columns of a file without a header row
+    quoting: bool = True
+    action: str | None = None  # every row's action, for files without an action column
+    separators: tuple[str, ...] = ()  # columns that must be empty (see movielens-dat)
+    layout: str | None = None  # the row layout, for messages (None: the header's)
+
+
+_EVENT_FIELDS = ("user_id", "item_id", "action", "timestamp", "value", "event_id")
+_MOVIELENS_DAT = ("UserID", "MovieID", "Rating", "Timestamp")
+_TEXT_FORMATS = {
+    "csv": _TextFormat(",", {f: f for f in _EVENT_FIELDS}, _EVENT_FIELDS[:4]),
+    # MovieLens as pipeline.datasets reads it for offline training: no action column (every
+    # event the unspecified action "interaction", code 0), ids and seconds as written; the
+    # rating, which that reader leaves out, is the event's value here.
+    "movielens-csv": _TextFormat(
+        ",",
+        {"userId": "user_id", "movieId": "item_id", "rating": "value", "timestamp": "timestamp"},
+        ("userId", "movieId", "rating", "timestamp"),
+        action="interaction",
+    ),
+    # ratings.dat (UserID::MovieID::Rating::Timestamp, no header). pyarrow splits on one
+    # character, so "::" reads as ':' twice with an empty field between; a row whose
+    # in-between field is not empty does not have the layout.
+    "movielens-dat": _TextFormat(
+        ":",
+        dict(zip(_MOVIELENS_DAT, ("user_id", "item_id", "value", "timestamp"), strict=True)),
+        names=("UserID", ":1", "MovieID", ":2", "Rating", ":3", "Timestamp"),
+        quoting=False,
+        action="interaction",
+        separators=(":1", ":2", ":3"),
+        layout="::".join(_MOVIELENS_DAT),
+    ),
+}
+_MAX_HEADER_BYTES = 1 << 20
+
+
+def _text_chunks(lake_file: LakeFile, handle: Any) -> Iterator[Chunk | dict[str, Any]]:
+    """A delimited text file (``_TEXT_FORMATS``) read by pyarrow's streaming CSV reader, every
+    column as bytes, so that no value can fail the read: each ``CHUNK_ROWS`` rows are typed
+    (``_typed``), the rows that cannot be become dead letters of their own, and the others go
+    on as Arrow payloads of consecutive lines (``first`` = the line index of their first)."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    spec = _TEXT_FORMATS[lake_file.format]
+    if lake_file.size == 0:  # no rows, as an empty JSON Lines file
+        return
+    names = spec.names or _header(handle, spec)
+    if handle.tell() >= lake_file.size:  # a header and no rows (pyarrow would call it empty)
+        return
+    lines = _Lines(first=1 if spec.names else 2, width=len(names), spec=spec)
+    with _quiet_row_errors():  # the reader parses its first block here already
+        reader = pcsv.open_csv(
+            handle,
+            # one thread: pyarrow knows the line of a row it leaves out only then
+            read_options=pcsv.ReadOptions(column_names=list(names), use_threads=False),
+            parse_options=pcsv.ParseOptions(
+                delimiter=spec.delimiter,
+                quote_char='"' if spec.quoting else False,
+                ignore_empty_lines=False,  # an empty line is a row (rejected), as in JSON Lines
+                invalid_row_handler=lines.skip,
+            ),
+            convert_options=pcsv.ConvertOptions(column_types=dict.fromkeys(names, pa.binary())),
+        )
+    for table in _tables(reader, CHUNK_ROWS):
+        at, skipped = lines.place(table)
+        yield from (_letter(lake_file, *s) for s in skipped)
+        yield from _text_parts(lake_file, spec, table, at)
+        _progress(lake_file, table.num_rows + len(skipped), handle.tell())
+    rest = lines.rest()
+    yield from (_letter(lake_file, *s) for s in rest)
+    _progress(lake_file, len(rest), lake_file.size)
+
+
+def _header(handle: Any, spec: _TextFormat) -> tuple[str, ...]:
+    """The header row's column names; one without the format's columns means the wrong file
+    or format (its dead letter says which columns are missing)."""
+    import csv
+
+    from pipeline.datasets import DataFormatError
+
+    line = handle.readline(_MAX_HEADER_BYTES)
+    try:
+        text = line.decode("utf-8-sig").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise DataFormatError("its first line (the header row) is not UTF-8 text") from None
+    names = tuple(next(csv.reader([text], delimiter=spec.delimiter), []))
+    missing = [name for name in spec.required if name not in names]
+    if missing:
+        raise DataFormatError(
+            f"its header row {list(names)} lacks the column(s) {missing}; check the file, "
+            "or pass the --format that fits it"
+        )
+    return names
+
+
+def _tables(reader: Any, rows: int) -> Iterator[Any]:
+    """The reader's rows as tables of ``rows`` rows (the last one shorter): its batches hold
+    a block of bytes each, any number of rows."""
+    import pyarrow as pa
+
+    pending: list[Any] = []
+    size = 0
+    while True:
+        with _quiet_row_errors():
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                break
+        pending.append(batch)
+        size += batch.num_rows
+        while size >= rows:
+            table = pa.Table.from_batches(pending)
+            yield table.slice(0, rows)
+            rest = table.slice(rows)
+            pending, size = rest.to_batches(), rest.num_rows
+    if size:
+        yield pa.Table.from_batches(pending)
+
+
+@contextmanager
+def _quiet_row_errors() -> Iterator[None]:
+    """pyarrow decodes a row with a wrong field count as UTF-8 before it calls the
+    ``invalid_row_handler``; when that fails it prints the error with a traceback ("Exception
+    ignored in ...") and stops the read with a parse error, which becomes the file's dead
+    letter. Keep that print to a one-line debug log."""
+    import sys
+
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: log.debug(
+        "pyarrow's CSV reader: %s", unraisable.exc_value
+    )
+    try:
+        yield
+    finally:
+        sys.unraisablehook = hook
+
+
+class _Lines:
+    """The line numbers of a text reader's rows. pyarrow leaves out a row with a wrong field
+    count (telling ``skip`` its line) and a quoted value may hold line breaks, so a row's line
+    is the previous row's plus that row's breaks plus one, plus the lines of rows left out."""
+
+    def __init__(self, first: int, width: int, spec: _TextFormat) -> None:
+        self.next = first  # line of the next row
+        self.before = first - 1  # lines before the reader's first (the header: pyarrow's 1)
+        self.width = width
+        self.spec = spec
+        self.skipped: list[tuple[int, str, str, bytes]] = []  # in file order
+
+    def skip(self, row: Any) -> str:
+        """pyarrow's ``invalid_row_handler``: note the row as a dead letter, go on."""
+        if self.spec.layout:  # a count of ':'-separated fields would only confuse
+            message = f"the line is not {self.spec.layout}"
+        else:
+            message = f"{row.actual_columns} fields where the header has {self.width}"
+        line = self.before + row.number  # pyarrow counts from its first line
+        self.skipped.append((line, "field_count", message, row.text.encode()))
+        return "skip"
+
+    def place(self, table: Any) -> tuple[np.ndarray, list[tuple[int, str, str, bytes]]]:
+        """The lines of the table's rows (the reader's next rows), and the rows left out
+        before its last row (line, reason, message, payload)."""
+        import pyarrow.compute as pc
+
+        spans = np.ones(table.num_rows, np.int64)
+        for column in table.columns:
+            if _has_line_break(column):  # a per-row count only where some value has one
+                spans += pc.fill_null(pc.count_substring(column, "\n"), 0).to_numpy()
+        at = self.next + np.concatenate([[0], np.cumsum(spans)[:-1]])
+        for line, _, _, payload in self.skipped:  # in file order: each one pushes the rest on
+            at[at >= line] += 1 + payload.count(b"\n")
+        self.next = int(at[-1] + spans[-1])
+        done = [s for s in self.skipped if s[0] < self.next]
+        self.skipped = self.skipped[len(done) :]
+        return at, done
+
+    def rest(self) -> list[tuple[int, str, str, bytes]]:
+        """The rows left out after the last row."""
+        rest, self.skipped = self.skipped, []
+        return rest
+
+
+def _has_line_break(column: Any) -> bool:
+    """Whether the bytes behind a binary column hold a line break (a slice's neighbours count
+    too: a false yes only costs the exact count)."""
+    return any(
+        (data := chunk.buffers()[2]) is not None and b"\n" in data.to_pybytes()
+        for chunk in column.chunks
+    )
+
+
+def _letter(
+    lake_file: LakeFile, line: int, reason: str, message: str, payload: bytes
+) -> dict[str, Any]:
+    """The dead letter of a text row the reader rejects: the stream's fields (payload as UTF-8
+    text or base64), a reason of the stream's (``undecodable``, ``bad_type``) or the reader's
+    own (``field_count``), and the file and line."""
+    from pipeline.events.reject import Reject
+    from pipeline.events.schema import RejectReason
+
+    # any reason will do here: it is replaced (field_count is not a RejectReason)
+    where = Reject(RejectReason.BAD_TYPE, message, f"file:{lake_file.path}", line - 1, payload)
+    return {**where.to_json_dict(), "reason": reason, "file": lake_file.path, "file_row": line}
+
+
+def _text_parts(
+    lake_file: LakeFile, spec: _TextFormat, table: Any, at: np.ndarray
+) -> Iterator[Chunk | dict[str, Any]]:
+    """One table of text rows: a dead letter per row ``_typed`` finds a flaw in, and the
+    other rows as chunks of consecutive lines."""
+    import pyarrow as pa
+
+    columns, flaws = _typed(spec, table)
+    bad = np.zeros(table.num_rows, bool)
+    for mask, reason, message in flaws:  # the first flaw of a row is its reason
+        for row in np.flatnonzero(mask & ~bad).tolist():
+            fields = (table.column(k)[row].as_py() or b"" for k in range(table.num_columns))
+            payload = spec.delimiter.encode().join(fields)
+            yield _letter(lake_file, int(at[row]), reason, message(row), payload)
+        bad |= mask
+    good = np.flatnonzero(~bad)
+    if not good.size:
+        return
+    # a run ends where a row was rejected or left out, or a row spans several lines
+    ends = np.flatnonzero(np.diff(at[good]) != 1) + 1
+    events = pa.table(columns)
+    for run in np.split(good, ends):
+        start, n = int(run[0]), len(run)
+        yield lake_file, int(at[start]) - 1, n, "arrow", [_ipc(events.slice(start, n))]
+
+
+_Flaw = tuple[np.ndarray, str, Any]  # (rows, reason, row -> message)
+
+
+def _typed(spec: _TextFormat, table: Any) -> tuple[dict[str, Any], list[_Flaw]]:
+    """The event columns of a table of text fields (bytes), and its rows' flaws in the order
+    they are checked: a field where the layout has none (``field_count``), a field that is
+    not UTF-8 (``undecodable``), a number that is not one (``bad_type``). Everything else
+    (ids, actions, time ranges, nulls) is left to the stream's decoder.
+
+    Empty fields: ids stay ``""`` (the decoder's ``empty_id``), an empty action or timestamp
+    is null (``missing_field``), an empty value or event id is absent."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    flaws: list[_Flaw] = []
+    for name in spec.separators:
+        filled = pc.fill_null(pc.greater(pc.binary_length(table.column(name)), 0), False)
+        flaws.append((filled.to_numpy(), "field_count", lambda _: f"the line is not {spec.layout}"))
+    texts = {}
+    for name, field in spec.fields.items():
+        if name in table.column_names:  # csv: value and event_id are optional
+            texts[field], utf8 = _parse(table.column(name).combine_chunks(), pa.string())
+            flaws.append((~utf8, "undecodable", lambda _, f=field: f"{f} is not UTF-8"))
+    columns = {}
+    for field, text in texts.items():
+        if field in ("user_id", "item_id"):
+            columns[field] = text
+            continue
+        text = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
+        if field in ("timestamp", "value"):
+            columns[field], number = _parse(text, pa.float64())
+            flaws.append((~number, "bad_type", lambda r, f=field, t=text: _not_a_number(f, t, r)))
+        else:
+            columns[field] = _actions(text) if field == "action" else text
+    if spec.action is not None:
+        from pipeline.events.schema import ACTION_CODES
+
+        columns["action"] = pa.array(np.full(table.num_rows, ACTION_CODES[spec.action], np.int16))
+    return columns, flaws
+
+
+def _not_a_number(field: str, text: Any, row: int) -> str:
+    return f"{field} {text[row].as_py()!r} is not a number"
+
+
+def _parse(values: Any, to: Any) -> tuple[Any, np.ndarray]:
+    """``values`` cast to ``to`` by Arrow's own parser (nulls stay null), and which ones it
+    could parse: one that it cannot becomes null. One cast when all parse; else the halves
+    are tried in turn, so finding k bad values among n takes about k log n casts."""
+    import pyarrow as pa
+
+    try:
+        return values.cast(to), np.ones(len(values), bool)
+    except pa.ArrowInvalid:
+        if len(values) == 1:
+            return pa.nulls(1, to), np.zeros(1, bool)
+    half = len(values) // 2
+    head, head_ok = _parse(values.slice(0, half), to)
+    tail, tail_ok = _parse(values.slice(half), to)
+    return pa.concat_arrays([head, tail]), np.concatenate([head_ok, tail_ok])
+
+
+def _actions(text: Any) -> Any:
+    """The action column: codes when every action is an integer, else names. Arrow holds
+    one type per column, so in a column of both, a code that has a name is written as it;
+    one without a name is then an unknown name (the decoder's ``bad_action``)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from pipeline.events.schema import ACTION_CODES
+
+    try:
+        return text.cast(pa.int64())
+    except pa.ArrowInvalid:
+        pass
+    names = {str(code): name for name, code in ACTION_CODES.items()}
+    if not pc.any(pc.is_in(text, value_set=pa.array(list(names)))).as_py():
+        return text
+    return pa.array([names.get(v, v) for v in text.to_pylist()], pa.string())
+
+
+_PROGRESS: _Progress | None = None  # the run's progress line, where the run reads the lake
+
+
+class _Progress:
+    """The periodic progress line of a run (rows read, rate, ETA from the inputs' bytes),
+    logged at INFO, as the trainer's is."""
+
+    def __init__(self, files: Sequence[LakeFile], every_s: float) -> None:
+        self.every_s = every_s
+        self.before: dict[int, int] = {}  # file index -> bytes of the files before it
+        total = 0
+        for lake_file in files:
+            self.before[lake_file.index] = total
+            total += lake_file.size
+        self.total = max(1, total)
+        self.started = self.last = time.monotonic()
+        self.rows = 0
+
+    def advance(self, lake_file: LakeFile, rows: int, position: int) -> None:
+        """``rows`` more rows read, up to byte ``position`` of ``lake_file``."""
+        from pipeline.observability import _duration
+
+        self.rows += rows
+        now = time.monotonic()
+        if now - self.last < self.every_s:
+            return
+        self.last = now
+        elapsed = max(now - self.started, 1e-9)
+        read = self.before[lake_file.index] + min(position, lake_file.size)
+        done = min(1.0, read / self.total)
+        eta = _duration(elapsed * (1 - done) / done) if done > 0 else "?"
+        log.info(
+            "backfill sequences: rows=%s (%s/s) %.0f%% of %.1f MB ETA %s",
+            f"{self.rows:,}", f"{self.rows / elapsed:,.0f}", 100 * done, self.total / 1e6, eta,
+        )  # fmt: skip
+
+
+def _progress(lake_file: LakeFile, rows: int, position: int) -> None:
+    if _PROGRESS is not None:
+        _PROGRESS.advance(lake_file, rows, position)
 
 
 def shard_of(users: np.ndarray, shards: int) -> np.ndarray:
@@ -187,6 +583,7 @@ def validate(chunk: Chunk, until: int | None) -> Validated:
     result = decode_records(records)
     letters = []
     good = np.ones(n, dtype=bool)  # per row of the chunk
+    base = 0 if lake_file.format == "parquet" else 1  # Parquet rows count from 0, lines from 1
     for reject in result.rejects:
         # json: one line per record (offset = line index); arrow: one payload, row inside it
         row = reject.offset if codec == "json" else first + (reject.row or 0)
@@ -199,7 +596,7 @@ def validate(chunk: Chunk, until: int | None) -> Validated:
             {
                 **reject.to_json_dict(),
                 "file": lake_file.path,
-                "file_row": None if whole else (row + 1 if codec == "json" else row),
+                "file_row": None if whole else row + base,
             }
         )
     rows = first + np.flatnonzero(good)
@@ -278,6 +675,15 @@ def _arrow_keys(values: np.ndarray) -> Any:
     return pa.array([str(k) for k in listed], pa.string())
 
 
+class RunnerSettings(Protocol):
+    """The runner flags a backfill job carries (``--runner``, ``--dask-address``,
+    ``--dask-workers``): what ``runner_options`` and ``describe_runner`` read."""
+
+    runner: str
+    dask_address: str | None
+    dask_workers: int
+
+
 @dataclass(frozen=True)
 class SequencesJob:
     """What ``backfill sequences`` runs on (the CLI's flags)."""
@@ -290,6 +696,7 @@ class SequencesJob:
     runner: str = "direct"  # or "dask"
     dask_address: str | None = None  # a running scheduler; None: a local cluster
     dask_workers: int = 2  # of that local cluster
+    progress_every_s: float = PROGRESS_EVERY_S  # the progress line's period (direct runner)
 
 
 def _sum_counts(counts: Iterable[dict[str, int]]) -> dict[str, int]:
@@ -308,9 +715,12 @@ def _keyed(chunk: Any, until: int | None, shards: int) -> Iterator[tuple[tuple[s
     Beam metrics): Beam's Dask runner computes only one of several branches of a
     PCollection and has no metrics, and this way every runner gives the same outputs.
     """
-    if isinstance(chunk, dict):  # an unreadable file
+    if isinstance(chunk, dict):
         yield ("rejects", 0), chunk
-        yield ("counts", 0), {"unreadable_files": 1, "rejected_unreadable_file": 1}
+        if chunk["file_row"] is None:  # a file that cannot be read: its rows are unknown
+            yield ("counts", 0), {"unreadable_files": 1, "rejected_unreadable_file": 1}
+        else:  # a text row that cannot be split or typed: a row read and rejected
+            yield ("counts", 0), {"rows": 1, "rejected": 1, f"rejected_{chunk['reason']}": 1}
         return
     checked = validate(chunk, until)
     counts = {
@@ -368,7 +778,7 @@ def run_sequences(job: SequencesJob) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     for stale in [*out.glob("shard-*-of-*.parquet"), out / COUNTS_FILE, out / DEAD_LETTERS]:
         stale.unlink(missing_ok=True)  # a rerun into the same directory keeps nothing old
-    with _runner(job) as options:
+    with runner_options(job) as options, _progress_line(job, files):
         with beam.Pipeline(options=options) as pipeline:
             _ = (
                 pipeline
@@ -378,11 +788,11 @@ def run_sequences(job: SequencesJob) -> dict[str, Any]:
                 | "GroupByShard" >> beam.GroupByKey()
                 | "WriteHistories" >> beam.Map(_write_part, str(out), job.shards)
             )
-        client = getattr(pipeline.result, "client", None)
-        if client is not None:
-            client.close()  # Beam's Dask runner opens a client and leaves it open
-    counts = json.loads((out / COUNTS_FILE).read_text())
-    (out / COUNTS_FILE).unlink()
+        close_runner_client(pipeline)
+    # no counts file: the lake had no rows and no unreadable file (nothing reached the group)
+    counts_file = out / COUNTS_FILE
+    counts = json.loads(counts_file.read_text()) if counts_file.exists() else {}
+    counts_file.unlink(missing_ok=True)
     if not (out / DEAD_LETTERS).exists():
         (out / DEAD_LETTERS).write_text("")
     shard_files = sorted(out.glob("shard-*-of-*.parquet"))
@@ -398,7 +808,7 @@ def run_sequences(job: SequencesJob) -> dict[str, Any]:
             if k.startswith("rejected_")
         },
         "settings": {"format": job.format, "shards": job.shards, "chunk_rows": CHUNK_ROWS},
-        "runner": _describe_runner(job),
+        "runner": describe_runner(job),
         "shards": [path.name for path in shard_files],
         "dead_letters": DEAD_LETTERS,
         "wall_seconds": round(time.monotonic() - started, 2),
@@ -407,7 +817,29 @@ def run_sequences(job: SequencesJob) -> dict[str, Any]:
     return manifest
 
 
-def _describe_runner(job: SequencesJob) -> str:
+@contextmanager
+def _progress_line(job: SequencesJob, files: Sequence[LakeFile]) -> Iterator[None]:
+    """The run's progress line. A module attribute, not an argument of the transforms: Beam
+    pickles those, so each bundle would count on its own copy. The direct runner reads the
+    lake in this process, so it finds it there; Dask workers are other processes, which have
+    none (no progress line on Dask)."""
+    global _PROGRESS
+    _PROGRESS = _Progress(files, job.progress_every_s) if job.runner == "direct" else None
+    try:
+        yield
+    finally:
+        _PROGRESS = None
+
+
+def close_runner_client(pipeline: Any) -> None:
+    """Close the client Beam's Dask runner opens and leaves open (after the run)."""
+    client = getattr(pipeline.result, "client", None)
+    if client is not None:
+        client.close()
+
+
+def describe_runner(job: RunnerSettings) -> str:
+    """The runner in words, for a manifest."""
     if job.runner == "direct":
         return "DirectRunner (in-process)"
     where = job.dask_address or f"a local cluster of {job.dask_workers} worker processes"
@@ -415,7 +847,7 @@ def _describe_runner(job: SequencesJob) -> str:
 
 
 @contextmanager
-def _runner(job: SequencesJob) -> Iterator[Any]:
+def runner_options(job: RunnerSettings) -> Iterator[Any]:
     """Pipeline options for the runner; a local Dask cluster lives as long as the run."""
     from apache_beam.options.pipeline_options import PipelineOptions
 

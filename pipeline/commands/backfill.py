@@ -32,15 +32,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     backfill = subparsers.add_parser(
         "backfill",
-        help="batch jobs (Apache Beam) that bring an event lake's history in",
-        description="Batch backfill jobs on Apache Beam (direct or Dask runner).",
+        help="batch jobs that bring an event lake's history in (Apache Beam; warm start)",
+        description=(
+            "Batch backfill jobs: sequences (Apache Beam, direct or Dask runner), bootstrap "
+            "(the checkpoint `genrec train` continues from at a cut-off) and recommend "
+            "(batch top-K from a registry version). See docs/backfill.md."
+        ),
     )
     jobs = backfill.add_subparsers(dest="job", metavar="JOB", required=True)
     seq = jobs.add_parser(
         "sequences",
         help="lake files -> validated per-user histories (Parquet shards), dead letters, manifest",
         description=(
-            "Read Parquet / JSON Lines event files, validate every row with the stream's own "
+            "Read Parquet / JSON Lines / CSV / MovieLens event files, validate every row with the stream's own "
             f"decoder (chunks of {CHUNK_ROWS:,} rows), and write each user's events in event-"
             "time order (ties in lake order: inputs as listed, each pattern's files sorted, "
             "then rows) as one Parquet row per user in user-hash shards, every rejected row "
@@ -51,14 +55,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--input",
         required=True,
         action="append",
-        help="file or glob (repeat, or separate with commas); Parquet columns user_id, "
-        "item_id, action, timestamp, optional value and event_id; JSONL: one event per line",
+        help="file or glob (repeat, or separate with commas); Parquet and CSV columns "
+        "user_id, item_id, action, timestamp, optional value and event_id; JSONL: one event "
+        "per line; MovieLens ratings.csv / ratings.dat as published",
     )
     seq.add_argument(
         "--format",
         choices=FORMATS,
         default="auto",
-        help="input format; auto: by extension (.parquet/.pq, .jsonl/.ndjson/.json) "
+        help="input format; auto: by extension (.parquet/.pq, .jsonl/.ndjson/.json, .dat: "
+        "movielens-dat, .csv: movielens-csv when the header is MovieLens's "
+        "userId,movieId,rating,timestamp, else csv with the event schema's column names) "
         "(default: %(default)s)",
     )
     seq.add_argument(

@@ -15,7 +15,7 @@ user_id       yes       int, or non-empty str of at most ``max_id_bytes`` UTF-8 
 item_id       yes       same as user_id
 action        yes       a name from ``ACTION_CODES`` or an int code in 0..``MAX_ACTION_CODE``
 timestamp     yes       event time in seconds since the Unix epoch, int or float, finite,
-                        in [``min_timestamp``, ``max_timestamp``) (2000-01-01..2100-01-01)
+                        in [``min_timestamp``, ``max_timestamp``) (1990-01-01..2100-01-01)
 value         no        finite float (fits float32), e.g. a rating or a weight; null = absent
 event_id      no        non-empty str of at most ``max_id_bytes`` bytes; null = absent
 ============  ========  ===================================================================
@@ -90,7 +90,9 @@ class ValidationLimits(BaseModel):
     max_json_bytes: int = Field(64 * 1024, gt=0, description="largest JSON payload, bytes")
     max_arrow_bytes: int = Field(64 * 1024 * 1024, gt=0, description="largest Arrow payload")
     max_id_bytes: int = Field(256, gt=0, description="longest user/item/event id, UTF-8 bytes")
-    min_timestamp: int = Field(946_684_800, description="earliest event time (2000-01-01)")
+    # 1990: history as old as MovieLens's (1995 on) is valid; milliseconds and small garbage
+    # values are still far outside.
+    min_timestamp: int = Field(631_152_000, description="earliest event time (1990-01-01)")
     max_timestamp: int = Field(4_102_444_800, description="event time bound (2100-01-01), excl.")
 
 
