@@ -14,6 +14,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from connectors.registry import recommend_command
+
 DEFAULT_REGISTRY = "./registry"
 # Widest cells of `registry list` (longer ones end in "..."), and how many metrics it shows
 # (one: `registry show` has them all).
@@ -104,6 +106,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     gc.add_argument("--dry-run", action="store_true", help="only report what would be deleted")
     gc.set_defaults(func=_run(_gc))
+    recommend_command.register(subparsers)  # `genrec backfill recommend`, a job of backfill
 
 
 def _run(command):

@@ -81,26 +81,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=DEFAULT_SHARDS,
         help="user-hash shards, one Parquet file each (default: %(default)s)",
     )
-    seq.add_argument(
+    add_runner_arguments(seq, "the inputs and --out")
+    seq.set_defaults(func=_sequences)
+    _register_bootstrap(jobs)
+
+
+def add_runner_arguments(parser: argparse.ArgumentParser, workers_see: str) -> None:
+    """``--runner``, ``--dask-address``, ``--dask-workers`` of a Beam job; ``workers_see``
+    names the paths a remote cluster's workers must reach."""
+    parser.add_argument(
         "--runner",
         choices=("direct", "dask"),
         default="direct",
         help="direct: Beam's in-process runner; dask: Beam's Dask runner on a dask.distributed "
         "cluster (--dask-address, or a local one) (default: %(default)s)",
     )
-    seq.add_argument(
+    parser.add_argument(
         "--dask-address",
         help="scheduler of a running dask.distributed cluster (tcp://HOST:PORT); its workers "
-        "must see the inputs and --out (default: start a local cluster)",
+        f"must see {workers_see} (default: start a local cluster)",
     )
-    seq.add_argument(
+    parser.add_argument(
         "--dask-workers",
         type=int,
         default=2,
         help="worker processes of the local Dask cluster (default: %(default)s)",
     )
-    seq.set_defaults(func=_sequences)
-    _register_bootstrap(jobs)
 
 
 def _sequences(args: argparse.Namespace) -> int:

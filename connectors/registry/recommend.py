@@ -1,0 +1,405 @@
+"""``genrec backfill recommend``: top-K items for every backfilled user, as a Beam batch job.
+
+Named steps, in flow order (one linear pipeline, as ``backfill sequences``: Beam's Dask
+runner computes only one branch of a fan-out):
+
+- ``ListShards`` / ``ReadHistories``: the ``shard-*.parquet`` files ``backfill sequences``
+  wrote (one row per user: ``user`` and the lists ``item``, ``timestamp``, ``action``), read
+  ``batch_users`` users at a time. One element is one ``UserBatch``: the inference batch.
+- ``TopK``: Beam's ``RunInference`` with ``TopKHandler``, which loads one registry version
+  (every artefact verified against its manifest's sha256) and scores each batch with the
+  project's own retrieval: ``pipeline.offline.next_item_scores`` (the model's state after
+  each user's last event against the whole item table, ``model.retrieval.score_items``) and
+  ``model.retrieval.top_k`` over the version's live catalogue. A user's context is the last
+  ``max_len`` events whose item the version's vocabulary knows (others are skipped); the
+  query time is the backfill's cut-off (``until``) when it had one, else the user's last
+  event time. The user's known history items are excluded unless ``keep_history``.
+- ``WriteParts``: one ``part-SSSSS-BBBBB.parquet`` per batch (shard S, batch B of it):
+  ``user``, ``items`` (item keys, best first), ``scores`` (float32), ``version``.
+
+The handler runs ``with_no_batching``: the job batches users itself, because Beam's
+``BatchElements`` emits a bundle's last batch from ``finish_bundle``, whose output Beam's
+Dask runner (2.77) drops (observed: a bundle's last users vanished). ``manifest.json`` holds
+the registry, version, k, users, runner and wall time.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from apache_beam.ml.inference.base import ModelHandler, RunInference
+
+from connectors.registry.errors import RegistryError
+from connectors.registry.manifest import version_dir_name
+from connectors.registry.recommend_command import DEFAULT_BATCH_USERS
+from connectors.registry.registry import CONFIG_NAME, Registry
+from model.base import SequentialEncoder
+from model.jagged import JaggedBatch
+from model.retrieval import top_k
+from model.serialize import build_model
+from pipeline.backfill import sequences
+from pipeline.checkpoint import CheckpointError, state_from_bytes
+from pipeline.events.batch import canonical_key_column
+from pipeline.offline import next_item_scores, window_indices
+from pipeline.state.vocab import ItemVocabulary
+from pipeline.trainer import MODEL_FILE, VOCAB_FILE
+
+PART_NAME = "part-{:05d}-{:05d}.parquet"
+MANIFEST = "manifest.json"
+HISTORY_COLUMNS = ("user", "item", "timestamp", "action")
+# torch's reductions split by thread count, so scores differed in their last bits between
+# the driver (all cores) and Dask workers (one thread each): one thread scores everywhere,
+# so every runner writes the same bytes; parallelism comes from the runner's workers.
+SCORING_THREADS = 1
+
+
+@dataclass(frozen=True)
+class PublishedModel:
+    """One registry version, ready to score: the model, its vocabulary and catalogue."""
+
+    version: int
+    model: SequentialEncoder
+    vocab: ItemVocabulary
+    live: torch.Tensor  # the rows that may be recommended (the live catalogue)
+    row_keys: np.ndarray  # row -> item key: int64 when every key is an int, else str
+
+
+def load_version(registry_uri: str, ref: str | int) -> PublishedModel:
+    """Version ``ref`` (number, ``vNNNNNN`` or alias) of the registry, every file verified.
+
+    ``RegistryError`` (``VersionNotFoundError``, ``ChecksumError``) names the version and
+    the file when the version is not published or a file does not match its manifest.
+    """
+    registry = Registry.open(registry_uri)
+    version = registry.resolve(ref)
+    where = f"{version_dir_name(version)} in {registry.location}"
+    config = _json_artefact(registry, version, CONFIG_NAME, where)
+    kind = config.get("model")
+    if not isinstance(kind, str) or not isinstance(config.get(kind), dict):
+        raise RegistryError(f"{where}: {CONFIG_NAME} names no model and its settings")
+    model = build_model(kind, config[kind])
+    if not isinstance(model, SequentialEncoder):
+        raise RegistryError(f"{where}: a {kind} model has no sequence encoder to score with")
+    try:
+        state = state_from_bytes(registry.read_file(version, MODEL_FILE), f"{where}/{MODEL_FILE}")
+        model.load_state_dict(state)
+    except (CheckpointError, RuntimeError) as err:  # verified bytes that are no such model
+        raise RegistryError(f"{where}: {MODEL_FILE} does not load: {err}") from err
+    vocab = ItemVocabulary.restore(registry.read_file(version, VOCAB_FILE))
+    if vocab.capacity != model.num_rows:
+        raise RegistryError(
+            f"{where}: {VOCAB_FILE} has {vocab.capacity} rows, the model {model.num_rows}"
+        )
+    live = vocab.live_rows()
+    return PublishedModel(version, model.eval(), vocab, torch.from_numpy(live), _row_keys(vocab))
+
+
+def _json_artefact(registry: Registry, version: int, name: str, where: str) -> dict[str, Any]:
+    try:
+        value = json.loads(registry.read_file(version, name))
+    except ValueError as err:
+        raise RegistryError(f"{where}: {name} is not JSON: {err}") from err
+    if not isinstance(value, dict):
+        raise RegistryError(f"{where}: {name} is not a JSON object")
+    return value
+
+
+def _row_keys(vocab: ItemVocabulary) -> np.ndarray:
+    """Row -> key for every row up to the last live one (the output's key column type is
+    the vocabulary's: int64 when every key is an int, else strings, as the shards do)."""
+    live = vocab.live_rows()
+    keys = [vocab.key_of(int(row)) for row in live.tolist()]
+    size = int(live[-1]) + 1 if live.size else 1
+    if all(type(key) is int for key in keys):
+        out = np.zeros(size, dtype=np.int64)
+        out[live] = keys
+        return out
+    out = np.full(size, "", dtype=object)
+    out[live] = [str(key) for key in keys]
+    return out
+
+
+@dataclass(frozen=True)
+class UserBatch:
+    """One inference element: up to ``batch_users`` users of one shard, their histories
+    flat (user b owns ``offsets[b]:offsets[b+1]``) in the shard's order (event time)."""
+
+    part: tuple[int, int]  # (shard, batch within the shard): names the output file
+    users: Any  # pyarrow array of the shard's user keys (int64 or string), kept as stored
+    items: np.ndarray  # canonical item keys (int64, or object for str keys)
+    timestamps: np.ndarray  # int64
+    actions: np.ndarray  # int64
+    offsets: np.ndarray  # int64 [B+1]
+
+    def __len__(self) -> int:
+        """Users in the batch (RunInference counts a batch's elements with it)."""
+        return len(self.users)
+
+
+def read_user_batches(shard: tuple[int, str], batch_users: int) -> Iterator[UserBatch]:
+    """The users of one shard file, ``batch_users`` (at most) per ``UserBatch``."""
+    import pyarrow.parquet as pq
+
+    index, path = shard
+    batches = pq.ParquetFile(path).iter_batches(batch_size=batch_users, columns=HISTORY_COLUMNS)
+    for number, batch in enumerate(batches):
+        items, offsets = _flat(batch.column("item"))
+        timestamps, _ = _flat(batch.column("timestamp"))
+        actions, _ = _flat(batch.column("action"))
+        yield UserBatch(
+            (index, number),
+            batch.column("user"),
+            canonical_key_column(items, "item_id"),  # "5" in a string shard is the key 5
+            timestamps.astype(np.int64, copy=False),
+            actions.astype(np.int64, copy=False),
+            offsets,
+        )
+
+
+def _flat(column: Any) -> tuple[np.ndarray, np.ndarray]:
+    """A list column's values and its [B+1] int64 offsets from 0."""
+    offsets = column.offsets.to_numpy().astype(np.int64)
+    return column.flatten().to_numpy(zero_copy_only=False), offsets - offsets[0]
+
+
+@dataclass(frozen=True)
+class TopK:
+    """Each user's recommended rows and scores, jagged: user b owns ``offsets[b]:offsets[b+1]``
+    (best first; empty when no history item is known or nothing is left to recommend)."""
+
+    rows: np.ndarray  # int64
+    scores: np.ndarray  # float32
+    offsets: np.ndarray  # int64 [B+1]
+
+
+def recommend(
+    published: PublishedModel,
+    batch: UserBatch,
+    k: int,
+    keep_history: bool = False,
+    query_time: int | None = None,
+) -> TopK:
+    """Top ``k`` live rows for each user of ``batch`` (see the module docstring)."""
+    rows = published.vocab.lookup(batch.items)  # 0: a key the version does not know
+    known = rows > 0
+    owner = np.repeat(np.arange(len(batch)), np.diff(batch.offsets))
+    counts = np.bincount(owner[known], minlength=len(batch))
+    scored = np.flatnonzero(counts > 0)  # users with a context (the others get nothing)
+    if not scored.size:  # the model cannot encode an empty batch
+        return TopK(
+            np.empty(0, np.int64), np.empty(0, np.float32), np.zeros(len(batch) + 1, np.int64)
+        )
+    # Users without a context hold no known event, so the known events are the scored
+    # users' whole known histories, in order: their offsets are these.
+    history = rows[known]
+    offsets = np.concatenate([[0], np.cumsum(counts[scored])]).astype(np.int64)
+    context, window = window_indices(offsets, np.arange(scored.size), published.model.max_len)
+    queries = JaggedBatch.from_numpy(
+        history[context],
+        batch.timestamps[known][context],
+        window,
+        action_types=batch.actions[known][context],
+        query_time=None if query_time is None else np.full(scored.size, query_time, np.int64),
+    )
+    with torch.no_grad():
+        scores = next_item_scores(published.model, queries)
+    best, best_rows = top_k(
+        scores,
+        k,
+        exclude_items=None if keep_history else torch.from_numpy(history),
+        exclude_offsets=None if keep_history else torch.from_numpy(offsets),
+        candidate_rows=published.live,
+    )
+    return _jagged(best, best_rows, scored, len(batch))
+
+
+def _jagged(best: torch.Tensor, rows: torch.Tensor, scored: np.ndarray, users: int) -> TopK:
+    """``top_k``'s [M, k] results of the ``scored`` users as a ``TopK`` of all ``users``."""
+    allowed = torch.isfinite(best)  # a -inf tail: fewer than k rows were allowed
+    per_user = np.zeros(users, dtype=np.int64)
+    per_user[scored] = allowed.sum(dim=1).numpy()
+    return TopK(
+        rows[allowed].numpy(),
+        best[allowed].numpy(),
+        np.concatenate([[0], np.cumsum(per_user)]).astype(np.int64),
+    )
+
+
+class TopKHandler(ModelHandler[UserBatch, tuple[tuple[int, int], Any], PublishedModel]):
+    """Beam ``ModelHandler``: loads a registry version, turns a ``UserBatch`` into its part
+    of the output (``(part, pyarrow table)``). Give ``RunInference`` the handler
+    ``with_no_batching()``: each element already is a batch."""
+
+    def __init__(
+        self,
+        registry: str,
+        version: int,
+        k: int,
+        keep_history: bool = False,
+        query_time: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.registry = registry
+        self.version = version  # a number: every worker loads the same version as the driver
+        self.k = k
+        self.keep_history = keep_history
+        self.query_time = query_time
+
+    def load_model(self) -> PublishedModel:
+        """The version, verified (on each worker)."""
+        return load_version(self.registry, self.version)
+
+    def run_inference(
+        self,
+        batch: UserBatch,
+        model: PublishedModel,
+        inference_args: dict[str, Any] | None = None,
+    ) -> list[tuple[tuple[int, int], Any]]:
+        """One output part per user batch."""
+        with _torch_threads(SCORING_THREADS):
+            found = recommend(model, batch, self.k, self.keep_history, self.query_time)
+        return [(batch.part, _part_table(model, batch, found))]
+
+    def get_num_bytes(self, batch: UserBatch) -> int:
+        """The batch's array bytes (Beam's default pickles the whole batch to count them)."""
+        return batch.items.nbytes + batch.timestamps.nbytes + batch.actions.nbytes
+
+    def get_metrics_namespace(self) -> str:
+        return "genrec_recommend"
+
+
+@contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``threads`` for the block, then restored (the direct
+    runner scores in the caller's process)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _part_table(published: PublishedModel, batch: UserBatch, found: TopK) -> Any:
+    import pyarrow as pa
+
+    keys = published.row_keys[found.rows]
+    offsets = pa.array(found.offsets, pa.int32())
+    item_type = pa.int64() if keys.dtype == np.int64 else pa.string()
+    return pa.table(
+        {
+            "user": batch.users,
+            "items": pa.ListArray.from_arrays(offsets, pa.array(keys, item_type)),
+            "scores": pa.ListArray.from_arrays(offsets, pa.array(found.scores, pa.float32())),
+            "version": pa.array(np.full(len(batch), published.version, np.int64)),
+        }
+    )
+
+
+def write_part(result: tuple[tuple[int, int], Any], out_dir: str) -> int:
+    """Write one batch's recommendations (``(part, table)``); returns its users."""
+    import pyarrow.parquet as pq
+
+    part, table = result
+    pq.write_table(table, str(Path(out_dir) / PART_NAME.format(*part)))
+    return table.num_rows
+
+
+@dataclass(frozen=True)
+class RecommendJob:
+    """What ``backfill recommend`` runs on (the CLI's flags)."""
+
+    registry: str
+    version: str  # "latest", another alias, or a version number
+    histories: str  # a ``backfill sequences`` output directory
+    k: int
+    out: str
+    keep_history: bool = False
+    batch_users: int = DEFAULT_BATCH_USERS
+    runner: str = "direct"  # or "dask" (sequences.runner_options)
+    dask_address: str | None = None
+    dask_workers: int = 2
+
+
+def history_shards(directory: str) -> tuple[list[str], int | None]:
+    """The shard files of a ``backfill sequences`` output, sorted, and its cut-off."""
+    path = Path(directory)
+    manifest = path / sequences.MANIFEST
+    if not manifest.is_file():
+        raise FileNotFoundError(
+            f"--histories {directory}: no {sequences.MANIFEST}; pass the --out directory of "
+            "`genrec backfill sequences`"
+        )
+    shards = sorted(str(p) for p in path.glob("shard-*-of-*.parquet"))
+    if not shards:
+        raise FileNotFoundError(f"--histories {directory}: no shard-*-of-*.parquet files")
+    until = json.loads(manifest.read_text()).get("until")
+    return shards, until
+
+
+def run_recommend(job: RecommendJob) -> dict[str, Any]:
+    """Run the pipeline on the chosen runner; returns the manifest (also written)."""
+    import apache_beam as beam
+
+    if job.k < 1 or job.batch_users < 1:
+        raise ValueError(f"--k and --batch-users must be >= 1, got {job.k}, {job.batch_users}")
+    started = time.monotonic()
+    shards, until = history_shards(job.histories)
+    # In the driver first: a missing version or a bad file fails here, naming it, before any
+    # worker starts; and "latest" becomes one number for every worker.
+    version = load_version(job.registry, job.version).version
+    handler = TopKHandler(job.registry, version, job.k, job.keep_history, until)
+    out = Path(job.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in [*out.glob("part-*.parquet"), out / MANIFEST]:
+        stale.unlink(missing_ok=True)  # a rerun into the same directory keeps nothing old
+    with sequences.runner_options(job) as options:
+        with beam.Pipeline(options=options) as pipeline:
+            _ = (
+                pipeline
+                | "ListShards" >> beam.Create(list(enumerate(shards)))
+                | "ReadHistories" >> beam.FlatMap(read_user_batches, job.batch_users)
+                | "TopK" >> RunInference(handler.with_no_batching())
+                | "WriteParts" >> beam.Map(write_part, str(out))
+            )
+        sequences.close_runner_client(pipeline)
+    manifest = _manifest(job, version, until, sorted(out.glob("part-*.parquet")))
+    manifest["wall_seconds"] = round(time.monotonic() - started, 2)
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _manifest(
+    job: RecommendJob, version: int, until: int | None, parts: Sequence[Path]
+) -> dict[str, Any]:
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    users = empty = 0
+    for path in parts:
+        items = pq.read_table(path, columns=["items"]).column("items")
+        users += len(items)
+        empty += int(pc.sum(pc.equal(pc.list_value_length(items), 0)).as_py() or 0)
+    return {
+        "created_at": datetime.now(UTC).isoformat(),
+        "registry": job.registry,
+        "version": version,
+        "histories": job.histories,
+        "query_time": until,
+        "k": job.k,
+        "keep_history": job.keep_history,
+        "batch_users": job.batch_users,
+        "users": users,
+        "users_without_items": empty,
+        "parts": [path.name for path in parts],
+        "runner": sequences.describe_runner(job),
+    }
