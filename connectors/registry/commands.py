@@ -26,15 +26,20 @@ LIST_METRICS = 1
 KEY_METRIC_PREFIXES = ("ndcg", "hr", "mrr", "recall", "loss")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
+def add_registry_argument(parser: argparse.ArgumentParser) -> None:
+    """``--registry URI`` (default ``$GENREC_REGISTRY``, else ./registry)."""
+    parser.add_argument(
         "--registry",
         default=os.environ.get("GENREC_REGISTRY", DEFAULT_REGISTRY),
         metavar="URI",
         help="registry location: path, file://, s3://, gs:// or hdfs:// URI "
         "(default: $GENREC_REGISTRY, else ./registry)",
     )
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    add_registry_argument(common)
     common.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     parser = subparsers.add_parser(

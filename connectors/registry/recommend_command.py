@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 from pipeline.commands.backfill import add_runner_arguments
@@ -21,7 +20,7 @@ DEFAULT_BATCH_USERS = 1024  # scores of a batch: B x vocab.capacity floats, twic
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``recommend`` to the jobs of the ``genrec backfill`` subcommand, if there is one
     (a parser made of the registry's commands alone has none)."""
-    from connectors.registry.commands import DEFAULT_REGISTRY
+    from connectors.registry.commands import add_registry_argument
 
     jobs = _backfill_jobs(subparsers)
     if jobs is None:
@@ -40,13 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "catalogue is recommended; see docs/backfill.md, Batch top-K."
         ),
     )
-    job.add_argument(
-        "--registry",
-        default=os.environ.get("GENREC_REGISTRY", DEFAULT_REGISTRY),
-        metavar="URI",
-        help="registry location: path, file://, s3://, gs:// or hdfs:// URI "
-        "(default: $GENREC_REGISTRY, else ./registry)",
-    )
+    add_registry_argument(job)
     job.add_argument(
         "--version",
         default="latest",

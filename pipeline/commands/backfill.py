@@ -131,6 +131,7 @@ def _sequences(args: argparse.Namespace) -> int:
 
 def _register_bootstrap(jobs: argparse._SubParsersAction) -> None:
     from pipeline.backfill.sequences import FORMATS
+    from pipeline.commands.train import add_settings_arguments
 
     boot = jobs.add_parser(
         "bootstrap",
@@ -142,7 +143,7 @@ def _register_bootstrap(jobs: argparse._SubParsersAction) -> None:
             "`genrec train` with the same settings then resumes from it: it skips events "
             "before T (and rejected records stamped before T) and starts Kafka partitions at "
             "T (offsets_for_times). Give the trainer's settings as for `genrec train` "
-            "(--config, GENREC_ variables, --set); see docs/backfill.md, Hand-off."
+            '(--config, GENREC_ variables, --set); see docs/backfill.md, "Bootstrap and hand-off".'
         ),
     )
     boot.add_argument(
@@ -162,15 +163,7 @@ def _register_bootstrap(jobs: argparse._SubParsersAction) -> None:
         help="cut-off T (Unix seconds or ISO 8601; UTC when no zone): the backfill accounts "
         "for events before T, the stream for the rest",
     )
-    boot.add_argument("--config", metavar="FILE", help="the trainer's YAML configuration")
-    boot.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a trainer setting (repeatable), exactly as for `genrec train`",
-    )
+    add_settings_arguments(boot)
     boot.add_argument(
         "--weights",
         metavar="DIR",

@@ -67,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         + "\n".join(describe_options()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", metavar="FILE", help="YAML configuration file")
+    add_settings_arguments(parser)
     for name, (key, kind, text) in _FLAGS.items():
         flag = "--" + name.replace("_", "-")
         parser.add_argument(
@@ -82,6 +82,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--no-publish", action="store_true", help="do not publish versions to the registry"
     )
     parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved configuration and exit"
+    )
+    parser.set_defaults(func=run)
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE`` and ``--set SECTION.KEY=VALUE``: the trainer's settings, for every
+    command that needs them (``train``, ``backfill bootstrap``)."""
+    parser.add_argument("--config", metavar="FILE", help="the trainer's YAML configuration file")
+    parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -89,10 +99,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="SECTION.KEY=VALUE",
         help="override any configuration key (repeatable), e.g. --set vocab.capacity=50000",
     )
-    parser.add_argument(
-        "--print-config", action="store_true", help="print the resolved configuration and exit"
-    )
-    parser.set_defaults(func=run)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainerConfig:
