@@ -11,10 +11,15 @@ With ``--movielens PATH`` (a MovieLens ``ratings.csv`` or ``ratings.dat``) it ru
 pipeline on that file instead, format by name and header, defaults otherwise (direct runner
 unless ``--runners`` says more), and reports the same plus the users written.
 
-Examples (the issue's size; ml-latest-small)::
+With ``--warm-start`` it runs ``bench/warm_start.py`` (its defaults; the arguments after
+``--warm-start`` go to it): progressive NDCG@10 after a cut-off T of a trainer that streamed
+all history, a warm-started one (sequences -> train-offline -> bootstrap) and a cold one.
+
+Examples (the issue's size; ml-latest-small; the warm start)::
 
     python3 bench/backfill.py --events 10000000 --runners direct,dask
     python3 bench/backfill.py --movielens /work/shared/data/ml-latest-small/ratings.csv
+    python3 bench/backfill.py --warm-start
 """
 
 from __future__ import annotations
@@ -103,7 +108,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--movielens", metavar="PATH", help="a MovieLens ratings file, not synthetic")
     p.add_argument("--child", nargs=3, metavar=("RUNNER", "INPUT", "OUT"), help=argparse.SUPPRESS)
+    p.add_argument(
+        "--warm-start",
+        nargs=argparse.REMAINDER,
+        metavar="ARGS",
+        help="run bench/warm_start.py instead (ARGS go to it)",
+    )
     args = p.parse_args(argv)
+    if args.warm_start is not None:
+        import warm_start  # bench/warm_start.py, next to this script
+
+        return warm_start.main(args.warm_start)
     if args.child:
         return child(*args.child)
     if args.movielens:
