@@ -36,10 +36,17 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.backfill.sequences import Chunk, LakeFile, match_inputs, read_chunks
+from pipeline.backfill.sequences import (
+    Chunk,
+    LakeFile,
+    match_inputs,
+    read_chunks,
+    reject_row,
+    rejected_rows,
+)
 from pipeline.config import TrainerConfig
 from pipeline.events import EventBatch, decode_records
-from pipeline.events.reject import DecodeResult, Reject
+from pipeline.events.reject import DecodeResult
 from pipeline.sources.base import Records
 
 log = logging.getLogger(__name__)
@@ -80,22 +87,6 @@ class _NoSource:
         """Nothing to report: the bootstrap reads files, not the stream."""
 
 
-def reject_rows(rejects: Sequence[Reject], codec: str, first: int, rows: int) -> np.ndarray:
-    """bool [rows]: which rows of a chunk (its first row ``first``) were rejected.
-
-    JSON: one record per row, so a reject's offset is its row; Arrow: one record per chunk,
-    a reject names its row, or none when it covers the whole payload."""
-    bad = np.zeros(rows, dtype=bool)
-    for reject in rejects:
-        if codec == "json":
-            bad[reject.offset - first] = True
-        elif reject.row is None:
-            bad[:] = True
-        else:
-            bad[reject.row] = True
-    return bad
-
-
 def seam_parts(
     chunk: Chunk,
     result: DecodeResult,
@@ -110,7 +101,7 @@ def seam_parts(
     the chunk has rows of, (batch, its events and rejects before the cut-off, its rows); and
     the arrival time of the chunk's last row (see the module docstring)."""
     _, first, rows, codec, _ = chunk
-    bad = reject_rows(result.rejects, codec, first, rows)
+    bad = rejected_rows(result.rejects, codec, first, rows)
     good = np.flatnonzero(~bad)
     arrival = np.full(rows, np.nan)
     arrival[good] = result.events.timestamp
@@ -118,15 +109,16 @@ def seam_parts(
     last_good = np.maximum.accumulate(np.where(bad, -1, np.arange(rows)))
     arrival = np.where(last_good >= 0, arrival[np.maximum(last_good, 0)], previous)
     batch_of_event = (lake_row + good) // batch_rows
-    batch_of_reject = [(lake_row + _row(r, codec, first)) // batch_rows for r in result.rejects]
+    # A whole-payload reject covers rows that all arrive with ``previous``: row 0 stands.
+    reject_at = [reject_row(r, codec, first) or 0 for r in result.rejects]
+    batch_of_reject = [(lake_row + row) // batch_rows for row in reject_at]
     parts = []
     for b in range(lake_row // batch_rows, (lake_row + rows - 1) // batch_rows + 1):
         take = (batch_of_event == b) & (result.events.timestamp < until)
-        # A whole-payload reject covers rows that all arrive with ``previous``: row 0 stands.
         rejects = [
             r
-            for r, rb in zip(result.rejects, batch_of_reject, strict=True)
-            if rb == b and arrival[_row(r, codec, first)] < until
+            for r, rb, row in zip(result.rejects, batch_of_reject, reject_at, strict=True)
+            if rb == b and arrival[row] < until
         ]
         in_batch = min(lake_row + rows, (b + 1) * batch_rows) - max(lake_row, b * batch_rows)
         parts.append((b, DecodeResult(result.events.take(take), rejects), in_batch))
@@ -155,10 +147,6 @@ class _Batches:
             rejects = [r for p in self.parts for r in p.rejects]
             self.trainer.process_decoded(DecodeResult(events, rejects), self.rows)
         self.parts, self.rows = [], 0
-
-
-def _row(reject: Reject, codec: str, first: int) -> int:
-    return reject.offset - first if codec == "json" else int(reject.row or 0)
 
 
 def run_bootstrap(job: BootstrapJob) -> dict[str, Any]:

@@ -573,6 +573,23 @@ class Validated:
     after_cutoff: int  # valid events at or after ``until``
 
 
+def reject_row(reject: Any, codec: str, first: int) -> int | None:
+    """The row of a chunk (0-based in it; ``first`` is the chunk's first row) that a reject
+    of its decoding covers, or None for all of them. JSON: one record per row, so the
+    reject's offset is its row; Arrow: one record per chunk, and a reject names its row or
+    none (a payload that could not be read, or lacks a column)."""
+    return reject.offset - first if codec == "json" else reject.row
+
+
+def rejected_rows(rejects: Sequence[Any], codec: str, first: int, rows: int) -> np.ndarray:
+    """bool [rows]: the rows of a chunk that ``rejects`` (its decoding's) cover."""
+    bad = np.zeros(rows, dtype=bool)
+    for reject in rejects:
+        row = reject_row(reject, codec, first)
+        bad[slice(None) if row is None else row] = True
+    return bad
+
+
 def validate(chunk: Chunk, until: int | None) -> Validated:
     """The stream's decoder over one chunk; see ``Validated``."""
     from pipeline.events import decode_records
@@ -582,24 +599,17 @@ def validate(chunk: Chunk, until: int | None) -> Validated:
     records = Records.run(payloads, codec, f"file:{lake_file.path}", first)
     result = decode_records(records)
     letters = []
-    good = np.ones(n, dtype=bool)  # per row of the chunk
     base = 0 if lake_file.format == "parquet" else 1  # Parquet rows count from 0, lines from 1
     for reject in result.rejects:
-        # json: one line per record (offset = line index); arrow: one payload, row inside it
-        row = reject.offset if codec == "json" else first + (reject.row or 0)
-        whole = codec == "arrow" and reject.row is None
-        if whole:
-            good[:] = False
-        else:
-            good[row - first] = False
+        row = reject_row(reject, codec, first)
         letters.append(
             {
                 **reject.to_json_dict(),
                 "file": lake_file.path,
-                "file_row": None if whole else row + base,
+                "file_row": None if row is None else first + row + base,
             }
         )
-    rows = first + np.flatnonzero(good)
+    rows = first + np.flatnonzero(~rejected_rows(result.rejects, codec, first, n))
     events = result.events
     if rows.size != len(events):
         raise AssertionError(f"{lake_file.path}: {len(events)} valid events for {rows.size} rows")
