@@ -489,6 +489,10 @@ class OnlineTrainer:
     def process_records(self, records: Sequence[SourceRecord]) -> list[StepResult]:
         """Decode records and train on their events, micro-batch by micro-batch."""
         result = decode_records(records)
+        # An Arrow record holds many events: learn how many, to poll the right amount (before
+        # the cut-off drops any: a poll of skipped events still says what a record holds).
+        n_events = len(result.events) + len(result.rejects)
+        self._events_per_record = max(1.0, n_events / max(1, len(records)))
         if self.cutoff is not None:
             result = self._after_cutoff(result, Records.of(records))
         return self.process_decoded(result, len(records))
@@ -525,9 +529,7 @@ class OnlineTrainer:
         for reject in result.rejects:
             self.dead_letters.send(reject)
         decode_rejects = Counter(str(r.reason) for r in result.rejects)
-        # An Arrow record holds many events: learn how many, to poll the right amount.
         n_events = len(result.events) + len(result.rejects)
-        self._events_per_record = max(1.0, n_events / max(1, n_records))
         self.counters["records"] += n_records
         self._unsaved_records = True  # positions moved, even if no event was valid
         self.counters["events_seen"] += n_events
