@@ -110,20 +110,21 @@ def load_sequences(
 
 def item_keys_json(ds: SequenceDataset) -> list[int | str | None]:
     """``item_keys`` as JSON values (row 0 -> None), stored in checkpoints."""
-    return [_json_key(k) for k in ds.item_keys]
+    return [json_key(k) for k in ds.item_keys]
 
 
 def remap_items(ds: SequenceDataset, item_keys: list[int | str | None]) -> SequenceDataset:
     """``ds`` with item rows of another key map (a checkpoint's); unknown keys -> row 0."""
     row_of = {key: row for row, key in enumerate(item_keys) if row > 0}
-    rows = np.array([row_of.get(_json_key(k), 0) for k in ds.item_keys], np.int64)
+    rows = np.array([row_of.get(json_key(k), 0) for k in ds.item_keys], np.int64)
     new_keys = np.array(item_keys, dtype=object)
     return SequenceDataset(
         rows[ds.item_ids], ds.timestamps, ds.actions, ds.offsets, new_keys, ds.user_keys
     )
 
 
-def _json_key(key: Any) -> int | str | None:
+def json_key(key: Any) -> int | str | None:
+    """An item key as checkpoints' ``item_keys`` spell it (numpy ints as Python ints)."""
     if key is None or isinstance(key, str):
         return key
     return int(key)

@@ -17,6 +17,7 @@ import torch
 
 from model.hstu import HSTU
 from model.serialize import load_checkpoint
+from pipeline.offline import json_key
 
 ITEM_TABLE = "item_emb.weight"
 
@@ -47,7 +48,7 @@ def load_offline_weights(trainer: Any, directory: str | Path) -> int:
     pairs = [
         (int(r), offline_row[k])
         for r in rows.tolist()
-        if (k := _json_key(trainer.vocab.key_of(int(r)))) in offline_row
+        if (k := json_key(trainer.vocab.key_of(int(r)))) in offline_row
     ]
     with torch.no_grad():
         for name, tensor in target.items():
@@ -57,8 +58,3 @@ def load_offline_weights(trainer: Any, directory: str | Path) -> int:
             to, frm = np.array(pairs, dtype=np.int64).T
             target[ITEM_TABLE][torch.from_numpy(to)] = source[ITEM_TABLE][torch.from_numpy(frm)]
     return len(pairs)
-
-
-def _json_key(key: Any) -> Any:
-    """A vocabulary key as ``item_keys`` spells it (ints as Python ints)."""
-    return key if key is None or isinstance(key, str) else int(key)
