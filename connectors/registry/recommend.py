@@ -20,7 +20,9 @@ runner computes only one branch of a fan-out):
 The handler runs ``with_no_batching``: the job batches users itself, because Beam's
 ``BatchElements`` emits a bundle's last batch from ``finish_bundle``, whose output Beam's
 Dask runner (2.77) drops (observed: a bundle's last users vanished). ``manifest.json`` holds
-the registry, version, k, users, runner and wall time.
+the registry, version, k, users, runner and wall time. The histories and the output go
+through Beam's ``FileSystems`` (``pipeline.backfill.paths``): local, ``gs://``, ``s3://``, ...;
+the runners are ``backfill sequences``' (``sequences.runner_options``).
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,7 +47,7 @@ from model.base import SequentialEncoder
 from model.jagged import JaggedBatch
 from model.retrieval import top_k
 from model.serialize import build_model
-from pipeline.backfill import sequences
+from pipeline.backfill import paths, sequences
 from pipeline.checkpoint import CheckpointError, state_from_bytes
 from pipeline.events.batch import canonical_key_column
 from pipeline.offline import next_item_scores, window_indices
@@ -54,6 +55,7 @@ from pipeline.state.vocab import ItemVocabulary
 from pipeline.trainer import MODEL_FILE, VOCAB_FILE
 
 PART_NAME = "part-{:05d}-{:05d}.parquet"
+PART_GLOB = "part-*.parquet"
 MANIFEST = "manifest.json"
 HISTORY_COLUMNS = ("user", "item", "timestamp", "action")
 # torch's reductions split by thread count, so scores differed in their last bits between
@@ -147,22 +149,21 @@ class UserBatch:
 
 def read_user_batches(shard: tuple[int, str], batch_users: int) -> Iterator[UserBatch]:
     """The users of one shard file, ``batch_users`` (at most) per ``UserBatch``."""
-    import pyarrow.parquet as pq
-
     index, path = shard
-    batches = pq.ParquetFile(path).iter_batches(batch_size=batch_users, columns=HISTORY_COLUMNS)
-    for number, batch in enumerate(batches):
-        items, offsets = _flat(batch.column("item"))
-        timestamps, _ = _flat(batch.column("timestamp"))
-        actions, _ = _flat(batch.column("action"))
-        yield UserBatch(
-            (index, number),
-            batch.column("user"),
-            canonical_key_column(items, "item_id"),  # "5" in a string shard is the key 5
-            timestamps.astype(np.int64, copy=False),
-            actions.astype(np.int64, copy=False),
-            offsets,
-        )
+    with paths.parquet_file(path) as parquet:
+        batches = parquet.iter_batches(batch_size=batch_users, columns=HISTORY_COLUMNS)
+        for number, batch in enumerate(batches):
+            items, offsets = _flat(batch.column("item"))
+            timestamps, _ = _flat(batch.column("timestamp"))
+            actions, _ = _flat(batch.column("action"))
+            yield UserBatch(
+                (index, number),
+                batch.column("user"),
+                canonical_key_column(items, "item_id"),  # "5" in a string shard is the key 5
+                timestamps.astype(np.int64, copy=False),
+                actions.astype(np.int64, copy=False),
+                offsets,
+            )
 
 
 def _flat(column: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -307,10 +308,8 @@ def _part_table(published: PublishedModel, batch: UserBatch, found: TopK) -> Any
 
 def write_part(result: tuple[tuple[int, int], Any], out_dir: str) -> int:
     """Write one batch's recommendations (``(part, table)``); returns its users."""
-    import pyarrow.parquet as pq
-
     part, table = result
-    pq.write_table(table, str(Path(out_dir) / PART_NAME.format(*part)))
+    paths.write_parquet(table, paths.join(out_dir, PART_NAME.format(*part)))
     return table.num_rows
 
 
@@ -325,24 +324,25 @@ class RecommendJob:
     out: str
     keep_history: bool = False
     batch_users: int = DEFAULT_BATCH_USERS
-    runner: str = "direct"  # or "dask" (sequences.runner_options)
+    runner: str = "direct"  # or "dask", or a Beam runner (sequences.runner_options)
     dask_address: str | None = None
     dask_workers: int = 2
+    beam_options: tuple[str, ...] = ()  # PipelineOptions flags (sequences.beam_flag)
 
 
 def history_shards(directory: str) -> tuple[list[str], int | None]:
     """The shard files of a ``backfill sequences`` output, sorted, and its cut-off."""
-    path = Path(directory)
-    manifest = path / sequences.MANIFEST
-    if not manifest.is_file():
+    paths.check(directory, "--histories")
+    manifest = paths.join(directory, sequences.MANIFEST)
+    if not paths.exists(manifest):
         raise FileNotFoundError(
             f"--histories {directory}: no {sequences.MANIFEST}; pass the --out directory of "
             "`genrec backfill sequences`"
         )
-    shards = sorted(str(p) for p in path.glob("shard-*-of-*.parquet"))
+    shards = paths.matching(paths.join(directory, sequences.SHARD_GLOB))
     if not shards:
-        raise FileNotFoundError(f"--histories {directory}: no shard-*-of-*.parquet files")
-    until = json.loads(manifest.read_text()).get("until")
+        raise FileNotFoundError(f"--histories {directory}: no {sequences.SHARD_GLOB} files")
+    until = json.loads(paths.read_bytes(manifest)).get("until")
     return shards, until
 
 
@@ -353,15 +353,17 @@ def run_recommend(job: RecommendJob) -> dict[str, Any]:
     if job.k < 1 or job.batch_users < 1:
         raise ValueError(f"--k and --batch-users must be >= 1, got {job.k}, {job.batch_users}")
     started = time.monotonic()
+    paths.use_options(sequences.pipeline_flags(job))  # a bad runner or option fails here, first
+    paths.check(job.out, "--out")
     shards, until = history_shards(job.histories)
     # In the driver first: a missing version or a bad file fails here, naming it, before any
     # worker starts; and "latest" becomes one number for every worker.
     version = load_version(job.registry, job.version).version
     handler = TopKHandler(job.registry, version, job.k, job.keep_history, until)
-    out = Path(job.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in [*out.glob("part-*.parquet"), out / MANIFEST]:
-        stale.unlink(missing_ok=True)  # a rerun into the same directory keeps nothing old
+    out, parts = job.out, paths.join(job.out, PART_GLOB)
+    paths.make_dirs(out)
+    # a rerun into the same directory keeps nothing old
+    paths.delete([*paths.matching(parts), paths.join(out, MANIFEST)])
     with sequences.runner_options(job) as options:
         with beam.Pipeline(options=options) as pipeline:
             _ = (
@@ -369,24 +371,24 @@ def run_recommend(job: RecommendJob) -> dict[str, Any]:
                 | "ListShards" >> beam.Create(list(enumerate(shards)))
                 | "ReadHistories" >> beam.FlatMap(read_user_batches, job.batch_users)
                 | "TopK" >> RunInference(handler.with_no_batching())
-                | "WriteParts" >> beam.Map(write_part, str(out))
+                | "WriteParts" >> beam.Map(write_part, out)
             )
         sequences.close_runner_client(pipeline)
-    manifest = _manifest(job, version, until, sorted(out.glob("part-*.parquet")))
+    manifest = _manifest(job, version, until, paths.matching(parts))
     manifest["wall_seconds"] = round(time.monotonic() - started, 2)
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    paths.write_bytes(paths.join(out, MANIFEST), (json.dumps(manifest, indent=2) + "\n").encode())
     return manifest
 
 
 def _manifest(
-    job: RecommendJob, version: int, until: int | None, parts: Sequence[Path]
+    job: RecommendJob, version: int, until: int | None, parts: Sequence[str]
 ) -> dict[str, Any]:
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     users = empty = 0
     for path in parts:
-        items = pq.read_table(path, columns=["items"]).column("items")
+        with paths.parquet_file(path) as parquet:
+            items = parquet.read(columns=["items"]).column("items")
         users += len(items)
         empty += int(pc.sum(pc.equal(pc.list_value_length(items), 0)).as_py() or 0)
     return {
@@ -400,6 +402,6 @@ def _manifest(
         "batch_users": job.batch_users,
         "users": users,
         "users_without_items": empty,
-        "parts": [path.name for path in parts],
+        "parts": [paths.name(path) for path in parts],
         "runner": sequences.describe_runner(job),
     }

@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from pipeline.commands.backfill import add_runner_arguments
+from pipeline.commands.backfill import add_runner_arguments, runner_settings
 
 DEFAULT_BATCH_USERS = 1024  # scores of a batch: B x vocab.capacity floats, twice
 
@@ -52,7 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         required=True,
         metavar="DIR",
         help="output directory of `genrec backfill sequences` (its manifest.json and "
-        "shard-*.parquet files)",
+        "shard-*.parquet files), local or gs://, s3://, azfs://, hdfs:// (with Beam's "
+        "filesystem for it: its apache-beam extra)",
     )
     job.add_argument(
         "--k", type=int, required=True, help="items per user (fewer when fewer are left)"
@@ -61,7 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--out",
         required=True,
         metavar="DIR",
-        help="output directory (created; a rerun replaces its part files and manifest)",
+        help="output directory, local or on object storage as --histories (created; a "
+        "rerun replaces its part files and manifest)",
     )
     job.add_argument(
         "--keep-history",
@@ -100,9 +102,7 @@ def _recommend(args: argparse.Namespace) -> int:
         args.out,
         args.keep_history,
         args.batch_users,
-        args.runner,
-        args.dask_address,
-        args.dask_workers,
+        **runner_settings(args),
     )
     try:
         manifest = run_recommend(job)

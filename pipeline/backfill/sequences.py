@@ -28,12 +28,14 @@ Named steps, in flow order (one linear pipeline: see ``_keyed`` for why):
 On the direct runner a progress line (rows read, rate, ETA from the inputs' bytes) is
 logged every ``SequencesJob.progress_every_s``.
 
-Counts travel through the pipeline as data (summed by ``CombineGlobally``) into
-``manifest.json``, with the inputs, the settings, the runner and the wall time. Inputs are
-local paths or globs in this version. Runners: Beam's in-process direct runner, or Beam's
-Dask runner on a dask.distributed cluster (``runner="dask"``; a local one of
-``dask_workers`` processes unless ``dask_address`` names a scheduler). The output directory
-must be one that every worker sees (a local one for a local cluster).
+Counts travel through the pipeline as data (summed at the group) into ``manifest.json``, with
+the inputs, the settings, the runner and the wall time. Inputs, the output directory and its
+files go through Beam's ``FileSystems`` (``pipeline.backfill.paths``): local paths, or
+``gs://``, ``s3://``, ... where Beam's filesystem for the scheme is installed.
+Runners (``runner_options``): Beam's in-process direct execution, Beam's Dask runner on a
+dask.distributed cluster (``runner="dask"``; a local one of ``dask_workers`` processes unless
+``dask_address`` names a scheduler), or any other Beam runner by name, its options given as
+``beam_options``. The inputs and the output directory must be ones every worker sees.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from pipeline.backfill import paths
+
 log = logging.getLogger(__name__)
 
 CHUNK_ROWS = 65_536
@@ -58,6 +62,7 @@ PROGRESS_EVERY_S = 10.0  # as the trainer's observability.log_every_s
 DEFAULT_SHARDS = 16
 FORMATS = ("auto", "parquet", "jsonl", "csv", "movielens-csv", "movielens-dat")
 SHARD_NAME = "shard-{:05d}-of-{:05d}.parquet"
+SHARD_GLOB = "shard-*-of-*.parquet"
 DEAD_LETTERS = "deadletters.jsonl"
 MANIFEST = "manifest.json"
 COUNTS_FILE = ".counts.json"  # the pipeline's summed counts, read back into the manifest
@@ -86,6 +91,7 @@ def match_inputs(patterns: Sequence[str], format: str = "auto") -> list[LakeFile
     files: list[LakeFile] = []
     seen: set[str] = set()
     for pattern in patterns:
+        paths.check(pattern, "--input")
         matched = FileSystems.match([pattern])[0].metadata_list
         if not matched:
             raise FileNotFoundError(f"--input {pattern!r} matches no file; check the path")
@@ -108,15 +114,31 @@ def _file_format(path: str, format: str) -> str:
     if suffix == ".dat":
         return "movielens-dat"
     if suffix == ".csv":
-        from pipeline.datasets import DataFormatError, detect_format
-
-        try:  # the offline reader's rule: MovieLens's ratings.csv by its header, else csv
-            return detect_format(path)
-        except (OSError, DataFormatError):  # unreadable (a directory, say)
-            return "csv"  # reading it makes the file's dead letter
+        return _csv_format(path)
     raise ValueError(
         f"{path}: cannot tell the format from the name; pass --format ({', '.join(FORMATS[1:])})"
     )
+
+
+def _csv_format(path: str) -> str:
+    """The offline reader's rule (``pipeline.datasets.detect_format``: MovieLens's ratings.csv
+    by its header, else csv) on the file's first line, read through Beam's ``FileSystems``:
+    that rule opens local paths only, so it reads a local copy of the line."""
+    import tempfile
+
+    from apache_beam.io.filesystems import FileSystems
+
+    from pipeline.datasets import DataFormatError, detect_format
+
+    try:
+        with FileSystems.open(path) as handle:
+            header = handle.readline(_MAX_HEADER_BYTES)
+        with tempfile.NamedTemporaryFile(suffix=".csv") as copy:
+            copy.write(header)
+            copy.flush()
+            return detect_format(copy.name)
+    except (OSError, DataFormatError):  # unreadable (a directory, say)
+        return "csv"  # reading it makes the file's dead letter
 
 
 # A chunk of one file: (file, first row of the chunk in the file, its rows, codec, payloads).
@@ -639,7 +661,6 @@ def write_shard(
     """One Parquet row per user of the shard, events in time order, ties in lake order;
     returns (path, users)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from pipeline.state.grouping import factorize
 
@@ -661,8 +682,8 @@ def write_shard(
             _arrow_keys(values) if name == "item" else pa.array(values),
         )
     table = pa.table({"user": _arrow_keys(users), **lists})
-    path = str(Path(out_dir) / SHARD_NAME.format(shard, shards))
-    pq.write_table(table, path)
+    path = paths.join(out_dir, SHARD_NAME.format(shard, shards))
+    paths.write_parquet(table, path)
     return path, len(users)
 
 
@@ -687,11 +708,13 @@ def _arrow_keys(values: np.ndarray) -> Any:
 
 class RunnerSettings(Protocol):
     """The runner flags a backfill job carries (``--runner``, ``--dask-address``,
-    ``--dask-workers``): what ``runner_options`` and ``describe_runner`` read."""
+    ``--dask-workers``, ``--beam-option``): what ``runner_options`` and ``describe_runner``
+    read."""
 
-    runner: str
+    runner: str  # "direct", "dask", or a Beam runner's name or class path
     dask_address: str | None
     dask_workers: int
+    beam_options: tuple[str, ...]  # KEY=VALUE or --flag[=VALUE], for PipelineOptions
 
 
 @dataclass(frozen=True)
@@ -703,9 +726,10 @@ class SequencesJob:
     format: str = "auto"
     until: int | None = None
     shards: int = DEFAULT_SHARDS
-    runner: str = "direct"  # or "dask"
+    runner: str = "direct"  # or "dask", or a Beam runner (runner_options)
     dask_address: str | None = None  # a running scheduler; None: a local cluster
     dask_workers: int = 2  # of that local cluster
+    beam_options: tuple[str, ...] = ()  # PipelineOptions flags (beam_flag)
     progress_every_s: float = PROGRESS_EVERY_S  # the progress line's period (direct runner)
 
 
@@ -752,13 +776,12 @@ def _keyed(chunk: Any, until: int | None, shards: int) -> Iterator[tuple[tuple[s
 def _write_part(item: tuple[tuple[str, int], Iterable[Any]], out_dir: str, shards: int) -> int:
     """Write one group: a shard's histories, the dead letters or the summed counts."""
     (kind, number), parts = item
-    out = Path(out_dir)
     if kind == "shard":
         return write_shard(number, list(parts), out_dir, shards)[1]
     if kind == "rejects":
-        return _write_dead_letters(parts, str(out / DEAD_LETTERS))
+        return _write_dead_letters(parts, paths.join(out_dir, DEAD_LETTERS))
     counts = _sum_counts(parts)
-    (out / COUNTS_FILE).write_text(json.dumps(counts))
+    paths.write_bytes(paths.join(out_dir, COUNTS_FILE), json.dumps(counts).encode())
     return len(counts)
 
 
@@ -770,24 +793,25 @@ def _write_dead_letters(letters: Iterable[dict[str, Any]], path: str) -> int:
         return letter["file"], -1 if letter["file_row"] is None else letter["file_row"]
 
     letters = sorted(letters, key=place)
-    with open(path, "w", encoding="utf-8") as out:
-        out.writelines(json.dumps(letter) + "\n" for letter in letters)
+    paths.write_bytes(path, "".join(json.dumps(letter) + "\n" for letter in letters).encode())
     return len(letters)
 
 
 def run_sequences(job: SequencesJob) -> dict[str, Any]:
     """Run the pipeline on the chosen runner; returns the manifest (also written)."""
     import apache_beam as beam
-    import pyarrow.parquet as pq
 
     if job.shards < 1:
         raise ValueError(f"--shards must be >= 1, got {job.shards}")
     started = time.monotonic()
+    paths.use_options(pipeline_flags(job))  # a bad runner or option fails here, first
+    paths.check(job.out, "--out")
     files = match_inputs(job.inputs, job.format)
-    out = Path(job.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in [*out.glob("shard-*-of-*.parquet"), out / COUNTS_FILE, out / DEAD_LETTERS]:
-        stale.unlink(missing_ok=True)  # a rerun into the same directory keeps nothing old
+    out = job.out
+    paths.make_dirs(out)
+    counts_file, dead_letters = paths.join(out, COUNTS_FILE), paths.join(out, DEAD_LETTERS)
+    # a rerun into the same directory keeps nothing old
+    paths.delete([*paths.matching(paths.join(out, SHARD_GLOB)), counts_file, dead_letters])
     with runner_options(job) as options, _progress_line(job, files):
         with beam.Pipeline(options=options) as pipeline:
             _ = (
@@ -796,17 +820,16 @@ def run_sequences(job: SequencesJob) -> dict[str, Any]:
                 | "ReadLake" >> beam.FlatMap(read_chunks)
                 | "Validate" >> beam.FlatMap(_keyed, job.until, job.shards)
                 | "GroupByShard" >> beam.GroupByKey()
-                | "WriteHistories" >> beam.Map(_write_part, str(out), job.shards)
+                | "WriteHistories" >> beam.Map(_write_part, out, job.shards)
             )
         close_runner_client(pipeline)
     # no counts file: the lake had no rows and no unreadable file (nothing reached the group)
-    counts_file = out / COUNTS_FILE
-    counts = json.loads(counts_file.read_text()) if counts_file.exists() else {}
-    counts_file.unlink(missing_ok=True)
-    if not (out / DEAD_LETTERS).exists():
-        (out / DEAD_LETTERS).write_text("")
-    shard_files = sorted(out.glob("shard-*-of-*.parquet"))
-    counts["users"] = sum(pq.ParquetFile(path).metadata.num_rows for path in shard_files)
+    counts = json.loads(paths.read_bytes(counts_file)) if paths.exists(counts_file) else {}
+    paths.delete([counts_file])
+    if not paths.exists(dead_letters):
+        paths.write_bytes(dead_letters, b"")
+    shard_files = paths.matching(paths.join(out, SHARD_GLOB))
+    counts["users"] = sum(_parquet_rows(path) for path in shard_files)
     manifest = {
         "created_at": datetime.now(UTC).isoformat(),
         "inputs": [asdict(f) for f in files],
@@ -819,12 +842,17 @@ def run_sequences(job: SequencesJob) -> dict[str, Any]:
         },
         "settings": {"format": job.format, "shards": job.shards, "chunk_rows": CHUNK_ROWS},
         "runner": describe_runner(job),
-        "shards": [path.name for path in shard_files],
+        "shards": [paths.name(path) for path in shard_files],
         "dead_letters": DEAD_LETTERS,
         "wall_seconds": round(time.monotonic() - started, 2),
     }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    paths.write_bytes(paths.join(out, MANIFEST), (json.dumps(manifest, indent=2) + "\n").encode())
     return manifest
+
+
+def _parquet_rows(path: str) -> int:
+    with paths.parquet_file(path) as parquet:
+        return parquet.metadata.num_rows
 
 
 @contextmanager
@@ -848,25 +876,83 @@ def close_runner_client(pipeline: Any) -> None:
         client.close()
 
 
-def describe_runner(job: RunnerSettings) -> str:
-    """The runner in words, for a manifest."""
+# Options genrec sets from its own flags: a --beam-option for one of them is refused.
+_OWN_OPTIONS = {"runner": "--runner", "dask_client_address": "--dask-address"}
+DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
+# ``direct``: the FnApiRunner, the in-process engine Beam's DirectRunner runs batch pipelines
+# on. The DirectRunner itself (Beam 2.77) first tries the PrismRunner, which downloads a
+# binary from GitHub (and, offline, falls back to the FnApiRunner after the failed download).
+DIRECT_RUNNER = "FnApiRunner"
+
+
+def beam_flag(option: str) -> str:
+    """One ``--beam-option`` as a ``PipelineOptions`` flag: ``KEY=VALUE`` -> ``--KEY=VALUE``;
+    ``--flag`` and ``--flag=VALUE`` as given. ``ValueError`` for anything else, and for an
+    option genrec sets from a flag of its own (``--runner``, ``--dask-address``)."""
+    flag = option if option.startswith("--") else f"--{option}"
+    key = flag[2:].split("=", 1)[0]
+    if not key or not (option.startswith("--") or "=" in option):
+        raise ValueError(
+            f"--beam-option {option!r} is neither KEY=VALUE nor --FLAG[=VALUE] (a Beam "
+            "pipeline option), e.g. --beam-option flink_master=HOST:8081 or "
+            "--beam-option=--save_main_session"
+        )
+    if key in _OWN_OPTIONS:
+        raise ValueError(f"--beam-option {option!r}: set {key} with {_OWN_OPTIONS[key]}")
+    return flag
+
+
+def pipeline_flags(job: RunnerSettings) -> list[str]:
+    """The ``PipelineOptions`` flags of the job's runner and its ``beam_options`` (these last:
+    they may override genrec's defaults; a local Dask cluster's address is added by
+    ``runner_options``). ``ValueError`` for a bad option or a runner Beam does not know."""
+    flags = [beam_flag(option) for option in job.beam_options]
     if job.runner == "direct":
-        return "DirectRunner (in-process)"
-    where = job.dask_address or f"a local cluster of {job.dask_workers} worker processes"
-    return f"DaskRunner on {where}"
+        return [f"--runner={DIRECT_RUNNER}", "--direct_num_workers=1", *flags]
+    if job.runner == "dask":
+        return [f"--runner={DASK_RUNNER}", *flags]
+    _check_runner(job.runner)
+    return [f"--runner={job.runner}", *flags]
+
+
+def _check_runner(name: str) -> None:
+    """Fail before any work on a runner name Beam cannot resolve (making one downloads and
+    starts nothing: that happens when a pipeline runs)."""
+    from apache_beam.runners.runner import create_runner
+
+    try:
+        create_runner(name)
+    except (ValueError, ImportError, AttributeError) as err:
+        raise ValueError(
+            f"--runner {name!r} is neither direct, dask nor a Beam runner that can be loaded: "
+            f"{' '.join(str(err).split())}"
+        ) from None
+
+
+def describe_runner(job: RunnerSettings) -> str:
+    """The runner in words, for a manifest, with the ``--beam-option`` flags Beam gets."""
+    if job.runner == "direct":
+        runner = "DirectRunner (in-process)"
+    elif job.runner == "dask":
+        where = job.dask_address or f"a local cluster of {job.dask_workers} worker processes"
+        runner = f"DaskRunner on {where}"
+    else:
+        runner = job.runner
+    flags = " ".join(beam_flag(option) for option in job.beam_options)
+    return f"{runner} with {flags}" if flags else runner
 
 
 @contextmanager
 def runner_options(job: RunnerSettings) -> Iterator[Any]:
-    """Pipeline options for the runner; a local Dask cluster lives as long as the run."""
+    """Pipeline options for the runner (``pipeline_flags``); a local Dask cluster lives as
+    long as the run. Runners other than direct and dask get the flags untouched."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    if job.runner == "direct":
-        # flags=[]: options come from here, never from the process's own sys.argv
-        yield PipelineOptions(flags=[], runner="DirectRunner", direct_num_workers=1)
-        return
+    # always explicit flags: options come from here, never from the process's own sys.argv
+    flags = pipeline_flags(job)
     if job.runner != "dask":
-        raise ValueError(f"unknown --runner {job.runner!r}; choose direct or dask")
+        yield PipelineOptions(flags)
+        return
     try:
         from distributed import Client, LocalCluster
     except ImportError as err:
@@ -878,9 +964,8 @@ def runner_options(job: RunnerSettings) -> Iterator[Any]:
         for name in list(logging.root.manager.loggerDict):
             if name == "distributed" or name.startswith("distributed."):
                 logging.getLogger(name).setLevel(logging.WARNING)
-    runner = "apache_beam.runners.dask.dask_runner.DaskRunner"
     if job.dask_address:
-        yield PipelineOptions([f"--runner={runner}", f"--dask_client_address={job.dask_address}"])
+        yield PipelineOptions([*flags, f"--dask_client_address={job.dask_address}"])
         return
     with (
         LocalCluster(
@@ -892,6 +977,4 @@ def runner_options(job: RunnerSettings) -> Iterator[Any]:
         ) as cluster,
         Client(cluster),
     ):
-        yield PipelineOptions(
-            [f"--runner={runner}", f"--dask_client_address={cluster.scheduler_address}"]
-        )
+        yield PipelineOptions([*flags, f"--dask_client_address={cluster.scheduler_address}"])

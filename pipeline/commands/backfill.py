@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 from datetime import UTC, datetime
+from typing import Any
 
 
 def _cutoff(text: str) -> int:
@@ -34,9 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "backfill",
         help="batch jobs that bring an event lake's history in (Apache Beam; warm start)",
         description=(
-            "Batch backfill jobs: sequences (Apache Beam, direct or Dask runner), bootstrap "
-            "(the checkpoint `genrec train` continues from at a cut-off) and recommend "
-            "(batch top-K from a registry version). See docs/backfill.md."
+            "Batch backfill jobs: sequences (Apache Beam: direct, Dask or another Beam "
+            "runner; local files or object storage), bootstrap (the checkpoint `genrec "
+            "train` continues from at a cut-off) and recommend (batch top-K from a registry "
+            "version). See docs/backfill.md."
         ),
     )
     jobs = backfill.add_subparsers(dest="job", metavar="JOB", required=True)
@@ -55,9 +57,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--input",
         required=True,
         action="append",
-        help="file or glob (repeat, or separate with commas); Parquet and CSV columns "
-        "user_id, item_id, action, timestamp, optional value and event_id; JSONL: one event "
-        "per line; MovieLens ratings.csv / ratings.dat as published",
+        help="file or glob (repeat, or separate with commas), local or on any filesystem "
+        "Beam has (gs://, s3://, azfs://, hdfs://: with its apache-beam extra); Parquet and "
+        "CSV columns user_id, item_id, action, timestamp, optional value and event_id; JSONL: "
+        "one event per line; MovieLens ratings.csv / ratings.dat as published",
     )
     seq.add_argument(
         "--format",
@@ -74,7 +77,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="cut-off T (Unix seconds or ISO 8601): only events with time < T go into the "
         "histories; later valid ones are counted as after_cutoff (default: none)",
     )
-    seq.add_argument("--out", required=True, help="output directory (created)")
+    seq.add_argument(
+        "--out",
+        required=True,
+        help="output directory, local or gs://, s3://, ... as --input (created; a rerun "
+        "replaces its shards, dead letters and manifest). train-offline --data reads local "
+        "directories only",
+    )
     seq.add_argument(
         "--shards",
         type=int,
@@ -87,14 +96,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def add_runner_arguments(parser: argparse.ArgumentParser, workers_see: str) -> None:
-    """``--runner``, ``--dask-address``, ``--dask-workers`` of a Beam job; ``workers_see``
-    names the paths a remote cluster's workers must reach."""
+    """``--runner``, ``--dask-address``, ``--dask-workers``, ``--beam-option`` of a Beam job;
+    ``workers_see`` names the paths a remote cluster's workers must reach."""
     parser.add_argument(
         "--runner",
-        choices=("direct", "dask"),
         default="direct",
-        help="direct: Beam's in-process runner; dask: Beam's Dask runner on a dask.distributed "
-        "cluster (--dask-address, or a local one) (default: %(default)s)",
+        metavar="direct|dask|RUNNER",
+        help="direct: Beam's in-process execution (downloads nothing); dask: Beam's Dask "
+        "runner on a dask.distributed cluster (--dask-address, or a local one); any other "
+        "name is a Beam runner, given its --beam-option flags untouched: FlinkRunner, "
+        "SparkRunner, DataflowRunner, PortableRunner, ... or a runner class's dotted path "
+        "(untested here: see docs/backfill.md, Runners) (default: %(default)s)",
     )
     parser.add_argument(
         "--dask-address",
@@ -107,6 +119,28 @@ def add_runner_arguments(parser: argparse.ArgumentParser, workers_see: str) -> N
         default=2,
         help="worker processes of the local Dask cluster (default: %(default)s)",
     )
+    parser.add_argument(
+        "--beam-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a Beam pipeline option for PipelineOptions, with every runner (repeat): "
+        "KEY=VALUE is passed as --KEY=VALUE, e.g. flink_master=HOST:8081, "
+        "environment_type=LOOPBACK, hdfs_host=NAMENODE; a flag as given, with '=': "
+        "--beam-option=--FLAG[=VALUE]. The manifest records them as given: pass no secrets "
+        "this way. runner and dask_client_address come from --runner and --dask-address",
+    )
+
+
+def runner_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The runner fields of a job (``pipeline.backfill.sequences.RunnerSettings``) from the
+    flags ``add_runner_arguments`` adds."""
+    return {
+        "runner": args.runner,
+        "dask_address": args.dask_address,
+        "dask_workers": args.dask_workers,
+        "beam_options": tuple(args.beam_option),
+    }
 
 
 def _sequences(args: argparse.Namespace) -> int:
@@ -114,14 +148,7 @@ def _sequences(args: argparse.Namespace) -> int:
 
     inputs = tuple(p.strip() for arg in args.input for p in arg.split(",") if p.strip())
     job = SequencesJob(
-        inputs,
-        args.out,
-        args.format,
-        args.until,
-        args.shards,
-        args.runner,
-        args.dask_address,
-        args.dask_workers,
+        inputs, args.out, args.format, args.until, args.shards, **runner_settings(args)
     )
     manifest = run_sequences(job)
     shown = ("counts", "rejected_by_reason", "shards", "runner", "wall_seconds")

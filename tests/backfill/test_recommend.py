@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from backfill import memfs
 
 from connectors.registry import Registry
 from connectors.registry.recommend import RecommendJob, run_recommend
@@ -240,6 +241,28 @@ def test_help_explains_every_flag(capsys) -> None:
     for flag in ("--registry", "--version", "--histories", "--k", "--out", "--keep-history",
                  "--batch-users", "--runner", "--dask-address", "--dask-workers"):  # fmt: skip
         assert flag in text, flag
+
+
+def test_histories_and_output_on_a_beam_filesystem_equal_a_local_run(world, tmp_path) -> None:
+    """--histories and --out on memfs:// (tests/backfill/memfs.py), a non-local Beam
+    filesystem: the same part files, byte for byte, as a local run."""
+
+    def job(histories: str, out: str) -> RecommendJob:
+        return RecommendJob(str(world["registry"]), "latest", histories, K, out, batch_users=7)
+
+    with memfs.empty() as store:
+        memfs.upload(world["histories"], "memfs://bucket/histories")
+        store["memfs://bucket/recs/part-00009-00009.parquet"] = b"an old run's part"
+        local = run_recommend(job(str(world["histories"]), str(tmp_path / "recs")))
+        remote = run_recommend(job("memfs://bucket/histories", "memfs://bucket/recs"))
+        written = memfs.names("memfs://bucket/recs")
+    assert remote["parts"] == local["parts"] and len(local["parts"]) > 3
+    assert sorted(written) == sorted([*local["parts"], "manifest.json"])  # the old part: gone
+    for name in local["parts"]:
+        assert written[name] == (tmp_path / "recs" / name).read_bytes(), name
+    same = ("version", "query_time", "k", "users", "users_without_items", "runner")
+    assert {k: remote[k] for k in same} == {k: local[k] for k in same}
+    assert json.loads(written["manifest.json"])["histories"] == "memfs://bucket/histories"
 
 
 @pytest.mark.slow

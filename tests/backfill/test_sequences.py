@@ -51,11 +51,12 @@ def oracle(valid: list[dict], until: int) -> dict:
     return {u: sorted(v, key=lambda e: e[1]) for u, v in out.items()}
 
 
-@pytest.fixture
-def lake(tmp_path: Path) -> tuple[Path, list[dict], int]:
+def make_lake(root: Path) -> tuple[Path, list[dict], int]:
+    """root/lake: 2 Parquet files, a JSON Lines file (6 bad rows across them) and a corrupt
+    Parquet file; returns (lake, the valid rows in lake order, a cut-off)."""
     rows = lake_rows()
     third = len(rows) // 3
-    lake = tmp_path / "lake"
+    lake = root / "lake"
     lake.mkdir()
     good_a, good_b, tail = rows[:third], rows[third : 2 * third], rows[2 * third :]
     bad_parquet = [  # each: one bad row in the stream's terms
@@ -76,6 +77,11 @@ def lake(tmp_path: Path) -> tuple[Path, list[dict], int]:
     valid = good_a + good_b + tail  # lake order: part-0, part-1, part-2
     until = sorted(r["timestamp"] for r in valid)[int(0.8 * len(valid))]
     return lake, valid, until
+
+
+@pytest.fixture
+def lake(tmp_path: Path) -> tuple[Path, list[dict], int]:
+    return make_lake(tmp_path)
 
 
 def read_shards(out: Path) -> dict:
