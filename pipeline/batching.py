@@ -27,7 +27,7 @@ from model.jagged import JaggedBatch
 from pipeline.events import EventBatch
 from pipeline.state.grouping import compact_groups, group_order
 from pipeline.state.store import Histories, IngestPlan, SequenceStore
-from pipeline.state.vocab import ItemVocabulary
+from pipeline.state.vocab import ItemVocabulary, Observation
 
 
 @dataclass(frozen=True)
@@ -169,7 +169,7 @@ class BatchBuilder:
         plan = self.store.plan(events.user_id, events.timestamp, events.event_id)
         accepted = np.flatnonzero(plan.accepted)
         ts = events.timestamp[accepted]
-        obs = self.vocab.observe(events.item_id[accepted], ts)
+        obs = self.observe(events.item_id[accepted], ts)
         # Distinct users of the accepted events, in plan order, and each event's index among them.
         users, seq = compact_groups(plan.user_index[accepted], len(plan.user_keys))
         cutoff = np.full(users.size, np.iinfo(np.int64).max, dtype=np.int64)
@@ -192,4 +192,13 @@ class BatchBuilder:
         refs = np.zeros(len(prepared.events), dtype=np.int64)
         refs[prepared.accepted] = self.vocab.refs(prepared.rows)
         self.store.commit(prepared.plan, refs, prepared.events.action, prepared.events.value)
-        return self.vocab.expire(self.store.watermark)
+        return self.vocab.expire(self.expiry_time())
+
+    def observe(self, items: np.ndarray, timestamps: np.ndarray) -> Observation:
+        """The vocabulary's verdict on the accepted events' items (a trainer group
+        overrides it: every rank observes the whole group's items, ``pipeline.distributed``)."""
+        return self.vocab.observe(items, timestamps)
+
+    def expiry_time(self) -> int:
+        """The event time that items expire against: the store's watermark."""
+        return self.store.watermark

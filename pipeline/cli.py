@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from pipeline import plugins
@@ -77,9 +78,12 @@ def _error_lines(err: Exception) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # `train --workers` re-runs it
+    # a trainer group's ranks share one terminal: say which rank wrote a line
+    rank = f" rank{os.environ['RANK']}" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
     logging.basicConfig(
         level=getattr(logging, args.log_level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s{rank} %(name)s: %(message)s",
     )
     if args.log_level != "DEBUG":
         # kafka-python, Beam and dask.distributed log every step at INFO; genrec's own lines

@@ -203,6 +203,18 @@ class ObservabilitySection(_Section):
     )
 
 
+class DistributedSection(_Section):
+    backend: Literal["auto", "gloo", "nccl"] = Field(
+        "auto", description="torch.distributed backend of a trainer group (auto: nccl on cuda)"
+    )
+    timeout_s: float = Field(
+        120.0, gt=0, description="longest wait for the other ranks in one collective, seconds"
+    )
+    max_restarts: int = Field(
+        3, ge=0, description="genrec train --workers: restarts of the group after a rank dies"
+    )
+
+
 class TrainerConfig(_Section):
     """Everything ``genrec train`` can be told; see ``docs/trainer.md``."""
 
@@ -224,6 +236,7 @@ class TrainerConfig(_Section):
     registry: RegistrySection = Field(default_factory=RegistrySection)
     dead_letter: DeadLetterSection = Field(default_factory=DeadLetterSection)
     observability: ObservabilitySection = Field(default_factory=ObservabilitySection)
+    distributed: DistributedSection = Field(default_factory=DistributedSection)
 
     @field_validator("run_name")
     @classmethod

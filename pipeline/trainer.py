@@ -141,7 +141,7 @@ def build_model(cfg: TrainerConfig) -> HSTU:
     )
 
 
-def _shape_config(cfg: TrainerConfig) -> dict[str, Any]:
+def shape_config(cfg: TrainerConfig) -> dict[str, Any]:
     dumped = cfg.model_dump(mode="json")
     out = {}
     for key in _SHAPE_KEYS:
@@ -249,7 +249,7 @@ class OnlineTrainer:
         self.vocab = ItemVocabulary(
             cfg.vocab.capacity, cfg.vocab.admission_threshold, cfg.vocab.ttl_s
         )
-        self.builder = BatchBuilder(self.store, self.vocab, cfg.max_targets)
+        self.builder = self._make_builder()
         self.progressive = ProgressiveMetrics(cfg.eval.k, cfg.eval.window)
         self.counters: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
@@ -265,6 +265,8 @@ class OnlineTrainer:
         self._last_checkpoint = time.monotonic()
         self._last_publish = time.monotonic()
         self._metrics_log: MetricsLog | None = None
+        # when this run's first record arrived: events/s of the stream, not of the wait for it
+        self._first_record_at: float | None = None
         # What this trainer last saw ``latest`` point to: a publish fails instead of forking
         # the lineage when another writer moved it meanwhile.
         self._expected_latest: int | None = None
@@ -279,6 +281,10 @@ class OnlineTrainer:
         # Wall seconds per part of the step (bench/scale.py): store + batch assembly,
         # evaluation (ranking), forward + backward, optimizer; CPU clock, unsynchronised on CUDA.
         self.step_seconds: Counter[str] = Counter()
+
+    def _make_builder(self) -> BatchBuilder:
+        """Store + vocabulary + assembly over this trainer's store and vocabulary."""
+        return BatchBuilder(self.store, self.vocab, self.cfg.max_targets)
 
     # ------------------------------------------------------------- restore
     def _new_model(self) -> tuple[HSTU, torch.optim.Optimizer | RowSparseAdam]:
@@ -336,7 +342,7 @@ class OnlineTrainer:
     def _check_compatible(self, ckpt: Checkpoint) -> None:
         """Refuse (``ValueError``) a checkpoint of other shapes or of another source."""
         saved = _with_legacy_defaults(ckpt.meta.get("shape_config"))
-        wanted = _shape_config(self.cfg)
+        wanted = shape_config(self.cfg)
         if saved != wanted:
             diff = _setting_differences(saved, wanted)
             raise RestoreRefusedError(
@@ -397,7 +403,7 @@ class OnlineTrainer:
             ) from err
         self.model, self.optimizer = model, optimizer
         self.store, self.vocab, self.progressive = store, vocab, progressive
-        self.builder = BatchBuilder(self.store, self.vocab, self.cfg.max_targets)
+        self.builder = self._make_builder()
         self.counters, self.rejected = counters, rejected
         self.last_published = last_published
         self.cutoff = cutoff
@@ -531,6 +537,8 @@ class OnlineTrainer:
         decode_rejects = Counter(str(r.reason) for r in result.rejects)
         n_events = len(result.events) + len(result.rejects)
         self.counters["records"] += n_records
+        if n_records and self._first_record_at is None:
+            self._first_record_at = time.monotonic()
         self._unsaved_records = True  # positions moved, even if no event was valid
         self.counters["events_seen"] += n_events
         self.counters["events_valid"] += len(result.events)
@@ -550,17 +558,14 @@ class OnlineTrainer:
         started = time.perf_counter()
         prepared = self.builder.build(events)
         if prepared.assigned_rows.size:
-            reset_item_rows(
-                self.model.reset_item_rows,
-                self.optimizer,
-                self.model.item_emb.weight,
-                prepared.assigned_rows,
-            )
+            self._reset_rows(prepared.assigned_rows)
         micro = prepared.micro
         ranks = np.empty(0, dtype=np.int64)
         built = time.perf_counter()
         if micro.num_targets and self.scoring:
             ranks = self._test_then_train(micro.batch)
+        elif self.scoring:
+            self._step_without_targets()
         trained = time.perf_counter()
         self.builder.commit(prepared)
         self.step_seconds["store_batch"] += (built - started) + (time.perf_counter() - trained)
@@ -625,6 +630,7 @@ class OnlineTrainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             clock = self._lap("forward_backward", clock)
+            self._reduce_gradients(int(targets.items.numel()))
             self.optimizer.step()
             clock = self._lap("optimizer", clock)
             self.last_loss = float(loss.detach())
@@ -632,6 +638,20 @@ class OnlineTrainer:
         out = ranks.cpu().numpy()
         self.progressive.update(out)
         return out
+
+    def _reset_rows(self, rows: np.ndarray) -> None:
+        """Fresh embeddings and optimizer state for rows handed to new items."""
+        reset_item_rows(
+            self.model.reset_item_rows, self.optimizer, self.model.item_emb.weight, rows
+        )
+
+    def _reduce_gradients(self, targets: int) -> None:
+        """Hook between backward and the optimizer step (a trainer group sums every rank's
+        gradients here); one process has nothing to do."""
+
+    def _step_without_targets(self) -> None:
+        """Hook for a micro-batch without targets (a trainer group's rank still takes part
+        in the group's step); one process has nothing to do."""
 
     def _lap(self, part: str, since: float) -> float:
         now = time.perf_counter()
@@ -721,7 +741,7 @@ class OnlineTrainer:
             "rejected": dict(self.rejected),
             "watermark": self.store.watermark,
             "last_published": self.last_published,
-            "shape_config": _shape_config(self.cfg),
+            "shape_config": shape_config(self.cfg),
             "source": source_identity(self.cfg),
             "config": self.cfg.model_dump(mode="json"),
             "delta": parent is not None,
@@ -778,7 +798,7 @@ class OnlineTrainer:
                     VOCAB_FILE: self.vocab.snapshot(),
                 },
                 parent=self.last_published,
-                source_positions=self.source.positions(),
+                source_positions=self.published_positions(),
                 watermark=None if self.store.watermark < 0 else self.store.watermark,
                 metrics=self.registry_metrics(),
                 config={
@@ -800,6 +820,10 @@ class OnlineTrainer:
         self.metrics.published.set(manifest.version)
         log.info("published version %d", manifest.version)
         return manifest.version
+
+    def published_positions(self) -> dict[str, int]:
+        """The source positions a published version records (a group: every rank's)."""
+        return self.source.positions()
 
     def registry_metrics(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -845,6 +869,10 @@ class OnlineTrainer:
             "published_version": self.last_published,
         }
 
+    def _summary_extra(self) -> dict[str, Any]:
+        """More entries for the summary (a trainer group adds the group's totals)."""
+        return {}
+
     def _log_progress(self, started: float, start_events: int) -> None:
         snap = self.snapshot(started, start_events)
         log.info(progress_line(snap, self.cfg.train.max_events))
@@ -867,10 +895,15 @@ class OnlineTrainer:
             "progressive_cumulative": snap["cumulative"],
             "events_per_s": snap["events_per_s"],
             "elapsed_s": snap["elapsed_s"],
+            # seconds from this run's first record to the end (0: none came)
+            "stream_s": 0.0
+            if self._first_record_at is None
+            else time.monotonic() - self._first_record_at,
             "published_versions": list(self.published),
             "resumed_from": self.resumed_from,
             "store_users": snap["store_users"],
             "vocab_size": snap["vocab_size"],
+            **self._summary_extra(),
         }
         if self._metrics_log is not None:
             self._metrics_log.write(snap)

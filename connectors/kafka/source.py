@@ -206,6 +206,7 @@ class KafkaSource:
         self._backoff = retry_backoff_s
         self._kafka_log_level: int | None = None
         self._closed = False
+        self._share: tuple[int, int] | None = None  # (rank, world) of a static assignment
 
     # ------------------------------------------------------------------ Source protocol
     def poll(self, max_records: int, timeout_s: float) -> Records:
@@ -214,7 +215,7 @@ class KafkaSource:
         Returns no records at once after a non-empty result (the clean point for rebalances,
         see the module docstring)."""
         self._maybe_report_lag()
-        if self._handed_out:
+        if self._handed_out and self._share is None:
             self._handed_out = False
             return Records()
         deadline = time.monotonic() + timeout_s
@@ -271,6 +272,37 @@ class KafkaSource:
             if key in self._assigned:
                 self._consumer.seek(TopicPartition(topic, partition), int(offset))
         self._generation += 1  # records fetched before the seek are stale
+
+    def assign_share(self, rank: int, world: int, timeout_s: float = 60.0) -> list[str]:
+        """Own partition ``p`` of every topic where ``p % world == rank``, without the
+        group's dynamic assignment (``SharedSource``): a trainer group's rank keeps the same
+        partitions across restarts, so the positions in its checkpoints keep their meaning.
+        The group id is still used for committed offsets (lag monitoring). Positions: this
+        process's (the checkpoint's, from ``seek``), else the committed offset, else
+        ``start``. Returns the partition keys owned (possibly none: an idle rank)."""
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is not in a group of {world}")
+        deadline = time.monotonic() + timeout_s
+        tps: list[TopicPartition] = []
+        for topic in self.topics:
+            partitions = self._consumer.partitions_for_topic(topic)
+            while not partitions:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(
+                        f"topic {topic!r} has no partitions on {self.config.bootstrap_servers} "
+                        f"after {timeout_s:.0f}s: create it first (genrec kafka topics create)"
+                    )
+                time.sleep(0.5)
+                partitions = self._consumer.partitions_for_topic(topic)
+            tps += [TopicPartition(topic, p) for p in sorted(partitions) if p % world == rank]
+        self._share = (rank, world)
+        self._consumer.unsubscribe()
+        self._consumer.assign(tps)
+        if tps:
+            self._assign(tps)
+        else:
+            log.warning("rank %d of %d owns no partition of %s: it idles", rank, world, self.topics)
+        return self.assignment()
 
     def start_at(self, time_s: int) -> None:
         """Start partitions this consumer has no position for (and the group no committed
@@ -484,6 +516,10 @@ class KafkaSource:
             key = partition_key(tp.topic, tp.partition)
             candidates = [v for v in (self._next.get(key), committed[tp]) if v is not None]
             offset = max(candidates) if candidates else fallback[tp]
+            if self._share is not None and key in self._next:
+                # a static share never hands partitions over: the checkpoint's position is
+                # the state's, and a commit newer than it (a lost checkpoint) must not skip
+                offset = self._next[key]
             self._consumer.seek(tp, offset)
             self._next[key] = offset
             if committed[tp] is not None:

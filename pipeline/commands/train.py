@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import threading
+from pathlib import Path
 from typing import Any
 
 from pipeline import plugins
@@ -83,6 +85,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--print-config", action="store_true", help="print the resolved configuration and exit"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="run a group of N trainer processes on this machine (torchrun; --source kafka): "
+        "each owns a fixed share of the topic's partitions, all train one model; a dead one "
+        "restarts the group from its last complete checkpoint (distributed.max_restarts). "
+        'See docs/trainer.md, "Several trainers"',
     )
     parser.set_defaults(func=run)
 
@@ -157,16 +168,13 @@ def make_dead_letter_sink(cfg: TrainerConfig) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     # Signal handlers first: a SIGTERM while the source, the metrics endpoint or the restore
-    # start up must end the run cleanly (exit 0) like one during training.
+    # start up must end the run cleanly (exit 0) like one during training. A group's rank
+    # arms them only when it trains (_train_group): torchrun stops a starting rank when a
+    # peer died, and such a rank, with nothing to save, may be blocked joining a group that
+    # will never be complete, where no Python handler runs; the default action ends it.
     stop = threading.Event()
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        log.info(
-            "%s: finishing the current batch, then checkpoint and exit", signal.strsignal(signum)
-        )
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    in_group = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    previous = {} if in_group else _stop_on_signals(stop)
     try:
         return _run(args, stop)
     finally:
@@ -174,23 +182,56 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(sig, handler)
 
 
+def _stop_on_signals(stop: threading.Event) -> dict[int, Any]:
+    """SIGTERM / SIGINT set ``stop`` (finish the batch, checkpoint, exit 0); returns the
+    handlers they replace."""
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info(
+            "%s: finishing the current batch, then checkpoint and exit", signal.strsignal(signum)
+        )
+        stop.set()
+
+    return {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+
 def _run(args: argparse.Namespace, stop: threading.Event) -> int:
+    from pipeline.distributed.group import world_from_env
+
     cfg = config_from_args(args)
     if args.print_config:
         print(json.dumps(cfg.model_dump(mode="json"), indent=2))
         return 0
+    rank, world = world_from_env()
+    if args.workers is not None:
+        if args.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {args.workers}")
+        if world == 1 and args.workers > 1:
+            from pipeline.distributed.launch import exec_torchrun
+
+            exec_torchrun(args.argv, args.workers, cfg.distributed.max_restarts)
     from pipeline.checkpoint import CheckpointError
     from pipeline.publishing import PublishError
     from pipeline.runlock import DirectoryLock, DirectoryLockedError
 
-    lock = DirectoryLock(cfg.checkpoint.dir)
+    assert cfg.checkpoint.dir is not None  # set by the config's validator
+    if world > 1:
+        from pipeline.distributed.checkpoints import part_name
+        from pipeline.distributed.launch import rank_config
+
+        cfg = rank_config(cfg, rank, world)
+    # a group's rank 0 holds the directory, as one trainer would; the others their parts
+    where = Path(cfg.checkpoint.dir)
+    lock = DirectoryLock(where if rank == 0 else where / part_name(rank, world))
     try:
         lock.acquire()
     except DirectoryLockedError as err:
         raise SystemExit(f"genrec train: error: {err}") from None
+    from pipeline.distributed.group import GroupError
+
     try:
-        summary = _train(cfg, stop)
-    except (CheckpointError, PublishError, plugins.PluginNotFoundError) as err:
+        summary = _train(cfg, stop) if world == 1 else _train_group(cfg, stop)
+    except (CheckpointError, PublishError, GroupError, plugins.PluginNotFoundError) as err:
         raise SystemExit(f"genrec train: error: {err}") from None
     finally:
         lock.release()
@@ -202,6 +243,41 @@ def _run(args: argparse.Namespace, stop: threading.Event) -> int:
         cfg.run_dir,
     )
     return 0
+
+
+def _train_group(cfg: TrainerConfig, stop: threading.Event) -> dict[str, Any]:
+    """One rank of a trainer group (``pipeline.distributed``)."""
+    from pipeline.distributed.checkpoints import GroupCheckpoints
+    from pipeline.distributed.group import Group
+    from pipeline.distributed.trainer import GroupTrainer
+    from pipeline.observability import TrainerMetrics
+
+    d = cfg.distributed
+    group = Group.join(d.backend, cfg.train.device, d.timeout_s)
+    source = make_source(cfg)
+    sink = make_dead_letter_sink(cfg)
+    try:
+        registry = None
+        if cfg.registry.enabled and group.rank == 0:
+            open_registry = plugins.load("genrec.registries", "default", "publishing")
+            registry = open_registry(cfg.registry.uri, create=True)
+        assert cfg.checkpoint.dir is not None
+        checkpoints = GroupCheckpoints(
+            cfg.checkpoint.dir, group.rank, group.world, keep=cfg.checkpoint.keep
+        )
+        metrics = TrainerMetrics(
+            cfg.observability.prometheus_host, cfg.observability.prometheus_port
+        )
+        trainer = GroupTrainer(cfg, source, sink, group, checkpoints, registry, metrics)
+        if not (cfg.checkpoint.resume and trainer.restore()):
+            trainer.start_weights_equal()
+        _stop_on_signals(stop)  # from here a SIGTERM ends the group's round cleanly
+        with streaming_gc():
+            return trainer.run(stop)
+    finally:
+        sink.close()
+        source.close()
+        group.leave()
 
 
 def _train(cfg: TrainerConfig, stop: threading.Event) -> dict[str, Any]:

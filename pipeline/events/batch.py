@@ -47,7 +47,8 @@ def canonical_key_column(values: np.ndarray, field: str) -> np.ndarray:
     return key_column([canonical_key(v, field) for v in values.tolist()])
 
 
-def _concat_keys(columns: Sequence[np.ndarray]) -> np.ndarray:
+def concat_keys(columns: Sequence[np.ndarray]) -> np.ndarray:
+    """Key columns end to end: int64 when every part is, else object."""
     if all(c.dtype == np.int64 for c in columns):
         return np.concatenate(columns)
     # astype(object) turns int64 entries into Python ints, keeping one key per value.
@@ -116,8 +117,8 @@ class EventBatch:
                 ]
             )
         return cls(
-            user_id=_concat_keys([b.user_id for b in batches]),
-            item_id=_concat_keys([b.item_id for b in batches]),
+            user_id=concat_keys([b.user_id for b in batches]),
+            item_id=concat_keys([b.item_id for b in batches]),
             timestamp=np.concatenate([b.timestamp for b in batches]),
             action=np.concatenate([b.action for b in batches]),
             value=np.concatenate([b.value for b in batches]),

@@ -184,6 +184,16 @@ class TimeSeekable(Protocol):
         ...
 
 
+@runtime_checkable
+class SharedSource(Protocol):
+    """A partitioned source whose partitions a trainer group can split statically (Kafka):
+    rank r of w owns the same partitions on every start (``pipeline.distributed``)."""
+
+    def assign_share(self, rank: int, world: int, timeout_s: float = 60.0) -> list[str]:
+        """Own this rank's partitions from now on; returns their position keys."""
+        ...
+
+
 def gather(
     source: Source,
     target_events: float,

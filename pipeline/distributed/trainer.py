@@ -1,0 +1,491 @@
+"""A trainer group: N ranks under torchrun share one Kafka topic and one model.
+
+Each rank owns a fixed share of the topic's partitions (partition p of every topic where
+``p % world == rank``; ``SharedSource.assign_share``), hence the histories of those
+partitions' users. Kafka's dynamic group assignment is not used: it moves partitions when a
+member joins, leaves or stalls, and a rank's checkpointed store and positions would then
+describe users it no longer owns. A static share keeps every checkpoint's meaning fixed.
+
+The ranks run in lockstep, one round at a time:
+
+1. each rank polls its partitions and decodes (rejects and counters are its own);
+2. the ranks exchange small flags (an all-gather): how many micro-batches each has, stop
+   requests, events since the last checkpoint. Everyone takes the largest number of
+   micro-batches; a rank with fewer (or none: an idle partition) takes empty steps, so no
+   rank stalls or leaves the others behind;
+3. per micro-batch, the vocabulary decision is the group's: every rank gathers the accepted
+   events' items and times of all ranks and observes them in rank order, so admissions,
+   row assignments and evictions are the same everywhere; reassigned rows are
+   re-initialised from a seed the ranks share. Each rank keeps its own slice of the rows;
+4. test-then-train on the rank's own targets, then gradients are summed over the ranks,
+   weighted by each rank's target count (the global mean over all targets of the step): the
+   dense parameters through one all-reduce, the item table's sparse rows through an
+   all-gather of (rows, values). Every rank applies the same gradient to the same
+   weights, so the item table is replicated (not sharded): at this model's sizes a row
+   exchange costs O(rows touched), and every rank can rank the whole catalogue locally;
+5. checkpoint and publish decisions follow from the exchanged flags, so every rank takes
+   them at the same round (``pipeline.distributed.checkpoints``: one part per rank, the
+   shared part by rank 0, a marker after a barrier). Rank 0 alone publishes.
+
+The group's watermark (the largest accepted event time of any rank) ages every rank's store
+and the shared vocabulary, as one process's watermark would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from model.optim import RowSparseAdam
+from pipeline.batching import BatchBuilder
+from pipeline.checkpoint import CheckpointError, seq_of, tensor_writer
+from pipeline.config import TrainerConfig
+from pipeline.deadletter import DeadLetterSink
+from pipeline.distributed.checkpoints import SHARED, GroupCheckpoints, group_meta
+from pipeline.distributed.group import Group
+from pipeline.events import EventBatch, decode_records
+from pipeline.events.batch import concat_keys
+from pipeline.observability import MetricsLog, TrainerMetrics
+from pipeline.sources.base import Records, SharedSource, Source
+from pipeline.state.vocab import Observation
+from pipeline.trainer import OnlineTrainer, RestoreRefusedError, shape_config, source_identity
+
+log = logging.getLogger(__name__)
+
+_NO_TIME = np.iinfo(np.int64).min
+
+
+def weights_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """A digest of a state dict's bytes (every parameter and buffer): equal on every rank of
+    one model."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in sorted(state.items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class _GroupBatchBuilder(BatchBuilder):
+    """``BatchBuilder`` whose vocabulary decisions are the group's (module docstring, 3)."""
+
+    def __init__(self, trainer: GroupTrainer) -> None:
+        super().__init__(trainer.store, trainer.vocab, trainer.cfg.max_targets)
+        self.trainer = trainer
+
+    def observe(self, items: np.ndarray, timestamps: np.ndarray) -> Observation:
+        t = self.trainer
+        clock = time.perf_counter()
+        gathered = t.group.all_gather((items, timestamps))
+        t._lap("communicate", clock)
+        sizes = [len(ts) for _, ts in gathered]
+        lo = sum(sizes[: t.group.rank])
+        all_ts = np.concatenate([ts for _, ts in gathered]).astype(np.int64, copy=False)
+        # This rank's store ages by the group's event time, as one trainer's store would.
+        self.store.watermark = max(self.store.watermark, t.group_watermark)
+        obs = self.vocab.observe(concat_keys([k for k, _ in gathered]), all_ts)
+        if all_ts.size:
+            t.group_watermark = max(t.group_watermark, int(all_ts.max()))
+        return Observation(obs.rows[lo : lo + len(timestamps)], obs.assigned, obs.admitted)
+
+    def expiry_time(self) -> int:
+        self.store.watermark = max(self.store.watermark, self.trainer.group_watermark)
+        return self.store.watermark
+
+
+class GroupTrainer(OnlineTrainer):
+    """One rank of a trainer group; see the module docstring.
+
+    Args:
+        cfg: this rank's configuration (``rank_config``).
+        source: a ``SharedSource`` (Kafka); this rank's share is assigned here.
+        dead_letters: this rank's dead-letter sink.
+        group: the joined process group.
+        checkpoints: the group's checkpoints seen from this rank (None: never checkpoint).
+        registry: where rank 0 publishes (ignored on the other ranks).
+        metrics: this rank's Prometheus metrics.
+    """
+
+    def __init__(
+        self,
+        cfg: TrainerConfig,
+        source: Source,
+        dead_letters: DeadLetterSink,
+        group: Group,
+        checkpoints: GroupCheckpoints | None = None,
+        registry: Any | None = None,
+        metrics: TrainerMetrics | None = None,
+    ) -> None:
+        if not isinstance(source, SharedSource):
+            raise ValueError(
+                f"source.kind={cfg.source.kind} cannot be split between ranks; a trainer group "
+                "needs a partitioned source (--source kafka)"
+            )
+        self.group = group
+        self.group_watermark = _NO_TIME
+        self.group_steps = 0
+        # before super().__init__, which builds the batch builder (_make_builder)
+        super().__init__(
+            cfg,
+            source,
+            dead_letters,
+            checkpoints=None,
+            registry=registry if group.rank == 0 else None,
+            metrics=metrics,
+        )
+        self.group_checkpoints = checkpoints
+        self._round_steps = 0  # micro-batches every rank takes this round
+        self._next_n = 1 if checkpoints is None else checkpoints.next_n()
+        self._group_positions: dict[str, int] = {}
+        # The weights start equal (same seed; then rank 0's are broadcast); negatives and
+        # dropout differ per rank, like the data.
+        seed = cfg.train.seed + 1_000_003 * group.rank
+        torch.manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.owned = source.assign_share(group.rank, group.world)
+        log.info(
+            "rank %d of %d (pid %d) owns partitions %s",
+            group.rank,
+            group.world,
+            os.getpid(),
+            self.owned,
+        )
+
+    def _make_builder(self) -> BatchBuilder:
+        return _GroupBatchBuilder(self)
+
+    # ------------------------------------------------------------- restore
+    def restore(self) -> bool:
+        """Load the newest group checkpoint whose parts all load, on every rank; False when
+        there is none (a fresh group). A checkpoint of other settings stops every rank."""
+        if self.group_checkpoints is None:
+            return False
+        markers = {m.n: m for m in self.group_checkpoints.markers()}
+        candidates = self.group.broadcast(sorted(markers, reverse=True))
+        problems = []
+        for n in candidates:
+            status = ("ok", "")
+            try:
+                if n not in markers:
+                    raise CheckpointError(f"group checkpoint {n} has no readable marker here")
+                ckpt = self.group_checkpoints.load(markers[n])
+                self._check_compatible(ckpt)
+                self._apply(ckpt)
+                group = ckpt.meta["group"]
+                steps, watermark = group.get("steps"), group.get("watermark")
+                if type(steps) is not int or type(watermark) is not int:
+                    raise TypeError(f"{ckpt.path}: group steps/watermark are not integers")
+            except RestoreRefusedError as err:
+                status = ("refused", str(err))
+            except Exception as err:  # any damage: every rank moves on to an older one
+                status = ("failed", f"group checkpoint {n}: {err}")
+            statuses = self.group.all_gather(status)
+            refused = [text for kind, text in statuses if kind == "refused"]
+            if refused:
+                raise RestoreRefusedError(refused[0])
+            failed = [text for kind, text in statuses if kind == "failed"]
+            if not failed:
+                self.group_steps, self.group_watermark = steps, watermark
+                self._next_n = n + 1
+                positions = self.group.all_gather(self._restored_positions or {})
+                self._group_positions = {k: v for p in positions for k, v in p.items()}
+                if self.group.rank == 0:  # compared with the registry's latest version
+                    self._restored_positions = dict(self._group_positions)
+                log.info("rank %d resumed group checkpoint %d", self.group.rank, n)
+                return True
+            problems += failed
+            log.warning("cannot restore group checkpoint %d (%s); trying an older one", n, failed)
+        if candidates:
+            raise CheckpointError(
+                f"no group checkpoint in {self.group_checkpoints.directory} restores "
+                f"({'; '.join(problems)}): move the directory aside, or start fresh with "
+                "--no-resume"
+            )
+        return False
+
+    def start_weights_equal(self) -> None:
+        """Rank 0's fresh weights on every rank (a restored group loaded the same ones)."""
+        self.group.broadcast_tensors_(list(self.model.state_dict().values()))
+
+    # ---------------------------------------------------------------- loop
+    def run(self, stop: threading.Event | None = None) -> dict[str, Any]:
+        """Train in lockstep with the other ranks until any rank is asked to stop or the
+        group reaches a bound; then a last group checkpoint (and publish on rank 0)."""
+        stop = stop or threading.Event()
+        cfg = self.cfg
+        self._metrics_log = MetricsLog(cfg.metrics_log_path)
+        started = time.monotonic()
+        start_events = self.counters["events_seen"]
+        last_log = started
+        if self.registry is not None and cfg.registry.enabled:
+            self._expected_latest = self.registry.latest_version()
+            self._adopt_published()
+        try:
+            while True:
+                records = self._gather(start_events)
+                result = decode_records(records)
+                n_events = len(result.events) + len(result.rejects)
+                if records:
+                    self._events_per_record = max(1.0, n_events / len(records))
+                if self.cutoff is not None:
+                    result = self._after_cutoff(result, Records.of(records))
+                flags = self._exchange_flags(stop, records, result, started, start_events)
+                self._round_steps = max(f["steps"] for f in flags)
+                self.process_decoded(result, len(records))
+                now = time.monotonic()
+                if now - last_log >= cfg.observability.log_every_s:
+                    self._log_progress(started, start_events)
+                    last_log = now
+                if self._stop_now(flags, start_events):
+                    break
+                self._checkpoint_and_publish(flags)
+            self._finish()
+            return self.summary(started, start_events)
+        finally:
+            self._metrics_log.close()
+            self._metrics_log = None
+
+    def _exchange_flags(
+        self,
+        stop: threading.Event,
+        records: Records,
+        result: Any,
+        started: float,
+        start_events: int,
+    ) -> list[dict[str, Any]]:
+        """Every rank's flags for this round (one all-gather)."""
+        now = time.monotonic()
+        n_events = len(result.events) + len(result.rejects)
+        ck, reg, train = self.cfg.checkpoint, self.cfg.registry, self.cfg.train
+        mine = {
+            "steps": math.ceil(len(result.events) / train.batch_events),
+            "stop": stop.is_set()
+            or self._fatal is not None
+            or (train.duration_s is not None and now - started >= train.duration_s),
+            "events": self.counters["events_seen"] - start_events + n_events,
+            "since_checkpoint": self._since_checkpoint + n_events,
+            "unsaved": self._unsaved_records or bool(records),
+            "checkpoint_clock": now - self._last_checkpoint >= ck.every_s,
+            "since_publish": self._since_publish + n_events,
+            "publish_clock": now - self._last_publish >= reg.every_s,
+            "exhausted": self.source.exhausted() and not records,
+        }
+        clock = time.perf_counter()
+        flags = self.group.all_gather(mine)
+        self._lap("communicate", clock)
+        return flags
+
+    def _stop_now(self, flags: list[dict[str, Any]], start_events: int) -> bool:
+        max_events = self.cfg.train.max_events
+        return (
+            any(f["stop"] for f in flags)
+            or all(f["exhausted"] for f in flags)
+            or (max_events is not None and sum(f["events"] for f in flags) >= max_events)
+        )
+
+    def _checkpoint_and_publish(self, flags: list[dict[str, Any]]) -> None:
+        ck, reg = self.cfg.checkpoint, self.cfg.registry
+        lead = flags[0]  # rank 0's clock times checkpoints and publishing for everyone
+        publish_due = reg.enabled and (
+            sum(f["since_publish"] for f in flags) > 0
+            and (
+                sum(f["since_publish"] for f in flags) >= reg.every_events or lead["publish_clock"]
+            )
+        )
+        checkpoint_due = (
+            publish_due
+            or sum(f["since_checkpoint"] for f in flags) >= ck.every_events
+            or (any(f["unsaved"] for f in flags) and lead["checkpoint_clock"])
+        )
+        if self.group_checkpoints is not None and checkpoint_due:
+            self.checkpoint()
+        if publish_due:
+            self._publish_on_lead()
+
+    def _publish_on_lead(self) -> None:
+        if self.registry is not None:
+            self.publish()
+        else:  # the other ranks restart the publish clock with rank 0
+            self._since_publish = 0
+            self._last_publish = time.monotonic()
+
+    def _finish(self) -> None:
+        if self.group_checkpoints is not None:
+            self.checkpoint()
+        reg = self.cfg.registry
+        unpublished = self._since_publish > 0 or self.last_published is None
+        if reg.enabled and reg.publish_on_exit and unpublished and self._fatal is None:
+            self._publish_on_lead()
+
+    def process_decoded(self, result: Any, n_records: int) -> list[Any]:
+        """This rank's micro-batches, then empty steps up to the round's count."""
+        own = super().process_decoded(result, n_records)
+        pad = self._round_steps - len(own)
+        return own + [self.train_on(EventBatch.empty()) for _ in range(pad)]
+
+    def train_on(self, events: EventBatch) -> Any:
+        step = super().train_on(events)
+        self.group_steps += 1
+        return step
+
+    # ------------------------------------------------------------- gradients
+    def _reset_rows(self, rows: np.ndarray) -> None:
+        """Every rank re-initialises the same rows to the same values: a seed they share."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.cfg.train.seed * 7919 + self.group_steps)
+            super()._reset_rows(rows)
+
+    def _step_without_targets(self) -> None:
+        if not self.cfg.train.learn:
+            return
+        self.optimizer.zero_grad(set_to_none=True)
+        if self._reduce_gradients(0):
+            self.optimizer.step()
+
+    def _reduce_gradients(self, targets: int) -> int:
+        """Sum every rank's gradient weighted by its targets; returns the group's targets
+        (0: nobody had any, take no step)."""
+        clock = time.perf_counter()
+        table = self.model.item_emb.weight
+        sparse_table = bool(self.model.item_emb.sparse)
+        dense = [p for p in self.model.parameters() if not (sparse_table and p is table)]
+        flat = torch.cat(
+            [
+                (p.grad * targets if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                for p in dense
+            ]
+            + [torch.tensor([float(targets)], device=table.device)]
+        )
+        self.group.sum_(flat)
+        total = float(flat[-1])
+        if total > 0:
+            at = 0
+            for p in dense:
+                p.grad = (flat[at : at + p.numel()] / total).view_as(p).clone()
+                at += p.numel()
+            if sparse_table:
+                table.grad = self._sum_table_rows(table, targets, total)
+        self._lap("communicate", clock)
+        return int(total)
+
+    def _sum_table_rows(self, table: torch.Tensor, targets: int, total: float) -> torch.Tensor:
+        """The item table's sparse gradient summed over the ranks (rows, values gathered)."""
+        grad = table.grad
+        if grad is None:
+            rows = torch.empty(0, dtype=torch.int64)
+            values = torch.empty(0, table.shape[1])
+        else:
+            grad = grad.coalesce()
+            rows, values = grad.indices()[0].cpu(), (grad.values() * targets).cpu()
+        gathered = self.group.all_gather((rows, values))
+        summed = torch.sparse_coo_tensor(
+            torch.cat([r for r, _ in gathered]).unsqueeze(0),
+            torch.cat([v for _, v in gathered]),
+            table.shape,
+            check_invariants=False,  # rows come from coalesced gradients of this table
+        ).coalesce()
+        return (summed / total).to(table.device)
+
+    # ------------------------------------------------------ checkpoints, publish
+    def checkpoint(self, *, full: bool = True) -> Any:
+        """Group checkpoint: this rank's part, rank 0's shared part, then the marker."""
+        assert self.group_checkpoints is not None
+        store = self.group_checkpoints
+        n = self._next_n
+        self.dead_letters.flush()
+        positions = self.source.positions()
+        digest = weights_digest(self.model.state_dict())
+        meta = group_meta(n, self.group.world, rank=self.group.rank)
+        own = store.own.save(
+            {"store": self.store.write_snapshot, "progressive": self.progressive.snapshot()},
+            {
+                "source_positions": positions,
+                "counters": dict(self.counters),
+                "rejected": dict(self.rejected),
+                "watermark": self.store.watermark,
+                "source": source_identity(self.cfg),
+                "group": meta,
+                "weights_digest": digest,
+            },
+        )
+        parts = {store.own_key: seq_of(own)}
+        if self.group.rank == 0:
+            nets = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+            shared = store.shared.save(
+                {
+                    **{name: tensor_writer(part) for name, part in nets.items()},
+                    "vocab": self.vocab.snapshot(),
+                },
+                {
+                    "shape_config": shape_config(self.cfg),
+                    "config": self.cfg.model_dump(mode="json"),
+                    "last_published": self.last_published,
+                    "cutoff": self.cutoff,
+                    "group": group_meta(
+                        n, self.group.world, steps=self.group_steps, watermark=self.group_watermark
+                    ),
+                },
+            )
+            parts[SHARED] = seq_of(shared)
+        clock = time.perf_counter()
+        everyone = self.group.all_gather((parts, positions, digest))
+        # every part is on disk now; the ranks' weights must still be one model
+        digests = [d for _, _, d in everyone]
+        if len(set(digests)) != 1:
+            raise RuntimeError(
+                f"the ranks' weights diverged before group checkpoint {n} (digests {digests}); "
+                "not marking it complete: the group restarts from the last complete one"
+            )
+        self._group_positions = {k: v for _, p, _ in everyone for k, v in p.items()}
+        if self.group.rank == 0:
+            store.write_marker(n, {k: v for p, _, _ in everyone for k, v in p.items()})
+        self.group.barrier()  # the marker exists before any rank commits offsets
+        self._lap("communicate", clock)
+        self._next_n = n + 1
+        if isinstance(self.optimizer, RowSparseAdam):
+            self.optimizer.clear_changed()  # (full parts only: nothing reads these here)
+        self.store.clear_changed()
+        self.source.commit(positions)  # lag monitoring only
+        self._since_checkpoint = 0
+        self._unsaved_records = False
+        self._last_checkpoint = time.monotonic()
+        self.metrics.checkpoint_time.set(time.time())
+        return own
+
+    def published_positions(self) -> dict[str, int]:
+        return dict(self._group_positions)
+
+    def publish(self) -> int | None:
+        version = super().publish()
+        if version is not None:
+            log.info("rank 0 published version %d for the group", version)
+        return version
+
+    def _summary_extra(self) -> dict[str, Any]:
+        """The group's totals (every rank's targets), in every rank's summary."""
+        mine = (self.progressive.count, self.progressive.cumulative(), self.counters["events_seen"])
+        everyone = self.group.all_gather(mine)
+        count = sum(c for c, _, _ in everyone)
+        key = f"ndcg@{self.cfg.eval.k}"
+        return {
+            "group": {
+                "rank": self.group.rank,
+                "world": self.group.world,
+                "targets": count,
+                "events_seen": sum(e for _, _, e in everyone),
+                f"progressive_cumulative_{key}": (
+                    sum(c * m[key] for c, m, _ in everyone if c) / count if count else math.nan
+                ),
+                "communicate_s": self.step_seconds["communicate"],
+                "group_steps": self.group_steps,
+            }
+        }
