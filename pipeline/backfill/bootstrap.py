@@ -36,9 +36,11 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.backfill import paths
 from pipeline.backfill.sequences import (
     Chunk,
     LakeFile,
+    beam_flag,
     match_inputs,
     read_chunks,
     reject_row,
@@ -67,6 +69,9 @@ class BootstrapJob:
         format: the inputs' format (``sequences.FORMATS``).
         weights: a ``genrec train-offline --out`` directory whose model to start from.
         force: write even when ``checkpoint.dir`` already holds checkpoints.
+        beam_options: options of Beam's filesystems that read the inputs (``--beam-option``:
+            ``hdfs_host``, ``s3_endpoint_url``, ...; s3, azfs and hdfs need them set, even
+            empty).
     """
 
     inputs: Sequence[str]
@@ -75,6 +80,7 @@ class BootstrapJob:
     format: str = "auto"
     weights: str | None = None
     force: bool = False
+    beam_options: tuple[str, ...] = ()
 
 
 class _NoSource:
@@ -165,6 +171,7 @@ def run_bootstrap(job: BootstrapJob) -> dict[str, Any]:
             "bootstrap starts a trainer's state, so give it a fresh directory (set "
             "checkpoint.dir or run_name) or pass --force to write over that state"
         )
+    paths.use_options([beam_flag(option) for option in job.beam_options])
     files = match_inputs(job.inputs, job.format)
     started = time.monotonic()
     sink = JsonlDeadLetterSink(directory / DEAD_LETTERS)

@@ -119,16 +119,24 @@ def add_runner_arguments(parser: argparse.ArgumentParser, workers_see: str) -> N
         default=2,
         help="worker processes of the local Dask cluster (default: %(default)s)",
     )
+    add_beam_option_argument(
+        parser,
+        "a Beam pipeline option for PipelineOptions, with every runner (repeat): KEY=VALUE is "
+        "passed as --KEY=VALUE, e.g. flink_master=HOST:8081, environment_type=LOOPBACK, "
+        "hdfs_host=NAMENODE",
+    )
+
+
+def add_beam_option_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--beam-option`` (repeatable); ``what`` says what the options are for."""
     parser.add_argument(
         "--beam-option",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a Beam pipeline option for PipelineOptions, with every runner (repeat): "
-        "KEY=VALUE is passed as --KEY=VALUE, e.g. flink_master=HOST:8081, "
-        "environment_type=LOOPBACK, hdfs_host=NAMENODE; a flag as given, with '=': "
-        "--beam-option=--FLAG[=VALUE]. The manifest records them as given: pass no secrets "
-        "this way. runner and dask_client_address come from --runner and --dask-address",
+        help=f"{what}; a flag as given, with '=': --beam-option=--FLAG[=VALUE]. The manifest "
+        "records them as given: pass no secrets this way. runner and dask_client_address "
+        "come from --runner and --dask-address",
     )
 
 
@@ -197,6 +205,11 @@ def _register_bootstrap(jobs: argparse._SubParsersAction) -> None:
         help="start the model from this `genrec train-offline --out` directory (same model "
         "settings; item rows are moved to the vocabulary's) instead of a fresh one",
     )
+    add_beam_option_argument(
+        boot,
+        "an option of Beam's filesystems for reading --input (repeat): KEY=VALUE, e.g. "
+        "hdfs_host=NAMENODE, s3_endpoint_url=URL, s3_region_name=REGION",
+    )
     boot.add_argument(
         "--force",
         action="store_true",
@@ -212,7 +225,15 @@ def _bootstrap(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, dotted_overrides(args.overrides))
     inputs = tuple(p.strip() for arg in args.input for p in arg.split(",") if p.strip())
     manifest = run_bootstrap(
-        BootstrapJob(inputs, args.until, cfg, args.format, args.weights, args.force)
+        BootstrapJob(
+            inputs,
+            args.until,
+            cfg,
+            args.format,
+            args.weights,
+            args.force,
+            tuple(args.beam_option),
+        )
     )
     shown = ("checkpoint", "counts", "rejected", "users", "items", "wall_s")
     print(json.dumps({k: manifest[k] for k in shown}, indent=2))

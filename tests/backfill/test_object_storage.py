@@ -125,3 +125,25 @@ def test_recommend_with_histories_on_a_missing_filesystem_is_a_clear_error(
         "is installed; install it: pip install 'apache-beam[gcp]'"
     )
     assert not (tmp_path / "o").exists()
+
+
+def test_bootstrap_reads_a_lake_there_like_a_local_one(store, tmp_path) -> None:
+    from handoff_lake import make_lake as make_handoff_lake
+    from test_bootstrap import config
+
+    from pipeline.backfill.bootstrap import BootstrapJob, run_bootstrap
+
+    lake = make_handoff_lake(tmp_path / "lake")
+    memfs.upload(tmp_path / "lake", "memfs://bucket/lake")
+    remote_files = [f"memfs://bucket/lake/{p.name}" for p in lake.files]
+    local = run_bootstrap(
+        BootstrapJob([str(p) for p in lake.files], lake.until, config(tmp_path, "a"))
+    )
+    note = ("memfs_note=bootstrap",)
+    remote = run_bootstrap(
+        BootstrapJob(remote_files, lake.until, config(tmp_path, "b"), beam_options=note)
+    )
+    shown = ("counts", "rejected", "users", "items")
+    assert {k: remote[k] for k in shown} == {k: local[k] for k in shown}
+    assert local["counts"]["rows"] == len(lake.rows)
+    assert set(memfs.NOTES) == {"bootstrap"}  # the options reached the reads
