@@ -18,6 +18,7 @@ same code. Same seed, same data, same numbers.
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import math
 import time
@@ -252,9 +253,9 @@ def train_offline(
     checkpoint = None if out_dir is None else Path(out_dir) / "checkpoint"
     meta = {**(meta or {}), "train_config": asdict(cfg)}
 
-    def keep_best(epoch: int, metrics: dict[str, float]) -> None:
+    def keep_best(kept: nn.Module, epoch: int, metrics: dict[str, float]) -> None:
         if checkpoint is not None:
-            save_checkpoint(checkpoint, model, {**meta, "epoch": epoch, "valid": metrics})
+            save_checkpoint(checkpoint, kept, {**meta, "epoch": epoch, "valid": metrics})
 
     def eval_split(ds: SequenceDataset, exclude_seen: bool = cfg.exclude_seen) -> dict[str, float]:
         return evaluate(
@@ -266,7 +267,7 @@ def train_offline(
         model.fit(torch.from_numpy(train.item_ids).to(cfg.device))
         history.append({"epoch": 0, **eval_split(valid)})
         best_epoch = 0
-        keep_best(0, history[-1])
+        keep_best(model, 0, history[-1])
     else:
         best_epoch, best_state = _fit(model, train, valid, cfg, max_len, history, keep_best)
         model.load_state_dict(best_state)
@@ -311,6 +312,28 @@ def length_grouped_batches(
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
+class WeightEMA:
+    """Exponential moving average of a model's weights: after each ``update``, every
+    floating-point tensor of ``module``'s state is ``decay * average + (1 - decay) * current``
+    (integer buffers are copied). It starts from the weights it is built with."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.module = copy.deepcopy(model)  # the averaged copy, evaluated and saved
+        self.module.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        # parameters() and buffers() list a tied tensor once, so none is averaged twice
+        averages = itertools.chain(self.module.parameters(), self.module.buffers())
+        currents = itertools.chain(model.parameters(), model.buffers())
+        for average, current in zip(averages, currents, strict=True):
+            if average.is_floating_point():
+                average.lerp_(current, 1.0 - self.decay)
+            else:
+                average.copy_(current)
+
+
 def _fit(
     model: SequentialEncoder,
     train: SequenceDataset,
@@ -318,10 +341,12 @@ def _fit(
     cfg: TrainConfig,
     max_len: int,
     history: list[dict[str, float]],
-    keep_best: Callable[[int, dict[str, float]], None],
+    keep_best: Callable[[nn.Module, int, dict[str, float]], None],
 ) -> tuple[int, dict[str, torch.Tensor]]:
     """Epoch loop; returns (best epoch, its state dict) by validation NDCG@10, or, with the
-    paper's split, (last epoch, its state dict) without evaluating anything."""
+    paper's split, (last epoch, its state dict) without evaluating anything. With
+    ``cfg.weight_average == "ema"`` the weights validated, returned and saved are the
+    moving average's."""
     betas = (0.9, cfg.adam_beta2)
     optimizer: torch.optim.Optimizer | RowSparseAdam
     if cfg.sparse_embeddings:
@@ -338,7 +363,9 @@ def _fit(
     users = np.flatnonzero(train.lengths() >= 2)  # a one-event sequence has no target
     steps_per_epoch = -(-users.size // cfg.batch_size)
     schedules = [make_lr_schedule(o, cfg, steps_per_epoch) for o in optimizers]
-    best_epoch, best_score, best_state = 0, -1.0, copy.deepcopy(model.state_dict())
+    ema = WeightEMA(model, cfg.ema_decay) if cfg.weight_average == "ema" else None
+    kept = model if ema is None else ema.module
+    best_epoch, best_score, best_state = 0, -1.0, copy.deepcopy(kept.state_dict())
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         batches = length_grouped_batches(train, users, cfg.batch_size, max_len, rng)
@@ -371,6 +398,8 @@ def _fit(
             optimizer.step()
             for schedule in schedules:
                 schedule.step()
+            if ema is not None:
+                ema.update(model)
             total_loss += float(loss.detach())
             steps += 1
             bar.set_postfix(loss=f"{total_loss / steps:.4f}")
@@ -379,10 +408,10 @@ def _fit(
             # no validation set: the epoch count is fixed in advance and the last one is kept
             history.append({"epoch": epoch, "train_loss": train_loss})
             log.info("epoch %d/%d loss %.4f", epoch, cfg.epochs, train_loss)
-            best_epoch, best_state = epoch, model.state_dict()
+            best_epoch, best_state = epoch, kept.state_dict()
             continue
         metrics = evaluate(
-            model,
+            kept,
             valid,
             max_len,
             cfg.eval_batch_size,
@@ -399,24 +428,29 @@ def _fit(
         )
         if metrics[SELECTION_METRIC] > best_score:
             best_epoch, best_score = epoch, metrics[SELECTION_METRIC]
-            best_state = copy.deepcopy(model.state_dict())
-            keep_best(epoch, metrics)
+            best_state = copy.deepcopy(kept.state_dict())
+            keep_best(kept, epoch, metrics)
     if cfg.split == "paper":
         best_state = copy.deepcopy(best_state)
-        keep_best(best_epoch, history[-1] if history else {})
+        keep_best(kept, best_epoch, history[-1] if history else {})
     return best_epoch, best_state
 
 
 def make_lr_schedule(
     optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    """Constant learning rate, or a cosine from ``cfg.lr`` down to 0 over every step."""
+    """Constant learning rate, or a cosine from ``cfg.lr`` down to 0 over every step; with
+    ``cfg.lr_warmup_steps`` = W, step s < W is scaled by (s + 1) / W first (linear warm-up)."""
     total = max(cfg.epochs * steps_per_epoch, 1)
-    if cfg.lr_schedule == "cosine":
-        return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
-        )
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    warmup = cfg.lr_warmup_steps
+
+    def factor(step: int) -> float:
+        ramp = min(1.0, (step + 1) / warmup) if warmup else 1.0
+        if cfg.lr_schedule == "cosine":
+            return ramp * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+        return ramp
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def _fmt(metrics: dict[str, float]) -> str:

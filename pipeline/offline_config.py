@@ -7,6 +7,7 @@ from dataclasses import dataclass
 SPLITS = ("holdout", "paper")
 INITS = ("genrec", "reference")
 LR_SCHEDULES = ("constant", "cosine")
+WEIGHT_AVERAGES = ("none", "ema")
 # Architecture defaults of `genrec train-offline` and bench/offline_quality.py: the research
 # code's layers (docs/quality.md). The model configs keep their own defaults, so that
 # checkpoints written before these settings existed load as they were written.
@@ -28,9 +29,14 @@ class TrainConfig:
     per-target ones (per-position negatives only); ``shared_negatives_from``: "uniform"
     or "in_batch" (the step's targets, logQ-corrected: mixed negative sampling).
     ``init``: "reference" re-initialises the model as Meta's research code does.
-    ``lr_schedule``: "constant" (the reference) or "cosine" (decays to 0 over all steps).
+    ``lr_schedule``: "constant" (the reference) or "cosine" (decays to 0 over all steps);
+    ``lr_warmup_steps``: W > 0 ramps the rate linearly over the first W optimizer steps
+    (0: none, the reference).
     ``sparse_embeddings``: the item table gets sparse gradients and lazy Adam (the online
     trainer's default, ``model.optim.RowSparseAdam``) instead of AdamW on every row.
+    ``weight_average``: "ema" evaluates and saves an exponential moving average of the
+    weights, updated after every optimizer step with ``ema_decay`` (per step, so its horizon
+    is about 1 / (1 - ema_decay) steps); "none" (the reference) uses the trained weights.
     """
 
     epochs: int = 30
@@ -45,7 +51,10 @@ class TrainConfig:
     shared_negatives_from: str = "uniform"
     init: str = "reference"
     lr_schedule: str = "constant"
+    lr_warmup_steps: int = 0
     sparse_embeddings: bool = False
+    weight_average: str = "none"
+    ema_decay: float = 0.95
     split: str = "paper"
     exclude_seen: bool = False
     eval_batch_size: int = 256
@@ -71,5 +80,16 @@ class TrainConfig:
                 "TrainConfig.shared_negatives_from must be 'uniform' or 'in_batch', got "
                 f"{self.shared_negatives_from!r}"
             )
+        if self.lr_warmup_steps < 0:
+            raise ValueError(
+                f"TrainConfig.lr_warmup_steps must be >= 0, got {self.lr_warmup_steps}"
+            )
+        if self.weight_average not in WEIGHT_AVERAGES:
+            raise ValueError(
+                f"TrainConfig.weight_average must be one of {WEIGHT_AVERAGES}, got "
+                f"{self.weight_average!r}"
+            )
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"TrainConfig.ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.init not in INITS:
             raise ValueError(f"TrainConfig.init must be one of {INITS}, got {self.init!r}")

@@ -23,6 +23,7 @@ from pipeline.offline_config import (
     LR_SCHEDULES,
     SASREC_STYLE,
     SPLITS,
+    WEIGHT_AVERAGES,
     TrainConfig,
 )
 from pipeline.synthetic import SyntheticConfig
@@ -113,6 +114,27 @@ def add_training_options(group: argparse._ActionsContainer) -> None:
         help="constant (the reference) or cosine (down to 0 over all steps) (default: %(default)s)",
     )
     group.add_argument(
+        "--lr-warmup-steps",
+        type=int,
+        default=t.lr_warmup_steps,
+        help="ramp the learning rate linearly over the first N optimizer steps; 0: no "
+        "warm-up, the reference (default: %(default)s)",
+    )
+    group.add_argument(
+        "--weight-average",
+        choices=WEIGHT_AVERAGES,
+        default=t.weight_average,
+        help="ema: evaluate and save a moving average of the weights, updated after every "
+        "step; none: the trained weights, the reference (default: %(default)s)",
+    )
+    group.add_argument(
+        "--ema-decay",
+        type=float,
+        default=t.ema_decay,
+        help="--weight-average ema's decay per optimizer step; it averages about "
+        "1 / (1 - decay) steps (default: %(default)s)",
+    )
+    group.add_argument(
         "--sparse-embeddings",
         action=argparse.BooleanOptionalAction,
         default=t.sparse_embeddings,
@@ -158,6 +180,9 @@ def train_config_from_args(args: argparse.Namespace, seed: int, progress: bool) 
         shared_negatives_from=args.shared_negatives_from,
         init=args.init,
         lr_schedule=args.lr_schedule,
+        lr_warmup_steps=args.lr_warmup_steps,
+        weight_average=args.weight_average,
+        ema_decay=args.ema_decay,
         sparse_embeddings=args.sparse_embeddings,
         split=args.split,
         exclude_seen=args.exclude_seen,

@@ -119,3 +119,18 @@ def test_architecture_choices_match_the_model() -> None:
 
     assert SASREC_STYLES == MODEL_STYLES
     assert HSTU_LAYER_NORMS == LAYER_NORMS
+
+
+def test_weight_average_and_warmup_options_reach_the_train_config() -> None:
+    from bench.offline_quality import parse_args
+    from pipeline.cli import build_parser
+    from pipeline.commands.offline import train_config_from_args
+
+    flags = ["--weight-average", "ema", "--ema-decay", "0.9", "--lr-warmup-steps", "20"]
+    cli = build_parser().parse_args(["train-offline", "--out", "unused", *flags])
+    bench = parse_args(flags)
+    for args in (cli, bench):
+        cfg = train_config_from_args(args, seed=0, progress=False)
+        assert (cfg.weight_average, cfg.ema_decay, cfg.lr_warmup_steps) == ("ema", 0.9, 20)
+    default = train_config_from_args(parse_args([]), seed=0, progress=False)
+    assert (default.weight_average, default.lr_warmup_steps) == ("none", 0)
