@@ -494,14 +494,19 @@ class OnlineTrainer:
 
     def process_records(self, records: Sequence[SourceRecord]) -> list[StepResult]:
         """Decode records and train on their events, micro-batch by micro-batch."""
+        return self.process_decoded(self.decode(records), len(records))
+
+    def decode(self, records: Sequence[SourceRecord]) -> DecodeResult:
+        """Decode and validate a poll, without what a backfill already accounted for."""
         result = decode_records(records)
-        # An Arrow record holds many events: learn how many, to poll the right amount (before
-        # the cut-off drops any: a poll of skipped events still says what a record holds).
-        n_events = len(result.events) + len(result.rejects)
-        self._events_per_record = max(1.0, n_events / max(1, len(records)))
+        if records:
+            # An Arrow record holds many events: learn how many, to poll the right amount
+            # (before the cut-off drops any: skipped events still say what a record holds).
+            n_events = len(result.events) + len(result.rejects)
+            self._events_per_record = max(1.0, n_events / len(records))
         if self.cutoff is not None:
             result = self._after_cutoff(result, Records.of(records))
-        return self.process_decoded(result, len(records))
+        return result
 
     def _after_cutoff(self, result: DecodeResult, records: Records) -> DecodeResult:
         """Drop what the backfill accounted for: events before the cut-off, and rejects of
@@ -887,6 +892,7 @@ class OnlineTrainer:
             "events_valid": self.counters["events_valid"],
             "events_trained": self.counters["events_trained"],
             "targets": self.counters["targets"],
+            "steps": self.counters["steps"],  # micro-batches (optimizer steps when learning)
             "context_only": self.counters["context_only"],
             "unknown_item": self.counters["unknown_item"],
             "rejected": dict(self.rejected),

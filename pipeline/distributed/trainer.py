@@ -52,7 +52,7 @@ from pipeline.config import TrainerConfig
 from pipeline.deadletter import DeadLetterSink
 from pipeline.distributed.checkpoints import SHARED, GroupCheckpoints, group_meta
 from pipeline.distributed.group import Group
-from pipeline.events import EventBatch, decode_records
+from pipeline.events import EventBatch
 from pipeline.events.batch import concat_keys
 from pipeline.observability import MetricsLog, TrainerMetrics
 from pipeline.sources.base import Records, SharedSource, Source
@@ -85,7 +85,7 @@ class _GroupBatchBuilder(BatchBuilder):
         t = self.trainer
         clock = time.perf_counter()
         gathered = t.group.all_gather((items, timestamps))
-        t._lap("communicate", clock)
+        t._lap("communicate_vocabulary", clock)
         sizes = [len(ts) for _, ts in gathered]
         lo = sum(sizes[: t.group.rank])
         all_ts = np.concatenate([ts for _, ts in gathered]).astype(np.int64, copy=False)
@@ -231,12 +231,7 @@ class GroupTrainer(OnlineTrainer):
         try:
             while True:
                 records = self._gather(start_events)
-                result = decode_records(records)
-                n_events = len(result.events) + len(result.rejects)
-                if records:
-                    self._events_per_record = max(1.0, n_events / len(records))
-                if self.cutoff is not None:
-                    result = self._after_cutoff(result, Records.of(records))
+                result = self.decode(records)
                 flags = self._exchange_flags(stop, records, result, started, start_events)
                 self._round_steps = max(f["steps"] for f in flags)
                 self.process_decoded(result, len(records))
@@ -280,7 +275,7 @@ class GroupTrainer(OnlineTrainer):
         }
         clock = time.perf_counter()
         flags = self.group.all_gather(mine)
-        self._lap("communicate", clock)
+        self._lap("communicate_flags", clock)
         return flags
 
     def _stop_now(self, flags: list[dict[str, Any]], start_events: int) -> bool:
@@ -374,7 +369,7 @@ class GroupTrainer(OnlineTrainer):
                 at += p.numel()
             if sparse_table:
                 table.grad = self._sum_table_rows(table, targets, total)
-        self._lap("communicate", clock)
+        self._lap("communicate_gradients", clock)
         return int(total)
 
     def _sum_table_rows(self, table: torch.Tensor, targets: int, total: float) -> torch.Tensor:
@@ -449,7 +444,7 @@ class GroupTrainer(OnlineTrainer):
         if self.group.rank == 0:
             store.write_marker(n, {k: v for p, _, _ in everyone for k, v in p.items()})
         self.group.barrier()  # the marker exists before any rank commits offsets
-        self._lap("communicate", clock)
+        self._lap("communicate_checkpoint", clock)
         self._next_n = n + 1
         if isinstance(self.optimizer, RowSparseAdam):
             self.optimizer.clear_changed()  # (full parts only: nothing reads these here)
@@ -485,7 +480,11 @@ class GroupTrainer(OnlineTrainer):
                 f"progressive_cumulative_{key}": (
                     sum(c * m[key] for c, m, _ in everyone if c) / count if count else math.nan
                 ),
-                "communicate_s": self.step_seconds["communicate"],
+                # seconds in the group's collectives, by what they exchange
+                "communicate_s": {
+                    part: self.step_seconds[f"communicate_{part}"]
+                    for part in ("flags", "vocabulary", "gradients", "checkpoint")
+                },
                 "group_steps": self.group_steps,
             }
         }
