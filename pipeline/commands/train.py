@@ -209,6 +209,12 @@ def _run(args: argparse.Namespace, stop: threading.Event) -> int:
         if world == 1 and args.workers > 1:
             from pipeline.distributed.launch import exec_torchrun
 
+            if cfg.source.kind in ("synthetic", "file"):
+                raise ValueError(
+                    f"--workers {args.workers}: source.kind={cfg.source.kind} cannot be split "
+                    "between trainers; a trainer group reads a partitioned source (--source kafka)"
+                )
+
             exec_torchrun(args.argv, args.workers, cfg.distributed.max_restarts)
     from pipeline.checkpoint import CheckpointError
     from pipeline.publishing import PublishError

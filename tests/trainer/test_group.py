@@ -201,3 +201,10 @@ def test_two_ranks_get_the_gradient_of_the_mean_over_all_targets(tmp_path):
     assert torch.equal(first["table"], second["table"]) and torch.equal(
         first["dense"], second["dense"]
     )  # bit for bit: the ranks stay one model
+
+
+def test_workers_with_an_unpartitioned_source_is_refused_before_launching(capsys):
+    from pipeline.cli import main
+
+    assert main(["train", "--workers", "2", "--source", "synthetic", "--no-publish"]) == 2
+    assert "cannot be split between trainers" in capsys.readouterr().err
