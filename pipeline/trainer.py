@@ -429,45 +429,51 @@ class OnlineTrainer:
     def run(self, stop: threading.Event | None = None) -> dict[str, Any]:
         """Train until the source is exhausted, a bound is hit or ``stop`` is set."""
         stop = stop or threading.Event()
-        cfg = self.cfg
-        self._metrics_log = MetricsLog(cfg.metrics_log_path)
+        self._metrics_log = MetricsLog(self.cfg.metrics_log_path)
         started = time.monotonic()
         start_events = self.counters["events_seen"]
-        last_log = started
-        logged_targets = self.counters["targets"]
-        if self.registry is not None and cfg.registry.enabled:
+        if self.registry is not None and self.cfg.registry.enabled:
             self._expected_latest = self.registry.latest_version()
             self._adopt_published()
         try:
-            while not stop.is_set() and self._fatal is None:
-                if self._bound_reached(started, start_events):
-                    break
-                records = self._gather(start_events)
-                if not records:
-                    if self.source.exhausted():
-                        break
-                    # A quiet stream still gets its time-based checkpoint and publish, so
-                    # the tail of a burst is saved (and committed) without waiting for more.
-                    self._maybe_publish_and_checkpoint()
-                    continue
-                self.process_records(records)
-                now = time.monotonic()
-                if now - last_log >= cfg.observability.log_every_s:
-                    self._log_progress(started, start_events)
-                    last_log = now
-                    logged_targets = self.counters["targets"]
-                elif self.counters["targets"] - logged_targets >= cfg.eval.window:
-                    # A metrics-log point per window of targets, so short runs plot too.
-                    self._metrics_log.write(self.snapshot(started, start_events))
-                    logged_targets = self.counters["targets"]
-                self._maybe_publish_and_checkpoint()
+            self._loop(stop, started, start_events)
             self._finish()
+            summary = self.summary(started, start_events)  # a trainer group's ranks all take part
             if self._fatal is not None:
                 raise self._fatal
-            return self.summary(started, start_events)
+            return summary
         finally:
             self._metrics_log.close()
             self._metrics_log = None
+
+    def _loop(self, stop: threading.Event, started: float, start_events: int) -> None:
+        """Poll, train, log, checkpoint and publish until a reason to stop."""
+        cfg = self.cfg
+        assert self._metrics_log is not None
+        last_log = started
+        logged_targets = self.counters["targets"]
+        while not stop.is_set() and self._fatal is None:
+            if self._bound_reached(started, start_events):
+                break
+            records = self._gather(start_events)
+            if not records:
+                if self.source.exhausted():
+                    break
+                # A quiet stream still gets its time-based checkpoint and publish, so
+                # the tail of a burst is saved (and committed) without waiting for more.
+                self._maybe_publish_and_checkpoint()
+                continue
+            self.process_records(records)
+            now = time.monotonic()
+            if now - last_log >= cfg.observability.log_every_s:
+                self._log_progress(started, start_events)
+                last_log = now
+                logged_targets = self.counters["targets"]
+            elif self.counters["targets"] - logged_targets >= cfg.eval.window:
+                # A metrics-log point per window of targets, so short runs plot too.
+                self._metrics_log.write(self.snapshot(started, start_events))
+                logged_targets = self.counters["targets"]
+            self._maybe_publish_and_checkpoint()
 
     def _bound_reached(self, started: float, start_events: int) -> bool:
         """True once ``train.max_events`` more events were read or ``duration_s`` passed."""

@@ -54,7 +54,7 @@ from pipeline.distributed.checkpoints import SHARED, GroupCheckpoints, group_met
 from pipeline.distributed.group import Group
 from pipeline.events import EventBatch
 from pipeline.events.batch import concat_keys
-from pipeline.observability import MetricsLog, TrainerMetrics
+from pipeline.observability import TrainerMetrics
 from pipeline.sources.base import Records, SharedSource, Source
 from pipeline.state.vocab import Observation
 from pipeline.trainer import OnlineTrainer, RestoreRefusedError, shape_config, source_identity
@@ -216,37 +216,23 @@ class GroupTrainer(OnlineTrainer):
         self.group.broadcast_tensors_(list(self.model.state_dict().values()))
 
     # ---------------------------------------------------------------- loop
-    def run(self, stop: threading.Event | None = None) -> dict[str, Any]:
-        """Train in lockstep with the other ranks until any rank is asked to stop or the
-        group reaches a bound; then a last group checkpoint (and publish on rank 0)."""
-        stop = stop or threading.Event()
-        cfg = self.cfg
-        self._metrics_log = MetricsLog(cfg.metrics_log_path)
-        started = time.monotonic()
-        start_events = self.counters["events_seen"]
+    def _loop(self, stop: threading.Event, started: float, start_events: int) -> None:
+        """Rounds in lockstep with the other ranks until any rank is asked to stop or the
+        group reaches a bound (``run`` then takes a last group checkpoint and publishes)."""
         last_log = started
-        if self.registry is not None and cfg.registry.enabled:
-            self._expected_latest = self.registry.latest_version()
-            self._adopt_published()
-        try:
-            while True:
-                records = self._gather(start_events)
-                result = self.decode(records)
-                flags = self._exchange_flags(stop, records, result, started, start_events)
-                self._round_steps = max(f["steps"] for f in flags)
-                self.process_decoded(result, len(records))
-                now = time.monotonic()
-                if now - last_log >= cfg.observability.log_every_s:
-                    self._log_progress(started, start_events)
-                    last_log = now
-                if self._stop_now(flags, start_events):
-                    break
-                self._checkpoint_and_publish(flags)
-            self._finish()
-            return self.summary(started, start_events)
-        finally:
-            self._metrics_log.close()
-            self._metrics_log = None
+        while True:
+            records = self._gather(start_events)
+            result = self.decode(records)
+            flags = self._exchange_flags(stop, records, result, started, start_events)
+            self._round_steps = max(f["steps"] for f in flags)
+            self.process_decoded(result, len(records))
+            now = time.monotonic()
+            if now - last_log >= self.cfg.observability.log_every_s:
+                self._log_progress(started, start_events)
+                last_log = now
+            if self._stop_now(flags, start_events):
+                return
+            self._checkpoint_and_publish(flags)
 
     def _exchange_flags(
         self,
