@@ -747,21 +747,11 @@ class OnlineTrainer:
             "progressive": self.progressive.snapshot(),
         }
         meta = {
-            "source_positions": positions,
-            "counters": dict(self.counters),
-            "rejected": dict(self.rejected),
-            "watermark": self.store.watermark,
-            "last_published": self.last_published,
-            "shape_config": shape_config(self.cfg),
-            "source": source_identity(self.cfg),
-            "config": self.cfg.model_dump(mode="json"),
+            **self._stream_meta(positions),
+            **self._model_meta(),
             "delta": parent is not None,
-            "cutoff": self.cutoff,
         }
         path = self.checkpoints.save(state, meta, parent=parent)
-        if isinstance(self.optimizer, RowSparseAdam):
-            self.optimizer.clear_changed()
-        self.store.clear_changed()
         size = sum(f.stat().st_size for f in path.iterdir())
         chain = self._chain
         if parent is None or chain is None:
@@ -772,13 +762,41 @@ class OnlineTrainer:
                 chain.row_tensors,
             )  # fmt: skip
         self._chain = chain
-        self.source.commit(positions)  # after the checkpoint: lag monitoring only
+        self._saved(positions)
+        log.debug("checkpoint %s at %s", path, positions)
+        return path
+
+    def _stream_meta(self, positions: dict[str, int]) -> dict[str, Any]:
+        """What a checkpoint records of the stream this process read: where it is, what it
+        counted, its event time and which source it was."""
+        return {
+            "source_positions": positions,
+            "counters": dict(self.counters),
+            "rejected": dict(self.rejected),
+            "watermark": self.store.watermark,
+            "source": source_identity(self.cfg),
+        }
+
+    def _model_meta(self) -> dict[str, Any]:
+        """What a checkpoint records of the model: its settings, lineage and cut-off."""
+        return {
+            "last_published": self.last_published,
+            "shape_config": shape_config(self.cfg),
+            "config": self.cfg.model_dump(mode="json"),
+            "cutoff": self.cutoff,
+        }
+
+    def _saved(self, positions: dict[str, int]) -> None:
+        """After a checkpoint of ``positions``: nothing is changed since, offsets are
+        committed (lag monitoring only), the checkpoint clocks restart."""
+        if isinstance(self.optimizer, RowSparseAdam):
+            self.optimizer.clear_changed()
+        self.store.clear_changed()
+        self.source.commit(positions)
         self._since_checkpoint = 0
         self._unsaved_records = False
         self._last_checkpoint = time.monotonic()
         self.metrics.checkpoint_time.set(time.time())
-        log.debug("checkpoint %s at %s", path, positions)
-        return path
 
     def _delta_parent(self, nets: Mapping[str, Any]) -> int | None:
         """The checkpoint the next one can be a delta on, or None: it must be full."""

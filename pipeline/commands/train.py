@@ -256,24 +256,18 @@ def _train_group(cfg: TrainerConfig, stop: threading.Event) -> dict[str, Any]:
     from pipeline.distributed.checkpoints import GroupCheckpoints
     from pipeline.distributed.group import Group
     from pipeline.distributed.trainer import GroupTrainer
-    from pipeline.observability import TrainerMetrics
 
     d = cfg.distributed
     group = Group.join(d.backend, cfg.train.device, d.timeout_s)
     source = make_source(cfg)
     sink = make_dead_letter_sink(cfg)
     try:
-        registry = None
-        if cfg.registry.enabled and group.rank == 0:
-            open_registry = plugins.load("genrec.registries", "default", "publishing")
-            registry = open_registry(cfg.registry.uri, create=True)
+        registry = _open_registry(cfg) if group.rank == 0 else None  # rank 0 publishes
         assert cfg.checkpoint.dir is not None
         checkpoints = GroupCheckpoints(
             cfg.checkpoint.dir, group.rank, group.world, keep=cfg.checkpoint.keep
         )
-        metrics = TrainerMetrics(
-            cfg.observability.prometheus_host, cfg.observability.prometheus_port
-        )
+        metrics = _metrics(cfg, source)
         trainer = GroupTrainer(cfg, source, sink, group, checkpoints, registry, metrics)
         if not (cfg.checkpoint.resume and trainer.restore()):
             trainer.start_weights_equal()
@@ -286,32 +280,40 @@ def _train_group(cfg: TrainerConfig, stop: threading.Event) -> dict[str, Any]:
         group.leave()
 
 
+def _open_registry(cfg: TrainerConfig) -> Any | None:
+    """The registry versions are published to (None: publishing is off)."""
+    if not cfg.registry.enabled:
+        return None
+    return plugins.load("genrec.registries", "default", "publishing")(cfg.registry.uri, create=True)
+
+
+def _metrics(cfg: TrainerConfig, source: Any) -> Any:
+    """The Prometheus metrics, with the consumer lag of a source that reports it (Kafka)."""
+    from pipeline.observability import TrainerMetrics
+
+    metrics = TrainerMetrics(cfg.observability.prometheus_host, cfg.observability.prometheus_port)
+    if hasattr(source, "on_lag"):
+        source.on_lag(metrics.set_consumer_lag)
+    return metrics
+
+
 def _train(cfg: TrainerConfig, stop: threading.Event) -> dict[str, Any]:
     from pipeline.checkpoint import CheckpointStore
-    from pipeline.observability import TrainerMetrics
     from pipeline.trainer import OnlineTrainer
 
     source = make_source(cfg)
     sink = make_dead_letter_sink(cfg)
     try:
-        registry = None
-        if cfg.registry.enabled:
-            open_registry = plugins.load("genrec.registries", "default", "publishing")
-            registry = open_registry(cfg.registry.uri, create=True)
-        metrics = TrainerMetrics(
-            cfg.observability.prometheus_host, cfg.observability.prometheus_port
-        )
         trainer = OnlineTrainer(
             cfg,
             source,
             sink,
             checkpoints=CheckpointStore(cfg.checkpoint.dir, keep=cfg.checkpoint.keep),
-            registry=registry,
-            metrics=metrics,
+            registry=_open_registry(cfg),
+            metrics=_metrics(cfg, source),
         )
-        if hasattr(source, "on_revoke"):  # Kafka: checkpoint before partitions move; report lag
+        if hasattr(source, "on_revoke"):  # Kafka: checkpoint before partitions move
             source.on_revoke(lambda _partitions: trainer.checkpoint())
-            source.on_lag(metrics.set_consumer_lag)
         if cfg.checkpoint.resume:
             trainer.restore()
         with streaming_gc():  # see pipeline/gcpolicy.py

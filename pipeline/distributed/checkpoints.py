@@ -4,7 +4,7 @@ Layout under ``checkpoint.dir`` (a directory every rank sees; on several machine
 filesystem)::
 
     shared/ckpt-<seq>/            rank 0: model, optimizer, item vocabulary (the same on
-                                  every rank), the group's step count and watermark
+                                  every rank), the group's watermark
     rank-<r>-of-<w>/ckpt-<seq>/   rank r: its users' sequence store, its partitions'
                                   positions, its counters and progressive metrics
     complete/<n>.json             group checkpoint n: which seq of each part belongs to it
@@ -139,7 +139,7 @@ class GroupCheckpoints:
             seq=own.seq,
             path=own.path,
             created_at=own.created_at,
-            # the shared part's "group" (steps, watermark) wins over this rank's (rank)
+            # the shared part's "group" (the watermark) wins over this rank's (rank)
             meta={**shared.meta, **own.meta, "group": shared.meta["group"]},
             state={**shared.state, **own.state},
         )

@@ -45,7 +45,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.optim import RowSparseAdam
 from pipeline.batching import BatchBuilder
 from pipeline.checkpoint import CheckpointError, seq_of, tensor_writer
 from pipeline.config import TrainerConfig
@@ -57,7 +56,7 @@ from pipeline.events.batch import concat_keys
 from pipeline.observability import TrainerMetrics
 from pipeline.sources.base import Records, SharedSource, Source
 from pipeline.state.vocab import Observation
-from pipeline.trainer import OnlineTrainer, RestoreRefusedError, shape_config, source_identity
+from pipeline.trainer import OnlineTrainer, RestoreRefusedError
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +130,6 @@ class GroupTrainer(OnlineTrainer):
             )
         self.group = group
         self.group_watermark = _NO_TIME
-        self.group_steps = 0
         # before super().__init__, which builds the batch builder (_make_builder)
         super().__init__(
             cfg,
@@ -179,10 +177,9 @@ class GroupTrainer(OnlineTrainer):
                 ckpt = self.group_checkpoints.load(markers[n])
                 self._check_compatible(ckpt)
                 self._apply(ckpt)
-                group = ckpt.meta["group"]
-                steps, watermark = group.get("steps"), group.get("watermark")
-                if type(steps) is not int or type(watermark) is not int:
-                    raise TypeError(f"{ckpt.path}: group steps/watermark are not integers")
+                watermark = ckpt.meta["group"].get("watermark")
+                if type(watermark) is not int:
+                    raise TypeError(f"{ckpt.path}: the group's watermark is not an integer")
             except RestoreRefusedError as err:
                 status = ("refused", str(err))
             except Exception as err:  # any damage: every rank moves on to an older one
@@ -193,7 +190,7 @@ class GroupTrainer(OnlineTrainer):
                 raise RestoreRefusedError(refused[0])
             failed = [text for kind, text in statuses if kind == "failed"]
             if not failed:
-                self.group_steps, self.group_watermark = steps, watermark
+                self.group_watermark = watermark
                 self._next_n = n + 1
                 positions = self.group.all_gather(self._restored_positions or {})
                 self._group_positions = {k: v for p in positions for k, v in p.items()}
@@ -312,17 +309,13 @@ class GroupTrainer(OnlineTrainer):
         pad = self._round_steps - len(own)
         return own + [self.train_on(EventBatch.empty()) for _ in range(pad)]
 
-    def train_on(self, events: EventBatch) -> Any:
-        step = super().train_on(events)
-        self.group_steps += 1
-        return step
-
     # ------------------------------------------------------------- gradients
     def _reset_rows(self, rows: np.ndarray) -> None:
         """Every rank re-initialises the same rows to the same values: a seed they share."""
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(self.cfg.train.seed * 7919 + self.group_steps)
+            # every rank has taken the same steps (counters["steps"], empty ones included)
+            torch.manual_seed(self.cfg.train.seed * 7919 + self.counters["steps"])
             super()._reset_rows(rows)
 
     def _step_without_targets(self) -> None:
@@ -385,16 +378,11 @@ class GroupTrainer(OnlineTrainer):
         self.dead_letters.flush()
         positions = self.source.positions()
         digest = weights_digest(self.model.state_dict())
-        meta = group_meta(n, self.group.world, rank=self.group.rank)
         own = store.own.save(
             {"store": self.store.write_snapshot, "progressive": self.progressive.snapshot()},
             {
-                "source_positions": positions,
-                "counters": dict(self.counters),
-                "rejected": dict(self.rejected),
-                "watermark": self.store.watermark,
-                "source": source_identity(self.cfg),
-                "group": meta,
+                **self._stream_meta(positions),
+                "group": group_meta(n, self.group.world, rank=self.group.rank),
                 "weights_digest": digest,
             },
         )
@@ -407,13 +395,8 @@ class GroupTrainer(OnlineTrainer):
                     "vocab": self.vocab.snapshot(),
                 },
                 {
-                    "shape_config": shape_config(self.cfg),
-                    "config": self.cfg.model_dump(mode="json"),
-                    "last_published": self.last_published,
-                    "cutoff": self.cutoff,
-                    "group": group_meta(
-                        n, self.group.world, steps=self.group_steps, watermark=self.group_watermark
-                    ),
+                    **self._model_meta(),
+                    "group": group_meta(n, self.group.world, watermark=self.group_watermark),
                 },
             )
             parts[SHARED] = seq_of(shared)
@@ -432,24 +415,11 @@ class GroupTrainer(OnlineTrainer):
         self.group.barrier()  # the marker exists before any rank commits offsets
         self._lap("communicate_checkpoint", clock)
         self._next_n = n + 1
-        if isinstance(self.optimizer, RowSparseAdam):
-            self.optimizer.clear_changed()  # (full parts only: nothing reads these here)
-        self.store.clear_changed()
-        self.source.commit(positions)  # lag monitoring only
-        self._since_checkpoint = 0
-        self._unsaved_records = False
-        self._last_checkpoint = time.monotonic()
-        self.metrics.checkpoint_time.set(time.time())
+        self._saved(positions)
         return own
 
     def published_positions(self) -> dict[str, int]:
         return dict(self._group_positions)
-
-    def publish(self) -> int | None:
-        version = super().publish()
-        if version is not None:
-            log.info("rank 0 published version %d for the group", version)
-        return version
 
     def _summary_extra(self) -> dict[str, Any]:
         """The group's totals (every rank's targets), in every rank's summary."""
@@ -471,6 +441,6 @@ class GroupTrainer(OnlineTrainer):
                     part: self.step_seconds[f"communicate_{part}"]
                     for part in ("flags", "vocabulary", "gradients", "checkpoint")
                 },
-                "group_steps": self.group_steps,
+                "group_steps": self.counters["steps"],
             }
         }
