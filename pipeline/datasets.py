@@ -106,6 +106,17 @@ class _LineErrors:
             self.stats.errors.append(text)
 
 
+def text_format(first_line: str) -> str:
+    """The format of a text event file by its first line: MovieLens's ``ratings.csv``
+    header, MovieLens's ``::``-separated rows, else CSV with the event schema's columns."""
+    header = first_line.strip().lower()
+    if header.replace(" ", "") == "userid,movieid,rating,timestamp":
+        return "movielens-csv"
+    if "::" in header:
+        return "movielens-dat"
+    return "csv"
+
+
 def detect_format(path: str | Path) -> str:
     """Recognise MovieLens files by name and header, a ``genrec backfill sequences`` output
     directory by its manifest; else CSV/Parquet by extension."""
@@ -124,12 +135,7 @@ def detect_format(path: str | Path) -> str:
         return "movielens-dat"
     if suffix in (".csv", ".tsv", ".txt"):
         with p.open(encoding="utf-8", errors="replace") as fh:
-            header = fh.readline().strip().lower()
-        if header.replace(" ", "") == "userid,movieid,rating,timestamp":
-            return "movielens-csv"
-        if "::" in header:
-            return "movielens-dat"
-        return "csv"
+            return text_format(fh.readline())
     raise DataFormatError(
         f"{p}: cannot tell the format from the name; pass --format "
         f"({', '.join(f for f in FORMATS if f != 'auto')})"

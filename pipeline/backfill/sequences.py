@@ -121,24 +121,18 @@ def _file_format(path: str, format: str) -> str:
 
 
 def _csv_format(path: str) -> str:
-    """The offline reader's rule (``pipeline.datasets.detect_format``: MovieLens's ratings.csv
-    by its header, else csv) on the file's first line, read through Beam's ``FileSystems``:
-    that rule opens local paths only, so it reads a local copy of the line."""
-    import tempfile
-
+    """The offline reader's rule (``pipeline.datasets.text_format``: MovieLens's ratings.csv
+    by its header, else csv) on the file's first line, read through Beam's ``FileSystems``."""
     from apache_beam.io.filesystems import FileSystems
 
-    from pipeline.datasets import DataFormatError, detect_format
+    from pipeline.datasets import text_format
 
     try:
         with FileSystems.open(path) as handle:
             header = handle.readline(_MAX_HEADER_BYTES)
-        with tempfile.NamedTemporaryFile(suffix=".csv") as copy:
-            copy.write(header)
-            copy.flush()
-            return detect_format(copy.name)
-    except (OSError, DataFormatError):  # unreadable (a directory, say)
+    except OSError:  # unreadable (a directory, say)
         return "csv"  # reading it makes the file's dead letter
+    return text_format(header.decode("utf-8", errors="replace"))
 
 
 # A chunk of one file: (file, first row of the chunk in the file, its rows, codec, payloads).
@@ -662,10 +656,11 @@ def write_shard(
     returns (path, users)."""
     import pyarrow as pa
 
+    from pipeline.events.batch import concat_keys
     from pipeline.state.grouping import factorize
 
     cols = {
-        name: _concat_keys([p[name] for p in parts])
+        name: concat_keys([p[name] for p in parts])
         if name in ("user", "item")
         else np.concatenate([p[name] for p in parts])
         for name in parts[0]
@@ -685,13 +680,6 @@ def write_shard(
     path = paths.join(out_dir, SHARD_NAME.format(shard, shards))
     paths.write_parquet(table, path)
     return path, len(users)
-
-
-def _concat_keys(arrays: Sequence[np.ndarray]) -> np.ndarray:
-    """int64 when every part has int keys (no Python objects), else one object array."""
-    if all(a.dtype.kind in "iu" for a in arrays):
-        return np.concatenate(arrays).astype(np.int64, copy=False)
-    return np.concatenate([a.astype(object) for a in arrays])
 
 
 def _arrow_keys(values: np.ndarray) -> Any:
