@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 import pytest
@@ -202,16 +203,21 @@ def test_reference_settings_train_deterministically() -> None:
         TrainConfig(split="nope")
 
 
+def _rates(optimizer: torch.optim.Optimizer, schedule: Any, steps: int) -> list[float]:
+    """The learning rate of each of ``steps`` optimizer steps under ``schedule``."""
+    rates = []
+    for _ in range(steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    return rates
+
+
 def test_cosine_schedule_decays_to_zero_over_every_step() -> None:
     param = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.AdamW([param], lr=0.01)
     cfg = TrainConfig(epochs=2, lr=0.01, lr_schedule="cosine", progress=False)
-    schedule = make_lr_schedule(optimizer, cfg, steps_per_epoch=3)
-    lrs = []
-    for _ in range(6):
-        lrs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        schedule.step()
+    lrs = _rates(optimizer, make_lr_schedule(optimizer, cfg, steps_per_epoch=3), 6)
     assert lrs[0] == pytest.approx(0.01) and lrs[3] == pytest.approx(0.005)
     assert lrs == sorted(lrs, reverse=True) and optimizer.param_groups[0]["lr"] == pytest.approx(0)
     constant = torch.optim.AdamW([param], lr=0.01)
@@ -231,12 +237,7 @@ def test_warmup_ramps_the_rate_linearly_over_its_steps(schedule: str) -> None:
     param = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.AdamW([param], lr=0.01)
     cfg = TrainConfig(epochs=2, lr=0.01, lr_schedule=schedule, lr_warmup_steps=4)
-    lr_schedule = make_lr_schedule(optimizer, cfg, steps_per_epoch=500)
-    lrs = []
-    for _ in range(6):
-        lrs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        lr_schedule.step()
+    lrs = _rates(optimizer, make_lr_schedule(optimizer, cfg, steps_per_epoch=500), 6)
     assert lrs[:4] == pytest.approx([0.0025, 0.005, 0.0075, 0.01], rel=1e-3)
     if schedule == "constant":
         assert lrs[4:] == [0.01, 0.01]
