@@ -132,10 +132,11 @@ def json_key(key: Any) -> int | str | None:
 
 
 def window_indices(
-    offsets: np.ndarray, users: np.ndarray, max_len: int, drop_last: int = 0
+    offsets: np.ndarray, users: np.ndarray, max_len: int, drop_last: int | np.ndarray = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Flat event indices of the last ``max_len`` events of each user's sequence after
-    dropping its last ``drop_last`` events, and the [B+1] offsets of those windows."""
+    dropping its last ``drop_last`` events (one count, or one per user), and the [B+1]
+    offsets of those windows."""
     ends = offsets[users + 1] - drop_last
     starts = np.maximum(offsets[users], ends - max_len)
     lengths = np.maximum(ends - starts, 0)
@@ -144,9 +145,42 @@ def window_indices(
     return np.arange(window_offsets[-1], dtype=np.int64) + shift, window_offsets
 
 
-def training_batch(ds: SequenceDataset, users: np.ndarray, max_len: int) -> JaggedBatch:
-    """The last ``max_len`` events of each user; every event but the first is a target."""
-    idx, offs = window_indices(ds.offsets, users, max_len)
+@dataclass(frozen=True)
+class TrainingWindows:
+    """The training sequences of an epoch: window w is the last ``max_len`` events of user
+    ``users[w]``'s sequence after dropping its last ``drop_last[w]`` events."""
+
+    users: np.ndarray
+    drop_last: np.ndarray
+    lengths: np.ndarray
+
+    @classmethod
+    def build(cls, ds: SequenceDataset, max_len: int, windows: str) -> TrainingWindows:
+        """ "last": each user's last ``max_len`` events (the reference; earlier events never
+        train). "all": windows back from the end that overlap by one event, so that every
+        event but a sequence's first is a target exactly once."""
+        lengths = ds.lengths()
+        users = np.flatnonzero(lengths >= 2)  # a one-event sequence has no target
+        if windows == "last":
+            counts = np.ones(users.size, dtype=np.int64)
+        else:
+            counts = np.maximum(-(-(lengths[users] - 1) // (max_len - 1)), 1)
+        win_users = np.repeat(users, counts)
+        first = np.repeat(np.cumsum(counts) - counts, counts)
+        drop = (np.arange(win_users.size) - first) * (max_len - 1)
+        win_lengths = np.minimum(lengths[win_users] - drop, max_len)
+        return cls(win_users, drop.astype(np.int64), win_lengths.astype(np.int64))
+
+    def __len__(self) -> int:
+        return int(self.users.size)
+
+
+def training_batch(
+    ds: SequenceDataset, users: np.ndarray, max_len: int, drop_last: int | np.ndarray = 0
+) -> JaggedBatch:
+    """The last ``max_len`` events of each user (after dropping its last ``drop_last``);
+    every event but the first is a target."""
+    idx, offs = window_indices(ds.offsets, users, max_len, drop_last)
     return JaggedBatch.from_numpy(
         ds.item_ids[idx], ds.timestamps[idx], offs, action_types=ds.actions[idx]
     )
@@ -289,25 +323,23 @@ def train_offline(
 
 
 def length_grouped_batches(
-    ds: SequenceDataset,
-    users: np.ndarray,
+    lengths: np.ndarray,
     batch_size: int,
-    max_len: int,
     rng: np.random.Generator,
     group_batches: int = 8,
 ) -> list[np.ndarray]:
-    """Shuffled user batches in which users have similar (truncated) lengths.
+    """Shuffled batches of sequence indices (into ``lengths``) of similar lengths.
 
-    Users are shuffled, cut into groups of ``group_batches`` batches, sorted by length
+    Sequences are shuffled, cut into groups of ``group_batches`` batches, sorted by length
     inside each group, batched, and the batches are shuffled. Padded attention (reference
     kernel, SASRec) then wastes little work, while batches stay random across epochs.
     """
-    order = rng.permutation(users)
-    lengths = np.minimum(ds.lengths()[order], max_len)
+    order = rng.permutation(lengths.size)
     batches: list[np.ndarray] = []
     group = batch_size * group_batches
     for lo in range(0, order.size, group):
-        chunk = order[lo : lo + group][np.argsort(lengths[lo : lo + group], kind="stable")]
+        chunk = order[lo : lo + group]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
         batches.extend(chunk[i : i + batch_size] for i in range(0, chunk.size, batch_size))
     return [batches[i] for i in rng.permutation(len(batches))]
 
@@ -360,15 +392,15 @@ def _fit(
         optimizers = [optimizer]
     rng = np.random.default_rng(cfg.seed)
     negatives_gen = torch.Generator().manual_seed(cfg.seed)
-    users = np.flatnonzero(train.lengths() >= 2)  # a one-event sequence has no target
-    steps_per_epoch = -(-users.size // cfg.batch_size)
+    windows = TrainingWindows.build(train, max_len, cfg.train_windows)
+    steps_per_epoch = -(-len(windows) // cfg.batch_size)
     schedules = [make_lr_schedule(o, cfg, steps_per_epoch) for o in optimizers]
     ema = WeightEMA(model, cfg.ema_decay) if cfg.weight_average == "ema" else None
     kept = model if ema is None else ema.module
     best_epoch, best_score, best_state = 0, -1.0, copy.deepcopy(kept.state_dict())
     for epoch in range(1, cfg.epochs + 1):
         model.train()
-        batches = length_grouped_batches(train, users, cfg.batch_size, max_len, rng)
+        batches = length_grouped_batches(windows.lengths, cfg.batch_size, rng)
         bar = tqdm(
             batches,
             desc=f"{type(model).__name__} epoch {epoch}/{cfg.epochs}",
@@ -377,8 +409,10 @@ def _fit(
             leave=False,
         )
         total_loss, steps = 0.0, 0
-        for batch_users in bar:
-            batch = training_batch(train, batch_users, max_len).to(cfg.device)
+        for rows in bar:
+            batch = training_batch(train, windows.users[rows], max_len, windows.drop_last[rows]).to(
+                cfg.device
+            )
             targets = select_targets(batch, model.encode(batch))
             loss = sampled_softmax_loss(
                 targets.queries,

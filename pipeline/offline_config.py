@@ -8,6 +8,7 @@ SPLITS = ("holdout", "paper")
 INITS = ("genrec", "reference")
 LR_SCHEDULES = ("constant", "cosine")
 WEIGHT_AVERAGES = ("none", "ema")
+TRAIN_WINDOWS = ("last", "all")
 # Architecture defaults of `genrec train-offline` and bench/offline_quality.py: the research
 # code's layers (docs/quality.md). The model configs keep their own defaults, so that
 # checkpoints written before these settings existed load as they were written.
@@ -37,6 +38,9 @@ class TrainConfig:
     ``weight_average``: "ema" evaluates and saves an exponential moving average of the
     weights, updated after every optimizer step with ``ema_decay`` (per step, so its horizon
     is about 1 / (1 - ema_decay) steps); "none" (the reference) uses the trained weights.
+    ``train_windows``: "all" trains on every event of each training sequence, in windows of
+    ``max_len`` events back from its end (every event but the first a target once, as in the
+    online trainer); "last" only on each user's last ``max_len`` events (the reference).
     """
 
     epochs: int = 30
@@ -55,6 +59,7 @@ class TrainConfig:
     sparse_embeddings: bool = False
     weight_average: str = "none"
     ema_decay: float = 0.95
+    train_windows: str = "all"
     split: str = "paper"
     exclude_seen: bool = False
     eval_batch_size: int = 256
@@ -91,5 +96,10 @@ class TrainConfig:
             )
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"TrainConfig.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.train_windows not in TRAIN_WINDOWS:
+            raise ValueError(
+                f"TrainConfig.train_windows must be one of {TRAIN_WINDOWS}, got "
+                f"{self.train_windows!r}"
+            )
         if self.init not in INITS:
             raise ValueError(f"TrainConfig.init must be one of {INITS}, got {self.init!r}")

@@ -23,6 +23,7 @@ from pipeline.offline_config import (
     LR_SCHEDULES,
     SASREC_STYLE,
     SPLITS,
+    TRAIN_WINDOWS,
     WEIGHT_AVERAGES,
     TrainConfig,
 )
@@ -135,6 +136,14 @@ def add_training_options(group: argparse._ActionsContainer) -> None:
         "1 / (1 - decay) steps (default: %(default)s)",
     )
     group.add_argument(
+        "--train-windows",
+        choices=TRAIN_WINDOWS,
+        default=t.train_windows,
+        help="all: train on every event of each sequence, in windows of --max-len events "
+        "back from its end; last: only on each user's last --max-len events, the "
+        "reference (default: %(default)s)",
+    )
+    group.add_argument(
         "--sparse-embeddings",
         action=argparse.BooleanOptionalAction,
         default=t.sparse_embeddings,
@@ -183,6 +192,7 @@ def train_config_from_args(args: argparse.Namespace, seed: int, progress: bool) 
         lr_warmup_steps=args.lr_warmup_steps,
         weight_average=args.weight_average,
         ema_decay=args.ema_decay,
+        train_windows=args.train_windows,
         sparse_embeddings=args.sparse_embeddings,
         split=args.split,
         exclude_seen=args.exclude_seen,

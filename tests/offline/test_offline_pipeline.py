@@ -13,6 +13,7 @@ from model.serialize import WEIGHTS_FILE, build_model, load_checkpoint, save_che
 from pipeline.datasets import SequenceDataset, leave_one_out, make_splits, paper_split
 from pipeline.offline import (
     TrainConfig,
+    TrainingWindows,
     WeightEMA,
     evaluate,
     item_keys_json,
@@ -65,8 +66,20 @@ def test_training_and_next_item_batches() -> None:
     assert context.query_time is not None and context.query_time.tolist() == [50, 3]
 
 
-def test_length_grouped_batches_cover_each_user_once_with_similar_lengths() -> None:
+def test_length_grouped_batches_cover_each_sequence_once_with_similar_lengths() -> None:
     lengths = np.array([1, 9, 2, 8, 3, 7, 4, 6, 5, 10, 2, 9])
+    batches = length_grouped_batches(lengths, 3, np.random.default_rng(0), group_batches=4)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(12))
+    assert all(len(b) == 3 for b in batches)
+    # one group holds all sequences, so each batch is a contiguous run of the sorted lengths
+    spans = [int(lengths[b].max() - lengths[b].min()) for b in batches]
+    assert sum(spans) <= 9
+    again = length_grouped_batches(lengths, 3, np.random.default_rng(0), group_batches=4)
+    assert [b.tolist() for b in again] == [b.tolist() for b in batches]
+
+
+def test_all_training_windows_make_every_event_but_the_first_a_target_once() -> None:
+    lengths = np.array([1, 5, 6, 2])
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     ds = SequenceDataset(
         np.ones(offsets[-1], np.int64),
@@ -74,17 +87,22 @@ def test_length_grouped_batches_cover_each_user_once_with_similar_lengths() -> N
         np.zeros(offsets[-1], np.int64),
         offsets,
         np.array([None, 1], dtype=object),
-        np.arange(12),
+        np.arange(4),
     )
-    users = np.arange(12)
-    batches = length_grouped_batches(ds, users, 3, 100, np.random.default_rng(0), group_batches=4)
-    assert sorted(np.concatenate(batches).tolist()) == users.tolist()
-    assert all(len(b) == 3 for b in batches)
-    # one group holds all users, so each batch is a contiguous run of the sorted lengths
-    spans = [int(lengths[b].max() - lengths[b].min()) for b in batches]
-    assert sum(spans) <= 9
-    again = length_grouped_batches(ds, users, 3, 100, np.random.default_rng(0), group_batches=4)
-    assert [b.tolist() for b in again] == [b.tolist() for b in batches]
+    last = TrainingWindows.build(ds, 3, "last")
+    assert last.users.tolist() == [1, 2, 3] and last.drop_last.tolist() == [0, 0, 0]
+    windows = TrainingWindows.build(ds, 3, "all")
+    assert windows.users.tolist() == [1, 1, 2, 2, 2, 3]
+    assert windows.lengths.tolist() == [3, 3, 3, 3, 2, 2]
+    batch = training_batch(ds, windows.users, 3, windows.drop_last)
+    events = batch.timestamps.tolist()  # the timestamps are the flat event indices
+    starts = batch.offsets[:-1].tolist()
+    assert [events[s] for s in starts] == [3, 1, 9, 7, 6, 12]  # context-only firsts
+    targets = sorted(e for i, e in enumerate(events) if i not in starts)
+    every = [e for u in range(4) for e in range(offsets[u] + 1, offsets[u + 1])]
+    assert targets == every
+    with pytest.raises(ValueError, match="train_windows"):
+        TrainConfig(train_windows="first")
 
 
 def test_remap_items_to_a_checkpoint_key_map() -> None:
