@@ -156,9 +156,9 @@ class TrainingWindows:
 
     @classmethod
     def build(cls, ds: SequenceDataset, max_len: int, windows: str) -> TrainingWindows:
-        """ "last": each user's last ``max_len`` events (the reference; earlier events never
-        train). "all": windows back from the end that overlap by one event, so that every
-        event but a sequence's first is a target exactly once."""
+        """The windows of ``windows`` = "last": each user's last ``max_len`` events (the
+        reference; earlier events never train), or "all": windows back from the end that
+        overlap by one event, so that every event but a sequence's first is a target once."""
         lengths = ds.lengths()
         users = np.flatnonzero(lengths >= 2)  # a one-event sequence has no target
         if windows == "last":
