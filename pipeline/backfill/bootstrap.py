@@ -184,7 +184,7 @@ def sortable(chunk: Chunk, result: DecodeResult, previous: int) -> tuple[pa.Tabl
             "item_str": items[1],
             "action": events.action,
             "value": events.value,
-            "event_id": None if events.event_id is None else events.event_id,
+            **({} if events.event_id is None else {"event_id": events.event_id}),
         },
     )
     rejects = result.rejects
