@@ -1,13 +1,18 @@
 """``genrec backfill bootstrap``: an event lake -> the trainer checkpoint a stream continues from.
 
 The sequence store and the item vocabulary that ``genrec train`` would hold after streaming
-every event of the lake with event time < T are built by running the trainer's own state
-code (``OnlineTrainer.process_decoded``: store vetting, vocabulary admission and expiry,
-micro-batch assembly, every counter) over the lake in lake order, with the model's ranking
-switched off (``OnlineTrainer.scoring``). That part is a sequential fold, not a parallel Beam
-transform, on purpose: the user cap's least-recently-active eviction, the vocabulary's
-admission counts and its event-time TTL depend on the global order of events, and lake order
-(inputs as listed, each pattern's files sorted, then rows) is what stands for arrival order.
+every event of the lake with event time < T, in event-time order, are built by running the
+trainer's own state code (``OnlineTrainer.process_decoded``: store vetting, vocabulary
+admission and expiry, micro-batch assembly, every counter) over the lake, with the model's
+ranking switched off (``OnlineTrainer.scoring``). The lake is read in lake order (inputs as
+listed, each pattern's files sorted, then rows), decoded and counted (as ``backfill
+sequences`` counts it), and its rows before T are put in event-time order, ties in lake
+order, by the external sort of file replay (``pipeline.sources.spill``, spilling into
+``checkpoint.dir``): a lake need not be in time order (MovieLens's ratings are sorted by
+user), and streaming it in lake order would reject most of its history as ``late``. The
+fold is sequential, not a parallel Beam transform, on purpose: the user cap's
+least-recently-active eviction, the vocabulary's admission counts and its event-time TTL
+depend on the global order of events.
 
 What each side of the seam accounts for (``docs/backfill.md``, "Hand-off"):
 
@@ -15,7 +20,8 @@ What each side of the seam accounts for (``docs/backfill.md``, "Hand-off"):
 - a rejected row has no trustworthy time of its own, so it takes its *arrival time*: in the
   lake the event time of the nearest valid row before it in lake order (none: before T), in
   Kafka its record timestamp. The replayer that writes the lake into Kafka must stamp
-  records so (``EventReplayer(record_time="event")``).
+  records so (``EventReplayer(record_time="event")``). The sort places a rejected row at
+  its arrival time too, so in a lake already in time order it stays where it is.
 
 The checkpoint carries T (``meta["cutoff"]``) and empty source positions; a trainer that
 restores it skips what the backfill accounted for and starts Kafka partitions at T
@@ -189,11 +195,11 @@ def sortable(chunk: Chunk, result: DecodeResult, previous: int) -> tuple[pa.Tabl
     )
     rejects = result.rejects
     # A whole-payload reject covers rows that all arrive with ``previous``: row 0 stands.
-    reject_at = [reject_row(r, codec, first) or 0 for r in rejects]
+    reject_at = np.array([reject_row(r, codec, first) or 0 for r in rejects], np.int64)
     reject_rows = _table(
         len(rejects),
         {
-            "timestamp": arrival[reject_at] if rejects else np.zeros(0, np.int64),
+            "timestamp": arrival[reject_at],
             "rows": reject_weights(rejects, codec, first, rows),
             "reason": [str(r.reason) for r in rejects],
             "message": [r.message for r in rejects],
@@ -203,9 +209,9 @@ def sortable(chunk: Chunk, result: DecodeResult, previous: int) -> tuple[pa.Tabl
             "row": [r.row for r in rejects],
         },
     )
-    lake_order = np.argsort(np.concatenate([good, reject_at]).astype(np.int64), kind="stable")
+    lake_order = np.argsort(np.concatenate([good, reject_at]), kind="stable")
     table = pa.concat_tables([event_rows, reject_rows]).take(lake_order)
-    return table, int(arrival[-1])
+    return table, int(arrival[-1]) if rows else previous
 
 
 def decoded(table: pa.Table) -> DecodeResult:
