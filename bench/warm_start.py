@@ -157,7 +157,7 @@ def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         "config": vars(args),
         "events": n,
         "until": until,
-        "bootstrap": {k: boot[k] for k in ("users", "items", "counts")},
+        "bootstrap": {k: boot[k] for k in ("users", "items_held", "counts")},
         "full": metrics(full),
         "warm": metrics(warm),
         "cold": metrics(cold),

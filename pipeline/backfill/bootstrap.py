@@ -1,13 +1,18 @@
 """``genrec backfill bootstrap``: an event lake -> the trainer checkpoint a stream continues from.
 
 The sequence store and the item vocabulary that ``genrec train`` would hold after streaming
-every event of the lake with event time < T are built by running the trainer's own state
-code (``OnlineTrainer.process_decoded``: store vetting, vocabulary admission and expiry,
-micro-batch assembly, every counter) over the lake in lake order, with the model's ranking
-switched off (``OnlineTrainer.scoring``). That part is a sequential fold, not a parallel Beam
-transform, on purpose: the user cap's least-recently-active eviction, the vocabulary's
-admission counts and its event-time TTL depend on the global order of events, and lake order
-(inputs as listed, each pattern's files sorted, then rows) is what stands for arrival order.
+every event of the lake with event time < T, in event-time order, are built by running the
+trainer's own state code (``OnlineTrainer.process_decoded``: store vetting, vocabulary
+admission and expiry, micro-batch assembly, every counter) over the lake, with the model's
+ranking switched off (``OnlineTrainer.scoring``). The lake is read in lake order (inputs as
+listed, each pattern's files sorted, then rows), decoded and counted (as ``backfill
+sequences`` counts it), and its rows before T are put in event-time order, ties in lake
+order, by the external sort of file replay (``pipeline.sources.spill``, spilling into
+``checkpoint.dir``): a lake need not be in time order (MovieLens's ratings are sorted by
+user), and streaming it in lake order would reject most of its history as ``late``. The
+fold is sequential, not a parallel Beam transform, on purpose: the user cap's
+least-recently-active eviction, the vocabulary's admission counts and its event-time TTL
+depend on the global order of events.
 
 What each side of the seam accounts for (``docs/backfill.md``, "Hand-off"):
 
@@ -15,7 +20,8 @@ What each side of the seam accounts for (``docs/backfill.md``, "Hand-off"):
 - a rejected row has no trustworthy time of its own, so it takes its *arrival time*: in the
   lake the event time of the nearest valid row before it in lake order (none: before T), in
   Kafka its record timestamp. The replayer that writes the lake into Kafka must stamp
-  records so (``EventReplayer(record_time="event")``).
+  records so (``EventReplayer(record_time="event")``). The sort places a rejected row at
+  its arrival time too, so in a lake already in time order it stays where it is.
 
 The checkpoint carries T (``meta["cutoff"]``) and empty source positions; a trainer that
 restores it skips what the backfill accounted for and starts Kafka partitions at T
@@ -28,28 +34,42 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.ipc as ipc
 
 from pipeline.backfill import paths
 from pipeline.backfill.sequences import (
+    COUNTS,
     Chunk,
     LakeFile,
     beam_flag,
+    by_reason,
+    chunk_counts,
+    letter_counts,
     match_inputs,
     read_chunks,
     reject_row,
+    reject_weights,
     rejected_rows,
+    sum_counts,
 )
 from pipeline.config import TrainerConfig
 from pipeline.events import EventBatch, decode_records
-from pipeline.events.reject import DecodeResult
+from pipeline.events.batch import key_column
+from pipeline.events.reject import DecodeResult, Reject
+from pipeline.events.schema import RejectReason
 from pipeline.sources.base import Records
+from pipeline.sources.spill import SORTED, sort_tables
 
 log = logging.getLogger(__name__)
 
@@ -93,46 +113,173 @@ class _NoSource:
         """Nothing to report: the bootstrap reads files, not the stream."""
 
 
-def seam_parts(
-    chunk: Chunk,
-    result: DecodeResult,
-    until: int,
-    previous: float,
-    lake_row: int,
-    batch_rows: int,
-) -> tuple[list[tuple[int, DecodeResult, int]], float]:
-    """The backfill's share of a decoded chunk whose first row is row ``lake_row`` of the
-    lake, cut where a stream trainer reading the lake as one-event records ``batch_rows`` at
-    a time cuts its micro-batches (lake row ``r`` is in batch ``r // batch_rows``): per batch
-    the chunk has rows of, (batch, its events and rejects before the cut-off, its rows); and
-    the arrival time of the chunk's last row (see the module docstring)."""
+# Each row of the sort is an event or a reject. ``timestamp`` is the sort key: an event's
+# own time, a reject's arrival time (module docstring). A key is an int or a str, so it
+# takes two columns, one of them null.
+_SCHEMA = pa.schema(
+    [
+        ("timestamp", pa.int64()),
+        ("rows", pa.int64()),  # lake rows it stands for: a whole-payload reject, its chunk's
+        ("user_int", pa.int64()),
+        ("user_str", pa.string()),
+        ("item_int", pa.int64()),
+        ("item_str", pa.string()),
+        ("action", pa.int64()),
+        ("value", pa.float32()),
+        ("event_id", pa.string()),
+        ("reason", pa.string()),  # null for an event; this and the rest: a reject's fields
+        ("message", pa.string()),
+        ("partition", pa.string()),
+        ("offset", pa.int64()),
+        ("payload", pa.binary()),
+        ("row", pa.int64()),
+    ]
+)
+_NO_TIME = np.iinfo(np.int64).min  # the arrival time of rejects before the first valid row
+RUN_ROWS = 1 << 18  # rows per sorted run of the external sort
+SORTED_BATCH_ROWS = 1 << 16  # rows per record batch of the sorted file
+
+
+def _table(n: int, columns: dict[str, Any]) -> pa.Table:
+    """``n`` rows of the sort, the columns not given null."""
+    return pa.table(
+        {f.name: columns.get(f.name, pa.nulls(n, f.type)) for f in _SCHEMA}, schema=_SCHEMA
+    )
+
+
+def _key_columns(keys: np.ndarray) -> tuple[pa.Array, pa.Array]:
+    """A key column as (its int keys, its str keys): each row has one, the other null."""
+    if keys.dtype == np.int64:
+        return pa.array(keys, pa.int64()), pa.nulls(len(keys), pa.string())
+    listed = keys.tolist()
+    ints = pa.array([k if type(k) is int else None for k in listed], pa.int64())
+    return ints, pa.array([k if type(k) is str else None for k in listed], pa.string())
+
+
+def _keys(ints: Any, strs: Any) -> np.ndarray:
+    if strs.null_count == len(strs):
+        return ints.to_numpy()
+    return key_column(
+        [s if i is None else i for i, s in zip(ints.to_pylist(), strs.to_pylist(), strict=True)]
+    )
+
+
+def sortable(chunk: Chunk, result: DecodeResult, previous: int) -> tuple[pa.Table, int]:
+    """A decoded chunk as rows of the sort, in lake order: each valid event at its event
+    time, each reject at its arrival time (the event time of the nearest valid row before it
+    in lake order; ``previous``: that of the last row before the chunk); and the arrival time
+    of the chunk's last row."""
     _, first, rows, codec, _ = chunk
     bad = rejected_rows(result.rejects, codec, first, rows)
     good = np.flatnonzero(~bad)
-    arrival = np.full(rows, np.nan)
-    arrival[good] = result.events.timestamp
+    times = np.full(rows, previous, np.int64)
+    times[good] = result.events.timestamp
     # Forward fill: a rejected row arrives with the nearest valid row before it.
     last_good = np.maximum.accumulate(np.where(bad, -1, np.arange(rows)))
-    arrival = np.where(last_good >= 0, arrival[np.maximum(last_good, 0)], previous)
-    batch_of_event = (lake_row + good) // batch_rows
+    arrival = np.where(last_good >= 0, times[np.maximum(last_good, 0)], previous)
+    events = result.events
+    users, items = _key_columns(events.user_id), _key_columns(events.item_id)
+    event_rows = _table(
+        len(events),
+        {
+            "timestamp": events.timestamp,
+            "rows": np.ones(len(events), np.int64),
+            "user_int": users[0],
+            "user_str": users[1],
+            "item_int": items[0],
+            "item_str": items[1],
+            "action": events.action,
+            "value": events.value,
+            **({} if events.event_id is None else {"event_id": events.event_id}),
+        },
+    )
+    rejects = result.rejects
     # A whole-payload reject covers rows that all arrive with ``previous``: row 0 stands.
-    reject_at = [reject_row(r, codec, first) or 0 for r in result.rejects]
-    batch_of_reject = [(lake_row + row) // batch_rows for row in reject_at]
-    parts = []
-    for b in range(lake_row // batch_rows, (lake_row + rows - 1) // batch_rows + 1):
-        take = (batch_of_event == b) & (result.events.timestamp < until)
-        rejects = [
-            r
-            for r, rb, row in zip(result.rejects, batch_of_reject, reject_at, strict=True)
-            if rb == b and arrival[row] < until
-        ]
-        in_batch = min(lake_row + rows, (b + 1) * batch_rows) - max(lake_row, b * batch_rows)
-        parts.append((b, DecodeResult(result.events.take(take), rejects), in_batch))
-    return parts, float(arrival[-1])
+    reject_at = np.array([reject_row(r, codec, first) or 0 for r in rejects], np.int64)
+    reject_rows = _table(
+        len(rejects),
+        {
+            "timestamp": arrival[reject_at],
+            "rows": reject_weights(rejects, codec, first, rows),
+            "reason": [str(r.reason) for r in rejects],
+            "message": [r.message for r in rejects],
+            "partition": [r.partition for r in rejects],
+            "offset": [r.offset for r in rejects],
+            "payload": [r.payload for r in rejects],
+            "row": [r.row for r in rejects],
+        },
+    )
+    lake_order = np.argsort(np.concatenate([good, reject_at]), kind="stable")
+    table = pa.concat_tables([event_rows, reject_rows]).take(lake_order)
+    return table, int(arrival[-1]) if rows else previous
+
+
+def decoded(table: pa.Table) -> DecodeResult:
+    """Rows of the sort back as the decoder's result (events and rejects)."""
+    is_event = table.column("reason").is_null()
+    events = table.filter(is_event)
+    event_ids = events.column("event_id")
+    batch = EventBatch(
+        user_id=_keys(events.column("user_int"), events.column("user_str")),
+        item_id=_keys(events.column("item_int"), events.column("item_str")),
+        timestamp=events.column("timestamp").to_numpy(),
+        action=events.column("action").to_numpy(),
+        value=events.column("value").to_numpy(),
+        event_id=None
+        if event_ids.null_count == len(event_ids)
+        else event_ids.to_numpy(zero_copy_only=False).astype(object),
+    )
+    fields = ("reason", "message", "partition", "offset", "payload", "row")
+    rejected = table.filter(pc.invert(is_event)).select(fields).to_pylist()
+    rejects = [Reject(**{**r, "reason": RejectReason(r["reason"])}) for r in rejected]
+    return DecodeResult(batch, rejects)
+
+
+class _Lake:
+    """The lake read in lake order: every chunk decoded and counted, and its rows before the
+    cut-off handed to the sort in runs of about ``RUN_ROWS`` rows (``runs``)."""
+
+    def __init__(self, files: Sequence[LakeFile], until: int) -> None:
+        self.files = files
+        self.until = until
+        self.counts: dict[str, int] = {}  # as ``backfill sequences`` counts the lake
+        self.unreadable: list[dict[str, Any]] = []
+
+    def runs(self) -> Iterator[pa.Table]:
+        started = time.monotonic()
+        total_bytes = max(1, sum(f.size for f in self.files))
+        done_bytes = 0
+        previous = _NO_TIME  # arrival time of the last row read, in lake order
+        pending: list[pa.Table] = []
+        size = 0
+        for lake_file in self.files:
+            for chunk in read_chunks(lake_file):
+                if isinstance(chunk, dict):
+                    # A file that cannot be read, or a text row that cannot be split into
+                    # fields: no stream carries either, so they stay out of the trainer's
+                    # counts (the manifest counts and lists them).
+                    self.unreadable.append(chunk)
+                    self.counts = sum_counts([self.counts, letter_counts(chunk)])
+                    continue
+                result = decode_records(
+                    Records.run(chunk[4], chunk[3], _where(lake_file), chunk[1])
+                )
+                self.counts = sum_counts([self.counts, chunk_counts(chunk, result, self.until)])
+                table, previous = sortable(chunk, result, previous)
+                before = pc.less(table.column("timestamp"), self.until)
+                pending.append(table.filter(before))
+                size += pending[-1].num_rows
+                if size >= RUN_ROWS:
+                    yield pa.concat_tables(pending)
+                    pending, size = [], 0
+            done_bytes += lake_file.size
+            _log_progress(started, self.counts.get("rows", 0), done_bytes / total_bytes)
+        if pending:
+            yield pa.concat_tables(pending)
 
 
 class _Batches:
-    """Joins the parts of one micro-batch that chunks (and files) split, then applies it."""
+    """Joins the parts of one micro-batch that record batches split, then applies it."""
 
     def __init__(self, trainer: Any) -> None:
         self.trainer = trainer
@@ -153,6 +300,28 @@ class _Batches:
             rejects = [r for p in self.parts for r in p.rejects]
             self.trainer.process_decoded(DecodeResult(events, rejects), self.rows)
         self.parts, self.rows = [], 0
+
+
+def fold(path: Path, trainer: Any) -> int:
+    """Apply the sorted rows in ``path`` to the trainer, cut into micro-batches where a
+    stream trainer reading them as one-row records ``train.batch_events`` at a time cuts its
+    own (the row at position ``p`` of the sorted lake is in batch ``p // batch_events``);
+    returns the lake rows folded."""
+    size = trainer.cfg.train.batch_events
+    batches = _Batches(trainer)
+    position = 0
+    with pa.OSFile(str(path)) as handle:
+        reader = ipc.open_file(handle)
+        for k in range(reader.num_record_batches):
+            table = pa.Table.from_batches([reader.get_batch(k)])
+            weights = table.column("rows").to_numpy()
+            batch_of = (position + np.cumsum(weights) - weights) // size
+            position += int(weights.sum())
+            for batch in np.unique(batch_of).tolist():
+                pick = batch_of == batch
+                batches.add(batch, decoded(table.filter(pick)), int(weights[pick].sum()))
+    batches.flush()
+    return position
 
 
 def run_bootstrap(job: BootstrapJob) -> dict[str, Any]:
@@ -177,37 +346,16 @@ def run_bootstrap(job: BootstrapJob) -> dict[str, Any]:
     sink = JsonlDeadLetterSink(directory / DEAD_LETTERS)
     trainer = OnlineTrainer(cfg, _NoSource(), sink, checkpoints=store)  # type: ignore[arg-type]
     trainer.scoring = False
-    unreadable: list[dict[str, Any]] = []
-    rows = after = 0
-    previous = -np.inf  # arrival time of the last row read, in lake order
-    batches = _Batches(trainer)
+    lake = _Lake(files, job.until)
+    # The sort spills next to the checkpoints: a place the job writes to anyway.
+    spill = Path(tempfile.mkdtemp(prefix=".bootstrap-sort-", dir=directory))
     try:
-        total_bytes = max(1, sum(f.size for f in files))
-        done_bytes = 0
-        for lake_file in files:
-            rows_before = rows
-            for chunk in read_chunks(lake_file):
-                if isinstance(chunk, dict):
-                    # A file that cannot be read, or a text row that cannot be split into
-                    # fields: no stream carries either, so they stay out of the trainer's
-                    # counts (the manifest lists them).
-                    unreadable.append(chunk)
-                    rows += chunk["file_row"] is not None
-                    continue
-                result = decode_records(
-                    Records.run(chunk[4], chunk[3], _where(lake_file), chunk[1])
-                )
-                parts, previous = seam_parts(
-                    chunk, result, job.until, previous, rows, cfg.train.batch_events
-                )
-                rows += chunk[2]
-                for batch, part, n_rows in parts:
-                    after += n_rows - len(part.events) - len(part.rejects)
-                    batches.add(batch, part, n_rows)
-            done_bytes += lake_file.size
-            _log_progress(started, rows, done_bytes / total_bytes, trainer)
-            log.debug("bootstrap: %s: %d rows", lake_file.path, rows - rows_before)
-        batches.flush()
+        sort_tables(lake.runs(), spill, SORTED_BATCH_ROWS, lambda _: _SCHEMA)
+        folded = fold(spill / SORTED, trainer)
+        log.info(
+            "bootstrap: folded %d rows before the cut-off in event-time order: %d users, "
+            "%d items held", folded, trainer.store.num_users, len(trainer.vocab),
+        )  # fmt: skip
         if job.weights is not None:
             from pipeline.backfill.weights import load_offline_weights
 
@@ -216,36 +364,33 @@ def run_bootstrap(job: BootstrapJob) -> dict[str, Any]:
         path = trainer.checkpoint(full=True)
     finally:
         sink.close()
+        shutil.rmtree(spill, ignore_errors=True)
     manifest = {
         "checkpoint": str(path),
         "until": job.until,
         "inputs": [{"path": f.path, "size": f.size, "format": f.format} for f in files],
-        "counts": {
-            "rows": rows,
-            "after_cutoff": after,
-            "unreadable_files": sum(u["file_row"] is None for u in unreadable),
-            "unparsed_rows": sum(u["file_row"] is not None for u in unreadable),
-            **dict(trainer.counters),
-        },
-        "rejected": dict(trainer.rejected),
+        "counts": {name: lake.counts.get(name, 0) for name in COUNTS if name != "users"},
+        "rejected_by_reason": by_reason(lake.counts),
+        "trainer_counters": dict(trainer.counters),
+        "trainer_rejected": dict(trainer.rejected),
         "users": trainer.store.num_users,
-        "items": len(trainer.vocab),
+        "items_held": len(trainer.vocab),
         "weights": job.weights,
-        "unreadable": unreadable,
+        "unreadable": lake.unreadable,
         "wall_s": round(time.monotonic() - started, 3),
     }
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
-def _log_progress(started: float, rows: int, done: float, trainer: Any) -> None:
-    """One line per file: rows so far, rate, the share of input bytes read and an ETA."""
+def _log_progress(started: float, rows: int, done: float) -> None:
+    """One line per file read: rows so far, rate, the share of input bytes read and an ETA
+    of the reading (the fold in time order follows)."""
     elapsed = max(time.monotonic() - started, 1e-9)
     eta = elapsed * (1 - done) / max(done, 1e-9)
     log.info(
-        "bootstrap: %d rows (%.0f rows/s), %.0f%% of the input bytes, ETA %.0f s; %d users, "
-        "%d items held", rows, rows / elapsed, 100 * done, eta, trainer.store.num_users,
-        len(trainer.vocab),
+        "bootstrap: read %d rows (%.0f rows/s), %.0f%% of the input bytes, ETA %.0f s",
+        rows, rows / elapsed, 100 * done, eta,
     )  # fmt: skip
 
 

@@ -28,8 +28,9 @@ Named steps, in flow order (one linear pipeline: see ``_keyed`` for why):
 On the direct runner a progress line (rows read, rate, ETA from the inputs' bytes) is
 logged every ``SequencesJob.progress_every_s``.
 
-Counts travel through the pipeline as data (summed at the group) into ``manifest.json``, with
-the inputs, the settings, the runner and the wall time. Inputs, the output directory and its
+Counts (``rows`` = ``valid`` + ``rejected`` + ``after_cutoff``; the rejects by reason count
+rows, so they sum to ``rejected``: ``chunk_counts``) travel through the pipeline as data
+(summed at the group) into ``manifest.json``, with the inputs, the settings, the runner and the wall time. Inputs, the output directory and its
 files go through Beam's ``FileSystems`` (``pipeline.backfill.paths``): local paths, or
 ``gs://``, ``s3://``, ... where Beam's filesystem for the scheme is installed.
 Runners (``runner_options``): Beam's in-process direct execution, Beam's Dask runner on a
@@ -67,7 +68,8 @@ DEAD_LETTERS = "deadletters.jsonl"
 MANIFEST = "manifest.json"
 COUNTS_FILE = ".counts.json"  # the pipeline's summed counts, read back into the manifest
 _ROW_BITS = 40  # lake order = file index << 40 | row in file
-# rows read = valid + rejected; valid = trained by the stream's history + after_cutoff
+# rows read = valid (before the cut-off) + rejected + after_cutoff (valid, at or after it);
+# an unreadable file's rows are unknown: it is counted in unreadable_files alone
 COUNTS = ("rows", "valid", "rejected", "after_cutoff", "users", "unreadable_files")
 
 
@@ -584,9 +586,7 @@ class Validated:
 
     columns: dict[str, np.ndarray]  # valid events before ``until``, with their lake order
     dead_letters: list[dict[str, Any]]
-    rows: int  # rows read
-    rejected: int  # rows rejected (a whole-payload reject covers all of its rows)
-    after_cutoff: int  # valid events at or after ``until``
+    counts: dict[str, int]  # ``chunk_counts``
 
 
 def reject_row(reject: Any, codec: str, first: int) -> int | None:
@@ -604,6 +604,63 @@ def rejected_rows(rejects: Sequence[Any], codec: str, first: int, rows: int) -> 
         row = reject_row(reject, codec, first)
         bad[slice(None) if row is None else row] = True
     return bad
+
+
+def reject_weights(rejects: Sequence[Any], codec: str, first: int, rows: int) -> list[int]:
+    """Per reject of a chunk's decoding, the rows it counts for: the rows of the chunk it
+    covers (a whole-payload reject: all of them) that no reject before it covers."""
+    bad = np.zeros(rows, dtype=bool)
+    weights = []
+    for reject in rejects:
+        row = reject_row(reject, codec, first)
+        cover = slice(None) if row is None else slice(row, row + 1)
+        weights.append(int((~bad[cover]).sum()))
+        bad[cover] = True
+    return weights
+
+
+def chunk_counts(chunk: Chunk, result: Any, until: int | None) -> dict[str, int]:
+    """The counts of a decoded chunk (``result``: its ``DecodeResult``): ``rows`` = ``valid``
+    (before ``until``) + ``rejected`` + ``after_cutoff`` (valid, at or after ``until``), and
+    ``rejected_<reason>``, which sum to ``rejected``: a reject counts the rows it covers."""
+    _, first, rows, codec, _ = chunk
+    counts = {"rows": rows, "rejected": 0}
+    weights = reject_weights(result.rejects, codec, first, rows)
+    for reject, weight in zip(result.rejects, weights, strict=True):
+        key = "rejected_" + str(reject.reason)
+        counts[key] = counts.get(key, 0) + weight
+        counts["rejected"] += weight
+    after = 0 if until is None else int((result.events.timestamp >= until).sum())
+    counts["after_cutoff"] = after
+    counts["valid"] = len(result.events) - after
+    return counts
+
+
+def letter_counts(letter: dict[str, Any]) -> dict[str, int]:
+    """The counts of a dead letter ``read_chunks`` yields: an unreadable file (its rows are
+    unknown) is counted apart from rows; a text row that cannot be split or typed is a row
+    read and rejected."""
+    if letter["file_row"] is None:
+        return {"unreadable_files": 1}
+    return {"rows": 1, "rejected": 1, f"rejected_{letter['reason']}": 1}
+
+
+def sum_counts(counts: Iterable[dict[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for part in counts:
+        for name, value in part.items():
+            total[name] = total.get(name, 0) + value
+    return total
+
+
+def by_reason(counts: dict[str, int]) -> dict[str, int]:
+    """The ``rejected_<reason>`` counts of summed counts, by reason (they sum to
+    ``rejected``)."""
+    return {
+        name.removeprefix("rejected_"): value
+        for name, value in sorted(counts.items())
+        if name.startswith("rejected_")
+    }
 
 
 def validate(chunk: Chunk, until: int | None) -> Validated:
@@ -638,7 +695,7 @@ def validate(chunk: Chunk, until: int | None) -> Validated:
         "value": events.value[keep],
         "order": (np.int64(lake_file.index) << _ROW_BITS) + rows[keep],
     }
-    return Validated(columns, letters, n, n - rows.size, int((~keep).sum()))
+    return Validated(columns, letters, chunk_counts(chunk, result, until))
 
 
 def split_by_shard(columns: dict[str, np.ndarray], shards: int) -> Iterator[tuple[int, dict]]:
@@ -721,14 +778,6 @@ class SequencesJob:
     progress_every_s: float = PROGRESS_EVERY_S  # the progress line's period (direct runner)
 
 
-def _sum_counts(counts: Iterable[dict[str, int]]) -> dict[str, int]:
-    total: dict[str, int] = {}
-    for part in counts:
-        for name, value in part.items():
-            total[name] = total.get(name, 0) + value
-    return total
-
-
 def _keyed(chunk: Any, until: int | None, shards: int) -> Iterator[tuple[tuple[str, int], Any]]:
     """One chunk as keyed parts: (("shard", s), columns), (("rejects", 0), dead letter),
     (("counts", 0), {...}).
@@ -739,23 +788,12 @@ def _keyed(chunk: Any, until: int | None, shards: int) -> Iterator[tuple[tuple[s
     """
     if isinstance(chunk, dict):
         yield ("rejects", 0), chunk
-        if chunk["file_row"] is None:  # a file that cannot be read: its rows are unknown
-            yield ("counts", 0), {"unreadable_files": 1, "rejected_unreadable_file": 1}
-        else:  # a text row that cannot be split or typed: a row read and rejected
-            yield ("counts", 0), {"rows": 1, "rejected": 1, f"rejected_{chunk['reason']}": 1}
+        yield ("counts", 0), letter_counts(chunk)
         return
     checked = validate(chunk, until)
-    counts = {
-        "rows": checked.rows,
-        "valid": checked.rows - checked.rejected,
-        "rejected": checked.rejected,
-        "after_cutoff": checked.after_cutoff,
-    }
     for letter in checked.dead_letters:
-        key = f"rejected_{letter['reason']}"
-        counts[key] = counts.get(key, 0) + 1
         yield ("rejects", 0), letter
-    yield ("counts", 0), counts
+    yield ("counts", 0), checked.counts
     if len(checked.columns["user"]):
         for shard, columns in split_by_shard(checked.columns, shards):
             yield ("shard", shard), columns
@@ -768,7 +806,7 @@ def _write_part(item: tuple[tuple[str, int], Iterable[Any]], out_dir: str, shard
         return write_shard(number, list(parts), out_dir, shards)[1]
     if kind == "rejects":
         return _write_dead_letters(parts, paths.join(out_dir, DEAD_LETTERS))
-    counts = _sum_counts(parts)
+    counts = sum_counts(parts)
     paths.write_bytes(paths.join(out_dir, COUNTS_FILE), json.dumps(counts).encode())
     return len(counts)
 
@@ -823,11 +861,7 @@ def run_sequences(job: SequencesJob) -> dict[str, Any]:
         "inputs": [asdict(f) for f in files],
         "until": job.until,
         "counts": {name: counts.get(name, 0) for name in COUNTS},
-        "rejected_by_reason": {
-            k.removeprefix("rejected_"): v
-            for k, v in sorted(counts.items())
-            if k.startswith("rejected_")
-        },
+        "rejected_by_reason": by_reason(counts),
         "settings": {"format": job.format, "shards": job.shards, "chunk_rows": CHUNK_ROWS},
         "runner": describe_runner(job),
         "shards": [paths.name(path) for path in shard_files],

@@ -172,9 +172,10 @@ def _register_bootstrap(jobs: argparse._SubParsersAction) -> None:
         "bootstrap",
         help="lake files before T -> the checkpoint `genrec train` continues from at T",
         description=(
-            "Replay every lake row before the cut-off T, in lake order, through the trainer's "
-            "own state code (store, vocabulary, counters; no model ranking) and write the "
-            "result as a checkpoint in the trainer's checkpoint.dir, with T in it. A "
+            "Replay every lake row before the cut-off T, in event-time order (an external "
+            "sort that spills to checkpoint.dir), through the trainer's own state code "
+            "(store, vocabulary, counters; no model ranking) and write the result as a "
+            "checkpoint in the trainer's checkpoint.dir, with T in it. A "
             "`genrec train` with the same settings then resumes from it: it skips events "
             "before T (and rejected records stamped before T) and starts Kafka partitions at "
             "T (offsets_for_times). Give the trainer's settings as for `genrec train` "
@@ -235,6 +236,6 @@ def _bootstrap(args: argparse.Namespace) -> int:
             tuple(args.beam_option),
         )
     )
-    shown = ("checkpoint", "counts", "rejected", "users", "items", "wall_s")
+    shown = ("checkpoint", "counts", "rejected_by_reason", "users", "items_held", "wall_s")
     print(json.dumps({k: manifest[k] for k in shown}, indent=2))
     return 0

@@ -1,12 +1,15 @@
-"""Event-time order in bounded memory: an external sort of an event log into a spill file.
+"""Event-time order in bounded memory: an external sort of a log into a spill file.
 
-File replay puts a table in event-time order (ties keep file order) before streaming it. The
-file may be larger than memory, so the reader hands it over in chunks: each chunk is sorted
-(stable) and written as a sorted run, the runs are merged into one Arrow IPC file whose record
-batches are the replay's records, and record k is then read on its own (``SpilledLog.slice``).
-Memory is one chunk while sorting and one block per run while merging; disk is about twice
-the events' Arrow size while merging, once after. Ties: the merge orders by (time, run, row),
-and runs are numbered in file order, so the result equals ``EventLog.sorted_by_time``.
+File replay puts a table in event-time order (ties keep file order) before streaming it, and
+``backfill bootstrap`` puts a lake's decoded rows in that order before folding them. The
+input may be larger than memory, so it comes in chunks: each chunk (an Arrow table with an
+int64 ``timestamp`` column) is sorted (stable) and written as a sorted run, and the runs are
+merged into one Arrow IPC file of record batches of ``batch_rows`` rows (``sort_tables``).
+File replay then reads record k on its own (``SpilledLog.slice``). Memory is one chunk while
+sorting and one block per run while merging; disk is about twice the rows' Arrow size while
+merging, once after. Ties: the merge orders by (time, run, row), and runs are numbered in
+input order, so the result equals a stable sort of the whole input (for an event log,
+``EventLog.sorted_by_time``).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,7 @@ from pipeline.datasets import EventLog
 log = logging.getLogger(__name__)
 
 COLUMNS = ("user", "item", "timestamp", "action")
+SORTED = "sorted.arrow"
 # Rows buffered while merging, shared by the runs (each reads at least MIN_BLOCK_ROWS).
 MERGE_BUFFER_ROWS = 1 << 20
 MIN_BLOCK_ROWS = 1024
@@ -68,72 +72,106 @@ def spill_sorted(
     under ``directory`` (default: the system's temporary directory)."""
     spill = Path(tempfile.mkdtemp(prefix="genrec-replay-", dir=directory))
     try:
-        runs, total = [], 0
-        for chunk in chunks:
-            total += len(chunk)
-            if len(chunk):
-                run = spill / f"run-{len(runs):06d}.arrow"
-                _write(run, chunk.take(np.argsort(chunk.timestamp, kind="stable")), batch_rows)
-                runs.append(run)
-        out = spill / "sorted.arrow"
-        if len(runs) <= 1:  # one run is the sorted log already
-            if runs:
-                runs[0].rename(out)
-            else:
-                empty = np.zeros(0, np.int64)
-                _write(out, EventLog(empty, empty, empty, empty), batch_rows)
-        else:
-            _merge(runs, out, batch_rows)
-            for run in runs:
-                run.unlink()
-        log.info("sorted %d events by event time in %d run(s) at %s", total, len(runs), out)
-        return SpilledLog(spill, out, total, batch_rows)
+        tables = (_table(chunk) for chunk in chunks)
+        total = sort_tables(tables, spill, batch_rows, _merged_schema)
+        return SpilledLog(spill, spill / SORTED, total, batch_rows)
     except BaseException:
         shutil.rmtree(spill, ignore_errors=True)
         raise
 
 
-def _schema(key_type: pa.DataType) -> pa.Schema:
+def sort_tables(
+    tables: Iterable[pa.Table],
+    spill: Path,
+    batch_rows: int,
+    schema: Callable[[list[pa.Schema]], pa.Schema],
+) -> int:
+    """Sort ``tables`` (in input order) stably by their int64 ``timestamp`` column into
+    ``spill/sorted.arrow``; returns its rows. ``schema`` gives the sorted file's schema from
+    the runs' (none for an empty input); each run is cast to it."""
+    runs, total = [], 0
+    for table in tables:
+        total += table.num_rows
+        if table.num_rows:
+            run = spill / f"run-{len(runs):06d}.arrow"
+            order = np.argsort(_times(table), kind="stable")
+            _write(run, table.take(order), batch_rows)
+            runs.append(run)
+    out = spill / SORTED
+    schemas = [ipc.open_file(str(run)).schema for run in runs]
+    if len(runs) == 1 and schemas[0] == schema(schemas):  # one run is the sorted log already
+        runs[0].rename(out)
+    else:
+        _merge(runs, out, batch_rows, schema(schemas))
+        for run in runs:
+            run.unlink()
+    log.info("sorted %d rows by event time in %d run(s) at %s", total, len(runs), out)
+    return total
+
+
+def _event_schema(key_type: pa.DataType) -> pa.Schema:
     return pa.schema(
         [("user", key_type), ("item", key_type), ("timestamp", pa.int64()), ("action", pa.int64())]
     )
 
 
-def _key_type(event_log: EventLog) -> pa.DataType:
+def _merged_schema(schemas: list[pa.Schema]) -> pa.Schema:
+    """An event log's keys are str as soon as one run has them (the stream canonicalises
+    "5" and 5 alike), else int64."""
+    if any(schema.field("user").type != pa.int64() for schema in schemas):
+        return _event_schema(pa.string())
+    return _event_schema(pa.int64())
+
+
+def _table(event_log: EventLog) -> pa.Table:
     ints = event_log.user.dtype.kind == "i" and event_log.item.dtype.kind == "i"
-    return pa.int64() if ints else pa.string()
+    key_type = pa.int64() if ints else pa.string()
 
-
-def _arrays(event_log: EventLog, key_type: pa.DataType) -> list[pa.Array]:
     def keys(values: np.ndarray) -> pa.Array:
         if key_type == pa.string() and values.dtype.kind == "i":
             return pa.array(values).cast(pa.string())
         return pa.array(values, type=key_type)
 
-    return [
+    arrays = [
         keys(event_log.user),
         keys(event_log.item),
         pa.array(event_log.timestamp, pa.int64()),
         pa.array(event_log.action, pa.int64()),
     ]
+    return pa.Table.from_arrays(arrays, schema=_event_schema(key_type))
 
 
-def _write(path: Path, event_log: EventLog, batch_rows: int) -> None:
-    key_type = _key_type(event_log)
-    table = pa.Table.from_arrays(_arrays(event_log, key_type), schema=_schema(key_type))
+def _times(table: pa.Table) -> np.ndarray:
+    return table.column("timestamp").to_numpy()
+
+
+def _write(path: Path, table: pa.Table, batch_rows: int) -> None:
     with ipc.new_file(str(path), table.schema) as writer:
-        writer.write_table(table, max_chunksize=batch_rows)
+        _write_batches(writer, table, batch_rows)
+
+
+def _write_batches(writer: Any, table: pa.Table, batch_rows: int) -> None:
+    """Record batches of ``batch_rows`` rows each (the last may be shorter): a table of
+    several chunks would otherwise be cut at each chunk's end too."""
+    writer.write_table(table.combine_chunks(), max_chunksize=batch_rows)
 
 
 class _Run:
     """One sorted run's unread rows: a buffered block and the batches after it."""
 
-    def __init__(self, path: Path, block_rows: int) -> None:
+    def __init__(self, path: Path, block_rows: int, schema: pa.Schema) -> None:
         self.reader = ipc.open_file(pa.OSFile(str(path)))
         self.block_rows = block_rows
-        self.schema = self.reader.schema
+        self.schema = schema
         self.next_batch = 0
-        self.buffer: EventLog | None = None
+        self.buffer = schema.empty_table()
+        self.times = np.zeros(0, np.int64)  # the buffer's times, read once
+
+    def take(self, cut: int) -> pa.Table:
+        """The buffer's first ``cut`` rows, which leave it."""
+        head = self.buffer.slice(0, cut)
+        self.buffer, self.times = self.buffer.slice(cut), self.times[cut:]
+        return head
 
     @property
     def drained(self) -> bool:
@@ -141,67 +179,55 @@ class _Run:
 
     def load(self) -> None:
         """Append batches to the buffer until about ``block_rows`` more rows are in."""
-        parts = [] if self.buffer is None else [self.buffer]
+        parts = [self.buffer]
         rows = 0
         while not self.drained and rows < self.block_rows:
             batch = self.reader.get_batch(self.next_batch)
             self.next_batch += 1
             rows += batch.num_rows
-            parts.append(_to_event_log(pa.Table.from_batches([batch]).cast(self.schema)))
-        self.buffer = _concat(parts) if parts else None
+            parts.append(pa.Table.from_batches([batch]).cast(self.schema))
+        self.buffer = pa.concat_tables(parts).combine_chunks()
+        self.times = _times(self.buffer)
 
     def limit(self) -> float:
         """Rows with an earlier time than this may be emitted: later ones are not read yet."""
         if self.drained:
             return np.inf
-        assert self.buffer is not None and len(self.buffer)
-        return float(self.buffer.timestamp[-1])
+        assert self.buffer.num_rows
+        return float(self.times[-1])
 
 
-def _merge(paths: list[Path], out: Path, batch_rows: int) -> None:
-    block = max(MIN_BLOCK_ROWS, MERGE_BUFFER_ROWS // len(paths))
-    runs = [_Run(path, block) for path in paths]
-    # str keys as soon as one run has them (the stream canonicalises "5" and 5 alike)
-    key_type = pa.int64()
-    if any(run.schema.field("user").type != pa.int64() for run in runs):
-        key_type = pa.string()
-    for run in runs:
-        run.schema = _schema(key_type)
-    pending: list[EventLog] = []  # emitted rows not yet written as whole batches
-    with ipc.new_file(str(out), _schema(key_type)) as writer:
+def _merge(paths: list[Path], out: Path, batch_rows: int, schema: pa.Schema) -> None:
+    block = max(MIN_BLOCK_ROWS, MERGE_BUFFER_ROWS // max(1, len(paths)))
+    runs = [_Run(path, block, schema) for path in paths]
+    pending: list[pa.Table] = []  # emitted rows not yet written as whole batches
+    with ipc.new_file(str(out), schema) as writer:
 
         def flush(final: bool) -> None:
             nonlocal pending
-            rows = _concat(pending) if pending else None
+            rows = pa.concat_tables(pending) if pending else schema.empty_table()
             pending = []
-            if rows is None:
-                return
-            whole = len(rows) if final else len(rows) - len(rows) % batch_rows
+            whole = rows.num_rows if final else rows.num_rows - rows.num_rows % batch_rows
             if whole:
-                head = rows.take(slice(0, whole))
-                table = pa.Table.from_arrays(_arrays(head, key_type), schema=_schema(key_type))
-                writer.write_table(table, max_chunksize=batch_rows)
-            if whole < len(rows):
-                pending = [rows.take(slice(whole, None))]
+                _write_batches(writer, rows.slice(0, whole), batch_rows)
+            if whole < rows.num_rows:
+                pending = [rows.slice(whole)]
 
         for run in runs:
             run.load()
-        active = [run for run in runs if run.buffer is not None and len(run.buffer)]
+        active = [run for run in runs if run.buffer.num_rows]
         while active:
             limit = min(run.limit() for run in active)
-            # in run order, then stably by time: ties keep (run, row), i.e. file order
+            # in run order, then stably by time: ties keep (run, row), i.e. input order
             ready = []
             for run in active:
-                assert run.buffer is not None
-                cut = int(np.searchsorted(run.buffer.timestamp, limit, side="left"))
+                cut = int(np.searchsorted(run.times, limit, side="left"))
                 if cut:
-                    ready.append(run.buffer.take(slice(0, cut)))
-                    run.buffer = run.buffer.take(slice(cut, None))
+                    ready.append(run.take(cut))
             if ready:
-                rows = _concat(ready)
-                rows = rows.take(np.argsort(rows.timestamp, kind="stable"))
-                pending.append(rows)
-                if sum(len(p) for p in pending) >= batch_rows:
+                rows = pa.concat_tables(ready)
+                pending.append(rows.take(np.argsort(_times(rows), kind="stable")))
+                if sum(p.num_rows for p in pending) >= batch_rows:
                     flush(final=False)
             else:
                 # every buffered row is at the limit time: read further where it binds
@@ -209,16 +235,10 @@ def _merge(paths: list[Path], out: Path, batch_rows: int) -> None:
                     if run.limit() == limit:
                         run.load()
             for run in active:
-                if run.buffer is not None and not len(run.buffer) and not run.drained:
+                if not run.buffer.num_rows and not run.drained:
                     run.load()
-            active = [run for run in active if run.buffer is not None and len(run.buffer)]
+            active = [run for run in active if run.buffer.num_rows]
         flush(final=True)
-
-
-def _concat(parts: list[EventLog]) -> EventLog:
-    if len(parts) == 1:
-        return parts[0]
-    return EventLog(*(np.concatenate([getattr(p, c) for p in parts]) for c in COLUMNS))
 
 
 def _to_event_log(table: pa.Table) -> EventLog:

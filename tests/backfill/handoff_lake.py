@@ -45,6 +45,11 @@ class Lake:
             out.append(last)
         return out
 
+    def time_order(self) -> list[int]:
+        """The rows' indices in the order ``backfill bootstrap`` folds them, which a stream
+        replaying the lake in event-time order carries: by arrival time, ties in lake order."""
+        return np.argsort(self.arrival_ms(), kind="stable").tolist()
+
     def payloads(self) -> list[bytes]:
         """One Arrow IPC record per row, as a stream would carry them."""
         out = []

@@ -143,7 +143,7 @@ def test_bootstrap_reads_a_lake_there_like_a_local_one(store, tmp_path) -> None:
     remote = run_bootstrap(
         BootstrapJob(remote_files, lake.until, config(tmp_path, "b"), beam_options=note)
     )
-    shown = ("counts", "rejected", "users", "items")
+    shown = ("counts", "rejected_by_reason", "trainer_rejected", "users", "items_held")
     assert {k: remote[k] for k in shown} == {k: local[k] for k in shown}
     assert local["counts"]["rows"] == len(lake.rows)
     assert set(memfs.NOTES) == {"bootstrap"}  # the options reached the reads
