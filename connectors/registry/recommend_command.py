@@ -63,7 +63,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         required=True,
         metavar="DIR",
         help="output directory, local or on object storage as --histories (created; a "
-        "rerun replaces its part files and manifest)",
+        "rerun replaces its part files and manifest; refused when it is a file, or is or "
+        "lies under --histories)",
     )
     job.add_argument(
         "--keep-history",

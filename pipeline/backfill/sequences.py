@@ -9,9 +9,9 @@ Named steps, in flow order (one linear pipeline: see ``_keyed`` for why):
   text (``csv`` with those columns in its header, MovieLens's ``ratings.csv`` and
   ``ratings.dat``: ``_TEXT_FORMATS``) is read by pyarrow's streaming CSV reader as bytes,
   typed (text -> numbers) and sent on as Arrow payloads; a row that cannot be split into its
-  fields or typed is a dead letter of its own. A file that cannot be read (corrupt, not
-  Parquet, a header without the format's columns) becomes one dead letter naming it; the
-  others go on.
+  fields or typed, or whose line is not UTF-8 text (``_TextBytes``), is a dead letter of its
+  own. A file that cannot be read (corrupt, not Parquet, a header without the format's
+  columns) becomes one dead letter naming it; the others go on.
 - ``Validate``: ``pipeline.events.decode_records``, the decoder the trainer runs, so the lake
   is held to the same schema and rejects get the same reasons. Valid events with event time
   ``>= until`` are left out (counted ``after_cutoff``: the stream trains them). The valid
@@ -919,21 +919,31 @@ def run_sequences(job: SequencesJob) -> dict[str, Any]:
     paths.write_bytes(paths.join(out, MANIFEST), (json.dumps(manifest, indent=2) + "\n").encode())
     counts = manifest["counts"]
     if not counts["valid"] and (counts["rows"] or counts["unreadable_files"]):
-        raise ValueError(_no_valid_row(job, counts, dead_letters))
+        raise ValueError(_no_valid_row(job, manifest, dead_letters))
     return manifest
 
 
-def _no_valid_row(job: SequencesJob, counts: dict[str, int], dead_letters: str) -> str:
-    """The error of a lake with rows or files but no valid row (the wrong --format, say): the
-    first dead letter names a file and its flaw; the output stays, to look into."""
-    first = json.loads(paths.first_line(dead_letters, _MAX_HEADER_BYTES))
-    row = "" if first["file_row"] is None else f" row {first['file_row']}"
+def _no_valid_row(job: SequencesJob, manifest: dict[str, Any], dead_letters: str) -> str:
+    """The error of a lake with rows or files but no valid row (the wrong --format, say),
+    with the first dead letter's file and flaw; the output stays, to look into."""
+    counts = manifest["counts"]
+    reasons = ", ".join(f"{n} {r}" for r, n in manifest["rejected_by_reason"].items())
     return (
-        f"--input {','.join(job.inputs)}: no valid row ({counts['rows']} rows, "
-        f"{counts['unreadable_files']} unreadable file(s), --format {job.format}); the first "
-        f"dead letter: {first['file']}{row}: {first['reason']}: {first['message']}; check the "
-        f"files and --format (every dead letter is in {dead_letters})"
+        f"--input {','.join(job.inputs)}: no valid row in {len(manifest['inputs'])} file(s), "
+        f"{counts['rows']} rows ({reasons}){_first_letter(dead_letters)}; check the files "
+        f"and --format (now {job.format}); every dead letter is in {dead_letters}"
     )
+
+
+def _first_letter(path: str) -> str:
+    """'; the first: FILE row R: REASON: MESSAGE', or nothing when the first dead letter is
+    too long to read here (a whole chunk's payload)."""
+    try:
+        first = json.loads(paths.first_line(path, _MAX_HEADER_BYTES))
+    except ValueError:
+        return ""
+    row = "" if first["file_row"] is None else f" row {first['file_row']}"
+    return f"; the first: {first['file']}{row}: {first['reason']}: {first['message']}"
 
 
 def _parquet_rows(path: str) -> int:

@@ -130,12 +130,10 @@ def test_a_lake_without_a_valid_row_is_an_error(tmp_path: Path, capsys, fmt: str
     out = tmp_path / "out"
     args = sequences_args(str(path), out)
     assert main([*args, "--format", fmt]) == 2
-    line = one_error(capsys, f"--input {path}: no valid row")
-    assert (
-        f"--format {fmt}" in line and str(path) in line and "check the files and --format" in line
-    )
+    line = one_error(capsys, f"--input {path}: no valid row in 1 file(s)")
     reason = "unreadable_file" if fmt == "parquet" else "bad_json"
-    assert f": {reason}: " in line
+    assert f"the first: {path}" in line and f": {reason}: " in line
+    assert f"check the files and --format (now {fmt})" in line
     assert {r for _, _, r in dead_letters(out)} == {reason}  # kept, to look into
     assert main(args) == 0  # the format that fits it
 
