@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from pipeline.commands.backfill import add_runner_arguments, quiet_beam, runner_settings
+from pipeline.commands.backfill import add_runner_arguments, runner_settings
 
 DEFAULT_BATCH_USERS = 1024  # scores of a batch: B x vocab.capacity floats, twice
 
@@ -92,6 +92,8 @@ def _backfill_jobs(subparsers: argparse._SubParsersAction) -> argparse._SubParse
 
 
 def _recommend(args: argparse.Namespace) -> int:
+    from pipeline.backfill.sequences import quiet_beam
+
     quiet_beam()  # before Beam is imported
     from connectors.registry.errors import RegistryError
     from connectors.registry.recommend import RecommendJob, run_recommend

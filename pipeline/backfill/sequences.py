@@ -43,6 +43,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -1038,6 +1039,29 @@ def describe_runner(job: RunnerSettings) -> str:
     return f"{runner} with {flags}" if flags else runner
 
 
+class _BeamRootWarnings(logging.Filter):
+    """Drops the warnings Beam's own modules log on the root logger, not on Beam's loggers
+    (which the CLI quiets): "apitools not found ..." at import, "Resource module is not
+    available ..." at every model load. They are about Beam's optional parts (BigQuery, memory
+    figures of RunInference), nothing a backfill job uses; errors still pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from_beam = f"{os.sep}apache_beam{os.sep}" in record.pathname
+        return not (from_beam and record.levelno <= logging.WARNING)
+
+
+def quiet_beam() -> None:
+    """Before Beam is imported (a backfill command's first step; each local Dask worker's):
+    ``_BeamRootWarnings`` on the root logger, once, and Beam's Dask runner's note on every
+    run that its default partition size changed kept to errors. Not at --log-level DEBUG."""
+    root = logging.getLogger()
+    if root.getEffectiveLevel() <= logging.DEBUG:
+        return
+    if not any(isinstance(f, _BeamRootWarnings) for f in root.filters):
+        root.addFilter(_BeamRootWarnings())
+    logging.getLogger("apache_beam.runners.dask.transform_evaluator").setLevel(logging.ERROR)
+
+
 @contextmanager
 def runner_options(job: RunnerSettings) -> Iterator[Any]:
     """Pipeline options for the runner (``pipeline_flags``); a local Dask cluster lives as
@@ -1055,7 +1079,8 @@ def runner_options(job: RunnerSettings) -> Iterator[Any]:
         raise ValueError(
             "--runner dask needs dask.distributed (pip install 'dask[distributed]')"
         ) from err
-    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+    quiet = logging.getLogger().getEffectiveLevel() > logging.DEBUG
+    if quiet:
         # importing distributed sets its loggers to INFO (every scheduler step): quiet them
         for name in list(logging.root.manager.loggerDict):
             if name == "distributed" or name.startswith("distributed."):
@@ -1071,6 +1096,8 @@ def runner_options(job: RunnerSettings) -> Iterator[Any]:
             dashboard_address=":0",  # any free port: never a clash with another cluster
             silence_logs=logging.WARNING,
         ) as cluster,
-        Client(cluster),
+        Client(cluster) as client,
     ):
+        if quiet:  # the workers print to this terminal too
+            client.run(quiet_beam)
         yield PipelineOptions([*flags, f"--dask_client_address={cluster.scheduler_address}"])

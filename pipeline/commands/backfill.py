@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 from datetime import UTC, datetime
 from typing import Any
 
@@ -157,30 +155,10 @@ def runner_settings(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-class _BeamRootWarnings(logging.Filter):
-    """Drops the warnings Beam's own modules log on the root logger, not on Beam's loggers
-    (which the CLI quiets): "apitools not found ..." at import, "Resource module is not
-    available ..." at every model load. They are about Beam's optional parts (BigQuery, memory
-    figures of RunInference), nothing a backfill job uses; errors still pass."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        from_beam = f"{os.sep}apache_beam{os.sep}" in record.pathname
-        return not (from_beam and record.levelno <= logging.WARNING)
-
-
-def quiet_beam() -> None:
-    """Install ``_BeamRootWarnings`` on the root logger (once), before Beam is imported;
-    --log-level DEBUG keeps everything."""
-    root = logging.getLogger()
-    if root.getEffectiveLevel() > logging.DEBUG and not any(
-        isinstance(f, _BeamRootWarnings) for f in root.filters
-    ):
-        root.addFilter(_BeamRootWarnings())
-
-
 def _sequences(args: argparse.Namespace) -> int:
+    from pipeline.backfill.sequences import SequencesJob, quiet_beam, run_sequences
+
     quiet_beam()  # before Beam is imported
-    from pipeline.backfill.sequences import SequencesJob, run_sequences
 
     inputs = tuple(p.strip() for arg in args.input for p in arg.split(",") if p.strip())
     job = SequencesJob(
@@ -247,6 +225,8 @@ def _register_bootstrap(jobs: argparse._SubParsersAction) -> None:
 
 
 def _bootstrap(args: argparse.Namespace) -> int:
+    from pipeline.backfill.sequences import quiet_beam
+
     quiet_beam()  # before Beam is imported
     from pipeline.backfill.bootstrap import BootstrapJob, run_bootstrap
     from pipeline.config import dotted_overrides, load_config

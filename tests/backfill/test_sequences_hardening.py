@@ -202,12 +202,19 @@ def genrec(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-def test_backfill_commands_print_no_beam_warnings(tmp_path: Path) -> None:
+def test_sequences_prints_no_beam_warnings(tmp_path: Path) -> None:
     """Beam logs "apitools not found ..." on the root logger when it is imported (and
-    "Resource module ..." at every model load: tests/backfill/test_recommend.py)."""
+    "Resource module ..." at every model load: tests/backfill/test_recommend.py), its Dask
+    runner a note on its partition size at every run."""
     lake = small_lake(tmp_path)
-    done = genrec(*sequences_args(str(lake / "a.parquet"), tmp_path / "out"), cwd=tmp_path)
-    assert done.returncode == 0 and done.stderr == "", done.stderr
+    args = sequences_args(str(lake / "a.parquet"), tmp_path / "out")
+    for runner in ("direct", "dask"):  # Dask: its worker processes' lines too
+        done = genrec(*args, "--runner", runner, "--dask-workers", "1", cwd=tmp_path)
+        assert done.returncode == 0 and done.stderr == "", done.stderr
+
+
+def test_bootstrap_prints_no_beam_warnings(tmp_path: Path) -> None:
+    lake = small_lake(tmp_path)
     done = genrec(
         "backfill", "bootstrap", "--input", str(lake / "a.parquet"), "--until", str(T0 + 4),
         "--set", "checkpoint.dir=ckpt", "--set", "model.embedding_dim=16",
