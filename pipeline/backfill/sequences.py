@@ -44,6 +44,7 @@ import io
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -350,13 +351,14 @@ class _TextBytes(io.RawIOBase):
         while not self.ended and (size < 0 or len(self.ready) < size):
             block = self.handle.read(max(size, 1 << 16))
             data, self.partial = self.partial + block, b""
-            cut = data.rfind(b"\n") + 1
-            if block and not cut and len(data) <= _MAX_HEADER_BYTES:
-                self.partial = data  # a line's start: wait for its end
-                continue
-            if block and cut:
-                data, self.partial = data[:cut], data[cut:]
             self.ended = not block
+            if block:  # whole lines only (a \r at the end may be the start of a \r\n)
+                cut = max(data.rfind(b"\n"), data.rfind(b"\r", 0, len(data) - 1)) + 1
+                if not cut and len(data) <= _MAX_HEADER_BYTES:
+                    self.partial = data  # a line's start: wait for its end
+                    continue
+                if cut:
+                    data, self.partial = data[:cut], data[cut:]
             self._add(data)
         n = len(self.ready) if size < 0 else min(size, len(self.ready))
         out = bytes(self.ready[:n])
@@ -368,16 +370,17 @@ class _TextBytes(io.RawIOBase):
         ``_MAX_HEADER_BYTES``) for pyarrow."""
         if _is_text(data):  # the usual case: at once
             self.ready += data
-            self.line += data.count(b"\n")
+            self.line += data.count(b"\n") + data.count(b"\r") - data.count(b"\r\n")
             return
-        pieces = data.split(b"\n")
-        for k, piece in enumerate(pieces):
+        parts = _LINE_BREAK.split(data)  # line, its break, line, ..., the last line
+        for k in range(0, len(parts), 2):
+            piece = parts[k]
             if not _is_text(piece):
-                line = self.line + k
-                self.flawed[line] = self.flawed.get(line, b"") + piece.removesuffix(b"\r")
+                line = self.line + k // 2
+                self.flawed[line] = self.flawed.get(line, b"") + piece
                 piece = piece.decode("utf-8", "replace").replace("\0", "\ufffd").encode()
-            self.ready += piece if k == len(pieces) - 1 else piece + b"\n"
-        self.line += len(pieces) - 1
+            self.ready += piece + (parts[k + 1] if k + 1 < len(parts) else b"")
+        self.line += len(parts) // 2
 
     def take(self, start: int, stop: int) -> list[tuple[int, bytes]]:
         """(line, its bytes as read) of the flawed lines in [start, stop), now handed over."""
@@ -393,6 +396,9 @@ class _TextBytes(io.RawIOBase):
                 row = int(np.searchsorted(at, line, side="right")) - 1
                 found.setdefault(row, []).append(raw)
         return {row: b"\n".join(raw) for row, raw in found.items()}
+
+
+_LINE_BREAK = re.compile(rb"(\r\n|\r|\n)")  # pyarrow's line ends
 
 
 def _is_text(data: bytes) -> bool:

@@ -138,8 +138,8 @@ def test_a_lake_without_a_valid_row_is_an_error(tmp_path: Path, capsys, fmt: str
     assert main(args) == 0  # the format that fits it
 
 
-def latin1_rows(n: int) -> tuple[bytes, dict[int, str], dict[str, list]]:
-    """A CSV of ``n`` rows (\\r\\n line ends) where every 7th row is Latin-1 text (its field
+def latin1_rows(n: int, eol: bytes) -> tuple[bytes, dict[int, str], dict[str, list]]:
+    """A CSV of ``n`` rows (lines ending in ``eol``) where every 7th row is Latin-1 text (its field
     count right, or, every 21st, wrong); returns (file, line -> expected reason, the valid
     rows' histories as ``test_formats.histories`` gives them)."""
     lines: list[bytes] = [HEADER.encode()]
@@ -154,17 +154,22 @@ def latin1_rows(n: int) -> tuple[bytes, dict[int, str], dict[str, list]]:
         else:
             lines.append(f"{user},caf\xe9{k},view,{T0 + k}".encode())
             good.setdefault(user, []).append((f"caf\xe9{k}", T0 + k, 1, None))
-    return b"\r\n".join(lines) + b"\r\n", bad, good
+    return eol.join(lines) + eol, bad, good
 
 
-@pytest.mark.parametrize(("chunk_rows", "n"), [(4, 300), (sequences.CHUNK_ROWS, 40_000)])
+@pytest.mark.parametrize(
+    ("chunk_rows", "n", "eol"),
+    [(4, 300, b"\r\n"), (sequences.CHUNK_ROWS, 40_000, b"\n")],
+)
 def test_lines_that_are_not_utf8_are_dead_letters_of_their_own(
-    tmp_path: Path, monkeypatch, chunk_rows: int, n: int
+    tmp_path: Path, monkeypatch, chunk_rows: int, n: int, eol: bytes
 ) -> None:
     """pyarrow decodes a row with a wrong field count as UTF-8: a Latin-1 one used to stop
     the read and make the whole file one unreadable_file, its good rows dropped."""
     monkeypatch.setattr(sequences, "CHUNK_ROWS", chunk_rows)
-    data, bad, good = latin1_rows(n)  # 40,000 rows: over 1 MB, more than one block of the reader
+    data, bad, good = latin1_rows(
+        n, eol
+    )  # 40,000 rows: over 1 MB, more than one block of the reader
     path = tmp_path / "events.csv"
     path.write_bytes(data)
     out = tmp_path / "out"
@@ -173,11 +178,27 @@ def test_lines_that_are_not_utf8_are_dead_letters_of_their_own(
     assert manifest["counts"]["valid"] == n - len(bad) and manifest["counts"]["rows"] == n
     assert histories(out) == good
     letters = [json.loads(line) for line in (out / "deadletters.jsonl").read_text().splitlines()]
-    raw = data.split(b"\r\n")
+    raw = data.split(eol)
     for letter in letters:  # the line as read, to fix and replay
         assert base64.b64decode(letter["payload"]) == raw[letter["file_row"] - 1]
     undecodable = next(d for d in letters if d["reason"] == "undecodable")
     assert "convert the file to UTF-8" in undecodable["message"]
+
+
+def test_a_latin1_ratings_dat_with_cr_line_ends(tmp_path: Path) -> None:
+    """pyarrow also ends a line at a lone \\r (a file without a header row shows it)."""
+    path = tmp_path / "ratings.dat"
+    path.write_bytes(
+        f"1::10::4::{T0}\r2::caf\xe9::4::{T0}\r3::30::4::{T0}\r4::caf\xe9::4\r5::50::4::{T0}"
+        .encode("latin-1")
+    )  # fmt: skip
+    out = tmp_path / "out"
+    run_sequences(SequencesJob((str(path),), str(out), shards=1))
+    assert dead_letters(out) == [
+        ("ratings.dat", 2, "undecodable"),
+        ("ratings.dat", 4, "field_count"),
+    ]
+    assert sorted(histories(out)) == ["1", "3", "5"]
 
 
 def test_a_nul_byte_in_a_csv_row_is_rejected(tmp_path: Path) -> None:
