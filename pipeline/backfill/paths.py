@@ -102,13 +102,14 @@ def is_file(path: str) -> bool:
 
 
 def _absolute(path: str) -> str:
-    """A local path made absolute and normal (``lake/./x`` and ``/abs/lake/x`` are one path);
-    a URL as given. A trailing / stays: Beam reads it as /*."""
+    """A local path made absolute, normal and free of symbolic links (``lake/./x``,
+    ``/abs/lake/x`` and ``link-to-lake/x`` are one path); a URL as given. A trailing / stays:
+    Beam reads it as /*."""
     from apache_beam.io.filesystems import FileSystems
 
     if FileSystems.get_scheme(path) is not None:
         return path
-    absolute = os.path.abspath(path)
+    absolute = os.path.realpath(path)
     return absolute + "/" if path.endswith("/") and absolute != "/" else absolute
 
 

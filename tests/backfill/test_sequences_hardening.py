@@ -80,12 +80,14 @@ def test_an_out_that_is_a_file_is_refused_before_reading(tmp_path: Path, capsys)
         ("lake/", "lake/./out"),  # a directory's files (Beam: lake/*), another spelling
         ("lake/a.parquet,lake/*.json", "lake"),  # would read the manifest it writes
         ("lake/a.parquet", "lake/a.parquet/x"),  # under an input file
+        ("link/**", "lake/out"),  # the same directory through a symbolic link
     ],
 )
 def test_an_out_inside_an_input_is_refused(
     tmp_path: Path, capsys, monkeypatch, inputs: str, out: str
 ) -> None:
     small_lake(tmp_path)
+    (tmp_path / "link").symlink_to(tmp_path / "lake")
     monkeypatch.chdir(tmp_path)
     assert main(sequences_args(inputs, out)) == 2
     one_error(capsys, f"--out {out} lies inside --input ")
