@@ -354,7 +354,7 @@ def run_recommend(job: RecommendJob) -> dict[str, Any]:
         raise ValueError(f"--k and --batch-users must be >= 1, got {job.k}, {job.batch_users}")
     started = time.monotonic()
     paths.use_options(sequences.pipeline_flags(job))  # a bad runner or option fails here, first
-    paths.check(job.out, "--out")
+    paths.check_out(job.out, [job.histories], "--histories", [MANIFEST])
     shards, until = history_shards(job.histories)
     # In the driver first: a missing version or a bad file fails here, naming it, before any
     # worker starts; and "latest" becomes one number for every worker.

@@ -63,7 +63,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         required=True,
         metavar="DIR",
         help="output directory, local or on object storage as --histories (created; a "
-        "rerun replaces its part files and manifest)",
+        "rerun replaces its part files and manifest; refused when it is a file, or is or "
+        "lies under --histories)",
     )
     job.add_argument(
         "--keep-history",
@@ -91,6 +92,9 @@ def _backfill_jobs(subparsers: argparse._SubParsersAction) -> argparse._SubParse
 
 
 def _recommend(args: argparse.Namespace) -> int:
+    from pipeline.backfill.sequences import quiet_beam
+
+    quiet_beam()  # before Beam is imported
     from connectors.registry.errors import RegistryError
     from connectors.registry.recommend import RecommendJob, run_recommend
 

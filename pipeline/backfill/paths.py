@@ -8,6 +8,8 @@ Object stores have no directories: ``make_dirs`` is then a no-op and a listing i
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -55,6 +57,60 @@ def check(path: str, flag: str) -> None:
             return
         fix = f"install it: pip install 'apache-beam[{extra}]'"
     raise ValueError(f"{flag} {path}: no Beam filesystem for {scheme}:// is installed; {fix}")
+
+
+def check_out(out: str, inputs: Sequence[str], input_flag: str, names: Sequence[str]) -> None:
+    """``ValueError`` before a job reads anything when its ``--out`` is a file (a job writes a
+    directory), or lies inside one of its inputs: at or under an input's path, or where an
+    input glob matches the directory or one of the files the job writes there (``names``), so
+    that a rerun would read, or replace, the job's own output. Also ``check(out)``."""
+    from apache_beam.io.filesystem import FileSystem
+
+    check(out, "--out")
+    if is_file(out):
+        raise ValueError(
+            f"--out {out} is a file; give a directory (a new one, or an earlier output of "
+            "this job, which the run replaces)"
+        )
+    where = _absolute(out)
+    written = [where, *(join(where, name) for name in names)]
+    for pattern in inputs:
+        given = _absolute(pattern)
+        # Beam's own glob: * stays within a directory, ** crosses them; a trailing / means /*
+        glob = given + "*" if given.endswith("/") else given
+        matches = re.compile(FileSystem.translate_pattern(glob)).match
+        if (
+            where == given.rstrip("/")
+            or where.startswith(given.rstrip("/") + "/")
+            or any(matches(path) for path in written)
+        ):
+            raise ValueError(
+                f"--out {out} lies inside {input_flag} {pattern}: a run would read (or "
+                f"replace) its own output; choose an --out outside {input_flag}"
+            )
+
+
+def is_file(path: str) -> bool:
+    """Whether a file is at ``path``: locally an existing file (not a directory); on object
+    storage an object of that very name (there are no directories). Filesystems with
+    directories other than the local one (hdfs://) are not asked: False."""
+    from apache_beam.io.filesystems import FileSystems
+
+    if FileSystems.get_scheme(path) is None:
+        return os.path.isfile(path)
+    return not FileSystems.get_filesystem(path).has_dirs() and FileSystems.exists(path)
+
+
+def _absolute(path: str) -> str:
+    """A local path made absolute, normal and free of symbolic links (``lake/./x``,
+    ``/abs/lake/x`` and ``link-to-lake/x`` are one path); a URL as given. A trailing / stays:
+    Beam reads it as /*."""
+    from apache_beam.io.filesystems import FileSystems
+
+    if FileSystems.get_scheme(path) is not None:
+        return path
+    absolute = os.path.realpath(path)
+    return absolute + "/" if path.endswith("/") and absolute != "/" else absolute
 
 
 def _importable(module: str) -> bool:
@@ -114,6 +170,14 @@ def read_bytes(path: str) -> bytes:
 
     with FileSystems.open(path) as handle:
         return handle.read()
+
+
+def first_line(path: str, limit: int) -> bytes:
+    """The file's first line (at most ``limit`` bytes), without reading the rest."""
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(path) as handle:
+        return handle.readline(limit)
 
 
 def write_bytes(path: str, data: bytes) -> None:

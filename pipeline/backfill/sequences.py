@@ -9,9 +9,9 @@ Named steps, in flow order (one linear pipeline: see ``_keyed`` for why):
   text (``csv`` with those columns in its header, MovieLens's ``ratings.csv`` and
   ``ratings.dat``: ``_TEXT_FORMATS``) is read by pyarrow's streaming CSV reader as bytes,
   typed (text -> numbers) and sent on as Arrow payloads; a row that cannot be split into its
-  fields or typed is a dead letter of its own. A file that cannot be read (corrupt, not
-  Parquet, a header without the format's columns) becomes one dead letter naming it; the
-  others go on.
+  fields or typed, or whose line is not UTF-8 text (``_TextBytes``), is a dead letter of its
+  own. A file that cannot be read (corrupt, not Parquet, a header without the format's
+  columns) becomes one dead letter naming it; the others go on.
 - ``Validate``: ``pipeline.events.decode_records``, the decoder the trainer runs, so the lake
   is held to the same schema and rejects get the same reasons. Valid events with event time
   ``>= until`` are left out (counted ``after_cutoff``: the stream trains them). The valid
@@ -44,6 +44,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -259,24 +261,24 @@ def _text_chunks(lake_file: LakeFile, handle: Any) -> Iterator[Chunk | dict[str,
     names = spec.names or _header(handle, spec)
     if handle.tell() >= lake_file.size:  # a header and no rows (pyarrow would call it empty)
         return
-    lines = _Lines(first=1 if spec.names else 2, width=len(names), spec=spec)
-    with _quiet_row_errors():  # the reader parses its first block here already
-        reader = pcsv.open_csv(
-            handle,
-            # one thread: pyarrow knows the line of a row it leaves out only then
-            read_options=pcsv.ReadOptions(column_names=list(names), use_threads=False),
-            parse_options=pcsv.ParseOptions(
-                delimiter=spec.delimiter,
-                quote_char='"' if spec.quoting else False,
-                ignore_empty_lines=False,  # an empty line is a row (rejected), as in JSON Lines
-                invalid_row_handler=lines.skip,
-            ),
-            convert_options=pcsv.ConvertOptions(column_types=dict.fromkeys(names, pa.binary())),
-        )
+    text = _TextBytes(handle, line=1 if spec.names else 2)
+    lines = _Lines(text, width=len(names), spec=spec)
+    reader = pcsv.open_csv(
+        text,
+        # one thread: pyarrow knows the line of a row it leaves out only then
+        read_options=pcsv.ReadOptions(column_names=list(names), use_threads=False),
+        parse_options=pcsv.ParseOptions(
+            delimiter=spec.delimiter,
+            quote_char='"' if spec.quoting else False,
+            ignore_empty_lines=False,  # an empty line is a row (rejected), as in JSON Lines
+            invalid_row_handler=lines.skip,
+        ),
+        convert_options=pcsv.ConvertOptions(column_types=dict.fromkeys(names, pa.binary())),
+    )
     for table in _tables(reader, CHUNK_ROWS):
-        at, skipped = lines.place(table)
+        at, ends, skipped = lines.place(table)
         yield from (_letter(lake_file, *s) for s in skipped)
-        yield from _text_parts(lake_file, spec, table, at)
+        yield from _text_parts(lake_file, spec, table, at, text.rows(at, ends))
         _progress(lake_file, table.num_rows + len(skipped), handle.tell())
     rest = lines.rest()
     yield from (_letter(lake_file, *s) for s in rest)
@@ -313,11 +315,10 @@ def _tables(reader: Any, rows: int) -> Iterator[Any]:
     pending: list[Any] = []
     size = 0
     while True:
-        with _quiet_row_errors():
-            try:
-                batch = reader.read_next_batch()
-            except StopIteration:
-                break
+        try:
+            batch = reader.read_next_batch()
+        except StopIteration:
+            break
         pending.append(batch)
         size += batch.num_rows
         while size >= rows:
@@ -329,22 +330,88 @@ def _tables(reader: Any, rows: int) -> Iterator[Any]:
         yield pa.Table.from_batches(pending)
 
 
-@contextmanager
-def _quiet_row_errors() -> Iterator[None]:
-    """pyarrow decodes a row with a wrong field count as UTF-8 before it calls the
-    ``invalid_row_handler``; when that fails it prints the error with a traceback ("Exception
-    ignored in ...") and stops the read with a parse error, which becomes the file's dead
-    letter. Keep that print to a one-line debug log."""
-    import sys
+class _TextBytes(io.RawIOBase):
+    """A text file's bytes as pyarrow's CSV reader gets them, line by line: a line that is not
+    UTF-8 text, or that holds a NUL byte, reaches it with U+FFFD in place of those bytes, and
+    is kept as read (``flawed``) for its row's dead letter (``undecodable``). pyarrow decodes a
+    row with a wrong field count strictly before its ``invalid_row_handler`` sees it, and one
+    such row that was not UTF-8 stopped the read of the whole file."""
 
-    hook = sys.unraisablehook
-    sys.unraisablehook = lambda unraisable: log.debug(
-        "pyarrow's CSV reader: %s", unraisable.exc_value
-    )
+    def __init__(self, handle: Any, line: int) -> None:
+        super().__init__()
+        self.handle = handle
+        self.line = line  # the number of the next line from ``handle``
+        self.partial = b""  # the start of a line whose end is not read yet
+        self.ready = bytearray()  # for pyarrow
+        self.ended = False
+        self.flawed: dict[int, bytes] = {}  # line -> its bytes as read, until its row takes it
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        while not self.ended and (size < 0 or len(self.ready) < size):
+            block = self.handle.read(max(size, 1 << 16))
+            data, self.partial = self.partial + block, b""
+            self.ended = not block
+            if block:  # whole lines only (a \r at the end may be the start of a \r\n)
+                cut = max(data.rfind(b"\n"), data.rfind(b"\r", 0, len(data) - 1)) + 1
+                if not cut and len(data) <= _MAX_HEADER_BYTES:
+                    self.partial = data  # a line's start: wait for its end
+                    continue
+                if cut:
+                    data, self.partial = data[:cut], data[cut:]
+            self._add(data)
+        n = len(self.ready) if size < 0 else min(size, len(self.ready))
+        out = bytes(self.ready[:n])
+        del self.ready[:n]
+        return out
+
+    def _add(self, data: bytes) -> None:
+        """Lines (the last may lack its line break, or be the part of a line longer than
+        ``_MAX_HEADER_BYTES``) for pyarrow."""
+        if _is_text(data):  # the usual case: at once
+            self.ready += data
+            self.line += data.count(b"\n") + data.count(b"\r") - data.count(b"\r\n")
+            return
+        parts = _LINE_BREAK.split(data)  # line, its break, line, ..., the last line
+        for k in range(0, len(parts), 2):
+            piece = parts[k]
+            if not _is_text(piece):
+                line = self.line + k // 2
+                self.flawed[line] = self.flawed.get(line, b"") + piece
+                piece = piece.decode("utf-8", "replace").replace("\0", "\ufffd").encode()
+            self.ready += piece + (parts[k + 1] if k + 1 < len(parts) else b"")
+        self.line += len(parts) // 2
+
+    def take(self, start: int, stop: int) -> list[tuple[int, bytes]]:
+        """(line, its bytes as read) of the flawed lines in [start, stop), now handed over."""
+        lines = [line for line in self.flawed if start <= line < stop]
+        return [(line, self.flawed.pop(line)) for line in lines]
+
+    def rows(self, at: np.ndarray, ends: np.ndarray) -> dict[int, bytes]:
+        """The rows of a table (lines from ``at`` up to ``ends``) with a flawed line, and their
+        flawed lines as read."""
+        found: dict[int, list[bytes]] = {}
+        if self.flawed and len(at):
+            for line, raw in self.take(int(at[0]), int(ends[-1])):
+                row = int(np.searchsorted(at, line, side="right")) - 1
+                found.setdefault(row, []).append(raw)
+        return {row: b"\n".join(raw) for row, raw in found.items()}
+
+
+_LINE_BREAK = re.compile(rb"(\r\n|\r|\n)")  # pyarrow's line ends
+
+
+def _is_text(data: bytes) -> bool:
+    """UTF-8 text without NUL bytes (a NUL marks binary data, or another encoding)."""
+    if b"\0" in data:
+        return False
     try:
-        yield
-    finally:
-        sys.unraisablehook = hook
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 class _Lines:
@@ -352,9 +419,10 @@ class _Lines:
     count (telling ``skip`` its line) and a quoted value may hold line breaks, so a row's line
     is the previous row's plus that row's breaks plus one, plus the lines of rows left out."""
 
-    def __init__(self, first: int, width: int, spec: _TextFormat) -> None:
-        self.next = first  # line of the next row
-        self.before = first - 1  # lines before the reader's first (the header: pyarrow's 1)
+    def __init__(self, text: _TextBytes, width: int, spec: _TextFormat) -> None:
+        self.text = text
+        self.next = text.line  # line of the next row
+        self.before = text.line - 1  # lines before the reader's first (the header: pyarrow's 1)
         self.width = width
         self.spec = spec
         self.skipped: list[tuple[int, str, str, bytes]] = []  # in file order
@@ -366,12 +434,14 @@ class _Lines:
         else:
             message = f"{row.actual_columns} fields where the header has {self.width}"
         line = self.before + row.number  # pyarrow counts from its first line
-        self.skipped.append((line, "field_count", message, row.text.encode()))
+        flawed = self.text.take(line, line + 1 + row.text.count("\n"))
+        payload = b"\n".join(raw for _, raw in flawed) if flawed else row.text.encode()
+        self.skipped.append((line, "field_count", message, payload))
         return "skip"
 
-    def place(self, table: Any) -> tuple[np.ndarray, list[tuple[int, str, str, bytes]]]:
-        """The lines of the table's rows (the reader's next rows), and the rows left out
-        before its last row (line, reason, message, payload)."""
+    def place(self, table: Any) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str, str, bytes]]]:
+        """The first lines of the table's rows (the reader's next rows), the lines after
+        each, and the rows left out before its last row (line, reason, message, payload)."""
         import pyarrow.compute as pc
 
         spans = np.ones(table.num_rows, np.int64)
@@ -384,7 +454,7 @@ class _Lines:
         self.next = int(at[-1] + spans[-1])
         done = [s for s in self.skipped if s[0] < self.next]
         self.skipped = self.skipped[len(done) :]
-        return at, done
+        return at, at + spans, done
 
     def rest(self) -> list[tuple[int, str, str, bytes]]:
         """The rows left out after the last row."""
@@ -416,18 +486,23 @@ def _letter(
 
 
 def _text_parts(
-    lake_file: LakeFile, spec: _TextFormat, table: Any, at: np.ndarray
+    lake_file: LakeFile,
+    spec: _TextFormat,
+    table: Any,
+    at: np.ndarray,
+    flawed: dict[int, bytes],
 ) -> Iterator[Chunk | dict[str, Any]]:
-    """One table of text rows: a dead letter per row ``_typed`` finds a flaw in, and the
-    other rows as chunks of consecutive lines."""
+    """One table of text rows: a dead letter per row ``_typed`` finds a flaw in, or with a
+    line that is not text (``flawed``: row -> its lines as read, their dead letter's payload),
+    and the other rows as chunks of consecutive lines."""
     import pyarrow as pa
 
-    columns, flaws = _typed(spec, table)
+    columns, flaws = _typed(spec, table, flawed)
     bad = np.zeros(table.num_rows, bool)
     for mask, reason, message in flaws:  # the first flaw of a row is its reason
         for row in np.flatnonzero(mask & ~bad).tolist():
             fields = (table.column(k)[row].as_py() or b"" for k in range(table.num_columns))
-            payload = spec.delimiter.encode().join(fields)
+            payload = flawed.get(row) or spec.delimiter.encode().join(fields)
             yield _letter(lake_file, int(at[row]), reason, message(row), payload)
         bad |= mask
     good = np.flatnonzero(~bad)
@@ -444,11 +519,14 @@ def _text_parts(
 _Flaw = tuple[np.ndarray, str, Any]  # (rows, reason, row -> message)
 
 
-def _typed(spec: _TextFormat, table: Any) -> tuple[dict[str, Any], list[_Flaw]]:
+def _typed(
+    spec: _TextFormat, table: Any, flawed: dict[int, bytes]
+) -> tuple[dict[str, Any], list[_Flaw]]:
     """The event columns of a table of text fields (bytes), and its rows' flaws in the order
-    they are checked: a field where the layout has none (``field_count``), a field that is
-    not UTF-8 (``undecodable``), a number that is not one (``bad_type``). Everything else
-    (ids, actions, time ranges, nulls) is left to the stream's decoder.
+    they are checked: a field where the layout has none (``field_count``), a line that is not
+    UTF-8 text or holds a NUL byte (``undecodable``: the rows in ``flawed``, see
+    ``_TextBytes``), a number that is not one (``bad_type``). Everything else (ids, actions,
+    time ranges, nulls) is left to the stream's decoder.
 
     Empty fields: ids stay ``""`` (the decoder's ``empty_id``), an empty action or timestamp
     is null (``missing_field``), an empty value or event id is absent."""
@@ -459,11 +537,14 @@ def _typed(spec: _TextFormat, table: Any) -> tuple[dict[str, Any], list[_Flaw]]:
     for name in spec.separators:
         filled = pc.fill_null(pc.greater(pc.binary_length(table.column(name)), 0), False)
         flaws.append((filled.to_numpy(), "field_count", lambda _: f"the line is not {spec.layout}"))
-    texts = {}
-    for name, field in spec.fields.items():
-        if name in table.column_names:  # csv: value and event_id are optional
-            texts[field], utf8 = _parse(table.column(name).combine_chunks(), pa.string())
-            flaws.append((~utf8, "undecodable", lambda _, f=field: f"{f} is not UTF-8"))
+    undecodable = np.zeros(table.num_rows, bool)
+    undecodable[list(flawed)] = True
+    flaws.append((undecodable, "undecodable", lambda r: _not_text(flawed[r])))
+    texts = {  # UTF-8 without NUL bytes now (_TextBytes)
+        field: table.column(name).combine_chunks().cast(pa.string())
+        for name, field in spec.fields.items()
+        if name in table.column_names  # csv: value and event_id are optional
+    }
     columns = {}
     for field, text in texts.items():
         if field in ("user_id", "item_id"):
@@ -480,6 +561,12 @@ def _typed(spec: _TextFormat, table: Any) -> tuple[dict[str, Any], list[_Flaw]]:
 
         columns["action"] = pa.array(np.full(table.num_rows, ACTION_CODES[spec.action], np.int16))
     return columns, flaws
+
+
+def _not_text(line: bytes) -> str:
+    if b"\0" in line:
+        return "the line holds a NUL byte (binary data?); remove it, or fix the file"
+    return "the line is not UTF-8 text; convert the file to UTF-8 (iconv -f latin1 -t utf-8, say)"
 
 
 def _not_a_number(field: str, text: Any, row: int) -> str:
@@ -831,7 +918,9 @@ def run_sequences(job: SequencesJob) -> dict[str, Any]:
         raise ValueError(f"--shards must be >= 1, got {job.shards}")
     started = time.monotonic()
     paths.use_options(pipeline_flags(job))  # a bad runner or option fails here, first
-    paths.check(job.out, "--out")
+    names = [MANIFEST, DEAD_LETTERS, COUNTS_FILE]
+    names += [SHARD_NAME.format(s, job.shards) for s in range(job.shards)]
+    paths.check_out(job.out, job.inputs, "--input", names)
     files = match_inputs(job.inputs, job.format)
     out = job.out
     paths.make_dirs(out)
@@ -869,7 +958,33 @@ def run_sequences(job: SequencesJob) -> dict[str, Any]:
         "wall_seconds": round(time.monotonic() - started, 2),
     }
     paths.write_bytes(paths.join(out, MANIFEST), (json.dumps(manifest, indent=2) + "\n").encode())
+    counts = manifest["counts"]
+    if not counts["valid"] and (counts["rows"] or counts["unreadable_files"]):
+        raise ValueError(_no_valid_row(job, manifest, dead_letters))
     return manifest
+
+
+def _no_valid_row(job: SequencesJob, manifest: dict[str, Any], dead_letters: str) -> str:
+    """The error of a lake with rows or files but no valid row (the wrong --format, say),
+    with the first dead letter's file and flaw; the output stays, to look into."""
+    counts = manifest["counts"]
+    reasons = ", ".join(f"{n} {r}" for r, n in manifest["rejected_by_reason"].items())
+    return (
+        f"--input {','.join(job.inputs)}: no valid row in {len(manifest['inputs'])} file(s), "
+        f"{counts['rows']} rows ({reasons}){_first_letter(dead_letters)}; check the files "
+        f"and --format (now {job.format}); every dead letter is in {dead_letters}"
+    )
+
+
+def _first_letter(path: str) -> str:
+    """'; the first: FILE row R: REASON: MESSAGE', or nothing when the first dead letter is
+    too long to read here (a whole chunk's payload)."""
+    try:
+        first = json.loads(paths.first_line(path, _MAX_HEADER_BYTES))
+    except ValueError:
+        return ""
+    row = "" if first["file_row"] is None else f" row {first['file_row']}"
+    return f"; the first: {first['file']}{row}: {first['reason']}: {first['message']}"
 
 
 def _parquet_rows(path: str) -> int:
@@ -964,6 +1079,29 @@ def describe_runner(job: RunnerSettings) -> str:
     return f"{runner} with {flags}" if flags else runner
 
 
+class _BeamRootWarnings(logging.Filter):
+    """Drops the warnings Beam's own modules log on the root logger, not on Beam's loggers
+    (which the CLI quiets): "apitools not found ..." at import, "Resource module is not
+    available ..." at every model load. They are about Beam's optional parts (BigQuery, memory
+    figures of RunInference), nothing a backfill job uses; errors still pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from_beam = f"{os.sep}apache_beam{os.sep}" in record.pathname
+        return not (from_beam and record.levelno <= logging.WARNING)
+
+
+def quiet_beam() -> None:
+    """Before Beam is imported (a backfill command's first step; each local Dask worker's):
+    ``_BeamRootWarnings`` on the root logger, once, and Beam's Dask runner's note on every
+    run that its default partition size changed kept to errors. Not at --log-level DEBUG."""
+    root = logging.getLogger()
+    if root.getEffectiveLevel() <= logging.DEBUG:
+        return
+    if not any(isinstance(f, _BeamRootWarnings) for f in root.filters):
+        root.addFilter(_BeamRootWarnings())
+    logging.getLogger("apache_beam.runners.dask.transform_evaluator").setLevel(logging.ERROR)
+
+
 @contextmanager
 def runner_options(job: RunnerSettings) -> Iterator[Any]:
     """Pipeline options for the runner (``pipeline_flags``); a local Dask cluster lives as
@@ -981,7 +1119,8 @@ def runner_options(job: RunnerSettings) -> Iterator[Any]:
         raise ValueError(
             "--runner dask needs dask.distributed (pip install 'dask[distributed]')"
         ) from err
-    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+    quiet = logging.getLogger().getEffectiveLevel() > logging.DEBUG
+    if quiet:
         # importing distributed sets its loggers to INFO (every scheduler step): quiet them
         for name in list(logging.root.manager.loggerDict):
             if name == "distributed" or name.startswith("distributed."):
@@ -997,6 +1136,8 @@ def runner_options(job: RunnerSettings) -> Iterator[Any]:
             dashboard_address=":0",  # any free port: never a clash with another cluster
             silence_logs=logging.WARNING,
         ) as cluster,
-        Client(cluster),
+        Client(cluster) as client,
     ):
+        if quiet:  # the workers print to this terminal too
+            client.run(quiet_beam)
         yield PipelineOptions([*flags, f"--dask_client_address={cluster.scheduler_address}"])

@@ -50,7 +50,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             f"decoder (chunks of {CHUNK_ROWS:,} rows), and write each user's events in event-"
             "time order (ties in lake order: inputs as listed, each pattern's files sorted, "
             "then rows) as one Parquet row per user in user-hash shards, every rejected row "
-            "to deadletters.jsonl (with its file and row) and the counts to manifest.json."
+            "to deadletters.jsonl (with its file and row) and the counts to manifest.json. "
+            "Text lines that are not UTF-8 or hold a NUL byte are dead letters of their own "
+            "(undecodable). A lake with rows but no valid one is an error (exit 2; the "
+            "output stays, to look into)."
         ),
     )
     seq.add_argument(
@@ -81,8 +84,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--out",
         required=True,
         help="output directory, local or gs://, s3://, ... as --input (created; a rerun "
-        "replaces its shards, dead letters and manifest). train-offline --data reads local "
-        "directories only",
+        "replaces its shards, dead letters and manifest; refused, before anything is read, "
+        "when it is a file or lies inside an --input, i.e. under its path or matched by its "
+        "glob). train-offline --data reads local directories only",
     )
     seq.add_argument(
         "--shards",
@@ -152,7 +156,9 @@ def runner_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _sequences(args: argparse.Namespace) -> int:
-    from pipeline.backfill.sequences import SequencesJob, run_sequences
+    from pipeline.backfill.sequences import SequencesJob, quiet_beam, run_sequences
+
+    quiet_beam()  # before Beam is imported
 
     inputs = tuple(p.strip() for arg in args.input for p in arg.split(",") if p.strip())
     job = SequencesJob(
@@ -220,6 +226,9 @@ def _register_bootstrap(jobs: argparse._SubParsersAction) -> None:
 
 
 def _bootstrap(args: argparse.Namespace) -> int:
+    from pipeline.backfill.sequences import quiet_beam
+
+    quiet_beam()  # before Beam is imported
     from pipeline.backfill.bootstrap import BootstrapJob, run_bootstrap
     from pipeline.config import dotted_overrides, load_config
 
