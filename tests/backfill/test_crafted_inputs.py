@@ -259,7 +259,8 @@ def results(world, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]: 
         env = LIMITED if name == "events_over_the_limit" else {}
         first = len(runs)
         runs += [
-            {"cwd": str(case), "argv": a, "env": env} for a in commands(case, histories, world)
+            {"cwd": str(case), "argv": a, "env": env}
+            for a in commands(case, histories, world["registry"])
         ]
         cases[name] = {
             "case": case,
