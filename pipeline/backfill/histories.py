@@ -150,8 +150,7 @@ def read_manifest(directory: str, manifest_path: str) -> BackfillManifest:
         first = err.errors(include_url=False)[0]
         field = ".".join(str(part) for part in first["loc"]) or "the file"
         raise HistoryError(
-            f"{manifest_path}: {field}: {first['msg']} (got {_short(first.get('input'))}); "
-            f"{REGENERATE}"
+            f"{manifest_path}: {field}: {first['msg']}{_got(first.get('input'))}; {REGENERATE}"
         ) from None
     for name in manifest.shards:
         if not SHARD_PATTERN.fullmatch(name):
@@ -171,11 +170,14 @@ def read_manifest(directory: str, manifest_path: str) -> BackfillManifest:
     return manifest
 
 
-def _short(value: Any) -> str:
+def _got(value: Any) -> str:
+    """`` (got VALUE)`` for a JSON value, shortened; nothing for the file's raw bytes."""
+    if isinstance(value, bytes | bytearray):
+        return ""
     text = (
         json.dumps(value) if isinstance(value, int | float | str | None) else type(value).__name__
     )
-    return text if len(text) <= 40 else text[:37] + "..."
+    return f" (got {text if len(text) <= 40 else text[:37] + '...'})"
 
 
 def _check_file(directory: str, path: str) -> None:
@@ -353,8 +355,8 @@ def _check_times(
     bad = np.flatnonzero((times < 0) | (times > last))
     if bad.size:
         at = int(bad[0])
-        bound = f"before the manifest's until {until}" if until is not None else f"in 0..{last}"
-        raise fail(_owner(offsets, at), f"timestamp {times[at]} is not {bound}")
+        why = "" if until is None else f" (the manifest's until is {until})"
+        raise fail(_owner(offsets, at), f"timestamp {times[at]} is outside 0..{last}{why}")
     user_start = np.zeros(len(times) + 1, dtype=bool)
     user_start[offsets] = True
     back = np.flatnonzero((np.diff(times) < 0) & ~user_start[1:-1])
@@ -370,5 +372,5 @@ def _keys(values: list[Any], field: str, fail: Callable[[int, str], Exception]) 
         try:
             keys.append(canonical_key(value, field))
         except EventError as err:
-            raise fail(at, f"{field}: {err.message}") from None
+            raise fail(at, err.message) from None
     return key_column(keys)
