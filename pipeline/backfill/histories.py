@@ -35,14 +35,14 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from pipeline.backfill import paths
-from pipeline.backfill.sequences import MANIFEST
-from pipeline.events.batch import key_column
+from pipeline.backfill.sequences import MANIFEST, shard_of
+from pipeline.events.batch import concat_keys, key_column
 from pipeline.events.schema import MAX_ACTION_CODE, EventError, canonical_key
 
 # The latest second ``--until`` can spell as an ISO 8601 time (9999-12-31T23:59:59 UTC).
 MAX_UNTIL = 253_402_300_799
 MAX_MANIFEST_BYTES = 16 << 20
-SHARD_PATTERN = re.compile(r"shard-\d{5,}-of-\d{5,}\.parquet")
+SHARD_PATTERN = re.compile(r"shard-(\d{5,})-of-(\d{5,})\.parquet")
 HISTORY_COLUMNS = ("user", "item", "timestamp", "action")
 LIST_VALUES = {"item": ("int64", "string"), "timestamp": ("int64",), "action": ("int64",)}
 MAX_USERS_ENV = "GENREC_BACKFILL_MAX_SHARD_USERS"
@@ -104,6 +104,7 @@ class HistoryBatch:
 
     first_row: int  # the batch's first row in the shard
     users: Any  # pyarrow array (int64 or string), as stored
+    user_keys: np.ndarray  # canonical user keys: int64, or object (str and int keys)
     items: np.ndarray  # canonical item keys: int64, or object (str and int keys)
     timestamps: np.ndarray  # int64
     actions: np.ndarray  # int64
@@ -152,12 +153,20 @@ def read_manifest(directory: str, manifest_path: str) -> BackfillManifest:
         raise HistoryError(
             f"{manifest_path}: {field}: {first['msg']}{_got(first.get('input'))}; {REGENERATE}"
         ) from None
+    totals = set()
     for name in manifest.shards:
-        if not SHARD_PATTERN.fullmatch(name):
+        number, total = _shard_number(name)
+        if number is None or number >= total or manifest.shards.count(name) > 1:
             raise HistoryError(
-                f"{manifest_path}: shards: {name!r} is not a shard-SSSSS-of-NNNNN.parquet "
-                f"name; {REGENERATE}"
+                f"{manifest_path}: shards: {name!r} is not the name of one shard S of N "
+                f"(shard-SSSSS-of-NNNNN.parquet, S < N, listed once); {REGENERATE}"
             )
+        totals.add(total)
+    if len(totals) > 1:
+        raise HistoryError(
+            f"{manifest_path}: shards: names of {len(totals)} different shard counts "
+            f"(of-{min(totals):05d}, of-{max(totals):05d}); {REGENERATE}"
+        )
     listed = set(manifest.shards)
     stray = [
         p for p in paths.matching(paths.join(directory, "shard-*")) if paths.name(p) not in listed
@@ -168,6 +177,12 @@ def read_manifest(directory: str, manifest_path: str) -> BackfillManifest:
             f"it or {REGENERATE}"
         )
     return manifest
+
+
+def _shard_number(name: str) -> tuple[int | None, int]:
+    """(S, N) of a ``shard-SSSSS-of-NNNNN.parquet`` name; (None, 0) for another name."""
+    match = SHARD_PATTERN.fullmatch(name)
+    return (int(match[1]), int(match[2])) if match else (None, 0)
 
 
 def _got(value: Any) -> str:
@@ -276,13 +291,18 @@ def read_output(output: BackfillOutput, batch_users: int) -> Iterator[HistoryBat
 def read_shard(
     path: str, batch_users: int, limits: HistoryLimits, until: int | None
 ) -> Iterator[HistoryBatch]:
-    """A shard's users, ``batch_users`` (at most) per ``HistoryBatch``, each checked."""
+    """A shard's users, ``batch_users`` (at most) per ``HistoryBatch``, each checked; at the
+    end, that no user has two rows."""
+    place = _shard_number(paths.name(path))
+    seen: list[np.ndarray] = []
     with _parquet(path) as parquet:
         _check_footer(path, parquet, limits)  # again: a worker may open a changed file
         first = 0
         try:
             for batch in parquet.iter_batches(batch_size=batch_users, columns=HISTORY_COLUMNS):
-                yield _checked(path, first, batch, until)
+                checked = _checked(path, first, batch, until, place)
+                seen.append(checked.user_keys)
+                yield checked
                 first += batch.num_rows
         except HistoryError:
             raise
@@ -290,9 +310,30 @@ def read_shard(
             raise HistoryError(
                 f"{path}: rows from {first} do not decode ({_one_line(err)}); {REGENERATE}"
             ) from None
+    _check_unique(path, seen)
 
 
-def _checked(path: str, first: int, batch: Any, until: int | None) -> HistoryBatch:
+def _check_unique(path: str, parts: list[np.ndarray]) -> None:
+    """One row per user in the shard (the job writes each user's history once)."""
+    from pipeline.state.grouping import factorize
+
+    if not parts:
+        return
+    distinct, index = factorize(concat_keys(parts))
+    if len(distinct) == len(index):
+        return
+    order = np.argsort(index, kind="stable")
+    repeats = order[1:][index[order][1:] == index[order][:-1]]
+    row = int(repeats.min())
+    raise HistoryError(
+        f"{path}: row {row}: user {distinct.tolist()[index[row]]!r} has an earlier row too (one row "
+        f"per user); {REGENERATE}"
+    )
+
+
+def _checked(
+    path: str, first: int, batch: Any, until: int | None, place: tuple[int | None, int]
+) -> HistoryBatch:
     """One record batch as a ``HistoryBatch``, or a ``HistoryError`` for the first rule it
     breaks, naming the shard row (the user) it is in."""
     import pyarrow as pa
@@ -331,11 +372,20 @@ def _checked(path: str, first: int, batch: Any, until: int | None) -> HistoryBat
         at = int(bad[0])
         raise fail(_owner(offsets, at), f"action {actions[at]} is not in 0..{MAX_ACTION_CODE}")
     if pa.types.is_string(users.type):
-        _keys(users.to_pylist(), "user", lambda at, what: fail(at, what))
+        user_keys = _keys(users.to_pylist(), "user", lambda at, what: fail(at, what))
+    else:
+        user_keys = users.to_numpy()
+    number, total = place
+    if number is not None:
+        wrong = np.flatnonzero(shard_of(user_keys, total) != number)
+        if wrong.size:
+            row = int(wrong[0])
+            user = user_keys.tolist()[row]
+            raise fail(row, f"user {user!r} hashes to another shard of {total} (moved rows?)")
     items = flat["item"]
     if items.dtype.kind != "i":  # "5" in a string shard is the key 5, as in the stream
         items = _keys(items.tolist(), "item", lambda at, what: fail(_owner(offsets, at), what))
-    return HistoryBatch(first, users, items, flat["timestamp"], actions, offsets)
+    return HistoryBatch(first, users, user_keys, items, flat["timestamp"], actions, offsets)
 
 
 def _first_null(array: Any) -> int:

@@ -102,6 +102,14 @@ def stray_shard(histories: Path, _: Path) -> None:
     shutil.copy(histories / SHARD, histories / "shard-00007-of-00009.parquet")
 
 
+def swap_shards(histories: Path, _: Path) -> None:
+    """Two shards' contents exchanged: each holds users that hash to the other."""
+    other = histories / "shard-00001-of-00003.parquet"
+    first = (histories / SHARD).read_bytes()
+    (histories / SHARD).write_bytes(other.read_bytes())
+    other.write_bytes(first)
+
+
 def string_items(table: pa.Table) -> pa.Table:
     items = [[str(i) for i in row] for row in table.column("item").to_pylist()]
     items[0][0] = ""
@@ -121,6 +129,12 @@ CASES: dict[str, tuple[Craft, str]] = {
     "manifest_symlink_outside": (symlink_out(MANIFEST), MANIFEST),
     "shard_missing": (lambda h, _: (h / SHARD).unlink(), SHARD),
     "shard_not_in_manifest": (stray_shard, "shard-00007-of-00009.parquet"),
+    "shards_swapped": (swap_shards, SHARD),
+    "user_twice": (
+        rewrite_shard(lambda t: pa.concat_tables([t, t.slice(0, 1)])),
+        SHARD,
+    ),
+    "manifest_shard_twice": (manifest_field("shards", [SHARD, SHARD]), MANIFEST),
     "column_item_missing": (rewrite_shard(lambda t: t.drop_columns(["item"])), SHARD),
     "columns_renamed": (
         rewrite_shard(lambda t: t.rename_columns([f"c{i}" for i in range(t.num_columns)])),
