@@ -91,7 +91,6 @@ def _env_limit(name: str, default: int) -> int:
 class BackfillOutput:
     """A backfill output directory whose manifest and shard footers passed."""
 
-    directory: str
     until: int | None
     shards: tuple[str, ...]  # paths, in the manifest's order (sorted by the job)
     limits: HistoryLimits
@@ -102,16 +101,12 @@ class HistoryBatch:
     """Consecutive users of one shard: user b owns ``offsets[b]:offsets[b+1]`` of the
     flat columns (its events in time order, ties in lake order)."""
 
-    first_row: int  # the batch's first row in the shard
     users: Any  # pyarrow array (int64 or string), as stored
     user_keys: np.ndarray  # canonical user keys: int64, or object (str and int keys)
     items: np.ndarray  # canonical item keys: int64, or object (str and int keys)
     timestamps: np.ndarray  # int64
     actions: np.ndarray  # int64
     offsets: np.ndarray  # int64 [B+1], from 0
-
-    def __len__(self) -> int:
-        return len(self.users)
 
 
 def open_output(directory: str, flag: str, limits: HistoryLimits | None = None) -> BackfillOutput:
@@ -128,12 +123,14 @@ def open_output(directory: str, flag: str, limits: HistoryLimits | None = None) 
     manifest = read_manifest(directory, manifest_path)
     shards = tuple(paths.join(directory, name) for name in manifest.shards)
     if not shards:
-        raise HistoryError(f"{manifest_path}: the output has no shards (the lake had no events)")
+        raise HistoryError(
+            f"{manifest_path}: lists no shards (the lake had no valid event): nothing to read"
+        )
     for shard in shards:
         _check_file(directory, shard)
         with _parquet(shard) as parquet:
             _check_footer(shard, parquet, limits)
-    return BackfillOutput(directory, manifest.until, shards, limits)
+    return BackfillOutput(manifest.until, shards, limits)
 
 
 def read_manifest(directory: str, manifest_path: str) -> BackfillManifest:
@@ -259,7 +256,7 @@ def _check_footer(path: str, parquet: Any, limits: HistoryLimits) -> None:
             f"shard; rerun `genrec backfill sequences` with more --shards, or raise "
             f"{MAX_USERS_ENV}"
         )
-    events = _list_values(parquet, "item")
+    events = max(_list_values(parquet, name) for name in LIST_VALUES)
     if events > limits.max_events:
         raise HistoryError(
             f"{path}: {events} events, more than the limit of {limits.max_events} per shard; "
@@ -268,7 +265,7 @@ def _check_footer(path: str, parquet: Any, limits: HistoryLimits) -> None:
 
 
 def _list_values(parquet: Any, name: str) -> int:
-    """The values a list column holds in the footer's count (empty lists count one)."""
+    """The values a list column holds in the footer's count (an empty list counts one)."""
     metadata = parquet.metadata
     leaf = [
         i
@@ -325,9 +322,9 @@ def _check_unique(path: str, parts: list[np.ndarray]) -> None:
     order = np.argsort(index, kind="stable")
     repeats = order[1:][index[order][1:] == index[order][:-1]]
     row = int(repeats.min())
+    user = distinct.tolist()[index[row]]
     raise HistoryError(
-        f"{path}: row {row}: user {distinct.tolist()[index[row]]!r} has an earlier row too (one row "
-        f"per user); {REGENERATE}"
+        f"{path}: row {row}: user {user!r} has an earlier row too (one row per user); {REGENERATE}"
     )
 
 
@@ -372,7 +369,7 @@ def _checked(
         at = int(bad[0])
         raise fail(_owner(offsets, at), f"action {actions[at]} is not in 0..{MAX_ACTION_CODE}")
     if pa.types.is_string(users.type):
-        user_keys = _keys(users.to_pylist(), "user", lambda at, what: fail(at, what))
+        user_keys = _keys(users.to_pylist(), "user", fail)
     else:
         user_keys = users.to_numpy()
     number, total = place
@@ -385,7 +382,7 @@ def _checked(
     items = flat["item"]
     if items.dtype.kind != "i":  # "5" in a string shard is the key 5, as in the stream
         items = _keys(items.tolist(), "item", lambda at, what: fail(_owner(offsets, at), what))
-    return HistoryBatch(first, users, user_keys, items, flat["timestamp"], actions, offsets)
+    return HistoryBatch(users, user_keys, items, flat["timestamp"], actions, offsets)
 
 
 def _first_null(array: Any) -> int:
