@@ -9,7 +9,7 @@ outside the case's root (a symlink's target outside the output is never read: th
 commands refuse it). ``backfill bootstrap`` reads lake files, never this output.
 
 The cases run through ``pipeline.cli.main`` in one subprocess (tests/backfill/cli_runs.py:
-one interpreter, so ~70 runs cost seconds of imports, not minutes); two of them also run
+one interpreter, so 78 runs cost seconds of imports, not minutes); two of them also run
 as ``python -m pipeline.cli`` processes of their own.
 """
 
