@@ -67,8 +67,8 @@ class BackfillManifest(BaseModel):
 class HistoryLimits:
     """Per-shard bounds, checked on the footer before any data is read."""
 
-    max_users: int = 50_000_000
-    max_events: int = 500_000_000
+    max_users: int = 10_000_000
+    max_events: int = 100_000_000
 
     @classmethod
     def from_env(cls) -> HistoryLimits:
