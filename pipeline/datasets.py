@@ -388,24 +388,26 @@ def _read_parquet(path: Path, on_error, limit: int) -> Iterator[_Columns]:
 
 def _read_backfill(path: Path, limit: int) -> Iterator[_Columns]:
     """The events of a ``genrec backfill sequences`` output: its shards' histories, each
-    user's in their stored order (time, ties in lake order); validated by the backfill."""
-    import pyarrow.parquet as pq  # lazy: only this reader needs it
+    user's in their stored order (time, ties in lake order), every file checked first by
+    ``pipeline.backfill.histories`` (a bad one is a ``HistoryError`` naming it)."""
+    from pipeline.backfill import histories  # lazy: Beam's filesystems load with it
 
-    shards = sorted(path.glob("shard-*-of-*.parquet"))
-    if not shards:
-        raise DataFormatError(f"{path}: the backfill output has no shard-*-of-*.parquet files")
+    output = histories.open_output(str(path), "--data")
     chunk = _Chunker(limit)
-    for shard in shards:
-        table = pq.read_table(shard, columns=["user", "item", "timestamp", "action"])
-        for user, items, times, actions in zip(
-            *(table.column(c).to_pylist() for c in ("user", "item", "timestamp", "action")),
-            strict=True,
-        ):
-            users, items_, times_, actions_ = chunk.cols
-            users.extend([str(user)] * len(items))
-            items_.extend(str(i) for i in items)
-            times_.extend(times)
-            actions_.extend(actions)
+    for batch in histories.read_output(output, batch_users=min(limit, 65_536)):
+        bounds = batch.offsets.tolist()
+        items, times, actions = (
+            batch.items.tolist(),
+            batch.timestamps.tolist(),
+            batch.actions.tolist(),
+        )
+        for row, user in enumerate(batch.users.to_pylist()):
+            start, stop = bounds[row], bounds[row + 1]
+            users_, items_, times_, actions_ = chunk.cols
+            users_.extend([str(user)] * (stop - start))
+            items_.extend(str(item) for item in items[start:stop])
+            times_.extend(times[start:stop])
+            actions_.extend(actions[start:stop])
             if chunk.full():
                 yield chunk.take()
     yield chunk.take()

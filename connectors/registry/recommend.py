@@ -6,6 +6,8 @@ runner computes only one branch of a fan-out):
 - ``ListShards`` / ``ReadHistories``: the ``shard-*.parquet`` files ``backfill sequences``
   wrote (one row per user: ``user`` and the lists ``item``, ``timestamp``, ``action``), read
   ``batch_users`` users at a time. One element is one ``UserBatch``: the inference batch.
+  The output is untrusted: ``pipeline.backfill.histories`` checks its manifest and every
+  shard (in the driver first, so a bad file is one error before any worker starts).
 - ``TopK``: Beam's ``RunInference`` with ``TopKHandler``, which loads one registry version
   (every artefact verified against its manifest's sha256) and scores each batch with the
   project's own retrieval: ``pipeline.offline.next_item_scores`` (the model's state after
@@ -47,9 +49,8 @@ from model.base import SequentialEncoder
 from model.jagged import JaggedBatch
 from model.retrieval import top_k
 from model.serialize import build_model
-from pipeline.backfill import paths, sequences
+from pipeline.backfill import histories, paths, sequences
 from pipeline.checkpoint import CheckpointError, state_from_bytes
-from pipeline.events.batch import canonical_key_column
 from pipeline.offline import next_item_scores, window_indices
 from pipeline.state.vocab import ItemVocabulary
 from pipeline.trainer import MODEL_FILE, VOCAB_FILE
@@ -57,7 +58,6 @@ from pipeline.trainer import MODEL_FILE, VOCAB_FILE
 PART_NAME = "part-{:05d}-{:05d}.parquet"
 PART_GLOB = "part-*.parquet"
 MANIFEST = "manifest.json"
-HISTORY_COLUMNS = ("user", "item", "timestamp", "action")
 # torch's reductions split by thread count, so scores differed in their last bits between
 # the driver (all cores) and Dask workers (one thread each): one thread scores everywhere,
 # so every runner writes the same bytes; parallelism comes from the runner's workers.
@@ -147,29 +147,22 @@ class UserBatch:
         return len(self.users)
 
 
-def read_user_batches(shard: tuple[int, str], batch_users: int) -> Iterator[UserBatch]:
-    """The users of one shard file, ``batch_users`` (at most) per ``UserBatch``."""
+def read_user_batches(
+    shard: tuple[int, str], batch_users: int, output: histories.BackfillOutput
+) -> Iterator[UserBatch]:
+    """The users of one shard file, ``batch_users`` (at most) per ``UserBatch``, checked by
+    ``pipeline.backfill.histories``."""
     index, path = shard
-    with paths.parquet_file(path) as parquet:
-        batches = parquet.iter_batches(batch_size=batch_users, columns=HISTORY_COLUMNS)
-        for number, batch in enumerate(batches):
-            items, offsets = _flat(batch.column("item"))
-            timestamps, _ = _flat(batch.column("timestamp"))
-            actions, _ = _flat(batch.column("action"))
-            yield UserBatch(
-                (index, number),
-                batch.column("user"),
-                canonical_key_column(items, "item_id"),  # "5" in a string shard is the key 5
-                timestamps.astype(np.int64, copy=False),
-                actions.astype(np.int64, copy=False),
-                offsets,
-            )
-
-
-def _flat(column: Any) -> tuple[np.ndarray, np.ndarray]:
-    """A list column's values and its [B+1] int64 offsets from 0."""
-    offsets = column.offsets.to_numpy().astype(np.int64)
-    return column.flatten().to_numpy(zero_copy_only=False), offsets - offsets[0]
+    batches = histories.read_shard(path, batch_users, output.limits, output.until)
+    for number, batch in enumerate(batches):
+        yield UserBatch(
+            (index, number),
+            batch.users,
+            batch.items,
+            batch.timestamps,
+            batch.actions,
+            batch.offsets,
+        )
 
 
 @dataclass(frozen=True)
@@ -330,20 +323,13 @@ class RecommendJob:
     beam_options: tuple[str, ...] = ()  # PipelineOptions flags (sequences.beam_flag)
 
 
-def history_shards(directory: str) -> tuple[list[str], int | None]:
-    """The shard files of a ``backfill sequences`` output, sorted, and its cut-off."""
-    paths.check(directory, "--histories")
-    manifest = paths.join(directory, sequences.MANIFEST)
-    if not paths.exists(manifest):
-        raise FileNotFoundError(
-            f"--histories {directory}: no {sequences.MANIFEST}; pass the --out directory of "
-            "`genrec backfill sequences`"
-        )
-    shards = paths.matching(paths.join(directory, sequences.SHARD_GLOB))
-    if not shards:
-        raise FileNotFoundError(f"--histories {directory}: no {sequences.SHARD_GLOB} files")
-    until = json.loads(paths.read_bytes(manifest)).get("until")
-    return shards, until
+def history_shards(directory: str, batch_users: int) -> histories.BackfillOutput:
+    """The ``backfill sequences`` output, every shard checked here in the driver: a bad file
+    is one error naming it before any worker starts (``pipeline.backfill.histories``)."""
+    output = histories.open_output(directory, "--histories")
+    for _ in histories.read_output(output, batch_users):
+        pass
+    return output
 
 
 def run_recommend(job: RecommendJob) -> dict[str, Any]:
@@ -355,7 +341,8 @@ def run_recommend(job: RecommendJob) -> dict[str, Any]:
     started = time.monotonic()
     paths.use_options(sequences.pipeline_flags(job))  # a bad runner or option fails here, first
     paths.check_out(job.out, [job.histories], "--histories", [MANIFEST])
-    shards, until = history_shards(job.histories)
+    output = history_shards(job.histories, job.batch_users)
+    until = output.until
     # In the driver first: a missing version or a bad file fails here, naming it, before any
     # worker starts; and "latest" becomes one number for every worker.
     version = load_version(job.registry, job.version).version
@@ -368,8 +355,8 @@ def run_recommend(job: RecommendJob) -> dict[str, Any]:
         with beam.Pipeline(options=options) as pipeline:
             _ = (
                 pipeline
-                | "ListShards" >> beam.Create(list(enumerate(shards)))
-                | "ReadHistories" >> beam.FlatMap(read_user_batches, job.batch_users)
+                | "ListShards" >> beam.Create(list(enumerate(output.shards)))
+                | "ReadHistories" >> beam.FlatMap(read_user_batches, job.batch_users, output)
                 | "TopK" >> RunInference(handler.with_no_batching())
                 | "WriteParts" >> beam.Map(write_part, out)
             )

@@ -53,7 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="output directory of `genrec backfill sequences` (its manifest.json and "
         "shard-*.parquet files), local or gs://, s3://, azfs://, hdfs:// (with Beam's "
-        "filesystem for it: its apache-beam extra)",
+        "filesystem for it: its apache-beam extra); every file is checked before "
+        "scoring starts, at most GENREC_BACKFILL_MAX_SHARD_USERS / _EVENTS per shard "
+        "(docs/backfill.md, 'Reading backfill output')",
     )
     job.add_argument(
         "--k", type=int, required=True, help="items per user (fewer when fewer are left)"

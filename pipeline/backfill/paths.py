@@ -141,6 +141,13 @@ def exists(path: str) -> bool:
     return FileSystems.exists(path)
 
 
+def size(path: str) -> int:
+    """A file's size in bytes."""
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems.match([path])[0].metadata_list[0].size_in_bytes
+
+
 def make_dirs(path: str) -> None:
     """Create a directory and its parents, unless it exists (Beam's ``mkdirs`` fails then)."""
     from apache_beam.io.filesystems import FileSystems

@@ -12,11 +12,22 @@ from typing import Any
 
 
 def _cutoff(text: str) -> int:
-    """``--until``: Unix seconds, or an ISO 8601 time (UTC when it names no zone)."""
+    """``--until``: Unix seconds, or an ISO 8601 time (UTC when it names no zone), in
+    0..``histories.MAX_UNTIL``: the range the readers of the output accept in its manifest."""
+    from pipeline.backfill.histories import MAX_UNTIL
+
     try:
-        return int(text)
+        seconds = int(text)
     except ValueError:
-        pass
+        seconds = _iso_seconds(text)
+    if not 0 <= seconds <= MAX_UNTIL:
+        raise argparse.ArgumentTypeError(
+            f"--until {text!r} is outside 1970-01-01..9999-12-31T23:59:59 (0..{MAX_UNTIL} s)"
+        )
+    return seconds
+
+
+def _iso_seconds(text: str) -> int:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
@@ -77,8 +88,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     seq.add_argument(
         "--until",
         type=_cutoff,
-        help="cut-off T (Unix seconds or ISO 8601): only events with time < T go into the "
-        "histories; later valid ones are counted as after_cutoff (default: none)",
+        help="cut-off T (Unix seconds or ISO 8601, 1970..9999): only events with time < T go "
+        "into the histories; later valid ones are counted as after_cutoff (default: none)",
     )
     seq.add_argument(
         "--out",
@@ -202,8 +213,8 @@ def _register_bootstrap(jobs: argparse._SubParsersAction) -> None:
         "--until",
         type=_cutoff,
         required=True,
-        help="cut-off T (Unix seconds or ISO 8601; UTC when no zone): the backfill accounts "
-        "for events before T, the stream for the rest",
+        help="cut-off T (Unix seconds or ISO 8601, 1970..9999; UTC when no zone): the "
+        "backfill accounts for events before T, the stream for the rest",
     )
     add_settings_arguments(boot)
     boot.add_argument(

@@ -346,8 +346,9 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
     data.add_argument(
         "--data",
-        help="event log file, or the output directory of genrec backfill sequences; "
-        "default: the synthetic generator",
+        help="event log file, or the output directory of genrec backfill sequences (its "
+        "files checked first: docs/backfill.md, 'Reading backfill output'); default: the "
+        "synthetic generator",
     )
     data.add_argument(
         "--format",
