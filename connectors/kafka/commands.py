@@ -1,8 +1,10 @@
 """``genrec kafka up|status|down``, ``genrec topics ...`` and ``genrec produce``.
 
 ``kafka up`` starts the local broker (connectors/kafka/broker.py) as a daemon, waits until it
-answers, and prints its bootstrap servers; the other commands default to that broker when
-neither ``--bootstrap-servers`` nor ``KAFKA_BOOTSTRAP_SERVERS`` names a cluster.
+answers, prints its bootstrap servers and records its data directory (``--dir`` or the default)
+in the cache root; the other commands default to that broker when neither
+``--bootstrap-servers`` nor ``KAFKA_BOOTSTRAP_SERVERS`` names a cluster, and ``kafka status`` /
+``kafka down`` to its directory.
 """
 
 from __future__ import annotations
@@ -28,16 +30,26 @@ def _client_config(args: argparse.Namespace):
 
 
 def _kafka_up(args: argparse.Namespace) -> int:
-    from connectors.kafka.broker import LocalKafkaBroker
+    from connectors.kafka.broker import LocalKafkaBroker, remember_active_broker
 
     broker = LocalKafkaBroker(args.dir, port=args.port, heap=args.heap)
-    print(broker.start(timeout_s=args.timeout))
+    servers = broker.start(timeout_s=args.timeout)
+    remember_active_broker(broker.data_dir)
+    print(servers)
     return 0
+
+
+def _broker_dir(args: argparse.Namespace) -> Path:
+    """``--dir``, else the directory of the broker ``kafka up`` last started."""
+    from connectors.kafka.broker import active_broker_dir
+
+    return args.dir if args.dir is not None else active_broker_dir()
 
 
 def _kafka_status(args: argparse.Namespace) -> int:
     from connectors.kafka.broker import STATE_FILE, LocalKafkaBroker
 
+    args.dir = _broker_dir(args)
     if not (Path(args.dir) / STATE_FILE).exists():
         print(json.dumps({"running": False, "data_dir": str(args.dir)}))
         return 1
@@ -60,8 +72,10 @@ def _kafka_status(args: argparse.Namespace) -> int:
 
 
 def _kafka_down(args: argparse.Namespace) -> int:
-    from connectors.kafka.broker import STATE_FILE, LocalKafkaBroker
+    from connectors.kafka.broker import STATE_FILE, LocalKafkaBroker, forget_active_broker
 
+    args.dir = _broker_dir(args)
+    forget_active_broker(args.dir)
     if (Path(args.dir) / STATE_FILE).exists():
         LocalKafkaBroker(args.dir).stop(timeout_s=args.timeout)
         print(f"stopped the Kafka broker in {args.dir}")
@@ -173,12 +187,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up = kafka_sub.add_parser("up", help="start the local broker and print bootstrap servers")
     down = kafka_sub.add_parser("down", help="stop the local broker (data is kept)")
     status = kafka_sub.add_parser("status", help="print the local broker's state (exit 1: down)")
-    for sub in (up, down, status):
+    up.add_argument(
+        "--dir",
+        type=Path,
+        default=default_dir,
+        help=f"broker data/state directory (default: {default_dir}); the other commands "
+        "(topics, produce, train, kafka status/down) then find this broker by themselves",
+    )
+    for sub in (down, status):
         sub.add_argument(
             "--dir",
             type=Path,
-            default=default_dir,
-            help=f"broker data/state directory (default: {default_dir})",
+            help="broker data/state directory (default: the one 'genrec kafka up' last "
+            f"started, else {default_dir})",
         )
     up.add_argument("--port", type=int, help="client port (default: recorded or a free one)")
     up.add_argument("--heap", default="512m", help="JVM max heap (default: 512m)")

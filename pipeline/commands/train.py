@@ -36,6 +36,11 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
     "path": ("source.path", str, "file to replay with --source file (JSONL, CSV, Parquet, ...)"),
     "topic": ("source.kafka.topic", str, "Kafka topic with --source kafka"),
     "bootstrap_servers": ("source.kafka.bootstrap_servers", str, "Kafka bootstrap servers"),
+    "connect_timeout": (
+        "source.kafka.connect_timeout_s",
+        float,
+        "seconds to wait for a Kafka broker to answer before giving up",
+    ),
     "max_events": ("train.max_events", int, "stop after this many more input events"),
     "duration": ("train.duration_s", float, "stop after this many seconds"),
     "batch_events": ("train.batch_events", int, "events per micro-batch (optimizer step)"),
