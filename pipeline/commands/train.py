@@ -308,6 +308,7 @@ def _train(cfg: TrainerConfig, stop: threading.Event) -> dict[str, Any]:
 
     source = make_source(cfg)
     sink = make_dead_letter_sink(cfg)
+    metrics = _metrics(cfg, source)
     try:
         trainer = OnlineTrainer(
             cfg,
@@ -315,7 +316,7 @@ def _train(cfg: TrainerConfig, stop: threading.Event) -> dict[str, Any]:
             sink,
             checkpoints=CheckpointStore(cfg.checkpoint.dir, keep=cfg.checkpoint.keep),
             registry=_open_registry(cfg),
-            metrics=_metrics(cfg, source),
+            metrics=metrics,
         )
         if hasattr(source, "on_revoke"):  # Kafka: checkpoint before partitions move
             source.on_revoke(lambda _partitions: trainer.checkpoint())
@@ -324,5 +325,6 @@ def _train(cfg: TrainerConfig, stop: threading.Event) -> dict[str, Any]:
         with streaming_gc():  # see pipeline/gcpolicy.py
             return trainer.run(stop)
     finally:
+        metrics.close()
         sink.close()
         source.close()
