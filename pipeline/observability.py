@@ -163,16 +163,20 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def progress_line(snapshot: Mapping[str, Any], max_events: int | None) -> str:
-    """``events=... (rate/s) ETA ... loss ... ndcg@10(win) ...`` from a metrics snapshot."""
-    events = snapshot["events_seen"]
+def progress_line(snapshot: Mapping[str, Any], total: int | None) -> str:
+    """``events=... (rate/s) NN% ETA ... loss ... ndcg@10(win) ...`` from a metrics snapshot.
+
+    ``events`` counts since the first checkpoint (resumed runs included); the percentage and
+    the ETA are of this run (``run_events``) against ``total``, the events it reads at most
+    (``max_events``, or what a finite source has left; None: no percentage)."""
+    done = snapshot["run_events"]
     rate = snapshot["events_per_s"]
-    parts = [f"events={events:,}", f"{rate:,.0f}/s"]
-    if max_events:
-        eta = (max_events - events) / rate if rate > 0 else math.inf
-        # The bound stops at a record boundary, so the last poll may overshoot max_events.
-        parts.append(f"{min(100.0, 100 * events / max_events):.0f}%")
-        parts.append("ETA " + (_duration(eta) if math.isfinite(eta) else "?"))
+    parts = [f"events={snapshot['events_seen']:,}", f"{rate:,.0f}/s"]
+    if total:
+        eta = (total - done) / rate if rate > 0 else math.inf
+        # An Arrow record is never split, so the last poll may overshoot max_events.
+        parts.append(f"{min(100.0, 100 * done / total):.0f}%")
+        parts.append("ETA " + (_duration(max(0.0, eta)) if math.isfinite(eta) else "?"))
     parts.append(f"targets={snapshot['targets']:,}")
     parts.append(f"loss={snapshot['loss']:.3f}")
     for name, value in snapshot["window"].items():

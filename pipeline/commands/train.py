@@ -234,17 +234,22 @@ def _run(args: argparse.Namespace, stop: threading.Event) -> int:
     # a group's rank 0 holds the directory, as one trainer would; the others their parts
     where = Path(cfg.checkpoint.dir)
     lock = DirectoryLock(where if rank == 0 else where / part_name(rank, world))
+    created = _missing_dirs(lock.directory)
     try:
         lock.acquire()
     except DirectoryLockedError as err:
         raise SystemExit(f"genrec train: error: {err}") from None
     from pipeline.distributed.group import GroupError
 
+    trained = False
     try:
         summary = _train(cfg, stop) if world == 1 else _train_group(cfg, stop)
+        trained = True
     except (CheckpointError, PublishError, GroupError, plugins.PluginNotFoundError) as err:
         raise SystemExit(f"genrec train: error: {err}") from None
     finally:
+        if not trained:
+            _discard_if_unused(lock.path, created)
         lock.release()
     print(json.dumps(summary, indent=2, default=float))
     log.info(
@@ -254,6 +259,29 @@ def _run(args: argparse.Namespace, stop: threading.Event) -> int:
         cfg.run_dir,
     )
     return 0
+
+
+def _missing_dirs(directory: Path) -> list[Path]:
+    """``directory`` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not directory.exists() and directory != directory.parent:
+        missing.append(directory)
+        directory = directory.parent
+    return missing
+
+
+def _discard_if_unused(lock_path: Path, created: list[Path]) -> None:
+    """After a failed run: remove the lock file, and the directories the run created, when
+    the run put nothing else there (it failed before its first checkpoint). Done while the
+    lock is held, so no other trainer is using the directory."""
+    if any(p != lock_path for p in lock_path.parent.iterdir()):
+        return
+    lock_path.unlink(missing_ok=True)
+    for directory in created:
+        try:
+            directory.rmdir()
+        except OSError:  # not empty: something else lives there now
+            return
 
 
 def _train_group(cfg: TrainerConfig, stop: threading.Event) -> dict[str, Any]:

@@ -183,6 +183,13 @@ class FileSource:
     def exhausted(self) -> bool:
         return self._inner.exhausted()
 
+    def remaining_events(self) -> int | None:
+        """Events left in a table file (reading it if not done yet); None for JSON Lines,
+        whose lines are counted only as they are read (``FiniteSource``)."""
+        if isinstance(self._inner, EventLogSource):
+            return self._inner.remaining_events()
+        return None
+
     def close(self) -> None:
         self._inner.close()
         if self._spilled is not None:
