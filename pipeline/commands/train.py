@@ -235,6 +235,7 @@ def _run(args: argparse.Namespace, stop: threading.Event) -> int:
     where = Path(cfg.checkpoint.dir)
     lock = DirectoryLock(where if rank == 0 else where / part_name(rank, world))
     created = _missing_dirs(lock.directory)
+    created_run_dirs = _missing_dirs(Path(cfg.run_dir))
     try:
         lock.acquire()
     except DirectoryLockedError as err:
@@ -249,7 +250,7 @@ def _run(args: argparse.Namespace, stop: threading.Event) -> int:
         raise SystemExit(f"genrec train: error: {err}") from None
     finally:
         if not trained:
-            _discard_if_unused(lock.path, created)
+            _clean_up_failed_run(cfg, lock.path, created, created_run_dirs)
         lock.release()
     print(json.dumps(summary, indent=2, default=float))
     log.info(
@@ -270,17 +271,27 @@ def _missing_dirs(directory: Path) -> list[Path]:
     return missing
 
 
-def _discard_if_unused(lock_path: Path, created: list[Path]) -> None:
-    """After a failed run: remove the lock file, and the directories the run created, when
-    the run put nothing else there (it failed before its first checkpoint). Done while the
-    lock is held, so no other trainer is using the directory."""
-    if any(p != lock_path for p in lock_path.parent.iterdir()):
-        return
-    lock_path.unlink(missing_ok=True)
+def _clean_up_failed_run(
+    cfg: TrainerConfig, lock_path: Path, checkpoint_dirs: list[Path], run_dirs: list[Path]
+) -> None:
+    """Remove what a failed run created and did not use: its lock file when no checkpoint was
+    written (called while the lock is held, so no other trainer uses the directory), its empty
+    metrics log and dead-letter file, and the directories it created that are empty then."""
+    only_lock = list(lock_path.parent.iterdir()) == [lock_path]
+    _discard(checkpoint_dirs, [lock_path] if only_lock else [])
+    outputs = (cfg.metrics_log_path, cfg.dead_letter_path)
+    _discard(run_dirs, [p for p in outputs if p.is_file() and not p.stat().st_size])
+
+
+def _discard(created: list[Path], files: list[Path]) -> None:
+    """Delete ``files``, then the directories in ``created`` (deepest first) while they are
+    empty."""
+    for path in files:
+        path.unlink(missing_ok=True)
     for directory in created:
         try:
             directory.rmdir()
-        except OSError:  # not empty: something else lives there now
+        except OSError:  # not empty: the run (or someone else) put something there
             return
 
 

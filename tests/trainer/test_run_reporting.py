@@ -128,7 +128,7 @@ def test_a_finite_stream_has_a_total_without_max_events(tmp_path: Path, caplog):
     assert "--no-resume" in said[0]
 
 
-def test_a_failed_run_leaves_no_empty_checkpoint_directory(tmp_path: Path, capsys):
+def test_a_failed_run_leaves_no_empty_directories(tmp_path: Path, capsys):
     bad = tmp_path / "bad.csv"
     bad.write_text("user_id,item_id,timestamp\n1,2,not-a-time\n")
     checkpoints = tmp_path / "checkpoints" / "run-1"
@@ -139,6 +139,7 @@ def test_a_failed_run_leaves_no_empty_checkpoint_directory(tmp_path: Path, capsy
     assert code == 2
     assert "bad.csv" in capsys.readouterr().err
     assert not (tmp_path / "checkpoints").exists()  # the run created both levels
+    assert not (tmp_path / "run").exists()  # and its run directory, left with empty files
     # A directory that was there before stays, without the failed run's lock file.
     kept = tmp_path / "kept"
     kept.mkdir()
