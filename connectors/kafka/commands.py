@@ -49,11 +49,11 @@ def _broker_dir(args: argparse.Namespace) -> Path:
 def _kafka_status(args: argparse.Namespace) -> int:
     from connectors.kafka.broker import STATE_FILE, LocalKafkaBroker
 
-    args.dir = _broker_dir(args)
-    if not (Path(args.dir) / STATE_FILE).exists():
-        print(json.dumps({"running": False, "data_dir": str(args.dir)}))
+    directory = _broker_dir(args)
+    if not (directory / STATE_FILE).exists():
+        print(json.dumps({"running": False, "data_dir": str(directory)}))
         return 1
-    broker = LocalKafkaBroker(args.dir)
+    broker = LocalKafkaBroker(directory)
     running = broker.is_running()
     print(
         json.dumps(
@@ -74,16 +74,16 @@ def _kafka_status(args: argparse.Namespace) -> int:
 def _kafka_down(args: argparse.Namespace) -> int:
     from connectors.kafka.broker import STATE_FILE, LocalKafkaBroker, forget_active_broker
 
-    args.dir = _broker_dir(args)
-    forget_active_broker(args.dir)
-    if (Path(args.dir) / STATE_FILE).exists():
-        LocalKafkaBroker(args.dir).stop(timeout_s=args.timeout)
-        print(f"stopped the Kafka broker in {args.dir}")
+    directory = _broker_dir(args)
+    forget_active_broker(directory)
+    if (directory / STATE_FILE).exists():
+        LocalKafkaBroker(directory).stop(timeout_s=args.timeout)
+        print(f"stopped the Kafka broker in {directory}")
     else:
-        print(f"no Kafka broker state in {args.dir}; nothing to stop")
+        print(f"no Kafka broker state in {directory}; nothing to stop")
     if args.purge:
-        shutil.rmtree(args.dir, ignore_errors=True)
-        print(f"deleted {args.dir}")
+        shutil.rmtree(directory, ignore_errors=True)
+        print(f"deleted {directory}")
     return 0
 
 

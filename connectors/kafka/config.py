@@ -158,8 +158,11 @@ def connect(factory: Callable[..., T], config: KafkaClientConfig, **kwargs: Any)
 @contextmanager
 def _quiet_kafka_logs() -> Iterator[None]:
     # kafka-python logs each failed bootstrap attempt (over a hundred lines in 30 s); the
-    # error above says it once.
+    # error above says it once. At DEBUG (--log-level DEBUG) they stay, for diagnosis.
     kafka_log = logging.getLogger("kafka")
+    if kafka_log.isEnabledFor(logging.DEBUG):
+        yield
+        return
     level = kafka_log.level
     kafka_log.setLevel(logging.CRITICAL)
     try:
