@@ -84,3 +84,21 @@ def test_commands_find_the_broker_started_with_kafka_up_dir(
     where = ["--run-dir", str(tmp_path / "run"), "--checkpoint-dir", str(tmp_path / "ckpt")]
     assert main([*train, *where, "--max-events", str(produced)]) == 0
     assert json.loads(capsys.readouterr().out)["events_seen"] == produced
+
+
+@pytest.mark.kafka
+def test_max_events_on_a_topic_of_small_arrow_records(
+    kafka_bootstrap: str, create_topic, tmp_path: Path, capsys
+):
+    topic = create_topic(partitions=3)
+    servers = ["--bootstrap-servers", kafka_bootstrap]
+    produce = ["produce", "--topic", topic, "--synthetic", "--users", "60", "--no-progress"]
+    small = ["--events-per-user", "20", "--codec", "arrow", "--batch-events", "50"]
+    assert main([*produce, *small, *servers]) == 0
+    assert json.loads(capsys.readouterr().out)["events"] > 1000
+    train = ["train", "--source", "kafka", "--topic", topic, "--no-publish", *servers]
+    where = ["--run-dir", str(tmp_path / "run"), "--checkpoint-dir", str(tmp_path / "ckpt")]
+    assert main([*train, *where, "--metrics-port", "0", "--max-events", "600"]) == 0
+    seen = json.loads(capsys.readouterr().out)["events_seen"]
+    # A message holds at most 50 events (--batch-events); records are never split.
+    assert 600 <= seen < 650, f"{seen} events for --max-events 600"
