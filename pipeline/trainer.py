@@ -943,7 +943,8 @@ class OnlineTrainer:
         """Final metrics, counters and published versions (also written to run_dir)."""
         snap = self.snapshot(started, start_events)
         out = {
-            "events_seen": snap["events_seen"],
+            "events_seen": snap["events_seen"],  # since the first checkpoint
+            "run_events": snap["run_events"],  # read by this run (what max_events bounds)
             "events_valid": self.counters["events_valid"],
             "events_trained": self.counters["events_trained"],
             "targets": self.counters["targets"],
