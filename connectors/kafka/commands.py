@@ -10,14 +10,34 @@ in the cache root; the other commands default to that broker when neither
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from connectors.kafka.config import add_client_arguments, client_config_from_args
 
 log = logging.getLogger(__name__)
+
+
+def _one_line_errors(command: Callable[[argparse.Namespace], int]) -> Callable[..., int]:
+    """``command`` with its own failures (a topic, the local broker, a replay) ending it with
+    their message, as the CLI ends on bad input, instead of a traceback."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        from connectors.kafka.admin import TopicError
+        from connectors.kafka.broker import BrokerError
+        from connectors.kafka.producer import ReplayError
+
+        try:
+            return command(args)
+        except (TopicError, BrokerError, ReplayError) as err:
+            raise SystemExit(f"genrec {args.command}: error: {err}") from None
+
+    return run
 
 
 def _client_config(args: argparse.Namespace):
@@ -204,11 +224,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument("--port", type=int, help="client port (default: recorded or a free one)")
     up.add_argument("--heap", default="512m", help="JVM max heap (default: 512m)")
     up.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for readiness")
-    up.set_defaults(func=_kafka_up)
+    up.set_defaults(func=_one_line_errors(_kafka_up))
     down.add_argument("--timeout", type=float, default=30.0, help="seconds before SIGKILL")
     down.add_argument("--purge", action="store_true", help="also delete the data directory")
-    down.set_defaults(func=_kafka_down)
-    status.set_defaults(func=_kafka_status)
+    down.set_defaults(func=_one_line_errors(_kafka_down))
+    status.set_defaults(func=_one_line_errors(_kafka_status))
 
     topics = subparsers.add_parser("topics", help="create, list, describe or delete topics")
     topics_sub = topics.add_subparsers(dest="topics_command", metavar="ACTION", required=True)
@@ -231,7 +251,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     delete.add_argument("name", help="topic name")
     for sub in (create, listing, describe, delete):
         add_client_arguments(sub)
-        sub.set_defaults(func=_topics)
+        sub.set_defaults(func=_one_line_errors(_topics))
 
     produce = subparsers.add_parser(
         "produce", help="replay a dataset or the synthetic stream into a topic"
@@ -273,4 +293,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     produce.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_client_arguments(produce)
-    produce.set_defaults(func=_produce)
+    produce.set_defaults(func=_one_line_errors(_produce))

@@ -102,3 +102,13 @@ def test_max_events_on_a_topic_of_small_arrow_records(
     seen = json.loads(capsys.readouterr().out)["events_seen"]
     # A message holds at most 50 events (--batch-events); records are never split.
     assert 600 <= seen < 650, f"{seen} events for --max-events 600"
+
+
+@pytest.mark.kafka
+def test_a_topic_error_is_one_line(kafka_bootstrap: str, kafka_topic: str):
+    servers = ["--bootstrap-servers", kafka_bootstrap]
+    with pytest.raises(SystemExit) as ended:
+        main(["topics", "describe", kafka_topic, *servers])  # never created
+    message = str(ended.value.code)
+    assert message.startswith(f"genrec topics: error: cannot describe topic '{kafka_topic}'")
+    assert "\n" not in message
