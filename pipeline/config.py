@@ -79,6 +79,12 @@ class KafkaSection(_Section):
     ssl_cafile: str | None = Field(None, description="CA bundle (PEM)")
     ssl_certfile: str | None = Field(None, description="client certificate (PEM)")
     ssl_keyfile: str | None = Field(None, description="client key (PEM)")
+    connect_timeout_s: float | None = Field(
+        None,
+        gt=0,
+        description="longest wait for a broker to answer at start (default: "
+        "KAFKA_CONNECT_TIMEOUT_S, else 10)",
+    )
 
 
 class SourceSection(_Section):

@@ -2,7 +2,10 @@
 
 * ``TrainerMetrics`` owns a private Prometheus ``CollectorRegistry`` (so tests and several
   trainers in one process never collide) and serves it on ``host:port`` (127.0.0.1 by
-  default; port 0 disables the endpoint). Metric names start with ``genrec_``.
+  default; port 0 disables the endpoint). Metric names start with ``genrec_``. The endpoint
+  serves at most ``MAX_CONNECTIONS`` connections at once, one thread each (more are closed at
+  once), and closes a connection idle for ``IDLE_TIMEOUT_S``: idle or slow clients cannot
+  pile up threads and memory in the trainer.
 * ``progress_line`` formats the periodic log line (rate, ETA when the run is bounded, metrics).
 * ``MetricsLog`` appends one JSON object per line, the file the demo plots.
 
@@ -14,11 +17,58 @@ from __future__ import annotations
 import json
 import logging
 import math
+import socket
+import threading
 from collections.abc import Mapping
 from pathlib import Path
+from socketserver import ThreadingMixIn
 from typing import IO, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 log = logging.getLogger(__name__)
+
+# A scrape is one short request every few seconds; more connections at once are clients
+# misbehaving, and each costs a thread.
+MAX_CONNECTIONS = 8
+IDLE_TIMEOUT_S = 5.0
+
+
+class _QuietHandler(WSGIRequestHandler):
+    timeout = IDLE_TIMEOUT_S  # a connection that sends nothing this long is closed
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """No access log: a scrape every few seconds would flood the trainer's log."""
+
+
+class _BoundedServer(ThreadingMixIn, WSGIServer):
+    """A thread per connection, at most ``MAX_CONNECTIONS`` of them."""
+
+    daemon_threads = True
+    request_queue_size = 128  # a burst of connects waits in the kernel, not in SYN retries
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # over the limit: closed, no thread
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # An idle timeout or a client that hung up: nothing for the trainer's log.
+        log.debug("metrics connection from %s ended with an error", client_address, exc_info=True)
+
+
+class _BoundedServerV6(_BoundedServer):
+    address_family = socket.AF_INET6
 
 
 class TrainerMetrics:
@@ -59,14 +109,18 @@ class TrainerMetrics:
             registry=r,
         )
         self.port = 0
+        self._server: _BoundedServer | None = None
         if port:
             self._serve(host, port)
 
     def _serve(self, host: str, port: int) -> None:
-        from prometheus_client import start_http_server
+        from prometheus_client import make_wsgi_app
 
+        server_class = _BoundedServerV6 if ":" in host else _BoundedServer
         try:
-            start_http_server(port, addr=host, registry=self.registry)
+            server = make_server(
+                host, port, make_wsgi_app(self.registry), server_class, _QuietHandler
+            )
         except OSError as err:
             log.warning(
                 "cannot serve Prometheus metrics on %s:%d (%s); training continues without "
@@ -76,8 +130,18 @@ class TrainerMetrics:
                 err,
             )
             return
+        assert isinstance(server, _BoundedServer)
+        self._server = server
+        threading.Thread(target=server.serve_forever, name="genrec-metrics", daemon=True).start()
         self.port = port
         log.info("Prometheus metrics on http://%s:%d/metrics", host, port)
+
+    def close(self) -> None:
+        """Stop serving the endpoint (if it runs) and free its port."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
 
     def set_consumer_lag(self, partition: str, lag: int) -> None:
         """Hook for sources that know how far behind they are."""
@@ -99,16 +163,20 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def progress_line(snapshot: Mapping[str, Any], max_events: int | None) -> str:
-    """``events=... (rate/s) ETA ... loss ... ndcg@10(win) ...`` from a metrics snapshot."""
-    events = snapshot["events_seen"]
+def progress_line(snapshot: Mapping[str, Any], total: int | None) -> str:
+    """``events=... (rate/s) NN% ETA ... loss ... ndcg@10(win) ...`` from a metrics snapshot.
+
+    ``events`` counts since the first checkpoint (resumed runs included); the percentage and
+    the ETA are of this run (``run_events``) against ``total``, the events it reads at most
+    (``max_events``, or what a finite source has left; None: no percentage)."""
+    done = snapshot["run_events"]
     rate = snapshot["events_per_s"]
-    parts = [f"events={events:,}", f"{rate:,.0f}/s"]
-    if max_events:
-        eta = (max_events - events) / rate if rate > 0 else math.inf
-        # The bound stops at a record boundary, so the last poll may overshoot max_events.
-        parts.append(f"{min(100.0, 100 * events / max_events):.0f}%")
-        parts.append("ETA " + (_duration(eta) if math.isfinite(eta) else "?"))
+    parts = [f"events={snapshot['events_seen']:,}", f"{rate:,.0f}/s"]
+    if total:
+        eta = (total - done) / rate if rate > 0 else math.inf
+        # An Arrow record is never split, so the last poll may overshoot max_events.
+        parts.append(f"{min(100.0, 100 * done / total):.0f}%")
+        parts.append("ETA " + (_duration(max(0.0, eta)) if math.isfinite(eta) else "?"))
     parts.append(f"targets={snapshot['targets']:,}")
     parts.append(f"loss={snapshot['loss']:.3f}")
     for name, value in snapshot["window"].items():

@@ -85,6 +85,17 @@ class OfflineResult:
         }
 
 
+CHECKPOINT_DIR = "checkpoint"  # train-offline's model, inside its --out directory
+
+
+def offline_checkpoint(directory: str | Path) -> Path:
+    """The model folder of a ``train-offline`` run given its ``--out`` directory, or that
+    folder itself (``OUT/checkpoint``): what ``evaluate --checkpoint`` and ``backfill
+    bootstrap --weights`` accept."""
+    path = Path(directory)
+    return path / CHECKPOINT_DIR if (path / CHECKPOINT_DIR).is_dir() else path
+
+
 def load_sequences(
     data: str | None,
     fmt: str = "auto",
@@ -284,7 +295,7 @@ def train_offline(
         model.reference_init()
     model = model.to(cfg.device)
     max_len = model_max_len(model, default=model_config.get("max_len", 200))
-    checkpoint = None if out_dir is None else Path(out_dir) / "checkpoint"
+    checkpoint = None if out_dir is None else Path(out_dir) / CHECKPOINT_DIR
     meta = {**(meta or {}), "train_config": asdict(cfg)}
 
     def keep_best(kept: nn.Module, epoch: int, metrics: dict[str, float]) -> None:

@@ -64,7 +64,14 @@ from pipeline.events.reject import DecodeResult
 from pipeline.observability import MetricsLog, TrainerMetrics, progress_line
 from pipeline.progressive import ProgressiveMetrics, ranks_over_catalogue
 from pipeline.publishing import ConcurrentPublishError
-from pipeline.sources.base import Records, Source, SourceRecord, TimeSeekable, gather
+from pipeline.sources.base import (
+    FiniteSource,
+    Records,
+    Source,
+    SourceRecord,
+    TimeSeekable,
+    gather,
+)
 from pipeline.state.store import SequenceStore
 from pipeline.state.vocab import ItemVocabulary
 
@@ -265,6 +272,7 @@ class OnlineTrainer:
         self._last_checkpoint = time.monotonic()
         self._last_publish = time.monotonic()
         self._metrics_log: MetricsLog | None = None
+        self._run_total: int | None = None  # events this run reads at most (progress total)
         # when this run's first record arrived: events/s of the stream, not of the wait for it
         self._first_record_at: float | None = None
         # What this trainer last saw ``latest`` point to: a publish fails instead of forking
@@ -432,6 +440,16 @@ class OnlineTrainer:
         self._metrics_log = MetricsLog(self.cfg.metrics_log_path)
         started = time.monotonic()
         start_events = self.counters["events_seen"]
+        self._run_total = self._events_ahead()
+        if self.source.exhausted():
+            log.warning(
+                "nothing to train: the %s source has no events left at %s (%s events seen "
+                "before); start over with --no-resume or a new --checkpoint-dir, or give a "
+                "longer stream",
+                self.cfg.source.kind,
+                self.source.positions(),
+                f"{start_events:,}",
+            )
         if self.registry is not None and self.cfg.registry.enabled:
             self._expected_latest = self.registry.latest_version()
             self._adopt_published()
@@ -475,6 +493,15 @@ class OnlineTrainer:
                 logged_targets = self.counters["targets"]
             self._maybe_publish_and_checkpoint()
 
+    def _events_ahead(self) -> int | None:
+        """Events this run reads at most: ``train.max_events``, or fewer when a finite
+        source has fewer left (None: unbounded). The progress line's total."""
+        bound = self.cfg.train.max_events
+        left = self.source.remaining_events() if isinstance(self.source, FiniteSource) else None
+        if left is None:
+            return bound
+        return left if bound is None else min(bound, left)
+
     def _bound_reached(self, started: float, start_events: int) -> bool:
         """True once ``train.max_events`` more events were read or ``duration_s`` passed."""
         train = self.cfg.train
@@ -487,15 +514,18 @@ class OnlineTrainer:
         """Poll until about one micro-batch of events (or the bound) is reached."""
         cfg = self.cfg
         target = cfg.train.batch_events
+        timeout = cfg.source.poll_timeout_s
         if cfg.train.max_events is not None:
             done = self.counters["events_seen"] - start_events
             target = min(target, cfg.train.max_events - done)
+            if self._events_per_record is not None and self._events_per_record > 1:
+                # Records of many events (Arrow) are never split, and their sizes vary (a
+                # producer splits its batches by partition), so a poll of several may go far
+                # past the bound: a bounded run takes one per poll and ends less than one
+                # record past max_events.
+                return gather(self.source, 1, 1.0, 1, timeout)
         return gather(
-            self.source,
-            target,
-            self._events_per_record,
-            cfg.source.poll_max_records,
-            cfg.source.poll_timeout_s,
+            self.source, target, self._events_per_record, cfg.source.poll_max_records, timeout
         )
 
     def process_records(self, records: Sequence[SourceRecord]) -> list[StepResult]:
@@ -884,6 +914,7 @@ class OnlineTrainer:
             "time": time.time(),
             "elapsed_s": elapsed,
             "events_seen": self.counters["events_seen"],
+            "run_events": self.counters["events_seen"] - start_events,
             "events_trained": self.counters["events_trained"],
             "targets": self.counters["targets"],
             "events_per_s": rate,
@@ -904,7 +935,7 @@ class OnlineTrainer:
 
     def _log_progress(self, started: float, start_events: int) -> None:
         snap = self.snapshot(started, start_events)
-        log.info(progress_line(snap, self.cfg.train.max_events))
+        log.info(progress_line(snap, self._run_total))
         if self._metrics_log is not None:
             self._metrics_log.write(snap)
 
@@ -912,7 +943,8 @@ class OnlineTrainer:
         """Final metrics, counters and published versions (also written to run_dir)."""
         snap = self.snapshot(started, start_events)
         out = {
-            "events_seen": snap["events_seen"],
+            "events_seen": snap["events_seen"],  # since the first checkpoint
+            "run_events": snap["run_events"],  # read by this run (what max_events bounds)
             "events_valid": self.counters["events_valid"],
             "events_trained": self.counters["events_trained"],
             "targets": self.counters["targets"],

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
 
-from connectors.kafka.config import KafkaClientConfig
+from connectors.kafka.config import KafkaClientConfig, connect
 
 T = TypeVar("T")
 
@@ -52,10 +52,13 @@ class TopicAdmin:
             config = KafkaClientConfig(bootstrap_servers=config)
         self.config = config
         self.timeout_s = timeout_s
-        kwargs = {**config.client_kwargs(), "client_id": f"{config.client_id}-admin"}
         # Reconnect within a second after a broker restart (kafka-python backs off up to 30s).
-        self._admin = KafkaAdminClient(
-            request_timeout_ms=int(timeout_s * 1000), reconnect_backoff_max_ms=1000, **kwargs
+        self._admin = connect(
+            KafkaAdminClient,
+            config,
+            client_id=f"{config.client_id}-admin",
+            request_timeout_ms=int(timeout_s * 1000),
+            reconnect_backoff_max_ms=1000,
         )
 
     def create_topic(

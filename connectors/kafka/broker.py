@@ -40,6 +40,7 @@ DEFAULT_KAFKA_VERSION = "4.1.1"
 POM_PATH = Path(__file__).with_name("pom.xml")
 LOG4J_CONFIG = Path(__file__).with_name("log4j2.properties")
 STATE_FILE = "broker.json"
+ACTIVE_FILE = "active.json"  # in kafka_cache_root(): the data dir 'genrec kafka up' last started
 _COMPLETE_MARKER = ".complete"
 _BROKER_MAIN = "kafka.Kafka"
 
@@ -65,13 +66,49 @@ def default_broker_dir() -> Path:
     return kafka_cache_root() / "local"
 
 
+def active_broker_dir() -> Path:
+    """Data directory of the broker that ``genrec kafka up`` last started (``--dir`` or not),
+    as recorded in ``kafka_cache_root()/active.json``; the default one if none is recorded."""
+    path = kafka_cache_root() / ACTIVE_FILE
+    try:
+        return Path(json.loads(path.read_text())["data_dir"])
+    except FileNotFoundError:
+        return default_broker_dir()
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(
+            f"{path} does not name a broker directory ({exc!r}); delete it, then run "
+            "'genrec kafka up --dir DIR' again"
+        ) from None
+
+
+def remember_active_broker(directory: Path) -> None:
+    """Record ``directory`` as the broker other commands use by default (``kafka up``)."""
+    path = kafka_cache_root() / ACTIVE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps({"data_dir": str(Path(directory).resolve())}) + "\n")
+    tmp.replace(path)
+
+
+def forget_active_broker(directory: Path) -> None:
+    """Drop the record of ``directory`` (``kafka down``); a record of another broker stays."""
+    if active_broker_dir() == Path(directory).resolve():
+        (kafka_cache_root() / ACTIVE_FILE).unlink(missing_ok=True)
+
+
 def running_local_bootstrap(directory: Path | None = None) -> str | None:
-    """Bootstrap servers of the local broker (``genrec kafka up``) if it is running, else None."""
-    directory = default_broker_dir() if directory is None else directory
-    if not (directory / STATE_FILE).exists():
-        return None
-    broker = LocalKafkaBroker(directory)
-    return broker.bootstrap_servers if broker.is_running() else None
+    """Bootstrap servers of the local broker if it is running, else None: the one in
+    ``directory``, by default the one ``genrec kafka up`` last started, else the one in the
+    default directory."""
+    candidates = [directory] if directory is not None else [active_broker_dir()]
+    if directory is None and default_broker_dir() not in candidates:
+        candidates.append(default_broker_dir())
+    for candidate in candidates:
+        if (candidate / STATE_FILE).exists():
+            broker = LocalKafkaBroker(candidate)
+            if broker.is_running():
+                return broker.bootstrap_servers
+    return None
 
 
 def ensure_kafka_jars(version: str | None = None, timeout_s: float = 900.0) -> Path:

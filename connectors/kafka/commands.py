@@ -1,21 +1,43 @@
 """``genrec kafka up|status|down``, ``genrec topics ...`` and ``genrec produce``.
 
 ``kafka up`` starts the local broker (connectors/kafka/broker.py) as a daemon, waits until it
-answers, and prints its bootstrap servers; the other commands default to that broker when
-neither ``--bootstrap-servers`` nor ``KAFKA_BOOTSTRAP_SERVERS`` names a cluster.
+answers, prints its bootstrap servers and records its data directory (``--dir`` or the default)
+in the cache root; the other commands default to that broker when neither
+``--bootstrap-servers`` nor ``KAFKA_BOOTSTRAP_SERVERS`` names a cluster, and ``kafka status`` /
+``kafka down`` to its directory.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from connectors.kafka.config import add_client_arguments, client_config_from_args
 
 log = logging.getLogger(__name__)
+
+
+def _one_line_errors(command: Callable[[argparse.Namespace], int]) -> Callable[..., int]:
+    """``command`` with its own failures (a topic, the local broker, a replay) ending it with
+    their message, as the CLI ends on bad input, instead of a traceback."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        from connectors.kafka.admin import TopicError
+        from connectors.kafka.broker import BrokerError
+        from connectors.kafka.producer import ReplayError
+
+        try:
+            return command(args)
+        except (TopicError, BrokerError, ReplayError) as err:
+            raise SystemExit(f"genrec {args.command}: error: {err}") from None
+
+    return run
 
 
 def _client_config(args: argparse.Namespace):
@@ -28,20 +50,30 @@ def _client_config(args: argparse.Namespace):
 
 
 def _kafka_up(args: argparse.Namespace) -> int:
-    from connectors.kafka.broker import LocalKafkaBroker
+    from connectors.kafka.broker import LocalKafkaBroker, remember_active_broker
 
     broker = LocalKafkaBroker(args.dir, port=args.port, heap=args.heap)
-    print(broker.start(timeout_s=args.timeout))
+    servers = broker.start(timeout_s=args.timeout)
+    remember_active_broker(broker.data_dir)
+    print(servers)
     return 0
+
+
+def _broker_dir(args: argparse.Namespace) -> Path:
+    """``--dir``, else the directory of the broker ``kafka up`` last started."""
+    from connectors.kafka.broker import active_broker_dir
+
+    return args.dir if args.dir is not None else active_broker_dir()
 
 
 def _kafka_status(args: argparse.Namespace) -> int:
     from connectors.kafka.broker import STATE_FILE, LocalKafkaBroker
 
-    if not (Path(args.dir) / STATE_FILE).exists():
-        print(json.dumps({"running": False, "data_dir": str(args.dir)}))
+    directory = _broker_dir(args)
+    if not (directory / STATE_FILE).exists():
+        print(json.dumps({"running": False, "data_dir": str(directory)}))
         return 1
-    broker = LocalKafkaBroker(args.dir)
+    broker = LocalKafkaBroker(directory)
     running = broker.is_running()
     print(
         json.dumps(
@@ -60,16 +92,18 @@ def _kafka_status(args: argparse.Namespace) -> int:
 
 
 def _kafka_down(args: argparse.Namespace) -> int:
-    from connectors.kafka.broker import STATE_FILE, LocalKafkaBroker
+    from connectors.kafka.broker import STATE_FILE, LocalKafkaBroker, forget_active_broker
 
-    if (Path(args.dir) / STATE_FILE).exists():
-        LocalKafkaBroker(args.dir).stop(timeout_s=args.timeout)
-        print(f"stopped the Kafka broker in {args.dir}")
+    directory = _broker_dir(args)
+    forget_active_broker(directory)
+    if (directory / STATE_FILE).exists():
+        LocalKafkaBroker(directory).stop(timeout_s=args.timeout)
+        print(f"stopped the Kafka broker in {directory}")
     else:
-        print(f"no Kafka broker state in {args.dir}; nothing to stop")
+        print(f"no Kafka broker state in {directory}; nothing to stop")
     if args.purge:
-        shutil.rmtree(args.dir, ignore_errors=True)
-        print(f"deleted {args.dir}")
+        shutil.rmtree(directory, ignore_errors=True)
+        print(f"deleted {directory}")
     return 0
 
 
@@ -173,21 +207,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up = kafka_sub.add_parser("up", help="start the local broker and print bootstrap servers")
     down = kafka_sub.add_parser("down", help="stop the local broker (data is kept)")
     status = kafka_sub.add_parser("status", help="print the local broker's state (exit 1: down)")
-    for sub in (up, down, status):
+    up.add_argument(
+        "--dir",
+        type=Path,
+        default=default_dir,
+        help=f"broker data/state directory (default: {default_dir}); the other commands "
+        "(topics, produce, train, kafka status/down) then find this broker by themselves",
+    )
+    for sub in (down, status):
         sub.add_argument(
             "--dir",
             type=Path,
-            default=default_dir,
-            help=f"broker data/state directory (default: {default_dir})",
+            help="broker data/state directory (default: the one 'genrec kafka up' last "
+            f"started, else {default_dir})",
         )
     up.add_argument("--port", type=int, help="client port (default: recorded or a free one)")
     up.add_argument("--heap", default="512m", help="JVM max heap (default: 512m)")
     up.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for readiness")
-    up.set_defaults(func=_kafka_up)
+    up.set_defaults(func=_one_line_errors(_kafka_up))
     down.add_argument("--timeout", type=float, default=30.0, help="seconds before SIGKILL")
     down.add_argument("--purge", action="store_true", help="also delete the data directory")
-    down.set_defaults(func=_kafka_down)
-    status.set_defaults(func=_kafka_status)
+    down.set_defaults(func=_one_line_errors(_kafka_down))
+    status.set_defaults(func=_one_line_errors(_kafka_status))
 
     topics = subparsers.add_parser("topics", help="create, list, describe or delete topics")
     topics_sub = topics.add_subparsers(dest="topics_command", metavar="ACTION", required=True)
@@ -210,7 +251,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     delete.add_argument("name", help="topic name")
     for sub in (create, listing, describe, delete):
         add_client_arguments(sub)
-        sub.set_defaults(func=_topics)
+        sub.set_defaults(func=_one_line_errors(_topics))
 
     produce = subparsers.add_parser(
         "produce", help="replay a dataset or the synthetic stream into a topic"
@@ -252,4 +293,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     produce.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_client_arguments(produce)
-    produce.set_defaults(func=_produce)
+    produce.set_defaults(func=_one_line_errors(_produce))

@@ -8,17 +8,27 @@ the environment (``KAFKA_SASL_PASSWORD``) so that it never shows in ``ps`` or sh
 
 Environment variables: ``KAFKA_BOOTSTRAP_SERVERS``, ``KAFKA_SECURITY_PROTOCOL``,
 ``KAFKA_SASL_MECHANISM``, ``KAFKA_SASL_USERNAME``, ``KAFKA_SASL_PASSWORD``,
-``KAFKA_SSL_CAFILE``, ``KAFKA_SSL_CERTFILE``, ``KAFKA_SSL_KEYFILE``.
+``KAFKA_SSL_CAFILE``, ``KAFKA_SSL_CERTFILE``, ``KAFKA_SSL_KEYFILE``, ``KAFKA_CONNECT_TIMEOUT_S``.
+
+Connecting: kafka-python clients reach a broker in their constructor and, by default, log
+every failed attempt for 30 s before a ``KafkaTimeoutError``. ``connect`` builds them with a
+bounded wait (``connect_timeout_s``, 10 s by default) and their per-attempt log lines quiet, and
+turns "no broker answered" into ``KafkaUnreachableError``: one line naming the servers and what
+to do.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
-from collections.abc import Mapping
-from typing import Any, Literal
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+T = TypeVar("T")
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"]
@@ -31,7 +41,14 @@ _ENV_FIELDS = {
     "ssl_cafile": "KAFKA_SSL_CAFILE",
     "ssl_certfile": "KAFKA_SSL_CERTFILE",
     "ssl_keyfile": "KAFKA_SSL_KEYFILE",
+    "connect_timeout_s": "KAFKA_CONNECT_TIMEOUT_S",
 }
+DEFAULT_CONNECT_TIMEOUT_S = 10.0
+
+
+class KafkaUnreachableError(ConnectionError):
+    """No bootstrap server answered within the connect timeout (an ``OSError``: the CLI prints
+    its message as one line)."""
 
 
 class KafkaClientConfig(BaseModel):
@@ -48,6 +65,9 @@ class KafkaClientConfig(BaseModel):
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
     client_id: str = "genrec"
+    connect_timeout_s: float = Field(
+        DEFAULT_CONNECT_TIMEOUT_S, gt=0, le=3600, description="longest wait for a first broker"
+    )
 
     @model_validator(mode="after")
     def _check_sasl(self) -> KafkaClientConfig:
@@ -101,6 +121,7 @@ class KafkaClientConfig(BaseModel):
             "bootstrap_servers": self.bootstrap_servers.split(","),
             "security_protocol": self.security_protocol,
             "client_id": self.client_id,
+            "bootstrap_timeout_ms": int(self.connect_timeout_s * 1000),
         }
         optional = {
             "sasl_mechanism": self.sasl_mechanism,
@@ -114,6 +135,40 @@ class KafkaClientConfig(BaseModel):
         }
         kwargs.update({key: value for key, value in optional.items() if value is not None})
         return kwargs
+
+
+def connect(factory: Callable[..., T], config: KafkaClientConfig, **kwargs: Any) -> T:
+    """``factory(**config.client_kwargs(), **kwargs)``: a kafka-python client (KafkaAdminClient,
+    KafkaProducer, KafkaConsumer), which connects in its constructor. Raises
+    ``KafkaUnreachableError`` if no bootstrap server answers within ``connect_timeout_s``."""
+    from kafka.errors import KafkaTimeoutError
+
+    try:
+        with _quiet_kafka_logs():
+            return factory(**{**config.client_kwargs(), **kwargs})
+    except KafkaTimeoutError:
+        raise KafkaUnreachableError(
+            f"no Kafka broker answered at {config.bootstrap_servers} within "
+            f"{config.connect_timeout_s:g}s: start it ('genrec kafka up') or name a running "
+            "cluster with --bootstrap-servers / KAFKA_BOOTSTRAP_SERVERS (check the SSL/SASL "
+            "settings too); wait longer with --connect-timeout / KAFKA_CONNECT_TIMEOUT_S"
+        ) from None
+
+
+@contextmanager
+def _quiet_kafka_logs() -> Iterator[None]:
+    # kafka-python logs each failed bootstrap attempt (over a hundred lines in 30 s); the
+    # error above says it once. At DEBUG (--log-level DEBUG) they stay, for diagnosis.
+    kafka_log = logging.getLogger("kafka")
+    if kafka_log.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    level = kafka_log.level
+    kafka_log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        kafka_log.setLevel(level)
 
 
 def add_client_arguments(parser: argparse.ArgumentParser) -> None:
@@ -140,6 +195,14 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ssl-cafile", help="CA bundle (PEM) to verify the brokers")
     group.add_argument("--ssl-certfile", help="client certificate (PEM) for mutual TLS")
     group.add_argument("--ssl-keyfile", help="client private key (PEM) for mutual TLS")
+    group.add_argument(
+        "--connect-timeout",
+        dest="connect_timeout_s",
+        type=float,
+        metavar="SECONDS",
+        help="longest wait for a broker to answer before giving up with an error (default: "
+        f"$KAFKA_CONNECT_TIMEOUT_S, else {DEFAULT_CONNECT_TIMEOUT_S:g})",
+    )
 
 
 def client_config_from_args(
@@ -157,4 +220,5 @@ def client_config_from_args(
         ssl_cafile=args.ssl_cafile,
         ssl_certfile=args.ssl_certfile,
         ssl_keyfile=args.ssl_keyfile,
+        connect_timeout_s=args.connect_timeout_s,
     )

@@ -47,7 +47,7 @@ from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError, RecordList
 from kafka.record.default_records import DefaultRecordBatchBuilder
 
 from connectors.kafka.admin import TopicAdmin, TopicError
-from connectors.kafka.config import KafkaClientConfig
+from connectors.kafka.config import KafkaClientConfig, connect
 from connectors.kafka.source import parse_partition_key
 from pipeline.events import Reject, RejectReason
 
@@ -203,8 +203,10 @@ class KafkaDeadLetterSink:
         self.give_up_after_s = give_up_after_s
         self.max_backoff_s = max_backoff_s
         self.max_request_size = max_request_size
-        self._producer = KafkaProducer(
-            **{**config.client_kwargs(), "client_id": f"{config.client_id}-deadletter"},
+        self._producer = connect(
+            KafkaProducer,
+            config,
+            client_id=f"{config.client_id}-deadletter",
             acks="all",
             # kafka-python's idempotent producer turns a non-retriable batch error (a record
             # the broker refuses as too large) into a fatal state that fails every later send;

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from connectors.kafka.admin import TopicAdmin
-from connectors.kafka.config import KafkaClientConfig
+from connectors.kafka.config import KafkaClientConfig, connect
 from pipeline.datasets import EventLog
 from pipeline.events.batch import EventBatch
 from pipeline.sources.base import CODECS
@@ -168,8 +168,10 @@ class EventReplayer:
         self._header = [(CODEC_HEADER, codec.encode())]
         self._failures: list[BaseException] = []
         timeout_ms = max(int(timeout_s * 1000), 2 * _LINGER_MS)
-        self._producer = KafkaProducer(
-            **{**config.client_kwargs(), "client_id": f"{config.client_id}-replayer"},
+        self._producer = connect(
+            KafkaProducer,
+            config,
+            client_id=f"{config.client_id}-replayer",
             acks="all",
             linger_ms=_LINGER_MS,
             max_block_ms=timeout_ms,

@@ -61,7 +61,7 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from connectors.kafka.broker import running_local_bootstrap
-from connectors.kafka.config import KafkaClientConfig, client_config_from_args
+from connectors.kafka.config import KafkaClientConfig, client_config_from_args, connect
 from connectors.kafka.producer import CODEC_HEADER
 from pipeline.sources.base import Records
 
@@ -176,7 +176,6 @@ class KafkaSource:
         self.max_retry_backoff_s = max_retry_backoff_s
         self.lag_every_s = lag_every_s
         kwargs: dict[str, Any] = {
-            **config.client_kwargs(),
             "client_id": f"{config.client_id}-source",
             "group_id": group_id,
             "enable_auto_commit": False,
@@ -189,7 +188,7 @@ class KafkaSource:
             "max_partition_fetch_bytes": 8 * 1024 * 1024,  # Arrow batches can be large
             **(consumer_options or {}),
         }
-        self._consumer: KafkaConsumer = KafkaConsumer(**kwargs)
+        self._consumer: KafkaConsumer = connect(KafkaConsumer, config, **kwargs)
         _keep_rejoin_requested(self._consumer)
         self._consumer.subscribe(self.topics, listener=_Listener(self))
         self._next: dict[str, int] = {}  # next offset per partition known to this process

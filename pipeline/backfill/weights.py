@@ -17,7 +17,7 @@ import torch
 
 from model.hstu import HSTU
 from model.serialize import load_checkpoint
-from pipeline.offline import json_key
+from pipeline.offline import json_key, offline_checkpoint
 
 ITEM_TABLE = "item_emb.weight"
 
@@ -25,9 +25,7 @@ ITEM_TABLE = "item_emb.weight"
 def load_offline_weights(trainer: Any, directory: str | Path) -> int:
     """Copy the ``train-offline`` model in ``directory`` (its ``--out``, or the
     ``checkpoint`` folder in it) into ``trainer.model``; returns the rows carried over."""
-    path = Path(directory)
-    if (path / "checkpoint").is_dir():
-        path = path / "checkpoint"
+    path = offline_checkpoint(directory)
     offline, meta = load_checkpoint(path)
     if not isinstance(offline, HSTU):
         raise ValueError(f"{path}: a {type(offline).__name__} model; the trainer runs HSTU")

@@ -220,8 +220,9 @@ def _register_bootstrap(jobs: argparse._SubParsersAction) -> None:
     boot.add_argument(
         "--weights",
         metavar="DIR",
-        help="start the model from this `genrec train-offline --out` directory (same model "
-        "settings; item rows are moved to the vocabulary's) instead of a fresh one",
+        help="start the model from this `genrec train-offline --out` directory (or its "
+        "checkpoint folder; same model settings; item rows are moved to the vocabulary's) "
+        "instead of a fresh one",
     )
     add_beam_option_argument(
         boot,

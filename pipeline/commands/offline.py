@@ -308,7 +308,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "checkpoint was trained on is used again."
         ),
     )
-    ev.add_argument("--checkpoint", required=True, help="checkpoint directory (OUT/checkpoint)")
+    ev.add_argument(
+        "--checkpoint",
+        required=True,
+        help="the train-offline --out directory (or its checkpoint folder, OUT/checkpoint)",
+    )
     _add_data_args(ev)
     ev.add_argument(
         "--split",
@@ -442,12 +446,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
         evaluate,
         load_sequences,
         model_max_len,
+        offline_checkpoint,
         protocol_name,
         remap_items,
     )
 
     started = time.perf_counter()
-    model, meta = load_checkpoint(args.checkpoint, map_location=args.device)
+    model, meta = load_checkpoint(offline_checkpoint(args.checkpoint), map_location=args.device)
     source = meta.get("data", {})
     if args.data is not None:
         ds, _ = load_sequences(args.data, args.format, args.skip_malformed)

@@ -36,6 +36,11 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
     "path": ("source.path", str, "file to replay with --source file (JSONL, CSV, Parquet, ...)"),
     "topic": ("source.kafka.topic", str, "Kafka topic with --source kafka"),
     "bootstrap_servers": ("source.kafka.bootstrap_servers", str, "Kafka bootstrap servers"),
+    "connect_timeout": (
+        "source.kafka.connect_timeout_s",
+        float,
+        "seconds to wait for a Kafka broker to answer before giving up",
+    ),
     "max_events": ("train.max_events", int, "stop after this many more input events"),
     "duration": ("train.duration_s", float, "stop after this many seconds"),
     "batch_events": ("train.batch_events", int, "events per micro-batch (optimizer step)"),
@@ -229,17 +234,23 @@ def _run(args: argparse.Namespace, stop: threading.Event) -> int:
     # a group's rank 0 holds the directory, as one trainer would; the others their parts
     where = Path(cfg.checkpoint.dir)
     lock = DirectoryLock(where if rank == 0 else where / part_name(rank, world))
+    created = _missing_dirs(lock.directory)
+    created_run_dirs = _missing_dirs(Path(cfg.run_dir))
     try:
         lock.acquire()
     except DirectoryLockedError as err:
         raise SystemExit(f"genrec train: error: {err}") from None
     from pipeline.distributed.group import GroupError
 
+    trained = False
     try:
         summary = _train(cfg, stop) if world == 1 else _train_group(cfg, stop)
+        trained = True
     except (CheckpointError, PublishError, GroupError, plugins.PluginNotFoundError) as err:
         raise SystemExit(f"genrec train: error: {err}") from None
     finally:
+        if not trained:
+            _clean_up_failed_run(cfg, lock.path, created, created_run_dirs)
         lock.release()
     print(json.dumps(summary, indent=2, default=float))
     log.info(
@@ -249,6 +260,39 @@ def _run(args: argparse.Namespace, stop: threading.Event) -> int:
         cfg.run_dir,
     )
     return 0
+
+
+def _missing_dirs(directory: Path) -> list[Path]:
+    """``directory`` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not directory.exists() and directory != directory.parent:
+        missing.append(directory)
+        directory = directory.parent
+    return missing
+
+
+def _clean_up_failed_run(
+    cfg: TrainerConfig, lock_path: Path, checkpoint_dirs: list[Path], run_dirs: list[Path]
+) -> None:
+    """Remove what a failed run created and did not use: its lock file when no checkpoint was
+    written (called while the lock is held, so no other trainer uses the directory), its empty
+    metrics log and dead-letter file, and the directories it created that are empty then."""
+    only_lock = list(lock_path.parent.iterdir()) == [lock_path]
+    _discard(checkpoint_dirs, [lock_path] if only_lock else [])
+    outputs = (cfg.metrics_log_path, cfg.dead_letter_path)
+    _discard(run_dirs, [p for p in outputs if p.is_file() and not p.stat().st_size])
+
+
+def _discard(created: list[Path], files: list[Path]) -> None:
+    """Delete ``files``, then the directories in ``created`` (deepest first) while they are
+    empty."""
+    for path in files:
+        path.unlink(missing_ok=True)
+    for directory in created:
+        try:
+            directory.rmdir()
+        except OSError:  # not empty: the run (or someone else) put something there
+            return
 
 
 def _train_group(cfg: TrainerConfig, stop: threading.Event) -> dict[str, Any]:
@@ -303,6 +347,7 @@ def _train(cfg: TrainerConfig, stop: threading.Event) -> dict[str, Any]:
 
     source = make_source(cfg)
     sink = make_dead_letter_sink(cfg)
+    metrics = _metrics(cfg, source)
     try:
         trainer = OnlineTrainer(
             cfg,
@@ -310,7 +355,7 @@ def _train(cfg: TrainerConfig, stop: threading.Event) -> dict[str, Any]:
             sink,
             checkpoints=CheckpointStore(cfg.checkpoint.dir, keep=cfg.checkpoint.keep),
             registry=_open_registry(cfg),
-            metrics=_metrics(cfg, source),
+            metrics=metrics,
         )
         if hasattr(source, "on_revoke"):  # Kafka: checkpoint before partitions move
             source.on_revoke(lambda _partitions: trainer.checkpoint())
@@ -319,5 +364,6 @@ def _train(cfg: TrainerConfig, stop: threading.Event) -> dict[str, Any]:
         with streaming_gc():  # see pipeline/gcpolicy.py
             return trainer.run(stop)
     finally:
+        metrics.close()
         sink.close()
         source.close()

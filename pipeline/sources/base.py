@@ -185,6 +185,16 @@ class TimeSeekable(Protocol):
 
 
 @runtime_checkable
+class FiniteSource(Protocol):
+    """A source that knows how many events it has left (the synthetic and table-file
+    replays): the trainer's progress line has a total and an ETA without ``max_events``."""
+
+    def remaining_events(self) -> int | None:
+        """Events not handed out yet (None: unknown, e.g. JSON Lines)."""
+        ...
+
+
+@runtime_checkable
 class SharedSource(Protocol):
     """A partitioned source whose partitions a trainer group can split statically (Kafka):
     rank r of w owns the same partitions on every start (``pipeline.distributed``)."""

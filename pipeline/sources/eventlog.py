@@ -124,5 +124,9 @@ class EventLogSource:
     def exhausted(self) -> bool:
         return self._next >= self.num_records
 
+    def remaining_events(self) -> int:
+        """Events in the records not polled yet (``FiniteSource``)."""
+        return max(0, len(self.event_log) - self._next * self.events_per_record)
+
     def close(self) -> None:
         self._log = None

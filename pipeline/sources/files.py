@@ -6,7 +6,7 @@ Two kinds of file:
   ``pipeline.datasets.iter_event_log``): the log is put in event-time order (ties keep file
   order) in bounded memory, by an external sort into a spill file (``pipeline.sources.spill``:
   chunks of ``chunk_rows`` rows sorted and merged on disk under ``spill_dir``, deleted on
-  ``close``), and cut into records like ``SyntheticSource`` (codec ``arrow``, the default:
+  ``close``, or when the source is collected or the process exits), and cut into records like ``SyntheticSource`` (codec ``arrow``, the default:
   ``events_per_record`` events each, default 4096; ``json``: one event each). Offset = record index. A malformed row is
   an error when the file is opened (``DataFormatError`` naming file:line), unless
   ``skip_malformed=True``: then the reader skips and counts such rows (``read_stats``) and logs
@@ -182,6 +182,13 @@ class FileSource:
 
     def exhausted(self) -> bool:
         return self._inner.exhausted()
+
+    def remaining_events(self) -> int | None:
+        """Events left in a table file (reading it if not done yet); None for JSON Lines,
+        whose lines are counted only as they are read (``FiniteSource``)."""
+        if isinstance(self._inner, EventLogSource):
+            return self._inner.remaining_events()
+        return None
 
     def close(self) -> None:
         self._inner.close()

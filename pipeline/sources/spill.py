@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -37,13 +38,17 @@ MIN_BLOCK_ROWS = 1024
 
 
 class SpilledLog:
-    """A sorted event log in an Arrow IPC file of record batches of ``batch_rows`` rows."""
+    """A sorted event log in an Arrow IPC file of record batches of ``batch_rows`` rows.
+
+    It owns its spill directory: ``close`` deletes it, and so does garbage collection or the
+    interpreter's exit when nobody closed it (a source dropped after an error, a test)."""
 
     def __init__(self, directory: Path, path: Path, num_events: int, batch_rows: int) -> None:
         self.directory = directory
         self.path = path
         self.batch_rows = batch_rows
         self._num_events = num_events
+        self._remove = weakref.finalize(self, shutil.rmtree, str(directory), ignore_errors=True)
         self._reader: Any = ipc.open_file(pa.OSFile(str(path)))  # reads, never maps
 
     def __len__(self) -> int:
@@ -62,7 +67,7 @@ class SpilledLog:
     def close(self) -> None:
         """Delete the spill directory (the log is unusable afterwards)."""
         self._reader = None
-        shutil.rmtree(self.directory, ignore_errors=True)
+        self._remove()
 
 
 def spill_sorted(

@@ -137,6 +137,7 @@ def test_offline_options_show_their_defaults(command: str):
 def test_progress_is_capped_at_100_percent():
     snapshot = {
         "events_seen": 20_224,  # 79 records of 256: the bound stops at a record boundary
+        "run_events": 20_224,
         "events_per_s": 1000.0,
         "targets": 19_000,
         "loss": 1.5,
@@ -145,10 +146,10 @@ def test_progress_is_capped_at_100_percent():
         "store_users": 500,
         "vocab_size": 900,
     }
-    line = progress_line(snapshot, max_events=20_000)
+    line = progress_line(snapshot, total=20_000)
     assert " 100% " in line and "101%" not in line
     assert "ETA 0:00:00" in line
-    assert " 50% " in progress_line({**snapshot, "events_seen": 10_000}, max_events=20_000)
+    assert " 50% " in progress_line({**snapshot, "run_events": 10_000}, total=20_000)
 
 
 def test_docs_state_the_real_metrics_port():

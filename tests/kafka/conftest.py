@@ -18,11 +18,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from connectors.kafka.admin import TopicAdmin, TopicError
-from connectors.kafka.broker import BrokerError, LocalKafkaBroker
+from connectors.kafka.broker import BrokerError, LocalKafkaBroker, kafka_cache_root, kafka_version
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,18 @@ def create_topic(kafka_admin: TopicAdmin, kafka_topic: str) -> Iterator[Callable
     for name in created:
         with contextlib.suppress(TopicError):  # the test may have deleted it already
             kafka_admin.delete_topic(name)
+
+
+@pytest.fixture
+def kafka_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private ``GENREC_KAFKA_HOME`` sharing the real jar cache, so that what ``genrec kafka
+    up`` records there (the active broker) never touches the user's cache."""
+    home = tmp_path / "kafka-home"
+    home.mkdir()
+    version = kafka_version()
+    (home / version).symlink_to(kafka_cache_root() / version, target_is_directory=True)
+    monkeypatch.setenv("GENREC_KAFKA_HOME", str(home))
+    return home
 
 
 @pytest.fixture

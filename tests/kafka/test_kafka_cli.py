@@ -15,7 +15,9 @@ from pipeline.cli import main
 pytestmark = pytest.mark.kafka
 
 
-def test_up_status_down_manage_one_broker_across_processes(kafka_cluster, tmp_path, capsys):
+def test_up_status_down_manage_one_broker_across_processes(
+    kafka_cluster, kafka_home, tmp_path, capsys
+):
     if kafka_cluster.broker is None:
         pytest.skip("starts its own local broker; KAFKA_BOOTSTRAP_SERVERS is external")
     directory = tmp_path / "cli-broker"

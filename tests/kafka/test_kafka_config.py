@@ -23,12 +23,14 @@ def test_env_settings_pass_through_to_kafka_python():
         "KAFKA_SASL_USERNAME": "trainer",
         "KAFKA_SASL_PASSWORD": "s3cret",
         "KAFKA_SSL_CAFILE": "/etc/ca.pem",
+        "KAFKA_CONNECT_TIMEOUT_S": "4.5",
     }
     config = KafkaClientConfig.from_env(env=env)
     assert config.client_kwargs() == {
         "bootstrap_servers": ["b1:9093", "b2:9093"],
         "security_protocol": "SASL_SSL",
         "client_id": "genrec",
+        "bootstrap_timeout_ms": 4500,
         "sasl_mechanism": "SCRAM-SHA-512",
         "sasl_plain_username": "trainer",
         "sasl_plain_password": "s3cret",
@@ -43,6 +45,7 @@ def test_plaintext_leaves_security_options_unset():
         "bootstrap_servers": ["localhost:9092"],
         "security_protocol": "PLAINTEXT",
         "client_id": "genrec",
+        "bootstrap_timeout_ms": 10_000,
     }
 
 

@@ -134,3 +134,15 @@ def test_weight_average_and_warmup_options_reach_the_train_config() -> None:
         assert (cfg.weight_average, cfg.ema_decay, cfg.lr_warmup_steps) == ("ema", 0.9, 20)
     default = train_config_from_args(parse_args([]), seed=0, progress=False)
     assert (default.weight_average, default.lr_warmup_steps) == ("none", 0)
+
+
+def test_evaluate_takes_the_out_directory_or_its_checkpoint_folder(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    argv = ["train-offline", "--model", "hstu", "--epochs", "1", "--out", str(out), "--json"]
+    assert main([*argv, "--no-progress", *TINY_DATA, *TINY_MODEL]) == 0
+    capsys.readouterr()
+    results = []
+    for given in (out, out / "checkpoint"):  # as backfill bootstrap --weights takes them
+        assert main(["evaluate", "--checkpoint", str(given), "--json"]) == 0
+        results.append(last_json_line(capsys.readouterr().out))
+    assert {k: results[0][k] for k in METRIC_KEYS} == {k: results[1][k] for k in METRIC_KEYS}
