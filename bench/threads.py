@@ -22,6 +22,13 @@ The figures in docs/benchmarks.md ("Threads") come from a quiet machine::
 A quick check that it runs (seconds per run)::
 
     python3 bench/threads.py --max-events 2000 --repeat 1 --neighbours 0,1
+
+``--command train-offline`` compares the same settings for ``genrec train-offline``
+(``--epochs``, ``--data``: its synthetic data unless given; its larger batches are where a
+second thread could pay most); the figure there is runs per hour from the command's own
+seconds (training and the test ranking)::
+
+    python3 bench/threads.py --command train-offline --data ml-latest-small/ratings.csv
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ SETTINGS: dict[str, list[str]] = {
     "threads_2": ["--threads", "2"],
 }
 NEIGHBOUR = "while True: pass"
+GENREC = [sys.executable, "-m", "pipeline.cli", "--log-level", "WARNING"]
 
 
 @contextlib.contextmanager
@@ -70,45 +78,63 @@ def trainer_env() -> dict[str, str]:
     return env
 
 
-def train(setting: str, run: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """One ``genrec train`` in a fresh process; its rate from the run's summary."""
-    cmd = [
-        sys.executable, "-m", "pipeline.cli", "--log-level", "WARNING", "train",
-        "--source", "synthetic", "--max-events", str(args.max_events), "--no-resume",
-        "--checkpoint-dir", str(run / "checkpoints"), "--registry", str(run / "registry"),
-        "--run-dir", str(run / "run"), "--metrics-port", "0", *SETTINGS[setting],
-    ]  # fmt: skip
+def run(cmd: list[str], args: argparse.Namespace) -> float:
+    """Run a genrec command line in a fresh process; its wall seconds."""
     started = time.monotonic()
     done = subprocess.run(
         cmd, env=trainer_env(), capture_output=True, text=True, timeout=args.timeout, check=False
     )
-    wall = time.monotonic() - started
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-4000:]}")
-    summary = json.loads((run / "run" / "summary.json").read_text())
-    return {
-        "events": summary["events_seen"],
-        "events_per_s": round(summary["events_per_s"], 1),
-        "wall_s": round(wall, 2),
-    }
+    return round(time.monotonic() - started, 2)
+
+
+def train(setting: str, out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """One ``genrec train``; its rate from the run's summary."""
+    cmd = [
+        *GENREC, "train", "--source", "synthetic", "--max-events", str(args.max_events),
+        "--no-resume", "--checkpoint-dir", str(out / "checkpoints"),
+        "--registry", str(out / "registry"), "--run-dir", str(out / "run"),
+        "--metrics-port", "0", *SETTINGS[setting],
+    ]  # fmt: skip
+    wall = run(cmd, args)
+    summary = json.loads((out / "run" / "summary.json").read_text())
+    events_per_s = round(summary["events_per_s"], 1)
+    return {"events": summary["events_seen"], "events_per_s": events_per_s, "wall_s": wall}
+
+
+def train_offline(setting: str, out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """One ``genrec train-offline``; its own seconds (training and the test ranking)."""
+    data = ["--data", args.data] if args.data else []
+    cmd = [
+        *GENREC, "train-offline", *data, "--epochs", str(args.epochs), "--out", str(out),
+        "--no-progress", *SETTINGS[setting],
+    ]  # fmt: skip
+    wall = run(cmd, args)
+    seconds = json.loads((out / "metrics.json").read_text())["seconds"]
+    return {"seconds": seconds, "per_hour": round(3600 / seconds, 1), "wall_s": wall}
+
+
+# command -> (one run, the figure compared: higher is faster)
+COMMANDS = {"train": (train, "events_per_s"), "train-offline": (train_offline, "per_hour")}
 
 
 def measure(count: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
     """Every setting ``--repeat`` times, interleaved, beside ``count`` neighbours."""
+    one_run, figure = COMMANDS[args.command]
     names = list(SETTINGS)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     with neighbours(count):
         time.sleep(args.settle_s)  # let the neighbours take their cores first
         for rep in range(args.repeat):
             for name in names[rep % len(names) :] + names[: rep % len(names)]:
-                run = root / f"n{count}-{name}-{rep}"
-                runs[name].append(train(name, run, args))
-    best = {name: max(r["events_per_s"] for r in rs) for name, rs in runs.items()}
+                runs[name].append(one_run(name, root / f"n{count}-{name}-{rep}", args))
+    best = {name: max(r[figure] for r in rs) for name, rs in runs.items()}
     winner = max(best, key=best.__getitem__)
     ratio = best[winner] / best["default"]
     return {
         "neighbours": count,
-        "events_per_s": best,
+        figure: best,
         "runs": runs,
         "best": winner,
         "best_over_default": round(ratio, 3),
@@ -118,7 +144,10 @@ def measure(count: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--max-events", type=int, default=12_000, help="events per run")
+    parser.add_argument("--command", choices=list(COMMANDS), default="train")
+    parser.add_argument("--max-events", type=int, default=12_000, help="events per train run")
+    parser.add_argument("--epochs", type=int, default=1, help="epochs per train-offline run")
+    parser.add_argument("--data", help="train-offline's --data (default: its synthetic data)")
     parser.add_argument(
         "--neighbours", default="0,1,3", help="CPU-bound neighbour counts, comma-separated"
     )
@@ -133,8 +162,11 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps(
             {
                 "bench": "threads",
+                "command": args.command,
                 "cpus": os.cpu_count(),
-                "max_events": args.max_events,
+                "max_events": args.max_events if args.command == "train" else None,
+                "epochs": args.epochs if args.command == "train-offline" else None,
+                "data": args.data,
                 "repeat": args.repeat,
                 "goal_best_over_default": GOAL,
                 "results": results,
