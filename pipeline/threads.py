@@ -20,22 +20,36 @@ from __future__ import annotations
 import contextlib
 import os
 
+from pipeline.config import ConfigError
+
 DEFAULT_THREADS = 1
 
 
-def set_torch_threads(threads: int | None) -> int:
+def set_torch_threads(threads: int | None) -> None:
     """Apply the policy: ``threads`` intra-op threads when given (not None or 0), else
     ``OMP_NUM_THREADS``'s when that is set, else ``DEFAULT_THREADS``; one inter-op thread.
-    Returns the intra-op thread count now in force."""
+    ``ConfigError`` for a negative ``threads`` or an ``OMP_NUM_THREADS`` that is not a count."""
     import torch
 
-    if threads:
-        torch.set_num_threads(threads)
-    elif "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(DEFAULT_THREADS)
+    if threads is not None and threads < 0:
+        raise ConfigError(f"--threads {threads}: give a count >= 1, or 0 for the default (1)")
+    torch.set_num_threads(threads or _environment_threads() or DEFAULT_THREADS)
     if torch.get_num_interop_threads() != 1:
         # torch takes this once per process, before any inter-op work: a process that has
         # started its pool already (not genrec's own code) keeps it.
         with contextlib.suppress(RuntimeError):
             torch.set_num_interop_threads(1)
-    return torch.get_num_threads()
+
+
+def _environment_threads() -> int | None:
+    """``OMP_NUM_THREADS`` as a count (None: not set). OpenMP only warns about a bad value
+    and torch then takes one thread per core, the setting this policy avoids: refuse it."""
+    text = os.environ.get("OMP_NUM_THREADS")
+    if text is None:
+        return None
+    if not text.strip().isdigit() or int(text) < 1:
+        raise ConfigError(
+            f"OMP_NUM_THREADS={text!r} is not a thread count: set a whole number >= 1, or "
+            "unset it for genrec's default of one thread"
+        )
+    return int(text)

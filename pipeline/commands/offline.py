@@ -408,12 +408,12 @@ def model_config_from_args(kind: str, args: argparse.Namespace) -> dict[str, Any
 def run_train(args: argparse.Namespace) -> int:
     from pipeline.offline import item_keys_json, load_sequences, train_offline
 
+    set_torch_threads(args.threads)
     ds, source = load_sequences(
         args.data, args.format, args.skip_malformed, _synthetic_config(args)
     )
     splits = make_splits(ds, args.split)
     log.info("data: %d users, %d items, %d events", ds.num_users, ds.num_items, ds.num_events)
-    set_torch_threads(args.threads)
     cfg = train_config_from_args(args, seed=args.seed, progress=not args.no_progress)
     model_config = model_config_from_args(args.model, args)
     meta = {"data": source, "item_keys": item_keys_json(ds)}

@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.skipif(
+    (os.cpu_count() or 1) < 2, reason="on one core torch's own default is one thread too"
+)
 REPO = Path(__file__).resolve().parents[2]
 # Tiny `genrec train` and `train-offline` runs on the synthetic generator (a few seconds each).
 TRAIN = [
@@ -43,24 +46,26 @@ print(json.dumps({"intra": counts, "interop": torch.get_num_interop_threads()}))
 """
 
 
-def thread_counts(commands: list[list[str]], cwd: Path, **env: str) -> dict:
-    """torch's thread counts in a fresh process after each of ``commands`` ran there."""
+def python(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    """``python ARGS`` in a fresh process, without the caller's thread settings but ``env``."""
     base = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT, json.dumps(commands)],
+    return subprocess.run(
+        [sys.executable, *args],
         cwd=cwd,
         env={**base, "PYTHONPATH": str(REPO), **env},
         capture_output=True,
         text=True,
         timeout=240,
     )
+
+
+def thread_counts(commands: list[list[str]], cwd: Path, **env: str) -> dict:
+    """torch's thread counts in a fresh process after each of ``commands`` ran there."""
+    done = python(["-c", SCRIPT, json.dumps(commands)], cwd, **env)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(
-    (os.cpu_count() or 1) < 2, reason="on one core torch's own default is one thread too"
-)
 def test_default_is_one_thread_and_flags_override(tmp_path: Path) -> None:
     counts = thread_counts(
         [
@@ -77,6 +82,21 @@ def test_default_is_one_thread_and_flags_override(tmp_path: Path) -> None:
 
 def test_omp_num_threads_in_the_environment_wins(tmp_path: Path) -> None:
     counts = thread_counts(
-        [[*TRAIN, "--checkpoint-dir", "ckpt", "--run-dir", "run"]], tmp_path, OMP_NUM_THREADS="2"
+        [[*TRAIN, "--checkpoint-dir", "ckpt", "--run-dir", "run"]], tmp_path, OMP_NUM_THREADS="3"
     )
-    assert counts["intra"] == [2]
+    assert counts["intra"] == [3]
+
+
+@pytest.mark.parametrize("value", ["abc", "0"])
+def test_omp_num_threads_that_is_no_count_is_refused(tmp_path: Path, value: str) -> None:
+    # OpenMP only warns and torch then takes one thread per core: genrec refuses instead.
+    done = python(
+        ["-m", "pipeline.cli", *TRAIN, "--run-dir", "run"], tmp_path, OMP_NUM_THREADS=value
+    )
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("genrec train: error")]
+    assert errors == [
+        f"genrec train: error: OMP_NUM_THREADS={value!r} is not a thread count: set a whole "
+        "number >= 1, or unset it for genrec's default of one thread"
+    ]
+    assert "Traceback" not in done.stderr
