@@ -10,15 +10,15 @@ it; more throughput comes from more processes (``train --workers``, Beam/Dask wo
 with one thread. Figures and the benchmark (``bench/threads.py``): docs/benchmarks.md,
 "Threads".
 
-An explicit count (``--threads N``, ``train.threads``) wins; so does ``OMP_NUM_THREADS`` in
-the environment (torch takes its intra-op count from it at import), the usual way to give
-every process of a host one setting.
+An explicit count (``--threads N``, ``train.threads``) wins, else ``OMP_NUM_THREADS`` in the
+environment, the usual way to give every process of a host one setting.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 
 from pipeline.config import ConfigError
 
@@ -47,7 +47,7 @@ def _environment_threads() -> int | None:
     text = os.environ.get("OMP_NUM_THREADS")
     if text is None:
         return None
-    if not text.strip().isdigit() or int(text) < 1:
+    if not re.fullmatch(r"[0-9]+", text.strip()) or int(text) < 1:
         raise ConfigError(
             f"OMP_NUM_THREADS={text!r} is not a thread count: set a whole number >= 1, or "
             "unset it for genrec's default of one thread"
