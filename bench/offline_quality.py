@@ -34,6 +34,7 @@ from pipeline.commands.offline import add_training_options, train_config_from_ar
 from pipeline.datasets import make_splits
 from pipeline.offline import PROTOCOLS, load_sequences, train_offline
 from pipeline.offline_config import HSTU_LAYER_NORM, SASREC_STYLE
+from pipeline.threads import set_torch_threads
 
 METRICS = ("hr@10", "hr@50", "hr@200", "ndcg@10", "ndcg@50", "ndcg@200", "mrr")
 # two-sided 97.5% Student t quantiles by degrees of freedom, for the interval over seeds
@@ -59,7 +60,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--sasrec-style", choices=SASREC_STYLES, default=SASREC_STYLE, help="SASRec block style"
     )
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: as train-offline)")
     p.add_argument("--progress", action="store_true", help="show per-epoch progress bars")
     return p.parse_args(argv)
 
@@ -75,8 +76,7 @@ def mean_std(values: list[float]) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_torch_threads(args.threads)
     ds, source = load_sequences(args.data, args.format)
     splits = make_splits(ds, args.split)
     model_config = {

@@ -152,7 +152,9 @@ class TrainSection(_Section):
     )
     learn: bool = Field(True, description="false: evaluate only (a frozen model)")
     device: str = Field("cpu", description="torch device")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's)")
+    threads: int | None = Field(
+        None, ge=1, description="torch CPU threads (default: 1, or OMP_NUM_THREADS when set)"
+    )
     seed: int = Field(0, description="seed for init and negative sampling")
     max_events: int | None = Field(None, ge=1, description="stop after this many more input events")
     duration_s: float | None = Field(None, gt=0, description="stop after this many seconds")

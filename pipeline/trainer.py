@@ -74,6 +74,7 @@ from pipeline.sources.base import (
 )
 from pipeline.state.store import SequenceStore
 from pipeline.state.vocab import ItemVocabulary
+from pipeline.threads import set_torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -244,8 +245,7 @@ class OnlineTrainer:
         self.checkpoints = checkpoints
         self.registry = registry
         self.metrics = metrics or TrainerMetrics(port=0)
-        if cfg.train.threads:
-            torch.set_num_threads(cfg.train.threads)
+        set_torch_threads(cfg.train.threads)
         torch.manual_seed(cfg.train.seed)
         self.device = torch.device(cfg.train.device)
         self.model, self.optimizer = self._new_model()

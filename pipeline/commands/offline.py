@@ -28,6 +28,7 @@ from pipeline.offline_config import (
     TrainConfig,
 )
 from pipeline.synthetic import SyntheticConfig
+from pipeline.threads import set_torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +231,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--threads",
         type=int,
         default=0,
-        help="torch CPU threads, 0: torch's default (default: %(default)s)",
+        help="torch CPU threads, 0: 1, or OMP_NUM_THREADS when set (one thread stays fast when "
+        "other processes share the cores; docs/trainer.md) (default: %(default)s)",
     )
     arch = train.add_argument_group("model (HSTU and SASRec)")
     arch.add_argument(
@@ -411,15 +413,12 @@ def model_config_from_args(kind: str, args: argparse.Namespace) -> dict[str, Any
 def run_train(args: argparse.Namespace) -> int:
     from pipeline.offline import item_keys_json, load_sequences, train_offline
 
+    set_torch_threads(args.threads)
     ds, source = load_sequences(
         args.data, args.format, args.skip_malformed, _synthetic_config(args)
     )
     splits = make_splits(ds, args.split)
     log.info("data: %d users, %d items, %d events", ds.num_users, ds.num_items, ds.num_events)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     cfg = train_config_from_args(args, seed=args.seed, progress=not args.no_progress)
     model_config = model_config_from_args(args.model, args)
     meta = {"data": source, "item_keys": item_keys_json(ds)}
@@ -451,6 +450,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         remap_items,
     )
 
+    set_torch_threads(None)
     started = time.perf_counter()
     model, meta = load_checkpoint(offline_checkpoint(args.checkpoint), map_location=args.device)
     source = meta.get("data", {})
