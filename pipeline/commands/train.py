@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import signal
 import threading
 from pathlib import Path
 from typing import Any
@@ -167,32 +165,9 @@ def make_dead_letter_sink(cfg: TrainerConfig) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    # Signal handlers first: a SIGTERM while the source, the metrics endpoint or the restore
-    # start up must end the run cleanly (exit 0) like one during training. A group's rank
-    # arms them only when it trains (_train_group): torchrun stops a starting rank when a
-    # peer died, and such a rank, with nothing to save, may be blocked joining a group that
-    # will never be complete, where no Python handler runs; the default action ends it.
-    stop = threading.Event()
-    in_group = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    previous = {} if in_group else _stop_on_signals(stop)
-    try:
-        return _run(args, stop)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _stop_on_signals(stop: threading.Event) -> dict[int, Any]:
-    """SIGTERM / SIGINT set ``stop`` (finish the batch, checkpoint, exit 0); returns the
-    handlers they replace."""
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        log.info(
-            "%s: finishing the current batch, then checkpoint and exit", signal.strsignal(signum)
-        )
-        stop.set()
-
-    return {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # ``args.stop``: set by SIGTERM / SIGINT, whose handlers pipeline.cli installed before
+    # anything slow started, in a single trainer and in every rank of a group alike
+    return _run(args, args.stop)
 
 
 def _run(args: argparse.Namespace, stop: threading.Event) -> int:
@@ -207,7 +182,8 @@ def _run(args: argparse.Namespace, stop: threading.Event) -> int:
         if args.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {args.workers}")
         if world == 1 and args.workers > 1:
-            from pipeline.distributed.launch import exec_torchrun
+            from pipeline.distributed.group import GroupError
+            from pipeline.distributed.launch import run_torchrun
 
             if cfg.source.kind in ("synthetic", "file"):
                 raise ValueError(
@@ -215,14 +191,18 @@ def _run(args: argparse.Namespace, stop: threading.Event) -> int:
                     "between trainers; a trainer group reads a partitioned source (--source kafka)"
                 )
 
-            exec_torchrun(args.argv, args.workers, cfg.distributed.max_restarts)
+            try:
+                return run_torchrun(args.argv, args.workers, cfg, stop)
+            except GroupError as err:
+                raise SystemExit(f"genrec train: error: {err}") from None
     from pipeline.checkpoint import CheckpointError
     from pipeline.publishing import PublishError
     from pipeline.runlock import DirectoryLock, DirectoryLockedError
 
     assert cfg.checkpoint.dir is not None  # set by the config's validator
+    from pipeline.distributed.checkpoints import claim_directory, part_name
+
     if world > 1:
-        from pipeline.distributed.checkpoints import part_name
         from pipeline.distributed.launch import rank_config
 
         cfg = rank_config(cfg, rank, world)
@@ -230,8 +210,12 @@ def _run(args: argparse.Namespace, stop: threading.Event) -> int:
     where = Path(cfg.checkpoint.dir)
     lock = DirectoryLock(where if rank == 0 else where / part_name(rank, world))
     try:
+        claim_directory(where, world)  # before a rank's lock makes its part's directory
         lock.acquire()
-    except DirectoryLockedError as err:
+        if rank == 0:  # under the directory's lock: one trainer records itself the owner
+            claim_directory(where, world, record=True)
+    except (DirectoryLockedError, CheckpointError) as err:
+        lock.release()
         raise SystemExit(f"genrec train: error: {err}") from None
     from pipeline.distributed.group import GroupError
 
@@ -271,7 +255,6 @@ def _train_group(cfg: TrainerConfig, stop: threading.Event) -> dict[str, Any]:
         trainer = GroupTrainer(cfg, source, sink, group, checkpoints, registry, metrics)
         if not (cfg.checkpoint.resume and trainer.restore()):
             trainer.start_weights_equal()
-        _stop_on_signals(stop)  # from here a SIGTERM ends the group's round cleanly
         with streaming_gc():
             return trainer.run(stop)
     finally:
