@@ -148,7 +148,12 @@ class TrainSection(_Section):
     device: str = Field("cpu", description="torch device")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's)")
     seed: int = Field(0, description="seed for init and negative sampling")
-    max_events: int | None = Field(None, ge=1, description="stop after this many more input events")
+    max_events: int | None = Field(
+        None,
+        ge=1,
+        description="stop after this many more input events in this run (torchrun's restarts "
+        "of a group continue the count)",
+    )
     duration_s: float | None = Field(None, gt=0, description="stop after this many seconds")
 
 

@@ -34,7 +34,12 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
     "path": ("source.path", str, "file to replay with --source file (JSONL, CSV, Parquet, ...)"),
     "topic": ("source.kafka.topic", str, "Kafka topic with --source kafka"),
     "bootstrap_servers": ("source.kafka.bootstrap_servers", str, "Kafka bootstrap servers"),
-    "max_events": ("train.max_events", int, "stop after this many more input events"),
+    "max_events": (
+        "train.max_events",
+        int,
+        "stop after this many more input events in this run (torchrun's restarts of a group "
+        "continue the count)",
+    ),
     "duration": ("train.duration_s", float, "stop after this many seconds"),
     "batch_events": ("train.batch_events", int, "events per micro-batch (optimizer step)"),
     "lr": ("train.lr", float, "Adam learning rate"),
@@ -91,6 +96,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run a group of N trainer processes on this machine (torchrun; --source kafka): "
         "each owns a fixed share of the topic's partitions, all train one model; a dead one "
         "restarts the group from its last complete checkpoint (distributed.max_restarts). "
+        "SIGTERM/SIGINT stop every rank after a last group checkpoint (exit 0). The "
+        "checkpoint directory belongs to one kind of trainer (one process, or a group of N). "
         'See docs/trainer.md, "Several trainers"',
     )
     parser.set_defaults(func=run)
