@@ -203,12 +203,11 @@ def _run(args: argparse.Namespace, stop: threading.Event) -> int:
             except GroupError as err:
                 raise SystemExit(f"genrec train: error: {err}") from None
     from pipeline.checkpoint import CheckpointError
+    from pipeline.distributed.checkpoints import claim_directory, part_name
     from pipeline.publishing import PublishError
     from pipeline.runlock import DirectoryLock, DirectoryLockedError
 
     assert cfg.checkpoint.dir is not None  # set by the config's validator
-    from pipeline.distributed.checkpoints import claim_directory, part_name
-
     if world > 1:
         from pipeline.distributed.launch import rank_config
 
