@@ -25,6 +25,7 @@ from pipeline.config import (
     nested,
 )
 from pipeline.gcpolicy import streaming_gc
+from pipeline.stopping import default_signals
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +249,11 @@ def _train_group(cfg: TrainerConfig, stop: threading.Event) -> dict[str, Any]:
     from pipeline.distributed.trainer import GroupTrainer
 
     d = cfg.distributed
-    group = Group.join(d.backend, cfg.train.device, d.timeout_s)
+    # A rank whose peer died before joining blocks in init_process_group (native code, where
+    # no Python handler runs) until torchrun stops it: the default action must end it then;
+    # it has nothing to save yet.
+    with default_signals():
+        group = Group.join(d.backend, cfg.train.device, d.timeout_s)
     source = make_source(cfg)
     sink = make_dead_letter_sink(cfg)
     try:
