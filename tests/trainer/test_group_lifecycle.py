@@ -108,10 +108,11 @@ def _run_group(
     ]
 
 
+# distributed.timeout_s: how long a rank waits for a peer that joins late (a loaded machine)
 GROUP_FLAGS = [
     "--checkpoint-dir", "ckpt", "--no-publish", "--checkpoint-every-events", "1000000",
     "--checkpoint-every-s", "0.5", "--set", "source.poll_timeout_s=0.05",
-    "--set", "distributed.timeout_s=30", "--log-every", "60",
+    "--set", "distributed.timeout_s=90", "--log-every", "60",
 ]  # fmt: skip
 
 
