@@ -3,10 +3,10 @@ across torchrun's restarts, for one trainer and for a trainer group.
 
 The group runs as two real ``genrec train`` rank processes joined over gloo, with the
 variables torchrun would set (``RANK``, ``WORLD_SIZE``, ``TORCHELASTIC_RUN_ID``,
-``TORCHELASTIC_RESTART_COUNT``, ...); their source is ``Share``, a partitioned stand-in for
-a Kafka topic that goes quiet once its records are read (no broker needed; share_source.py). SIGTERM to a
-group under ``genrec train --workers`` (torchrun) is tested on a real broker in
-tests/kafka/test_trainer_group.py.
+``TORCHELASTIC_RESTART_COUNT``, ...); their source is ``Share`` (share_source.py), a
+partitioned stand-in for a Kafka topic that goes quiet once its records are read, so no
+broker is needed. SIGTERM to a group under ``genrec train --workers`` (torchrun) is tested
+on a real broker in tests/kafka/test_trainer_group.py.
 """
 
 from __future__ import annotations
