@@ -13,8 +13,10 @@ import importlib
 import logging
 import os
 import sys
+import threading
 
 from pipeline import plugins
+from pipeline.stopping import restore_signals, stop_on_signals
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_LEVEL_HELP = "logging verbosity (default: INFO)"
@@ -75,10 +77,34 @@ def _error_lines(err: Exception) -> list[str]:
     return str(err).splitlines() or [type(err).__name__]
 
 
+def _command_of(argv: list[str]) -> str | None:
+    """The subcommand named in ``argv`` (the first word that is not a top-level option)."""
+    words = iter(argv)
+    for word in words:
+        if word == "--log-level":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `genrec train` stops after a final checkpoint on SIGTERM / SIGINT from its first moment
+    # (pipeline/stopping.py): building the parser alone imports for a second or more.
+    stop = threading.Event()
+    previous = stop_on_signals(stop) if _command_of(argv) == "train" else {}
+    try:
+        return _main(argv, stop)
+    finally:
+        restore_signals(previous)
+
+
+def _main(argv: list[str], stop: threading.Event) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # `train --workers` re-runs it
+    args.argv = argv  # `train --workers` re-runs it
+    args.stop = stop  # set by SIGTERM / SIGINT during `train`
     # a trainer group's ranks share one terminal: say which rank wrote a line
     rank = f" rank{os.environ['RANK']}" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
     logging.basicConfig(

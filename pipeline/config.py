@@ -156,7 +156,12 @@ class TrainSection(_Section):
         None, ge=1, description="torch CPU threads (default: 1, or OMP_NUM_THREADS when set)"
     )
     seed: int = Field(0, description="seed for init and negative sampling")
-    max_events: int | None = Field(None, ge=1, description="stop after this many more input events")
+    max_events: int | None = Field(
+        None,
+        ge=1,
+        description="stop after this many more input events in this run (torchrun's restarts "
+        "of a group continue the count)",
+    )
     duration_s: float | None = Field(None, gt=0, description="stop after this many seconds")
 
 

@@ -280,6 +280,8 @@ class OnlineTrainer:
         self._expected_latest: int | None = None
         self._fatal: ConcurrentPublishError | None = None
         self._restored_positions: dict[str, int] | None = None
+        # events_seen when this run began (``run``): train.max_events counts from there
+        self.run_start: int | None = None
         # Event time (seconds) below which a backfill accounted for everything; see the
         # module docstring.
         self.cutoff: int | None = None
@@ -440,6 +442,7 @@ class OnlineTrainer:
         self._metrics_log = MetricsLog(self.cfg.metrics_log_path)
         started = time.monotonic()
         start_events = self.counters["events_seen"]
+        self.run_start = self._run_start(start_events)
         self._run_total = self._events_ahead()
         if self.source.exhausted():
             log.warning(
@@ -471,9 +474,9 @@ class OnlineTrainer:
         last_log = started
         logged_targets = self.counters["targets"]
         while not stop.is_set() and self._fatal is None:
-            if self._bound_reached(started, start_events):
+            if self._bound_reached(started):
                 break
-            records = self._gather(start_events)
+            records = self._gather()
             if not records:
                 if self.source.exhausted():
                     break
@@ -500,24 +503,34 @@ class OnlineTrainer:
         left = self.source.remaining_events() if isinstance(self.source, FiniteSource) else None
         if left is None:
             return bound
+        left += self.run_events()  # a restarted group rank's run began before this process
         return left if bound is None else min(bound, left)
 
-    def _bound_reached(self, started: float, start_events: int) -> bool:
-        """True once ``train.max_events`` more events were read or ``duration_s`` passed."""
+    def _bound_reached(self, started: float) -> bool:
+        """True once ``train.max_events`` more events were read in this run or ``duration_s``
+        passed."""
         train = self.cfg.train
-        done = self.counters["events_seen"] - start_events
-        if train.max_events is not None and done >= train.max_events:
+        if train.max_events is not None and self.run_events() >= train.max_events:
             return True
         return train.duration_s is not None and time.monotonic() - started >= train.duration_s
 
-    def _gather(self, start_events: int) -> Records:
+    def _run_start(self, start_events: int) -> int:
+        """Where this run's ``train.max_events`` count begins: here, when ``run`` starts (a
+        trainer group restarted by torchrun continues its launch's count)."""
+        return start_events
+
+    def run_events(self) -> int:
+        """Input events read in this run (what ``train.max_events`` bounds)."""
+        assert self.run_start is not None  # set when ``run`` starts
+        return self.counters["events_seen"] - self.run_start
+
+    def _gather(self) -> Records:
         """Poll until about one micro-batch of events (or the bound) is reached."""
         cfg = self.cfg
         target = cfg.train.batch_events
         timeout = cfg.source.poll_timeout_s
         if cfg.train.max_events is not None:
-            done = self.counters["events_seen"] - start_events
-            target = min(target, cfg.train.max_events - done)
+            target = min(target, cfg.train.max_events - self.run_events())
             if self._events_per_record is not None and self._events_per_record > 1:
                 # Records of many events (Arrow) are never split, and their sizes vary (a
                 # producer splits its batches by partition), so a poll of several may go far
@@ -578,9 +591,12 @@ class OnlineTrainer:
         decode_rejects = Counter(str(r.reason) for r in result.rejects)
         n_events = len(result.events) + len(result.rejects)
         self.counters["records"] += n_records
-        if n_records and self._first_record_at is None:
-            self._first_record_at = time.monotonic()
-        self._unsaved_records = True  # positions moved, even if no event was valid
+        if n_records:
+            # positions moved, even if no event was valid; a group's rank also comes here
+            # every round without records, which must not make an idle group checkpoint
+            self._unsaved_records = True
+            if self._first_record_at is None:
+                self._first_record_at = time.monotonic()
         self.counters["events_seen"] += n_events
         self.counters["events_valid"] += len(result.events)
         self._since_checkpoint += n_events
@@ -914,7 +930,7 @@ class OnlineTrainer:
             "time": time.time(),
             "elapsed_s": elapsed,
             "events_seen": self.counters["events_seen"],
-            "run_events": self.counters["events_seen"] - start_events,
+            "run_events": self.run_events(),
             "events_trained": self.counters["events_trained"],
             "targets": self.counters["targets"],
             "events_per_s": rate,

@@ -327,12 +327,17 @@ def fold(path: Path, trainer: Any) -> int:
 def run_bootstrap(job: BootstrapJob) -> dict[str, Any]:
     """Fold the lake into a trainer's state and write it as that trainer's checkpoint;
     returns the manifest (also written next to the checkpoints as ``bootstrap.json``)."""
-    from pipeline.checkpoint import CheckpointStore
+    from pipeline.checkpoint import CheckpointError, CheckpointStore
     from pipeline.deadletter import JsonlDeadLetterSink
+    from pipeline.distributed.checkpoints import claim_directory
     from pipeline.trainer import OnlineTrainer
 
     cfg = job.config
     directory = Path(cfg.checkpoint.dir)
+    try:
+        claim_directory(directory, 1)  # one trainer's state: never into a trainer group's
+    except CheckpointError as err:
+        raise ValueError(f"checkpoint.dir: {err}") from None
     store = CheckpointStore(directory, keep=cfg.checkpoint.keep)
     if store.sequences() and not job.force:
         raise FileExistsError(

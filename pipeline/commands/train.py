@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import signal
 import threading
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from pipeline.config import (
     nested,
 )
 from pipeline.gcpolicy import streaming_gc
+from pipeline.stopping import default_signals
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +40,12 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
         float,
         "seconds to wait for a Kafka broker to answer before giving up",
     ),
-    "max_events": ("train.max_events", int, "stop after this many more input events"),
+    "max_events": (
+        "train.max_events",
+        int,
+        "stop after this many more input events in this run (torchrun's restarts of a group "
+        "continue the count)",
+    ),
     "duration": ("train.duration_s", float, "stop after this many seconds"),
     "batch_events": ("train.batch_events", int, "events per micro-batch (optimizer step)"),
     "lr": ("train.lr", float, "Adam learning rate"),
@@ -98,6 +102,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run a group of N trainer processes on this machine (torchrun; --source kafka): "
         "each owns a fixed share of the topic's partitions, all train one model; a dead one "
         "restarts the group from its last complete checkpoint (distributed.max_restarts). "
+        "SIGTERM/SIGINT stop every rank after a last group checkpoint (exit 0). The "
+        "checkpoint directory belongs to one kind of trainer (one process, or a group of N). "
         'See docs/trainer.md, "Several trainers"',
     )
     parser.set_defaults(func=run)
@@ -172,32 +178,9 @@ def make_dead_letter_sink(cfg: TrainerConfig) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    # Signal handlers first: a SIGTERM while the source, the metrics endpoint or the restore
-    # start up must end the run cleanly (exit 0) like one during training. A group's rank
-    # arms them only when it trains (_train_group): torchrun stops a starting rank when a
-    # peer died, and such a rank, with nothing to save, may be blocked joining a group that
-    # will never be complete, where no Python handler runs; the default action ends it.
-    stop = threading.Event()
-    in_group = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    previous = {} if in_group else _stop_on_signals(stop)
-    try:
-        return _run(args, stop)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _stop_on_signals(stop: threading.Event) -> dict[int, Any]:
-    """SIGTERM / SIGINT set ``stop`` (finish the batch, checkpoint, exit 0); returns the
-    handlers they replace."""
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        log.info(
-            "%s: finishing the current batch, then checkpoint and exit", signal.strsignal(signum)
-        )
-        stop.set()
-
-    return {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # ``args.stop``: set by SIGTERM / SIGINT, whose handlers pipeline.cli installed before
+    # anything slow started, in a single trainer and in every rank of a group alike
+    return _run(args, args.stop)
 
 
 def _run(args: argparse.Namespace, stop: threading.Event) -> int:
@@ -212,7 +195,8 @@ def _run(args: argparse.Namespace, stop: threading.Event) -> int:
         if args.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {args.workers}")
         if world == 1 and args.workers > 1:
-            from pipeline.distributed.launch import exec_torchrun
+            from pipeline.distributed.group import GroupError
+            from pipeline.distributed.launch import run_torchrun
 
             if cfg.source.kind in ("synthetic", "file"):
                 raise ValueError(
@@ -220,14 +204,17 @@ def _run(args: argparse.Namespace, stop: threading.Event) -> int:
                     "between trainers; a trainer group reads a partitioned source (--source kafka)"
                 )
 
-            exec_torchrun(args.argv, args.workers, cfg.distributed.max_restarts)
+            try:
+                return run_torchrun(args.argv, args.workers, cfg, stop)
+            except GroupError as err:
+                raise SystemExit(f"genrec train: error: {err}") from None
     from pipeline.checkpoint import CheckpointError
+    from pipeline.distributed.checkpoints import claim_directory, part_name
     from pipeline.publishing import PublishError
     from pipeline.runlock import DirectoryLock, DirectoryLockedError
 
     assert cfg.checkpoint.dir is not None  # set by the config's validator
     if world > 1:
-        from pipeline.distributed.checkpoints import part_name
         from pipeline.distributed.launch import rank_config
 
         cfg = rank_config(cfg, rank, world)
@@ -237,8 +224,12 @@ def _run(args: argparse.Namespace, stop: threading.Event) -> int:
     created = _missing_dirs(lock.directory)
     created_run_dirs = _missing_dirs(Path(cfg.run_dir))
     try:
+        claim_directory(where, world)  # before a rank's lock makes its part's directory
         lock.acquire()
-    except DirectoryLockedError as err:
+        if rank == 0:  # under the directory's lock: one trainer records itself the owner
+            claim_directory(where, world, record=True)
+    except (DirectoryLockedError, CheckpointError) as err:
+        lock.release()
         raise SystemExit(f"genrec train: error: {err}") from None
     from pipeline.distributed.group import GroupError
 
@@ -277,8 +268,12 @@ def _clean_up_failed_run(
     """Remove what a failed run created and did not use: its lock file when no checkpoint was
     written (called while the lock is held, so no other trainer uses the directory), its empty
     metrics log and dead-letter file, and the directories it created that are empty then."""
-    only_lock = list(lock_path.parent.iterdir()) == [lock_path]
-    _discard(checkpoint_dirs, [lock_path] if only_lock else [])
+    from pipeline.distributed.checkpoints import OWNER
+
+    # the lock and the owner record alone: no checkpoint was written
+    own = {lock_path, lock_path.parent / OWNER}
+    unused = set(lock_path.parent.iterdir()) <= own
+    _discard(checkpoint_dirs, sorted(own) if unused else [])
     outputs = (cfg.metrics_log_path, cfg.dead_letter_path)
     _discard(run_dirs, [p for p in outputs if p.is_file() and not p.stat().st_size])
 
@@ -302,7 +297,11 @@ def _train_group(cfg: TrainerConfig, stop: threading.Event) -> dict[str, Any]:
     from pipeline.distributed.trainer import GroupTrainer
 
     d = cfg.distributed
-    group = Group.join(d.backend, cfg.train.device, d.timeout_s)
+    # A rank whose peer died before joining blocks in init_process_group (native code, where
+    # no Python handler runs) until torchrun stops it: the default action must end it then;
+    # it has nothing to save yet.
+    with default_signals():
+        group = Group.join(d.backend, cfg.train.device, d.timeout_s)
     source = make_source(cfg)
     sink = make_dead_letter_sink(cfg)
     try:
@@ -315,7 +314,6 @@ def _train_group(cfg: TrainerConfig, stop: threading.Event) -> dict[str, Any]:
         trainer = GroupTrainer(cfg, source, sink, group, checkpoints, registry, metrics)
         if not (cfg.checkpoint.resume and trainer.restore()):
             trainer.start_weights_equal()
-        _stop_on_signals(stop)  # from here a SIGTERM ends the group's round cleanly
         with streaming_gc():
             return trainer.run(stop)
     finally:

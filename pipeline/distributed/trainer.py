@@ -63,6 +63,14 @@ log = logging.getLogger(__name__)
 _NO_TIME = np.iinfo(np.int64).min
 
 
+def torchrun_run() -> tuple[str | None, int]:
+    """torchrun's id of this launch (the same across its restarts of the group) and how many
+    restarts came before this start (0 outside torchrun)."""
+    return os.environ.get("TORCHELASTIC_RUN_ID"), int(
+        os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    )
+
+
 def weights_digest(state: Mapping[str, torch.Tensor]) -> str:
     """A digest of a state dict's bytes (every parameter and buffer): equal on every rank of
     one model."""
@@ -143,6 +151,7 @@ class GroupTrainer(OnlineTrainer):
         self._round_steps = 0  # micro-batches every rank takes this round
         self._next_n = 1 if checkpoints is None else checkpoints.next_n()
         self._group_positions: dict[str, int] = {}
+        self._continued_start: int | None = None  # restore: this launch's run_start
         # The weights start equal (same seed; then rank 0's are broadcast); negatives and
         # dropout differ per rank, like the data.
         seed = cfg.train.seed + 1_000_003 * group.rank
@@ -177,6 +186,7 @@ class GroupTrainer(OnlineTrainer):
                 ckpt = self.group_checkpoints.load(markers[n])
                 self._check_compatible(ckpt)
                 self._apply(ckpt)
+                run_start = self._continued_run_start(ckpt.meta.get("run"))
                 watermark = ckpt.meta["group"].get("watermark")
                 if type(watermark) is not int:
                     raise TypeError(f"{ckpt.path}: the group's watermark is not an integer")
@@ -191,6 +201,7 @@ class GroupTrainer(OnlineTrainer):
             failed = [text for kind, text in statuses if kind == "failed"]
             if not failed:
                 self.group_watermark = watermark
+                self._continued_start = run_start
                 self._next_n = n + 1
                 positions = self.group.all_gather(self._restored_positions or {})
                 self._group_positions = {k: v for p in positions for k, v in p.items()}
@@ -208,6 +219,22 @@ class GroupTrainer(OnlineTrainer):
             )
         return False
 
+    def _continued_run_start(self, saved: Any) -> int | None:
+        """Where this run's ``train.max_events`` count began, when torchrun restarted the
+        group and the checkpoint is from this same launch (its run id); None: this start
+        begins the run. Without it a restarted bounded group would count from zero again and
+        wait for events that never come."""
+        run_id, restarts = torchrun_run()
+        if restarts == 0 or not isinstance(saved, dict) or saved.get("id") != run_id:
+            return None
+        start = saved.get("start_events")
+        if type(start) is not int or not 0 <= start <= self.counters["events_seen"]:
+            raise TypeError(f"run.start_events is {start!r}, not a count of events seen")
+        return start
+
+    def _run_start(self, start_events: int) -> int:
+        return start_events if self._continued_start is None else self._continued_start
+
     def start_weights_equal(self) -> None:
         """Rank 0's fresh weights on every rank (a restored group loaded the same ones)."""
         self.group.broadcast_tensors_(list(self.model.state_dict().values()))
@@ -218,16 +245,16 @@ class GroupTrainer(OnlineTrainer):
         group reaches a bound (``run`` then takes a last group checkpoint and publishes)."""
         last_log = started
         while True:
-            records = self._gather(start_events)
+            records = self._gather()
             result = self.decode(records)
-            flags = self._exchange_flags(stop, records, result, started, start_events)
+            flags = self._exchange_flags(stop, records, result, started)
             self._round_steps = max(f["steps"] for f in flags)
             self.process_decoded(result, len(records))
             now = time.monotonic()
             if now - last_log >= self.cfg.observability.log_every_s:
                 self._log_progress(started, start_events)
                 last_log = now
-            if self._stop_now(flags, start_events):
+            if self._stop_now(flags):
                 return
             self._checkpoint_and_publish(flags)
 
@@ -237,7 +264,6 @@ class GroupTrainer(OnlineTrainer):
         records: Records,
         result: Any,
         started: float,
-        start_events: int,
     ) -> list[dict[str, Any]]:
         """Every rank's flags for this round (one all-gather)."""
         now = time.monotonic()
@@ -248,7 +274,7 @@ class GroupTrainer(OnlineTrainer):
             "stop": stop.is_set()
             or self._fatal is not None
             or (train.duration_s is not None and now - started >= train.duration_s),
-            "events": self.counters["events_seen"] - start_events + n_events,
+            "events": self.run_events() + n_events,
             "since_checkpoint": self._since_checkpoint + n_events,
             "unsaved": self._unsaved_records or bool(records),
             "checkpoint_clock": now - self._last_checkpoint >= ck.every_s,
@@ -261,7 +287,7 @@ class GroupTrainer(OnlineTrainer):
         self._lap("communicate_flags", clock)
         return flags
 
-    def _stop_now(self, flags: list[dict[str, Any]], start_events: int) -> bool:
+    def _stop_now(self, flags: list[dict[str, Any]]) -> bool:
         max_events = self.cfg.train.max_events
         return (
             any(f["stop"] for f in flags)
@@ -384,6 +410,7 @@ class GroupTrainer(OnlineTrainer):
                 **self._stream_meta(positions),
                 "group": group_meta(n, self.group.world, rank=self.group.rank),
                 "weights_digest": digest,
+                "run": {"id": torchrun_run()[0], "start_events": self.run_start},
             },
         )
         parts = {store.own_key: seq_of(own)}

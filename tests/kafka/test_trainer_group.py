@@ -8,7 +8,8 @@
   are one model (the same digest in both parts, and the shared part's), and every published
   version loads.
 * Two ranks on a 1-partition topic: rank 1 owns nothing and takes empty steps; the group
-  still trains everything once and stays one model.
+  still trains everything once and stays one model, writes no checkpoint while the topic is
+  quiet, and SIGTERM stops it cleanly: exit 0, no traceback.
 """
 
 from __future__ import annotations
@@ -120,7 +121,8 @@ class Group:
         raise AssertionError(f"no {what} within {timeout_s:.0f}s:\n{self.tail()}")
 
     def terminate(self, timeout_s: float = 90.0) -> None:
-        """SIGTERM to torchrun: it stops the ranks, which take a last group checkpoint."""
+        """SIGTERM to ``genrec train --workers``: torchrun stops the ranks, which take a last
+        group checkpoint; a clean stop exits 0."""
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
         try:
@@ -130,6 +132,7 @@ class Group:
             raise AssertionError(
                 f"the group did not stop in {timeout_s:.0f}s:\n{self.tail()}"
             ) from None
+        assert self.proc.returncode == 0, self.tail()
 
     def close(self) -> None:
         if self.running():
@@ -297,6 +300,12 @@ def test_group_with_an_idle_rank_trains_everything_once(
         "a group checkpoint covering the whole stream",
         lambda: group.seen(group.newest()) >= len(events),
     )
+    time.sleep(4)  # past the publish period (3 s): its checkpoint is the last one with news
+    newest = group.newest()
+    time.sleep(3)  # three checkpoint periods of a quiet topic
+    assert group.newest() == newest, "an idle group wrote checkpoints"
     group.terminate()
     _check_final(group, kafka_admin, topic, events)
-    assert "rank 1 of 2 owns no partition" in group.log()
+    log = group.log()
+    assert "rank 1 of 2 owns no partition" in log
+    assert "Traceback" not in log and "stopped after its final checkpoint" in log, group.tail()
