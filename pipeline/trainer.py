@@ -919,7 +919,8 @@ class OnlineTrainer:
         self.metrics.vocab_size.set(len(self.vocab))
         window = self.progressive.windowed()
         self.metrics.set_window(window)
-        rate = (self.counters["events_seen"] - start_events) / elapsed
+        done = self.counters["events_seen"] - start_events  # by this process
+        rate = done / elapsed
         self.metrics.rate.set(rate)
         if self.store.watermark > 0:
             self.metrics.watermark.set(self.store.watermark)
@@ -930,7 +931,8 @@ class OnlineTrainer:
             "time": time.time(),
             "elapsed_s": elapsed,
             "events_seen": self.counters["events_seen"],
-            "run_events": self.run_events(),
+            # by this run (a restarted group rank's began earlier); outside ``run``: this process's
+            "run_events": done if self.run_start is None else self.run_events(),
             "events_trained": self.counters["events_trained"],
             "targets": self.counters["targets"],
             "events_per_s": rate,
