@@ -57,6 +57,7 @@ from pipeline.backfill.sequences import (
     chunk_counts,
     letter_counts,
     match_inputs,
+    nothing_before_cutoff,
     read_chunks,
     reject_row,
     reject_weights,
@@ -356,6 +357,9 @@ def run_bootstrap(job: BootstrapJob) -> dict[str, Any]:
     spill = Path(tempfile.mkdtemp(prefix=".bootstrap-sort-", dir=directory))
     try:
         sort_tables(lake.runs(), spill, SORTED_BATCH_ROWS, lambda _: _SCHEMA)
+        problem = nothing_before_cutoff(job.inputs, job.format, len(files), lake.counts)
+        if problem is not None:  # before a checkpoint a trainer would resume from
+            raise ValueError(f"{problem}; every dead letter is in {sink.path}")
         folded = fold(spill / SORTED, trainer)
         log.info(
             "bootstrap: folded %d rows before the cut-off in event-time order: %d users, "

@@ -47,7 +47,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -740,7 +740,7 @@ def sum_counts(counts: Iterable[dict[str, int]]) -> dict[str, int]:
     return total
 
 
-def by_reason(counts: dict[str, int]) -> dict[str, int]:
+def by_reason(counts: Mapping[str, int]) -> dict[str, int]:
     """The ``rejected_<reason>`` counts of summed counts, by reason (they sum to
     ``rejected``)."""
     return {
@@ -958,21 +958,39 @@ def run_sequences(job: SequencesJob) -> dict[str, Any]:
         "wall_seconds": round(time.monotonic() - started, 2),
     }
     paths.write_bytes(paths.join(out, MANIFEST), (json.dumps(manifest, indent=2) + "\n").encode())
-    counts = manifest["counts"]
-    if not counts["valid"] and (counts["rows"] or counts["unreadable_files"]):
-        raise ValueError(_no_valid_row(job, manifest, dead_letters))
+    problem = nothing_before_cutoff(job.inputs, job.format, len(files), counts)
+    if problem is not None:  # the output stays, to look into
+        raise ValueError(
+            f"{problem}{_first_letter(dead_letters)}; every dead letter is in {dead_letters}"
+        )
     return manifest
 
 
-def _no_valid_row(job: SequencesJob, manifest: dict[str, Any], dead_letters: str) -> str:
-    """The error of a lake with rows or files but no valid row (the wrong --format, say),
-    with the first dead letter's file and flaw; the output stays, to look into."""
-    counts = manifest["counts"]
-    reasons = ", ".join(f"{n} {r}" for r, n in manifest["rejected_by_reason"].items())
+def nothing_before_cutoff(
+    inputs: Sequence[str], format: str, files: int, counts: Mapping[str, int]
+) -> str | None:
+    """What is wrong with a lake that has rows or unreadable files but gives no valid event
+    before the cut-off (the wrong --format or --until, say), or None. Both backfill jobs
+    refuse such a lake: its empty result is never what was meant. A lake without rows
+    (empty or header-only files) is not refused. ``counts``: the jobs' summed counts,
+    reasons included."""
+    valid, rows, after, unreadable = (
+        counts.get(name, 0) for name in ("valid", "rows", "after_cutoff", "unreadable_files")
+    )
+    if valid or not (rows or unreadable):
+        return None
+    where = f"--input {','.join(inputs)}"
+    if after:
+        return (
+            f"{where}: no valid row before --until in {files} file(s): all {after} valid "
+            "rows are at or after it; check --until"
+        )
+    reasons = ", ".join(f"{n} {r}" for r, n in by_reason(counts).items())
+    if unreadable:
+        reasons = ", ".join(filter(None, [reasons, f"{unreadable} unreadable file(s)"]))
     return (
-        f"--input {','.join(job.inputs)}: no valid row in {len(manifest['inputs'])} file(s), "
-        f"{counts['rows']} rows ({reasons}){_first_letter(dead_letters)}; check the files "
-        f"and --format (now {job.format}); every dead letter is in {dead_letters}"
+        f"{where}: no valid row in {files} file(s), {rows} rows ({reasons}); "
+        f"check the files and --format (now {format})"
     )
 
 
