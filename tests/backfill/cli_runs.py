@@ -44,6 +44,22 @@ def run(index: int, cwd: Path, argv: list[str], env: dict[str, str]) -> None:
     os.environ.update(saved)
 
 
+def outcome(cwd: Path, index: int) -> tuple[int, str, str]:
+    """Run ``index``'s exit code, stdout and stderr, as ``run`` left them in ``cwd``."""
+    return (
+        int((cwd / f"rc-{index}").read_text()),
+        (cwd / f"stdout-{index}").read_text(),
+        (cwd / f"stderr-{index}").read_text(),
+    )
+
+
+def error_lines(stderr: str) -> list[str]:
+    """genrec's one-line errors in a run's stderr."""
+    return [
+        line for line in stderr.splitlines() if line.startswith("genrec ") and ": error: " in line
+    ]
+
+
 if __name__ == "__main__":
     for number, spec in enumerate(json.loads(Path(sys.argv[1]).read_text())):
         run(number, Path(spec["cwd"]), spec["argv"], spec.get("env", {}))

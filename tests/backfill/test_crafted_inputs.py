@@ -27,6 +27,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from backfill.cli_runs import error_lines, outcome
 from backfill.test_recommend import world  # noqa: F401  (the shared, module-scoped fixture)
 from tree_snapshot import snapshot
 
@@ -297,23 +298,10 @@ def results(world, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]: 
             "histories": snapshot(case / "histories"),
             "outside": snapshot(case / "outside"),
         }
-        info["results"] = [
-            (
-                int((case / f"rc-{i}").read_text()),
-                (case / f"stdout-{i}").read_text(),
-                (case / f"stderr-{i}").read_text(),
-            )
-            for i in info["runs"]
-        ]
+        info["results"] = [outcome(case, i) for i in info["runs"]]
     # nothing but the case roots (and the run list) appeared in the module's root
     assert sorted(p.name for p in root.iterdir()) == sorted([*names, "runs.json"])
     return cases
-
-
-def error_lines(stderr: str) -> list[str]:
-    return [
-        line for line in stderr.splitlines() if line.startswith("genrec ") and ": error: " in line
-    ]
 
 
 @pytest.mark.parametrize("name", [*CASES, "events_over_the_limit"])

@@ -25,6 +25,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from backfill.cli_runs import error_lines, outcome
 from tree_snapshot import snapshot
 
 REPO = Path(__file__).resolve().parents[2]
@@ -181,20 +182,10 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         case = info["case"]
         info["after"] = (snapshot(case / "lake"), snapshot(case / "decoy"))
         info["results"] = [
-            (
-                int((case / f"rc-{i}").read_text()),
-                (case / f"stdout-{i}").read_text() + (case / f"stderr-{i}").read_text(),
-            )
-            for i in info["runs"]
+            (rc, out + err) for rc, out, err in (outcome(case, i) for i in info["runs"])
         ]
     assert sorted(p.name for p in root.iterdir()) == sorted([*CASES, "runs.json"])
     return cases
-
-
-def error_lines(output: str) -> list[str]:
-    return [
-        line for line in output.splitlines() if line.startswith("genrec ") and ": error: " in line
-    ]
 
 
 def add_up(counts: dict[str, Any], by_reason: dict[str, int]) -> None:
