@@ -99,7 +99,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="delete old versions and abandoned partial publishes",
         description="Keep the newest KEEP versions plus every alias's current and previous "
         "target; delete the rest. Also delete partial versions whose publisher died (same "
-        "host) or started more than --grace seconds ago.",
+        "host) or started more than --grace seconds ago. Holds the writer lock, so a promote "
+        "or rollback waits for it (and gc waits for a running publish).",
     )
     gc.add_argument("--keep", type=int, required=True, help="number of newest versions to keep")
     gc.add_argument(

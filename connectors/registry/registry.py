@@ -536,19 +536,31 @@ class Registry:
 
     # -- retention ---------------------------------------------------------------------------
 
-    def gc(self, keep: int, *, dry_run: bool = False, grace_s: float = DEFAULT_GRACE_S) -> GcResult:
+    def gc(
+        self,
+        keep: int,
+        *,
+        dry_run: bool = False,
+        grace_s: float = DEFAULT_GRACE_S,
+        lock_timeout_s: float = LOCK_TIMEOUT_S,
+    ) -> GcResult:
         """Remove complete versions beyond the newest ``keep`` and abandoned partial ones.
 
-        Never removes an alias's current or previous target (so one rollback always works).
+        Never removes an alias's current or previous target (so one rollback always works),
+        nor one an alias is moved to while gc runs: gc holds the writer lock, as alias moves do.
         A partial version is abandoned when its publisher's process is gone (same host) or it
         started more than ``grace_s`` seconds ago (other hosts, object stores).
         """
         if keep < 1:
             raise RegistryError(f"gc keep must be >= 1, got {keep}")
-        # Not under the writer lock: gc must not wait for a long publish (whose partial
-        # version it leaves alone anyway). An operator runs gc and promote one at a time.
-        removed, partial = self._gc_plan(keep, grace_s)
-        if not dry_run:
+        if dry_run:
+            removed, partial = self._gc_plan(keep, grace_s)
+            return GcResult(removed=removed, partial=partial, dry_run=True)
+        # Under the writer lock, plan and deletions alike: an alias moved by a promote,
+        # rollback or publish between the plan and a deletion would point at a deleted
+        # version. gc therefore waits for a running publish (up to lock_timeout_s).
+        with self._writer_lock(lock_timeout_s):
+            removed, partial = self._gc_plan(keep, grace_s)
             for version in removed:
                 # Manifest first: from that instant readers see the version as gone, never
                 # as a version with missing files.
@@ -557,7 +569,7 @@ class Registry:
             for version in partial:
                 self._store.delete_dir(_vdir(version))
             self._remove_stale_temp_files(grace_s)
-        return GcResult(removed=removed, partial=partial, dry_run=dry_run)
+        return GcResult(removed=removed, partial=partial, dry_run=False)
 
     def _gc_plan(self, keep: int, grace_s: float) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """(complete versions beyond retention, abandoned partial versions)."""
