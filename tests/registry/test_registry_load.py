@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -16,29 +15,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from registry.tiny_version import CONFIG, ROWS, VOCAB, publish
 
 from connectors.registry import Registry, RegistryError
 from connectors.registry.published import load_version
-from model.hstu import HSTU, HSTUConfig
-from pipeline.checkpoint import state_to_bytes
 from pipeline.cli import main
-from pipeline.state.vocab import ItemVocabulary, pack_arrays, unpack_arrays
+from pipeline.state.vocab import pack_arrays, unpack_arrays
 
-ROWS = 20
 GIB = 1 << 30
-
-
-def _good_files() -> tuple[dict[str, Any], bytes, bytes]:
-    """(config, model.pt, vocab.npz) of a small valid version."""
-    cfg = HSTUConfig(num_rows=ROWS, embedding_dim=8, num_layers=1, max_len=10)
-    model = HSTU(cfg)
-    vocab = ItemVocabulary(ROWS)
-    vocab.observe(np.arange(1, 11, dtype=np.int64), np.arange(10, dtype=np.int64))
-    config = {"model": "hstu", "hstu": asdict(cfg), "trainer": {"run_name": "t"}}
-    return config, state_to_bytes(model.state_dict()), vocab.snapshot()
-
-
-CONFIG, WEIGHTS, VOCAB = _good_files()
 
 
 def _hstu(**changes: Any) -> dict[str, Any]:
@@ -112,19 +96,10 @@ def crafted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, i
     """A registry with one good version and one crafted version per case."""
     path = tmp_path_factory.mktemp("crafted") / "registry"
     registry = Registry.open(path, create=True)
-    versions = {"good": _publish(registry, None, None)}
+    versions = {"good": publish(registry)}
     for name, config, vocab, _ in CASES:
-        versions[name] = _publish(registry, config, vocab)
+        versions[name] = publish(registry, config, vocab)
     return path, versions
-
-
-def _publish(registry: Registry, config: bytes | None, vocab: bytes | None) -> int:
-    files = {
-        "config.json": json.dumps(CONFIG).encode() if config is None else config,
-        "model.pt": WEIGHTS,
-        "vocab.npz": VOCAB if vocab is None else vocab,
-    }
-    return registry.publish(files).version
 
 
 def test_the_good_version_loads(crafted) -> None:
