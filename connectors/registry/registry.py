@@ -241,7 +241,7 @@ class Registry:
             raise RegistryError("nothing to publish: files is empty and no config was given")
         check_file_names(artefacts)
         if parent is not None:
-            self.show(parent)  # raises VersionNotFoundError naming the parent
+            self._check_parent(parent)
         checked_metrics = check_metrics({k: float(v) for k, v in (metrics or {}).items()})
         with self._writer_lock(lock_timeout_s):
             latest, readable = self._latest_record_for_publish()
@@ -259,6 +259,17 @@ class Registry:
             self._store.atomic_write(_alias_path(LATEST), record.to_json())
         log.info("published %s to %s (%d files)", manifest.name, self.location, len(manifest.files))
         return manifest
+
+    def _check_parent(self, parent: int) -> None:
+        try:
+            self.show(parent)
+        except VersionNotFoundError as err:
+            raise VersionNotFoundError(
+                f"{err}; the parent of a publish must be a version of model {self.model!r}: a "
+                "trainer resuming a checkpoint that published to another model (or to a "
+                "registry from before model names: 'default') sets registry.model to that "
+                "model, or starts afresh (--no-resume)"
+            ) from None
 
     def latest_version(self) -> int | None:
         """The version ``latest`` points to; None when there is none yet, and (with a

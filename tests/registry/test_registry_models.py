@@ -97,6 +97,9 @@ def test_an_old_layout_registry_still_lists_loads_promotes_and_collects(
     assert Registry.open(path, model="run-a").read_file("latest", "model.pt") == b"a"
     with pytest.raises(RegistryError, match="several models: default, run-a"):
         Registry.open(path)
+    # a trainer resuming a checkpoint that published v3 of the old layout, now under its name
+    with pytest.raises(VersionNotFoundError, match=r"sets registry\.model to that model"):
+        Registry.open(path, model="run-a").publish({"model.pt": b"b"}, parent=3)
 
 
 @pytest.mark.parametrize("name", ["", "../x", "a/b", ".hidden", "-x", "a" * 200])
