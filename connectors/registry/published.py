@@ -27,7 +27,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from connectors.registry.errors import RegistryError
-from connectors.registry.manifest import Manifest, version_dir_name
+from connectors.registry.manifest import FileEntry, Manifest, version_dir_name
 from connectors.registry.recommend_command import DEFAULT_MAX_VOCAB_BYTES
 from connectors.registry.registry import CONFIG_NAME, Registry, summarize
 from model.base import SequentialEncoder
@@ -160,7 +160,7 @@ def _check_size(manifest: Manifest, name: str, limit: int, where: str, hint: str
         raise RegistryError(f"{where}: {name} is {size} bytes, over the limit of {limit}{hint}")
 
 
-def _entry(manifest: Manifest, name: str, where: str) -> Any:
+def _entry(manifest: Manifest, name: str, where: str) -> FileEntry:
     entry = manifest.files.get(name)
     if entry is None:
         raise RegistryError(f"{where}: no {name}: not a version 'genrec train' published")

@@ -167,7 +167,7 @@ class Registry:
         top = {i.base_name for i in self._root.list_dir("") if i.type == pafs.FileType.Directory}
         if top & {"versions", "aliases"}:
             names.append(DEFAULT_MODEL)
-        for info in self._root.list_dir(MODELS_DIR):
+        for info in self._root.list_dir(MODELS_DIR) if MODELS_DIR in top else []:
             if info.type != pafs.FileType.Directory:
                 continue
             try:
