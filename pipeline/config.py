@@ -195,6 +195,22 @@ class RegistrySection(_Section):
     every_s: float = Field(300.0, gt=0, description="publish at least this often, seconds")
     every_events: int = Field(100_000, ge=1, description="...or after this many input events")
     publish_on_exit: bool = Field(True, description="publish once more when stopping")
+    model: str | None = Field(
+        None,
+        description="the registry model versions are published to, with its own versions and "
+        "'latest' (default: the run name, see run_name; 'default': a registry's model from "
+        "before model names)",
+    )
+
+    @field_validator("model")
+    @classmethod
+    def _model_is_a_directory_name(cls, value: str | None) -> str | None:
+        if value is not None and not _RUN_NAME.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not a model name: use letters, digits and . _ + - "
+                "(it names <registry>/models/<model>)"
+            )
+        return value
 
 
 class DeadLetterSection(_Section):
@@ -288,6 +304,11 @@ class TrainerConfig(_Section):
     def run(self) -> str:
         """``run_name``, else the name derived from the source (see ``derived_run_name``)."""
         return self.run_name or derived_run_name(self.source)
+
+    @property
+    def registry_model(self) -> str:
+        """The registry model this run publishes to: ``registry.model``, else the run name."""
+        return self.registry.model or self.run
 
     @property
     def max_targets(self) -> int:

@@ -7,7 +7,8 @@ named in ``pyproject.toml`` under ``[project.entry-points."genrec.*"]`` and look
 - ``genrec.commands``: modules with ``register(subparsers)`` adding ``genrec`` subcommands;
 - ``genrec.sources``: ``source.kind`` -> ``factory(cfg: TrainerConfig) -> Source``;
 - ``genrec.dead_letters``: ``dead_letter.kind`` -> ``factory(cfg) -> DeadLetterSink``;
-- ``genrec.registries``: ``"default"`` -> ``open(uri, create=False)`` -> a registry.
+- ``genrec.registries``: ``"default"`` -> ``open(uri, model=None, create=False)`` -> a
+  registry's model (the trainer passes its run name).
 
 Entry points are package metadata: they exist once genrec is installed (``scripts/setup.sh``
 or ``pip install -e .``), which is also what puts the ``genrec`` command on the path.

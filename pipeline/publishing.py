@@ -1,8 +1,9 @@
 """What the trainer needs of a model registry: the errors it handles (the publishing port).
 
 The pipeline never imports a registry implementation: ``genrec train`` gets one from the
-``genrec.registries`` plugin (``pipeline.plugins``; ``connectors/registry`` by default) and
-hands it to ``OnlineTrainer``, which calls ``latest_version()``, ``show(version)`` and
+``genrec.registries`` plugin (``pipeline.plugins``; ``connectors/registry`` by default),
+opened on the run's model (``TrainerConfig.registry_model``: each run has its own versions
+and ``latest``), and hands it to ``OnlineTrainer``, which calls ``latest_version()``, ``show(version)`` and
 ``publish(files, parent=, source_positions=, watermark=, metrics=, config=, expect_latest=)``.
 An implementation's errors derive from these, so that the trainer and the CLI can handle them.
 """

@@ -1,8 +1,8 @@
 """``genrec registry list|show|promote|rollback|gc``: inspect and manage the model registry.
 
 Every subcommand takes ``--registry URI`` (default: ``$GENREC_REGISTRY`` or ``./registry``; a
-local path, ``file://``, ``s3://``, ``gs://`` or ``hdfs://``) and ``--json`` for
-machine-readable output. Errors print one line to stderr and exit with status 1.
+local path, ``file://``, ``s3://``, ``gs://`` or ``hdfs://``), ``--model NAME`` (default: the
+registry's only model) and ``--json`` for machine-readable output. Errors print one line to stderr and exit with status 1.
 """
 
 from __future__ import annotations
@@ -37,16 +37,31 @@ def add_registry_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_model_argument(parser: argparse.ArgumentParser) -> None:
+    """``--model NAME``: which of the registry's models (default: its only one)."""
+    parser.add_argument(
+        "--model",
+        default=None,
+        metavar="NAME",
+        help="the registry's model: 'genrec train' publishes under its run name (run_name, "
+        "else synthetic, file-<stem>, kafka-<topic>); 'default' is a registry's model from "
+        "before model names (default: the registry's only model; an error lists them when "
+        "it has several)",
+    )
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     common = argparse.ArgumentParser(add_help=False)
     add_registry_argument(common)
+    add_model_argument(common)
     common.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     parser = subparsers.add_parser(
         "registry",
         help="list, inspect, promote, roll back and garbage-collect model versions",
-        description="Manage the model registry: immutable numbered versions (v000001, ...) "
-        "with checksummed manifests, and movable aliases ('latest' follows every publish).",
+        description="Manage the model registry: named models (one per training run), each "
+        "with immutable numbered versions (v000001, ...) with checksummed manifests, and "
+        "movable aliases ('latest' follows every publish of that model).",
     )
     commands = parser.add_subparsers(dest="registry_command", metavar="SUBCOMMAND")
     parser.set_defaults(func=lambda _args: parser.print_help() or 2)
@@ -99,7 +114,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="delete old versions and abandoned partial publishes",
         description="Keep the newest KEEP versions plus every alias's current and previous "
         "target; delete the rest. Also delete partial versions whose publisher died (same "
-        "host) or started more than --grace seconds ago.",
+        "host) or started more than --grace seconds ago. Holds the writer lock, so a promote "
+        "or rollback waits for it (and gc waits for a running publish).",
     )
     gc.add_argument("--keep", type=int, required=True, help="number of newest versions to keep")
     gc.add_argument(
@@ -121,7 +137,7 @@ def _run(command):
         from connectors.registry import Registry, RegistryError
 
         try:
-            return command(Registry.open(args.registry), args)
+            return command(Registry.open(args.registry, model=args.model), args)
         except (RegistryError, ValueError) as err:
             print(f"genrec registry {args.registry_command}: error: {err}", file=sys.stderr)
             return 1
@@ -155,7 +171,7 @@ def _list(registry, args: argparse.Namespace) -> int:
     header = ["VERSION", "CREATED (UTC)", "PARENT", "WATERMARK (UTC)", "SIZE", "METRICS", "SRC"]
     _print_table([*header, "ALIASES"], table)
     if not manifests:
-        print(f"(no published versions in {registry.location})")
+        print(f"(no published versions of model {registry.model} in {registry.location})")
     return 0
 
 

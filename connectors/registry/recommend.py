@@ -41,19 +41,13 @@ import numpy as np
 import torch
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
-from connectors.registry.errors import RegistryError
-from connectors.registry.manifest import version_dir_name
-from connectors.registry.recommend_command import DEFAULT_BATCH_USERS
-from connectors.registry.registry import CONFIG_NAME, Registry
-from model.base import SequentialEncoder
+from connectors.registry.published import PublishedModel, load_version
+from connectors.registry.recommend_command import DEFAULT_BATCH_USERS, DEFAULT_MAX_VOCAB_BYTES
+from connectors.registry.registry import Registry
 from model.jagged import JaggedBatch
 from model.retrieval import top_k
-from model.serialize import build_model
 from pipeline.backfill import histories, paths, sequences
-from pipeline.checkpoint import CheckpointError, state_from_bytes
 from pipeline.offline import next_item_scores, window_indices
-from pipeline.state.vocab import ItemVocabulary
-from pipeline.trainer import MODEL_FILE, VOCAB_FILE
 
 PART_NAME = "part-{:05d}-{:05d}.parquet"
 PART_GLOB = "part-*.parquet"
@@ -62,72 +56,6 @@ MANIFEST = "manifest.json"
 # the driver (all cores) and Dask workers (one thread each): one thread scores everywhere,
 # so every runner writes the same bytes; parallelism comes from the runner's workers.
 SCORING_THREADS = 1
-
-
-@dataclass(frozen=True)
-class PublishedModel:
-    """One registry version, ready to score: the model, its vocabulary and catalogue."""
-
-    version: int
-    model: SequentialEncoder
-    vocab: ItemVocabulary
-    live: torch.Tensor  # the rows that may be recommended (the live catalogue)
-    row_keys: np.ndarray  # row -> item key: int64 when every key is an int, else str
-
-
-def load_version(registry_uri: str, ref: str | int) -> PublishedModel:
-    """Version ``ref`` (number, ``vNNNNNN`` or alias) of the registry, every file verified.
-
-    ``RegistryError`` (``VersionNotFoundError``, ``ChecksumError``) names the version and
-    the file when the version is not published or a file does not match its manifest.
-    """
-    registry = Registry.open(registry_uri)
-    version = registry.resolve(ref)
-    where = f"{version_dir_name(version)} in {registry.location}"
-    config = _json_artefact(registry, version, CONFIG_NAME, where)
-    kind = config.get("model")
-    if not isinstance(kind, str) or not isinstance(config.get(kind), dict):
-        raise RegistryError(f"{where}: {CONFIG_NAME} names no model and its settings")
-    model = build_model(kind, config[kind])
-    if not isinstance(model, SequentialEncoder):
-        raise RegistryError(f"{where}: a {kind} model has no sequence encoder to score with")
-    try:
-        state = state_from_bytes(registry.read_file(version, MODEL_FILE), f"{where}/{MODEL_FILE}")
-        model.load_state_dict(state)
-    except (CheckpointError, RuntimeError) as err:  # verified bytes that are no such model
-        raise RegistryError(f"{where}: {MODEL_FILE} does not load: {err}") from err
-    vocab = ItemVocabulary.restore(registry.read_file(version, VOCAB_FILE))
-    if vocab.capacity != model.num_rows:
-        raise RegistryError(
-            f"{where}: {VOCAB_FILE} has {vocab.capacity} rows, the model {model.num_rows}"
-        )
-    live = vocab.live_rows()
-    return PublishedModel(version, model.eval(), vocab, torch.from_numpy(live), _row_keys(vocab))
-
-
-def _json_artefact(registry: Registry, version: int, name: str, where: str) -> dict[str, Any]:
-    try:
-        value = json.loads(registry.read_file(version, name))
-    except ValueError as err:
-        raise RegistryError(f"{where}: {name} is not JSON: {err}") from err
-    if not isinstance(value, dict):
-        raise RegistryError(f"{where}: {name} is not a JSON object")
-    return value
-
-
-def _row_keys(vocab: ItemVocabulary) -> np.ndarray:
-    """Row -> key for every row up to the last live one (the output's key column type is
-    the vocabulary's: int64 when every key is an int, else strings, as the shards do)."""
-    live = vocab.live_rows()
-    keys = [vocab.key_of(int(row)) for row in live.tolist()]
-    size = int(live[-1]) + 1 if live.size else 1
-    if all(type(key) is int for key in keys):
-        out = np.zeros(size, dtype=np.int64)
-        out[live] = keys
-        return out
-    out = np.full(size, "", dtype=object)
-    out[live] = [str(key) for key in keys]
-    return out
 
 
 @dataclass(frozen=True)
@@ -236,21 +164,26 @@ class TopKHandler(ModelHandler[UserBatch, tuple[tuple[int, int], Any], Published
     def __init__(
         self,
         registry: str,
+        model: str,
         version: int,
         k: int,
         keep_history: bool = False,
         query_time: int | None = None,
+        max_vocab_bytes: int = DEFAULT_MAX_VOCAB_BYTES,
     ) -> None:
         super().__init__()
         self.registry = registry
+        self.model = model  # a name and
         self.version = version  # a number: every worker loads the same version as the driver
         self.k = k
         self.keep_history = keep_history
         self.query_time = query_time
+        self.max_vocab_bytes = max_vocab_bytes
 
     def load_model(self) -> PublishedModel:
         """The version, verified (on each worker)."""
-        return load_version(self.registry, self.version)
+        registry = Registry.open(self.registry, model=self.model)
+        return load_version(registry, self.version, self.max_vocab_bytes)
 
     def run_inference(
         self,
@@ -321,6 +254,8 @@ class RecommendJob:
     dask_address: str | None = None
     dask_workers: int = 2
     beam_options: tuple[str, ...] = ()  # PipelineOptions flags (sequences.beam_flag)
+    model: str | None = None  # the registry's model; None: its only one
+    max_vocab_bytes: int = DEFAULT_MAX_VOCAB_BYTES
 
 
 def history_shards(directory: str, batch_users: int) -> histories.BackfillOutput:
@@ -345,8 +280,17 @@ def run_recommend(job: RecommendJob) -> dict[str, Any]:
     until = output.until
     # In the driver first: a missing version or a bad file fails here, naming it, before any
     # worker starts; and "latest" becomes one number for every worker.
-    version = load_version(job.registry, job.version).version
-    handler = TopKHandler(job.registry, version, job.k, job.keep_history, until)
+    registry = Registry.open(job.registry, model=job.model)
+    version = load_version(registry, job.version, job.max_vocab_bytes).version
+    handler = TopKHandler(
+        job.registry,
+        registry.model,
+        version,
+        job.k,
+        job.keep_history,
+        until,
+        job.max_vocab_bytes,
+    )
     out, parts = job.out, paths.join(job.out, PART_GLOB)
     paths.make_dirs(out)
     # a rerun into the same directory keeps nothing old
@@ -361,14 +305,14 @@ def run_recommend(job: RecommendJob) -> dict[str, Any]:
                 | "WriteParts" >> beam.Map(write_part, out)
             )
         sequences.close_runner_client(pipeline)
-    manifest = _manifest(job, version, until, paths.matching(parts))
+    manifest = _manifest(job, registry.model, version, until, paths.matching(parts))
     manifest["wall_seconds"] = round(time.monotonic() - started, 2)
     paths.write_bytes(paths.join(out, MANIFEST), (json.dumps(manifest, indent=2) + "\n").encode())
     return manifest
 
 
 def _manifest(
-    job: RecommendJob, version: int, until: int | None, parts: Sequence[str]
+    job: RecommendJob, model: str, version: int, until: int | None, parts: Sequence[str]
 ) -> dict[str, Any]:
     import pyarrow.compute as pc
 
@@ -381,6 +325,7 @@ def _manifest(
     return {
         "created_at": datetime.now(UTC).isoformat(),
         "registry": job.registry,
+        "model": model,
         "version": version,
         "histories": job.histories,
         "query_time": until,

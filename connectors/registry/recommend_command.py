@@ -15,12 +15,14 @@ import sys
 from pipeline.commands.backfill import add_runner_arguments, runner_settings
 
 DEFAULT_BATCH_USERS = 1024  # scores of a batch: B x vocab.capacity floats, twice
+# The decompressed vocabulary's default bound: ~25M items with int keys.
+DEFAULT_MAX_VOCAB_BYTES = 1 << 30
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``recommend`` to the jobs of the ``genrec backfill`` subcommand, if there is one
     (a parser made of the registry's commands alone has none)."""
-    from connectors.registry.commands import add_registry_argument
+    from connectors.registry.commands import add_model_argument, add_registry_argument
 
     jobs = _backfill_jobs(subparsers)
     if jobs is None:
@@ -40,6 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     add_registry_argument(job)
+    add_model_argument(job)
     job.add_argument(
         "--version",
         default="latest",
@@ -81,6 +84,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="users per inference batch and per output part; a batch's scores take about "
         "B x vocab.capacity x 8 bytes (default: %(default)s)",
     )
+    job.add_argument(
+        "--max-vocab-bytes",
+        type=int,
+        default=DEFAULT_MAX_VOCAB_BYTES,
+        metavar="BYTES",
+        help="refuse a version whose vocab.npz holds (or decompresses to) more than this, "
+        "before reading it (default: %(default)s, about 25M items)",
+    )
     add_runner_arguments(job, "--registry, --histories and --out")
     job.set_defaults(func=_recommend)
 
@@ -109,12 +120,14 @@ def _recommend(args: argparse.Namespace) -> int:
         args.keep_history,
         args.batch_users,
         **runner_settings(args),
+        model=args.model,
+        max_vocab_bytes=args.max_vocab_bytes,
     )
     try:
         manifest = run_recommend(job)
     except RegistryError as err:  # a missing version or a bad file: the message names it
         print(f"genrec backfill recommend: error: {err}", file=sys.stderr)
         return 1
-    shown = ("version", "users", "users_without_items", "runner", "wall_seconds")
+    shown = ("model", "version", "users", "users_without_items", "runner", "wall_seconds")
     print(json.dumps({k: manifest[k] for k in shown}, indent=2))
     return 0

@@ -3,11 +3,17 @@
 Layout under the registry root (any pyarrow filesystem)::
 
     registry.json                 marker: this directory is a registry (format version)
-    versions/v000001/...          artefacts of version 1 (weights, vocabulary, config.json, ...)
+    models/<name>/                one named model (e.g. a training run): its own versions,
+                                  aliases and writer lock, laid out as below
+    versions/v000001/...          the model named "default" (every registry before model
+                                  names held only this one, at the root): artefacts of
+                                  version 1 (weights, vocabulary, config.json, ...)
     versions/v000001/manifest.json  written LAST: the version exists iff this file exists
     versions/v000002/.publishing  marker of a publish in progress (host, pid, start time)
     aliases/latest.json           alias records, each replaced atomically
-    aliases/.publish.lock         the writer lock, held through a publish or an alias move
+    aliases/.publish.lock         the writer lock, held through a publish, an alias move or gc
+
+A ``Registry`` object is one model of a registry root (``Registry.open(uri, model=NAME)``).
 
 Every name read from storage (version directories, manifest file keys, alias files) is
 validated before it becomes a path, and no symlink below the root is followed (see
@@ -22,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import time
@@ -66,6 +73,13 @@ from pipeline.runlock import process_alive
 log = logging.getLogger(__name__)
 
 MARKER_NAME = "registry.json"
+MODELS_DIR = "models"
+# The model stored at the root: a registry written before model names has only this one.
+DEFAULT_MODEL = "default"
+# registry.json's format: 1, one model at the root; 2, named models under models/ (a reader
+# of format 1 would not see them, so it must refuse the registry).
+REGISTRY_FORMAT = 2
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 PUBLISHING_NAME = ".publishing"
 CONFIG_NAME = "config.json"
 LATEST = "latest"
@@ -95,39 +109,89 @@ class GcResult:
 
 
 class Registry:
-    """A model registry rooted at one directory of a pyarrow filesystem."""
+    """One model of a model registry rooted at one directory of a pyarrow filesystem."""
 
-    def __init__(self, fs: pafs.FileSystem, root: str, *, create: bool = False) -> None:
-        """Open the registry at ``root`` of ``fs``.
+    def __init__(
+        self, fs: pafs.FileSystem, root: str, *, model: str | None = None, create: bool = False
+    ) -> None:
+        """Open model ``model`` of the registry at ``root`` of ``fs``.
 
         Args:
             fs: any pyarrow filesystem (local, SubTree, S3, GCS, HDFS).
             root: the registry directory within ``fs``.
-            create: create an empty registry if there is none; otherwise a missing one is an
-                error (so a mistyped URI does not look like an empty registry).
+            model: the model's name; None: the registry's only model (``default`` when it has
+                none yet), and an error naming the models when it has several.
+            create: create an empty registry (and model) if there is none; otherwise a
+                missing registry or model is an error (so a mistyped URI or name does not
+                look like an empty registry).
         """
-        self._store = Storage(fs, root)
-        if self._store.exists(MARKER_NAME):
-            self._check_marker()
+        self._root = Storage(fs, root)
+        if self._root.exists(MARKER_NAME):
+            registry_format = self._check_marker()
         elif create:
-            self._store.make_dirs("")
-            marker = {"format_version": FORMAT_VERSION, "created_at": utc_now().isoformat()}
-            self._store.atomic_write(MARKER_NAME, json.dumps(marker).encode())
+            self._root.make_dirs("")
+            registry_format = REGISTRY_FORMAT
+            self._write_marker()
         else:
             raise RegistryError(
-                f"no registry at {self.location}: {MARKER_NAME} not found (check --registry / "
-                "GENREC_REGISTRY; the trainer creates the registry on its first publish)"
+                f"no registry at {self._root.describe()}: {MARKER_NAME} not found (check "
+                "--registry / GENREC_REGISTRY; the trainer creates the registry on its first "
+                "publish)"
             )
+        self.model = self._pick_model(model, create)
+        if self.model == DEFAULT_MODEL:
+            self._store = self._root
+        else:
+            self._store = self._root.child(f"{MODELS_DIR}/{self.model}")
+            if create:
+                if registry_format < REGISTRY_FORMAT:
+                    self._write_marker()  # readers that know only the root model refuse it now
+                self._store.make_dirs("")
 
     @classmethod
-    def open(cls, uri: str | os.PathLike[str], *, create: bool = False) -> Registry:
-        """Open a registry by local path, ``file://`` URI or pyarrow URI (s3://, gs://, ...)."""
+    def open(
+        cls, uri: str | os.PathLike[str], *, model: str | None = None, create: bool = False
+    ) -> Registry:
+        """Open a registry's model by local path, ``file://`` URI or pyarrow URI (s3://, ...)."""
         fs, root = filesystem_from_uri(uri)
-        return cls(fs, root, create=create)
+        return cls(fs, root, model=model, create=create)
 
     @property
     def location(self) -> str:
         return self._store.describe()
+
+    def models(self) -> list[str]:
+        """The names of the registry's models, sorted (``default``: the root's versions)."""
+        names = []
+        # list_dir leaves out symlinks (with a warning): a planted one is no model
+        top = {i.base_name for i in self._root.list_dir("") if i.type == pafs.FileType.Directory}
+        if top & {"versions", "aliases"}:
+            names.append(DEFAULT_MODEL)
+        for info in self._root.list_dir(MODELS_DIR) if MODELS_DIR in top else []:
+            if info.type != pafs.FileType.Directory:
+                continue
+            try:
+                names.append(check_model_name(info.base_name))
+            except RegistryError as err:
+                log.warning("ignoring %s: not a model directory (%s)", info.path, err)
+        return sorted(set(names))
+
+    def _pick_model(self, model: str | None, create: bool) -> str:
+        names = self.models()
+        if model is None:
+            if len(names) > 1:
+                raise RegistryError(
+                    f"registry {self._root.describe()} holds several models: "
+                    f"{', '.join(names)}; choose one with --model NAME"
+                )
+            return names[0] if names else DEFAULT_MODEL
+        check_model_name(model)
+        if not create and model not in names and not (model == DEFAULT_MODEL and not names):
+            raise VersionNotFoundError(
+                f"no model {model!r} in registry {self._root.describe()} (its models: "
+                f"{', '.join(names) or 'none yet'})"
+            )
+        return model
 
     # -- publishing --------------------------------------------------------------------------
 
@@ -177,7 +241,7 @@ class Registry:
             raise RegistryError("nothing to publish: files is empty and no config was given")
         check_file_names(artefacts)
         if parent is not None:
-            self.show(parent)  # raises VersionNotFoundError naming the parent
+            self._check_parent(parent)
         checked_metrics = check_metrics({k: float(v) for k, v in (metrics or {}).items()})
         with self._writer_lock(lock_timeout_s):
             latest, readable = self._latest_record_for_publish()
@@ -195,6 +259,17 @@ class Registry:
             self._store.atomic_write(_alias_path(LATEST), record.to_json())
         log.info("published %s to %s (%d files)", manifest.name, self.location, len(manifest.files))
         return manifest
+
+    def _check_parent(self, parent: int) -> None:
+        try:
+            self.show(parent)
+        except VersionNotFoundError as err:
+            raise VersionNotFoundError(
+                f"{err}; the parent of a publish must be a version of model {self.model!r}: a "
+                "trainer resuming a checkpoint that published to another model (or to a "
+                "registry from before model names: 'default') sets registry.model to that "
+                "model, or starts afresh (--no-resume)"
+            ) from None
 
     def latest_version(self) -> int | None:
         """The version ``latest`` points to; None when there is none yet, and (with a
@@ -404,7 +479,7 @@ class Registry:
         try:
             manifest = Manifest.model_validate_json(raw)
         except ValidationError as err:
-            raise RegistryError(f"{where}: invalid manifest: {_summary(err)}") from err
+            raise RegistryError(f"{where}: invalid manifest: {summarize(err)}") from err
         if manifest.format_version > FORMAT_VERSION:
             raise RegistryError(
                 f"{where}: manifest format {manifest.format_version} is newer than this reader "
@@ -486,7 +561,7 @@ class Registry:
             record = AliasRecord.model_validate_json(raw)
         except ValidationError as err:
             raise RegistryError(
-                f"{self._store.describe(rel)}: invalid alias record: {_summary(err)}"
+                f"{self._store.describe(rel)}: invalid alias record: {summarize(err)}"
             ) from err
         if record.alias != alias:
             raise RegistryError(
@@ -536,19 +611,31 @@ class Registry:
 
     # -- retention ---------------------------------------------------------------------------
 
-    def gc(self, keep: int, *, dry_run: bool = False, grace_s: float = DEFAULT_GRACE_S) -> GcResult:
+    def gc(
+        self,
+        keep: int,
+        *,
+        dry_run: bool = False,
+        grace_s: float = DEFAULT_GRACE_S,
+        lock_timeout_s: float = LOCK_TIMEOUT_S,
+    ) -> GcResult:
         """Remove complete versions beyond the newest ``keep`` and abandoned partial ones.
 
-        Never removes an alias's current or previous target (so one rollback always works).
+        Never removes an alias's current or previous target (so one rollback always works),
+        nor one an alias is moved to while gc runs: gc holds the writer lock, as alias moves do.
         A partial version is abandoned when its publisher's process is gone (same host) or it
         started more than ``grace_s`` seconds ago (other hosts, object stores).
         """
         if keep < 1:
             raise RegistryError(f"gc keep must be >= 1, got {keep}")
-        # Not under the writer lock: gc must not wait for a long publish (whose partial
-        # version it leaves alone anyway). An operator runs gc and promote one at a time.
-        removed, partial = self._gc_plan(keep, grace_s)
-        if not dry_run:
+        if dry_run:
+            removed, partial = self._gc_plan(keep, grace_s)
+            return GcResult(removed=removed, partial=partial, dry_run=True)
+        # Under the writer lock, plan and deletions alike: an alias moved by a promote,
+        # rollback or publish between the plan and a deletion would point at a deleted
+        # version. gc therefore waits for a running publish (up to lock_timeout_s).
+        with self._writer_lock(lock_timeout_s):
+            removed, partial = self._gc_plan(keep, grace_s)
             for version in removed:
                 # Manifest first: from that instant readers see the version as gone, never
                 # as a version with missing files.
@@ -557,7 +644,7 @@ class Registry:
             for version in partial:
                 self._store.delete_dir(_vdir(version))
             self._remove_stale_temp_files(grace_s)
-        return GcResult(removed=removed, partial=partial, dry_run=dry_run)
+        return GcResult(removed=removed, partial=partial, dry_run=False)
 
     def _gc_plan(self, keep: int, grace_s: float) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """(complete versions beyond retention, abandoned partial versions)."""
@@ -595,17 +682,33 @@ class Registry:
             if info.base_name.startswith(".") and ".tmp-" in info.base_name and stale:
                 self._store.delete_file(f"aliases/{info.base_name}")
 
-    def _check_marker(self) -> None:
+    def _check_marker(self) -> int:
+        """The registry's format, from its marker."""
         try:
-            marker = json.loads(self._store.read_bytes(MARKER_NAME))
+            marker = json.loads(self._root.read_bytes(MARKER_NAME))
             format_version = int(marker["format_version"])
         except (ValueError, KeyError, TypeError) as err:
-            raise RegistryError(f"{self._store.describe(MARKER_NAME)} is damaged: {err}") from err
-        if format_version > FORMAT_VERSION:
+            raise RegistryError(f"{self._root.describe(MARKER_NAME)} is damaged: {err}") from err
+        if format_version > REGISTRY_FORMAT:
             raise RegistryError(
-                f"registry {self.location} has format {format_version}, newer than this genrec "
-                f"supports ({FORMAT_VERSION}); upgrade genrec"
+                f"registry {self._root.describe()} has format {format_version}, newer than "
+                f"this genrec supports ({REGISTRY_FORMAT}); upgrade genrec"
             )
+        return format_version
+
+    def _write_marker(self) -> None:
+        marker = {"format_version": REGISTRY_FORMAT, "created_at": utc_now().isoformat()}
+        self._root.atomic_write(MARKER_NAME, json.dumps(marker).encode())
+
+
+def check_model_name(name: str) -> str:
+    """A model name is a plain directory name (a run name): letters, digits, ``._+-``."""
+    if not isinstance(name, str) or not _MODEL_NAME.fullmatch(name):
+        raise RegistryError(
+            f"{name!r} is not a model name: use letters, digits and . _ + - (at most 128, "
+            "starting with a letter or digit), e.g. the trainer's run_name"
+        )
+    return name
 
 
 def _vdir(version: int) -> str:
@@ -621,7 +724,7 @@ def _publisher_marker() -> bytes:
     return json.dumps(marker, default=datetime.isoformat).encode()
 
 
-def _summary(err: ValidationError) -> str:
+def summarize(err: ValidationError) -> str:
     """A pydantic error on one line: ``field: problem; ...``."""
     problems = []
     for error in err.errors(include_url=False):

@@ -127,6 +127,10 @@ class Storage:
                     "remove it (or replace it by a real copy)"
                 )
 
+    def child(self, rel: str) -> Storage:
+        """A ``Storage`` rooted at ``rel`` (checked as every path is: plain, no symlink)."""
+        return Storage(self.fs, self._abs(rel))
+
     def describe_root(self) -> str:
         return f"{self.fs.type_name}:{self.root or '/'}"
 

@@ -194,6 +194,10 @@ def write_bytes(path: str, data: bytes) -> None:
         handle.write(data)
 
 
+# How much of a remote file parquet_file copies at a time.
+COPY_CHUNK_BYTES = 8 << 20
+
+
 def write_parquet(table: Any, path: str) -> None:
     import pyarrow.parquet as pq
     from apache_beam.io.filesystems import FileSystems
@@ -204,9 +208,26 @@ def write_parquet(table: Any, path: str) -> None:
 
 @contextmanager
 def parquet_file(path: str) -> Iterator[Any]:
-    """A ``pyarrow.parquet.ParquetFile`` of the file, open for the block."""
+    """A ``pyarrow.parquet.ParquetFile`` of the file, open for the block.
+
+    Arrow gets a file of its own, never a Python one: reading through Beam's Python handle,
+    Arrow's I/O and CPU pool threads call into the interpreter (read-ahead, releasing the
+    handle and Python-owned buffers), which they may do while it finalizes at exit; CPython
+    then ends such a thread with ``pthread_exit``, whose unwinding through Arrow's
+    ``noexcept`` C++ frames calls ``std::terminate``: SIGABRT ("terminate called without an
+    active exception") after a job that succeeded. So a local file is opened by Arrow, and
+    one on another filesystem is copied into Arrow-owned memory first.
+    """
+    import pyarrow as pa
     import pyarrow.parquet as pq
     from apache_beam.io.filesystems import FileSystems
 
-    with FileSystems.open(path) as handle:
-        yield pq.ParquetFile(handle)
+    if FileSystems.get_scheme(path) is None:
+        source = pa.OSFile(path)
+    else:
+        with FileSystems.open(path) as handle, pa.BufferOutputStream() as copy:
+            while chunk := handle.read(COPY_CHUNK_BYTES):
+                copy.write(chunk)
+            source = pa.BufferReader(copy.getvalue())
+    with source, pq.ParquetFile(source) as parquet:
+        yield parquet

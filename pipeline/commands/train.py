@@ -326,7 +326,8 @@ def _open_registry(cfg: TrainerConfig) -> Any | None:
     """The registry versions are published to (None: publishing is off)."""
     if not cfg.registry.enabled:
         return None
-    return plugins.load("genrec.registries", "default", "publishing")(cfg.registry.uri, create=True)
+    open_registry = plugins.load("genrec.registries", "default", "publishing")
+    return open_registry(cfg.registry.uri, model=cfg.registry_model, create=True)
 
 
 def _metrics(cfg: TrainerConfig, source: Any) -> Any:

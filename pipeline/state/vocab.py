@@ -64,10 +64,48 @@ def write_arrays(arrays: dict[str, np.ndarray], handle: Any) -> None:
                 np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
 
 
-def unpack_arrays(data: bytes) -> dict[str, np.ndarray]:
-    """Inverse of ``pack_arrays``; never unpickles (``allow_pickle=False``)."""
+def unpack_arrays(data: bytes, max_bytes: int | None = None) -> dict[str, np.ndarray]:
+    """Inverse of ``pack_arrays``; never unpickles (``allow_pickle=False``).
+
+    Nothing is allocated before its size is checked: the members' decompressed sizes (as the
+    archive declares them; a member never yields more) must add up to at most ``max_bytes``
+    (None: no limit), and each member's array must fit in the member (a header declaring a
+    bigger shape is refused before numpy allocates it). ``ValueError`` says what is wrong.
+    """
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            members = archive.infolist()
+            total = sum(member.file_size for member in members)
+            if max_bytes is not None and total > max_bytes:
+                raise ValueError(
+                    f"its arrays decompress to {total} bytes, over the limit of {max_bytes}"
+                )
+            for member in members:
+                _check_member(archive, member)
+    except (zipfile.BadZipFile, EOFError, OSError) as err:
+        raise ValueError(f"not a numpy .npz archive ({err})") from None
     with np.load(io.BytesIO(data), allow_pickle=False) as z:
         return {name: z[name] for name in z.files}
+
+
+def _check_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> None:
+    """The array a member's .npy header declares fits in the member's decompressed size."""
+    with archive.open(member) as stream:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise ValueError(f"member {member.filename!r}: .npy format {version} is not 1.0/2.0")
+    if dtype.hasobject:
+        raise ValueError(f"member {member.filename!r} holds Python objects (pickled data)")
+    size = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if size > member.file_size:
+        raise ValueError(
+            f"member {member.filename!r} declares a {shape} {dtype} array ({size} bytes) in "
+            f"{member.file_size} bytes"
+        )
 
 
 def keys_to_arrays(keys: Sequence[Key]) -> dict[str, np.ndarray]:
@@ -357,7 +395,11 @@ class ItemVocabulary:
     @classmethod
     def restore(cls, data: bytes) -> ItemVocabulary:
         """Rebuild a vocabulary from ``snapshot()`` bytes."""
-        a = unpack_arrays(data)
+        return cls.from_arrays(unpack_arrays(data))
+
+    @classmethod
+    def from_arrays(cls, a: dict[str, np.ndarray]) -> ItemVocabulary:
+        """Rebuild a vocabulary from the arrays of a ``snapshot()``."""
         capacity, threshold, ttl, max_pending = a["params"].tolist()
         vocab = cls(capacity, threshold, None if ttl < 0 else ttl, max_pending)
         rows = a["rows"]

@@ -39,6 +39,7 @@ TRAIN_FLAGS = [
     "--set", "vocab.capacity=100", "--set", "train.num_negatives=16",
     "--publish-every-events", "1000000", "--checkpoint-dir", "ckpt", "--run-dir", "run",
 ]  # fmt: skip
+MODEL = "file-stream"  # the run name genrec train derives from stream.parquet
 NEW_ITEMS = (9001, 9002, 9003)  # never trained on: unknown to the version
 NEW_USER = 777_777  # only unknown items: no context, no recommendations
 
@@ -218,7 +219,7 @@ def test_a_bad_checksum_or_a_missing_version_is_a_clear_error(world, tmp_path, c
     shutil.copytree(world["registry"], registry)
     version = Registry.open(registry).resolve("latest")
     vname = f"v{version:06d}"
-    weights = registry / "versions" / vname / "model.pt"
+    weights = registry / "models" / MODEL / "versions" / vname / "model.pt"
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0xFF
     weights.write_bytes(bytes(data))
@@ -239,7 +240,8 @@ def test_help_explains_every_flag(capsys) -> None:
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     for flag in ("--registry", "--version", "--histories", "--k", "--out", "--keep-history",
-                 "--batch-users", "--runner", "--dask-address", "--dask-workers"):  # fmt: skip
+                 "--batch-users", "--runner", "--dask-address", "--dask-workers", "--model",
+                 "--max-vocab-bytes"):  # fmt: skip
         assert flag in text, flag
 
 

@@ -1,0 +1,187 @@
+"""Loading one published version to score with: strict config, bounded reads, verified files.
+
+A version's files pass their manifest's sha256, but whoever could write the registry could also
+re-sign a crafted manifest, so every file is parsed as untrusted input, and nothing is
+allocated before its size is known to be bounded:
+
+* ``config.json`` (at most ``MAX_CONFIG_BYTES``) is parsed into ``PublishedConfig``: strict
+  types, no unknown keys, every size within bounds. The model is then built on torch's
+  ``meta`` device (no memory) and its parameters must fit in ``model.pt``'s size: a config
+  that describes a bigger model than the weights file holds is refused before the real
+  model is allocated.
+* ``vocab.npz`` (its archive and every member's decompressed size) is bounded by
+  ``max_vocab_bytes`` before a member is read (``pipeline.state.vocab.unpack_arrays``), and
+  its capacity must be the model's row count.
+* ``model.pt`` loads with ``torch.load(weights_only=True)``: no pickle payload runs.
+
+Every problem is a one-line ``RegistryError`` naming the version, the file and the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from connectors.registry.errors import RegistryError
+from connectors.registry.manifest import FileEntry, Manifest, version_dir_name
+from connectors.registry.recommend_command import DEFAULT_MAX_VOCAB_BYTES
+from connectors.registry.registry import CONFIG_NAME, Registry, summarize
+from model.base import SequentialEncoder
+from model.hstu import HSTU, HSTUConfig
+from pipeline.checkpoint import CheckpointError, state_from_bytes
+from pipeline.state.vocab import ItemVocabulary, unpack_arrays
+from pipeline.trainer import MODEL_FILE, VOCAB_FILE
+
+MAX_CONFIG_BYTES = 1 << 20
+
+
+class HSTUSettings(BaseModel):
+    """``config.json``'s ``hstu``: the fields of ``model.hstu.HSTUConfig``, bounded."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    num_rows: int = Field(ge=2, le=2**31 - 1)
+    embedding_dim: int = Field(64, ge=1, le=1 << 16)
+    num_layers: int = Field(2, ge=1, le=256)
+    num_heads: int = Field(1, ge=1, le=1024)
+    dqk: int = Field(0, ge=0, le=1 << 16)
+    dv: int = Field(0, ge=0, le=1 << 16)
+    max_len: int = Field(200, ge=1, le=1 << 20)
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    input_dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    alpha: float = Field(1.0, allow_inf_nan=False)
+    attention_backend: Literal["auto", "reference", "triton"] = "auto"
+    layer_norm: Literal["affine", "plain"] = "affine"
+
+
+class PublishedConfig(BaseModel):
+    """A version's ``config.json`` as ``genrec train`` publishes it."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    model: Literal["hstu"]
+    hstu: HSTUSettings
+    trainer: dict[str, Any] = Field(default_factory=dict)  # informational: never read
+
+
+@dataclass(frozen=True)
+class PublishedModel:
+    """One registry version, ready to score: the model, its vocabulary and catalogue."""
+
+    version: int
+    model: SequentialEncoder
+    vocab: ItemVocabulary
+    live: torch.Tensor  # the rows that may be recommended (the live catalogue)
+    row_keys: np.ndarray  # row -> item key: int64 when every key is an int, else str
+
+
+def load_version(
+    registry: Registry, ref: str | int, max_vocab_bytes: int = DEFAULT_MAX_VOCAB_BYTES
+) -> PublishedModel:
+    """Version ``ref`` (number, ``vNNNNNN`` or alias) of ``registry``, every file verified
+    and parsed as untrusted (see the module docstring); ``RegistryError`` otherwise."""
+    manifest = registry.show(ref)
+    where = f"{version_dir_name(manifest.version)} in {registry.location}"
+    config = _config(registry, manifest, where)
+    model = _model(registry, manifest, config, where)
+    vocab = _vocab(registry, manifest, model.num_rows, max_vocab_bytes, where)
+    live = vocab.live_rows()
+    return PublishedModel(
+        manifest.version, model.eval(), vocab, torch.from_numpy(live), _row_keys(vocab)
+    )
+
+
+def _config(registry: Registry, manifest: Manifest, where: str) -> PublishedConfig:
+    _check_size(manifest, CONFIG_NAME, MAX_CONFIG_BYTES, where, "")
+    raw = registry.read_file(manifest.version, CONFIG_NAME)
+    try:
+        return PublishedConfig.model_validate_json(raw)
+    except ValidationError as err:
+        raise RegistryError(
+            f"{where}: {CONFIG_NAME} is not a model config genrec publishes: "
+            f"{summarize(err)}; publish the version again with 'genrec train'"
+        ) from None
+
+
+def _model(
+    registry: Registry, manifest: Manifest, config: PublishedConfig, where: str
+) -> SequentialEncoder:
+    settings = HSTUConfig(**config.hstu.model_dump())
+    with torch.device("meta"):  # shapes only: nothing is allocated yet
+        shapes = HSTU(settings)
+    needed = sum(t.numel() * t.element_size() for t in shapes.state_dict().values())
+    weights = _entry(manifest, MODEL_FILE, where).size
+    if needed > weights:
+        raise RegistryError(
+            f"{where}: {CONFIG_NAME} describes a model of {needed} bytes of parameters, but "
+            f"{MODEL_FILE} holds only {weights} bytes: the config does not belong to these "
+            "weights; publish the version again"
+        )
+    model = HSTU(settings)
+    data = registry.read_file(manifest.version, MODEL_FILE)
+    try:
+        model.load_state_dict(state_from_bytes(data, f"{where}/{MODEL_FILE}"))
+    except (CheckpointError, RuntimeError) as err:  # verified bytes that are no such model
+        raise RegistryError(f"{where}: {MODEL_FILE} does not load: {_first_line(err)}") from None
+    return model
+
+
+def _vocab(
+    registry: Registry, manifest: Manifest, rows: int, max_bytes: int, where: str
+) -> ItemVocabulary:
+    hint = " (raise --max-vocab-bytes if the catalogue is that big)"
+    _check_size(manifest, VOCAB_FILE, max_bytes, where, hint)
+    data = registry.read_file(manifest.version, VOCAB_FILE)
+    what = f"{where}: {VOCAB_FILE}"
+    try:
+        arrays = unpack_arrays(data, max_bytes=max_bytes)
+    except ValueError as err:
+        raise RegistryError(f"{what}: {err}{hint}") from None
+    params = arrays.get("params")
+    if params is None or params.dtype.kind not in "iu" or params.shape != (4,):
+        raise RegistryError(f"{what}: no 'params' of 4 integers: not a vocabulary snapshot")
+    if int(params[0]) != rows:
+        raise RegistryError(f"{what}: capacity {int(params[0])}, but the model has {rows} rows")
+    try:
+        return ItemVocabulary.from_arrays(arrays)
+    except (KeyError, ValueError, IndexError, TypeError) as err:
+        raise RegistryError(
+            f"{what}: not a vocabulary snapshot ({type(err).__name__}: {_first_line(err)})"
+        ) from None
+
+
+def _check_size(manifest: Manifest, name: str, limit: int, where: str, hint: str) -> None:
+    size = _entry(manifest, name, where).size
+    if size > limit:
+        raise RegistryError(f"{where}: {name} is {size} bytes, over the limit of {limit}{hint}")
+
+
+def _entry(manifest: Manifest, name: str, where: str) -> FileEntry:
+    entry = manifest.files.get(name)
+    if entry is None:
+        raise RegistryError(f"{where}: no {name}: not a version 'genrec train' published")
+    return entry
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _row_keys(vocab: ItemVocabulary) -> np.ndarray:
+    """Row -> key for every row up to the last live one (the output's key column type is
+    the vocabulary's: int64 when every key is an int, else strings, as the shards do)."""
+    live = vocab.live_rows()
+    keys = [vocab.key_of(int(row)) for row in live.tolist()]
+    size = int(live[-1]) + 1 if live.size else 1
+    if all(type(key) is int for key in keys):
+        out = np.zeros(size, dtype=np.int64)
+        out[live] = keys
+        return out
+    out = np.full(size, "", dtype=object)
+    out[live] = [str(key) for key in keys]
+    return out
