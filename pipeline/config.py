@@ -153,7 +153,12 @@ class TrainSection(_Section):
     learn: bool = Field(True, description="false: evaluate only (a frozen model)")
     device: str = Field("cpu", description="torch device")
     threads: int | None = Field(
-        None, ge=1, description="torch CPU threads (default: 1, or OMP_NUM_THREADS when set)"
+        None,
+        ge=1,
+        description=(
+            "torch CPU threads (default: OMP_NUM_THREADS when set, else the cores other "
+            "processes leave free, re-read about once a second)"
+        ),
     )
     seed: int = Field(0, description="seed for init and negative sampling")
     max_events: int | None = Field(

@@ -40,6 +40,7 @@ from model.optim import RowSparseAdam
 from model.popular import MostPopular
 from model.retrieval import score_items
 from model.serialize import build_model, save_checkpoint
+from pipeline import threads
 from pipeline.datasets import SequenceDataset, build_sequences, read_event_log
 from pipeline.offline_config import TrainConfig
 from pipeline.synthetic import SyntheticConfig, generate_events
@@ -441,6 +442,7 @@ def _fit(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            threads.step()  # the default thread count follows the cores left free
             for schedule in schedules:
                 schedule.step()
             if ema is not None:

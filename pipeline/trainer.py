@@ -46,7 +46,7 @@ from model.base import select_targets
 from model.hstu import HSTU, HSTUConfig
 from model.losses import sampled_softmax_loss
 from model.optim import RowSparseAdam, is_row_sparse_state
-from pipeline import rowdelta
+from pipeline import rowdelta, threads
 from pipeline.batching import BatchBuilder
 from pipeline.checkpoint import (
     Checkpoint,
@@ -74,7 +74,6 @@ from pipeline.sources.base import (
 )
 from pipeline.state.store import SequenceStore
 from pipeline.state.vocab import ItemVocabulary
-from pipeline.threads import set_torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +244,7 @@ class OnlineTrainer:
         self.checkpoints = checkpoints
         self.registry = registry
         self.metrics = metrics or TrainerMetrics(port=0)
-        set_torch_threads(cfg.train.threads)
+        threads.set_torch_threads(cfg.train.threads)
         torch.manual_seed(cfg.train.seed)
         self.device = torch.device(cfg.train.device)
         self.model, self.optimizer = self._new_model()
@@ -586,6 +585,7 @@ class OnlineTrainer:
     def process_decoded(self, result: DecodeResult, n_records: int) -> list[StepResult]:
         """Count and dead-letter a decoded poll of ``n_records`` records, then train on its
         events micro-batch by micro-batch."""
+        threads.step()  # the default thread count follows the cores other processes leave
         for reject in result.rejects:
             self.dead_letters.send(reject)
         decode_rejects = Counter(str(r.reason) for r in result.rejects)

@@ -231,8 +231,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--threads",
         type=int,
         default=0,
-        help="torch CPU threads, 0: 1, or OMP_NUM_THREADS when set (one thread stays fast when "
-        "other processes share the cores; docs/trainer.md) (default: %(default)s)",
+        help="torch CPU threads; 0: OMP_NUM_THREADS when set, else the cores other processes "
+        "leave free, re-read about once a second (docs/trainer.md) (default: %(default)s)",
     )
     arch = train.add_argument_group("model (HSTU and SASRec)")
     arch.add_argument(

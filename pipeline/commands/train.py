@@ -50,7 +50,11 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
     "batch_events": ("train.batch_events", int, "events per micro-batch (optimizer step)"),
     "lr": ("train.lr", float, "Adam learning rate"),
     "device": ("train.device", str, "torch device, e.g. cpu or cuda"),
-    "threads": ("train.threads", int, "torch CPU threads (default: 1, or OMP_NUM_THREADS)"),
+    "threads": (
+        "train.threads",
+        int,
+        "torch CPU threads (default: OMP_NUM_THREADS, else the cores other processes leave free)",
+    ),
     "seed": ("train.seed", int, "random seed"),
     "run_dir": ("run_dir", str, "logs, dead letters and summary directory"),
     "checkpoint_dir": ("checkpoint.dir", str, "checkpoint directory"),
