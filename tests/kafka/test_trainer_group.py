@@ -33,7 +33,7 @@ import pytest
 from connectors.kafka.admin import TopicAdmin
 from connectors.kafka.producer import EventReplayer
 from connectors.registry import Registry
-from connectors.registry.recommend import load_version
+from connectors.registry.published import load_version
 from pipeline.checkpoint import CheckpointError, state_from_bytes
 from pipeline.datasets import EventLog
 from pipeline.distributed.checkpoints import GroupCheckpoints, Marker
@@ -227,7 +227,7 @@ def _check_final(group: Group, admin: TopicAdmin, topic: str, events: EventLog) 
     versions = registry.list_versions()
     assert versions, "nothing was published"
     for manifest in versions:
-        load_version(str(group.root / "registry"), manifest.version)  # verified and loadable
+        load_version(registry, manifest.version)  # verified and loadable
     return marker
 
 
