@@ -319,7 +319,11 @@ def _train_group(cfg: TrainerConfig, stop: threading.Event) -> dict[str, Any]:
         if not (cfg.checkpoint.resume and trainer.restore()):
             trainer.start_weights_equal()
         with streaming_gc():
-            return trainer.run(stop)
+            summary = trainer.run(stop)
+        # Every rank is past its last collective before any tears its connections down: a
+        # rank that left first made its peer's gloo threads abort at exit (std::terminate).
+        group.barrier()
+        return summary
     finally:
         sink.close()
         source.close()
