@@ -19,6 +19,7 @@ import math
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -79,7 +80,10 @@ def run_torchrun(
     # ranks; a signal before that must end the launch the same way, not set ``stop`` unseen.
     previous = {sig: signal.signal(sig, _raise_signal) for sig in SIGNALS}
     try:
-        torchrun(parse_args(command[3:]))
+        # torchrun makes a log directory in the system's temporary directory and leaves it
+        # behind (empty: the ranks' output is not redirected); give it one that goes.
+        with tempfile.TemporaryDirectory(prefix="genrec-torchrun-") as logs:
+            torchrun(parse_args(["--log-dir", logs, *command[3:]]))
     except SignalException as err:
         unfinished = [r for r in range(workers) if not _finished_since(cfg, r, workers, launched)]
         if unfinished:

@@ -67,6 +67,7 @@ class Group:
         self.proc: subprocess.Popen[bytes] | None = None
         root.mkdir(parents=True, exist_ok=True)
         self.log_path = root / "train.log"
+        self.tmp = root / "tmp"  # the group's temporary directory, to see what it leaves
 
     def start(self) -> None:
         cmd = [
@@ -76,9 +77,14 @@ class Group:
             "--run-dir", str(self.root / "run"), "--checkpoint-dir", str(self.root / "ckpt"),
             "--registry", str(self.root / "registry"), *SETTINGS,
         ]  # fmt: skip
+        self.tmp.mkdir(exist_ok=True)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, "TMPDIR": str(self.tmp)},
             )
 
     def log(self) -> str:
@@ -308,4 +314,8 @@ def test_group_with_an_idle_rank_trains_everything_once(
     _check_final(group, kafka_admin, topic, events)
     log = group.log()
     assert "rank 1 of 2 owns no partition" in log
+    # torchrun's log directory (torchelastic_*) is made inside genrec's, which goes
+    # (torch's own per-user cache, torchinductor_<user>, is reused, not left per run)
+    left = [p.name for p in group.tmp.iterdir() if p.name.startswith(("torchelastic", "genrec"))]
+    assert not left, left
     assert "Traceback" not in log and "stopped after its final checkpoint" in log, group.tail()
