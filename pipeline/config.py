@@ -210,12 +210,7 @@ class RegistrySection(_Section):
     @field_validator("model")
     @classmethod
     def _model_is_a_directory_name(cls, value: str | None) -> str | None:
-        if value is not None and not _RUN_NAME.fullmatch(value):
-            raise ValueError(
-                f"{value!r} is not a model name: use letters, digits and . _ + - "
-                "(it names <registry>/models/<model>)"
-            )
-        return value
+        return _directory_name(value, "model name", "<registry>/models/<model>")
 
 
 class DeadLetterSection(_Section):
@@ -275,12 +270,9 @@ class TrainerConfig(_Section):
     @field_validator("run_name")
     @classmethod
     def _run_name_is_a_directory_name(cls, value: str | None) -> str | None:
-        if value is not None and not _RUN_NAME.fullmatch(value):
-            raise ValueError(
-                f"{value!r} is not a directory name: use letters, digits and . _ + - "
-                "(it names ./checkpoints/<run_name> and ./runs/<run_name>)"
-            )
-        return value
+        return _directory_name(
+            value, "directory name", "./checkpoints/<run_name> and ./runs/<run_name>"
+        )
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainerConfig:
@@ -329,6 +321,17 @@ class TrainerConfig(_Section):
 
 
 _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
+def _directory_name(value: str | None, what: str, names: str) -> str | None:
+    """``value`` when it is safe as one path component (None passes), else ValueError."""
+    if value is not None and not _RUN_NAME.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a {what}: use letters, digits and . _ + - (it names {names})"
+        )
+    return value
+
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
