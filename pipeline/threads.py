@@ -103,9 +103,8 @@ def set_torch_threads(threads: int | None) -> None:
         )
     most = _torch_default()
     fixed = threads or _environment_threads()
-    _policy = (
-        None if fixed or machine_sample() is None else FollowFreeCores(most, os.cpu_count() or 1)
-    )
+    # off Linux its samples are None and it keeps the one thread set here
+    _policy = None if fixed else FollowFreeCores(most, os.cpu_count() or 1)
     torch.set_num_threads(fixed or 1)
     if torch.get_num_interop_threads() != 1:
         # torch takes this once per process, before any inter-op work: a process that has
