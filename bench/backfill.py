@@ -1,6 +1,6 @@
 """Throughput of ``genrec backfill sequences`` on a synthetic Parquet lake; prints one JSON.
 
-Writes ``--events`` synthetic events (``pipeline.synthetic``: users, items, times; actions
+Writes ``--events`` synthetic events (``pipeline.lake.synthetic``: users, items, times; actions
 0) into ``--files`` Parquet files with the event schema's columns, then runs the sequences
 pipeline with its defaults (16 shards, chunks of 65,536 rows) once per runner in
 ``--runners``, each in a fresh ``genrec`` process. Reported per runner: events/s over the
@@ -39,7 +39,7 @@ def write_lake(directory: Path, events: int, files: int, seed: int) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline.synthetic import SyntheticConfig, generate_events
+    from pipeline.lake.synthetic import SyntheticConfig, generate_events
 
     users = max(1, events // 100)
     log = generate_events(

@@ -41,7 +41,7 @@ from typing import Any
 
 from connectors.kafka.admin import TopicAdmin
 from connectors.kafka.producer import EventReplayer
-from pipeline.synthetic import SyntheticConfig, generate_events
+from pipeline.lake.synthetic import SyntheticConfig, generate_events
 
 KEY = "ndcg@10"
 

@@ -33,12 +33,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.checkpoint import CheckpointStore
-from pipeline.config import deep_merge, dotted_overrides, load_config
-from pipeline.deadletter import MemoryDeadLetterSink
+from pipeline.lake.synthetic import SyntheticConfig
 from pipeline.sources.synthetic import SyntheticSource
-from pipeline.synthetic import SyntheticConfig
-from pipeline.trainer import OnlineTrainer
+from pipeline.stream.checkpoint import CheckpointStore
+from pipeline.stream.config import deep_merge, dotted_overrides, load_config
+from pipeline.stream.deadletter import MemoryDeadLetterSink
+from pipeline.stream.trainer import OnlineTrainer
 
 
 def block_metrics(ranks: np.ndarray, k: int) -> dict[str, float]:

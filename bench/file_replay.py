@@ -61,7 +61,7 @@ def run_mode(mode: str, path: Path) -> dict[str, Any]:
         out["spill_bytes"] = spill.path.stat().st_size if spill is not None else 0
         source.close()
     else:
-        from pipeline.datasets import read_event_log
+        from pipeline.lake.datasets import read_event_log
 
         event_log, _ = read_event_log(path)
         events = len(event_log.sorted_by_time())

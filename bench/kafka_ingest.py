@@ -19,7 +19,7 @@ the broker affects them alike, and a full garbage collection runs before every r
 the clock) so that no read pays for the cyclic garbage of the readers before it.
 kafka-python checks record CRCs in pure Python unless the ``crc32c`` package is installed;
 ``--no-check-crcs`` shows the difference.
-Everything runs under ``genrec train``'s garbage-collector settings (``pipeline/gcpolicy.py``);
+Everything runs under ``genrec train``'s garbage-collector settings (``pipeline/runtime/gcpolicy.py``);
 ``--default-gc`` keeps CPython's defaults. Prints one JSON object. Without
 ``--bootstrap-servers`` (or ``KAFKA_BOOTSTRAP_SERVERS``) a temporary local broker is started.
 
@@ -103,11 +103,11 @@ def through_source(
     """Seconds for ``KafkaSource`` + ``decode_records`` (``decode``), + batch assembly
     (``pipeline``). Records are gathered one micro-batch at a time with the trainer's own
     ``gather``."""
-    from pipeline.batching import BatchBuilder
     from pipeline.events import decode_records
     from pipeline.sources.base import gather
     from pipeline.state.store import SequenceStore
     from pipeline.state.vocab import ItemVocabulary
+    from pipeline.stream.batching import BatchBuilder
 
     source = _open_source(bootstrap, topic, args)
     store = SequenceStore(max_len=args.max_len, tolerance_s=3600)
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--default-gc",
         action="store_true",
-        help="CPython's default GC thresholds instead of genrec train's (pipeline/gcpolicy.py)",
+        help="CPython's default GC thresholds instead of genrec train's (pipeline/runtime/gcpolicy.py)",
     )
     args = parser.parse_args(argv)
 
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     pa.set_cpu_count(1)
-    from pipeline.synthetic import SyntheticConfig, generate_events
+    from pipeline.lake.synthetic import SyntheticConfig, generate_events
 
     users = max(1, args.events // 60)
     log = generate_events(
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     arrow_events = log.take(slice(0, args.events))
     json_events = log.take(slice(0, args.json_events))
 
-    from pipeline.gcpolicy import streaming_gc
+    from pipeline.runtime.gcpolicy import streaming_gc
 
     broker = None
     bootstrap = args.bootstrap_servers
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
 
         broker = LocalKafkaBroker(tempfile.mkdtemp(prefix="bench-kafka-"), heap="1g")
         bootstrap = broker.start(timeout_s=180)
-    # The GC settings of `genrec train`'s loop (pipeline/gcpolicy.py) unless --default-gc;
+    # The GC settings of `genrec train`'s loop (pipeline/runtime/gcpolicy.py) unless --default-gc;
     # either way the bare loop runs in the same process under the same settings.
     policy = contextlib.nullcontext() if args.default_gc else streaming_gc()
     try:

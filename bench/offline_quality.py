@@ -31,10 +31,10 @@ import torch
 from model.hstu import LAYER_NORMS, HSTUConfig
 from model.sasrec import SASREC_STYLES
 from pipeline.commands.offline import add_training_options, train_config_from_args
-from pipeline.datasets import make_splits
-from pipeline.offline import PROTOCOLS, load_sequences, train_offline
-from pipeline.offline_config import HSTU_LAYER_NORM, SASREC_STYLE
-from pipeline.threads import set_torch_threads
+from pipeline.lake.datasets import make_splits
+from pipeline.offline.config import HSTU_LAYER_NORM, SASREC_STYLE
+from pipeline.offline.training import PROTOCOLS, load_sequences, train_offline
+from pipeline.runtime.threads import set_torch_threads
 
 METRICS = ("hr@10", "hr@50", "hr@200", "ndcg@10", "ndcg@50", "ndcg@200", "mrr")
 # two-sided 97.5% Student t quantiles by degrees of freedom, for the interval over seeds

@@ -88,7 +88,7 @@ class Stream:
 
     def records(self, n: int) -> Any:
         from pipeline.events import encode_arrow
-        from pipeline.sources.base import Records
+        from pipeline.events.records import Records
 
         payloads = [encode_arrow(self.events(RECORD_EVENTS)) for _ in range(-(-n // RECORD_EVENTS))]
         return Records.run(payloads, "arrow", "scale", 0)
@@ -97,12 +97,12 @@ class Stream:
 def run_point(args: argparse.Namespace, capacity: int, users: int) -> dict[str, Any]:
     import torch
 
-    from pipeline.checkpoint import CheckpointStore
-    from pipeline.config import load_config
-    from pipeline.deadletter import MemoryDeadLetterSink
+    from pipeline.lake.synthetic import SyntheticConfig
     from pipeline.sources.synthetic import SyntheticSource
-    from pipeline.synthetic import SyntheticConfig
-    from pipeline.trainer import OnlineTrainer
+    from pipeline.stream.checkpoint import CheckpointStore
+    from pipeline.stream.config import load_config
+    from pipeline.stream.deadletter import MemoryDeadLetterSink
+    from pipeline.stream.trainer import OnlineTrainer
 
     torch.set_num_threads(args.threads)
     workdir = Path(tempfile.mkdtemp(prefix="genrec-scale-"))

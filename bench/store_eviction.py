@@ -4,7 +4,7 @@ Once ``store.max_users`` users are stored, every new user evicts the least recen
 one. This measures whether that makes a batch cost more: events/s of the store alone
 (late/duplicate checks + commit, one thread) over ``--batches`` batches before the store is
 full and as many after, with ``--users`` distinct users drawn uniformly. ``max_len`` and
-``max_users`` are the trainer's defaults (``pipeline/config.py``) unless given.
+``max_users`` are the trainer's defaults (``pipeline/stream/config.py``) unless given.
 
 Example (the default store: max_users 1,000,000; ~1.6 GB of history at max_len 50)::
 
@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.config import StoreSection
 from pipeline.state.store import SequenceStore
+from pipeline.stream.config import StoreSection
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -56,7 +56,7 @@ class Data:
 
 def prepare(args: argparse.Namespace) -> Data:
     from pipeline.events import EventBatch, encode_arrow, encode_json_rows
-    from pipeline.synthetic import SyntheticConfig, generate_events
+    from pipeline.lake.synthetic import SyntheticConfig, generate_events
 
     users = max(1, args.events // 60)
     cfg = SyntheticConfig(num_users=users, num_items=max(1000, users // 2), seed=args.seed)
@@ -97,7 +97,7 @@ def timed(run: Callable[[], int], repeat: int) -> dict[str, Any]:
 
 def records(payloads: list[bytes], codec: str) -> Any:
     """The payloads as a source's poll returns them."""
-    from pipeline.sources.base import Records
+    from pipeline.events.records import Records
 
     return Records.run(payloads, codec, "bench", 0)
 
@@ -172,11 +172,11 @@ def stage_store(args: argparse.Namespace, data: Data) -> dict[str, Any]:
 
 def stage_arrow_to_batches(args: argparse.Namespace, data: Data) -> dict[str, Any]:
     """Arrow payloads -> decode + validate -> store + vocabulary -> jagged batches (no model)."""
-    from pipeline.batching import BatchBuilder
-    from pipeline.config import VocabSection
     from pipeline.events import decode
     from pipeline.state.store import SequenceStore
     from pipeline.state.vocab import ItemVocabulary
+    from pipeline.stream.batching import BatchBuilder
+    from pipeline.stream.config import VocabSection
 
     recs = records(data.arrow, "arrow")
     size = args.batch_events
@@ -202,10 +202,10 @@ def stage_full_training(args: argparse.Namespace, data: Data) -> dict[str, Any]:
     """The whole online step on Arrow records: decode, store, batch, test, train (CPU)."""
     import tempfile
 
-    from pipeline.config import deep_merge, dotted_overrides, load_config
-    from pipeline.deadletter import MemoryDeadLetterSink
     from pipeline.events import EventBatch, encode_arrow
-    from pipeline.trainer import OnlineTrainer
+    from pipeline.stream.config import deep_merge, dotted_overrides, load_config
+    from pipeline.stream.deadletter import MemoryDeadLetterSink
+    from pipeline.stream.trainer import OnlineTrainer
 
     events = EventBatch.concat(decoded_batches(data)).take(slice(0, args.train_events))
     # The trainer's default configuration, nothing fitted to this data (the item table at

@@ -2,7 +2,7 @@
 
 ``genrec train`` (the default configuration, the synthetic source, ``--max-events``, fresh
 checkpoint, registry and run directories in a temporary directory, each run a fresh process)
-with the default policy (``pipeline/threads.py``), ``--threads 1`` and ``--threads 2``, while
+with the default policy (``pipeline/runtime/threads.py``), ``--threads 1`` and ``--threads 2``, while
 0, 1 and 3 CPU-bound neighbour processes (``python -c "while True: pass"``) run beside it.
 Neighbours start before a count's runs and are killed after them, always. The runs of a
 count are interleaved (default, 1, 2, then rotated) ``--repeat`` times; a setting's figure

@@ -1,6 +1,6 @@
 """Does a backfill warm start pay? Progressive NDCG@10 / HR@10 after a cut-off T; one JSON object.
 
-One synthetic stream (``pipeline.synthetic``), T at ``--cutoff`` of its events (a time
+One synthetic stream (``pipeline.lake.synthetic``), T at ``--cutoff`` of its events (a time
 quantile). Three trainers score (test, then train) the same events from T on:
 
 - **full**: ``genrec train`` that streamed all history before T as well;
@@ -37,14 +37,14 @@ from tqdm import tqdm
 
 from pipeline.backfill.bootstrap import BootstrapJob, run_bootstrap
 from pipeline.backfill.sequences import SequencesJob, run_sequences
-from pipeline.checkpoint import CheckpointStore
 from pipeline.cli import main as genrec
-from pipeline.config import TrainerConfig, load_config
-from pipeline.datasets import EventLog
-from pipeline.deadletter import MemoryDeadLetterSink
+from pipeline.lake.datasets import EventLog
+from pipeline.lake.synthetic import SyntheticConfig, generate_events
 from pipeline.sources.eventlog import EventLogSource
-from pipeline.synthetic import SyntheticConfig, generate_events
-from pipeline.trainer import OnlineTrainer
+from pipeline.stream.checkpoint import CheckpointStore
+from pipeline.stream.config import TrainerConfig, load_config
+from pipeline.stream.deadletter import MemoryDeadLetterSink
+from pipeline.stream.trainer import OnlineTrainer
 
 K = 10
 

@@ -16,7 +16,7 @@ import sys
 import threading
 
 from pipeline import plugins
-from pipeline.stopping import restore_signals, stop_on_signals
+from pipeline.runtime.stopping import restore_signals, stop_on_signals
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_LEVEL_HELP = "logging verbosity (default: INFO)"
@@ -91,7 +91,7 @@ def _command_of(argv: list[str]) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # `genrec train` stops after a final checkpoint on SIGTERM / SIGINT from its first moment
-    # (pipeline/stopping.py): building the parser alone imports for a second or more.
+    # (pipeline/runtime/stopping.py): building the parser alone imports for a second or more.
     stop = threading.Event()
     previous = stop_on_signals(stop) if _command_of(argv) == "train" else {}
     try:
@@ -122,7 +122,7 @@ def _main(argv: list[str], stop: threading.Event) -> int:
     import yaml
     from pydantic import ValidationError
 
-    from pipeline.config import ConfigError
+    from pipeline.runtime.errors import ConfigError
 
     try:
         return int(args.func(args) or 0)

@@ -164,7 +164,7 @@ def _produce(args: argparse.Namespace) -> int:
     from connectors.kafka.producer import EventReplayer
 
     if args.synthetic:
-        from pipeline.synthetic import SyntheticConfig, generate_events
+        from pipeline.lake.synthetic import SyntheticConfig, generate_events
 
         events = generate_events(
             SyntheticConfig(
@@ -175,7 +175,7 @@ def _produce(args: argparse.Namespace) -> int:
             )
         )
     else:
-        from pipeline.datasets import read_event_log
+        from pipeline.lake.datasets import read_event_log
 
         events, stats = read_event_log(args.data, args.format, args.skip_malformed)
         log.info("read %d events from %s (%s)", stats.rows, stats.path, stats.format)
@@ -197,7 +197,7 @@ def _produce(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``kafka``, ``topics`` and ``produce`` to the genrec command."""
-    from pipeline.datasets import FORMATS
+    from pipeline.lake.datasets import FORMATS
 
     kafka = subparsers.add_parser("kafka", help="run a local Apache Kafka broker (no Docker)")
     kafka_sub = kafka.add_subparsers(dest="kafka_command", metavar="ACTION", required=True)

@@ -36,9 +36,9 @@ import numpy as np
 
 from connectors.kafka.admin import TopicAdmin
 from connectors.kafka.config import KafkaClientConfig, connect
-from pipeline.datasets import EventLog
 from pipeline.events.batch import EventBatch
-from pipeline.sources.base import CODECS
+from pipeline.events.records import CODECS
+from pipeline.lake.datasets import EventLog
 
 log = logging.getLogger(__name__)
 

@@ -63,7 +63,7 @@ from kafka.structs import OffsetAndMetadata
 from connectors.kafka.broker import running_local_bootstrap
 from connectors.kafka.config import KafkaClientConfig, client_config_from_args, connect
 from connectors.kafka.producer import CODEC_HEADER
-from pipeline.sources.base import Records
+from pipeline.events.records import Records
 
 log = logging.getLogger(__name__)
 

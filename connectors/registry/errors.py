@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline import publishing
+from pipeline.stream import publishing
 
 
 class RegistryError(publishing.PublishError):

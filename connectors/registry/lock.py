@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 
 from connectors.registry.errors import ConcurrentPublishError
 from connectors.registry.storage import Storage
-from pipeline.runlock import process_alive
+from pipeline.runtime.runlock import process_alive
 
 log = logging.getLogger(__name__)
 

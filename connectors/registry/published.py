@@ -32,9 +32,9 @@ from connectors.registry.recommend_command import DEFAULT_MAX_VOCAB_BYTES
 from connectors.registry.registry import CONFIG_NAME, Registry, summarize
 from model.base import SequentialEncoder
 from model.hstu import HSTU, HSTUConfig
-from pipeline.checkpoint import CheckpointError, state_from_bytes
 from pipeline.state.vocab import ItemVocabulary, unpack_arrays
-from pipeline.trainer import MODEL_FILE, VOCAB_FILE
+from pipeline.stream.checkpoint import CheckpointError, state_from_bytes
+from pipeline.stream.trainer import MODEL_FILE, VOCAB_FILE
 
 MAX_CONFIG_BYTES = 1 << 20
 

@@ -10,7 +10,7 @@ runner computes only one branch of a fan-out):
   shard (in the driver first, so a bad file is one error before any worker starts).
 - ``TopK``: Beam's ``RunInference`` with ``TopKHandler``, which loads one registry version
   (every artefact verified against its manifest's sha256) and scores each batch with the
-  project's own retrieval: ``pipeline.offline.next_item_scores`` (the model's state after
+  project's own retrieval: ``pipeline.offline.training.next_item_scores`` (the model's state after
   each user's last event against the whole item table, ``model.retrieval.score_items``) and
   ``model.retrieval.top_k`` over the version's live catalogue. A user's context is the last
   ``max_len`` events whose item the version's vocabulary knows (others are skipped); the
@@ -23,7 +23,7 @@ The handler runs ``with_no_batching``: the job batches users itself, because Bea
 ``BatchElements`` emits a bundle's last batch from ``finish_bundle``, whose output Beam's
 Dask runner (2.77) drops (observed: a bundle's last users vanished). ``manifest.json`` holds
 the registry, version, k, users, runner and wall time. The histories and the output go
-through Beam's ``FileSystems`` (``pipeline.backfill.paths``): local, ``gs://``, ``s3://``, ...;
+through Beam's ``FileSystems`` (``pipeline.lake.paths``): local, ``gs://``, ``s3://``, ...;
 the runners are ``backfill sequences``' (``sequences.runner_options``).
 """
 
@@ -46,8 +46,9 @@ from connectors.registry.recommend_command import DEFAULT_BATCH_USERS, DEFAULT_M
 from connectors.registry.registry import Registry
 from model.jagged import JaggedBatch
 from model.retrieval import top_k
-from pipeline.backfill import histories, paths, sequences
-from pipeline.offline import next_item_scores, window_indices
+from pipeline.backfill import histories, sequences
+from pipeline.lake import paths
+from pipeline.offline.training import next_item_scores, window_indices
 
 PART_NAME = "part-{:05d}-{:05d}.parquet"
 PART_GLOB = "part-*.parquet"

@@ -68,7 +68,7 @@ from connectors.registry.manifest import (
     version_dir_name,
 )
 from connectors.registry.storage import Storage, filesystem_from_uri
-from pipeline.runlock import process_alive
+from pipeline.runtime.runlock import process_alive
 
 log = logging.getLogger(__name__)
 

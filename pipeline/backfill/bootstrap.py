@@ -47,7 +47,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
-from pipeline.backfill import paths
 from pipeline.backfill.sequences import (
     COUNTS,
     Chunk,
@@ -64,13 +63,14 @@ from pipeline.backfill.sequences import (
     rejected_rows,
     sum_counts,
 )
-from pipeline.config import TrainerConfig
 from pipeline.events import EventBatch, decode_records
 from pipeline.events.batch import key_column
+from pipeline.events.records import Records
 from pipeline.events.reject import DecodeResult, Reject
 from pipeline.events.schema import RejectReason
-from pipeline.sources.base import Records
+from pipeline.lake import paths
 from pipeline.sources.spill import SORTED, sort_tables
+from pipeline.stream.config import TrainerConfig
 
 log = logging.getLogger(__name__)
 
@@ -328,10 +328,10 @@ def fold(path: Path, trainer: Any) -> int:
 def run_bootstrap(job: BootstrapJob) -> dict[str, Any]:
     """Fold the lake into a trainer's state and write it as that trainer's checkpoint;
     returns the manifest (also written next to the checkpoints as ``bootstrap.json``)."""
-    from pipeline.checkpoint import CheckpointError, CheckpointStore
-    from pipeline.deadletter import JsonlDeadLetterSink
-    from pipeline.distributed.checkpoints import claim_directory
-    from pipeline.trainer import OnlineTrainer
+    from pipeline.stream.checkpoint import CheckpointError, CheckpointStore
+    from pipeline.stream.deadletter import JsonlDeadLetterSink
+    from pipeline.stream.distributed.checkpoints import claim_directory
+    from pipeline.stream.trainer import OnlineTrainer
 
     cfg = job.config
     directory = Path(cfg.checkpoint.dir)

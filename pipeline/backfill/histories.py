@@ -1,6 +1,6 @@
 """Reading a ``genrec backfill sequences`` output: the one validated reader of its histories.
 
-``train-offline --data DIR`` / ``evaluate --data DIR`` (``pipeline.datasets``) and ``backfill
+``train-offline --data DIR`` / ``evaluate --data DIR`` (``pipeline.lake.datasets``) and ``backfill
 recommend --histories DIR`` read the output through here, so they refuse the same things.
 The output is untrusted (copied, edited, damaged, or crafted): before any of it is used,
 
@@ -34,10 +34,10 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
-from pipeline.backfill import paths
 from pipeline.backfill.sequences import MANIFEST, shard_of
 from pipeline.events.batch import concat_keys, key_column
 from pipeline.events.schema import MAX_ACTION_CODE, EventError, canonical_key
+from pipeline.lake import paths
 
 # The latest second ``--until`` can spell as an ISO 8601 time (9999-12-31T23:59:59 UTC).
 MAX_UNTIL = 253_402_300_799

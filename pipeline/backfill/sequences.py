@@ -31,7 +31,7 @@ logged every ``SequencesJob.progress_every_s``.
 Counts (``rows`` = ``valid`` + ``rejected`` + ``after_cutoff``; the rejects by reason count
 rows, so they sum to ``rejected``: ``chunk_counts``) travel through the pipeline as data
 (summed at the group) into ``manifest.json``, with the inputs, the settings, the runner and the wall time. Inputs, the output directory and its
-files go through Beam's ``FileSystems`` (``pipeline.backfill.paths``): local paths, or
+files go through Beam's ``FileSystems`` (``pipeline.lake.paths``): local paths, or
 ``gs://``, ``s3://``, ... where Beam's filesystem for the scheme is installed.
 Runners (``runner_options``): Beam's in-process direct execution, Beam's Dask runner on a
 dask.distributed cluster (``runner="dask"``; a local one of ``dask_workers`` processes unless
@@ -56,7 +56,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from pipeline.backfill import paths
+from pipeline.lake import paths
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +125,11 @@ def _file_format(path: str, format: str) -> str:
 
 
 def _csv_format(path: str) -> str:
-    """The offline reader's rule (``pipeline.datasets.text_format``: MovieLens's ratings.csv
+    """The offline reader's rule (``pipeline.lake.datasets.text_format``: MovieLens's ratings.csv
     by its header, else csv) on the file's first line, read through Beam's ``FileSystems``."""
     from apache_beam.io.filesystems import FileSystems
 
-    from pipeline.datasets import text_format
+    from pipeline.lake.datasets import text_format
 
     try:
         with FileSystems.open(path) as handle:
@@ -222,7 +222,7 @@ _EVENT_FIELDS = ("user_id", "item_id", "action", "timestamp", "value", "event_id
 _MOVIELENS_DAT = ("UserID", "MovieID", "Rating", "Timestamp")
 _TEXT_FORMATS = {
     "csv": _TextFormat(",", {f: f for f in _EVENT_FIELDS}, _EVENT_FIELDS[:4]),
-    # MovieLens as pipeline.datasets reads it for offline training: no action column (every
+    # MovieLens as pipeline.lake.datasets reads it for offline training: no action column (every
     # event the unspecified action "interaction", code 0), ids and seconds as written; the
     # rating, which that reader leaves out, is the event's value here.
     "movielens-csv": _TextFormat(
@@ -290,7 +290,7 @@ def _header(handle: Any, spec: _TextFormat) -> tuple[str, ...]:
     or format (its dead letter says which columns are missing)."""
     import csv
 
-    from pipeline.datasets import DataFormatError
+    from pipeline.lake.datasets import DataFormatError
 
     line = handle.readline(_MAX_HEADER_BYTES)
     try:
@@ -629,7 +629,7 @@ class _Progress:
 
     def advance(self, lake_file: LakeFile, rows: int, position: int) -> None:
         """``rows`` more rows read, up to byte ``position`` of ``lake_file``."""
-        from pipeline.observability import _duration
+        from pipeline.stream.observability import _duration
 
         self.rows += rows
         now = time.monotonic()
@@ -753,7 +753,7 @@ def by_reason(counts: Mapping[str, int]) -> dict[str, int]:
 def validate(chunk: Chunk, until: int | None) -> Validated:
     """The stream's decoder over one chunk; see ``Validated``."""
     from pipeline.events import decode_records
-    from pipeline.sources.base import Records
+    from pipeline.events.records import Records
 
     lake_file, first, n, codec, payloads = chunk
     records = Records.run(payloads, codec, f"file:{lake_file.path}", first)

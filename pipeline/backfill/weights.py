@@ -17,7 +17,7 @@ import torch
 
 from model.hstu import HSTU
 from model.serialize import load_checkpoint
-from pipeline.offline import json_key, offline_checkpoint
+from pipeline.offline.training import json_key, offline_checkpoint
 
 ITEM_TABLE = "item_emb.weight"
 

@@ -242,7 +242,7 @@ def _bootstrap(args: argparse.Namespace) -> int:
 
     quiet_beam()  # before Beam is imported
     from pipeline.backfill.bootstrap import BootstrapJob, run_bootstrap
-    from pipeline.config import dotted_overrides, load_config
+    from pipeline.stream.config import dotted_overrides, load_config
 
     cfg = load_config(args.config, dotted_overrides(args.overrides))
     inputs = tuple(p.strip() for arg in args.input for p in arg.split(",") if p.strip())

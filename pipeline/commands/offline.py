@@ -16,8 +16,9 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from pipeline.datasets import FORMATS, leave_one_out, make_splits
-from pipeline.offline_config import (
+from pipeline.lake.datasets import FORMATS, leave_one_out, make_splits
+from pipeline.lake.synthetic import SyntheticConfig
+from pipeline.offline.config import (
     HSTU_LAYER_NORM,
     INITS,
     LR_SCHEDULES,
@@ -27,8 +28,7 @@ from pipeline.offline_config import (
     WEIGHT_AVERAGES,
     TrainConfig,
 )
-from pipeline.synthetic import SyntheticConfig
-from pipeline.threads import set_torch_threads
+from pipeline.runtime.threads import set_torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -411,7 +411,7 @@ def model_config_from_args(kind: str, args: argparse.Namespace) -> dict[str, Any
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from pipeline.offline import item_keys_json, load_sequences, train_offline
+    from pipeline.offline.training import item_keys_json, load_sequences, train_offline
 
     set_torch_threads(args.threads)
     ds, source = load_sequences(
@@ -441,7 +441,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from model.serialize import load_checkpoint, model_kind
-    from pipeline.offline import (
+    from pipeline.offline.training import (
         evaluate,
         load_sequences,
         model_max_len,

@@ -1,8 +1,8 @@
 """``genrec train``: the online test-then-train daemon.
 
-Wires the configuration (``pipeline.config``) to a source, a dead-letter sink, the checkpoint
+Wires the configuration (``pipeline.stream.config``) to a source, a dead-letter sink, the checkpoint
 store, the registry and the Prometheus endpoint, resumes from the newest checkpoint, and runs
-``pipeline.trainer.OnlineTrainer`` until the source ends, a bound is reached, or SIGTERM /
+``pipeline.stream.trainer.OnlineTrainer`` until the source ends, a bound is reached, or SIGTERM /
 SIGINT arrives (then it finishes the current batch, checkpoints and exits 0).
 """
 
@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import plugins
-from pipeline.config import (
+from pipeline.runtime.gcpolicy import streaming_gc
+from pipeline.runtime.stopping import default_signals
+from pipeline.stream.config import (
     TrainerConfig,
     deep_merge,
     describe_options,
@@ -24,8 +26,6 @@ from pipeline.config import (
     load_config,
     nested,
 )
-from pipeline.gcpolicy import streaming_gc
-from pipeline.stopping import default_signals
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +146,8 @@ def make_source(cfg: TrainerConfig) -> Any:
     """The configured ``Source``; Kafka is imported only when selected."""
     src = cfg.source
     if src.kind == "synthetic":
+        from pipeline.lake.synthetic import SyntheticConfig
         from pipeline.sources.synthetic import SyntheticSource
-        from pipeline.synthetic import SyntheticConfig
 
         s = src.synthetic
         synthetic = SyntheticConfig(
@@ -174,7 +174,7 @@ def make_source(cfg: TrainerConfig) -> Any:
 def make_dead_letter_sink(cfg: TrainerConfig) -> Any:
     """JSONL file under the run directory by default; a Kafka topic when configured."""
     if cfg.dead_letter.kind == "jsonl":
-        from pipeline.deadletter import JsonlDeadLetterSink
+        from pipeline.stream.deadletter import JsonlDeadLetterSink
 
         return JsonlDeadLetterSink(cfg.dead_letter_path)
     kind = cfg.dead_letter.kind
@@ -188,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, stop: threading.Event) -> int:
-    from pipeline.distributed.group import world_from_env
+    from pipeline.stream.distributed.group import world_from_env
 
     cfg = config_from_args(args)
     if args.print_config:
@@ -199,8 +199,8 @@ def _run(args: argparse.Namespace, stop: threading.Event) -> int:
         if args.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {args.workers}")
         if world == 1 and args.workers > 1:
-            from pipeline.distributed.group import GroupError
-            from pipeline.distributed.launch import run_torchrun
+            from pipeline.stream.distributed.group import GroupError
+            from pipeline.stream.distributed.launch import run_torchrun
 
             if cfg.source.kind in ("synthetic", "file"):
                 raise ValueError(
@@ -212,14 +212,14 @@ def _run(args: argparse.Namespace, stop: threading.Event) -> int:
                 return run_torchrun(args.argv, args.workers, cfg, stop)
             except GroupError as err:
                 raise SystemExit(f"genrec train: error: {err}") from None
-    from pipeline.checkpoint import CheckpointError
-    from pipeline.distributed.checkpoints import claim_directory, part_name
-    from pipeline.publishing import PublishError
-    from pipeline.runlock import DirectoryLock, DirectoryLockedError
+    from pipeline.runtime.runlock import DirectoryLock, DirectoryLockedError
+    from pipeline.stream.checkpoint import CheckpointError
+    from pipeline.stream.distributed.checkpoints import claim_directory, part_name
+    from pipeline.stream.publishing import PublishError
 
     assert cfg.checkpoint.dir is not None  # set by the config's validator
     if world > 1:
-        from pipeline.distributed.launch import rank_config
+        from pipeline.stream.distributed.launch import rank_config
 
         cfg = rank_config(cfg, rank, world)
     # a group's rank 0 holds the directory, as one trainer would; the others their parts
@@ -235,7 +235,7 @@ def _run(args: argparse.Namespace, stop: threading.Event) -> int:
     except (DirectoryLockedError, CheckpointError) as err:
         lock.release()
         raise SystemExit(f"genrec train: error: {err}") from None
-    from pipeline.distributed.group import GroupError
+    from pipeline.stream.distributed.group import GroupError
 
     trained = False
     try:
@@ -272,7 +272,7 @@ def _clean_up_failed_run(
     """Remove what a failed run created and did not use: its lock file when no checkpoint was
     written (called while the lock is held, so no other trainer uses the directory), its empty
     metrics log and dead-letter file, and the directories it created that are empty then."""
-    from pipeline.distributed.checkpoints import OWNER
+    from pipeline.stream.distributed.checkpoints import OWNER
 
     # the lock and the owner record alone: no checkpoint was written
     own = {lock_path, lock_path.parent / OWNER}
@@ -295,10 +295,10 @@ def _discard(created: list[Path], files: list[Path]) -> None:
 
 
 def _train_group(cfg: TrainerConfig, stop: threading.Event) -> dict[str, Any]:
-    """One rank of a trainer group (``pipeline.distributed``)."""
-    from pipeline.distributed.checkpoints import GroupCheckpoints
-    from pipeline.distributed.group import Group
-    from pipeline.distributed.trainer import GroupTrainer
+    """One rank of a trainer group (``pipeline.stream.distributed``)."""
+    from pipeline.stream.distributed.checkpoints import GroupCheckpoints
+    from pipeline.stream.distributed.group import Group
+    from pipeline.stream.distributed.trainer import GroupTrainer
 
     d = cfg.distributed
     # A rank whose peer died before joining blocks in init_process_group (native code, where
@@ -340,7 +340,7 @@ def _open_registry(cfg: TrainerConfig) -> Any | None:
 
 def _metrics(cfg: TrainerConfig, source: Any) -> Any:
     """The Prometheus metrics, with the consumer lag of a source that reports it (Kafka)."""
-    from pipeline.observability import TrainerMetrics
+    from pipeline.stream.observability import TrainerMetrics
 
     metrics = TrainerMetrics(cfg.observability.prometheus_host, cfg.observability.prometheus_port)
     if hasattr(source, "on_lag"):
@@ -349,8 +349,8 @@ def _metrics(cfg: TrainerConfig, source: Any) -> Any:
 
 
 def _train(cfg: TrainerConfig, stop: threading.Event) -> dict[str, Any]:
-    from pipeline.checkpoint import CheckpointStore
-    from pipeline.trainer import OnlineTrainer
+    from pipeline.stream.checkpoint import CheckpointStore
+    from pipeline.stream.trainer import OnlineTrainer
 
     source = make_source(cfg)
     sink = make_dead_letter_sink(cfg)
@@ -368,7 +368,7 @@ def _train(cfg: TrainerConfig, stop: threading.Event) -> dict[str, Any]:
             source.on_revoke(lambda _partitions: trainer.checkpoint())
         if cfg.checkpoint.resume:
             trainer.restore()
-        with streaming_gc():  # see pipeline/gcpolicy.py
+        with streaming_gc():  # see pipeline/runtime/gcpolicy.py
             return trainer.run(stop)
     finally:
         metrics.close()

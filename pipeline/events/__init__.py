@@ -16,7 +16,7 @@ The whole public API is importable from ``pipeline.events``:
 
 Decoding never raises on bad input: everything wrong ends up as a ``Reject`` with a
 ``RejectReason``, a message, the location (``partition@offset``, ``#row`` for an Arrow row) and
-the payload; send rejects to a ``pipeline.deadletter.DeadLetterSink``. Decode many records in
+the payload; send rejects to a ``pipeline.stream.deadletter.DeadLetterSink``. Decode many records in
 one ``decode_records`` call: JSON events are then gathered into one batch instead of one batch
 per event. The rules themselves are documented in ``pipeline/events/schema.py`` and
 ``docs/events.md``.
@@ -30,6 +30,7 @@ from itertools import groupby
 from pipeline.events.arrow_codec import decode_arrow_record, encode_arrow, to_arrow
 from pipeline.events.batch import EventBatch
 from pipeline.events.json_codec import decode_json_records, encode_json, encode_json_rows
+from pipeline.events.records import CODECS, Records, SourceRecord
 from pipeline.events.reject import DecodeResult, Reject
 from pipeline.events.schema import (
     ACTION_CODES,
@@ -42,7 +43,6 @@ from pipeline.events.schema import (
     ValidationLimits,
     canonical_key,
 )
-from pipeline.sources.base import CODECS, Records, SourceRecord
 
 
 def decode_records(

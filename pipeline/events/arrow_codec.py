@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.events.batch import EventBatch
+from pipeline.events.records import SourceRecord
 from pipeline.events.reject import Reject
 from pipeline.events.schema import (
     ACTION_CODES,
@@ -41,7 +42,6 @@ from pipeline.events.schema import (
     canonical_key,
     describe,
 )
-from pipeline.sources.base import SourceRecord
 
 # Canonical decimal spellings with at most 19 digits; 19-digit ones may still overflow int64.
 _DECIMAL_RE = r"^(0|-?[1-9][0-9]{0,18})$"

@@ -25,6 +25,7 @@ import msgspec
 import numpy as np
 
 from pipeline.events.batch import EventBatch, key_column
+from pipeline.events.records import Records, SourceRecord
 from pipeline.events.reject import Reject
 from pipeline.events.schema import (
     ACTION_CODES,
@@ -43,7 +44,6 @@ from pipeline.events.schema import (
     check_value,
     describe,
 )
-from pipeline.sources.base import Records, SourceRecord
 
 
 def encode_json(event: Event | Mapping[str, Any]) -> bytes:

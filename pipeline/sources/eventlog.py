@@ -15,9 +15,9 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
-from pipeline.datasets import EventLog
 from pipeline.events import EventBatch, encode_arrow, encode_json_rows
-from pipeline.sources.base import CODECS, Records
+from pipeline.events.records import CODECS, Records
+from pipeline.lake.datasets import EventLog
 
 log = logging.getLogger(__name__)
 

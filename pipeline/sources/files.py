@@ -3,7 +3,7 @@
 Two kinds of file:
 
 - **Tables** (MovieLens ``.dat``/``.csv``, generic CSV, Parquet; read by
-  ``pipeline.datasets.iter_event_log``): the log is put in event-time order (ties keep file
+  ``pipeline.lake.datasets.iter_event_log``): the log is put in event-time order (ties keep file
   order) in bounded memory, by an external sort into a spill file (``pipeline.sources.spill``:
   chunks of ``chunk_rows`` rows sorted and merged on disk under ``spill_dir``, deleted on
   ``close``, or when the source is collected or the process exits), and cut into records like ``SyntheticSource`` (codec ``arrow``, the default:
@@ -27,8 +27,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
-from pipeline.datasets import ReadStats, iter_event_log
-from pipeline.sources.base import Records, Source
+from pipeline.events.records import Records
+from pipeline.lake.datasets import ReadStats, iter_event_log
+from pipeline.sources.base import Source
 from pipeline.sources.eventlog import EventLogSource
 from pipeline.sources.spill import SpilledLog, spill_sorted
 

@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from pipeline.datasets import EventLog
+from pipeline.lake.datasets import EventLog
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """``SyntheticSource``: the seeded synthetic generator as a stream of records.
 
-The generator (``pipeline.synthetic.generate_events``) is deterministic, so the stream is too:
+The generator (``pipeline.lake.synthetic.generate_events``) is deterministic, so the stream is too:
 the same config gives the same records, and a fresh source seeked to a checkpointed position
 continues exactly where the old one stopped (it regenerates the log and skips the records
 before that position). Events come in event-time order. The stream is finite: it ends, and
@@ -12,8 +12,8 @@ Positions are ``{partition: number of records emitted}``; one record holds
 
 from __future__ import annotations
 
+from pipeline.lake.synthetic import SyntheticConfig, generate_events
 from pipeline.sources.eventlog import EventLogSource
-from pipeline.synthetic import SyntheticConfig, generate_events
 
 
 class SyntheticSource(EventLogSource):

@@ -12,9 +12,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.lake.synthetic import SyntheticConfig, generate_events
 from pipeline.state.store import SequenceStore
 from pipeline.state.vocab import ItemVocabulary
-from pipeline.synthetic import SyntheticConfig, generate_events
 
 SCHEMA = pa.schema(
     [

@@ -16,12 +16,12 @@ import torch
 from handoff_lake import TOLERANCE_S, Lake, make_lake, store_contents, vocab_contents
 
 from pipeline.backfill.bootstrap import BootstrapJob, run_bootstrap
-from pipeline.checkpoint import CheckpointStore
 from pipeline.cli import main
-from pipeline.config import TrainerConfig, load_config
-from pipeline.deadletter import MemoryDeadLetterSink
-from pipeline.sources.base import Records
-from pipeline.trainer import OnlineTrainer
+from pipeline.events.records import Records
+from pipeline.stream.checkpoint import CheckpointStore
+from pipeline.stream.config import TrainerConfig, load_config
+from pipeline.stream.deadletter import MemoryDeadLetterSink
+from pipeline.stream.trainer import OnlineTrainer
 
 BATCH = 32
 # Every order-dependent rule is active: user cap with eviction, admission threshold,
@@ -148,7 +148,7 @@ def test_bootstrap_then_stream_equals_streaming_everything(tmp_path: Path) -> No
 
 def test_offline_weights_land_on_the_vocabulary_rows(tmp_path: Path) -> None:
     from model.serialize import save_checkpoint
-    from pipeline.trainer import build_model
+    from pipeline.stream.trainer import build_model
 
     lake = make_lake(tmp_path / "lake")
     cfg = config(tmp_path, "boot")

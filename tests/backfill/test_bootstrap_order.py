@@ -17,10 +17,10 @@ from test_bootstrap import LakeStream, config, state, stream
 from pipeline.backfill import bootstrap
 from pipeline.backfill.bootstrap import BootstrapJob, run_bootstrap
 from pipeline.backfill.sequences import SequencesJob, run_sequences
-from pipeline.checkpoint import CheckpointStore
-from pipeline.config import TrainerConfig
-from pipeline.deadletter import MemoryDeadLetterSink
-from pipeline.trainer import OnlineTrainer
+from pipeline.stream.checkpoint import CheckpointStore
+from pipeline.stream.config import TrainerConfig
+from pipeline.stream.deadletter import MemoryDeadLetterSink
+from pipeline.stream.trainer import OnlineTrainer
 
 COUNTED = ("rows", "valid", "rejected", "after_cutoff", "unreadable_files")
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from handoff_lake import make_lake
 
-from pipeline.checkpoint import CheckpointStore
 from pipeline.cli import main
+from pipeline.stream.checkpoint import CheckpointStore
 
 
 def test_a_bootstrap_refuses_a_trainer_groups_directory(tmp_path: Path, capsys) -> None:

@@ -23,11 +23,11 @@ from connectors.registry.recommend import RecommendJob, run_recommend
 from model.hstu import HSTU, HSTUConfig
 from model.jagged import JaggedBatch
 from model.retrieval import top_k
-from pipeline.checkpoint import state_from_bytes
 from pipeline.cli import main
-from pipeline.offline import next_item_scores
+from pipeline.lake.synthetic import SyntheticConfig, generate_events
+from pipeline.offline.training import next_item_scores
 from pipeline.state.vocab import ItemVocabulary
-from pipeline.synthetic import SyntheticConfig, generate_events
+from pipeline.stream.checkpoint import state_from_bytes
 
 REPO = Path(__file__).resolve().parents[2]
 MAX_LEN = 10

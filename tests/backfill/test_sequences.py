@@ -13,8 +13,8 @@ import pytest
 
 from pipeline.backfill.sequences import SequencesJob, run_sequences, shard_of
 from pipeline.cli import main
-from pipeline.offline import load_sequences
-from pipeline.synthetic import SyntheticConfig, generate_events
+from pipeline.lake.synthetic import SyntheticConfig, generate_events
+from pipeline.offline.training import load_sequences
 
 T0 = 1_600_000_000
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.checkpoint import (
+from pipeline.stream.checkpoint import (
     CheckpointError,
     CheckpointStore,
     seq_of,

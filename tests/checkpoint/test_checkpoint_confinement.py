@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tree_snapshot import snapshot
 
-from pipeline.checkpoint import CheckpointError, CheckpointStore
+from pipeline.stream.checkpoint import CheckpointError, CheckpointStore
 
 SECRET = b"the secret that must never leave 'outside'"
 ABSOLUTE = "<absolute path of the secret>"

@@ -14,7 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.checkpoint import CheckpointError, CheckpointStore, state_from_bytes, state_to_bytes
+from pipeline.stream.checkpoint import (
+    CheckpointError,
+    CheckpointStore,
+    state_from_bytes,
+    state_to_bytes,
+)
 
 SECRET = b"secret outside the checkpoint store"
 
@@ -76,7 +81,7 @@ def test_symlinked_checkpoint_dir_is_ignored_and_never_pruned(
     elsewhere = CheckpointStore(outside).save({"a": b"foreign"}, {"step": 99})
     store = CheckpointStore(tmp_path / "ckpt", keep=1)
     (store.directory / "ckpt-00000001").symlink_to(elsewhere, target_is_directory=True)
-    with caplog.at_level(logging.WARNING, logger="pipeline.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.stream.checkpoint"):
         assert store.latest() is None
     assert "ckpt-00000001: it is a symlink" in caplog.text
     with pytest.raises(CheckpointError, match="ckpt-00000001 is a symlink"):
@@ -158,7 +163,7 @@ def test_loadable_yields_verified_checkpoints_newest_first(
     for step in range(1, 4):
         store.save({"model.pt": state_to_bytes({"step": torch.tensor(step)})}, {"step": step})
     (store.directory / "ckpt-00000002" / "model.pt").write_bytes(b"damaged")
-    with caplog.at_level(logging.WARNING, logger="pipeline.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.stream.checkpoint"):
         assert [c.meta["step"] for c in store.loadable()] == [3, 1]
     assert "ckpt-00000002/model.pt: expected sha256" in caplog.text
     latest = store.latest()

@@ -15,8 +15,8 @@ import pytest
 import torch
 from waits import read_line
 
-from pipeline import checkpoint as checkpoint_module
-from pipeline.checkpoint import (
+from pipeline.stream import checkpoint as checkpoint_module
+from pipeline.stream.checkpoint import (
     CheckpointError,
     CheckpointStore,
     state_from_bytes,
@@ -101,7 +101,7 @@ def test_corrupt_newest_falls_back_to_previous(
     blob[10] ^= 0xFF
     (newest / "model.pt").write_bytes(bytes(blob))
 
-    with caplog.at_level(logging.WARNING, logger="pipeline.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.stream.checkpoint"):
         loaded = store.latest()
     assert loaded is not None and loaded.meta == {"step": 1}
     assert "ckpt-00000002/model.pt: expected sha256" in caplog.text
@@ -133,7 +133,7 @@ def test_failed_save_leaves_no_trace(tmp_path: Path, monkeypatch: pytest.MonkeyP
 # The child saves checkpoint 2, writes one of its two blobs, then blocks until killed.
 _CRASHING_TRAINER = """
 import sys, time
-from pipeline import checkpoint
+from pipeline.stream import checkpoint
 
 real_write = checkpoint._write_synced
 

@@ -11,8 +11,8 @@ import pytest
 
 import pipeline.commands.train as train_command
 from pipeline.cli import build_parser, main
-from pipeline.config import ConfigError, ObservabilitySection
-from pipeline.observability import progress_line
+from pipeline.stream.config import ConfigError, ObservabilitySection
+from pipeline.stream.observability import progress_line
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError, load_config
+from pipeline.stream.config import ConfigError, load_config
 
 
 def test_run_state_defaults_follow_the_source():

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.datasets import (
+from pipeline.lake.datasets import (
     DataFormatError,
     EventLog,
     build_sequences,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.datasets import build_sequences
-from pipeline.synthetic import SyntheticConfig, generate_events
+from pipeline.lake.datasets import build_sequences
+from pipeline.lake.synthetic import SyntheticConfig, generate_events
 
 SMALL = SyntheticConfig(num_users=60, num_items=200, events_per_user=30, num_clusters=8)
 

@@ -13,13 +13,13 @@ from kafka.errors import KafkaConnectionError, KafkaTimeoutError, MessageSizeToo
 from kafka.future import Future
 from kafka.record.default_records import DefaultRecordBatchBuilder
 
-from pipeline.deadletter import (
+from pipeline.events import Reject, RejectReason
+from pipeline.stream.deadletter import (
     DeadLetterSink,
     JsonlDeadLetterSink,
     MemoryDeadLetterSink,
     read_dead_letters,
 )
-from pipeline.events import Reject, RejectReason
 
 REJECTS = [
     Reject(RejectReason.BAD_JSON, "not JSON", "events:0", 3, b"{oops"),

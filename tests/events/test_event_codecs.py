@@ -10,7 +10,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.datasets import EventLog
 from pipeline.events import (
     ACTION_CODES,
     Event,
@@ -23,7 +22,8 @@ from pipeline.events import (
     encode_json,
     encode_json_rows,
 )
-from pipeline.sources.base import SourceRecord
+from pipeline.events.records import SourceRecord
+from pipeline.lake.datasets import EventLog
 
 T0 = 1_600_000_000
 

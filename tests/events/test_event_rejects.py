@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline.events import RejectReason, ValidationLimits, decode, decode_records
-from pipeline.sources.base import SourceRecord
+from pipeline.events.records import SourceRecord
 
 T0 = 1_600_000_000
 GOOD = {"user_id": 1, "item_id": "i", "action": "view", "timestamp": T0}

@@ -16,9 +16,9 @@ from pipeline.events.json_codec import (
     decode_json_records,
     fast_json_batch,
 )
+from pipeline.events.records import SourceRecord
 from pipeline.events.reject import Reject
 from pipeline.events.schema import FLOAT32_MAX
-from pipeline.sources.base import SourceRecord
 
 T0 = 1_600_000_000
 

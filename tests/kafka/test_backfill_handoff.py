@@ -23,11 +23,11 @@ from kafka import KafkaProducer
 
 from connectors.kafka.producer import partition_for_key, user_key
 from pipeline.backfill.bootstrap import BootstrapJob, run_bootstrap
-from pipeline.checkpoint import CheckpointStore
 from pipeline.commands.train import _train
-from pipeline.config import TrainerConfig, load_config
 from pipeline.state.vocab import ItemVocabulary
-from pipeline.trainer import checkpoint_store
+from pipeline.stream.checkpoint import CheckpointStore
+from pipeline.stream.config import TrainerConfig, load_config
+from pipeline.stream.trainer import checkpoint_store
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(600)]
 

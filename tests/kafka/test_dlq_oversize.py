@@ -23,7 +23,7 @@ from connectors.kafka.deadletter import (
     read_dead_letter,
 )
 from pipeline.events import RejectReason, decode_records
-from pipeline.sources.base import SourceRecord
+from pipeline.events.records import SourceRecord
 
 pytestmark = pytest.mark.kafka
 

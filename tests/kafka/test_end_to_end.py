@@ -43,9 +43,9 @@ from connectors.kafka.admin import TopicAdmin
 from connectors.kafka.deadletter import dead_letter_topic, read_dead_letter
 from connectors.kafka.producer import EventReplayer
 from connectors.registry import Registry
-from pipeline.checkpoint import Checkpoint, CheckpointStore
-from pipeline.datasets import EventLog
-from pipeline.synthetic import SyntheticConfig, generate_events
+from pipeline.lake.datasets import EventLog
+from pipeline.lake.synthetic import SyntheticConfig, generate_events
+from pipeline.stream.checkpoint import Checkpoint, CheckpointStore
 
 # Each test runs several trainer processes, each bounded by its own deadline (RUN_TIMEOUT_S,
 # wait_for_*); on a loaded 2-core machine their sum can pass the suite's 300 s per test.

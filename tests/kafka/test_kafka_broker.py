@@ -42,7 +42,7 @@ def test_trainer_source_falls_back_to_the_running_local_broker(
 ):
     """`genrec train --source kafka` without servers uses the broker `genrec kafka up` runs."""
     from connectors.kafka.source import client_config_from_section
-    from pipeline.config import KafkaSection
+    from pipeline.stream.config import KafkaSection
 
     monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
     assert running_local_bootstrap(kafka_broker.data_dir) == kafka_broker.bootstrap_servers

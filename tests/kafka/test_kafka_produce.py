@@ -21,9 +21,9 @@ from connectors.kafka.producer import (
 from pipeline.events.arrow_codec import decode_arrow_record
 from pipeline.events.batch import EventBatch
 from pipeline.events.json_codec import decode_json_records
+from pipeline.events.records import SourceRecord
 from pipeline.events.schema import DEFAULT_LIMITS
-from pipeline.sources.base import SourceRecord
-from pipeline.synthetic import SyntheticConfig, generate_events
+from pipeline.lake.synthetic import SyntheticConfig, generate_events
 
 pytestmark = pytest.mark.kafka
 

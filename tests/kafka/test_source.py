@@ -14,9 +14,9 @@ from kafka.admin import KafkaAdminClient, NewPartitions
 from waiting import WAIT_S, poll_records, wait_for_assignment, wait_until
 
 from connectors.kafka.source import KafkaSource, parse_start
-from pipeline.datasets import EventLog
 from pipeline.events import RejectReason, decode_records, encode_arrow, encode_json
 from pipeline.events.schema import Event
+from pipeline.lake.datasets import EventLog
 
 pytestmark = pytest.mark.kafka
 

@@ -34,13 +34,13 @@ from connectors.kafka.admin import TopicAdmin
 from connectors.kafka.producer import EventReplayer
 from connectors.registry import Registry
 from connectors.registry.published import load_version
-from pipeline.checkpoint import CheckpointError, state_from_bytes
-from pipeline.datasets import EventLog
-from pipeline.distributed.checkpoints import GroupCheckpoints, Marker
-from pipeline.distributed.trainer import weights_digest
+from pipeline.lake.datasets import EventLog
+from pipeline.lake.synthetic import SyntheticConfig, generate_events
 from pipeline.state.vocab import ItemVocabulary
-from pipeline.synthetic import SyntheticConfig, generate_events
-from pipeline.trainer import checkpoint_store
+from pipeline.stream.checkpoint import CheckpointError, state_from_bytes
+from pipeline.stream.distributed.checkpoints import GroupCheckpoints, Marker
+from pipeline.stream.distributed.trainer import weights_digest
+from pipeline.stream.trainer import checkpoint_store
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(900)]
 

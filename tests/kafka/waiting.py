@@ -14,7 +14,7 @@ from waits import wait_until
 
 from connectors.kafka.deadletter import MAX_DEAD_LETTER_BYTES
 from connectors.kafka.source import KafkaSource
-from pipeline.sources.base import SourceRecord
+from pipeline.events.records import SourceRecord
 
 # Generous for a rebalance or a first fetch on a loaded machine; pytest-timeout (300 s per
 # test, pyproject.toml) still bounds the whole test.

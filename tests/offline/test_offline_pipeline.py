@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from model.serialize import WEIGHTS_FILE, build_model, load_checkpoint, save_checkpoint
-from pipeline.datasets import SequenceDataset, leave_one_out, make_splits, paper_split
-from pipeline.offline import (
+from pipeline.lake.datasets import SequenceDataset, leave_one_out, make_splits, paper_split
+from pipeline.lake.synthetic import SyntheticConfig
+from pipeline.offline.training import (
     TrainConfig,
     TrainingWindows,
     WeightEMA,
@@ -26,7 +27,6 @@ from pipeline.offline import (
     training_batch,
     window_indices,
 )
-from pipeline.synthetic import SyntheticConfig
 
 TINY = SyntheticConfig(num_users=40, num_items=60, events_per_user=12, num_clusters=4)
 TINY_MODEL = dict(embedding_dim=16, num_layers=1, max_len=8)

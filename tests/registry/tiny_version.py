@@ -11,8 +11,8 @@ import numpy as np
 
 from connectors.registry import Registry
 from model.hstu import HSTU, HSTUConfig
-from pipeline.checkpoint import state_to_bytes
 from pipeline.state.vocab import ItemVocabulary
+from pipeline.stream.checkpoint import state_to_bytes
 
 ROWS = 20
 ITEMS = tuple(range(1, 11))  # the item keys the version knows

@@ -11,11 +11,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.datasets import DataFormatError
-from pipeline.deadletter import MemoryDeadLetterSink
 from pipeline.events import decode_records
+from pipeline.lake.datasets import DataFormatError
 from pipeline.sources.base import Source
 from pipeline.sources.files import FileSource
+from pipeline.stream.deadletter import MemoryDeadLetterSink
 
 T0 = 1_600_000_000
 ROWS = [  # user, item, timestamp, file order deliberately not time order

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from pipeline.sources.base import Records, gather
+from pipeline.events.records import Records
+from pipeline.sources.base import gather
 
 
 class KafkaLikeSource:

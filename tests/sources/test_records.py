@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.sources.base import Records, SourceRecord
+from pipeline.events.records import Records, SourceRecord
 
 ROWS = [
     SourceRecord(b"a", "json", "t:0", 5),

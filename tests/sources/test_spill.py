@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.datasets import EventLog, iter_event_log, read_event_log
 from pipeline.events import EventBatch, decode_records
+from pipeline.lake.datasets import EventLog, iter_event_log, read_event_log
 from pipeline.sources import spill
 from pipeline.sources.files import FileSource
 

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from pipeline.events import EventBatch, decode_records
-from pipeline.sources.base import Source, SourceRecord
+from pipeline.events.records import SourceRecord
+from pipeline.lake.synthetic import SyntheticConfig, generate_events
+from pipeline.sources.base import Source
 from pipeline.sources.synthetic import SyntheticSource
-from pipeline.synthetic import SyntheticConfig, generate_events
 
 CFG = SyntheticConfig(num_users=30, num_items=60, events_per_user=8, churn=0.2, seed=3)
 

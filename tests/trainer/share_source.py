@@ -7,9 +7,9 @@ import time
 
 import numpy as np
 
-from pipeline.sources.base import Records
+from pipeline.events.records import Records
+from pipeline.lake.synthetic import SyntheticConfig, generate_events
 from pipeline.sources.eventlog import EventLogSource
-from pipeline.synthetic import SyntheticConfig, generate_events
 
 SYNTHETIC = SyntheticConfig(num_users=60, num_items=200, events_per_user=30)
 

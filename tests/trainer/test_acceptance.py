@@ -21,13 +21,13 @@ import pytest
 
 from connectors.registry import Registry
 from model.hstu import HSTU, HSTUConfig
-from pipeline.checkpoint import CheckpointStore, state_from_bytes
 from pipeline.cli import main
-from pipeline.deadletter import read_dead_letters
 from pipeline.events import EventBatch, encode_json_rows
+from pipeline.lake.synthetic import SyntheticConfig, generate_events
 from pipeline.state.vocab import ItemVocabulary
-from pipeline.synthetic import SyntheticConfig, generate_events
-from pipeline.trainer import checkpoint_store
+from pipeline.stream.checkpoint import CheckpointStore, state_from_bytes
+from pipeline.stream.deadletter import read_dead_letters
+from pipeline.stream.trainer import checkpoint_store
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL_MODEL = [

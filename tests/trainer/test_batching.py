@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.batching import BatchBuilder
 from pipeline.events import EventBatch
 from pipeline.state.store import SequenceStore
 from pipeline.state.vocab import ItemVocabulary
+from pipeline.stream.batching import BatchBuilder
 
 
 def events(users, items, ts):

@@ -15,13 +15,13 @@ import pytest
 import torch
 from waits import read_line
 
-from pipeline import rowdelta
-from pipeline.checkpoint import CheckpointStore
-from pipeline.config import load_config
-from pipeline.deadletter import MemoryDeadLetterSink
+from pipeline.lake.synthetic import SyntheticConfig
 from pipeline.sources.synthetic import SyntheticSource
-from pipeline.synthetic import SyntheticConfig
-from pipeline.trainer import OnlineTrainer
+from pipeline.stream import rowdelta
+from pipeline.stream.checkpoint import CheckpointStore
+from pipeline.stream.config import load_config
+from pipeline.stream.deadletter import MemoryDeadLetterSink
+from pipeline.stream.trainer import OnlineTrainer
 
 REPO = Path(__file__).resolve().parents[2]
 SYNTHETIC = {"num_users": 60, "num_items": 150, "num_clusters": 6, "events_per_user": 30}
@@ -169,7 +169,7 @@ def test_compose_refuses_a_delta_that_does_not_fit() -> None:
 _KILLED_DURING_A_DELTA = """
 import json, sys, time
 sys.path[:0] = sys.argv[2:]
-from pipeline import checkpoint
+from pipeline.stream import checkpoint
 from test_delta_checkpoints import trainer
 
 t = trainer(json.loads(sys.argv[1]))

@@ -1,4 +1,4 @@
-"""Unit tests of the trainer group's parts (``pipeline.distributed``); the group itself, on a
+"""Unit tests of the trainer group's parts (``pipeline.stream.distributed``); the group itself, on a
 real broker, is tested in tests/kafka/test_trainer_group.py.
 
 * group checkpoints: markers from untrusted bytes, incomplete checkpoints ignored, another
@@ -21,12 +21,12 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from pipeline.checkpoint import CheckpointError, CheckpointStore
-from pipeline.config import load_config
-from pipeline.distributed.checkpoints import SHARED, GroupCheckpoints, Marker
-from pipeline.distributed.group import Group, world_from_env
-from pipeline.distributed.launch import rank_config, torchrun_command
-from pipeline.distributed.trainer import GroupTrainer
+from pipeline.stream.checkpoint import CheckpointError, CheckpointStore
+from pipeline.stream.config import load_config
+from pipeline.stream.distributed.checkpoints import SHARED, GroupCheckpoints, Marker
+from pipeline.stream.distributed.group import Group, world_from_env
+from pipeline.stream.distributed.launch import rank_config, torchrun_command
+from pipeline.stream.distributed.trainer import GroupTrainer
 
 WORLD = 2
 

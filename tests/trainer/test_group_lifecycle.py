@@ -25,8 +25,8 @@ import pytest
 from test_group import _write_group_checkpoint
 from test_hardening import REPO, SMALL_FLAGS, genrec
 
-from pipeline.checkpoint import CheckpointError
-from pipeline.distributed.checkpoints import GroupCheckpoints
+from pipeline.stream.checkpoint import CheckpointError
+from pipeline.stream.distributed.checkpoints import GroupCheckpoints
 
 WORLD = 2
 HERE = Path(__file__).resolve().parent
@@ -137,7 +137,7 @@ def test_a_single_trainer_refuses_a_groups_directory(tmp_path):
 
 
 def test_the_owner_is_recorded_and_refuses_the_other_kinds(tmp_path):
-    from pipeline.distributed.checkpoints import OWNER, claim_directory
+    from pipeline.stream.distributed.checkpoints import OWNER, claim_directory
 
     claim_directory(tmp_path / "a", 2, record=True)  # a fresh group's directory
     assert json.loads((tmp_path / "a" / OWNER).read_text()) == {"world": 2}

@@ -19,13 +19,13 @@ from waits import read_line, wait_until
 
 from connectors.registry import Registry
 from connectors.registry.errors import ConcurrentPublishError
-from pipeline.checkpoint import CheckpointError, CheckpointStore
-from pipeline.deadletter import MemoryDeadLetterSink
-from pipeline.runlock import DirectoryLock, DirectoryLockedError
-from pipeline.sources.base import Records
+from pipeline.events.records import Records
+from pipeline.lake.synthetic import SyntheticConfig
+from pipeline.runtime.runlock import DirectoryLock, DirectoryLockedError
 from pipeline.sources.synthetic import SyntheticSource
-from pipeline.synthetic import SyntheticConfig
-from pipeline.trainer import OnlineTrainer
+from pipeline.stream.checkpoint import CheckpointError, CheckpointStore
+from pipeline.stream.deadletter import MemoryDeadLetterSink
+from pipeline.stream.trainer import OnlineTrainer
 
 REPO = Path(__file__).resolve().parents[2]
 SYNTHETIC = SyntheticConfig(num_users=60, num_items=200, num_clusters=8, events_per_user=30)
@@ -105,7 +105,7 @@ def test_a_lock_left_by_a_killed_trainer_is_taken_over(tmp_path):
         [sys.executable, "-c", textwrap.dedent(f"""
             import sys, time
             sys.path.insert(0, {str(REPO)!r})
-            from pipeline.runlock import DirectoryLock
+            from pipeline.runtime.runlock import DirectoryLock
             DirectoryLock({str(tmp_path / "ckpt")!r}).acquire()
             print("locked", flush=True)
             time.sleep(120)
@@ -316,7 +316,7 @@ def test_sigterm_before_the_loop_starts_exits_zero(tmp_path):
         import os, signal, sys
         sys.path.insert(0, {str(REPO)!r})
         from pipeline import cli
-        from pipeline.trainer import OnlineTrainer
+        from pipeline.stream.trainer import OnlineTrainer
         restore = OnlineTrainer.restore
         def restore_then_term(self):
             os.kill(os.getpid(), signal.SIGTERM)

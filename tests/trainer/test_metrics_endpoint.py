@@ -14,7 +14,7 @@ import pytest
 from waits import wait_until
 
 from connectors.kafka.broker import free_port
-from pipeline.observability import TrainerMetrics
+from pipeline.stream.observability import TrainerMetrics
 
 IDLE_CLIENTS = 300
 # The endpoint's limits (observability.MAX_CONNECTIONS = 8, IDLE_TIMEOUT_S = 5) with room to

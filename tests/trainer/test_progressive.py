@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from model.metrics import target_ranks
-from pipeline.progressive import ProgressiveMetrics, ranks_over_catalogue
+from pipeline.stream.progressive import ProgressiveMetrics, ranks_over_catalogue
 
 
 def test_ranks_over_live_rows_match_full_ranking_with_candidates():

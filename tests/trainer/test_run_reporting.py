@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.checkpoint import CheckpointStore
 from pipeline.cli import main
-from pipeline.config import load_config
-from pipeline.deadletter import MemoryDeadLetterSink
 from pipeline.events import EventBatch, encode_arrow
-from pipeline.sources.base import Records
+from pipeline.events.records import Records
+from pipeline.lake.synthetic import SyntheticConfig, generate_events
 from pipeline.sources.synthetic import SyntheticSource
-from pipeline.synthetic import SyntheticConfig, generate_events
-from pipeline.trainer import OnlineTrainer
+from pipeline.stream.checkpoint import CheckpointStore
+from pipeline.stream.config import load_config
+from pipeline.stream.deadletter import MemoryDeadLetterSink
+from pipeline.stream.trainer import OnlineTrainer
 
 STREAM = SyntheticConfig(num_users=40, num_items=150, events_per_user=20, seed=3)
 PER_RECORD = 64
@@ -54,7 +54,7 @@ def trainer(tmp_path: Path, **train) -> OnlineTrainer:
 
 def percents(caplog: pytest.LogCaptureFixture) -> list[int]:
     """The percentages of the progress lines logged so far."""
-    lines = [r.getMessage() for r in caplog.records if r.name == "pipeline.trainer"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "pipeline.stream.trainer"]
     return [int(m.group(1)) for line in lines if (m := re.search(r" (\d+)% ETA ", line))]
 
 
@@ -104,7 +104,7 @@ def test_a_bounded_run_ends_less_than_one_record_past_max_events(tmp_path: Path)
 
 
 def test_a_resumed_run_reports_its_own_progress(tmp_path: Path, caplog):
-    caplog.set_level(logging.INFO, logger="pipeline.trainer")
+    caplog.set_level(logging.INFO, logger="pipeline.stream.trainer")
     assert trainer(tmp_path, max_events=256).run()["events_seen"] == 256
     caplog.clear()
     resumed = trainer(tmp_path, max_events=256).run()
@@ -114,7 +114,7 @@ def test_a_resumed_run_reports_its_own_progress(tmp_path: Path, caplog):
 
 
 def test_a_finite_stream_has_a_total_without_max_events(tmp_path: Path, caplog):
-    caplog.set_level(logging.INFO, logger="pipeline.trainer")
+    caplog.set_level(logging.INFO, logger="pipeline.stream.trainer")
     total = trainer(tmp_path).run()["events_seen"]
     assert total == len(generate_events(STREAM))
     shown = percents(caplog)

@@ -1,4 +1,4 @@
-"""genrec's CPU thread policy (pipeline/threads.py): as many intra-op torch threads as other
+"""genrec's CPU thread policy (pipeline/runtime/threads.py): as many intra-op torch threads as other
 processes leave cores free, one inter-op thread, unless --threads, train.threads or
 OMP_NUM_THREADS says otherwise (issue 23, item 12).
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.threads import FollowFreeCores, Sample
+from pipeline.runtime.threads import FollowFreeCores, Sample
 
 pytestmark = pytest.mark.skipif(
     (os.cpu_count() or 1) < 2, reason="on one core torch's own default is one thread too"

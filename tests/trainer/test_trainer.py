@@ -17,14 +17,14 @@ import torch
 from waits import wait_until
 
 from connectors.registry import Registry
-from pipeline.checkpoint import CheckpointStore
 from pipeline.cli import build_parser
-from pipeline.config import describe_options, load_config
-from pipeline.deadletter import MemoryDeadLetterSink
-from pipeline.observability import TrainerMetrics
+from pipeline.lake.synthetic import SyntheticConfig
 from pipeline.sources.synthetic import SyntheticSource
-from pipeline.synthetic import SyntheticConfig
-from pipeline.trainer import OnlineTrainer, RestoreRefusedError
+from pipeline.stream.checkpoint import CheckpointStore
+from pipeline.stream.config import describe_options, load_config
+from pipeline.stream.deadletter import MemoryDeadLetterSink
+from pipeline.stream.observability import TrainerMetrics
+from pipeline.stream.trainer import OnlineTrainer, RestoreRefusedError
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -45,7 +45,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from pipeline.runlock import process_alive
+from pipeline.runtime.runlock import process_alive
 
 log = logging.getLogger(__name__)
 

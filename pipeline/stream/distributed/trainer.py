@@ -24,7 +24,7 @@ The ranks run in lockstep, one round at a time:
    weights, so the item table is replicated (not sharded): at this model's sizes a row
    exchange costs O(rows touched), and every rank can rank the whole catalogue locally;
 5. checkpoint and publish decisions follow from the exchanged flags, so every rank takes
-   them at the same round (``pipeline.distributed.checkpoints``: one part per rank, the
+   them at the same round (``pipeline.stream.distributed.checkpoints``: one part per rank, the
    shared part by rank 0, a marker after a barrier). Rank 0 alone publishes.
 
 The group's watermark (the largest accepted event time of any rank) ages every rank's store
@@ -45,18 +45,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.batching import BatchBuilder
-from pipeline.checkpoint import CheckpointError, seq_of, tensor_writer
-from pipeline.config import TrainerConfig
-from pipeline.deadletter import DeadLetterSink
-from pipeline.distributed.checkpoints import SHARED, GroupCheckpoints, group_meta
-from pipeline.distributed.group import Group
 from pipeline.events import EventBatch
 from pipeline.events.batch import concat_keys
-from pipeline.observability import TrainerMetrics
-from pipeline.sources.base import Records, SharedSource, Source
+from pipeline.events.records import Records
+from pipeline.sources.base import SharedSource, Source
 from pipeline.state.vocab import Observation
-from pipeline.trainer import OnlineTrainer, RestoreRefusedError
+from pipeline.stream.batching import BatchBuilder
+from pipeline.stream.checkpoint import CheckpointError, seq_of, tensor_writer
+from pipeline.stream.config import TrainerConfig
+from pipeline.stream.deadletter import DeadLetterSink
+from pipeline.stream.distributed.checkpoints import SHARED, GroupCheckpoints, group_meta
+from pipeline.stream.distributed.group import Group
+from pipeline.stream.observability import TrainerMetrics
+from pipeline.stream.trainer import OnlineTrainer, RestoreRefusedError
 
 log = logging.getLogger(__name__)
 

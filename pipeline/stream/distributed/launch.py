@@ -29,9 +29,9 @@ from types import FrameType
 from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
-from pipeline.config import TrainerConfig
-from pipeline.distributed.group import GroupError
-from pipeline.stopping import SIGNALS
+from pipeline.runtime.stopping import SIGNALS
+from pipeline.stream.config import TrainerConfig
+from pipeline.stream.distributed.group import GroupError
 
 log = logging.getLogger(__name__)
 

@@ -40,10 +40,10 @@ from model.optim import RowSparseAdam
 from model.popular import MostPopular
 from model.retrieval import score_items
 from model.serialize import build_model, save_checkpoint
-from pipeline import threads
-from pipeline.datasets import SequenceDataset, build_sequences, read_event_log
-from pipeline.offline_config import TrainConfig
-from pipeline.synthetic import SyntheticConfig, generate_events
+from pipeline.lake.datasets import SequenceDataset, build_sequences, read_event_log
+from pipeline.lake.synthetic import SyntheticConfig, generate_events
+from pipeline.offline.config import TrainConfig
+from pipeline.runtime import threads
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +283,7 @@ def train_offline(
         kind: "hstu", "sasrec" or "popular".
         model_config: fields of the model's config dataclass except ``num_rows``, which is
             set from the data (num_items + 1).
-        splits: (train, valid, test) from ``pipeline.datasets.make_splits(ds, cfg.split)``.
+        splits: (train, valid, test) from ``pipeline.lake.datasets.make_splits(ds, cfg.split)``.
         cfg: optimisation settings.
         out_dir: where the best checkpoint (``out_dir/checkpoint``) is written; None: nowhere.
         meta: extra JSON metadata stored in the checkpoint (data source, item keys, ...).

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.checkpoint import Checkpoint, CheckpointError, CheckpointStore
+from pipeline.stream.checkpoint import Checkpoint, CheckpointError, CheckpointStore
 
 SHARED = "shared"
 MARKERS = "complete"

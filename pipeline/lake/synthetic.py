@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.datasets import EventLog
+from pipeline.lake.datasets import EventLog
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pipeline.config import ConfigError
+from pipeline.runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

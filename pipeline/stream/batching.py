@@ -196,7 +196,7 @@ class BatchBuilder:
 
     def observe(self, items: np.ndarray, timestamps: np.ndarray) -> Observation:
         """The vocabulary's verdict on the accepted events' items (a trainer group
-        overrides it: every rank observes the whole group's items, ``pipeline.distributed``)."""
+        overrides it: every rank observes the whole group's items, ``pipeline.stream.distributed``)."""
         return self.vocab.observe(items, timestamps)
 
     def expiry_time(self) -> int:

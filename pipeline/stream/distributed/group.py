@@ -1,5 +1,5 @@
 """The trainer group as torch.distributed sees it: rank, world size and the few collectives
-the group trainer needs (``pipeline.distributed.trainer``).
+the group trainer needs (``pipeline.stream.distributed.trainer``).
 
 Ranks find each other through torchrun's environment (``RANK``, ``WORLD_SIZE``,
 ``MASTER_ADDR``, ``MASTER_PORT``). Gloo on CPU, NCCL on CUDA; every collective waits at

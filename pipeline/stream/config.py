@@ -27,17 +27,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.runtime.errors import ConfigError
+
 ENV_PREFIX = "GENREC_"
 # Where CLI values (named flags and --set items, merged by pipeline/commands/train.py) came from.
 CLI_ORIGIN = "--set/flag"
-
-
-class ConfigError(ValueError):
-    """An invalid configuration: one ``where: key: problem`` line per problem."""
-
-    def __init__(self, lines: str | list[str]) -> None:
-        self.lines = [lines] if isinstance(lines, str) else list(lines)
-        super().__init__("\n".join(self.lines))
 
 
 class _Section(BaseModel):

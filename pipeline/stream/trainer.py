@@ -7,7 +7,7 @@ micro-batches of ``train.batch_events``:
 1. the store vets each event (late / duplicate), the vocabulary maps items to rows
    (admitting new keys; reused rows get fresh embeddings *and* zeroed Adam moments);
 2. each user's stored history plus the new events becomes a jagged sequence whose targets
-   are exactly the new events (``pipeline.batching``);
+   are exactly the new events (``pipeline.stream.batching``);
 3. the model ranks every target against the live catalogue *before* training on it
    (progressive HR@K / NDCG@K / MRR), then takes one sampled-softmax optimizer step;
 4. the store is updated and items past their event-time TTL are freed.
@@ -46,9 +46,16 @@ from model.base import select_targets
 from model.hstu import HSTU, HSTUConfig
 from model.losses import sampled_softmax_loss
 from model.optim import RowSparseAdam, is_row_sparse_state
-from pipeline import rowdelta, threads
-from pipeline.batching import BatchBuilder
-from pipeline.checkpoint import (
+from pipeline.events import EventBatch, decode_records
+from pipeline.events.records import Records, SourceRecord
+from pipeline.events.reject import DecodeResult
+from pipeline.runtime import threads
+from pipeline.sources.base import FiniteSource, Source, TimeSeekable, gather
+from pipeline.state.store import SequenceStore
+from pipeline.state.vocab import ItemVocabulary
+from pipeline.stream import rowdelta
+from pipeline.stream.batching import BatchBuilder
+from pipeline.stream.checkpoint import (
     Checkpoint,
     CheckpointError,
     CheckpointStore,
@@ -57,23 +64,11 @@ from pipeline.checkpoint import (
     state_to_bytes,
     tensor_writer,
 )
-from pipeline.config import TrainerConfig
-from pipeline.deadletter import DeadLetterSink
-from pipeline.events import EventBatch, decode_records
-from pipeline.events.reject import DecodeResult
-from pipeline.observability import MetricsLog, TrainerMetrics, progress_line
-from pipeline.progressive import ProgressiveMetrics, ranks_over_catalogue
-from pipeline.publishing import ConcurrentPublishError
-from pipeline.sources.base import (
-    FiniteSource,
-    Records,
-    Source,
-    SourceRecord,
-    TimeSeekable,
-    gather,
-)
-from pipeline.state.store import SequenceStore
-from pipeline.state.vocab import ItemVocabulary
+from pipeline.stream.config import TrainerConfig
+from pipeline.stream.deadletter import DeadLetterSink
+from pipeline.stream.observability import MetricsLog, TrainerMetrics, progress_line
+from pipeline.stream.progressive import ProgressiveMetrics, ranks_over_catalogue
+from pipeline.stream.publishing import ConcurrentPublishError
 
 log = logging.getLogger(__name__)
 
@@ -769,7 +764,7 @@ class OnlineTrainer:
     def checkpoint(self, *, full: bool = False) -> Path:
         """Save model, optimizer, vocabulary, store, metrics and positions atomically.
 
-        A delta on the previous checkpoint (``pipeline.rowdelta``: only the item rows changed
+        A delta on the previous checkpoint (``pipeline.stream.rowdelta``: only the item rows changed
         since) unless ``full``, the chain has ``checkpoint.full_every - 1`` deltas, its deltas
         together outgrow half the full checkpoint, or the item table is trained densely.
         """

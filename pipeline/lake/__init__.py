@@ -1,0 +1,1 @@
+"""Reading lake files (CSV, MovieLens, Parquet, JSON Lines), their paths, and the synthetic generator."""

@@ -1,0 +1,1 @@
+"""Offline training and full-ranking evaluation on a fixed log (``genrec train-offline``)."""

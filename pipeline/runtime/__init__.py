@@ -1,0 +1,1 @@
+"""Process-wide infrastructure every command shares: CPU threads, signals, the garbage collector, run locks."""

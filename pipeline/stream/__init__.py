@@ -1,0 +1,1 @@
+"""The online trainer: the test-then-train loop and what it persists (checkpoints, published versions)."""
