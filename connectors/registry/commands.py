@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from connectors.registry import recommend_command
+from pipeline.commands.backfill import add_model_argument, add_registry_argument
 
-DEFAULT_REGISTRY = "./registry"
 # Widest cells of `registry list` (longer ones end in "..."), and how many metrics it shows
 # (one: `registry show` has them all).
 METRICS_WIDTH = 32
@@ -24,30 +22,6 @@ ALIASES_WIDTH = 16
 LIST_METRICS = 1
 # Metrics `registry list` shows first, by name prefix.
 KEY_METRIC_PREFIXES = ("ndcg", "hr", "mrr", "recall", "loss")
-
-
-def add_registry_argument(parser: argparse.ArgumentParser) -> None:
-    """``--registry URI`` (default ``$GENREC_REGISTRY``, else ./registry)."""
-    parser.add_argument(
-        "--registry",
-        default=os.environ.get("GENREC_REGISTRY", DEFAULT_REGISTRY),
-        metavar="URI",
-        help="registry location: path, file://, s3://, gs:// or hdfs:// URI "
-        "(default: $GENREC_REGISTRY, else ./registry)",
-    )
-
-
-def add_model_argument(parser: argparse.ArgumentParser) -> None:
-    """``--model NAME``: which of the registry's models (default: its only one)."""
-    parser.add_argument(
-        "--model",
-        default=None,
-        metavar="NAME",
-        help="the registry's model: 'genrec train' publishes under its run name (run_name, "
-        "else synthetic, file-<stem>, kafka-<topic>); 'default' is a registry's model from "
-        "before model names (default: the registry's only model; an error lists them when "
-        "it has several)",
-    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -127,7 +101,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     gc.add_argument("--dry-run", action="store_true", help="only report what would be deleted")
     gc.set_defaults(func=_run(_gc))
-    recommend_command.register(subparsers)  # `genrec backfill recommend`, a job of backfill
 
 
 def _run(command):

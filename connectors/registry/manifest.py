@@ -12,13 +12,15 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from connectors.registry.errors import RegistryError
 
 # Bump when a reader of the old format could misread the new one; readers refuse newer formats.
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+# The model config a version holds (``publish(config=...)``).
+CONFIG_NAME = "config.json"
 # Alias records keep this many earlier targets and log entries (latest moves on every publish).
 HISTORY_LIMIT = 100
 
@@ -30,6 +32,15 @@ _ALIAS = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
 # One path component: never empty, '.', '..', hidden, absolute, nor containing '/', '\\',
 # NUL or control characters.
 _FILE_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=+-]*")
+
+
+def summarize(err: ValidationError) -> str:
+    """A pydantic error on one line: ``field: problem; ...``."""
+    problems = []
+    for error in err.errors(include_url=False):
+        where = ".".join(str(part) for part in error["loc"]) or "document"
+        problems.append(f"{where}: {error['msg']}")
+    return "; ".join(problems)
 
 
 def version_dir_name(version: int) -> str:

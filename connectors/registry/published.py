@@ -19,21 +19,25 @@ Every problem is a one-line ``RegistryError`` naming the version, the file and t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from connectors.registry.errors import RegistryError
-from connectors.registry.manifest import FileEntry, Manifest, version_dir_name
-from connectors.registry.recommend_command import DEFAULT_MAX_VOCAB_BYTES
-from connectors.registry.registry import CONFIG_NAME, Registry, summarize
+from connectors.registry.manifest import (
+    CONFIG_NAME,
+    FileEntry,
+    Manifest,
+    summarize,
+    version_dir_name,
+)
 from model.base import SequentialEncoder
 from model.hstu import HSTU, HSTUConfig
 from pipeline.state.vocab import ItemVocabulary, unpack_arrays
 from pipeline.stream.checkpoint import CheckpointError, state_from_bytes
+from pipeline.stream.publishing import DEFAULT_MAX_VOCAB_BYTES, PublishedModel
 from pipeline.stream.trainer import MODEL_FILE, VOCAB_FILE
 
 MAX_CONFIG_BYTES = 1 << 20
@@ -68,19 +72,20 @@ class PublishedConfig(BaseModel):
     trainer: dict[str, Any] = Field(default_factory=dict)  # informational: never read
 
 
-@dataclass(frozen=True)
-class PublishedModel:
-    """One registry version, ready to score: the model, its vocabulary and catalogue."""
+class Versions(Protocol):
+    """What loading reads of a registry's model: a ``Registry``, named by this protocol
+    because ``Registry.load_version`` calls this module's (no import cycle)."""
 
-    version: int
-    model: SequentialEncoder
-    vocab: ItemVocabulary
-    live: torch.Tensor  # the rows that may be recommended (the live catalogue)
-    row_keys: np.ndarray  # row -> item key: int64 when every key is an int, else str
+    @property
+    def location(self) -> str: ...
+
+    def show(self, ref: str | int) -> Manifest: ...
+
+    def read_file(self, ref: str | int, name: str) -> bytes: ...
 
 
 def load_version(
-    registry: Registry, ref: str | int, max_vocab_bytes: int = DEFAULT_MAX_VOCAB_BYTES
+    registry: Versions, ref: str | int, max_vocab_bytes: int = DEFAULT_MAX_VOCAB_BYTES
 ) -> PublishedModel:
     """Version ``ref`` (number, ``vNNNNNN`` or alias) of ``registry``, every file verified
     and parsed as untrusted (see the module docstring); ``RegistryError`` otherwise."""
@@ -95,7 +100,7 @@ def load_version(
     )
 
 
-def _config(registry: Registry, manifest: Manifest, where: str) -> PublishedConfig:
+def _config(registry: Versions, manifest: Manifest, where: str) -> PublishedConfig:
     _check_size(manifest, CONFIG_NAME, MAX_CONFIG_BYTES, where, "")
     raw = registry.read_file(manifest.version, CONFIG_NAME)
     try:
@@ -108,7 +113,7 @@ def _config(registry: Registry, manifest: Manifest, where: str) -> PublishedConf
 
 
 def _model(
-    registry: Registry, manifest: Manifest, config: PublishedConfig, where: str
+    registry: Versions, manifest: Manifest, config: PublishedConfig, where: str
 ) -> SequentialEncoder:
     settings = HSTUConfig(**config.hstu.model_dump())
     with torch.device("meta"):  # shapes only: nothing is allocated yet
@@ -131,7 +136,7 @@ def _model(
 
 
 def _vocab(
-    registry: Registry, manifest: Manifest, rows: int, max_bytes: int, where: str
+    registry: Versions, manifest: Manifest, rows: int, max_bytes: int, where: str
 ) -> ItemVocabulary:
     hint = " (raise --max-vocab-bytes if the catalogue is that big)"
     _check_size(manifest, VOCAB_FILE, max_bytes, where, hint)

@@ -52,6 +52,7 @@ from connectors.registry.errors import (
 )
 from connectors.registry.lock import WriterLock
 from connectors.registry.manifest import (
+    CONFIG_NAME,
     FORMAT_VERSION,
     MANIFEST_NAME,
     AliasRecord,
@@ -64,11 +65,13 @@ from connectors.registry.manifest import (
     new_alias,
     parse_version_dir,
     parse_version_ref,
+    summarize,
     utc_now,
     version_dir_name,
 )
 from connectors.registry.storage import Storage, filesystem_from_uri
 from pipeline.runtime.runlock import process_alive
+from pipeline.stream.publishing import DEFAULT_MAX_VOCAB_BYTES, PublishedModel
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +84,6 @@ DEFAULT_MODEL = "default"
 REGISTRY_FORMAT = 2
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 PUBLISHING_NAME = ".publishing"
-CONFIG_NAME = "config.json"
 LATEST = "latest"
 # A partial version or writer lock from another host (whose process we cannot probe) is
 # abandoned after this.
@@ -419,6 +421,15 @@ class Registry:
         record = self.alias(str(ref))
         return record.version
 
+    def load_version(
+        self, ref: str | int, max_vocab_bytes: int = DEFAULT_MAX_VOCAB_BYTES
+    ) -> PublishedModel:
+        """Version ``ref`` ready to score, every file verified and parsed as untrusted
+        (``connectors.registry.published``); ``RegistryError`` otherwise."""
+        from connectors.registry.published import load_version  # torch: only to score
+
+        return load_version(self, ref, max_vocab_bytes)
+
     def read_file(self, ref: str | int, name: str) -> bytes:
         """The verified content of one artefact; ``ChecksumError`` if it was altered."""
         manifest = self.show(ref)
@@ -722,15 +733,6 @@ def _alias_path(alias: str) -> str:
 def _publisher_marker() -> bytes:
     marker = {"host": socket.gethostname(), "pid": os.getpid(), "started_at": utc_now()}
     return json.dumps(marker, default=datetime.isoformat).encode()
-
-
-def summarize(err: ValidationError) -> str:
-    """A pydantic error on one line: ``field: problem; ...``."""
-    problems = []
-    for error in err.errors(include_url=False):
-        where = ".".join(str(part) for part in error["loc"]) or "document"
-        problems.append(f"{where}: {error['msg']}")
-    return "; ".join(problems)
 
 
 def _describe_version(version: object) -> str:

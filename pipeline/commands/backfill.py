@@ -1,14 +1,23 @@
-"""``genrec backfill sequences``: an event lake -> per-user histories (Apache Beam, batch).
+"""``genrec backfill sequences|bootstrap|recommend``: the batch jobs on an event lake.
 
-See pipeline/backfill/sequences.py for the pipeline and docs/backfill.md for the flow.
+``sequences``: an event lake -> per-user histories (Apache Beam); ``bootstrap``: the
+checkpoint ``genrec train`` continues from; ``recommend``: a registry version's top-K items
+for every backfilled user (the registry comes from the ``genrec.registries`` plugin). See
+pipeline/backfill/ for the jobs and docs/backfill.md for the flow.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from datetime import UTC, datetime
 from typing import Any
+
+from pipeline.stream.publishing import DEFAULT_BATCH_USERS, DEFAULT_MAX_VOCAB_BYTES
+
+DEFAULT_REGISTRY = "./registry"
 
 
 def _cutoff(text: str) -> int:
@@ -108,6 +117,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_runner_arguments(seq, "the inputs and --out")
     seq.set_defaults(func=_sequences)
     _register_bootstrap(jobs)
+    _register_recommend(jobs)
+
+
+def add_registry_argument(parser: argparse.ArgumentParser) -> None:
+    """``--registry URI`` (default ``$GENREC_REGISTRY``, else ./registry)."""
+    parser.add_argument(
+        "--registry",
+        default=os.environ.get("GENREC_REGISTRY", DEFAULT_REGISTRY),
+        metavar="URI",
+        help="registry location: path, file://, s3://, gs:// or hdfs:// URI "
+        "(default: $GENREC_REGISTRY, else ./registry)",
+    )
+
+
+def add_model_argument(parser: argparse.ArgumentParser) -> None:
+    """``--model NAME``: which of the registry's models (default: its only one)."""
+    parser.add_argument(
+        "--model",
+        default=None,
+        metavar="NAME",
+        help="the registry's model: 'genrec train' publishes under its run name (run_name, "
+        "else synthetic, file-<stem>, kafka-<topic>); 'default' is a registry's model from "
+        "before model names (default: the registry's only model; an error lists them when "
+        "it has several)",
+    )
 
 
 def add_runner_arguments(parser: argparse.ArgumentParser, workers_see: str) -> None:
@@ -258,5 +292,106 @@ def _bootstrap(args: argparse.Namespace) -> int:
         )
     )
     shown = ("checkpoint", "counts", "rejected_by_reason", "users", "items_held", "wall_s")
+    print(json.dumps({k: manifest[k] for k in shown}, indent=2))
+    return 0
+
+
+def _register_recommend(jobs: argparse._SubParsersAction) -> None:
+    """``recommend``: scores with a version of the ``genrec.registries`` plugin's registry."""
+    job = jobs.add_parser(
+        "recommend",
+        help="a registry version's top-K items for every user of a `backfill sequences` output",
+        description=(
+            "Score every user of a `genrec backfill sequences` output with a published "
+            "version (Beam RunInference; every artefact's sha256 is checked against its "
+            "manifest) and write each user's top K items, best first, with their scores: "
+            "part-SSSSS-BBBBB.parquet files (columns user, items, scores, version) and "
+            "manifest.json. A user's context is the last max_len events whose item the "
+            "version's vocabulary knows (unknown items are skipped); the query time is the "
+            "backfill's --until (else the user's last event time). Only the version's live "
+            "catalogue is recommended; see docs/backfill.md, Batch top-K."
+        ),
+    )
+    add_registry_argument(job)
+    add_model_argument(job)
+    job.add_argument(
+        "--version",
+        default="latest",
+        metavar="latest|N",
+        help="version to score with: latest (or another alias), a number or vNNNNNN; an alias "
+        "is resolved once, so every worker uses the same version (default: %(default)s)",
+    )
+    job.add_argument(
+        "--histories",
+        required=True,
+        metavar="DIR",
+        help="output directory of `genrec backfill sequences` (its manifest.json and "
+        "shard-*.parquet files), local or gs://, s3://, azfs://, hdfs:// (with Beam's "
+        "filesystem for it: its apache-beam extra); every file is checked before "
+        "scoring starts, at most GENREC_BACKFILL_MAX_SHARD_USERS / _EVENTS per shard "
+        "(docs/backfill.md, 'Reading backfill output')",
+    )
+    job.add_argument(
+        "--k", type=int, required=True, help="items per user (fewer when fewer are left)"
+    )
+    job.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output directory, local or on object storage as --histories (created; a "
+        "rerun replaces its part files and manifest; refused when it is a file, or is or "
+        "lies under --histories)",
+    )
+    job.add_argument(
+        "--keep-history",
+        action="store_true",
+        help="may recommend items of the user's own history (default: they are excluded)",
+    )
+    job.add_argument(
+        "--batch-users",
+        type=int,
+        default=DEFAULT_BATCH_USERS,
+        metavar="B",
+        help="users per inference batch and per output part; a batch's scores take about "
+        "B x vocab.capacity x 8 bytes (default: %(default)s)",
+    )
+    job.add_argument(
+        "--max-vocab-bytes",
+        type=int,
+        default=DEFAULT_MAX_VOCAB_BYTES,
+        metavar="BYTES",
+        help="refuse a version whose vocab.npz holds (or decompresses to) more than this, "
+        "before reading it (default: %(default)s, about 25M items)",
+    )
+    add_runner_arguments(job, "--registry, --histories and --out")
+    job.set_defaults(func=_recommend)
+
+
+def _recommend(args: argparse.Namespace) -> int:
+    from pipeline.backfill.sequences import quiet_beam
+
+    quiet_beam()  # before Beam is imported
+    from pipeline.backfill.recommend import RecommendJob, run_recommend
+    from pipeline.plugins import PluginNotFoundError
+    from pipeline.stream.publishing import PublishError
+
+    job = RecommendJob(
+        args.registry,
+        args.version,
+        args.histories,
+        args.k,
+        args.out,
+        args.keep_history,
+        args.batch_users,
+        **runner_settings(args),
+        model=args.model,
+        max_vocab_bytes=args.max_vocab_bytes,
+    )
+    try:
+        manifest = run_recommend(job)
+    except (PublishError, PluginNotFoundError) as err:  # e.g. a missing version, a bad file
+        print(f"genrec backfill recommend: error: {err}", file=sys.stderr)
+        return 1
+    shown = ("model", "version", "users", "users_without_items", "runner", "wall_seconds")
     print(json.dumps({k: manifest[k] for k in shown}, indent=2))
     return 0

@@ -19,10 +19,10 @@ import torch
 from backfill import memfs
 
 from connectors.registry import Registry
-from connectors.registry.recommend import RecommendJob, run_recommend
 from model.hstu import HSTU, HSTUConfig
 from model.jagged import JaggedBatch
 from model.retrieval import top_k
+from pipeline.backfill.recommend import RecommendJob, run_recommend
 from pipeline.cli import main
 from pipeline.lake.synthetic import SyntheticConfig, generate_events
 from pipeline.offline.training import next_item_scores

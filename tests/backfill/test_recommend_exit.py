@@ -18,7 +18,7 @@ from apache_beam.io.filesystems import FileSystems
 from registry.tiny_version import ITEMS, publish
 
 from connectors.registry import Registry
-from connectors.registry.recommend import RecommendJob, run_recommend
+from pipeline.backfill.recommend import RecommendJob, run_recommend
 from pipeline.cli import main
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,7 +9,8 @@ runner computes only one branch of a fan-out):
   The output is untrusted: ``pipeline.backfill.histories`` checks its manifest and every
   shard (in the driver first, so a bad file is one error before any worker starts).
 - ``TopK``: Beam's ``RunInference`` with ``TopKHandler``, which loads one registry version
-  (every artefact verified against its manifest's sha256) and scores each batch with the
+  (the ``genrec.registries`` plugin's ``load_version``: every artefact verified against its
+  manifest's sha256) and scores each batch with the
   project's own retrieval: ``pipeline.offline.training.next_item_scores`` (the model's state after
   each user's last event against the whole item table, ``model.retrieval.score_items``) and
   ``model.retrieval.top_k`` over the version's live catalogue. A user's context is the last
@@ -41,14 +42,17 @@ import numpy as np
 import torch
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
-from connectors.registry.published import PublishedModel, load_version
-from connectors.registry.recommend_command import DEFAULT_BATCH_USERS, DEFAULT_MAX_VOCAB_BYTES
-from connectors.registry.registry import Registry
 from model.jagged import JaggedBatch
 from model.retrieval import top_k
+from pipeline import plugins
 from pipeline.backfill import histories, sequences
 from pipeline.lake import paths
 from pipeline.offline.training import next_item_scores, window_indices
+from pipeline.stream.publishing import (
+    DEFAULT_BATCH_USERS,
+    DEFAULT_MAX_VOCAB_BYTES,
+    PublishedModel,
+)
 
 PART_NAME = "part-{:05d}-{:05d}.parquet"
 PART_GLOB = "part-*.parquet"
@@ -183,8 +187,9 @@ class TopKHandler(ModelHandler[UserBatch, tuple[tuple[int, int], Any], Published
 
     def load_model(self) -> PublishedModel:
         """The version, verified (on each worker)."""
-        registry = Registry.open(self.registry, model=self.model)
-        return load_version(registry, self.version, self.max_vocab_bytes)
+        return open_registry(self.registry, self.model).load_version(
+            self.version, self.max_vocab_bytes
+        )
 
     def run_inference(
         self,
@@ -268,6 +273,15 @@ def history_shards(directory: str, batch_users: int) -> histories.BackfillOutput
     return output
 
 
+def open_registry(uri: str, model: str | None) -> Any:
+    """Model ``model`` (None: the only one) of the registry at ``uri``, opened by the
+    ``genrec.registries`` plugin (``pipeline.stream.publishing``: its ``model`` and
+    ``load_version``): a ``PublishError`` when the registry or model does not exist, a
+    ``PluginNotFoundError`` when no connector provides registries."""
+    open_model = plugins.load("genrec.registries", "default", "backfill recommend")
+    return open_model(uri, model=model)
+
+
 def run_recommend(job: RecommendJob) -> dict[str, Any]:
     """Run the pipeline on the chosen runner; returns the manifest (also written)."""
     import apache_beam as beam
@@ -281,8 +295,8 @@ def run_recommend(job: RecommendJob) -> dict[str, Any]:
     until = output.until
     # In the driver first: a missing version or a bad file fails here, naming it, before any
     # worker starts; and "latest" becomes one number for every worker.
-    registry = Registry.open(job.registry, model=job.model)
-    version = load_version(registry, job.version, job.max_vocab_bytes).version
+    registry = open_registry(job.registry, job.model)
+    version = registry.load_version(job.version, job.max_vocab_bytes).version
     handler = TopKHandler(
         job.registry,
         registry.model,
