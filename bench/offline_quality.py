@@ -3,16 +3,17 @@
 Every neural model gets the same budget (epochs, embedding dim, layers, heads, max_len,
 lr, batch size, negatives). Each run is tested under both evaluation protocols:
 "all-items" (every item competes) and "exclude-seen" (the paper's: the user's context
-items are removed first, a target consumed before is a miss). With ``--split holdout`` the
-epoch is chosen on validation NDCG@10 under ``--exclude-seen``'s protocol; with ``--split
-paper`` the last epoch is kept. Prints a table to stderr (test users, mean ± std over
-seeds, 95% intervals) and one JSON object to stdout: settings, every run, the summary.
+items are removed first, a target consumed before is a miss). With the holdout split (a
+``--preset``'s) the epoch is chosen on validation NDCG@10 under ``--exclude-seen``'s
+protocol; with the paper's split (the default) the last epoch is kept. Prints a table to
+stderr (test users, mean ± std over seeds, 95% intervals) and one JSON object to stdout:
+settings, every run, the summary.
 
     python3 bench/offline_quality.py --data ../shared/data/ml-latest-small/ratings.csv
 
-The defaults are the ``genrec train-offline`` defaults, so one bench command with no
-training flags reproduces the CLI's figures. docs/quality.md has the measured table and
-the command of each row.
+The defaults and ``--preset`` are the ``genrec train-offline`` ones, so one bench command
+with no training flags reproduces the CLI's figures. docs/quality.md has the measured table
+and the command of each row.
 """
 
 from __future__ import annotations
@@ -24,15 +25,15 @@ import math
 import statistics
 import sys
 import time
+from dataclasses import asdict, replace
 from typing import Any
 
 import torch
 
-from model.hstu import LAYER_NORMS, HSTUConfig
-from model.sasrec import SASREC_STYLES
+from model.hstu import HSTUConfig
 from pipeline.commands.offline import add_training_options, train_config_from_args
 from pipeline.lake.datasets import make_splits
-from pipeline.offline.config import HSTU_LAYER_NORM, SASREC_STYLE
+from pipeline.offline.config import load_preset
 from pipeline.offline.training import PROTOCOLS, load_sequences, train_offline
 from pipeline.runtime.threads import set_torch_threads
 
@@ -54,12 +55,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--num-heads", type=int, default=h.num_heads, help="attention heads")
     p.add_argument("--max-len", type=int, default=h.max_len, help="N: last events per user")
     p.add_argument("--dropout", type=float, default=h.dropout, help="dropout (input too)")
-    p.add_argument(
-        "--hstu-layer-norm", choices=LAYER_NORMS, default=HSTU_LAYER_NORM, help="HSTU layer norms"
-    )
-    p.add_argument(
-        "--sasrec-style", choices=SASREC_STYLES, default=SASREC_STYLE, help="SASRec block style"
-    )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: as train-offline)")
     p.add_argument("--progress", action="store_true", help="show per-epoch progress bars")
     return p.parse_args(argv)
@@ -77,8 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     set_torch_threads(args.threads)
+    preset = load_preset(args.preset)
+    base = train_config_from_args(args, preset, seed=0, progress=args.progress)
     ds, source = load_sequences(args.data, args.format)
-    splits = make_splits(ds, args.split)
+    splits = make_splits(ds, base.split)
     model_config = {
         "embedding_dim": args.embedding_dim,
         "num_layers": args.num_layers,
@@ -93,11 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     total = len(models) * len(seeds)
     for kind in models:
         config = {
-            "hstu": {**model_config, "layer_norm": args.hstu_layer_norm},
-            "sasrec": {**model_config, "style": args.sasrec_style},
+            "hstu": {**model_config, "layer_norm": preset.hstu_layer_norm},
+            "sasrec": {**model_config, "style": preset.sasrec_style},
         }.get(kind, {})
         for seed in seeds:
-            cfg = train_config_from_args(args, seed=seed, progress=args.progress)
+            cfg = replace(base, seed=seed)
             cpu0, wall0 = time.process_time(), time.perf_counter()
             result = train_offline(kind, config, splits, cfg)
             run: dict[str, Any] = {
@@ -145,7 +142,14 @@ def main(argv: list[str] | None = None) -> int:
         "users": ds.num_users,
         "items": ds.num_items,
         "events": ds.num_events,
-        "settings": {**vars(args), "torch_threads": torch.get_num_threads()},
+        "settings": {
+            **vars(args),
+            # the settings run: the defaults, the preset's, the flags given
+            **{k: v for k, v in asdict(base).items() if k not in ("seed", "progress")},
+            "hstu_layer_norm": preset.hstu_layer_norm,
+            "sasrec_style": preset.sasrec_style,
+            "torch_threads": torch.get_num_threads(),
+        },
         "runs": runs,
         "summary": summary,
     }

@@ -40,6 +40,7 @@ from pipeline.backfill.sequences import SequencesJob, run_sequences
 from pipeline.cli import main as genrec
 from pipeline.lake.datasets import EventLog
 from pipeline.lake.synthetic import SyntheticConfig, generate_events
+from pipeline.offline.config import HSTU_LAYER_NORM
 from pipeline.sources.eventlog import EventLogSource
 from pipeline.stream.checkpoint import CheckpointStore
 from pipeline.stream.config import TrainerConfig, load_config
@@ -124,13 +125,14 @@ def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     seconds["backfill_sequences"] = time.perf_counter() - clock
     warm_cfg = config(root, "warm")
     m = warm_cfg.model
+    # train-offline has no flag for the layer norms: its default must be the trainer's
+    assert m.layer_norm == HSTU_LAYER_NORM, (m.layer_norm, HSTU_LAYER_NORM)
     clock = time.perf_counter()
     offline_argv = [
         "train-offline", "--data", str(root / "shards"), "--out", str(root / "offline"),
         "--no-progress", "--json", "--threads", str(args.threads),
         "--embedding-dim", str(m.embedding_dim), "--num-layers", str(m.num_layers),
         "--num-heads", str(m.num_heads), "--max-len", str(warm_cfg.store.max_len),
-        "--hstu-layer-norm", m.layer_norm,
     ]  # fmt: skip
     if args.epochs is not None:
         offline_argv += ["--epochs", str(args.epochs)]

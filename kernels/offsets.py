@@ -1,7 +1,14 @@
-"""Row <-> sequence maps of jagged offsets ([B+1], int64), shared by the kernels and model/.
+"""Per-row maps of jagged offsets ([B+1] int64, ``offsets[0] == 0``): for each of the
+T = ``offsets[-1]`` rows, the sequence that owns it (``segment_ids``) and its position inside
+that sequence (``positions_in_sequence``).
 
-Here rather than in ``model.jagged`` (which re-exports them) because the attention reference
-needs them and the kernels sit below the model in the import order.
+They live here, below model/, because the attention reference (``kernels/reference.py``)
+needs them and the kernels sit below the model in the import order; model/ (``jagged``,
+``base``, ``metrics``, ``retrieval``) imports them from this module.
+
+>>> offsets = torch.tensor([0, 3, 3, 5])  # sequences of 3, 0 and 2 rows
+>>> segment_ids(offsets).tolist(), positions_in_sequence(offsets).tolist()
+([0, 0, 0, 2, 2], [0, 1, 2, 0, 1])
 """
 
 from __future__ import annotations

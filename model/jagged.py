@@ -70,6 +70,20 @@ class JaggedBatch:
             event but the first of each sequence (offline autoregressive training).
         query_time: optional int64 [B], the time at which the *next*, not yet seen event is
             requested (serving); used as the last position's query timestamp.
+
+    Two sequences, of 3 events and 1, packed into 4 rows:
+
+    >>> batch = JaggedBatch.from_lists([[3, 5, 9], [4]], timestamps=[[10, 20, 30], [15]])
+    >>> batch.offsets.tolist(), batch.lengths().tolist(), batch.item_ids.tolist()
+    ([0, 3, 4], [3, 1], [3, 5, 9, 4])
+    >>> batch.sequence(0)["timestamps"].tolist()
+    [10, 20, 30]
+    >>> batch.target_mask().tolist()  # every event but each sequence's first
+    [False, True, True, False]
+    >>> JaggedBatch.from_lists([[3, -1]], timestamps=[[10, 20]])
+    Traceback (most recent call last):
+        ...
+    model.jagged.JaggedError: item_ids must be >= 0: item_ids[1] = -1
     """
 
     item_ids: torch.Tensor

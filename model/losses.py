@@ -12,7 +12,6 @@ DEFAULT_TEMPERATURE = 0.05
 # Logit of a per-position negative that equals its target (the reference's value: finite,
 # so a row whose negatives are all hits still has a defined softmax).
 ACCIDENTAL_HIT_LOGIT = -5e4
-SHARED_SOURCES = ("uniform", "in_batch")
 
 
 def sample_negatives(
@@ -68,8 +67,6 @@ def sampled_softmax_loss(
     negatives: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     per_position: bool = False,
-    num_shared_negatives: int = 0,
-    shared_from: str = "uniform",
 ) -> torch.Tensor:
     """Mean (or weighted mean) of -log softmax of the target among K sampled negatives.
 
@@ -78,13 +75,7 @@ def sampled_softmax_loss(
     (a negative equal to the target) is left out of that target's softmax (-inf).
     With ``per_position`` (the reference's loss) each target gets its own K negatives
     ([M, K], ``sample_negatives_per_position``) and an accidental hit's logit is set to
-    ``ACCIDENTAL_HIT_LOGIT``; ``num_shared_negatives`` S > 0 then adds S more negatives
-    shared by all targets (cheap: an [M, S] matmul), so a target competes with K + S items.
-    ``shared_from="in_batch"`` draws those S from the step's targets instead (positions
-    uniformly, so items by their popularity in the batch: mixed negative sampling), with
-    the logQ correction that puts them on the uniform negatives' scale: a shared negative j
-    drawn with probability c_j / M (c_j: its count among the M targets) gets
-    ``- log((S c_j / M) / (K / N))`` added to its logit, N the number of candidate rows.
+    ``ACCIDENTAL_HIT_LOGIT``.
     Logits are cosine similarities (inputs are L2-normalised) divided by ``temperature``.
 
     Args:
@@ -101,8 +92,6 @@ def sampled_softmax_loss(
             [M, K] with ``per_position``.
         generator: random generator for reproducible draws.
         per_position: draw K negatives per target instead of K shared ones.
-        num_shared_negatives: S extra negatives shared by the step (``per_position`` only).
-        shared_from: "uniform" (from the candidates) or "in_batch" (from the targets).
 
     Returns:
         Scalar loss (0 with a gradient path when there are no targets).
@@ -111,12 +100,6 @@ def sampled_softmax_loss(
         raise ValueError(f"{queries.shape[0]} queries but {targets.shape[0]} targets")
     if queries.shape[0] == 0:
         return queries.sum() * 0.0
-    if num_shared_negatives < 0:
-        raise ValueError(f"num_shared_negatives must be >= 0, got {num_shared_negatives}")
-    if num_shared_negatives and not per_position:
-        raise ValueError("num_shared_negatives adds to per-position negatives; set per_position")
-    if shared_from not in SHARED_SOURCES:
-        raise ValueError(f"shared_from must be one of {SHARED_SOURCES}, got {shared_from!r}")
     if per_position:
         logits = _per_position_logits(
             queries,
@@ -128,29 +111,6 @@ def sampled_softmax_loss(
             negatives,
             generator,
         )
-        if num_shared_negatives:
-            if shared_from == "uniform":
-                shared = sample_negatives(
-                    num_shared_negatives,
-                    item_table.shape[0],
-                    candidate_rows,
-                    generator,
-                    queries.device,
-                )
-                correction = None
-            else:
-                shared, correction = _in_batch_negatives(
-                    targets,
-                    num_shared_negatives,
-                    logits.shape[1] - 1,  # K, also when the negatives were given
-                    item_table.shape[0] - 1 if candidate_rows is None else candidate_rows.numel(),
-                    generator,
-                )
-            extra = (queries @ item_table[shared].T) / temperature  # [M, S]
-            if correction is not None:
-                extra = extra - correction
-            hits = shared.unsqueeze(0) == targets.unsqueeze(1)
-            logits = torch.cat([logits, extra.masked_fill(hits, ACCIDENTAL_HIT_LOGIT)], dim=1)
         losses = -F.log_softmax(logits, dim=1)[:, 0]
         return _weighted_mean(losses, weights)
     if negatives is None:
@@ -163,23 +123,6 @@ def sampled_softmax_loss(
     logits = torch.cat([pos, neg], dim=1) / temperature
     losses = -F.log_softmax(logits, dim=1)[:, 0]
     return _weighted_mean(losses, weights)
-
-
-def _in_batch_negatives(
-    targets: torch.Tensor,
-    num_shared: int,
-    num_uniform: int,
-    num_candidates: int,
-    generator: torch.Generator | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """[S] targets of random positions, and their [S] logQ corrections (see the loss)."""
-    m = targets.numel()
-    picks = torch.randint(0, m, (num_shared,), generator=generator).to(targets.device)
-    shared = targets[picks]
-    counts = (shared.unsqueeze(1) == targets.unsqueeze(0)).sum(1).to(torch.float32)
-    q_in_batch = num_shared * counts / m
-    q_uniform = num_uniform / max(num_candidates, 1)
-    return shared, torch.log(q_in_batch / q_uniform)
 
 
 def _per_position_logits(

@@ -209,10 +209,17 @@ class KafkaSource:
 
     # ------------------------------------------------------------------ Source protocol
     def poll(self, max_records: int, timeout_s: float) -> Records:
-        """Up to ``max_records`` records, waiting at most ``timeout_s`` for the first one.
+        """Up to ``max_records`` records, waiting at most ``timeout_s`` for the first one;
+        once some arrived, only records already fetched are added.
 
-        Returns no records at once after a non-empty result (the clean point for rebalances,
-        see the module docstring)."""
+        Under the group's dynamic assignment, a call that follows a non-empty result returns
+        no records at once, so that rebalances run only in a poll after an empty result (the
+        clean point, see the module docstring); records fetched in a call before a rebalance
+        inside it are dropped and fetched again from the new positions. With a static share
+        (``assign_share``, a rank of a trainer group) there are no rebalances, and every call
+        fetches. While the broker is unreachable a call waits for the next retry (at most
+        ``timeout_s``) and returns what it has, usually nothing. Each call also retries the
+        commits that failed and reports the lag (``on_lag``) when it is due."""
         self._maybe_report_lag()
         if self._handed_out and self._share is None:
             self._handed_out = False

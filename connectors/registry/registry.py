@@ -111,7 +111,30 @@ class GcResult:
 
 
 class Registry:
-    """One model of a model registry rooted at one directory of a pyarrow filesystem."""
+    """One model of a model registry rooted at one directory of a pyarrow filesystem.
+
+    Publish two versions, pin the first under an alias, then see a compare-and-set publish
+    refused because ``latest`` is not where the writer expected it:
+
+    >>> import tempfile
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> registry = Registry.open(tmp.name, create=True)
+    >>> registry.publish({"weights.bin": b"one"}, metrics={"ndcg@10": 0.25}).version
+    1
+    >>> registry.publish({"weights.bin": b"two"}, parent=1, expect_latest=1).version
+    2
+    >>> registry.latest_version(), registry.read_file("latest", "weights.bin")
+    (2, b'two')
+    >>> registry.promote(1, "stable").version, registry.show("stable").metrics
+    (1, {'ndcg@10': 0.25})
+    >>> registry.publish({"weights.bin": b"three"}, expect_latest=1)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+        ...
+    connectors.registry.errors.ConcurrentPublishError: ... points to v000002 but this writer expected v000001, ...
+    >>> [m.version for m in registry.list_versions()]
+    [1, 2]
+    >>> tmp.cleanup()
+    """
 
     def __init__(
         self, fs: pafs.FileSystem, root: str, *, model: str | None = None, create: bool = False
@@ -223,10 +246,14 @@ class Registry:
             watermark: event-time watermark (epoch seconds) of this state.
             metrics: finite streaming metrics to record.
             config: model/trainer configuration, stored as the artefact ``config.json``.
-            expect_latest: compare-and-set: the version ``latest`` must point to now (None:
-                no ``latest`` yet). Otherwise ``ConcurrentPublishError`` is raised before any
-                version is claimed. An unreadable ``aliases/latest.json`` counts as unknown:
-                the publish goes ahead with a warning.
+            expect_latest: left out (``UNCHECKED``), nothing is compared: the publish moves
+                ``latest`` to the new version wherever it points now, even where another
+                writer moved it since this one last looked. Given, it is a compare-and-set:
+                the version ``latest`` must point to now (None: no ``latest`` yet), else
+                ``ConcurrentPublishError`` is raised before any version is claimed. Either
+                way an unreadable ``aliases/latest.json`` does not stop the publish (nor is
+                it compared): it is replaced by a fresh record (its rollback stack is lost),
+                with a warning.
             lock_timeout_s: how long to wait for another writer's lock.
 
         Returns:

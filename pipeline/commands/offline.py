@@ -18,16 +18,7 @@ from typing import Any
 
 from pipeline.lake.datasets import FORMATS, leave_one_out, make_splits
 from pipeline.lake.synthetic import SyntheticConfig
-from pipeline.offline.config import (
-    HSTU_LAYER_NORM,
-    INITS,
-    LR_SCHEDULES,
-    SASREC_STYLE,
-    SPLITS,
-    TRAIN_WINDOWS,
-    WEIGHT_AVERAGES,
-    TrainConfig,
-)
+from pipeline.offline.config import TRAIN_WINDOWS, Preset, TrainConfig, load_preset, preset_names
 from pipeline.runtime.threads import set_torch_threads
 
 log = logging.getLogger(__name__)
@@ -35,173 +26,84 @@ log = logging.getLogger(__name__)
 # The keys of model.serialize.MODEL_KINDS (a test keeps them equal); spelled out here
 # because importing the models pulls in torch, which would slow down every `genrec --help`.
 MODEL_NAMES = ("hstu", "popular", "sasrec")
-SASREC_STYLES = ("genrec", "reference")  # model.sasrec.SASREC_STYLES (a test keeps them equal)
-HSTU_LAYER_NORMS = ("affine", "plain")  # model.hstu.LAYER_NORMS (a test keeps them equal)
 
 
 def add_training_options(group: argparse._ActionsContainer) -> None:
-    """The ``TrainConfig`` options (all but the seed), declared once for ``train-offline``
-    and bench/offline_quality.py, so that the bench's defaults are the CLI's."""
+    """The ``TrainConfig`` options (all but the seed) and ``--preset``, declared once for
+    ``train-offline`` and bench/offline_quality.py, so that the bench's defaults are the CLI's.
+
+    Every option but ``--preset`` defaults to None, "not given", so that a given flag
+    overrides the preset and the others leave it alone (``train_config_from_args``).
+    """
     t = TrainConfig()
     group.add_argument(
-        "--epochs",
-        type=int,
-        default=t.epochs,
-        help="passes over the training split (default: %(default)s)",
+        "--preset",
+        help="start from the settings of a named preset, which reproduces an earlier row of "
+        "docs/quality.md (pipeline/offline/presets/NAME.yaml); the flags given override it; "
+        f"one of: {', '.join(preset_names())} (default: none)",
     )
     group.add_argument(
-        "--batch-size", type=int, default=t.batch_size, help="users per step (default: %(default)s)"
+        "--epochs", type=int, help=f"passes over the training split (default: {t.epochs})"
     )
+    group.add_argument("--batch-size", type=int, help=f"users per step (default: {t.batch_size})")
+    group.add_argument("--lr", type=float, help=f"Adam learning rate (default: {t.lr})")
     group.add_argument(
-        "--lr", type=float, default=t.lr, help="Adam learning rate (default: %(default)s)"
-    )
-    group.add_argument(
-        "--weight-decay",
-        type=float,
-        default=t.weight_decay,
-        help="Adam weight decay (default: %(default)s)",
+        "--weight-decay", type=float, help=f"Adam weight decay (default: {t.weight_decay})"
     )
     group.add_argument(
         "--num-negatives",
         type=int,
-        default=t.num_negatives,
-        help="sampled-softmax negatives per target (default: %(default)s)",
+        help=f"sampled-softmax negatives per target (default: {t.num_negatives})",
     )
     group.add_argument(
-        "--temperature",
-        type=float,
-        default=t.temperature,
-        help="softmax temperature (default: %(default)s)",
+        "--temperature", type=float, help=f"softmax temperature (default: {t.temperature})"
     )
     group.add_argument(
         "--eval-batch-size",
         type=int,
-        default=t.eval_batch_size,
-        help="users per full-ranking evaluation step (default: %(default)s)",
+        help=f"users per full-ranking evaluation step (default: {t.eval_batch_size})",
     )
-    group.add_argument(
-        "--device", default=t.device, help="torch device, e.g. cpu or cuda (default: %(default)s)"
-    )
+    group.add_argument("--device", help=f"torch device, e.g. cpu or cuda (default: {t.device})")
     group.add_argument(
         "--adam-beta2",
         type=float,
-        default=t.adam_beta2,
-        help="AdamW beta2; the reference uses 0.98 (default: %(default)s)",
-    )
-    group.add_argument(
-        "--per-position-negatives",
-        action=argparse.BooleanOptionalAction,
-        default=t.per_position_negatives,
-        help="draw the negatives per target (the reference) instead of one set shared by "
-        "the step (default: %(default)s)",
-    )
-    group.add_argument(
-        "--shared-negatives",
-        type=int,
-        default=t.num_shared_negatives,
-        help="S more negatives shared by each step, on top of the per-target ones "
-        "(needs --per-position-negatives) (default: %(default)s)",
-    )
-    group.add_argument(
-        "--shared-negatives-from",
-        choices=("uniform", "in_batch"),
-        default=t.shared_negatives_from,
-        help="where the --shared-negatives come from: uniform over the items, or the step's "
-        "targets (popularity, logQ-corrected) (default: %(default)s)",
-    )
-    group.add_argument(
-        "--lr-schedule",
-        choices=LR_SCHEDULES,
-        default=t.lr_schedule,
-        help="constant (the reference) or cosine (down to 0 over all steps) (default: %(default)s)",
-    )
-    group.add_argument(
-        "--lr-warmup-steps",
-        type=int,
-        default=t.lr_warmup_steps,
-        help="ramp the learning rate linearly over the first N optimizer steps; 0: no "
-        "warm-up, the reference (default: %(default)s)",
-    )
-    group.add_argument(
-        "--weight-average",
-        choices=WEIGHT_AVERAGES,
-        default=t.weight_average,
-        help="ema: evaluate and save a moving average of the weights, updated after every "
-        "step; none: the trained weights, the reference (default: %(default)s)",
-    )
-    group.add_argument(
-        "--ema-decay",
-        type=float,
-        default=t.ema_decay,
-        help="--weight-average ema's decay per optimizer step; it averages about "
-        "1 / (1 - decay) steps (default: %(default)s)",
+        help=f"AdamW beta2; the reference uses 0.98 (default: {t.adam_beta2})",
     )
     group.add_argument(
         "--train-windows",
         choices=TRAIN_WINDOWS,
-        default=t.train_windows,
         help="all: train on every event of each sequence, in windows of --max-len events "
         "back from its end; last: only on each user's last --max-len events, the "
-        "reference (default: %(default)s)",
+        f"reference (default: {t.train_windows})",
     )
     group.add_argument(
         "--sparse-embeddings",
         action=argparse.BooleanOptionalAction,
-        default=t.sparse_embeddings,
         help="item table: sparse gradients and lazy Adam on the rows a step touches, as the "
-        "online trainer; off: AdamW on every row, the reference (default: %(default)s)",
-    )
-    group.add_argument(
-        "--init",
-        choices=INITS,
-        default=t.init,
-        help="parameter init; reference: Meta's research code's (default: %(default)s)",
-    )
-    group.add_argument(
-        "--split",
-        choices=SPLITS,
-        default=t.split,
-        help="holdout: train without the last 2 events, keep the best validation epoch; "
-        "paper: the validation event trains too, keep the last epoch (default: %(default)s)",
+        "online trainer; off: AdamW on every row, the reference (default: "
+        f"{t.sparse_embeddings})",
     )
     group.add_argument(
         "--exclude-seen",
         action=argparse.BooleanOptionalAction,
-        default=t.exclude_seen,
         help="evaluation protocol: remove the user's context items before ranking (the "
         "paper's; a target consumed before is a miss); used for validation and the "
         "reported test metrics; the other protocol is reported too (train-offline's "
-        "metrics.json, the bench's table) (default: %(default)s)",
+        f"metrics.json, the bench's table) (default: {t.exclude_seen})",
     )
 
 
-def train_config_from_args(args: argparse.Namespace, seed: int, progress: bool) -> TrainConfig:
-    """The ``TrainConfig`` of options added by ``add_training_options``."""
-    return TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        adam_beta2=args.adam_beta2,
-        weight_decay=args.weight_decay,
-        num_negatives=args.num_negatives,
-        temperature=args.temperature,
-        per_position_negatives=args.per_position_negatives,
-        num_shared_negatives=args.shared_negatives,
-        shared_negatives_from=args.shared_negatives_from,
-        init=args.init,
-        lr_schedule=args.lr_schedule,
-        lr_warmup_steps=args.lr_warmup_steps,
-        weight_average=args.weight_average,
-        ema_decay=args.ema_decay,
-        train_windows=args.train_windows,
-        sparse_embeddings=args.sparse_embeddings,
-        split=args.split,
-        exclude_seen=args.exclude_seen,
-        eval_batch_size=args.eval_batch_size,
-        seed=seed,
-        device=args.device,
-        progress=progress,
-    )
+def train_config_from_args(
+    args: argparse.Namespace, preset: Preset, seed: int, progress: bool
+) -> TrainConfig:
+    """The ``TrainConfig`` of options added by ``add_training_options``: the defaults, then
+    what ``preset`` sets, then the flags given."""
+    given = {
+        f.name: getattr(args, f.name)
+        for f in fields(TrainConfig)
+        if getattr(args, f.name, None) is not None
+    }
+    return TrainConfig(**{**preset.train_settings(), **given, "seed": seed, "progress": progress})
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -210,9 +112,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="train HSTU / SASRec / most-popular on leave-one-out splits and report test metrics",
         description=(
             "Train, then rank the whole catalogue for each user's last event (test). With "
-            "--split paper (the default, the reference's) every event but the last trains "
-            "and the last of --epochs epochs is tested; with --split holdout the last 2 "
-            "events are held out and the epoch with the best validation NDCG@10 is tested."
+            "the reference's split (the default) every event but the last trains and the "
+            "last of --epochs epochs is tested; with the holdout split (a --preset's) the "
+            "last 2 events are held out and the epoch with the best validation NDCG@10 is "
+            "tested."
         ),
     )
     train.add_argument(
@@ -282,22 +185,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="auto",
         choices=["auto", "reference", "triton"],
         help="HSTU attention kernel; auto: Triton on CUDA, else the reference (default: %(default)s)",
-    )
-    arch.add_argument(
-        "--hstu-layer-norm",
-        dest="layer_norm",
-        choices=HSTU_LAYER_NORMS,
-        default=HSTU_LAYER_NORM,
-        help="HSTU layer norms: affine (learned scale and shift) or plain (none, the "
-        "reference's) (default: %(default)s)",
-    )
-    arch.add_argument(
-        "--sasrec-style",
-        dest="style",
-        choices=SASREC_STYLES,
-        default=SASREC_STYLE,
-        help="SASRec block: genrec (pre-LN, GELU) or reference (the original SASRec block, "
-        "ReLU) (default: %(default)s)",
     )
     train.set_defaults(func=run_train)
 
@@ -400,27 +287,30 @@ def _synthetic_config(args: argparse.Namespace) -> SyntheticConfig:
     )
 
 
-def model_config_from_args(kind: str, args: argparse.Namespace) -> dict[str, Any]:
-    """The model-config fields that ``kind`` has, taken from the parsed flags."""
+def model_config_from_args(kind: str, args: argparse.Namespace, preset: Preset) -> dict[str, Any]:
+    """The model-config fields that ``kind`` has, taken from the parsed flags and, for the
+    layer norms (HSTU) and block style (SASRec), which have no flag, from ``preset``."""
     from model.serialize import MODEL_KINDS
 
     if kind == "popular":
         return {}  # scores do not depend on the context
     names = {f.name for f in fields(MODEL_KINDS[kind][1])} - {"num_rows"}
-    return {name: getattr(args, name) for name in names if hasattr(args, name)}
+    values = {**vars(args), "layer_norm": preset.hstu_layer_norm, "style": preset.sasrec_style}
+    return {name: values[name] for name in names if name in values}
 
 
 def run_train(args: argparse.Namespace) -> int:
     from pipeline.offline.training import item_keys_json, load_sequences, train_offline
 
     set_torch_threads(args.threads)
+    preset = load_preset(args.preset)
+    cfg = train_config_from_args(args, preset, seed=args.seed, progress=not args.no_progress)
+    model_config = model_config_from_args(args.model, args, preset)
     ds, source = load_sequences(
         args.data, args.format, args.skip_malformed, _synthetic_config(args)
     )
-    splits = make_splits(ds, args.split)
+    splits = make_splits(ds, cfg.split)
     log.info("data: %d users, %d items, %d events", ds.num_users, ds.num_items, ds.num_events)
-    cfg = train_config_from_args(args, seed=args.seed, progress=not args.no_progress)
-    model_config = model_config_from_args(args.model, args)
     meta = {"data": source, "item_keys": item_keys_json(ds)}
     out = Path(args.out)
     result = train_offline(args.model, model_config, splits, cfg, out_dir=out, meta=meta)

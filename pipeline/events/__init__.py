@@ -51,7 +51,24 @@ def decode_records(
     """Decode and validate records; valid events keep record (and row) order.
 
     ``records``: a ``Records`` (what sources return; read column-wise) or any sequence of
-    ``SourceRecord``s."""
+    ``SourceRecord``s.
+
+    A valid JSON event (its decimal-string item id becomes an int, its action name the
+    action's code) and one without an item, which becomes a reject:
+
+    >>> click = b'{"user_id": 7, "item_id": "42", "action": "click", "timestamp": 1700000000}'
+    >>> result = decode_records(
+    ...     [
+    ...         SourceRecord(click, "json", "events:0", 5),
+    ...         SourceRecord(b'{"user_id": 7}', "json", "events:0", 6),
+    ...     ]
+    ... )
+    >>> batch = result.events
+    >>> batch.user_id.tolist(), batch.item_id.tolist(), batch.action.tolist()
+    ([7], [42], [2])
+    >>> [(r.reason.value, r.message, r.offset) for r in result.rejects]
+    [('missing_field', "required field 'item_id' is missing or null", 6)]
+    """
     records = Records.of(records)
     batches: list[EventBatch] = []
     rejects: list[Reject] = []

@@ -1,19 +1,35 @@
-"""Offline training settings, kept free of torch so that the CLI parser builds quickly."""
+"""Offline training settings, kept free of torch so that the CLI parser builds quickly.
+
+A preset (``genrec train-offline --preset NAME``) is a YAML file ``presets/NAME.yaml`` beside
+this module: ``TrainConfig`` fields and the two architecture settings that have no flag,
+``hstu_layer_norm`` and ``sasrec_style``. The presets reproduce earlier rows of
+docs/quality.md; settings that only those rows use have no flag of their own.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args
 
-SPLITS = ("holdout", "paper")
-INITS = ("genrec", "reference")
-LR_SCHEDULES = ("constant", "cosine")
-WEIGHT_AVERAGES = ("none", "ema")
-TRAIN_WINDOWS = ("last", "all")
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from pipeline.runtime.errors import ConfigError
+
+Split = Literal["holdout", "paper"]
+Init = Literal["genrec", "reference"]
+TrainWindows = Literal["last", "all"]
+HSTULayerNorm = Literal["affine", "plain"]  # model.hstu.LAYER_NORMS (a test keeps them equal)
+SASRecStyle = Literal["genrec", "reference"]  # model.sasrec.SASREC_STYLES (a test too)
+SPLITS: tuple[str, ...] = get_args(Split)
+INITS: tuple[str, ...] = get_args(Init)
+TRAIN_WINDOWS: tuple[str, ...] = get_args(TrainWindows)
 # Architecture defaults of `genrec train-offline` and bench/offline_quality.py: the research
 # code's layers (docs/quality.md). The model configs keep their own defaults, so that
 # checkpoints written before these settings existed load as they were written.
 HSTU_LAYER_NORM = "plain"
 SASREC_STYLE = "reference"
+PRESET_DIR = Path(__file__).with_name("presets")
 
 
 @dataclass
@@ -26,21 +42,13 @@ class TrainConfig:
     last epoch, so the test set never chooses anything.
     ``exclude_seen``: rank only items outside the user's context (the paper's protocol).
     ``per_position_negatives``: K negatives per target (the reference) instead of K shared.
-    ``num_shared_negatives``: S more negatives shared by each step, on top of the K
-    per-target ones (per-position negatives only); ``shared_negatives_from``: "uniform"
-    or "in_batch" (the step's targets, logQ-corrected: mixed negative sampling).
     ``init``: "reference" re-initialises the model as Meta's research code does.
-    ``lr_schedule``: "constant" (the reference) or "cosine" (decays to 0 over all steps);
-    ``lr_warmup_steps``: W > 0 ramps the rate linearly over the first W optimizer steps
-    (0: none, the reference).
     ``sparse_embeddings``: the item table gets sparse gradients and lazy Adam (the online
     trainer's default, ``model.optim.RowSparseAdam``) instead of AdamW on every row.
-    ``weight_average``: "ema" evaluates and saves an exponential moving average of the
-    weights, updated after every optimizer step with ``ema_decay`` (per step, so its horizon
-    is about 1 / (1 - ema_decay) steps); "none" (the reference) uses the trained weights.
     ``train_windows``: "all" trains on every event of each training sequence, in windows of
     ``max_len`` events back from its end (every event but the first a target once, as in the
     online trainer); "last" only on each user's last ``max_len`` events (the reference).
+    The learning rate is constant (the reference's: no schedule, no warm-up).
     """
 
     epochs: int = 30
@@ -51,16 +59,10 @@ class TrainConfig:
     num_negatives: int = 128
     temperature: float = 0.05
     per_position_negatives: bool = True
-    num_shared_negatives: int = 0
-    shared_negatives_from: str = "uniform"
-    init: str = "reference"
-    lr_schedule: str = "constant"
-    lr_warmup_steps: int = 0
+    init: Init = "reference"
     sparse_embeddings: bool = False
-    weight_average: str = "none"
-    ema_decay: float = 0.95
-    train_windows: str = "all"
-    split: str = "paper"
+    train_windows: TrainWindows = "all"
+    split: Split = "paper"
     exclude_seen: bool = False
     eval_batch_size: int = 256
     seed: int = 0
@@ -70,32 +72,6 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
             raise ValueError(f"TrainConfig.split must be one of {SPLITS}, got {self.split!r}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(
-                f"TrainConfig.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}"
-            )
-        if self.num_shared_negatives < 0 or (
-            self.num_shared_negatives and not self.per_position_negatives
-        ):
-            raise ValueError(
-                "TrainConfig.num_shared_negatives must be >= 0 and needs per_position_negatives"
-            )
-        if self.shared_negatives_from not in ("uniform", "in_batch"):
-            raise ValueError(
-                "TrainConfig.shared_negatives_from must be 'uniform' or 'in_batch', got "
-                f"{self.shared_negatives_from!r}"
-            )
-        if self.lr_warmup_steps < 0:
-            raise ValueError(
-                f"TrainConfig.lr_warmup_steps must be >= 0, got {self.lr_warmup_steps}"
-            )
-        if self.weight_average not in WEIGHT_AVERAGES:
-            raise ValueError(
-                f"TrainConfig.weight_average must be one of {WEIGHT_AVERAGES}, got "
-                f"{self.weight_average!r}"
-            )
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"TrainConfig.ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.train_windows not in TRAIN_WINDOWS:
             raise ValueError(
                 f"TrainConfig.train_windows must be one of {TRAIN_WINDOWS}, got "
@@ -103,3 +79,70 @@ class TrainConfig:
             )
         if self.init not in INITS:
             raise ValueError(f"TrainConfig.init must be one of {INITS}, got {self.init!r}")
+
+
+class Preset(BaseModel):
+    """The settings of a preset file; a field left out keeps the default. The ``TrainConfig``
+    fields are all but ``seed``, ``device`` and ``progress``, which say how a run runs, not
+    what it trains."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    adam_beta2: float | None = None
+    num_negatives: int | None = None
+    temperature: float | None = None
+    per_position_negatives: bool | None = None
+    init: Init | None = None
+    sparse_embeddings: bool | None = None
+    train_windows: TrainWindows | None = None
+    split: Split | None = None
+    exclude_seen: bool | None = None
+    eval_batch_size: int | None = None
+    hstu_layer_norm: HSTULayerNorm = HSTU_LAYER_NORM
+    sasrec_style: SASRecStyle = SASREC_STYLE
+
+    def train_settings(self) -> dict[str, Any]:
+        """The ``TrainConfig`` fields this preset sets."""
+        return self.model_dump(exclude_none=True, exclude={"hstu_layer_norm", "sasrec_style"})
+
+
+def preset_names() -> list[str]:
+    """The presets shipped with genrec: the names of ``PRESET_DIR``'s YAML files."""
+    return sorted(path.stem for path in PRESET_DIR.glob("*.yaml"))
+
+
+def load_preset(name: str | None) -> Preset:
+    """The preset ``name`` (None: no preset, every setting at its default).
+
+    Raises ``ConfigError``: an unknown name (the line lists the known ones), or one line per
+    unknown key or bad value, each naming the file and the key.
+    """
+    if name is None:
+        return Preset()
+    if name not in preset_names():
+        known = ", ".join(preset_names())
+        raise ConfigError(f"--preset: unknown preset {name!r} (known: {known})")
+    import yaml  # only when a preset is asked for: `genrec --help` does not need it
+
+    path = PRESET_DIR / f"{name}.yaml"
+    with path.open() as f:
+        values = yaml.safe_load(f)
+    try:
+        return Preset.model_validate(values if values is not None else {})
+    except ValidationError as err:
+        raise ConfigError(
+            [
+                ": ".join([str(path), *(str(p) for p in e["loc"]), _problem(e["type"], e["msg"])])
+                for e in err.errors(include_url=False)
+            ]
+        ) from None
+
+
+def _problem(kind: str, message: str) -> str:
+    if kind == "extra_forbidden":
+        return "unknown key (a preset sets TrainConfig fields, hstu_layer_norm, sasrec_style)"
+    return message

@@ -18,9 +18,7 @@ same code. Same seed, same data, same numbers.
 from __future__ import annotations
 
 import copy
-import itertools
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -356,28 +354,6 @@ def length_grouped_batches(
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-class WeightEMA:
-    """Exponential moving average of a model's weights: after each ``update``, every
-    floating-point tensor of ``module``'s state is ``decay * average + (1 - decay) * current``
-    (integer buffers are copied). It starts from the weights it is built with."""
-
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        self.decay = decay
-        self.module = copy.deepcopy(model)  # the averaged copy, evaluated and saved
-        self.module.requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        # parameters() and buffers() list a tied tensor once, so none is averaged twice
-        averages = itertools.chain(self.module.parameters(), self.module.buffers())
-        currents = itertools.chain(model.parameters(), model.buffers())
-        for average, current in zip(averages, currents, strict=True):
-            if average.is_floating_point():
-                average.lerp_(current, 1.0 - self.decay)
-            else:
-                average.copy_(current)
-
-
 def _fit(
     model: SequentialEncoder,
     train: SequenceDataset,
@@ -388,28 +364,20 @@ def _fit(
     keep_best: Callable[[nn.Module, int, dict[str, float]], None],
 ) -> tuple[int, dict[str, torch.Tensor]]:
     """Epoch loop; returns (best epoch, its state dict) by validation NDCG@10, or, with the
-    paper's split, (last epoch, its state dict) without evaluating anything. With
-    ``cfg.weight_average == "ema"`` the weights validated, returned and saved are the
-    moving average's."""
+    paper's split, (last epoch, its state dict) without evaluating anything."""
     betas = (0.9, cfg.adam_beta2)
     optimizer: torch.optim.Optimizer | RowSparseAdam
     if cfg.sparse_embeddings:
         model.item_emb.sparse = True
         optimizer = RowSparseAdam(model, cfg.lr, betas, cfg.weight_decay)
-        optimizers = [optimizer.dense, optimizer.rows]
     else:
         optimizer = torch.optim.AdamW(
             model.parameters(), lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay
         )
-        optimizers = [optimizer]
     rng = np.random.default_rng(cfg.seed)
     negatives_gen = torch.Generator().manual_seed(cfg.seed)
     windows = TrainingWindows.build(train, max_len, cfg.train_windows)
-    steps_per_epoch = -(-len(windows) // cfg.batch_size)
-    schedules = [make_lr_schedule(o, cfg, steps_per_epoch) for o in optimizers]
-    ema = WeightEMA(model, cfg.ema_decay) if cfg.weight_average == "ema" else None
-    kept = model if ema is None else ema.module
-    best_epoch, best_score, best_state = 0, -1.0, copy.deepcopy(kept.state_dict())
+    best_epoch, best_score, best_state = 0, -1.0, copy.deepcopy(model.state_dict())
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         batches = length_grouped_batches(windows.lengths, cfg.batch_size, rng)
@@ -436,17 +404,11 @@ def _fit(
                 weights=targets.weights,
                 generator=negatives_gen,
                 per_position=cfg.per_position_negatives,
-                num_shared_negatives=cfg.num_shared_negatives,
-                shared_from=cfg.shared_negatives_from,
             )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             threads.step()  # the default thread count follows the cores left free
-            for schedule in schedules:
-                schedule.step()
-            if ema is not None:
-                ema.update(model)
             total_loss += float(loss.detach())
             steps += 1
             bar.set_postfix(loss=f"{total_loss / steps:.4f}")
@@ -455,10 +417,10 @@ def _fit(
             # no validation set: the epoch count is fixed in advance and the last one is kept
             history.append({"epoch": epoch, "train_loss": train_loss})
             log.info("epoch %d/%d loss %.4f", epoch, cfg.epochs, train_loss)
-            best_epoch, best_state = epoch, kept.state_dict()
+            best_epoch, best_state = epoch, model.state_dict()
             continue
         metrics = evaluate(
-            kept,
+            model,
             valid,
             max_len,
             cfg.eval_batch_size,
@@ -475,29 +437,12 @@ def _fit(
         )
         if metrics[SELECTION_METRIC] > best_score:
             best_epoch, best_score = epoch, metrics[SELECTION_METRIC]
-            best_state = copy.deepcopy(kept.state_dict())
-            keep_best(kept, epoch, metrics)
+            best_state = copy.deepcopy(model.state_dict())
+            keep_best(model, epoch, metrics)
     if cfg.split == "paper":
         best_state = copy.deepcopy(best_state)
-        keep_best(kept, best_epoch, history[-1] if history else {})
+        keep_best(model, best_epoch, history[-1] if history else {})
     return best_epoch, best_state
-
-
-def make_lr_schedule(
-    optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """Constant learning rate, or a cosine from ``cfg.lr`` down to 0 over every step; with
-    ``cfg.lr_warmup_steps`` = W, step s < W is scaled by (s + 1) / W first (linear warm-up)."""
-    total = max(cfg.epochs * steps_per_epoch, 1)
-    warmup = cfg.lr_warmup_steps
-
-    def factor(step: int) -> float:
-        ramp = min(1.0, (step + 1) / warmup) if warmup else 1.0
-        if cfg.lr_schedule == "cosine":
-            return ramp * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
-        return ramp
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def _fmt(metrics: dict[str, float]) -> str:

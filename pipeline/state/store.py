@@ -138,6 +138,32 @@ class SequenceStore:
         max_users: most users kept; least recently active ones are evicted beyond it.
         ttl_s: event-time TTL in seconds (None: keep forever).
         tolerance_s: how much older than a user's latest event a new event may be.
+
+    A batch is planned, its users' stored events read, then committed:
+
+    >>> import numpy as np
+    >>> store = SequenceStore(max_len=3)
+    >>> ids = np.array(["a1", "a2", "b1"], dtype=object)
+    >>> plan = store.plan(["ann", "ann", "bob"], np.array([100, 110, 105]), ids)
+    >>> plan.accepted.tolist()
+    [True, True, True]
+    >>> store.commit(plan, item_refs=np.array([7, 8, 9]), actions=np.zeros(3), values=np.ones(3))
+    >>> store.num_users, store.user_history("ann")["refs"].tolist()
+    (2, [7, 8])
+
+    In the next batch, an event older than ann's latest (50) is late and a repeated event id
+    ("a2") a duplicate; ``history`` gives what each user of the batch had before it:
+
+    >>> ids = np.array(["a3", "a4", "a0", "a2"], dtype=object)
+    >>> plan = store.plan(["ann"] * 4, np.array([120, 130, 50, 140]), ids)
+    >>> plan.accepted.tolist(), plan.reject_counts()
+    ([True, True, False, False], {'duplicate': 1, 'late': 1})
+    >>> store.history(plan.slots, cutoff=np.array([120])).item_refs.tolist()
+    [7, 8]
+    >>> refs = np.array([1, 2, 3, 4])
+    >>> store.commit(plan, item_refs=refs, actions=np.zeros(4), values=np.ones(4))
+    >>> store.user_history("ann")["refs"].tolist()  # the last max_len events
+    [8, 1, 2]
     """
 
     _COLUMNS = ("refs", "ts", "action", "value", "ehash")

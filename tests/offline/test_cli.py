@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -89,11 +90,10 @@ def test_building_the_parser_does_not_import_torch_or_kafka() -> None:
     assert out.stdout.strip() == "[]"
 
 
-def test_protocol_and_split_options_round_trip_through_evaluate(tmp_path, capsys) -> None:
+def test_protocol_option_round_trips_through_evaluate(tmp_path, capsys) -> None:
     out = tmp_path / "ref"
     argv = ["train-offline", "--model", "sasrec", "--epochs", "1", "--out", str(out)]
-    argv += ["--split", "paper", "--exclude-seen", "--per-position-negatives"]
-    argv += ["--init", "reference", "--sasrec-style", "reference", "--adam-beta2", "0.98"]
+    argv += ["--exclude-seen", "--adam-beta2", "0.98"]
     assert main([*argv, "--json", "--no-progress", *TINY_DATA, *TINY_MODEL]) == 0
     result = last_json_line(capsys.readouterr().out)
     assert result["protocol"] == "exclude-seen" and result["train_split"] == "paper"
@@ -113,27 +113,91 @@ def test_protocol_and_split_options_round_trip_through_evaluate(tmp_path, capsys
 
 
 def test_architecture_choices_match_the_model() -> None:
+    from typing import get_args
+
     from model.hstu import LAYER_NORMS
-    from model.sasrec import SASREC_STYLES as MODEL_STYLES
-    from pipeline.commands.offline import HSTU_LAYER_NORMS, SASREC_STYLES
+    from model.sasrec import SASREC_STYLES
+    from pipeline.offline.config import HSTULayerNorm, SASRecStyle
 
-    assert SASREC_STYLES == MODEL_STYLES
-    assert HSTU_LAYER_NORMS == LAYER_NORMS
+    assert get_args(SASRecStyle) == SASREC_STYLES
+    assert get_args(HSTULayerNorm) == LAYER_NORMS
 
 
-def test_weight_average_and_warmup_options_reach_the_train_config() -> None:
-    from bench.offline_quality import parse_args
+def _parsed(flags: list[str]) -> tuple[Any, Any]:
+    """The train config and HSTU / SASRec model configs ``train-offline FLAGS`` would run."""
     from pipeline.cli import build_parser
-    from pipeline.commands.offline import train_config_from_args
+    from pipeline.commands.offline import model_config_from_args, train_config_from_args
+    from pipeline.offline.config import load_preset
 
-    flags = ["--weight-average", "ema", "--ema-decay", "0.9", "--lr-warmup-steps", "20"]
-    cli = build_parser().parse_args(["train-offline", "--out", "unused", *flags])
-    bench = parse_args(flags)
-    for args in (cli, bench):
-        cfg = train_config_from_args(args, seed=0, progress=False)
-        assert (cfg.weight_average, cfg.ema_decay, cfg.lr_warmup_steps) == ("ema", 0.9, 20)
-    default = train_config_from_args(parse_args([]), seed=0, progress=False)
-    assert (default.weight_average, default.lr_warmup_steps) == ("none", 0)
+    args = build_parser().parse_args(["train-offline", "--out", "unused", *flags])
+    preset = load_preset(args.preset)
+    models = {kind: model_config_from_args(kind, args, preset) for kind in ("hstu", "sasrec")}
+    return train_config_from_args(args, preset, seed=0, progress=False), models
+
+
+def test_a_preset_sets_the_fields_that_have_no_flag() -> None:
+    from bench.offline_quality import parse_args
+    from pipeline.commands.offline import train_config_from_args
+    from pipeline.offline.config import TrainConfig, load_preset
+
+    cfg, models = _parsed(["--preset", "issue12-row0"])
+    assert (cfg.split, cfg.per_position_negatives, cfg.init) == ("holdout", False, "genrec")
+    assert (cfg.epochs, cfg.adam_beta2, cfg.train_windows) == (10, 0.999, "last")
+    assert (cfg.lr, cfg.num_negatives) == (TrainConfig.lr, TrainConfig.num_negatives)
+    assert models["hstu"]["layer_norm"] == "affine" and models["sasrec"]["style"] == "genrec"
+    # the bench reads the same flags and presets
+    bench = parse_args(["--preset", "issue12-row0"])
+    assert train_config_from_args(bench, load_preset(bench.preset), 0, False) == cfg
+    # no preset: the defaults, and the reference's layers
+    cfg, models = _parsed([])
+    assert cfg == TrainConfig(progress=False)
+    assert models["hstu"]["layer_norm"] == "plain" and models["sasrec"]["style"] == "reference"
+
+
+def test_flags_given_override_the_preset_even_at_their_default() -> None:
+    flags = ["--preset", "issue12-row0", "--epochs", "3", "--train-windows", "all"]
+    cfg, models = _parsed([*flags, "--adam-beta2", "0.98", "--sparse-embeddings"])
+    assert (cfg.epochs, cfg.train_windows, cfg.adam_beta2) == (3, "all", 0.98)
+    assert cfg.sparse_embeddings and (cfg.split, cfg.init) == ("holdout", "genrec")
+    assert models["hstu"]["layer_norm"] == "affine"
+
+
+def test_every_shipped_preset_loads_and_sets_only_train_config_fields() -> None:
+    from dataclasses import fields
+
+    from pipeline.offline.config import Preset, TrainConfig, load_preset, preset_names
+
+    assert preset_names() == [f"issue12-row{row}" for row in range(5)]
+    for name in preset_names():
+        assert load_preset(name) != Preset()
+    run_fields = {"seed", "device", "progress"}  # how a run runs, not what it trains
+    train_fields = {f.name for f in fields(TrainConfig)} - run_fields
+    assert set(Preset.model_fields) == train_fields | {"hstu_layer_norm", "sasrec_style"}
+
+
+def test_an_unknown_preset_is_one_error_line_listing_the_known_ones(tmp_path, capsys) -> None:
+    argv = ["train-offline", "--out", str(tmp_path), "--preset", "nope", *TINY_DATA]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "'nope'" in err[0] and "issue12-row0, issue12-row1" in err[0]
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [("epochs: 10\nlr_schedule: cosine\n", "lr_schedule"), ("split: nope\n", "split")],
+)
+def test_a_bad_preset_key_or_value_is_one_error_line(
+    text: str, key: str, tmp_path, monkeypatch, capsys
+) -> None:
+    import pipeline.offline.config
+
+    (tmp_path / "bad.yaml").write_text(text)
+    monkeypatch.setattr(pipeline.offline.config, "PRESET_DIR", tmp_path)
+    assert main(["train-offline", "--out", str(tmp_path / "o"), "--preset", "bad"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1
+    assert err[0].startswith(f"genrec train-offline: error: {tmp_path / 'bad.yaml'}: {key}: ")
+    assert not (tmp_path / "o").exists()
 
 
 def test_evaluate_takes_the_out_directory_or_its_checkpoint_folder(tmp_path, capsys) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import numpy as np
 import pytest
@@ -15,12 +14,10 @@ from pipeline.lake.synthetic import SyntheticConfig
 from pipeline.offline.training import (
     TrainConfig,
     TrainingWindows,
-    WeightEMA,
     evaluate,
     item_keys_json,
     length_grouped_batches,
     load_sequences,
-    make_lr_schedule,
     next_item_batch,
     remap_items,
     train_offline,
@@ -221,55 +218,10 @@ def test_reference_settings_train_deterministically() -> None:
         TrainConfig(split="nope")
 
 
-def _rates(optimizer: torch.optim.Optimizer, schedule: Any, steps: int) -> list[float]:
-    """The learning rate of each of ``steps`` optimizer steps under ``schedule``."""
-    rates = []
-    for _ in range(steps):
-        rates.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        schedule.step()
-    return rates
-
-
-def test_cosine_schedule_decays_to_zero_over_every_step() -> None:
-    param = torch.nn.Parameter(torch.zeros(1))
-    optimizer = torch.optim.AdamW([param], lr=0.01)
-    cfg = TrainConfig(epochs=2, lr=0.01, lr_schedule="cosine", progress=False)
-    lrs = _rates(optimizer, make_lr_schedule(optimizer, cfg, steps_per_epoch=3), 6)
-    assert lrs[0] == pytest.approx(0.01) and lrs[3] == pytest.approx(0.005)
-    assert lrs == sorted(lrs, reverse=True) and optimizer.param_groups[0]["lr"] == pytest.approx(0)
-    constant = torch.optim.AdamW([param], lr=0.01)
-    flat = make_lr_schedule(constant, TrainConfig(epochs=2, progress=False), steps_per_epoch=3)
-    for _ in range(6):
-        constant.step()
-        flat.step()
-    assert constant.param_groups[0]["lr"] == 0.01
-    with pytest.raises(ValueError, match="lr_schedule"):
-        TrainConfig(lr_schedule="step")
-    with pytest.raises(ValueError, match="num_shared_negatives"):
-        TrainConfig(num_shared_negatives=64, per_position_negatives=False)
-
-
-@pytest.mark.parametrize("schedule", ["constant", "cosine"])
-def test_warmup_ramps_the_rate_linearly_over_its_steps(schedule: str) -> None:
-    param = torch.nn.Parameter(torch.zeros(1))
-    optimizer = torch.optim.AdamW([param], lr=0.01)
-    cfg = TrainConfig(epochs=2, lr=0.01, lr_schedule=schedule, lr_warmup_steps=4)
-    lrs = _rates(optimizer, make_lr_schedule(optimizer, cfg, steps_per_epoch=500), 6)
-    assert lrs[:4] == pytest.approx([0.0025, 0.005, 0.0075, 0.01], rel=1e-3)
-    if schedule == "constant":
-        assert lrs[4:] == [0.01, 0.01]
-    with pytest.raises(ValueError, match="lr_warmup_steps"):
-        TrainConfig(lr_warmup_steps=-1)
-
-
-@pytest.mark.parametrize("schedule", ["constant", "cosine"])
-def test_sparse_embeddings_train_offline_with_lazy_adam(schedule: str) -> None:
+def test_sparse_embeddings_train_offline_with_lazy_adam() -> None:
     ds, _ = load_sequences(None, synthetic=TINY)
     splits = paper_split(ds)
-    cfg = TrainConfig(
-        epochs=2, batch_size=16, num_negatives=16, progress=False, lr_schedule=schedule
-    )
+    cfg = TrainConfig(epochs=2, batch_size=16, num_negatives=16, progress=False)
     sparse_cfg = TrainConfig(**{**cfg.__dict__, "sparse_embeddings": True})
     # 60 items, 16 negatives per target: every row is touched by every step, so lazy Adam
     # is Adam (weight decay 0) and the two train the same model
@@ -286,56 +238,3 @@ def test_sparse_embeddings_train_offline_with_lazy_adam(schedule: str) -> None:
     again = train_offline("hstu", TINY_MODEL, splits, TrainConfig(**few, sparse_embeddings=True))
     assert sparse.test == again.test and sparse.test != dense.test
     assert all(np.isfinite(h["train_loss"]) for h in sparse.valid_history)
-
-
-class Tied(torch.nn.Module):
-    """A parameter reachable under two names, a float buffer and an integer buffer."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.tensor([1.0]))
-        self.also_w = self.w
-        self.register_buffer("scale", torch.tensor([10.0]))
-        self.register_buffer("count", torch.tensor([0]))
-
-
-def test_weight_ema_matches_a_hand_computation() -> None:
-    model = Tied()
-    ema = WeightEMA(model, decay=0.9)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-    for step in range(1, 4):
-        optimizer.zero_grad()
-        model.w.sum().backward()  # gradient 1: w goes 1 -> 0 -> -1 -> -2
-        optimizer.step()
-        model.scale.fill_(20.0)
-        model.count.fill_(step)
-        ema.update(model)
-    # a_t = 0.9 a_(t-1) + 0.1 w_t from a_0 = 1: 0.9, 0.71, 0.439 (the tied w averaged once)
-    assert ema.module.w.item() == pytest.approx(0.439)
-    assert ema.module.also_w is ema.module.w
-    # the float buffer is averaged (10 -> 11 -> 11.9 -> 12.71), the integer one copied
-    assert ema.module.scale.item() == pytest.approx(12.71)
-    assert ema.module.count.item() == 3
-    assert model.w.item() == pytest.approx(-2.0) and not ema.module.w.requires_grad
-
-
-@pytest.mark.parametrize("split", ["paper", "holdout"])
-def test_weight_average_is_what_train_offline_evaluates_and_saves(split: str, tmp_path) -> None:
-    ds, _ = load_sequences(None, synthetic=TINY)
-    splits = make_splits(ds, split)
-    base = dict(epochs=2, batch_size=16, num_negatives=16, progress=False, split=split)
-    plain = train_offline("hstu", TINY_MODEL, splits, TrainConfig(**base))
-    # decay 0: the average is the last step's weights, so nothing changes
-    last = TrainConfig(**base, weight_average="ema", ema_decay=0.0)
-    assert train_offline("hstu", TINY_MODEL, splits, last).test == plain.test
-    # the sparse-embedding optimiser feeds the average too
-    cfg = TrainConfig(**base, weight_average="ema", ema_decay=0.5, sparse_embeddings=True)
-    averaged = train_offline("hstu", TINY_MODEL, splits, cfg, out_dir=tmp_path)
-    assert averaged.test != plain.test
-    saved, meta = load_checkpoint(tmp_path / "checkpoint")
-    assert meta["train_config"]["weight_average"] == "ema"
-    assert evaluate(saved, splits[2], max_len=8) == averaged.test
-    with pytest.raises(ValueError, match="weight_average"):
-        TrainConfig(weight_average="swa")
-    with pytest.raises(ValueError, match="ema_decay"):
-        TrainConfig(ema_decay=1.0)
