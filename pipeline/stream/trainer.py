@@ -73,11 +73,13 @@ class Schedule:
         self.since_publish += n_events
 
     def checkpointed(self) -> None:
+        """After a checkpoint: nothing is unsaved, its clock restarts."""
         self.since_checkpoint = 0
         self.unsaved_records = False
         self.last_checkpoint = time.monotonic()
 
     def published(self) -> None:
+        """After a publish (a group's other ranks: rank 0's): its clock restarts."""
         self.since_publish = 0
         self.last_publish = time.monotonic()
 
@@ -85,10 +87,12 @@ class Schedule:
 class OnlineTrainer:
     """Test-then-train loop over a ``Source``; see the module docstring.
 
-    Its state (``state``) is rebuilt by ``restore``; the step (``step``) and the persistence
-    (``persistence``) are objects a trainer group replaces or extends, and the public methods
-    ``loop``, ``finish``, ``run_start_at``, ``published_positions`` and ``summary_extra`` are
-    what the group's loop overrides.
+    It holds a ``TrainerState`` (``state``, replaced by ``restore``), the ``Step`` that trains
+    on it (``step``), the ``Persistence`` that saves and publishes it (``persistence``) and the
+    checkpoint/publish ``Schedule`` (``schedule``). A trainer group
+    (``pipeline.stream.distributed.trainer``) replaces the step with its own and overrides
+    ``loop``, ``finish``, ``run_start_at``, ``restore``, ``checkpoint``, ``process_decoded``,
+    ``published_positions`` and ``summary_extra``.
 
     Args:
         cfg: the configuration.
