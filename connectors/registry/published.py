@@ -37,8 +37,12 @@ from model.base import SequentialEncoder
 from model.hstu import HSTU, HSTUConfig
 from pipeline.state.vocab import ItemVocabulary, unpack_arrays
 from pipeline.stream.checkpoint import CheckpointError, state_from_bytes
-from pipeline.stream.publishing import DEFAULT_MAX_VOCAB_BYTES, PublishedModel
-from pipeline.stream.trainer import MODEL_FILE, VOCAB_FILE
+from pipeline.stream.publishing import (
+    DEFAULT_MAX_VOCAB_BYTES,
+    MODEL_FILE,
+    VOCAB_FILE,
+    PublishedModel,
+)
 
 MAX_CONFIG_BYTES = 1 << 20
 

@@ -2,15 +2,15 @@
 
 The sequence store and the item vocabulary that ``genrec train`` would hold after streaming
 every event of the lake with event time < T, in event-time order, are built by running the
-trainer's own state code (``OnlineTrainer.process_decoded``: store vetting, vocabulary
-admission and expiry, micro-batch assembly, every counter) over the lake, with the model's
-ranking switched off (``OnlineTrainer.scoring``). The lake is read in lake order (inputs as
-listed, each pattern's files sorted, then rows), decoded and counted (as ``backfill
-sequences`` counts it), and its rows before T are put in event-time order, ties in lake
-order, by the external sort of file replay (``pipeline.sources.spill``, spilling into
-``checkpoint.dir``): a lake need not be in time order (MovieLens's ratings are sorted by
-user), and streaming it in lake order would reject most of its history as ``late``. The
-fold is sequential, not a parallel Beam transform, on purpose: the user cap's
+trainer's own step over the lake into a ``TrainerState`` (``pipeline.stream.step``,
+``Step.apply_poll``: store vetting, vocabulary admission and expiry, micro-batch assembly,
+every counter), with the model's ranking switched off (``scoring=False``). The lake is read
+in lake order (inputs as listed, each pattern's files sorted, then rows), decoded and
+counted (as ``backfill sequences`` counts it), and its rows before T are put in event-time
+order, ties in lake order, by the external sort of file replay (``pipeline.sources.spill``,
+spilling into ``checkpoint.dir``): a lake need not be in time order (MovieLens's ratings are
+sorted by user), and streaming it in lake order would reject most of its history as
+``late``. The fold is sequential, not a parallel Beam transform, on purpose: the user cap's
 least-recently-active eviction, the vocabulary's admission counts and its event-time TTL
 depend on the global order of events.
 
@@ -23,11 +23,12 @@ What each side of the seam accounts for (``docs/backfill.md``, "Hand-off"):
   records so (``EventReplayer(record_time="event")``). The sort places a rejected row at
   its arrival time too, so in a lake already in time order it stays where it is.
 
-The checkpoint carries T (``meta["cutoff"]``) and empty source positions; a trainer that
-restores it skips what the backfill accounted for and starts Kafka partitions at T
-(``offsets_for_times``). With ``weights`` the model is a ``genrec train-offline`` checkpoint
-whose item embeddings are moved to the rows the vocabulary gave their items
-(``pipeline.backfill.weights``); otherwise the model is the trainer's fresh initialisation.
+The checkpoint (a full one, ``pipeline.stream.persistence.write_checkpoint``) carries T
+(``meta["cutoff"]``) and empty source positions; a trainer that restores it skips what the
+backfill accounted for and starts Kafka partitions at T (``offsets_for_times``). With
+``weights`` the model is a ``genrec train-offline`` checkpoint whose item embeddings are
+moved to the rows the vocabulary gave their items (``pipeline.backfill.weights``);
+otherwise the model is the trainer's fresh initialisation.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -72,6 +73,11 @@ from pipeline.lake import paths
 from pipeline.sources.spill import SORTED, sort_tables
 from pipeline.stream.config import TrainerConfig
 
+if TYPE_CHECKING:  # the trainer's modules load torch: imported where the fold runs
+    from pipeline.stream.deadletter import DeadLetterSink
+    from pipeline.stream.state import TrainerState
+    from pipeline.stream.step import Step
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "bootstrap.json"
@@ -102,16 +108,6 @@ class BootstrapJob:
     weights: str | None = None
     force: bool = False
     beam_options: tuple[str, ...] = ()
-
-
-class _NoSource:
-    """The source of a bootstrap checkpoint: it has read no partition of the stream yet."""
-
-    def positions(self) -> dict[str, int]:
-        return {}
-
-    def commit(self, positions: Any) -> None:
-        """Nothing to report: the bootstrap reads files, not the stream."""
 
 
 # Each row of the sort is an event or a reject. ``timestamp`` is the sort key: an event's
@@ -282,8 +278,10 @@ class _Lake:
 class _Batches:
     """Joins the parts of one micro-batch that record batches split, then applies it."""
 
-    def __init__(self, trainer: Any) -> None:
-        self.trainer = trainer
+    def __init__(self, state: TrainerState, step: Step, dead_letters: DeadLetterSink) -> None:
+        self.state = state
+        self.step = step
+        self.dead_letters = dead_letters
         self.batch = -1
         self.parts: list[DecodeResult] = []
         self.rows = 0
@@ -299,17 +297,18 @@ class _Batches:
         if self.parts:
             events = EventBatch.concat([p.events for p in self.parts])
             rejects = [r for p in self.parts for r in p.rejects]
-            self.trainer.process_decoded(DecodeResult(events, rejects), self.rows)
+            result = DecodeResult(events, rejects)
+            self.step.apply_poll(self.state, result, self.rows, self.dead_letters, scoring=False)
         self.parts, self.rows = [], 0
 
 
-def fold(path: Path, trainer: Any) -> int:
-    """Apply the sorted rows in ``path`` to the trainer, cut into micro-batches where a
-    stream trainer reading them as one-row records ``train.batch_events`` at a time cuts its
-    own (the row at position ``p`` of the sorted lake is in batch ``p // batch_events``);
-    returns the lake rows folded."""
-    size = trainer.cfg.train.batch_events
-    batches = _Batches(trainer)
+def fold(path: Path, state: TrainerState, step: Step, dead_letters: DeadLetterSink) -> int:
+    """Apply the sorted rows in ``path`` to ``state`` (rejects to ``dead_letters``), cut into
+    micro-batches where a stream trainer reading them as one-row records
+    ``train.batch_events`` at a time cuts its own (the row at position ``p`` of the sorted
+    lake is in batch ``p // batch_events``); returns the lake rows folded."""
+    size = step.cfg.train.batch_events
+    batches = _Batches(state, step, dead_letters)
     position = 0
     with pa.OSFile(str(path)) as handle:
         reader = ipc.open_file(handle)
@@ -328,10 +327,14 @@ def fold(path: Path, trainer: Any) -> int:
 def run_bootstrap(job: BootstrapJob) -> dict[str, Any]:
     """Fold the lake into a trainer's state and write it as that trainer's checkpoint;
     returns the manifest (also written next to the checkpoints as ``bootstrap.json``)."""
+    from pipeline.runtime import threads
     from pipeline.stream.checkpoint import CheckpointError, CheckpointStore
     from pipeline.stream.deadletter import JsonlDeadLetterSink
     from pipeline.stream.distributed.checkpoints import claim_directory
-    from pipeline.stream.trainer import OnlineTrainer
+    from pipeline.stream.observability import TrainerMetrics
+    from pipeline.stream.persistence import state_dicts, write_checkpoint
+    from pipeline.stream.state import new_state
+    from pipeline.stream.step import Step
 
     cfg = job.config
     directory = Path(cfg.checkpoint.dir)
@@ -350,8 +353,9 @@ def run_bootstrap(job: BootstrapJob) -> dict[str, Any]:
     files = match_inputs(job.inputs, job.format)
     started = time.monotonic()
     sink = JsonlDeadLetterSink(directory / DEAD_LETTERS)
-    trainer = OnlineTrainer(cfg, _NoSource(), sink, checkpoints=store)  # type: ignore[arg-type]
-    trainer.scoring = False
+    threads.set_torch_threads(cfg.train.threads)  # as a trainer of these settings
+    state = new_state(cfg)
+    step = Step(cfg, TrainerMetrics())  # Prometheus metrics that nobody serves
     lake = _Lake(files, job.until)
     # The sort spills next to the checkpoints: a place the job writes to anyway.
     spill = Path(tempfile.mkdtemp(prefix=".bootstrap-sort-", dir=directory))
@@ -360,17 +364,19 @@ def run_bootstrap(job: BootstrapJob) -> dict[str, Any]:
         problem = nothing_before_cutoff(job.inputs, job.format, len(files), lake.counts)
         if problem is not None:  # before a checkpoint a trainer would resume from
             raise ValueError(f"{problem}; every dead letter is in {sink.path}")
-        folded = fold(spill / SORTED, trainer)
+        folded = fold(spill / SORTED, state, step, sink)
         log.info(
             "bootstrap: folded %d rows before the cut-off in event-time order: %d users, "
-            "%d items held", folded, trainer.store.num_users, len(trainer.vocab),
+            "%d items held", folded, state.store.num_users, len(state.vocab),
         )  # fmt: skip
         if job.weights is not None:
             from pipeline.backfill.weights import load_offline_weights
 
-            load_offline_weights(trainer, job.weights)
-        trainer.cutoff = job.until
-        path = trainer.checkpoint(full=True)
+            load_offline_weights(state, job.weights)
+        state.cutoff = job.until
+        sink.flush()  # the dead letters are durable before the checkpoint that counts them
+        # The stream has not been read yet: no source positions.
+        path = write_checkpoint(cfg, store, state, {}, state_dicts(state))
     finally:
         sink.close()
         shutil.rmtree(spill, ignore_errors=True)
@@ -380,10 +386,10 @@ def run_bootstrap(job: BootstrapJob) -> dict[str, Any]:
         "inputs": [{"path": f.path, "size": f.size, "format": f.format} for f in files],
         "counts": {name: lake.counts.get(name, 0) for name in COUNTS if name != "users"},
         "rejected_by_reason": by_reason(lake.counts),
-        "trainer_counters": dict(trainer.counters),
-        "trainer_rejected": dict(trainer.rejected),
-        "users": trainer.store.num_users,
-        "items_held": len(trainer.vocab),
+        "trainer_counters": dict(state.counters),
+        "trainer_rejected": dict(state.rejected),
+        "users": state.store.num_users,
+        "items_held": len(state.vocab),
         "weights": job.weights,
         "unreadable": lake.unreadable,
         "wall_s": round(time.monotonic() - started, 3),

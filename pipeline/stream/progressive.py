@@ -108,11 +108,17 @@ class ProgressiveMetrics:
 
     @classmethod
     def restore(cls, data: bytes) -> ProgressiveMetrics:
+        k, window = unpack_arrays(data)["params"].tolist()[:2]
+        metrics = cls(k, window)
+        metrics.load(data)
+        return metrics
+
+    def load(self, data: bytes) -> None:
+        """Take the state of ``snapshot`` bytes of the same ``k`` and ``window``."""
         z = unpack_arrays(data)
         k, window, filled, nxt, count = z["params"].tolist()
-        metrics = cls(k, window)
-        metrics._ranks[:] = z["ranks"]
-        metrics._filled, metrics._next, metrics.count = filled, nxt, count
+        assert (k, window) == (self.k, self.window)
+        self._ranks[:] = z["ranks"]
+        self._filled, self._next, self.count = filled, nxt, count
         hr, ndcg, mrr = z["sums"].tolist()
-        metrics._sums = {"hr": hr, "ndcg": ndcg, "mrr": mrr}
-        return metrics
+        self._sums = {"hr": hr, "ndcg": ndcg, "mrr": mrr}

@@ -1,12 +1,13 @@
-"""What the pipeline needs of a model registry: its errors and a published version to score
-with (the publishing port).
+"""What the pipeline needs of a model registry: its files' names, its errors and a published
+version to score with (the publishing port).
 
 The pipeline never imports a registry implementation: ``genrec train`` and ``genrec backfill
 recommend`` get one from the ``genrec.registries`` plugin (``pipeline.plugins``;
 ``connectors/registry`` by default), opened on a model (``TrainerConfig.registry_model``: each
-run has its own versions and ``latest``). The trainer (``OnlineTrainer``) calls
-``latest_version()``, ``show(version)`` and ``publish(files, parent=, source_positions=,
-watermark=, metrics=, config=, expect_latest=)``; ``backfill recommend`` reads ``model`` (the
+run has its own versions and ``latest``). The trainer's persistence
+(``pipeline.stream.persistence``) calls ``latest_version()``, ``show(version)`` and
+``publish(files, parent=, source_positions=, watermark=, metrics=, config=, expect_latest=)``
+with the files ``MODEL_FILE`` and ``VOCAB_FILE``; ``backfill recommend`` reads ``model`` (the
 opened model's name) and calls ``load_version(ref, max_vocab_bytes)``, which returns a
 ``PublishedModel``. An implementation's errors derive from these, so that the trainer and the
 CLI can handle them.
@@ -29,6 +30,10 @@ DEFAULT_MAX_VOCAB_BYTES = 1 << 30
 # Users a version scores per batch by default: a batch's scores are B x vocab.capacity
 # floats, twice.
 DEFAULT_BATCH_USERS = 1024
+
+# The files of a published version: the model's weights and the item vocabulary.
+MODEL_FILE = "model.pt"
+VOCAB_FILE = "vocab.npz"
 
 
 class PublishError(Exception):

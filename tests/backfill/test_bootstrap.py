@@ -97,7 +97,7 @@ def stream(cfg: TrainerConfig, lake: Lake, resume: bool) -> OnlineTrainer:
     )
     if resume:
         assert trainer.restore()
-    trainer._events_per_record = 1.0  # one event per record: the first poll is a whole batch
+    trainer.events_per_record = 1.0  # one event per record: the first poll is a whole batch
     trainer.run()
     return trainer
 
@@ -148,7 +148,7 @@ def test_bootstrap_then_stream_equals_streaming_everything(tmp_path: Path) -> No
 
 def test_offline_weights_land_on_the_vocabulary_rows(tmp_path: Path) -> None:
     from model.serialize import save_checkpoint
-    from pipeline.stream.trainer import build_model
+    from pipeline.stream.state import build_model
 
     lake = make_lake(tmp_path / "lake")
     cfg = config(tmp_path, "boot")

@@ -27,7 +27,7 @@ from pipeline.commands.train import _train
 from pipeline.state.vocab import ItemVocabulary
 from pipeline.stream.checkpoint import CheckpointStore
 from pipeline.stream.config import TrainerConfig, load_config
-from pipeline.stream.trainer import checkpoint_store
+from pipeline.stream.persistence import checkpoint_store
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(600)]
 

@@ -40,7 +40,7 @@ from pipeline.state.vocab import ItemVocabulary
 from pipeline.stream.checkpoint import CheckpointError, state_from_bytes
 from pipeline.stream.distributed.checkpoints import GroupCheckpoints, Marker
 from pipeline.stream.distributed.trainer import weights_digest
-from pipeline.stream.trainer import checkpoint_store
+from pipeline.stream.persistence import checkpoint_store
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(900)]
 

@@ -10,7 +10,7 @@ from model.hstu import HSTU, HSTUConfig
 from model.jagged import JaggedBatch
 from model.losses import sampled_softmax_loss
 from model.optim import RowSparseAdam
-from pipeline.stream.trainer import reset_item_rows
+from pipeline.stream.state import reset_item_rows
 
 NUM_ROWS = 40
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -27,7 +27,7 @@ from pipeline.lake.synthetic import SyntheticConfig, generate_events
 from pipeline.state.vocab import ItemVocabulary
 from pipeline.stream.checkpoint import CheckpointStore, state_from_bytes
 from pipeline.stream.deadletter import read_dead_letters
-from pipeline.stream.trainer import checkpoint_store
+from pipeline.stream.persistence import checkpoint_store
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL_MODEL = [

@@ -104,7 +104,7 @@ def test_a_restored_chain_is_bit_identical_to_a_full_snapshot(
     for seq in seqs:
         if seq > latest.seq:
             shutil.rmtree(store.load(seq).path)
-    first.checkpoints = CheckpointStore(tmp_path / "full")
+    first.persistence.checkpoints = CheckpointStore(tmp_path / "full")
     first.checkpoint(full=True)
 
     resumed = []

@@ -10,7 +10,6 @@ real broker, is tested in tests/kafka/test_trainer_group.py.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import socket
@@ -26,7 +25,7 @@ from pipeline.stream.config import load_config
 from pipeline.stream.distributed.checkpoints import SHARED, GroupCheckpoints, Marker
 from pipeline.stream.distributed.group import Group, world_from_env
 from pipeline.stream.distributed.launch import rank_config, torchrun_command
-from pipeline.stream.distributed.trainer import GroupTrainer
+from pipeline.stream.distributed.trainer import GroupStep
 
 WORLD = 2
 
@@ -173,9 +172,9 @@ def _exchange(rank: int, port: int, out: str) -> None:
     group = Group.join("gloo", "cpu", 30.0)
     model = _Tiny()
     model.loss(_TARGETS[rank]).backward()
-    trainer = SimpleNamespace(model=model, group=group, _lap=lambda *_: 0.0)
-    trainer._sum_table_rows = functools.partial(GroupTrainer._sum_table_rows, trainer)
-    total = GroupTrainer._reduce_gradients(trainer, len(_TARGETS[rank]))
+    step = SimpleNamespace(group=group)
+    state = SimpleNamespace(model=model, lap=lambda *_: 0.0)
+    total = GroupStep.reduce_gradients(step, state, len(_TARGETS[rank]))
     grads = {
         "total": total,
         "table": model.item_emb.weight.grad.to_dense(),

@@ -24,7 +24,8 @@ from pipeline.stream.checkpoint import CheckpointStore
 from pipeline.stream.config import describe_options, load_config
 from pipeline.stream.deadletter import MemoryDeadLetterSink
 from pipeline.stream.observability import TrainerMetrics
-from pipeline.stream.trainer import OnlineTrainer, RestoreRefusedError
+from pipeline.stream.persistence import RestoreRefusedError
+from pipeline.stream.trainer import OnlineTrainer
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -76,8 +76,8 @@ def test_references_go_stale_when_a_row_is_reassigned():
 
 
 def test_reused_rows_reset_embedding_and_adam_state():
-    """The trainer's re-initialisation recipe (pipeline.stream.trainer.reset_rows) on a real table."""
-    from pipeline.stream.trainer import reset_item_rows
+    """The trainer's re-initialisation recipe (pipeline.stream.state.reset_item_rows) on a real table."""
+    from pipeline.stream.state import reset_item_rows
 
     torch.manual_seed(0)
     emb = torch.nn.Embedding(4, 3)

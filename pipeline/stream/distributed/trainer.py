@@ -57,7 +57,16 @@ from pipeline.stream.deadletter import DeadLetterSink
 from pipeline.stream.distributed.checkpoints import SHARED, GroupCheckpoints, group_meta
 from pipeline.stream.distributed.group import Group
 from pipeline.stream.observability import TrainerMetrics
-from pipeline.stream.trainer import OnlineTrainer, RestoreRefusedError
+from pipeline.stream.persistence import (
+    RestoreRefusedError,
+    check_compatible,
+    model_meta,
+    state_dicts,
+    stream_meta,
+)
+from pipeline.stream.state import TrainerState
+from pipeline.stream.step import Step, StepResult
+from pipeline.stream.trainer import OnlineTrainer
 
 log = logging.getLogger(__name__)
 
@@ -85,32 +94,116 @@ def weights_digest(state: Mapping[str, torch.Tensor]) -> str:
 class _GroupBatchBuilder(BatchBuilder):
     """``BatchBuilder`` whose vocabulary decisions are the group's (module docstring, 3)."""
 
-    def __init__(self, trainer: GroupTrainer) -> None:
-        super().__init__(trainer.store, trainer.vocab, trainer.cfg.max_targets)
-        self.trainer = trainer
+    def __init__(self, state: TrainerState, step: GroupStep) -> None:
+        super().__init__(state.store, state.vocab, step.cfg.max_targets)
+        self.state = state
+        self.step = step
 
     def observe(self, items: np.ndarray, timestamps: np.ndarray) -> Observation:
-        t = self.trainer
+        step, group = self.step, self.step.group
         clock = time.perf_counter()
-        gathered = t.group.all_gather((items, timestamps))
-        t._lap("communicate_vocabulary", clock)
+        gathered = group.all_gather((items, timestamps))
+        self.state.lap("communicate_vocabulary", clock)
         sizes = [len(ts) for _, ts in gathered]
-        lo = sum(sizes[: t.group.rank])
+        lo = sum(sizes[: group.rank])
         all_ts = np.concatenate([ts for _, ts in gathered]).astype(np.int64, copy=False)
         # This rank's store ages by the group's event time, as one trainer's store would.
-        self.store.watermark = max(self.store.watermark, t.group_watermark)
+        self.store.watermark = max(self.store.watermark, step.group_watermark)
         obs = self.vocab.observe(concat_keys([k for k, _ in gathered]), all_ts)
         if all_ts.size:
-            t.group_watermark = max(t.group_watermark, int(all_ts.max()))
+            step.group_watermark = max(step.group_watermark, int(all_ts.max()))
         return Observation(obs.rows[lo : lo + len(timestamps)], obs.assigned, obs.admitted)
 
     def expiry_time(self) -> int:
-        self.store.watermark = max(self.store.watermark, self.trainer.group_watermark)
+        self.store.watermark = max(self.store.watermark, self.step.group_watermark)
         return self.store.watermark
+
+
+class GroupStep(Step):
+    """A rank's step: the group's vocabulary decisions, shared re-initialisation of
+    reassigned rows, and gradients summed over the ranks (module docstring, 3 and 4).
+
+    Attributes:
+        group: the joined process group.
+        group_watermark: the largest accepted event time of any rank.
+    """
+
+    def __init__(self, cfg: TrainerConfig, metrics: TrainerMetrics, group: Group) -> None:
+        super().__init__(cfg, metrics)
+        self.group = group
+        self.group_watermark = _NO_TIME
+
+    def make_builder(self, state: TrainerState) -> BatchBuilder:
+        return _GroupBatchBuilder(state, self)
+
+    def reset_rows(self, state: TrainerState, rows: np.ndarray) -> None:
+        """Every rank re-initialises the same rows to the same values: a seed they share."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            # every rank has taken the same steps (counters["steps"], empty ones included)
+            torch.manual_seed(self.cfg.train.seed * 7919 + state.counters["steps"])
+            super().reset_rows(state, rows)
+
+    def step_without_targets(self, state: TrainerState) -> None:
+        if not self.cfg.train.learn:
+            return
+        state.optimizer.zero_grad(set_to_none=True)
+        if self.reduce_gradients(state, 0):
+            state.optimizer.step()
+
+    def reduce_gradients(self, state: TrainerState, targets: int) -> int:
+        """Sum every rank's gradient weighted by its targets; returns the group's targets
+        (0: nobody had any, take no step)."""
+        clock = time.perf_counter()
+        model = state.model
+        table = model.item_emb.weight
+        sparse_table = bool(model.item_emb.sparse)
+        dense = [p for p in model.parameters() if not (sparse_table and p is table)]
+        flat = torch.cat(
+            [
+                (p.grad * targets if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                for p in dense
+            ]
+            + [torch.tensor([float(targets)], device=table.device)]
+        )
+        self.group.sum_(flat)
+        total = float(flat[-1])
+        if total > 0:
+            at = 0
+            for p in dense:
+                p.grad = (flat[at : at + p.numel()] / total).view_as(p).clone()
+                at += p.numel()
+            if sparse_table:
+                table.grad = _sum_table_rows(self.group, table, targets, total)
+        state.lap("communicate_gradients", clock)
+        return int(total)
+
+
+def _sum_table_rows(group: Group, table: torch.Tensor, targets: int, total: float) -> torch.Tensor:
+    """The item table's sparse gradient summed over the ranks (rows, values gathered)."""
+    grad = table.grad
+    if grad is None:
+        rows = torch.empty(0, dtype=torch.int64)
+        values = torch.empty(0, table.shape[1])
+    else:
+        grad = grad.coalesce()
+        rows, values = grad.indices()[0].cpu(), (grad.values() * targets).cpu()
+    gathered = group.all_gather((rows, values))
+    summed = torch.sparse_coo_tensor(
+        torch.cat([r for r, _ in gathered]).unsqueeze(0),
+        torch.cat([v for _, v in gathered]),
+        table.shape,
+        check_invariants=False,  # rows come from coalesced gradients of this table
+    ).coalesce()
+    return (summed / total).to(table.device)
 
 
 class GroupTrainer(OnlineTrainer):
     """One rank of a trainer group; see the module docstring.
+
+    Its step is a ``GroupStep``; it overrides the loop (rounds in lockstep), the end of a
+    run, restore and checkpoint (``pipeline.stream.distributed.checkpoints``), and publishes
+    through the base trainer's persistence on rank 0.
 
     Args:
         cfg: this rank's configuration (``rank_config``).
@@ -138,8 +231,6 @@ class GroupTrainer(OnlineTrainer):
                 "needs a partitioned source (--source kafka)"
             )
         self.group = group
-        self.group_watermark = _NO_TIME
-        # before super().__init__, which builds the batch builder (_make_builder)
         super().__init__(
             cfg,
             source,
@@ -148,6 +239,8 @@ class GroupTrainer(OnlineTrainer):
             registry=registry if group.rank == 0 else None,
             metrics=metrics,
         )
+        self.group_step = GroupStep(cfg, self.metrics, group)
+        self.step = self.group_step
         self.group_checkpoints = checkpoints
         self._round_steps = 0  # micro-batches every rank takes this round
         self._next_n = 1 if checkpoints is None else checkpoints.next_n()
@@ -157,7 +250,7 @@ class GroupTrainer(OnlineTrainer):
         # dropout differ per rank, like the data.
         seed = cfg.train.seed + 1_000_003 * group.rank
         torch.manual_seed(seed)
-        self.generator = torch.Generator().manual_seed(seed)
+        self.state.generator = torch.Generator().manual_seed(seed)
         self.owned = source.assign_share(group.rank, group.world)
         log.info(
             "rank %d of %d (pid %d) owns partitions %s",
@@ -166,9 +259,6 @@ class GroupTrainer(OnlineTrainer):
             os.getpid(),
             self.owned,
         )
-
-    def _make_builder(self) -> BatchBuilder:
-        return _GroupBatchBuilder(self)
 
     # ------------------------------------------------------------- restore
     def restore(self) -> bool:
@@ -185,8 +275,8 @@ class GroupTrainer(OnlineTrainer):
                 if n not in markers:
                     raise CheckpointError(f"group checkpoint {n} has no readable marker here")
                 ckpt = self.group_checkpoints.load(markers[n])
-                self._check_compatible(ckpt)
-                self._apply(ckpt)
+                check_compatible(self.cfg, ckpt)
+                self.state = self.persistence.apply(ckpt, self.state)
                 run_start = self._continued_run_start(ckpt.meta.get("run"))
                 watermark = ckpt.meta["group"].get("watermark")
                 if type(watermark) is not int:
@@ -201,13 +291,13 @@ class GroupTrainer(OnlineTrainer):
                 raise RestoreRefusedError(refused[0])
             failed = [text for kind, text in statuses if kind == "failed"]
             if not failed:
-                self.group_watermark = watermark
+                self.group_step.group_watermark = watermark
                 self._continued_start = run_start
                 self._next_n = n + 1
-                positions = self.group.all_gather(self._restored_positions or {})
+                positions = self.group.all_gather(self.persistence.restored_positions or {})
                 self._group_positions = {k: v for p in positions for k, v in p.items()}
                 if self.group.rank == 0:  # compared with the registry's latest version
-                    self._restored_positions = dict(self._group_positions)
+                    self.persistence.restored_positions = dict(self._group_positions)
                 log.info("rank %d resumed group checkpoint %d", self.group.rank, n)
                 return True
             problems += failed
@@ -233,7 +323,7 @@ class GroupTrainer(OnlineTrainer):
             raise TypeError(f"run.start_events is {start!r}, not a count of events seen")
         return start
 
-    def _run_start(self, start_events: int) -> int:
+    def run_start_at(self, start_events: int) -> int:
         return start_events if self._continued_start is None else self._continued_start
 
     def start_weights_equal(self) -> None:
@@ -241,19 +331,19 @@ class GroupTrainer(OnlineTrainer):
         self.group.broadcast_tensors_(list(self.model.state_dict().values()))
 
     # ---------------------------------------------------------------- loop
-    def _loop(self, stop: threading.Event, started: float, start_events: int) -> None:
+    def loop(self, stop: threading.Event, started: float, start_events: int) -> None:
         """Rounds in lockstep with the other ranks until any rank is asked to stop or the
         group reaches a bound (``run`` then takes a last group checkpoint and publishes)."""
         last_log = started
         while True:
-            records = self._gather()
+            records = self.gather()
             result = self.decode(records)
             flags = self._exchange_flags(stop, records, result, started)
             self._round_steps = max(f["steps"] for f in flags)
             self.process_decoded(result, len(records))
             now = time.monotonic()
             if now - last_log >= self.cfg.observability.log_every_s:
-                self._log_progress(started, start_events)
+                self.log_progress(started, start_events)
                 last_log = now
             if self._stop_now(flags):
                 return
@@ -270,22 +360,23 @@ class GroupTrainer(OnlineTrainer):
         now = time.monotonic()
         n_events = len(result.events) + len(result.rejects)
         ck, reg, train = self.cfg.checkpoint, self.cfg.registry, self.cfg.train
+        due = self.schedule
         mine = {
             "steps": math.ceil(len(result.events) / train.batch_events),
             "stop": stop.is_set()
-            or self._fatal is not None
+            or self.persistence.fatal is not None
             or (train.duration_s is not None and now - started >= train.duration_s),
             "events": self.run_events() + n_events,
-            "since_checkpoint": self._since_checkpoint + n_events,
-            "unsaved": self._unsaved_records or bool(records),
-            "checkpoint_clock": now - self._last_checkpoint >= ck.every_s,
-            "since_publish": self._since_publish + n_events,
-            "publish_clock": now - self._last_publish >= reg.every_s,
+            "since_checkpoint": due.since_checkpoint + n_events,
+            "unsaved": due.unsaved_records or bool(records),
+            "checkpoint_clock": now - due.last_checkpoint >= ck.every_s,
+            "since_publish": due.since_publish + n_events,
+            "publish_clock": now - due.last_publish >= reg.every_s,
             "exhausted": self.source.exhausted() and not records,
         }
         clock = time.perf_counter()
         flags = self.group.all_gather(mine)
-        self._lap("communicate_flags", clock)
+        self.state.lap("communicate_flags", clock)
         return flags
 
     def _stop_now(self, flags: list[dict[str, Any]]) -> bool:
@@ -316,99 +407,39 @@ class GroupTrainer(OnlineTrainer):
             self._publish_on_lead()
 
     def _publish_on_lead(self) -> None:
-        if self.registry is not None:
+        if self.persistence.registry is not None:
             self.publish()
         else:  # the other ranks restart the publish clock with rank 0
-            self._since_publish = 0
-            self._last_publish = time.monotonic()
+            self.schedule.published()
 
-    def _finish(self) -> None:
+    def finish(self) -> None:
         if self.group_checkpoints is not None:
             self.checkpoint()
         reg = self.cfg.registry
-        unpublished = self._since_publish > 0 or self.last_published is None
-        if reg.enabled and reg.publish_on_exit and unpublished and self._fatal is None:
+        unpublished = self.schedule.since_publish > 0 or self.state.last_published is None
+        if reg.enabled and reg.publish_on_exit and unpublished and self.persistence.fatal is None:
             self._publish_on_lead()
 
-    def process_decoded(self, result: Any, n_records: int) -> list[Any]:
+    def process_decoded(self, result: Any, n_records: int) -> list[StepResult]:
         """This rank's micro-batches, then empty steps up to the round's count."""
         own = super().process_decoded(result, n_records)
         pad = self._round_steps - len(own)
-        return own + [self.train_on(EventBatch.empty()) for _ in range(pad)]
-
-    # ------------------------------------------------------------- gradients
-    def _reset_rows(self, rows: np.ndarray) -> None:
-        """Every rank re-initialises the same rows to the same values: a seed they share."""
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            # every rank has taken the same steps (counters["steps"], empty ones included)
-            torch.manual_seed(self.cfg.train.seed * 7919 + self.counters["steps"])
-            super()._reset_rows(rows)
-
-    def _step_without_targets(self) -> None:
-        if not self.cfg.train.learn:
-            return
-        self.optimizer.zero_grad(set_to_none=True)
-        if self._reduce_gradients(0):
-            self.optimizer.step()
-
-    def _reduce_gradients(self, targets: int) -> int:
-        """Sum every rank's gradient weighted by its targets; returns the group's targets
-        (0: nobody had any, take no step)."""
-        clock = time.perf_counter()
-        table = self.model.item_emb.weight
-        sparse_table = bool(self.model.item_emb.sparse)
-        dense = [p for p in self.model.parameters() if not (sparse_table and p is table)]
-        flat = torch.cat(
-            [
-                (p.grad * targets if p.grad is not None else torch.zeros_like(p)).reshape(-1)
-                for p in dense
-            ]
-            + [torch.tensor([float(targets)], device=table.device)]
-        )
-        self.group.sum_(flat)
-        total = float(flat[-1])
-        if total > 0:
-            at = 0
-            for p in dense:
-                p.grad = (flat[at : at + p.numel()] / total).view_as(p).clone()
-                at += p.numel()
-            if sparse_table:
-                table.grad = self._sum_table_rows(table, targets, total)
-        self._lap("communicate_gradients", clock)
-        return int(total)
-
-    def _sum_table_rows(self, table: torch.Tensor, targets: int, total: float) -> torch.Tensor:
-        """The item table's sparse gradient summed over the ranks (rows, values gathered)."""
-        grad = table.grad
-        if grad is None:
-            rows = torch.empty(0, dtype=torch.int64)
-            values = torch.empty(0, table.shape[1])
-        else:
-            grad = grad.coalesce()
-            rows, values = grad.indices()[0].cpu(), (grad.values() * targets).cpu()
-        gathered = self.group.all_gather((rows, values))
-        summed = torch.sparse_coo_tensor(
-            torch.cat([r for r, _ in gathered]).unsqueeze(0),
-            torch.cat([v for _, v in gathered]),
-            table.shape,
-            check_invariants=False,  # rows come from coalesced gradients of this table
-        ).coalesce()
-        return (summed / total).to(table.device)
+        return own + [self.step.train_on(self.state, EventBatch.empty()) for _ in range(pad)]
 
     # ------------------------------------------------------ checkpoints, publish
     def checkpoint(self, *, full: bool = True) -> Any:
         """Group checkpoint: this rank's part, rank 0's shared part, then the marker."""
         assert self.group_checkpoints is not None
         store = self.group_checkpoints
+        state = self.state
         n = self._next_n
         self.dead_letters.flush()
         positions = self.source.positions()
-        digest = weights_digest(self.model.state_dict())
+        digest = weights_digest(state.model.state_dict())
         own = store.own.save(
-            {"store": self.store.write_snapshot, "progressive": self.progressive.snapshot()},
+            {"store": state.store.write_snapshot, "progressive": state.progressive.snapshot()},
             {
-                **self._stream_meta(positions),
+                **stream_meta(self.cfg, state, positions),
                 "group": group_meta(n, self.group.world, rank=self.group.rank),
                 "weights_digest": digest,
                 "run": {"id": torchrun_run()[0], "start_events": self.run_start},
@@ -416,15 +447,17 @@ class GroupTrainer(OnlineTrainer):
         )
         parts = {store.own_key: seq_of(own)}
         if self.group.rank == 0:
-            nets = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+            nets = state_dicts(state)
             shared = store.shared.save(
                 {
                     **{name: tensor_writer(part) for name, part in nets.items()},
-                    "vocab": self.vocab.snapshot(),
+                    "vocab": state.vocab.snapshot(),
                 },
                 {
-                    **self._model_meta(),
-                    "group": group_meta(n, self.group.world, watermark=self.group_watermark),
+                    **model_meta(self.cfg, state),
+                    "group": group_meta(
+                        n, self.group.world, watermark=self.group_step.group_watermark
+                    ),
                 },
             )
             parts[SHARED] = seq_of(shared)
@@ -441,15 +474,16 @@ class GroupTrainer(OnlineTrainer):
         if self.group.rank == 0:
             store.write_marker(n, {k: v for p, _, _ in everyone for k, v in p.items()})
         self.group.barrier()  # the marker exists before any rank commits offsets
-        self._lap("communicate_checkpoint", clock)
+        state.lap("communicate_checkpoint", clock)
         self._next_n = n + 1
-        self._saved(positions)
+        self.persistence.saved(state, positions)
+        self.schedule.checkpointed()
         return own
 
     def published_positions(self) -> dict[str, int]:
         return dict(self._group_positions)
 
-    def _summary_extra(self) -> dict[str, Any]:
+    def summary_extra(self) -> dict[str, Any]:
         """The group's totals (every rank's targets), in every rank's summary."""
         mine = (self.progressive.count, self.progressive.cumulative(), self.counters["events_seen"])
         everyone = self.group.all_gather(mine)
