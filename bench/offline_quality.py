@@ -31,8 +31,8 @@ import torch
 from model.hstu import LAYER_NORMS, HSTUConfig
 from model.sasrec import SASREC_STYLES
 from pipeline.commands.offline import add_training_options, train_config_from_args
-from pipeline.lake.datasets import make_splits
 from pipeline.offline.config import HSTU_LAYER_NORM, SASREC_STYLE
+from pipeline.offline.splits import make_splits
 from pipeline.offline.training import PROTOCOLS, load_sequences, train_offline
 from pipeline.runtime.threads import set_torch_threads
 
