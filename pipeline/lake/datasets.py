@@ -30,6 +30,7 @@ from pipeline.lake.reader import (
     Chunk,
     DataFormatError,
     LakeFile,
+    check_columns,
     parse_numbers,
     read_file,
     suffix_format,
@@ -246,6 +247,8 @@ def _read_file(path: Path, fmt: str, chunk_rows: int, on_error: _LineErrors) -> 
                 continue
             _, first, _, _, payloads = chunk
             table = pa.ipc.open_stream(payloads[0]).read_all()
+            # the backfill rejects a Parquet file's rows when it lacks a column: one error here
+            check_columns(table.column_names, f"{path}: the Parquet file")
             # the reader's first is a Parquet row, or a line index (lines count from 1)
             where = _where_row(path, first) if fmt == "parquet" else _where_line(path, first + 1)
             yield _checked(table, where, on_error)
@@ -331,14 +334,12 @@ def _checked(table: pa.Table, where: Callable[[int], str], on_error: _LineErrors
 
 
 def _ids(column: pa.Array) -> np.ndarray:
-    """Keys as written: int64 for an integer column, else str without surrounding spaces
-    (nulls: "", flagged before)."""
+    """Keys as written: int64 for an integer column, else str (nulls: "", flagged before)."""
     if pa.types.is_integer(column.type):
         return pc.fill_null(column, 0).to_numpy(zero_copy_only=False).astype(np.int64)
     if not pa.types.is_string(column.type):
         column = pa.array([None if v is None else str(v) for v in column.to_pylist()], pa.string())
-    trimmed = pc.fill_null(pc.utf8_trim_whitespace(column), "")
-    return trimmed.to_numpy(zero_copy_only=False).astype(object)
+    return pc.fill_null(column, "").to_numpy(zero_copy_only=False).astype(object)
 
 
 def _numbers(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -180,7 +180,8 @@ def _parquet_chunks(
 ) -> Iterator[Chunk]:
     parquet = pq.ParquetFile(handle)
     names = parquet.schema_arrow.names
-    fields = _columns(names, _TABLE_COLUMNS, f"the Parquet schema {names}")
+    # a file without a required column is the decoder's to reject, row by row (missing_field)
+    fields = _columns(names, _TABLE_COLUMNS)
     renamed = [fields.get(name, name) for name in names]
     total = max(1, parquet.metadata.num_rows)
     row = 0
@@ -221,27 +222,29 @@ _TABLE_COLUMNS = {
     "value": ("value", "rating"),
     "event_id": ("event_id",),
 }
-_REQUIRED = ("user_id", "item_id", "timestamp")
+REQUIRED = ("user_id", "item_id", "timestamp")
 
 
-def _columns(
-    names: Sequence[str], columns: dict[str, tuple[str, ...]], what: str
-) -> dict[str, str]:
-    """file column -> event field, by ``columns`` (event field -> accepted names); a
-    ``DataFormatError`` names the required fields that no column gives."""
+def _columns(names: Sequence[str], columns: dict[str, tuple[str, ...]]) -> dict[str, str]:
+    """file column -> event field, by ``columns`` (event field -> accepted names)."""
     lowered = {name.strip().lower(): name for name in reversed(names)}  # the first of equals
     fields = {}
     for field, accepted in columns.items():
         found = next((lowered[n] for n in accepted if n in lowered), None)
         if found is not None:
             fields[found] = field
-    missing = [f for f in _REQUIRED if f not in fields.values()]
+    return fields
+
+
+def check_columns(fields: Iterable[str], what: str) -> None:
+    """A ``DataFormatError`` naming the required event fields (user, item, timestamp) that
+    ``fields`` lacks; ``what`` names the header or schema."""
+    missing = [f for f in REQUIRED if f not in set(fields)]
     if missing:
         raise DataFormatError(
             f"{what} has no {', '.join(missing)} column; expected names like user_id/userId, "
             "item_id/movieId, timestamp (docs/data.md), or pass the --format that fits the file"
         )
-    return fields
 
 
 def _interactions(rows: int) -> Any:
@@ -302,7 +305,8 @@ def _text_chunks(
     if lake_file.size == 0:  # no rows, as an empty JSON Lines file
         return
     names = spec.names or _header(handle, spec)
-    fields = _columns(names, spec.columns, f"the header row {list(names)}")
+    fields = _columns(names, spec.columns)
+    check_columns(fields.values(), f"the header row {list(names)}")
     if handle.tell() >= lake_file.size:  # a header and no rows (pyarrow would call it empty)
         return
     text = _TextBytes(handle, line=1 if spec.names else 2)

@@ -159,6 +159,7 @@ class TrainerMetrics:
 
 
 def duration(seconds: float) -> str:
+    """H:MM:SS of a number of seconds (an ETA in a progress line)."""
     seconds = max(0, int(seconds))
     return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
