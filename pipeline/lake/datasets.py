@@ -192,6 +192,10 @@ def iter_event_log(
         pending: list[EventLog] = []
         size = 0
         for chunk in chunks:
+            if not pending and len(chunk) == chunk_rows:  # the usual chunk: as it is
+                rows += chunk_rows
+                yield _with_keys(chunk)
+                continue
             pending.append(chunk)
             size += len(chunk)
             if size >= chunk_rows:  # the reader's runs end at rejected rows: join them
@@ -199,8 +203,8 @@ def iter_event_log(
                 for start in range(0, size - size % chunk_rows, chunk_rows):
                     rows += chunk_rows
                     yield _with_keys(whole.slice(start, start + chunk_rows))
-                pending = [whole.slice(size - size % chunk_rows, size)]
-                size = len(pending[0])
+                rest = whole.slice(size - size % chunk_rows, size)
+                pending, size = ([rest] if len(rest) else []), len(rest)
         if size:
             rows += size
             yield _with_keys(_joined(pending))

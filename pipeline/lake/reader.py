@@ -1,16 +1,21 @@
-"""Lake files read in chunks: the one reader of ``genrec backfill sequences`` and
-``backfill bootstrap`` (through Beam's ``FileSystems``: local or object storage).
+"""Lake files read in chunks: the one reader of event files, for ``genrec backfill
+sequences`` and ``backfill bootstrap`` (``read_chunks``: through Beam's ``FileSystems``, local
+or object storage) and for ``train-offline`` and file replay (``read_file`` on an open file,
+through ``pipeline.lake.datasets``). Its rules are docs/data.md's "Reading event logs".
 
 Each file is read in chunks of at most ``chunk_rows`` rows, as the stream's own records: a
-Parquet file's record batches become Arrow IPC payloads (its columns are the event schema's:
-``user_id``, ``item_id``, ``action``, ``timestamp``, optional ``value`` and ``event_id``), a
-JSON Lines file's lines JSON payloads. Delimited text (``csv`` with those columns in its
-header, MovieLens's ``ratings.csv`` and ``ratings.dat``: ``_TEXT_FORMATS``; the rating is the
-event's ``value``) is read by pyarrow's streaming CSV reader as bytes, typed (text -> numbers)
-and sent on as Arrow payloads. A row that cannot be split into its fields or typed, or whose
-line is not UTF-8 text or holds a NUL byte (``_TextBytes``), is a dead letter of its own; so
-is an empty line (a row with one empty field). A file that cannot be read (corrupt, not
-Parquet, a header without the format's columns) becomes one dead letter naming it.
+Parquet file's record batches become Arrow IPC payloads, a JSON Lines file's lines JSON
+payloads. Delimited text (``csv``, MovieLens's ``ratings.csv`` and ``ratings.dat``:
+``_TEXT_FORMATS``) is read by pyarrow's streaming CSV reader as bytes, typed (text ->
+numbers) and sent on as Arrow payloads. Columns are the event schema's (``user_id``,
+``item_id``, ``action``, ``timestamp``, optional ``value`` and ``event_id``), found by the
+names ``_TABLE_COLUMNS`` lists for each (a rating is the ``value``; without an action column
+every event is an ``interaction``). A row that cannot be split into its fields or typed, or
+whose line is not UTF-8 text or holds a NUL byte (``_TextBytes``), is a dead letter of its
+own; an empty line is a row of empty fields (rejected after reading). What becomes of a
+dead letter is the caller's: the backfill writes it, ``train-offline`` raises or skips it.
+A file that ``read_chunks`` cannot read (corrupt, not Parquet, a header without the required
+columns) becomes one dead letter naming it; ``read_file`` raises.
 """
 
 from __future__ import annotations
