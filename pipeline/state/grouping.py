@@ -1,9 +1,10 @@
 """Grouping helpers for whole batches: distinct keys, group order, dense group ids.
 
 Batch assembly groups every micro-batch by user and by item several times; these do it with a
-few numpy passes. ``hash_event_ids`` is the stable string hash of keys (event ids for the
-store's duplicate check, user keys for the backfill's shards). Group ids are dense (``0..n_groups-1``), so a counting sort beats a
+few numpy passes. Group ids are dense (``0..n_groups-1``), so a counting sort beats a
 comparison sort: numpy's stable sort is a radix sort for 16-bit integers.
+``hash_event_ids`` is the stable hash of string keys: event ids for the store's duplicate
+check, user keys for the backfill's shards.
 """
 
 from __future__ import annotations
