@@ -291,11 +291,13 @@ def _checked(table: pa.Table, where: Callable[[int], str], on_error: _LineErrors
             messages[row] = message(row)
 
     columns = {name: table.column(name).combine_chunks() for name in table.column_names}
+    user, item = _ids(columns["user_id"]), _ids(columns["item_id"])
+    no_time = columns["timestamp"].is_null().to_numpy(zero_copy_only=False)
+    flag((user == "") & (item == "") & no_time, "missing_field", lambda _: "an empty row or line")
     required = ("user_id", "item_id", "timestamp", "action")
     for name in required:
         flag(columns[name].is_null().to_numpy(zero_copy_only=False), "missing_field",
              lambda _, f=name: f"no {f.removesuffix('_id')}")  # fmt: skip
-    user, item = _ids(columns["user_id"]), _ids(columns["item_id"])
     flag((user == "") | (item == ""), "empty_id", lambda _: "empty user or item id")
     seconds, numeric = _seconds(columns["timestamp"])
     flag(

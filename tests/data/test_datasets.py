@@ -130,3 +130,15 @@ def test_leave_one_out_rejects_short_users() -> None:
     log = EventLog(np.array([1, 1]), np.array([1, 2]), np.array([1, 2]), np.zeros(2, np.int64))
     with pytest.raises(ValueError, match=">= 3 events"):
         leave_one_out(build_sequences(log))
+
+
+def test_an_empty_line_is_a_malformed_row(tmp_path: Path) -> None:
+    """As in the backfill and in JSON Lines: never skipped silently (docs/data.md)."""
+    p = write(
+        tmp_path / "ratings.csv", "userId,movieId,rating,timestamp\n1,10,4.0,5\n\n1,11,3.5,6\n"
+    )
+    with pytest.raises(DataFormatError, match=r"ratings\.csv:3: an empty row or line"):
+        read_event_log(p)
+    log, stats = read_event_log(p, skip_malformed=True)
+    assert dict(stats.skipped) == {"missing_field": 1}
+    assert log.item.tolist() == [10, 11] and log.value.tolist() == [4.0, 3.5]
