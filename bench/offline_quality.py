@@ -32,8 +32,8 @@ import torch
 
 from model.hstu import HSTUConfig
 from pipeline.commands.offline import add_training_options, train_config_from_args
-from pipeline.lake.datasets import make_splits
 from pipeline.offline.config import load_preset
+from pipeline.offline.splits import make_splits
 from pipeline.offline.training import PROTOCOLS, load_sequences, train_offline
 from pipeline.runtime.threads import set_torch_threads
 

@@ -49,16 +49,13 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
 from pipeline.backfill.sequences import (
+    CHUNK_ROWS,
     COUNTS,
-    Chunk,
-    LakeFile,
     beam_flag,
     by_reason,
     chunk_counts,
     letter_counts,
-    match_inputs,
     nothing_before_cutoff,
-    read_chunks,
     reject_row,
     reject_weights,
     rejected_rows,
@@ -70,6 +67,7 @@ from pipeline.events.records import Records
 from pipeline.events.reject import DecodeResult, Reject
 from pipeline.events.schema import RejectReason
 from pipeline.lake import paths
+from pipeline.lake.reader import Chunk, LakeFile, match_inputs, read_chunks
 from pipeline.sources.spill import SORTED, sort_tables
 from pipeline.stream.config import TrainerConfig
 
@@ -250,7 +248,7 @@ class _Lake:
         pending: list[pa.Table] = []
         size = 0
         for lake_file in self.files:
-            for chunk in read_chunks(lake_file):
+            for chunk in read_chunks(lake_file, CHUNK_ROWS):
                 if isinstance(chunk, dict):
                     # A file that cannot be read, or a text row that cannot be split into
                     # fields: no stream carries either, so they stay out of the trainer's

@@ -1,7 +1,8 @@
 """Reading a ``genrec backfill sequences`` output: the one validated reader of its histories.
 
-``train-offline --data DIR`` / ``evaluate --data DIR`` (``pipeline.lake.datasets``) and ``backfill
-recommend --histories DIR`` read the output through here, so they refuse the same things.
+``train-offline --data DIR`` / ``evaluate --data DIR`` (``event_logs``, which the command
+passes to ``pipeline.lake.datasets``) and ``backfill recommend --histories DIR`` read the
+output through here, so they refuse the same things.
 The output is untrusted (copied, edited, damaged, or crafted): before any of it is used,
 
 - ``manifest.json`` is parsed into ``BackfillManifest`` (``until`` an integer in
@@ -38,6 +39,7 @@ from pipeline.backfill.sequences import MANIFEST, shard_of
 from pipeline.events.batch import concat_keys, key_column
 from pipeline.events.schema import MAX_ACTION_CODE, EventError, canonical_key
 from pipeline.lake import paths
+from pipeline.lake.datasets import EventLog
 
 # The latest second ``--until`` can spell as an ISO 8601 time (9999-12-31T23:59:59 UTC).
 MAX_UNTIL = 253_402_300_799
@@ -283,6 +285,46 @@ def read_output(output: BackfillOutput, batch_users: int) -> Iterator[HistoryBat
     """Every shard's batches, in the manifest's order."""
     for shard in output.shards:
         yield from read_shard(shard, batch_users, output.limits, output.until)
+
+
+def event_logs(directory: str, chunk_rows: int) -> Iterator[EventLog]:
+    """The events of an output as EventLogs of about ``chunk_rows`` rows (whole users), each
+    user's in their stored order (time, ties in lake order), keys as str (``EventLog``'s
+    readers make them int64 when all are integers), every file checked first (``HistoryError``
+    naming a bad one): ``pipeline.lake.datasets``'s ``OutputReader``."""
+    output = open_output(directory, "--data")
+    users: list[str] = []
+    items: list[str] = []
+    times: list[np.ndarray] = []
+    actions: list[np.ndarray] = []
+
+    def take() -> EventLog:
+        log = EventLog(
+            np.array(users, dtype=object),
+            np.array(items, dtype=object),
+            np.concatenate([np.zeros(0, np.int64), *times]),
+            np.concatenate([np.zeros(0, np.int64), *actions]),
+        )
+        for column in (users, items, times, actions):
+            column.clear()
+        return log
+
+    for batch in read_output(output, batch_users=min(chunk_rows, 65_536)):
+        bounds = batch.offsets.tolist()
+        batch_items = [str(item) for item in batch.items.tolist()]
+        cut = 0  # the batch's events before it are taken
+        for row, user in enumerate(batch.users.to_pylist()):
+            start, stop = bounds[row], bounds[row + 1]
+            users.extend([str(user)] * (stop - start))
+            items.extend(batch_items[start:stop])
+            if len(users) >= chunk_rows:
+                times.append(batch.timestamps[cut:stop])
+                actions.append(batch.actions[cut:stop])
+                cut = stop
+                yield take()
+        times.append(batch.timestamps[cut:])
+        actions.append(batch.actions[cut:])
+    yield take()
 
 
 def read_shard(

@@ -3,15 +3,10 @@
 Named steps, in flow order (one linear pipeline: see ``_keyed`` for why):
 
 - ``ListFiles`` / ``ReadLake``: each input file in chunks of ``CHUNK_ROWS`` rows, as the
-  stream's own records: a Parquet file's record batches become Arrow IPC payloads (its
-  columns are the event schema's: ``user_id``, ``item_id``, ``action``, ``timestamp``,
-  optional ``value`` and ``event_id``), a JSON Lines file's lines JSON payloads. Delimited
-  text (``csv`` with those columns in its header, MovieLens's ``ratings.csv`` and
-  ``ratings.dat``: ``_TEXT_FORMATS``) is read by pyarrow's streaming CSV reader as bytes,
-  typed (text -> numbers) and sent on as Arrow payloads; a row that cannot be split into its
-  fields or typed, or whose line is not UTF-8 text (``_TextBytes``), is a dead letter of its
-  own. A file that cannot be read (corrupt, not Parquet, a header without the format's
-  columns) becomes one dead letter naming it; the others go on.
+  stream's own records, by the lake's reader (``pipeline.lake.reader``: Parquet, JSON Lines,
+  CSV, MovieLens): a row that cannot be split into its fields or typed, or whose line is not
+  UTF-8 text, is a dead letter of its own; a file that cannot be read (corrupt, not Parquet,
+  a header without the format's columns) becomes one dead letter naming it; the others go on.
 - ``Validate``: ``pipeline.events.decode_records``, the decoder the trainer runs, so the lake
   is held to the same schema and rejects get the same reasons. Valid events with event time
   ``>= until`` are left out (counted ``after_cutoff``: the stream trains them). The valid
@@ -41,29 +36,38 @@ dask.distributed cluster (``runner="dask"``; a local one of ``dask_workers`` pro
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
-import re
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import pyarrow as pa
 
+from pipeline.events import decode_records
+from pipeline.events.batch import concat_keys
+from pipeline.events.records import Records
 from pipeline.lake import paths
+from pipeline.lake.reader import (
+    MAX_HEADER_BYTES,
+    Chunk,
+    LakeFile,
+    match_inputs,
+    read_chunks,
+)
+from pipeline.state.grouping import factorize, hash_event_ids
+from pipeline.stream.observability import duration
 
 log = logging.getLogger(__name__)
 
 CHUNK_ROWS = 65_536
 PROGRESS_EVERY_S = 10.0  # as the trainer's observability.log_every_s
 DEFAULT_SHARDS = 16
-FORMATS = ("auto", "parquet", "jsonl", "csv", "movielens-csv", "movielens-dat")
 SHARD_NAME = "shard-{:05d}-of-{:05d}.parquet"
 SHARD_GLOB = "shard-*-of-*.parquet"
 DEAD_LETTERS = "deadletters.jsonl"
@@ -73,540 +77,6 @@ _ROW_BITS = 40  # lake order = file index << 40 | row in file
 # rows read = valid (before the cut-off) + rejected + after_cutoff (valid, at or after it);
 # an unreadable file's rows are unknown: it is counted in unreadable_files alone
 COUNTS = ("rows", "valid", "rejected", "after_cutoff", "users", "unreadable_files")
-
-
-@dataclass(frozen=True)
-class LakeFile:
-    """One input file: its position in lake order, path, size and format."""
-
-    index: int
-    path: str
-    size: int
-    format: str
-
-
-def match_inputs(patterns: Sequence[str], format: str = "auto") -> list[LakeFile]:
-    """The files the patterns (paths or globs) name, in lake order: patterns as given, each
-    one's matches sorted by path. ``FileNotFoundError`` for a pattern that matches nothing."""
-    from apache_beam.io.filesystems import FileSystems
-
-    if format not in FORMATS:
-        raise ValueError(f"unknown --format {format!r}; choose one of {', '.join(FORMATS)}")
-    files: list[LakeFile] = []
-    seen: set[str] = set()
-    for pattern in patterns:
-        paths.check(pattern, "--input")
-        matched = FileSystems.match([pattern])[0].metadata_list
-        if not matched:
-            raise FileNotFoundError(f"--input {pattern!r} matches no file; check the path")
-        for meta in sorted(matched, key=lambda m: m.path):
-            if meta.path not in seen:
-                seen.add(meta.path)
-                fmt = _file_format(meta.path, format)
-                files.append(LakeFile(len(files), meta.path, meta.size_in_bytes, fmt))
-    return files
-
-
-def _file_format(path: str, format: str) -> str:
-    if format != "auto":
-        return format
-    suffix = Path(path).suffix.lower()
-    if suffix in (".parquet", ".pq"):
-        return "parquet"
-    if suffix in (".jsonl", ".ndjson", ".json"):
-        return "jsonl"
-    if suffix == ".dat":
-        return "movielens-dat"
-    if suffix == ".csv":
-        return _csv_format(path)
-    raise ValueError(
-        f"{path}: cannot tell the format from the name; pass --format ({', '.join(FORMATS[1:])})"
-    )
-
-
-def _csv_format(path: str) -> str:
-    """The offline reader's rule (``pipeline.lake.datasets.text_format``: MovieLens's ratings.csv
-    by its header, else csv) on the file's first line, read through Beam's ``FileSystems``."""
-    from apache_beam.io.filesystems import FileSystems
-
-    from pipeline.lake.datasets import text_format
-
-    try:
-        with FileSystems.open(path) as handle:
-            header = handle.readline(_MAX_HEADER_BYTES)
-    except OSError:  # unreadable (a directory, say)
-        return "csv"  # reading it makes the file's dead letter
-    return text_format(header.decode("utf-8", errors="replace"))
-
-
-# A chunk of one file: (file, first row of the chunk in the file, its rows, codec, payloads).
-# ``first`` counts from 0: a Parquet file's row, a text file's line index (the dead letters'
-# ``file_row`` is the 1-based line).
-Chunk = tuple[LakeFile, int, int, str, list[bytes]]
-
-
-def read_chunks(lake_file: LakeFile) -> Iterator[Chunk | dict[str, Any]]:
-    """The file's chunks, and dead-letter dicts: one for a file that cannot be read
-    (``file_row`` None, reason ``unreadable_file``; the chunks before it stand), one for each
-    row of a text file that cannot be split into its fields or typed (``file_row`` its line)."""
-    from apache_beam.io.filesystems import FileSystems
-
-    reader = {"parquet": _parquet_chunks, "jsonl": _jsonl_chunks}.get(
-        lake_file.format, _text_chunks
-    )
-    try:
-        with FileSystems.open(lake_file.path) as handle:
-            yield from reader(lake_file, handle)
-    except Exception as err:  # corrupt or unreadable file: its dead letter, the rest goes on
-        yield {
-            "reason": "unreadable_file",
-            "message": f"cannot read {lake_file.format} file {lake_file.path}: "
-            f"{type(err).__name__}: {' '.join(str(err).split())[:500]}",
-            "file": lake_file.path,
-            "file_row": None,
-        }
-
-
-def _ipc(table: Any) -> bytes:
-    """One Arrow IPC stream payload (what the stream's ``arrow`` codec carries)."""
-    import pyarrow as pa
-
-    sink = io.BytesIO()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write(table)
-    return sink.getvalue()
-
-
-def _parquet_chunks(lake_file: LakeFile, handle: Any) -> Iterator[Chunk]:
-    import pyarrow.parquet as pq
-
-    parquet = pq.ParquetFile(handle)
-    total = max(1, parquet.metadata.num_rows)
-    row = 0
-    for batch in parquet.iter_batches(batch_size=CHUNK_ROWS):
-        yield lake_file, row, batch.num_rows, "arrow", [_ipc(batch)]
-        row += batch.num_rows
-        # the handle's position says nothing (the reader seeks): the share of rows read does
-        _progress(lake_file, batch.num_rows, lake_file.size * row // total)
-
-
-def _jsonl_chunks(lake_file: LakeFile, handle: Any) -> Iterator[Chunk]:
-    lines: list[bytes] = []
-    first = 0
-    for number, line in enumerate(handle):
-        lines.append(line.rstrip(b"\r\n"))
-        if len(lines) == CHUNK_ROWS:
-            yield lake_file, first, len(lines), "json", lines
-            _progress(lake_file, len(lines), handle.tell())
-            first, lines = number + 1, []
-    if lines:
-        yield lake_file, first, len(lines), "json", lines
-        _progress(lake_file, len(lines), handle.tell())
-
-
-@dataclass(frozen=True)
-class _TextFormat:
-    """How a delimited text format's fields become the event schema's columns."""
-
-    delimiter: str
-    fields: dict[str, str]  # file column -> event field; other columns are left out
-    required: tuple[str, ...] = ()  # the columns the header row must name
-    names: tuple[str, ...] | None = None  # the columns of a file without a header row
-    quoting: bool = True
-    action: str | None = None  # every row's action, for files without an action column
-    separators: tuple[str, ...] = ()  # columns that must be empty (see movielens-dat)
-    layout: str | None = None  # the row layout, for messages (None: the header's)
-
-
-_EVENT_FIELDS = ("user_id", "item_id", "action", "timestamp", "value", "event_id")
-_MOVIELENS_DAT = ("UserID", "MovieID", "Rating", "Timestamp")
-_TEXT_FORMATS = {
-    "csv": _TextFormat(",", {f: f for f in _EVENT_FIELDS}, _EVENT_FIELDS[:4]),
-    # MovieLens as pipeline.lake.datasets reads it for offline training: no action column (every
-    # event the unspecified action "interaction", code 0), ids and seconds as written; the
-    # rating, which that reader leaves out, is the event's value here.
-    "movielens-csv": _TextFormat(
-        ",",
-        {"userId": "user_id", "movieId": "item_id", "rating": "value", "timestamp": "timestamp"},
-        ("userId", "movieId", "rating", "timestamp"),
-        action="interaction",
-    ),
-    # ratings.dat (UserID::MovieID::Rating::Timestamp, no header). pyarrow splits on one
-    # character, so "::" reads as ':' twice with an empty field between; a row whose
-    # in-between field is not empty does not have the layout.
-    "movielens-dat": _TextFormat(
-        ":",
-        dict(zip(_MOVIELENS_DAT, ("user_id", "item_id", "value", "timestamp"), strict=True)),
-        names=("UserID", ":1", "MovieID", ":2", "Rating", ":3", "Timestamp"),
-        quoting=False,
-        action="interaction",
-        separators=(":1", ":2", ":3"),
-        layout="::".join(_MOVIELENS_DAT),
-    ),
-}
-_MAX_HEADER_BYTES = 1 << 20
-
-
-def _text_chunks(lake_file: LakeFile, handle: Any) -> Iterator[Chunk | dict[str, Any]]:
-    """A delimited text file (``_TEXT_FORMATS``) read by pyarrow's streaming CSV reader, every
-    column as bytes, so that no value can fail the read: each ``CHUNK_ROWS`` rows are typed
-    (``_typed``), the rows that cannot be become dead letters of their own, and the others go
-    on as Arrow payloads of consecutive lines (``first`` = the line index of their first)."""
-    import pyarrow as pa
-    import pyarrow.csv as pcsv
-
-    spec = _TEXT_FORMATS[lake_file.format]
-    if lake_file.size == 0:  # no rows, as an empty JSON Lines file
-        return
-    names = spec.names or _header(handle, spec)
-    if handle.tell() >= lake_file.size:  # a header and no rows (pyarrow would call it empty)
-        return
-    text = _TextBytes(handle, line=1 if spec.names else 2)
-    lines = _Lines(text, width=len(names), spec=spec)
-    reader = pcsv.open_csv(
-        text,
-        # one thread: pyarrow knows the line of a row it leaves out only then
-        read_options=pcsv.ReadOptions(column_names=list(names), use_threads=False),
-        parse_options=pcsv.ParseOptions(
-            delimiter=spec.delimiter,
-            quote_char='"' if spec.quoting else False,
-            ignore_empty_lines=False,  # an empty line is a row (rejected), as in JSON Lines
-            invalid_row_handler=lines.skip,
-        ),
-        convert_options=pcsv.ConvertOptions(column_types=dict.fromkeys(names, pa.binary())),
-    )
-    for table in _tables(reader, CHUNK_ROWS):
-        at, ends, skipped = lines.place(table)
-        yield from (_letter(lake_file, *s) for s in skipped)
-        yield from _text_parts(lake_file, spec, table, at, text.rows(at, ends))
-        _progress(lake_file, table.num_rows + len(skipped), handle.tell())
-    rest = lines.rest()
-    yield from (_letter(lake_file, *s) for s in rest)
-    _progress(lake_file, len(rest), lake_file.size)
-
-
-def _header(handle: Any, spec: _TextFormat) -> tuple[str, ...]:
-    """The header row's column names; one without the format's columns means the wrong file
-    or format (its dead letter says which columns are missing)."""
-    import csv
-
-    from pipeline.lake.datasets import DataFormatError
-
-    line = handle.readline(_MAX_HEADER_BYTES)
-    try:
-        text = line.decode("utf-8-sig").rstrip("\r\n")
-    except UnicodeDecodeError:
-        raise DataFormatError("its first line (the header row) is not UTF-8 text") from None
-    names = tuple(next(csv.reader([text], delimiter=spec.delimiter), []))
-    missing = [name for name in spec.required if name not in names]
-    if missing:
-        raise DataFormatError(
-            f"its header row {list(names)} lacks the column(s) {missing}; check the file, "
-            "or pass the --format that fits it"
-        )
-    return names
-
-
-def _tables(reader: Any, rows: int) -> Iterator[Any]:
-    """The reader's rows as tables of ``rows`` rows (the last one shorter): its batches hold
-    a block of bytes each, any number of rows."""
-    import pyarrow as pa
-
-    pending: list[Any] = []
-    size = 0
-    while True:
-        try:
-            batch = reader.read_next_batch()
-        except StopIteration:
-            break
-        pending.append(batch)
-        size += batch.num_rows
-        while size >= rows:
-            table = pa.Table.from_batches(pending)
-            yield table.slice(0, rows)
-            rest = table.slice(rows)
-            pending, size = rest.to_batches(), rest.num_rows
-    if size:
-        yield pa.Table.from_batches(pending)
-
-
-class _TextBytes(io.RawIOBase):
-    """A text file's bytes as pyarrow's CSV reader gets them, line by line: a line that is not
-    UTF-8 text, or that holds a NUL byte, reaches it with U+FFFD in place of those bytes, and
-    is kept as read (``flawed``) for its row's dead letter (``undecodable``). pyarrow decodes a
-    row with a wrong field count strictly before its ``invalid_row_handler`` sees it, and one
-    such row that was not UTF-8 stopped the read of the whole file."""
-
-    def __init__(self, handle: Any, line: int) -> None:
-        super().__init__()
-        self.handle = handle
-        self.line = line  # the number of the next line from ``handle``
-        self.partial = b""  # the start of a line whose end is not read yet
-        self.ready = bytearray()  # for pyarrow
-        self.ended = False
-        self.flawed: dict[int, bytes] = {}  # line -> its bytes as read, until its row takes it
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        while not self.ended and (size < 0 or len(self.ready) < size):
-            block = self.handle.read(max(size, 1 << 16))
-            data, self.partial = self.partial + block, b""
-            self.ended = not block
-            if block:  # whole lines only (a \r at the end may be the start of a \r\n)
-                cut = max(data.rfind(b"\n"), data.rfind(b"\r", 0, len(data) - 1)) + 1
-                if not cut and len(data) <= _MAX_HEADER_BYTES:
-                    self.partial = data  # a line's start: wait for its end
-                    continue
-                if cut:
-                    data, self.partial = data[:cut], data[cut:]
-            self._add(data)
-        n = len(self.ready) if size < 0 else min(size, len(self.ready))
-        out = bytes(self.ready[:n])
-        del self.ready[:n]
-        return out
-
-    def _add(self, data: bytes) -> None:
-        """Lines (the last may lack its line break, or be the part of a line longer than
-        ``_MAX_HEADER_BYTES``) for pyarrow."""
-        if _is_text(data):  # the usual case: at once
-            self.ready += data
-            self.line += data.count(b"\n") + data.count(b"\r") - data.count(b"\r\n")
-            return
-        parts = _LINE_BREAK.split(data)  # line, its break, line, ..., the last line
-        for k in range(0, len(parts), 2):
-            piece = parts[k]
-            if not _is_text(piece):
-                line = self.line + k // 2
-                self.flawed[line] = self.flawed.get(line, b"") + piece
-                piece = piece.decode("utf-8", "replace").replace("\0", "\ufffd").encode()
-            self.ready += piece + (parts[k + 1] if k + 1 < len(parts) else b"")
-        self.line += len(parts) // 2
-
-    def take(self, start: int, stop: int) -> list[tuple[int, bytes]]:
-        """(line, its bytes as read) of the flawed lines in [start, stop), now handed over."""
-        lines = [line for line in self.flawed if start <= line < stop]
-        return [(line, self.flawed.pop(line)) for line in lines]
-
-    def rows(self, at: np.ndarray, ends: np.ndarray) -> dict[int, bytes]:
-        """The rows of a table (lines from ``at`` up to ``ends``) with a flawed line, and their
-        flawed lines as read."""
-        found: dict[int, list[bytes]] = {}
-        if self.flawed and len(at):
-            for line, raw in self.take(int(at[0]), int(ends[-1])):
-                row = int(np.searchsorted(at, line, side="right")) - 1
-                found.setdefault(row, []).append(raw)
-        return {row: b"\n".join(raw) for row, raw in found.items()}
-
-
-_LINE_BREAK = re.compile(rb"(\r\n|\r|\n)")  # pyarrow's line ends
-
-
-def _is_text(data: bytes) -> bool:
-    """UTF-8 text without NUL bytes (a NUL marks binary data, or another encoding)."""
-    if b"\0" in data:
-        return False
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
-class _Lines:
-    """The line numbers of a text reader's rows. pyarrow leaves out a row with a wrong field
-    count (telling ``skip`` its line) and a quoted value may hold line breaks, so a row's line
-    is the previous row's plus that row's breaks plus one, plus the lines of rows left out."""
-
-    def __init__(self, text: _TextBytes, width: int, spec: _TextFormat) -> None:
-        self.text = text
-        self.next = text.line  # line of the next row
-        self.before = text.line - 1  # lines before the reader's first (the header: pyarrow's 1)
-        self.width = width
-        self.spec = spec
-        self.skipped: list[tuple[int, str, str, bytes]] = []  # in file order
-
-    def skip(self, row: Any) -> str:
-        """pyarrow's ``invalid_row_handler``: note the row as a dead letter, go on."""
-        if self.spec.layout:  # a count of ':'-separated fields would only confuse
-            message = f"the line is not {self.spec.layout}"
-        else:
-            message = f"{row.actual_columns} fields where the header has {self.width}"
-        line = self.before + row.number  # pyarrow counts from its first line
-        flawed = self.text.take(line, line + 1 + row.text.count("\n"))
-        payload = b"\n".join(raw for _, raw in flawed) if flawed else row.text.encode()
-        self.skipped.append((line, "field_count", message, payload))
-        return "skip"
-
-    def place(self, table: Any) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str, str, bytes]]]:
-        """The first lines of the table's rows (the reader's next rows), the lines after
-        each, and the rows left out before its last row (line, reason, message, payload)."""
-        import pyarrow.compute as pc
-
-        spans = np.ones(table.num_rows, np.int64)
-        for column in table.columns:
-            if _has_line_break(column):  # a per-row count only where some value has one
-                spans += pc.fill_null(pc.count_substring(column, "\n"), 0).to_numpy()
-        at = self.next + np.concatenate([[0], np.cumsum(spans)[:-1]])
-        for line, _, _, payload in self.skipped:  # in file order: each one pushes the rest on
-            at[at >= line] += 1 + payload.count(b"\n")
-        self.next = int(at[-1] + spans[-1])
-        done = [s for s in self.skipped if s[0] < self.next]
-        self.skipped = self.skipped[len(done) :]
-        return at, at + spans, done
-
-    def rest(self) -> list[tuple[int, str, str, bytes]]:
-        """The rows left out after the last row."""
-        rest, self.skipped = self.skipped, []
-        return rest
-
-
-def _has_line_break(column: Any) -> bool:
-    """Whether the bytes behind a binary column hold a line break (a slice's neighbours count
-    too: a false yes only costs the exact count)."""
-    return any(
-        (data := chunk.buffers()[2]) is not None and b"\n" in data.to_pybytes()
-        for chunk in column.chunks
-    )
-
-
-def _letter(
-    lake_file: LakeFile, line: int, reason: str, message: str, payload: bytes
-) -> dict[str, Any]:
-    """The dead letter of a text row the reader rejects: the stream's fields (payload as UTF-8
-    text or base64), a reason of the stream's (``undecodable``, ``bad_type``) or the reader's
-    own (``field_count``), and the file and line."""
-    from pipeline.events.reject import Reject
-    from pipeline.events.schema import RejectReason
-
-    # any reason will do here: it is replaced (field_count is not a RejectReason)
-    where = Reject(RejectReason.BAD_TYPE, message, f"file:{lake_file.path}", line - 1, payload)
-    return {**where.to_json_dict(), "reason": reason, "file": lake_file.path, "file_row": line}
-
-
-def _text_parts(
-    lake_file: LakeFile,
-    spec: _TextFormat,
-    table: Any,
-    at: np.ndarray,
-    flawed: dict[int, bytes],
-) -> Iterator[Chunk | dict[str, Any]]:
-    """One table of text rows: a dead letter per row ``_typed`` finds a flaw in, or with a
-    line that is not text (``flawed``: row -> its lines as read, their dead letter's payload),
-    and the other rows as chunks of consecutive lines."""
-    import pyarrow as pa
-
-    columns, flaws = _typed(spec, table, flawed)
-    bad = np.zeros(table.num_rows, bool)
-    for mask, reason, message in flaws:  # the first flaw of a row is its reason
-        for row in np.flatnonzero(mask & ~bad).tolist():
-            fields = (table.column(k)[row].as_py() or b"" for k in range(table.num_columns))
-            payload = flawed.get(row) or spec.delimiter.encode().join(fields)
-            yield _letter(lake_file, int(at[row]), reason, message(row), payload)
-        bad |= mask
-    good = np.flatnonzero(~bad)
-    if not good.size:
-        return
-    # a run ends where a row was rejected or left out, or a row spans several lines
-    ends = np.flatnonzero(np.diff(at[good]) != 1) + 1
-    events = pa.table(columns)
-    for run in np.split(good, ends):
-        start, n = int(run[0]), len(run)
-        yield lake_file, int(at[start]) - 1, n, "arrow", [_ipc(events.slice(start, n))]
-
-
-_Flaw = tuple[np.ndarray, str, Any]  # (rows, reason, row -> message)
-
-
-def _typed(
-    spec: _TextFormat, table: Any, flawed: dict[int, bytes]
-) -> tuple[dict[str, Any], list[_Flaw]]:
-    """The event columns of a table of text fields (bytes), and its rows' flaws in the order
-    they are checked: a field where the layout has none (``field_count``), a line that is not
-    UTF-8 text or holds a NUL byte (``undecodable``: the rows in ``flawed``, see
-    ``_TextBytes``), a number that is not one (``bad_type``). Everything else (ids, actions,
-    time ranges, nulls) is left to the stream's decoder.
-
-    Empty fields: ids stay ``""`` (the decoder's ``empty_id``), an empty action or timestamp
-    is null (``missing_field``), an empty value or event id is absent."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    flaws: list[_Flaw] = []
-    for name in spec.separators:
-        filled = pc.fill_null(pc.greater(pc.binary_length(table.column(name)), 0), False)
-        flaws.append((filled.to_numpy(), "field_count", lambda _: f"the line is not {spec.layout}"))
-    undecodable = np.zeros(table.num_rows, bool)
-    undecodable[list(flawed)] = True
-    flaws.append((undecodable, "undecodable", lambda r: _not_text(flawed[r])))
-    texts = {  # UTF-8 without NUL bytes now (_TextBytes)
-        field: table.column(name).combine_chunks().cast(pa.string())
-        for name, field in spec.fields.items()
-        if name in table.column_names  # csv: value and event_id are optional
-    }
-    columns = {}
-    for field, text in texts.items():
-        if field in ("user_id", "item_id"):
-            columns[field] = text
-            continue
-        text = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
-        if field in ("timestamp", "value"):
-            columns[field], number = _parse(text, pa.float64())
-            flaws.append((~number, "bad_type", lambda r, f=field, t=text: _not_a_number(f, t, r)))
-        else:
-            columns[field] = _actions(text) if field == "action" else text
-    if spec.action is not None:
-        from pipeline.events.schema import ACTION_CODES
-
-        columns["action"] = pa.array(np.full(table.num_rows, ACTION_CODES[spec.action], np.int16))
-    return columns, flaws
-
-
-def _not_text(line: bytes) -> str:
-    if b"\0" in line:
-        return "the line holds a NUL byte (binary data?); remove it, or fix the file"
-    return "the line is not UTF-8 text; convert the file to UTF-8 (iconv -f latin1 -t utf-8, say)"
-
-
-def _not_a_number(field: str, text: Any, row: int) -> str:
-    return f"{field} {text[row].as_py()!r} is not a number"
-
-
-def _parse(values: Any, to: Any) -> tuple[Any, np.ndarray]:
-    """``values`` cast to ``to`` by Arrow's own parser (nulls stay null), and which ones it
-    could parse: one that it cannot becomes null. One cast when all parse; else the halves
-    are tried in turn, so finding k bad values among n takes about k log n casts."""
-    import pyarrow as pa
-
-    try:
-        return values.cast(to), np.ones(len(values), bool)
-    except pa.ArrowInvalid:
-        if len(values) == 1:
-            return pa.nulls(1, to), np.zeros(1, bool)
-    half = len(values) // 2
-    head, head_ok = _parse(values.slice(0, half), to)
-    tail, tail_ok = _parse(values.slice(half), to)
-    return pa.concat_arrays([head, tail]), np.concatenate([head_ok, tail_ok])
-
-
-def _actions(text: Any) -> Any:
-    """The action column: codes when every action is an integer, else names. Arrow holds
-    one type per column, so in a column of both, a code that has a name is written as it;
-    one without a name is then an unknown name (the decoder's ``bad_action``)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    from pipeline.events.schema import ACTION_CODES
-
-    try:
-        return text.cast(pa.int64())
-    except pa.ArrowInvalid:
-        pass
-    names = {str(code): name for name, code in ACTION_CODES.items()}
-    if not pc.any(pc.is_in(text, value_set=pa.array(list(names)))).as_py():
-        return text
-    return pa.array([names.get(v, v) for v in text.to_pylist()], pa.string())
 
 
 _PROGRESS: _Progress | None = None  # the run's progress line, where the run reads the lake
@@ -629,8 +99,6 @@ class _Progress:
 
     def advance(self, lake_file: LakeFile, rows: int, position: int) -> None:
         """``rows`` more rows read, up to byte ``position`` of ``lake_file``."""
-        from pipeline.stream.observability import _duration
-
         self.rows += rows
         now = time.monotonic()
         if now - self.last < self.every_s:
@@ -639,7 +107,7 @@ class _Progress:
         elapsed = max(now - self.started, 1e-9)
         read = self.before[lake_file.index] + min(position, lake_file.size)
         done = min(1.0, read / self.total)
-        eta = _duration(elapsed * (1 - done) / done) if done > 0 else "?"
+        eta = duration(elapsed * (1 - done) / done) if done > 0 else "?"
         log.info(
             "backfill sequences: rows=%s (%s/s) %.0f%% of %.1f MB ETA %s",
             f"{self.rows:,}", f"{self.rows / elapsed:,.0f}", 100 * done, self.total / 1e6, eta,
@@ -653,8 +121,6 @@ def _progress(lake_file: LakeFile, rows: int, position: int) -> None:
 
 def shard_of(users: np.ndarray, shards: int) -> np.ndarray:
     """Stable shard of each canonical user key (int keys by value, str keys by FNV-1a)."""
-    from pipeline.state.store import hash_event_ids
-
     out = np.empty(users.size, dtype=np.int64)
     if users.dtype.kind in "iu":
         return np.mod(users.astype(np.int64), shards)
@@ -752,9 +218,6 @@ def by_reason(counts: Mapping[str, int]) -> dict[str, int]:
 
 def validate(chunk: Chunk, until: int | None) -> Validated:
     """The stream's decoder over one chunk; see ``Validated``."""
-    from pipeline.events import decode_records
-    from pipeline.events.records import Records
-
     lake_file, first, n, codec, payloads = chunk
     records = Records.run(payloads, codec, f"file:{lake_file.path}", first)
     result = decode_records(records)
@@ -798,11 +261,6 @@ def write_shard(
 ) -> tuple[str, int]:
     """One Parquet row per user of the shard, events in time order, ties in lake order;
     returns (path, users)."""
-    import pyarrow as pa
-
-    from pipeline.events.batch import concat_keys
-    from pipeline.state.grouping import factorize
-
     cols = {
         name: concat_keys([p[name] for p in parts])
         if name in ("user", "item")
@@ -828,7 +286,6 @@ def write_shard(
 
 def _arrow_keys(values: np.ndarray) -> Any:
     """int64 when every key is an int, else strings (``5`` and ``"5"`` are one key anyway)."""
-    import pyarrow as pa
 
     if values.dtype.kind in "iu":
         return pa.array(values, pa.int64())
@@ -912,7 +369,7 @@ def _write_dead_letters(letters: Iterable[dict[str, Any]], path: str) -> int:
 
 def run_sequences(job: SequencesJob) -> dict[str, Any]:
     """Run the pipeline on the chosen runner; returns the manifest (also written)."""
-    import apache_beam as beam
+    import apache_beam as beam  # lazy: quiet_beam runs before Beam loads
 
     if job.shards < 1:
         raise ValueError(f"--shards must be >= 1, got {job.shards}")
@@ -932,7 +389,7 @@ def run_sequences(job: SequencesJob) -> dict[str, Any]:
             _ = (
                 pipeline
                 | "ListFiles" >> beam.Create(files)
-                | "ReadLake" >> beam.FlatMap(read_chunks)
+                | "ReadLake" >> beam.FlatMap(read_chunks, CHUNK_ROWS, _progress)
                 | "Validate" >> beam.FlatMap(_keyed, job.until, job.shards)
                 | "GroupByShard" >> beam.GroupByKey()
                 | "WriteHistories" >> beam.Map(_write_part, out, job.shards)
@@ -998,7 +455,7 @@ def _first_letter(path: str) -> str:
     """'; the first: FILE row R: REASON: MESSAGE', or nothing when the first dead letter is
     too long to read here (a whole chunk's payload)."""
     try:
-        first = json.loads(paths.first_line(path, _MAX_HEADER_BYTES))
+        first = json.loads(paths.first_line(path, MAX_HEADER_BYTES))
     except ValueError:
         return ""
     row = "" if first["file_row"] is None else f" row {first['file_row']}"
@@ -1073,7 +530,7 @@ def pipeline_flags(job: RunnerSettings) -> list[str]:
 def _check_runner(name: str) -> None:
     """Fail before any work on a runner name Beam cannot resolve (making one downloads and
     starts nothing: that happens when a pipeline runs)."""
-    from apache_beam.runners.runner import create_runner
+    from apache_beam.runners.runner import create_runner  # lazy: quiet_beam runs first
 
     try:
         create_runner(name)
@@ -1124,7 +581,7 @@ def quiet_beam() -> None:
 def runner_options(job: RunnerSettings) -> Iterator[Any]:
     """Pipeline options for the runner (``pipeline_flags``); a local Dask cluster lives as
     long as the run. Runners other than direct and dask get the flags untouched."""
-    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.options.pipeline_options import PipelineOptions  # lazy: as create_runner
 
     # always explicit flags: options come from here, never from the process's own sys.argv
     flags = pipeline_flags(job)
@@ -1132,7 +589,7 @@ def runner_options(job: RunnerSettings) -> Iterator[Any]:
         yield PipelineOptions(flags)
         return
     try:
-        from distributed import Client, LocalCluster
+        from distributed import Client, LocalCluster  # optional: only --runner dask needs it
     except ImportError as err:
         raise ValueError(
             "--runner dask needs dask.distributed (pip install 'dask[distributed]')"

@@ -49,7 +49,8 @@ def _iso_seconds(text: str) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from pipeline.backfill.sequences import CHUNK_ROWS, DEFAULT_SHARDS, FORMATS
+    from pipeline.backfill.sequences import CHUNK_ROWS, DEFAULT_SHARDS
+    from pipeline.lake.reader import FORMATS
 
     backfill = subparsers.add_parser(
         "backfill",
@@ -216,8 +217,8 @@ def _sequences(args: argparse.Namespace) -> int:
 
 
 def _register_bootstrap(jobs: argparse._SubParsersAction) -> None:
-    from pipeline.backfill.sequences import FORMATS
     from pipeline.commands.train import add_settings_arguments
+    from pipeline.lake.reader import FORMATS
 
     boot = jobs.add_parser(
         "bootstrap",

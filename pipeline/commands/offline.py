@@ -16,9 +16,10 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from pipeline.lake.datasets import FORMATS, leave_one_out, make_splits
+from pipeline.lake.datasets import FORMATS
 from pipeline.lake.synthetic import SyntheticConfig
 from pipeline.offline.config import TRAIN_WINDOWS, Preset, TrainConfig, load_preset, preset_names
+from pipeline.offline.splits import leave_one_out, make_splits
 from pipeline.runtime.threads import set_torch_threads
 
 log = logging.getLogger(__name__)
@@ -300,6 +301,7 @@ def model_config_from_args(kind: str, args: argparse.Namespace, preset: Preset) 
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from pipeline.backfill.histories import event_logs
     from pipeline.offline.training import item_keys_json, load_sequences, train_offline
 
     set_torch_threads(args.threads)
@@ -307,7 +309,7 @@ def run_train(args: argparse.Namespace) -> int:
     cfg = train_config_from_args(args, preset, seed=args.seed, progress=not args.no_progress)
     model_config = model_config_from_args(args.model, args, preset)
     ds, source = load_sequences(
-        args.data, args.format, args.skip_malformed, _synthetic_config(args)
+        args.data, args.format, args.skip_malformed, _synthetic_config(args), event_logs
     )
     splits = make_splits(ds, cfg.split)
     log.info("data: %d users, %d items, %d events", ds.num_users, ds.num_items, ds.num_events)
@@ -331,6 +333,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from model.serialize import load_checkpoint, model_kind
+    from pipeline.backfill.histories import event_logs
     from pipeline.offline.training import (
         evaluate,
         load_sequences,
@@ -345,11 +348,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     model, meta = load_checkpoint(offline_checkpoint(args.checkpoint), map_location=args.device)
     source = meta.get("data", {})
     if args.data is not None:
-        ds, _ = load_sequences(args.data, args.format, args.skip_malformed)
+        ds, _ = load_sequences(args.data, args.format, args.skip_malformed, read_output=event_logs)
     elif "synthetic" in source:
         ds, _ = load_sequences(None, synthetic=SyntheticConfig(**source["synthetic"]))
     else:
-        ds, _ = load_sequences(source["path"], source["format"], source["skip_malformed"])
+        ds, _ = load_sequences(
+            source["path"], source["format"], source["skip_malformed"], read_output=event_logs
+        )
     ds = remap_items(ds, meta["item_keys"])
     _, valid, test = leave_one_out(ds)
     max_len = model_max_len(model, default=args.max_len)

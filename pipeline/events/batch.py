@@ -127,10 +127,11 @@ class EventBatch:
 
     @classmethod
     def from_event_log(cls, log: Any, start: int = 0, stop: int | None = None) -> EventBatch:
-        """Rows ``start:stop`` of an ``EventLog`` (columns user, item, timestamp, action).
+        """Rows ``start:stop`` of an ``EventLog`` (columns user, item, timestamp, action and
+        value, which may be None).
 
         Integer id columns are used as they are; other id columns are canonicalised (so a
-        string ``"5"`` becomes the int key 5). Values are absent (NaN), no event ids.
+        string ``"5"`` becomes the int key 5). Values as float32 (NaN: absent), no event ids.
         """
         rows = slice(start, stop)
         timestamp = np.asarray(log.timestamp[rows], dtype=np.int64)
@@ -139,7 +140,9 @@ class EventBatch:
             item_id=canonical_key_column(np.asarray(log.item[rows]), "item_id"),
             timestamp=timestamp,
             action=np.asarray(log.action[rows], dtype=np.int64),
-            value=np.full(len(timestamp), np.nan, np.float32),
+            value=np.full(len(timestamp), np.nan, np.float32)
+            if log.value is None
+            else np.asarray(log.value[rows], dtype=np.float32),
         )
 
     def take(self, rows: np.ndarray | slice) -> EventBatch:

@@ -1,38 +1,47 @@
-"""Event logs on disk -> per-user sequences -> leave-one-out splits.
+"""Event logs on disk -> per-user sequences.
 
-Readers cover MovieLens ``ratings.dat`` (``user::item::rating::timestamp``), MovieLens
-``ratings.csv`` and generic CSV/Parquet logs whose header names user, item and timestamp
-columns (an action column is optional). A malformed line is an error naming file and line,
-unless the caller asks to skip such lines, in which case they are counted by reason.
-``read_event_log`` returns the whole log; ``iter_event_log`` hands it over in chunks of a
-bounded number of rows, for readers that must not hold a whole file (file replay).
+Event files (CSV, MovieLens ``ratings.csv`` and ``ratings.dat``, Parquet) are read by the
+lake's one reader (``pipeline.lake.reader``, the backfill's too: columns by name, the rating
+as the event's value, empty lines, encodings and numbers by its rules, docs/data.md). A row it
+rejects, or one with a missing field, an empty id, a non-finite timestamp or an unknown
+action, is an error naming file and line, unless the caller asks to skip such rows, in which
+case they are counted by reason. ``read_event_log`` returns the whole log; ``iter_event_log``
+hands it over in chunks of a bounded number of rows, for readers that must not hold a whole
+file (file replay). The output of ``genrec backfill sequences`` (a directory) is read by a
+function the caller passes in (``pipeline.backfill.histories.event_logs``): the lake does not
+import the backfill.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.events.schema import ACTION_CODES, MAX_ACTION_CODE
+from pipeline.lake.reader import (
+    Chunk,
+    DataFormatError,
+    LakeFile,
+    check_columns,
+    parse_numbers,
+    read_file,
+    suffix_format,
+    text_format,
+)
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("auto", "movielens-dat", "movielens-csv", "csv", "parquet", "backfill")
-USER_COLUMNS = ("user_id", "user", "userid", "uid")
-ITEM_COLUMNS = ("item_id", "item", "itemid", "movieid", "movie_id", "iid")
-TIME_COLUMNS = ("timestamp", "ts", "time", "event_time")
-ACTION_COLUMNS = ("action", "action_type", "event_type")
 MAX_ERRORS_KEPT = 20
-
-
-class DataFormatError(ValueError):
-    """The input file is malformed; the message names the file, the line and the fix."""
+READ_ROWS = 65_536  # rows the reader types at once for a whole read
 
 
 @dataclass(frozen=True)
@@ -40,28 +49,33 @@ class EventLog:
     """One row per event, raw keys, in file order.
 
     ``user``/``item`` are int64 when every key is an integer, else object arrays of str.
-    ``timestamp`` is int64 seconds; ``action`` int64 codes (see ``ACTION_CODES``).
+    ``timestamp`` is int64 seconds; ``action`` int64 codes (see ``ACTION_CODES``); ``value``
+    float64 (a rating; NaN where a row has none), or None for a log without values.
     """
 
     user: np.ndarray
     item: np.ndarray
     timestamp: np.ndarray
     action: np.ndarray
+    value: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.user)
-        for name in ("item", "timestamp", "action"):
-            if len(getattr(self, name)) != n:
-                raise ValueError(
-                    f"EventLog column {name} has {len(getattr(self, name))} rows, user has {n}"
-                )
+        for name in ("item", "timestamp", "action", "value"):
+            column = getattr(self, name)
+            if column is not None and len(column) != n:
+                raise ValueError(f"EventLog column {name} has {len(column)} rows, user has {n}")
 
     def __len__(self) -> int:
         return len(self.user)
 
     def take(self, index: np.ndarray | slice) -> EventLog:
         return EventLog(
-            self.user[index], self.item[index], self.timestamp[index], self.action[index]
+            self.user[index],
+            self.item[index],
+            self.timestamp[index],
+            self.action[index],
+            None if self.value is None else self.value[index],
         )
 
     def slice(self, start: int, stop: int) -> EventLog:
@@ -71,6 +85,11 @@ class EventLog:
     def sorted_by_time(self) -> EventLog:
         """Event-time order; ties keep file order (stable sort)."""
         return self.take(np.argsort(self.timestamp, kind="stable"))
+
+
+# Reads the output directory of ``genrec backfill sequences`` in EventLogs of at most
+# ``chunk_rows`` rows: (directory, chunk_rows) -> logs.
+OutputReader = Callable[[str, int], Iterator[EventLog]]
 
 
 @dataclass
@@ -106,20 +125,9 @@ class _LineErrors:
             self.stats.errors.append(text)
 
 
-def text_format(first_line: str) -> str:
-    """The format of a text event file by its first line: MovieLens's ``ratings.csv``
-    header, MovieLens's ``::``-separated rows, else CSV with the event schema's columns."""
-    header = first_line.strip().lower()
-    if header.replace(" ", "") == "userid,movieid,rating,timestamp":
-        return "movielens-csv"
-    if "::" in header:
-        return "movielens-dat"
-    return "csv"
-
-
 def detect_format(path: str | Path) -> str:
     """Recognise MovieLens files by name and header, a ``genrec backfill sequences`` output
-    directory by its manifest; else CSV/Parquet by extension."""
+    directory by its manifest; else CSV/Parquet by extension (``pipeline.lake.reader``)."""
     p = Path(path)
     if p.is_dir():
         if (p / "manifest.json").is_file():
@@ -128,37 +136,46 @@ def detect_format(path: str | Path) -> str:
             f"{p} is a directory but not the output of genrec backfill sequences (no "
             "manifest.json); pass an event file or a backfill output directory"
         )
-    suffix = p.suffix.lower()
-    if suffix in (".parquet", ".pq"):
-        return "parquet"
-    if suffix == ".dat":
-        return "movielens-dat"
-    if suffix in (".csv", ".tsv", ".txt"):
+    fmt = suffix_format(str(p))
+    if fmt == "text":
         with p.open(encoding="utf-8", errors="replace") as fh:
             return text_format(fh.readline())
-    raise DataFormatError(
-        f"{p}: cannot tell the format from the name; pass --format "
-        f"({', '.join(f for f in FORMATS if f != 'auto')})"
-    )
+    if fmt is None or fmt not in FORMATS:  # JSON Lines are replayed, not read as a table
+        raise DataFormatError(
+            f"{p}: cannot tell the format from the name; pass --format "
+            f"({', '.join(f for f in FORMATS if f != 'auto')})"
+        )
+    return fmt
 
 
 def read_event_log(
-    path: str | Path, format: str = "auto", skip_malformed: bool = False
+    path: str | Path,
+    format: str = "auto",
+    skip_malformed: bool = False,
+    read_output: OutputReader | None = None,
 ) -> tuple[EventLog, ReadStats]:
-    """Read an event log; raise DataFormatError on the first malformed row unless skipping."""
-    chunks, stats = _column_chunks(path, format, skip_malformed, chunk_rows=None)
-    whole: _Columns = ([], [], [], [])
-    for chunk in chunks:
-        for column, part in zip(whole, chunk, strict=True):
-            column.extend(part)
+    """Read an event log; raise DataFormatError on the first malformed row unless skipping.
+    ``read_output`` reads a backfill output directory (format ``backfill``)."""
+    chunks, stats = _chunks(path, format, skip_malformed, READ_ROWS, read_output)
+    parts = list(chunks)
     # int keys only when every key of the file is an integer (one chunk may not tell)
-    event_log = _event_log(whole)
+    event_log = EventLog(
+        user=_keys_array(_concat([p.user for p in parts])),
+        item=_keys_array(_concat([p.item for p in parts])),
+        timestamp=np.concatenate([np.zeros(0, np.int64), *(p.timestamp for p in parts)]),
+        action=np.concatenate([np.zeros(0, np.int64), *(p.action for p in parts)]),
+        value=_values(parts),
+    )
     _finish_stats(stats, len(event_log))
     return event_log, stats
 
 
 def iter_event_log(
-    path: str | Path, format: str = "auto", skip_malformed: bool = False, chunk_rows: int = 1 << 20
+    path: str | Path,
+    format: str = "auto",
+    skip_malformed: bool = False,
+    chunk_rows: int = 1 << 20,
+    read_output: OutputReader | None = None,
 ) -> tuple[Iterator[EventLog], ReadStats]:
     """The log in file order, in ``EventLog`` chunks of at most ``chunk_rows`` rows, and the
     ``ReadStats`` that the iteration fills in (complete once it is exhausted).
@@ -168,24 +185,43 @@ def iter_event_log(
     """
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
-    chunks, stats = _column_chunks(path, format, skip_malformed, chunk_rows)
+    chunks, stats = _chunks(path, format, skip_malformed, chunk_rows, read_output)
 
     def generate() -> Iterator[EventLog]:
         rows = 0
+        pending: list[EventLog] = []
+        size = 0
         for chunk in chunks:
-            rows += len(chunk[0])
-            yield _event_log(chunk)
+            if not pending and len(chunk) == chunk_rows:  # the usual chunk: as it is
+                rows += chunk_rows
+                yield _with_keys(chunk)
+                continue
+            pending.append(chunk)
+            size += len(chunk)
+            if size >= chunk_rows:  # the reader's runs end at rejected rows: join them
+                whole = _joined(pending)
+                for start in range(0, size - size % chunk_rows, chunk_rows):
+                    rows += chunk_rows
+                    yield _with_keys(whole.slice(start, start + chunk_rows))
+                rest = whole.slice(size - size % chunk_rows, size)
+                pending, size = ([rest] if len(rest) else []), len(rest)
+        if size:
+            rows += size
+            yield _with_keys(_joined(pending))
         _finish_stats(stats, rows)
 
     return generate(), stats
 
 
-_Columns = tuple[list, list, list, list]
-
-
-def _column_chunks(
-    path: str | Path, format: str, skip_malformed: bool, chunk_rows: int | None
-) -> tuple[Iterator[_Columns], ReadStats]:
+def _chunks(
+    path: str | Path,
+    format: str,
+    skip_malformed: bool,
+    chunk_rows: int,
+    read_output: OutputReader | None,
+) -> tuple[Iterator[EventLog], ReadStats]:
+    """The log's rows in file order, in EventLogs of raw keys (str, or int64 where a Parquet
+    column holds integers), and the ``ReadStats`` they fill in."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such file (check the --data path)")
@@ -193,24 +229,206 @@ def _column_chunks(
         raise DataFormatError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
     fmt = detect_format(p) if format == "auto" else format
     stats = ReadStats(path=str(p), format=fmt)
-    on_error = _LineErrors(stats, skip_malformed)
-    limit = chunk_rows or 1 << 62
-    if fmt == "parquet":
-        return _read_parquet(p, on_error, limit), stats
-    if fmt == "movielens-dat":
-        return _read_movielens_dat(p, on_error, limit), stats
     if fmt == "backfill":
-        return _read_backfill(p, limit), stats
-    return _read_csv(p, on_error, fmt == "movielens-csv", limit), stats
+        if read_output is None:
+            raise DataFormatError(
+                f"{p}: the output of genrec backfill sequences is read by train-offline and "
+                "evaluate (--data DIR), not here"
+            )
+        return read_output(str(p), chunk_rows), stats
+    on_error = _LineErrors(stats, skip_malformed)
+    return _read_file(p, fmt, chunk_rows, on_error), stats
 
 
-def _event_log(columns: _Columns) -> EventLog:
-    users, items, times, actions = columns
+def _read_file(path: Path, fmt: str, chunk_rows: int, on_error: _LineErrors) -> Iterator[EventLog]:
+    """The reader's chunks as EventLogs, its dead letters and the rows ``_checked`` finds
+    wanting given to ``on_error``."""
+    lake_file = LakeFile(0, str(path), path.stat().st_size, fmt)
+    with path.open("rb") as handle:
+        for chunk in _file_chunks(lake_file, handle, chunk_rows):
+            if isinstance(chunk, dict):  # a row the reader rejects
+                on_error(f"{path}:{chunk['file_row']}", chunk["reason"], chunk["message"])
+                continue
+            _, first, _, _, payloads = chunk
+            table = pa.ipc.open_stream(payloads[0]).read_all()
+            # the backfill rejects a Parquet file's rows when it lacks a column: one error here
+            check_columns(table.column_names, f"{path}: the Parquet file")
+            # the reader's first is a Parquet row, or a line index (lines count from 1)
+            where = _where_row(path, first) if fmt == "parquet" else _where_line(path, first + 1)
+            yield _checked(table, where, on_error)
+
+
+def _file_chunks(
+    lake_file: LakeFile, handle: BinaryIO, chunk_rows: int
+) -> Iterator[Chunk | dict[str, Any]]:
+    """``read_file``'s, its errors about the file (a header or columns that are not the
+    format's) naming the file."""
+    try:
+        yield from read_file(lake_file, handle, chunk_rows)
+    except DataFormatError as err:
+        raise DataFormatError(f"{lake_file.path}: {err}") from None
+
+
+def _where_row(path: Path, first: int) -> Callable[[int], str]:
+    return lambda k: f"{path}: row {first + k}"
+
+
+def _where_line(path: Path, first: int) -> Callable[[int], str]:
+    return lambda k: f"{path}:{first + k}"
+
+
+def _checked(table: pa.Table, where: Callable[[int], str], on_error: _LineErrors) -> EventLog:
+    """The rows of a chunk of the reader's as an EventLog, without the rows with a missing
+    field, an empty id, a non-finite timestamp or an unknown action (``on_error`` hears of
+    each, in row order; the first flaw of a row is its reason)."""
+    n = table.num_rows
+    reasons = np.full(n, "", dtype=object)
+    messages: dict[int, str] = {}
+
+    def flag(mask: np.ndarray, reason: str, message: Callable[[int], str]) -> None:
+        for row in np.flatnonzero(mask & (reasons == "")).tolist():
+            reasons[row] = reason
+            messages[row] = message(row)
+
+    columns = {name: table.column(name).combine_chunks() for name in table.column_names}
+    user, item = _ids(columns["user_id"]), _ids(columns["item_id"])
+    no_time = columns["timestamp"].is_null().to_numpy(zero_copy_only=False)
+    flag((user == "") & (item == "") & no_time, "missing_field", lambda _: "an empty row or line")
+    required = ("user_id", "item_id", "timestamp", "action")
+    for name in required:
+        flag(columns[name].is_null().to_numpy(zero_copy_only=False), "missing_field",
+             lambda _, f=name: f"no {f.removesuffix('_id')}")  # fmt: skip
+    flag((user == "") | (item == ""), "empty_id", lambda _: "empty user or item id")
+    seconds, numeric = _seconds(columns["timestamp"])
+    flag(
+        ~numeric,
+        "bad_type",
+        lambda r: f"timestamp {columns['timestamp'][r].as_py()!r} is not a number",
+    )
+    with np.errstate(invalid="ignore"):
+        finite = np.isfinite(seconds) & (np.abs(seconds) < 2.0**63)
+    flag(
+        numeric & ~finite,
+        "bad_timestamp",
+        lambda r: f"timestamp {seconds[r]} is not a finite number",
+    )
+    action, known = _codes(columns["action"])
+    flag(
+        ~known,
+        "bad_action",
+        lambda r: (
+            f"action {str(columns['action'][r].as_py()).strip()!r} is neither an integer "
+            f"code in 0..{MAX_ACTION_CODE} nor one of {sorted(ACTION_CODES)}"
+        ),
+    )
+    value = None
+    if "value" in columns:
+        value, numeric = _numbers(columns["value"])
+        flag(
+            ~numeric, "bad_type", lambda r: f"value {columns['value'][r].as_py()!r} is not a number"
+        )
+    for row in sorted(messages):
+        on_error(where(row), reasons[row], messages[row])
+    keep = reasons == ""
     return EventLog(
-        user=_keys_array(users),
-        item=_keys_array(items),
-        timestamp=np.asarray(times, dtype=np.int64),
-        action=np.asarray(actions, dtype=np.int64),
+        user=user[keep],
+        item=item[keep],
+        timestamp=np.trunc(np.where(keep, seconds, 0))[keep].astype(np.int64),
+        action=action[keep],
+        value=None if value is None else value[keep],
+    )
+
+
+def _ids(column: pa.Array) -> np.ndarray:
+    """Keys as written: int64 for an integer column, else str (nulls: "", flagged before)."""
+    if pa.types.is_integer(column.type):
+        return pc.fill_null(column, 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    if not pa.types.is_string(column.type):
+        column = pa.array([None if v is None else str(v) for v in column.to_pylist()], pa.string())
+    return pc.fill_null(column, "").to_numpy(zero_copy_only=False).astype(object)
+
+
+def _numbers(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """float64 values (NaN for nulls), and which rows hold a number or null."""
+    if pa.types.is_string(column.type) or pa.types.is_binary(column.type):
+        column, numeric = parse_numbers(column.cast(pa.string()), pa.float64())
+    elif pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
+        column, numeric = column.cast(pa.float64()), np.ones(len(column), bool)
+    else:
+        column, numeric = pa.nulls(len(column), pa.float64()), np.zeros(len(column), bool)
+    values = pc.fill_null(column, np.nan).to_numpy(zero_copy_only=False)
+    return values.astype(np.float64), numeric
+
+
+def _seconds(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Timestamps in seconds (a timestamp type's by its unit), and which rows are numbers."""
+    if pa.types.is_timestamp(column.type):
+        per_second = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}[column.type.unit]
+        raw = pc.fill_null(column.cast(pa.int64()), 0).to_numpy(zero_copy_only=False)
+        return raw / per_second, np.ones(len(column), bool)
+    return _numbers(column)
+
+
+def _codes(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """int64 action codes, and which rows have a known one (a code in 0..MAX_ACTION_CODE or a
+    name of ``ACTION_CODES``; nulls count as known here: flagged before)."""
+    if pa.types.is_integer(column.type):
+        codes = pc.fill_null(column, 0).to_numpy(zero_copy_only=False).astype(np.int64)
+        return codes, (codes >= 0) & (codes <= MAX_ACTION_CODE)
+    texts = column.to_pylist()
+    parsed = {text: _parse_action(str(text)) for text in set(texts) if text is not None}
+    codes = np.array(
+        [0 if t is None else parsed[t] if parsed[t] is not None else -1 for t in texts], np.int64
+    )
+    return np.maximum(codes, 0), codes >= 0
+
+
+def _parse_action(text: str) -> int | None:
+    text = text.strip()
+    if text.lstrip("-").isdigit():
+        code = int(text)
+        return code if 0 <= code <= MAX_ACTION_CODE else None
+    return ACTION_CODES.get(text.lower())
+
+
+def _concat(columns: list[np.ndarray]) -> np.ndarray:
+    """Key columns end to end: int64 when every part is, else str objects."""
+    if all(c.dtype == np.int64 for c in columns):
+        return np.concatenate([np.zeros(0, np.int64), *columns])
+    return np.concatenate(
+        [
+            np.zeros(0, object),
+            *(c if c.dtype == object else c.astype(str).astype(object) for c in columns),
+        ]
+    )
+
+
+def _values(parts: list[EventLog]) -> np.ndarray | None:
+    """The logs' values end to end (NaN for a log without), or None when none has any."""
+    if all(p.value is None for p in parts):
+        return None
+    return np.concatenate([np.full(len(p), np.nan) if p.value is None else p.value for p in parts])
+
+
+def _joined(parts: list[EventLog]) -> EventLog:
+    """EventLogs end to end, keys as read (``_concat``)."""
+    return EventLog(
+        user=_concat([p.user for p in parts]),
+        item=_concat([p.item for p in parts]),
+        timestamp=np.concatenate([p.timestamp for p in parts]),
+        action=np.concatenate([p.action for p in parts]),
+        value=_values(parts),
+    )
+
+
+def _with_keys(event_log: EventLog) -> EventLog:
+    """The log with keys int64 when all of them are integers, else str (``_keys_array``)."""
+    return EventLog(
+        _keys_array(event_log.user),
+        _keys_array(event_log.item),
+        event_log.timestamp,
+        event_log.action,
+        event_log.value,
     )
 
 
@@ -226,199 +444,14 @@ def _finish_stats(stats: ReadStats, rows: int) -> None:
         )
 
 
-class _Chunker:
-    """Collects rows and hands them out ``limit`` at a time."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.cols: _Columns = ([], [], [], [])
-
-    def full(self) -> bool:
-        return len(self.cols[0]) >= self.limit
-
-    def take(self) -> _Columns:
-        out, self.cols = self.cols, ([], [], [], [])
-        return out
-
-
-def _parse_time(text: str) -> int | None:
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return int(value) if np.isfinite(value) else None
-
-
-def _parse_action(text: str) -> int | None:
-    text = text.strip()
-    if text.lstrip("-").isdigit():
-        code = int(text)
-        return code if 0 <= code <= MAX_ACTION_CODE else None
-    return ACTION_CODES.get(text.lower())
-
-
-def _append_row(
-    cols: _Columns, where: str, user: str, item: str, ts: str, action: str | None, on_error
-) -> None:
-    user, item = user.strip(), item.strip()
-    if not user or not item:
-        on_error(where, "empty_id", "empty user or item id")
-        return
-    t = _parse_time(ts.strip())
-    if t is None:
-        on_error(where, "bad_timestamp", f"timestamp {ts.strip()!r} is not a finite number")
-        return
-    code = 0
-    if action is not None:
-        parsed = _parse_action(action)
-        if parsed is None:
-            on_error(
-                where,
-                "bad_action",
-                f"action {action.strip()!r} is neither an integer code in 0..{MAX_ACTION_CODE} nor one of "
-                f"{sorted(ACTION_CODES)}",
-            )
-            return
-        code = parsed
-    cols[0].append(user)
-    cols[1].append(item)
-    cols[2].append(t)
-    cols[3].append(code)
-
-
-def _read_movielens_dat(path: Path, on_error, limit: int) -> Iterator[_Columns]:
-    chunk = _Chunker(limit)
-    with path.open(encoding="latin-1") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            line = line.rstrip("\r\n")
-            if not line:
-                continue
-            parts = line.split("::")
-            if len(parts) != 4:
-                on_error(
-                    f"{path}:{lineno}",
-                    "field_count",
-                    f"expected 4 fields 'user::item::rating::timestamp', got {len(parts)}: {line[:80]!r}",
-                )
-                continue
-            _append_row(
-                chunk.cols, f"{path}:{lineno}", parts[0], parts[1], parts[3], None, on_error
-            )
-            if chunk.full():
-                yield chunk.take()
-    yield chunk.take()
-
-
-def _find_column(header: list[str], names: tuple[str, ...]) -> int | None:
-    lowered = [h.strip().lower() for h in header]
-    for name in names:
-        if name in lowered:
-            return lowered.index(name)
-    return None
-
-
-def _required_columns(path: Path, header: list[str]) -> tuple[int, int, int, int | None]:
-    idx = [_find_column(header, names) for names in (USER_COLUMNS, ITEM_COLUMNS, TIME_COLUMNS)]
-    missing = [
-        kind for kind, i in zip(("user", "item", "timestamp"), idx, strict=True) if i is None
-    ]
-    if missing:
-        raise DataFormatError(
-            f"{path}:1: header {header} has no {', '.join(missing)} column; expected names like "
-            f"user_id/userId, item_id/movieId, timestamp (see docs/data.md)"
-        )
-    return idx[0], idx[1], idx[2], _find_column(header, ACTION_COLUMNS)  # type: ignore[return-value]
-
-
-def _read_csv(path: Path, on_error, movielens: bool, limit: int) -> Iterator[_Columns]:
-    chunk = _Chunker(limit)
-    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    with path.open(encoding="utf-8", newline="") as fh:
-        reader = csv.reader(fh, delimiter=delimiter)
-        header = next(reader, None)
-        if header is None:
-            return
-        u, i, t, a = _required_columns(path, header)
-        if movielens:
-            a = None  # MovieLens' rating column is a score, not an action type
-        width = len(header)
-        for row in reader:
-            where = f"{path}:{reader.line_num}"
-            if not row:
-                continue
-            if len(row) != width:
-                on_error(
-                    where, "field_count", f"expected {width} fields, got {len(row)}: {row[:6]}"
-                )
-                continue
-            _append_row(
-                chunk.cols, where, row[u], row[i], row[t], None if a is None else row[a], on_error
-            )
-            if chunk.full():
-                yield chunk.take()
-    yield chunk.take()
-
-
-def _read_parquet(path: Path, on_error, limit: int) -> Iterator[_Columns]:
-    import pyarrow.parquet as pq  # lazy: only this reader needs it
-
-    parquet = pq.ParquetFile(path)
-    names = parquet.schema_arrow.names
-    u, i, t, a = _required_columns(path, names)
-    wanted = [names[c] for c in (u, i, t)] + ([] if a is None else [names[a]])
-    chunk = _Chunker(limit)
-    row = 0
-    # row groups are read batch by batch: never more than one batch of the file in memory
-    for batch in parquet.iter_batches(batch_size=min(limit, 65_536), columns=wanted):
-        data = [batch.column(k).to_pylist() for k in range(3)]
-        actions = batch.column(3).to_pylist() if a is not None else None
-        for k, (user, item, ts) in enumerate(zip(*data, strict=True)):
-            where = f"{path}: row {row + k}"
-            if user is None or item is None or ts is None:
-                on_error(where, "missing_field", "null user, item or timestamp")
-                continue
-            ts_text = str(ts.timestamp()) if hasattr(ts, "timestamp") else str(ts)
-            act = None if actions is None or actions[k] is None else str(actions[k])
-            _append_row(chunk.cols, where, str(user), str(item), ts_text, act, on_error)
-            if chunk.full():
-                yield chunk.take()
-        row += batch.num_rows
-    yield chunk.take()
-
-
-def _read_backfill(path: Path, limit: int) -> Iterator[_Columns]:
-    """The events of a ``genrec backfill sequences`` output: its shards' histories, each
-    user's in their stored order (time, ties in lake order), every file checked first by
-    ``pipeline.backfill.histories`` (a bad one is a ``HistoryError`` naming it)."""
-    from pipeline.backfill import histories  # lazy: Beam's filesystems load with it
-
-    output = histories.open_output(str(path), "--data")
-    chunk = _Chunker(limit)
-    for batch in histories.read_output(output, batch_users=min(limit, 65_536)):
-        bounds = batch.offsets.tolist()
-        items, times, actions = (
-            batch.items.tolist(),
-            batch.timestamps.tolist(),
-            batch.actions.tolist(),
-        )
-        for row, user in enumerate(batch.users.to_pylist()):
-            start, stop = bounds[row], bounds[row + 1]
-            users_, items_, times_, actions_ = chunk.cols
-            users_.extend([str(user)] * (stop - start))
-            items_.extend(str(item) for item in items[start:stop])
-            times_.extend(times[start:stop])
-            actions_.extend(actions[start:stop])
-            if chunk.full():
-                yield chunk.take()
-    yield chunk.take()
-
-
-def _keys_array(keys: list[str]) -> np.ndarray:
+def _keys_array(keys: np.ndarray) -> np.ndarray:
     """int64 when every key is an integer literal (MovieLens), else str objects."""
+    if keys.dtype == np.int64:
+        return keys
     try:
-        return np.asarray([int(k) for k in keys], dtype=np.int64)
+        return np.asarray([int(k) for k in keys.tolist()], dtype=np.int64)
     except ValueError:
-        return np.asarray(keys, dtype=object)
+        return keys
 
 
 @dataclass(frozen=True)
@@ -493,47 +526,3 @@ def build_sequences(event_log: EventLog, min_length: int = 1) -> SequenceDataset
         item_keys=np.concatenate([np.array([None], dtype=object), item_keys.astype(object)]),
         user_keys=user_keys,
     )
-
-
-def leave_one_out(
-    ds: SequenceDataset,
-) -> tuple[SequenceDataset, SequenceDataset, SequenceDataset]:
-    """(train, valid, test): each user's sequence without its last 2, without its last 1,
-    and whole. In valid and test the last event of each sequence is the target.
-
-    Users need at least 3 events (build with ``min_length=3``); shorter ones raise.
-    """
-    short = np.flatnonzero(ds.lengths() < 3)
-    if short.size:
-        raise ValueError(
-            f"leave-one-out needs >= 3 events per user; {short.size} users have fewer "
-            f"(first: {ds.user_keys[short[0]]!r}); build_sequences(..., min_length=3) drops them"
-        )
-    return ds.drop_last(2), ds.drop_last(1), ds
-
-
-def paper_split(
-    ds: SequenceDataset,
-) -> tuple[SequenceDataset, SequenceDataset, SequenceDataset]:
-    """(train, valid, test) of the HSTU paper: train is each sequence without its last
-    event, so the validation event (second-to-last) is also a training target; valid is
-    that same prefix (its metrics are in-sample, for monitoring only); test is whole."""
-    short = np.flatnonzero(ds.lengths() < 3)
-    if short.size:
-        raise ValueError(
-            f"the paper's split needs >= 3 events per user; {short.size} users have fewer "
-            f"(first: {ds.user_keys[short[0]]!r}); build_sequences(..., min_length=3) drops them"
-        )
-    train = ds.drop_last(1)
-    return train, train, ds
-
-
-def make_splits(
-    ds: SequenceDataset, split: str
-) -> tuple[SequenceDataset, SequenceDataset, SequenceDataset]:
-    """``leave_one_out`` for split "holdout", ``paper_split`` for "paper"."""
-    if split == "holdout":
-        return leave_one_out(ds)
-    if split == "paper":
-        return paper_split(ds)
-    raise ValueError(f"unknown split {split!r}; use 'holdout' or 'paper'")

@@ -38,7 +38,7 @@ from model.optim import RowSparseAdam
 from model.popular import MostPopular
 from model.retrieval import score_items
 from model.serialize import build_model, save_checkpoint
-from pipeline.lake.datasets import SequenceDataset, build_sequences, read_event_log
+from pipeline.lake.datasets import OutputReader, SequenceDataset, build_sequences, read_event_log
 from pipeline.lake.synthetic import SyntheticConfig, generate_events
 from pipeline.offline.config import TrainConfig
 from pipeline.runtime import threads
@@ -100,15 +100,17 @@ def load_sequences(
     fmt: str = "auto",
     skip_malformed: bool = False,
     synthetic: SyntheticConfig | None = None,
+    read_output: OutputReader | None = None,
 ) -> tuple[SequenceDataset, dict[str, Any]]:
     """Per-user sequences (users with >= 3 events, for leave-one-out) and a JSON
-    description of the source, from a file or, without ``data``, the synthetic generator."""
+    description of the source, from a file or, without ``data``, the synthetic generator.
+    ``read_output`` reads a backfill output directory (``read_event_log``)."""
     if data is None:
         synthetic = synthetic or SyntheticConfig()
         event_log = generate_events(synthetic)
         source: dict[str, Any] = {"synthetic": asdict(synthetic)}
     else:
-        event_log, stats = read_event_log(data, format=fmt, skip_malformed=skip_malformed)
+        event_log, stats = read_event_log(data, fmt, skip_malformed, read_output)
         source = {"path": str(data), "format": stats.format, "skip_malformed": skip_malformed}
         source["skipped_rows"] = stats.skipped_total
     ds = build_sequences(event_log, min_length=3)
@@ -281,7 +283,7 @@ def train_offline(
         kind: "hstu", "sasrec" or "popular".
         model_config: fields of the model's config dataclass except ``num_rows``, which is
             set from the data (num_items + 1).
-        splits: (train, valid, test) from ``pipeline.lake.datasets.make_splits(ds, cfg.split)``.
+        splits: (train, valid, test) from ``pipeline.offline.splits.make_splits(ds, cfg.split)``.
         cfg: optimisation settings.
         out_dir: where the best checkpoint (``out_dir/checkpoint``) is written; None: nowhere.
         meta: extra JSON metadata stored in the checkpoint (data source, item keys, ...).

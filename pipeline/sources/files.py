@@ -2,8 +2,8 @@
 
 Two kinds of file:
 
-- **Tables** (MovieLens ``.dat``/``.csv``, generic CSV, Parquet; read by
-  ``pipeline.lake.datasets.iter_event_log``): the log is put in event-time order (ties keep file
+- **Tables** (MovieLens ``.dat``/``.csv``, generic CSV, Parquet; read by the lake's reader
+  through ``pipeline.lake.datasets.iter_event_log``, a rating as the event's value): the log is put in event-time order (ties keep file
   order) in bounded memory, by an external sort into a spill file (``pipeline.sources.spill``:
   chunks of ``chunk_rows`` rows sorted and merged on disk under ``spill_dir``, deleted on
   ``close``, or when the source is collected or the process exits), and cut into records like ``SyntheticSource`` (codec ``arrow``, the default:

@@ -116,7 +116,13 @@ def sort_tables(
 
 def _event_schema(key_type: pa.DataType) -> pa.Schema:
     return pa.schema(
-        [("user", key_type), ("item", key_type), ("timestamp", pa.int64()), ("action", pa.int64())]
+        [
+            ("user", key_type),
+            ("item", key_type),
+            ("timestamp", pa.int64()),
+            ("action", pa.int64()),
+            ("value", pa.float64()),  # NaN where an event has none
+        ]
     )
 
 
@@ -142,6 +148,10 @@ def _table(event_log: EventLog) -> pa.Table:
         keys(event_log.item),
         pa.array(event_log.timestamp, pa.int64()),
         pa.array(event_log.action, pa.int64()),
+        pa.array(
+            np.full(len(event_log), np.nan) if event_log.value is None else event_log.value,
+            pa.float64(),
+        ),
     ]
     return pa.Table.from_arrays(arrays, schema=_event_schema(key_type))
 
@@ -251,4 +261,5 @@ def _to_event_log(table: pa.Table) -> EventLog:
         values = table.column(name).to_numpy(zero_copy_only=False)
         return values.astype(object) if values.dtype.kind not in "iu" else values
 
-    return EventLog(column("user"), column("item"), column("timestamp"), column("action"))
+    value = table.column("value").to_numpy(zero_copy_only=False)
+    return EventLog(column("user"), column("item"), column("timestamp"), column("action"), value)

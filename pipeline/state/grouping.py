@@ -3,6 +3,8 @@
 Batch assembly groups every micro-batch by user and by item several times; these do it with a
 few numpy passes. Group ids are dense (``0..n_groups-1``), so a counting sort beats a
 comparison sort: numpy's stable sort is a radix sort for 16-bit integers.
+``hash_event_ids`` is the stable hash of string keys: event ids for the store's duplicate
+check, user keys for the backfill's shards.
 """
 
 from __future__ import annotations
@@ -69,3 +71,33 @@ def compact_groups(index: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.nda
     """The group ids that occur in ``index`` (sorted) and each element's position among them."""
     present = np.bincount(index, minlength=n_groups) > 0
     return np.flatnonzero(present), (np.cumsum(present) - 1)[index]
+
+
+_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+_FNV_PRIME = np.uint64(0x100000001B3)
+
+
+def hash_event_ids(event_ids: np.ndarray | None, n: int) -> np.ndarray:
+    """Stable 64-bit FNV-1a hashes of event ids (0 = no id), vectorised over the batch.
+
+    Python's ``hash`` is salted per process, so it cannot survive a checkpoint.
+    """
+    if event_ids is None:
+        return np.zeros(n, dtype=np.int64)
+    present = np.array([e is not None for e in event_ids.tolist()], dtype=bool)
+    out = np.zeros(n, dtype=np.int64)
+    if not present.any():
+        return out
+    raw = np.array([e.encode("utf-8") for e in event_ids[present].tolist()], dtype=np.bytes_)
+    width = raw.dtype.itemsize
+    chars = raw.view(np.uint8).reshape(-1, width)
+    lengths = np.char.str_len(raw)
+    h = np.full(chars.shape[0], _FNV_OFFSET, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(width):
+            live = lengths > j
+            mixed = (h ^ chars[:, j].astype(np.uint64)) * _FNV_PRIME
+            h = np.where(live, mixed, h)
+    hashed = h.view(np.int64)
+    out[present] = np.where(hashed == 0, 1, hashed)  # 0 means "no id"
+    return out

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.state.grouping import compact_groups, factorize, group_order
+from pipeline.state.grouping import compact_groups, factorize, group_order, hash_event_ids
 from pipeline.state.keyindex import Key, KeyIndex
 from pipeline.state.memory import lazy_zeros
 from pipeline.state.recency import RecencyIndex
@@ -59,35 +59,6 @@ _INT64_MIN = np.iinfo(np.int64).min
 # Address space reserved for the first users at once (pipeline.state.memory.lazy_zeros: pages are only
 # backed by memory once written), so the store rarely grows by copying.
 _RESERVE_BYTES = 256 << 20
-
-_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
-_FNV_PRIME = np.uint64(0x100000001B3)
-
-
-def hash_event_ids(event_ids: np.ndarray | None, n: int) -> np.ndarray:
-    """Stable 64-bit FNV-1a hashes of event ids (0 = no id), vectorised over the batch.
-
-    Python's ``hash`` is salted per process, so it cannot survive a checkpoint.
-    """
-    if event_ids is None:
-        return np.zeros(n, dtype=np.int64)
-    present = np.array([e is not None for e in event_ids.tolist()], dtype=bool)
-    out = np.zeros(n, dtype=np.int64)
-    if not present.any():
-        return out
-    raw = np.array([e.encode("utf-8") for e in event_ids[present].tolist()], dtype=np.bytes_)
-    width = raw.dtype.itemsize
-    chars = raw.view(np.uint8).reshape(-1, width)
-    lengths = np.char.str_len(raw)
-    h = np.full(chars.shape[0], _FNV_OFFSET, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for j in range(width):
-            live = lengths > j
-            mixed = (h ^ chars[:, j].astype(np.uint64)) * _FNV_PRIME
-            h = np.where(live, mixed, h)
-    hashed = h.view(np.int64)
-    out[present] = np.where(hashed == 0, 1, hashed)  # 0 means "no id"
-    return out
 
 
 @dataclass(frozen=True)

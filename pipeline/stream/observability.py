@@ -158,7 +158,8 @@ class TrainerMetrics:
                 self.window.labels(metric=name).set(value)
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """H:MM:SS of a number of seconds (an ETA in a progress line)."""
     seconds = max(0, int(seconds))
     return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
@@ -176,7 +177,7 @@ def progress_line(snapshot: Mapping[str, Any], total: int | None) -> str:
         eta = (total - done) / rate if rate > 0 else math.inf
         # An Arrow record is never split, so the last poll may overshoot max_events.
         parts.append(f"{min(100.0, 100 * done / total):.0f}%")
-        parts.append("ETA " + (_duration(max(0.0, eta)) if math.isfinite(eta) else "?"))
+        parts.append("ETA " + (duration(max(0.0, eta)) if math.isfinite(eta) else "?"))
     parts.append(f"targets={snapshot['targets']:,}")
     parts.append(f"loss={snapshot['loss']:.3f}")
     for name, value in snapshot["window"].items():

@@ -101,7 +101,7 @@ def test_bad_rows_and_files_of_every_format(tmp_path: Path) -> None:
     (lake / "ratings.dat").write_text(
         f"1::1::4::{T0}\n1::2::3\n1:x:3::3::{T0}\n1::4::four::{T0}\n1::5::5::{T0}\n"
     )  # 2: field count; 3: fields in the wrong place; 4: a rating that is not a number
-    (lake / "wrong.csv").write_text(f"user,item,time\n1,2,{T0}\n")  # not the event schema
+    (lake / "wrong.csv").write_text(f"who,what,when\n1,2,{T0}\n")  # no event columns
     (lake / "corrupt.csv").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\xff binary")
     (tmp_path / "folder.csv").mkdir()  # a path that cannot be read as a file
     out = tmp_path / "out"
@@ -143,7 +143,7 @@ def test_bad_rows_and_files_of_every_format(tmp_path: Path) -> None:
     assert by_place["a.csv", 15]["payload_encoding"] == "base64"
     assert "UserID::MovieID::Rating::Timestamp" in by_place["ratings.dat", 3]["message"]
     assert (
-        "lacks the column(s) ['user_id', 'item_id', 'action', 'timestamp']"
+        "the header row ['who', 'what', 'when'] has no user_id, item_id, timestamp column"
         in (by_place["wrong.csv", None]["message"])
     )
     assert histories(out) == {
@@ -184,7 +184,7 @@ def test_progress_line_and_cli_format(tmp_path: Path, caplog, capsys) -> None:
     progress = [r.getMessage() for r in caplog.records if "rows=" in r.getMessage()]
     assert progress and "rows=50 (" in progress[-1] and "100% of" in progress[-1]
     assert "ETA 0:00:00" in progress[-1]
-    renamed = tmp_path / "ratings.txt"  # no format by name: --format says which
+    renamed = tmp_path / "ratings.log"  # no format by name: --format says which
     path.rename(renamed)
     args = ["backfill", "sequences", "--input", str(renamed), "--out", str(tmp_path / "b")]
     assert main(args) == 2

@@ -46,9 +46,10 @@ def test_the_last_second_of_9999_is_an_until(tmp_path: Path) -> None:
     argv = ["backfill", "sequences", "--input", str(lake), "--out", str(out), "--shards", "1"]
     assert main([*argv, "--until", "9999-12-31T23:59:59"]) == 0
     # and its readers take it: train-offline's reader reads the one event back
+    from pipeline.backfill.histories import event_logs
     from pipeline.lake.datasets import read_event_log
 
-    log, stats = read_event_log(out)
+    log, stats = read_event_log(out, read_output=event_logs)
     assert (stats.format, log.timestamp.tolist()) == ("backfill", [1_600_000_000])
 
 

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.backfill.histories import event_logs
 from pipeline.backfill.sequences import SequencesJob, run_sequences, shard_of
 from pipeline.cli import main
 from pipeline.lake.synthetic import SyntheticConfig, generate_events
@@ -139,7 +140,7 @@ def test_histories_dead_letters_and_counts(lake, tmp_path: Path) -> None:
         assert total == 4 and set(shard_of(users, 4).tolist()) == {number}
     assert json.loads((out / "manifest.json").read_text())["counts"] == counts
     # train-offline --data reads the output directory (auto-detected): the same sequences
-    ds, source = load_sequences(str(out))
+    ds, source = load_sequences(str(out), read_output=event_logs)
     assert source["format"] == "backfill"
     long_enough = {u: e for u, e in expected.items() if len(e) >= 3}
     assert ds.num_users == len(long_enough)

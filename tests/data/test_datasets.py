@@ -14,9 +14,9 @@ from pipeline.lake.datasets import (
     EventLog,
     build_sequences,
     detect_format,
-    leave_one_out,
     read_event_log,
 )
+from pipeline.offline.splits import leave_one_out
 
 
 def write(path: Path, text: str) -> Path:
@@ -63,7 +63,9 @@ def test_parquet(tmp_path: Path) -> None:
 
 def test_malformed_line_names_file_and_line(tmp_path: Path) -> None:
     p = write(tmp_path / "ratings.dat", "1::10::5::300\n1::11::3\n")
-    with pytest.raises(DataFormatError, match=r"ratings\.dat:2: expected 4 fields"):
+    with pytest.raises(
+        DataFormatError, match=r"ratings\.dat:2: the line is not UserID::MovieID::Rating::Timestamp"
+    ):
         read_event_log(p)
 
 
@@ -74,13 +76,22 @@ def test_malformed_lines_skipped_and_counted(tmp_path: Path) -> None:
     )
     log, stats = read_event_log(p, skip_malformed=True)
     assert len(log) == 2
-    assert dict(stats.skipped) == {"field_count": 1, "empty_id": 1, "bad_timestamp": 2}
+    # "abc" is not a number (the reader's bad_type), "nan" not a finite time
+    assert dict(stats.skipped) == {
+        "field_count": 1,
+        "empty_id": 1,
+        "bad_type": 1,
+        "bad_timestamp": 1,
+    }
     assert stats.errors[0].startswith(f"{p}:3:")
 
 
 def test_missing_columns_is_a_clear_error(tmp_path: Path) -> None:
     p = write(tmp_path / "e.csv", "who,what\n1,2\n")
-    with pytest.raises(DataFormatError, match="no user, item, timestamp column"):
+    with pytest.raises(
+        DataFormatError,
+        match=r"header row \['who', 'what'\] has no user_id, item_id, timestamp column",
+    ):
         read_event_log(p)
 
 
@@ -119,3 +130,15 @@ def test_leave_one_out_rejects_short_users() -> None:
     log = EventLog(np.array([1, 1]), np.array([1, 2]), np.array([1, 2]), np.zeros(2, np.int64))
     with pytest.raises(ValueError, match=">= 3 events"):
         leave_one_out(build_sequences(log))
+
+
+def test_an_empty_line_is_a_malformed_row(tmp_path: Path) -> None:
+    """As in the backfill and in JSON Lines: never skipped silently (docs/data.md)."""
+    p = write(
+        tmp_path / "ratings.csv", "userId,movieId,rating,timestamp\n1,10,4.0,5\n\n1,11,3.5,6\n"
+    )
+    with pytest.raises(DataFormatError, match=r"ratings\.csv:3: an empty row or line"):
+        read_event_log(p)
+    log, stats = read_event_log(p, skip_malformed=True)
+    assert dict(stats.skipped) == {"missing_field": 1}
+    assert log.item.tolist() == [10, 11] and log.value.tolist() == [4.0, 3.5]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.lake.datasets import leave_one_out
 from pipeline.lake.synthetic import SyntheticConfig
+from pipeline.offline.splits import leave_one_out
 from pipeline.offline.training import TrainConfig, load_sequences, train_offline
 
 SMALL_MODEL = dict(embedding_dim=32, num_layers=1, max_len=50, dropout=0.1, input_dropout=0.1)

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from model.serialize import WEIGHTS_FILE, build_model, load_checkpoint, save_checkpoint
-from pipeline.lake.datasets import SequenceDataset, leave_one_out, make_splits, paper_split
+from pipeline.lake.datasets import SequenceDataset
 from pipeline.lake.synthetic import SyntheticConfig
+from pipeline.offline.splits import leave_one_out, make_splits, paper_split
 from pipeline.offline.training import (
     TrainConfig,
     TrainingWindows,

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import pipeline.state.store as store_module
-from pipeline.state.store import REJECT_DUPLICATE, REJECT_LATE, SequenceStore, hash_event_ids
+from pipeline.state.grouping import hash_event_ids
+from pipeline.state.store import REJECT_DUPLICATE, REJECT_LATE, SequenceStore
 
 
 def ingest(store, users, ts, items=None, event_ids=None):
