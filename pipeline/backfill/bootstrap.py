@@ -257,7 +257,7 @@ class _Lake:
                     self.counts = sum_counts([self.counts, letter_counts(chunk)])
                     continue
                 result = decode_records(
-                    Records.run(chunk[4], chunk[3], _where(lake_file), chunk[1])
+                    Records.run(chunk.payloads, chunk.codec, _where(lake_file), chunk.first)
                 )
                 self.counts = sum_counts([self.counts, chunk_counts(chunk, result, self.until)])
                 table, previous = sortable(chunk, result, previous)

@@ -26,7 +26,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -127,10 +127,18 @@ def _csv_format(path: str) -> str:
     return text_format(header.decode("utf-8", errors="replace"))
 
 
-# A chunk of one file: (file, first row of the chunk in the file, its rows, codec, payloads).
-# ``first`` counts from 0: a Parquet file's row, a text file's line index (the dead letters'
-# ``file_row`` is the 1-based line).
-Chunk = tuple[LakeFile, int, int, str, list[bytes]]
+class Chunk(NamedTuple):
+    """A chunk of one file's rows, as the decoder takes them (``Records.run``)."""
+
+    file: LakeFile
+    # from 0: a Parquet file's row, a text file's line index (the dead letters' ``file_row``
+    # is the 1-based line)
+    first: int
+    rows: int
+    codec: str  # "arrow": one IPC payload; "json": one payload per line
+    payloads: list[bytes]
+
+
 # Told (file, rows read, bytes of the file read so far) as a reader goes on.
 Progress = Callable[[LakeFile, int, int], None]
 
@@ -194,7 +202,7 @@ def _parquet_chunks(
         batch = batch.rename_columns(renamed)
         if "action" not in fields.values():
             batch = batch.append_column("action", _interactions(batch.num_rows))
-        yield lake_file, row, batch.num_rows, "arrow", [_ipc(batch)]
+        yield Chunk(lake_file, row, batch.num_rows, "arrow", [_ipc(batch)])
         row += batch.num_rows
         # the handle's position says nothing (the reader seeks): the share of rows read does
         progress(lake_file, batch.num_rows, lake_file.size * row // total)
@@ -208,11 +216,11 @@ def _jsonl_chunks(
     for number, line in enumerate(handle):
         lines.append(line.rstrip(b"\r\n"))
         if len(lines) == chunk_rows:
-            yield lake_file, first, len(lines), "json", lines
+            yield Chunk(lake_file, first, len(lines), "json", lines)
             progress(lake_file, len(lines), handle.tell())
             first, lines = number + 1, []
     if lines:
-        yield lake_file, first, len(lines), "json", lines
+        yield Chunk(lake_file, first, len(lines), "json", lines)
         progress(lake_file, len(lines), handle.tell())
 
 
@@ -547,7 +555,7 @@ def _text_parts(
     events = pa.table(columns)
     for run in np.split(good, ends):
         start, n = int(run[0]), len(run)
-        yield lake_file, int(at[start]) - 1, n, "arrow", [_ipc(events.slice(start, n))]
+        yield Chunk(lake_file, int(at[start]) - 1, n, "arrow", [_ipc(events.slice(start, n))])
 
 
 _Flaw = tuple[np.ndarray, str, Any]  # (rows, reason, row -> message)
