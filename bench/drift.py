@@ -150,7 +150,7 @@ def run(
     w = args.window
     result = {
         "config": vars(args),
-        "events": int(online.counters["events_trained"]),
+        "events": int(online.state.counters["events_trained"]),
         "targets_pre_drift": int(pre.size),
         "targets_post_drift": int(post.size),
         "pre_drift_online": block_metrics(pre[-w:], k),

@@ -128,15 +128,15 @@ def run_point(args: argparse.Namespace, capacity: int, users: int) -> dict[str, 
         prefill(trainer, stream, args.prefill_users)
     for record in stream.records(args.warmup):
         trainer.process_records([record])
-    trainer.step_seconds.clear()
+    trainer.state.step_seconds.clear()
     timed = stream.records(args.events)
     started = time.perf_counter()
-    trained_before = trainer.counters["events_trained"]
+    trained_before = trainer.state.counters["events_trained"]
     for record in timed:
         trainer.process_records([record])
     seconds = time.perf_counter() - started
-    trained = trainer.counters["events_trained"] - trained_before
-    step_seconds = dict(trainer.step_seconds)  # of the timed events only
+    trained = trainer.state.counters["events_trained"] - trained_before
+    step_seconds = dict(trainer.state.step_seconds)  # of the timed events only
     full_bytes, full_s = timed_checkpoint(trainer)  # the first one of a run is full
     for record in stream.records(args.delta_events):
         trainer.process_records([record])
@@ -148,9 +148,9 @@ def run_point(args: argparse.Namespace, capacity: int, users: int) -> dict[str, 
         "events_per_s": round(trained / seconds),
         "step_seconds": {k: round(v, 3) for k, v in sorted(step_seconds.items())},
         "other_seconds": round(seconds - sum(step_seconds.values()), 3),
-        "store_users": trainer.store.num_users,
-        "users_evicted": trainer.store.counters["users_evicted_lru"],
-        "vocab_rows_live": len(trainer.vocab),
+        "store_users": trainer.state.store.num_users,
+        "users_evicted": trainer.state.store.counters["users_evicted_lru"],
+        "vocab_rows_live": len(trainer.state.vocab),
         "build_seconds": round(build_s, 2),
         "checkpoint_bytes": full_bytes,
         "checkpoint_seconds": round(full_s, 2),
@@ -171,7 +171,7 @@ def timed_checkpoint(trainer: Any) -> tuple[int, float]:
 
 def prefill(trainer: Any, stream: Stream, num_users: int) -> None:
     """One event per user straight into the store, ``num_users`` users (no training)."""
-    store = trainer.store
+    store = trainer.state.store
     for lo in range(0, num_users, 100_000):
         n = min(100_000, num_users - lo)
         users = np.arange(lo, lo + n, dtype=np.int64)

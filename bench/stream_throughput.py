@@ -223,7 +223,7 @@ def stage_full_training(args: argparse.Namespace, data: Data) -> dict[str, Any]:
         trainer = OnlineTrainer(cfg, source=None, dead_letters=MemoryDeadLetterSink())
         for r in recs:
             trainer.process_records([r])
-        return int(trainer.counters["events_trained"])
+        return int(trainer.state.counters["events_trained"])
 
     out = timed(run, 1)
     out.update(

@@ -10,7 +10,6 @@ offline model never saw keep the trainer's fresh initialisation.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -18,13 +17,14 @@ import torch
 from model.hstu import HSTU
 from model.serialize import load_checkpoint
 from pipeline.offline.training import json_key, offline_checkpoint
+from pipeline.stream.state import TrainerState
 
 ITEM_TABLE = "item_emb.weight"
 
 
-def load_offline_weights(trainer: Any, directory: str | Path) -> int:
+def load_offline_weights(state: TrainerState, directory: str | Path) -> int:
     """Copy the ``train-offline`` model in ``directory`` (its ``--out``, or the
-    ``checkpoint`` folder in it) into ``trainer.model``; returns the rows carried over."""
+    ``checkpoint`` folder in it) into ``state.model``; returns the rows carried over."""
     path = offline_checkpoint(directory)
     offline, meta = load_checkpoint(path)
     if not isinstance(offline, HSTU):
@@ -33,7 +33,7 @@ def load_offline_weights(trainer: Any, directory: str | Path) -> int:
     if not isinstance(keys, list):
         raise ValueError(f"{path}: model.json has no item_keys list; re-run train-offline")
     source = offline.state_dict()
-    target = trainer.model.state_dict()
+    target = state.model.state_dict()
     for name, tensor in target.items():
         if name != ITEM_TABLE and (name not in source or source[name].shape != tensor.shape):
             got = "missing" if name not in source else tuple(source[name].shape)
@@ -41,12 +41,12 @@ def load_offline_weights(trainer: Any, directory: str | Path) -> int:
                 f"{path}: tensor {name} is {got}, the trainer's is {tuple(tensor.shape)}; "
                 "train offline with the trainer's model settings (model.*, store.max_len)"
             )
-    rows = trainer.vocab.live_rows()
+    rows = state.vocab.live_rows()
     offline_row = {key: row for row, key in enumerate(keys) if row > 0}
     pairs = [
         (int(r), offline_row[k])
         for r in rows.tolist()
-        if (k := json_key(trainer.vocab.key_of(int(r)))) in offline_row
+        if (k := json_key(state.vocab.key_of(int(r)))) in offline_row
     ]
     with torch.no_grad():
         for name, tensor in target.items():

@@ -25,28 +25,23 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from model.hstu import HSTU
 from pipeline.events import decode_records
 from pipeline.events.records import Records, SourceRecord
 from pipeline.events.reject import DecodeResult
 from pipeline.runtime import threads
 from pipeline.sources.base import FiniteSource, Source, gather
-from pipeline.state.store import SequenceStore
-from pipeline.state.vocab import ItemVocabulary
 from pipeline.stream import reporting
 from pipeline.stream.checkpoint import CheckpointStore
 from pipeline.stream.config import TrainerConfig
 from pipeline.stream.deadletter import DeadLetterSink
 from pipeline.stream.observability import MetricsLog, TrainerMetrics, progress_line
 from pipeline.stream.persistence import Persistence
-from pipeline.stream.progressive import ProgressiveMetrics
-from pipeline.stream.state import Optimizer, new_state
+from pipeline.stream.state import new_state
 from pipeline.stream.step import Step, StepResult
 
 log = logging.getLogger(__name__)
@@ -132,47 +127,6 @@ class OnlineTrainer:
         # events_seen when this run began (``run``): train.max_events counts from there
         self.run_start: int | None = None
 
-    # The state's parts, for tests and benchmarks.
-    @property
-    def model(self) -> HSTU:
-        return self.state.model
-
-    @property
-    def optimizer(self) -> Optimizer:
-        return self.state.optimizer
-
-    @property
-    def store(self) -> SequenceStore:
-        return self.state.store
-
-    @property
-    def vocab(self) -> ItemVocabulary:
-        return self.state.vocab
-
-    @property
-    def progressive(self) -> ProgressiveMetrics:
-        return self.state.progressive
-
-    @property
-    def counters(self) -> Counter[str]:
-        return self.state.counters
-
-    @property
-    def rejected(self) -> Counter[str]:
-        return self.state.rejected
-
-    @property
-    def step_seconds(self) -> Counter[str]:
-        return self.state.step_seconds
-
-    @property
-    def cutoff(self) -> int | None:
-        return self.state.cutoff
-
-    @property
-    def resumed_from(self) -> str | None:
-        return self.persistence.resumed_from
-
     def restore(self) -> bool:
         """Load the newest checkpoint that restores and seek the source to its positions
         (``Persistence.restore``); False when there is none."""
@@ -187,7 +141,7 @@ class OnlineTrainer:
         stop = stop or threading.Event()
         self._metrics_log = MetricsLog(self.cfg.metrics_log_path)
         started = time.monotonic()
-        start_events = self.counters["events_seen"]
+        start_events = self.state.counters["events_seen"]
         self.run_start = self.run_start_at(start_events)
         self._run_total = self._events_ahead()
         if self.source.exhausted():
@@ -217,7 +171,7 @@ class OnlineTrainer:
         cfg = self.cfg
         assert self._metrics_log is not None
         last_log = started
-        logged_targets = self.counters["targets"]
+        logged_targets = self.state.counters["targets"]
         while not stop.is_set() and self.persistence.fatal is None:
             if self._bound_reached(started):
                 break
@@ -234,11 +188,11 @@ class OnlineTrainer:
             if now - last_log >= cfg.observability.log_every_s:
                 self.log_progress(started, start_events)
                 last_log = now
-                logged_targets = self.counters["targets"]
-            elif self.counters["targets"] - logged_targets >= cfg.eval.window:
+                logged_targets = self.state.counters["targets"]
+            elif self.state.counters["targets"] - logged_targets >= cfg.eval.window:
                 # A metrics-log point per window of targets, so short runs plot too.
                 self._metrics_log.write(self.snapshot(started, start_events))
-                logged_targets = self.counters["targets"]
+                logged_targets = self.state.counters["targets"]
             self._maybe_publish_and_checkpoint()
 
     def _events_ahead(self) -> int | None:
@@ -267,7 +221,7 @@ class OnlineTrainer:
     def run_events(self) -> int:
         """Input events read in this run (what ``train.max_events`` bounds)."""
         assert self.run_start is not None  # set when ``run`` starts
-        return self.counters["events_seen"] - self.run_start
+        return self.state.counters["events_seen"] - self.run_start
 
     def gather(self) -> Records:
         """Poll until about one micro-batch of events (or the bound) is reached."""
@@ -301,7 +255,7 @@ class OnlineTrainer:
         if self.state.cutoff is not None:
             result, skipped = after_cutoff(result, Records.of(records), self.state.cutoff)
             if skipped:
-                self.counters["before_cutoff"] += skipped
+                self.state.counters["before_cutoff"] += skipped
         return result
 
     def process_decoded(self, result: DecodeResult, n_records: int) -> list[StepResult]:
@@ -377,7 +331,7 @@ class OnlineTrainer:
         """Where the run stands (``reporting.snapshot``), ``start_events`` the events seen
         when it started at ``started``; also sets the Prometheus gauges."""
         elapsed = max(1e-9, time.monotonic() - started)
-        done = self.counters["events_seen"] - start_events  # by this process
+        done = self.state.counters["events_seen"] - start_events  # by this process
         # by this run (a restarted group rank's began earlier); outside ``run``: this process's
         run_events = done if self.run_start is None else self.run_events()
         snap = reporting.snapshot(self.state, elapsed, done, run_events, self.dead_letters.stats())

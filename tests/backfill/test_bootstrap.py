@@ -109,11 +109,11 @@ def targets(cfg: TrainerConfig) -> list[str]:
 
 def state(trainer: OnlineTrainer) -> dict[str, Any]:
     return {
-        "store": store_contents(trainer.store, trainer.vocab),
-        "vocab": vocab_contents(trainer.vocab),
-        "rejected": dict(trainer.rejected),
-        "counters": {k: trainer.counters[k] for k in COMPARED},
-        "watermark": trainer.store.watermark,
+        "store": store_contents(trainer.state.store, trainer.state.vocab),
+        "vocab": vocab_contents(trainer.state.vocab),
+        "rejected": dict(trainer.state.rejected),
+        "counters": {k: trainer.state.counters[k] for k in COMPARED},
+        "watermark": trainer.state.store.watermark,
     }
 
 
@@ -134,14 +134,14 @@ def test_bootstrap_then_stream_equals_streaming_everything(tmp_path: Path) -> No
     assert got["store"] == want["store"]
     assert got["vocab"] == want["vocab"]
     assert got == want
-    assert warm.counters["before_cutoff"] == manifest["trainer_counters"]["records"]
+    assert warm.state.counters["before_cutoff"] == manifest["trainer_counters"]["records"]
     # The rules did act: evictions, duplicates, rejects of several kinds, unknown items.
-    assert whole.vocab.counters["evicted_capacity"] + whole.vocab.counters["evicted_ttl"] > 0
-    assert {"duplicate", "missing_field", "bad_action"} <= set(whole.rejected)
-    assert whole.counters["unknown_item"] > 0 and whole.store.counters["users_evicted_lru"] > 0
+    assert whole.state.vocab.counters["evicted_capacity"] + whole.state.vocab.counters["evicted_ttl"] > 0
+    assert {"duplicate", "missing_field", "bad_action"} <= set(whole.state.rejected)
+    assert whole.state.counters["unknown_item"] > 0 and whole.state.store.counters["users_evicted_lru"] > 0
     # Every event scored once, on exactly one side of the seam.
     all_targets = targets(config(tmp_path, "whole"))
-    assert len(set(all_targets)) == len(all_targets) == whole.counters["targets"]
+    assert len(set(all_targets)) == len(all_targets) == whole.state.counters["targets"]
     split = boot_targets + targets(cfg)[len(boot_targets) :]
     assert sorted(split) == sorted(all_targets) and len(set(split)) == len(split)
 
@@ -165,15 +165,15 @@ def test_offline_weights_land_on_the_vocabulary_rows(tmp_path: Path) -> None:
     )
     resumed = OnlineTrainer(cfg, LakeStream(lake), MemoryDeadLetterSink(),
                             CheckpointStore(cfg.checkpoint.dir))  # fmt: skip
-    assert resumed.restore() and resumed.cutoff == lake.until
-    table = resumed.model.item_emb.weight
-    rows = resumed.vocab.live_rows().tolist()
+    assert resumed.restore() and resumed.state.cutoff == lake.until
+    table = resumed.state.model.item_emb.weight
+    rows = resumed.state.vocab.live_rows().tolist()
     assert rows
     for row in rows:
-        key = resumed.vocab.key_of(row)
+        key = resumed.state.vocab.key_of(row)
         assert torch.equal(table[row], torch.full((16,), float(key + 1)))
     other = dict(offline.named_parameters())
-    for name, param in resumed.model.named_parameters():
+    for name, param in resumed.state.model.named_parameters():
         if name != "item_emb.weight":
             assert torch.equal(param, other[name]), name
 

@@ -87,8 +87,8 @@ def test_a_shuffled_lake_gives_the_state_of_the_lake_in_time_order(
     assert state(streamed) == got
     # the report's figures are the checkpoint's, and the log says the same
     trainer = restored(shuffled_cfg)
-    assert manifest["users"] == trainer.store.num_users > 0
-    assert manifest["items_held"] == len(trainer.vocab) > 0
+    assert manifest["users"] == trainer.state.store.num_users > 0
+    assert manifest["items_held"] == len(trainer.state.vocab) > 0
     runs = re.search(r"sorted \d+ rows by event time in (\d+) run", caplog.text)
     assert runs is not None and int(runs[1]) > 1
     folded = f"{manifest['users']} users, {manifest['items_held']} items held"

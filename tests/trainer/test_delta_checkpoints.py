@@ -65,12 +65,12 @@ def nested_equal(a: Any, b: Any) -> bool:
 
 def same_state(a: OnlineTrainer, b: OnlineTrainer) -> bool:
     return (
-        nested_equal(a.model.state_dict(), b.model.state_dict())
-        and nested_equal(a.optimizer.state_dict(), b.optimizer.state_dict())
-        and a.store.snapshot() == b.store.snapshot()
-        and a.vocab.snapshot() == b.vocab.snapshot()
-        and a.progressive.snapshot() == b.progressive.snapshot()
-        and a.counters == b.counters
+        nested_equal(a.state.model.state_dict(), b.state.model.state_dict())
+        and nested_equal(a.state.optimizer.state_dict(), b.state.optimizer.state_dict())
+        and a.state.store.snapshot() == b.state.store.snapshot()
+        and a.state.vocab.snapshot() == b.state.vocab.snapshot()
+        and a.state.progressive.snapshot() == b.state.progressive.snapshot()
+        and a.state.counters == b.state.counters
         and a.source.positions() == b.source.positions()
     )
 
@@ -89,7 +89,10 @@ def test_a_restored_chain_is_bit_identical_to_a_full_snapshot(
     first = trainer(cfg)
     first.run()
     if not learn:
-        assert first.vocab.counters["evicted_capacity"] + first.vocab.counters["evicted_ttl"]
+        assert (
+            first.state.vocab.counters["evicted_capacity"]
+            + first.state.vocab.counters["evicted_ttl"]
+        )
     store = CheckpointStore(cfg["checkpoint"]["dir"])
     kinds = [bool(store.load(seq).parents) for seq in store.sequences()]
     # full at least every 4th (earlier when the deltas outgrow half the full one)
@@ -100,7 +103,7 @@ def test_a_restored_chain_is_bit_identical_to_a_full_snapshot(
     seqs = store.sequences()
     latest = store.load(max(seq for seq, delta in zip(seqs, kinds, strict=True) if delta))
     assert latest.parents and latest.meta["delta"]
-    assert latest.meta["counters"] == dict(first.counters)
+    assert latest.meta["counters"] == dict(first.state.counters)
     for seq in seqs:
         if seq > latest.seq:
             shutil.rmtree(store.load(seq).path)
@@ -115,9 +118,9 @@ def test_a_restored_chain_is_bit_identical_to_a_full_snapshot(
         t.run()  # and they go on identically, from a delta on what they restored
         resumed.append(t)
     from_chain, from_full = resumed
-    assert from_chain.resumed_from == str(latest.path)
+    assert from_chain.persistence.resumed_from == str(latest.path)
     assert same_state(from_chain, from_full)
-    assert from_chain.counters["events_trained"] > first.counters["events_trained"]
+    assert from_chain.state.counters["events_trained"] > first.state.counters["events_trained"]
 
 
 def test_a_delta_writes_only_the_changed_rows(tmp_path: Path) -> None:
@@ -132,7 +135,7 @@ def test_a_delta_writes_only_the_changed_rows(tmp_path: Path) -> None:
     assert latest is not None and latest.parents and latest.meta["delta"]
     delta = sum(len(blob) for blob in latest.state.values())
     changed = torch.load(__import__("io").BytesIO(latest.state["item_rows"]), weights_only=True)
-    live = set(t.vocab.live_rows().tolist())
+    live = set(t.state.vocab.live_rows().tolist())
     assert set(changed["index"].tolist()) <= live | {0}
     # 20,000 rows x 16 floats x 3 (table, two moments) in the full one; ~150 rows here
     assert delta < 0.05 * full, (delta, full)
@@ -218,8 +221,8 @@ def test_sigkill_during_a_delta_write_leaves_the_previous_chain_loadable(tmp_pat
     assert latest is not None and latest.parents  # the previous delta, with its chain
     assert not partial.exists()
     resumed = trainer(cfg)
-    assert resumed.restore() and resumed.resumed_from == str(latest.path)
-    assert resumed.counters["events_trained"] == latest.meta["counters"]["events_trained"] > 0
+    assert resumed.restore() and resumed.persistence.resumed_from == str(latest.path)
+    assert resumed.state.counters["events_trained"] == latest.meta["counters"]["events_trained"] > 0
     resumed.run()
     # the chain goes on from there
     assert latest.seq in [p.seq for p in store.latest().parents]

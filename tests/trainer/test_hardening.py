@@ -270,7 +270,7 @@ def test_a_bad_newest_checkpoint_falls_back_to_the_older_one(
     trainer = trainer_for(cfg, SyntheticSource(SYNTHETIC, events_per_record=64))
     with caplog.at_level("WARNING"):
         assert trainer.restore()
-    assert trainer.counters["events_trained"] == 512  # the older checkpoint's state
+    assert trainer.state.counters["events_trained"] == 512  # the older checkpoint's state
     assert trainer.source.positions() == {"synthetic": 512 // 64}
     assert newest.name in caplog.text  # says which checkpoint it skipped
 

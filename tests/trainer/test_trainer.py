@@ -124,7 +124,10 @@ def test_resume_continues_counters_positions_and_version_chain(tmp_path):
     versions = registry.list_versions()
     assert [m.parent for m in versions] == [None, *[m.version for m in versions[:-1]]]
     # capacity 120 < 300 items with churn: rows were evicted and reused without trouble
-    assert second.vocab.counters["evicted_capacity"] + second.vocab.counters["evicted_ttl"] > 0
+    assert (
+        second.state.vocab.counters["evicted_capacity"] + second.state.vocab.counters["evicted_ttl"]
+        > 0
+    )
     assert np.isfinite(s2["progressive_cumulative"]["ndcg@10"])
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) >= 2 and "window" in json.loads(lines[-1])
@@ -174,20 +177,22 @@ def test_sparse_embeddings_resume_and_refuse_a_dense_optimizer_state(tmp_path):
 
     sparse = small_cfg(tmp_path, max_events=300)  # the default
     first = trainer(sparse)
-    initial = first.model.item_emb.weight.detach().clone()
+    initial = first.state.model.item_emb.weight.detach().clone()
     first.run()
-    weight = first.model.item_emb.weight.detach()
+    weight = first.state.model.item_emb.weight.detach()
     # 100 item keys, rows handed out lowest first: rows 101.. never served an item
-    assert int(first.vocab.live_rows().max()) <= 100 < weight.shape[0] - 1
+    assert int(first.state.vocab.live_rows().max()) <= 100 < weight.shape[0] - 1
     assert torch.equal(weight[101:], initial[101:])
     assert not torch.equal(weight[1:101], initial[1:101])
     parts = {"store_batch", "evaluate", "forward_backward", "optimizer"}
-    assert set(first.step_seconds) == parts and all(v > 0 for v in first.step_seconds.values())
+    assert set(first.state.step_seconds) == parts and all(
+        v > 0 for v in first.state.step_seconds.values()
+    )
     second = trainer(sparse)
     assert second.restore()
-    assert torch.equal(second.model.item_emb.weight, first.model.item_emb.weight)
+    assert torch.equal(second.state.model.item_emb.weight, first.state.model.item_emb.weight)
     second.run()
-    assert second.counters["events_trained"] > first.counters["events_trained"]
+    assert second.state.counters["events_trained"] > first.state.counters["events_trained"]
     dense = small_cfg(tmp_path, max_events=300, sparse_embeddings=False)
     with pytest.raises(RestoreRefusedError, match=r"train\.sparse_embeddings=true"):
         trainer(dense).restore()

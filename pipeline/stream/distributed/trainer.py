@@ -319,7 +319,7 @@ class GroupTrainer(OnlineTrainer):
         if restarts == 0 or not isinstance(saved, dict) or saved.get("id") != run_id:
             return None
         start = saved.get("start_events")
-        if type(start) is not int or not 0 <= start <= self.counters["events_seen"]:
+        if type(start) is not int or not 0 <= start <= self.state.counters["events_seen"]:
             raise TypeError(f"run.start_events is {start!r}, not a count of events seen")
         return start
 
@@ -328,7 +328,7 @@ class GroupTrainer(OnlineTrainer):
 
     def start_weights_equal(self) -> None:
         """Rank 0's fresh weights on every rank (a restored group loaded the same ones)."""
-        self.group.broadcast_tensors_(list(self.model.state_dict().values()))
+        self.group.broadcast_tensors_(list(self.state.model.state_dict().values()))
 
     # ---------------------------------------------------------------- loop
     def loop(self, stop: threading.Event, started: float, start_events: int) -> None:
@@ -485,7 +485,11 @@ class GroupTrainer(OnlineTrainer):
 
     def summary_extra(self) -> dict[str, Any]:
         """The group's totals (every rank's targets), in every rank's summary."""
-        mine = (self.progressive.count, self.progressive.cumulative(), self.counters["events_seen"])
+        mine = (
+            self.state.progressive.count,
+            self.state.progressive.cumulative(),
+            self.state.counters["events_seen"],
+        )
         everyone = self.group.all_gather(mine)
         count = sum(c for c, _, _ in everyone)
         key = f"ndcg@{self.cfg.eval.k}"
@@ -500,9 +504,9 @@ class GroupTrainer(OnlineTrainer):
                 ),
                 # seconds in the group's collectives, by what they exchange
                 "communicate_s": {
-                    part: self.step_seconds[f"communicate_{part}"]
+                    part: self.state.step_seconds[f"communicate_{part}"]
                     for part in ("flags", "vocabulary", "gradients", "checkpoint")
                 },
-                "group_steps": self.counters["steps"],
+                "group_steps": self.state.counters["steps"],
             }
         }
