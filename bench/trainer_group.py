@@ -23,7 +23,7 @@ difference of the means in the single trainer's seed stds (the issue's equivalen
 
 Example (the figures in docs/benchmarks.md)::
 
-    python3 bench/distributed.py --seeds 0,1,2
+    python3 bench/trainer_group.py --seeds 0,1,2
 """
 
 from __future__ import annotations
