@@ -119,6 +119,7 @@ def _main(argv: list[str], stop: threading.Event) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    # here, not at the top: the parser above is built for --help too, which needs none of them
     import yaml
     from pydantic import ValidationError
 

@@ -40,6 +40,7 @@ from pipeline.events.batch import concat_keys, key_column
 from pipeline.events.schema import MAX_ACTION_CODE, EventError, canonical_key
 from pipeline.lake import paths
 from pipeline.lake.datasets import EventLog
+from pipeline.state.grouping import factorize
 
 # The latest second ``--until`` can spell as an ISO 8601 time (9999-12-31T23:59:59 UTC).
 MAX_UNTIL = 253_402_300_799
@@ -354,8 +355,6 @@ def read_shard(
 
 def _check_unique(path: str, parts: list[np.ndarray]) -> None:
     """One row per user in the shard (the job writes each user's history once)."""
-    from pipeline.state.grouping import factorize
-
     if not parts:
         return
     distinct, index = factorize(concat_keys(parts))

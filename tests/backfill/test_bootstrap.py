@@ -136,9 +136,15 @@ def test_bootstrap_then_stream_equals_streaming_everything(tmp_path: Path) -> No
     assert got == want
     assert warm.state.counters["before_cutoff"] == manifest["trainer_counters"]["records"]
     # The rules did act: evictions, duplicates, rejects of several kinds, unknown items.
-    assert whole.state.vocab.counters["evicted_capacity"] + whole.state.vocab.counters["evicted_ttl"] > 0
+    assert (
+        whole.state.vocab.counters["evicted_capacity"] + whole.state.vocab.counters["evicted_ttl"]
+        > 0
+    )
     assert {"duplicate", "missing_field", "bad_action"} <= set(whole.state.rejected)
-    assert whole.state.counters["unknown_item"] > 0 and whole.state.store.counters["users_evicted_lru"] > 0
+    assert (
+        whole.state.counters["unknown_item"] > 0
+        and whole.state.store.counters["users_evicted_lru"] > 0
+    )
     # Every event scored once, on exactly one side of the seam.
     all_targets = targets(config(tmp_path, "whole"))
     assert len(set(all_targets)) == len(all_targets) == whole.state.counters["targets"]
