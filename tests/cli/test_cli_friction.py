@@ -159,10 +159,33 @@ def test_docs_state_the_real_metrics_port():
     assert f"127.0.0.1:{port}/metrics" in (REPO / "README.md").read_text()
 
 
+def architecture_tree_paths(block: str) -> list[str]:
+    """The paths of docs/architecture.md's tree: two spaces of indent per folder level, then
+    one or more names (``x.py``, ``folder/``) and a description; a line indented to the
+    description column continues the line above."""
+    paths: list[str] = []
+    folders: list[str] = []
+    for line in block.strip().splitlines():
+        indent = len(line) - len(line.lstrip())
+        if indent >= 20:  # a wrapped description
+            continue
+        depth = indent // 2
+        names = []
+        for token in line.split():
+            if not (token.endswith("/") or token.endswith(".py")):
+                break
+            names.append(token)
+        assert names, f"docs/architecture.md: no path at the start of {line!r}"
+        del folders[depth:]
+        paths += ["".join(folders) + name for name in names]
+        if names[-1].endswith("/"):
+            folders.append(names[-1])
+    return paths
+
+
 def test_architecture_layout_lists_only_paths_that_exist():
     text = (REPO / "docs" / "architecture.md").read_text()
-    block = text.split("```")[1]
-    paths = [line.split()[0] for line in block.strip().splitlines()]
-    assert "pipeline/events/" in paths
+    paths = architecture_tree_paths(text.split("```")[1])
+    assert "pipeline/events/records.py" in paths and "pipeline/stream/step.py" in paths
     for path in paths:
         assert (REPO / path).exists(), f"docs/architecture.md lists {path}, which does not exist"
