@@ -71,6 +71,13 @@ def mean_std(values: list[float]) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    print(json.dumps(run(args), indent=1))
+    return 0
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Every model and seed of ``args`` on its data; the table goes to stderr, the result
+    (settings, runs, summary) is returned."""
     set_torch_threads(args.threads)
     preset = load_preset(args.preset)
     base = train_config_from_args(args, preset, seed=0, progress=args.progress)
@@ -136,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         for runs_of in [[r for r in runs if r["model"] == kind]]
     }
     print_table(summary, runs, len(seeds))
-    out = {
+    return {
         "benchmark": "offline_quality",
         "data": source,
         "users": ds.num_users,
@@ -153,8 +160,6 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
         "summary": summary,
     }
-    print(json.dumps(out, indent=1))
-    return 0
 
 
 def print_table(summary: dict[str, Any], runs: list[dict[str, Any]], num_seeds: int) -> None:

@@ -1,0 +1,135 @@
+"""Offline quality over several data sets: genrec's models against Meta's research code.
+
+Runs ``bench/offline_quality.py`` (same flags, same defaults: the paper's split, both
+protocols, every seed) on each data set, then puts every data set x model x protocol in one
+table beside the reference's figure and the ratio. The reference figures come from
+``../shared/tools/peer-gr.sh`` runs on the same files: pass each run's final JSON line (or its
+``out.json``) as ``--peer SET:MODEL=FILE``; its last epoch is the figure (exclude-seen: the
+peer's own protocol, ``ndcg@10``; all-items: ``ndcg@10_nf``).
+
+    python3 bench/quality_matrix.py \\
+        --set ml-latest-small=../shared/data/ml-latest-small/ratings.csv \\
+        --set beauty=../shared/data/amazon/Beauty.csv \\
+        --set sports=../shared/data/amazon/Sports_and_Outdoors.csv \\
+        --peer beauty:hstu=peer-beauty-hstu.json --models hstu,sasrec --seeds 0,1,2
+
+Prints the table to stderr and one JSON object to stdout: every data set's offline_quality
+result and the table's rows. Any other flag is offline_quality's (``--epochs``, ``--threads``,
+``--max-len``...) and applies to every data set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+# run as a script, bench/ is on the path and the repository root is not
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import offline_quality
+
+# The peer's summary keys for each protocol's NDCG@10 (peer-gr.sh's header).
+PEER_KEYS = {"all-items": "ndcg@10_nf", "exclude-seen": "ndcg@10"}
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument(
+        "--set", dest="sets", action="append", required=True, metavar="NAME=PATH",
+        help="a data set: its name in the table and its event log (repeatable)",
+    )  # fmt: skip
+    p.add_argument(
+        "--peer", action="append", default=[], metavar="SET:MODEL=FILE",
+        help="the reference's figure for SET and MODEL: a peer-gr.sh result (repeatable)",
+    )  # fmt: skip
+    return p.parse_known_args(argv)
+
+
+def named(items: list[str], flag: str) -> dict[str, str]:
+    """``["a=x", "b=y"]`` -> ``{"a": "x", "b": "y"}``; a malformed item is a usage error."""
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise SystemExit(f"{flag} {item!r}: expected NAME=VALUE")
+        if name in out:
+            raise SystemExit(f"{flag} {name!r} is given twice")
+        out[name] = value
+    return out
+
+
+def peer_figures(path: str) -> dict[str, float]:
+    """A peer-gr.sh result's last-epoch NDCG@10 per protocol."""
+    text = Path(path).read_text().strip()
+    try:
+        result = json.loads(text.splitlines()[-1]) if text else None
+    except json.JSONDecodeError:
+        result = None
+    final = result.get("final_epoch") if isinstance(result, dict) else None
+    if not isinstance(final, dict) or not all(k in final for k in PEER_KEYS.values()):
+        raise SystemExit(f"--peer {path}: no peer-gr.sh result (a final_epoch with ndcg@10)")
+    return {protocol: float(final[key]) for protocol, key in PEER_KEYS.items()}
+
+
+def table(results: dict[str, dict[str, Any]], peers: dict[str, dict[str, float]]) -> list[dict]:
+    """One row per data set x model x protocol: genrec's NDCG@10 over seeds, the
+    reference's, and their ratio (None without a reference)."""
+    rows = []
+    for name, result in results.items():
+        for model, by_protocol in result["summary"].items():
+            for protocol in offline_quality.PROTOCOLS:
+                ndcg = by_protocol[protocol]["ndcg@10"]
+                reference = peers.get(f"{name}:{model}", {}).get(protocol)
+                rows.append(
+                    {
+                        "set": name,
+                        "model": model,
+                        "protocol": protocol,
+                        "seeds": len([r for r in result["runs"] if r["model"] == model]),
+                        "ndcg@10": ndcg["mean"],
+                        "ci95": ndcg["ci95"],
+                        "reference": reference,
+                        "ratio": None if not reference else ndcg["mean"] / reference,
+                    }
+                )
+    return rows
+
+
+def print_rows(rows: list[dict[str, Any]]) -> None:
+    err = sys.stderr
+    err.write("\n| data set | model | protocol | seeds | genrec NDCG@10 | reference | ratio |\n")
+    err.write("|---|---|---|---|---|---|---|\n")
+    for r in rows:
+        ci = "" if math.isnan(r["ci95"]) else f" ± {r['ci95']:.4f}"
+        ref = "" if r["reference"] is None else f"{r['reference']:.4f}"
+        ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}x"
+        err.write(
+            f"| {r['set']} | {r['model']} | {r['protocol']} | {r['seeds']} | "
+            f"{r['ndcg@10']:.4f}{ci} | {ref} | {ratio} |\n"
+        )
+    err.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, rest = parse_args(argv)
+    sets = named(args.sets, "--set")
+    peers = {key: peer_figures(path) for key, path in named(args.peer, "--peer").items()}
+    unknown = sorted(k for k in peers if k.split(":")[0] not in sets)
+    if unknown:
+        raise SystemExit(f"--peer {unknown[0]}: no --set of that name")
+    results = {
+        name: offline_quality.run(offline_quality.parse_args([*rest, "--data", path]))
+        for name, path in sets.items()
+    }
+    rows = table(results, peers)
+    print_rows(rows)
+    print(json.dumps({"benchmark": "quality_matrix", "sets": results, "table": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

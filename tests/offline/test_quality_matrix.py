@@ -1,0 +1,63 @@
+"""bench/quality_matrix.py: one table over several data sets, beside the reference's figures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import quality_matrix
+from pipeline.lake.synthetic import SyntheticConfig, generate_events
+
+TINY = ["--epochs", "1", "--embedding-dim", "8", "--max-len", "20", "--num-negatives", "8"]
+
+
+def write_log(path: Path, seed: int) -> Path:
+    log = generate_events(
+        SyntheticConfig(num_users=40, num_items=60, events_per_user=8, num_clusters=4, seed=seed)
+    )
+    rows = zip(log.user.tolist(), log.item.tolist(), log.timestamp.tolist(), strict=True)
+    path.write_text("user,item,timestamp\n" + "".join(f"{u},{i},{t}\n" for u, i, t in rows))
+    return path
+
+
+def peer_result(path: Path, all_items: float, exclude_seen: float) -> Path:
+    final = {"ndcg@10": exclude_seen, "ndcg@10_nf": all_items, "epoch": 30}
+    path.write_text("log line\n" + json.dumps({"wall_s": 1.0, "final_epoch": final}) + "\n")
+    return path
+
+
+def test_every_set_model_and_protocol_is_a_row_beside_its_reference(tmp_path, capsys) -> None:
+    a, b = write_log(tmp_path / "a.csv", 0), write_log(tmp_path / "b.csv", 1)
+    peer = peer_result(tmp_path / "peer.json", all_items=0.05, exclude_seen=0.08)
+    argv = ["--set", f"a={a}", "--set", f"b={b}", "--peer", f"b:hstu={peer}"]
+    assert quality_matrix.main([*argv, "--models", "hstu,popular", "--seeds", "0,1", *TINY]) == 0
+    out = json.loads(capsys.readouterr().out)
+    rows = {(r["set"], r["model"], r["protocol"]): r for r in out["table"]}
+    assert len(rows) == len(out["table"]) == 2 * 2 * 2
+    for (name, model, protocol), row in rows.items():
+        summary = out["sets"][name]["summary"][model][protocol]["ndcg@10"]
+        assert row["ndcg@10"] == summary["mean"] and row["seeds"] == 2
+        assert (row["reference"] is None) == ((name, model) != ("b", "hstu"))
+    ref = rows[("b", "hstu", "exclude-seen")]
+    assert ref["reference"] == 0.08 and ref["ratio"] == pytest.approx(ref["ndcg@10"] / 0.08)
+    assert rows[("b", "hstu", "all-items")]["reference"] == 0.05
+    assert out["sets"]["a"]["data"] != out["sets"]["b"]["data"]  # each set read its own file
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--peer", "nope:hstu=PEER"], "no --set of that name"),
+        (["--peer", "a:hstu"], "expected NAME=VALUE"),
+        (["--set", "a=elsewhere"], "given twice"),
+        (["--peer", "a:hstu=BAD"], "no peer-gr.sh result"),
+    ],
+)
+def test_bad_flags_stop_before_any_training(tmp_path, flags, message) -> None:
+    peer = peer_result(tmp_path / "peer.json", 0.05, 0.08)
+    (tmp_path / "bad.json").write_text('{"final_epoch": {"ndcg@10": 0.1}}\n')
+    flags = [f.replace("PEER", str(peer)).replace("BAD", str(tmp_path / "bad.json")) for f in flags]
+    with pytest.raises(SystemExit, match=message):
+        quality_matrix.main(["--set", f"a={tmp_path / 'missing.csv'}", *flags])
