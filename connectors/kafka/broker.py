@@ -34,6 +34,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
 
+from pipeline.runtime.runlock import process_alive
+
 log = logging.getLogger(__name__)
 
 DEFAULT_KAFKA_VERSION = "4.1.1"
@@ -217,12 +219,8 @@ def _proc_is_ours() -> bool:
 
 
 def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not process_alive(pid):
         return False
-    except PermissionError:
-        return True
     if _proc_is_ours():  # Linux: an exited child that nobody reaped yet is a zombie, not alive
         try:
             stat = Path(f"/proc/{pid}/stat").read_text()
