@@ -16,6 +16,14 @@ peer's own protocol, ``ndcg@10``; all-items: ``ndcg@10_nf``).
 Prints the table to stderr and one JSON object to stdout: every data set's offline_quality
 result and the table's rows. Any other flag is offline_quality's (``--epochs``, ``--threads``,
 ``--max-len``...) and applies to every data set.
+
+A set's runs can also come from earlier ``bench/offline_quality.py`` outputs (runs done apart,
+a few seeds at a time): ``--runs NAME=FILE[,FILE...]`` pools their runs instead of training.
+The files must agree on the data and on every training setting; a model and seed given twice
+is refused.
+
+    python3 bench/quality_matrix.py --runs beauty=b-s0.json,b-s1.json,b-s2.json \
+        --peer beauty:hstu=peer-beauty-hstu.json
 """
 
 from __future__ import annotations
@@ -39,8 +47,12 @@ PEER_KEYS = {"all-items": "ndcg@10_nf", "exclude-seen": "ndcg@10"}
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument(
-        "--set", dest="sets", action="append", required=True, metavar="NAME=PATH",
+        "--set", dest="sets", action="append", default=[], metavar="NAME=PATH",
         help="a data set: its name in the table and its event log (repeatable)",
+    )  # fmt: skip
+    p.add_argument(
+        "--runs", action="append", default=[], metavar="NAME=FILE[,FILE...]",
+        help="a data set whose runs are pooled from offline_quality.py outputs (repeatable)",
     )  # fmt: skip
     p.add_argument(
         "--peer", action="append", default=[], metavar="SET:MODEL=FILE",
@@ -60,6 +72,53 @@ def named(items: list[str], flag: str) -> dict[str, str]:
             raise SystemExit(f"{flag} {name!r} is given twice")
         out[name] = value
     return out
+
+
+# Settings that say how a run ran or which runs a file holds, not what was trained.
+RUN_SETTINGS = {"models", "seeds", "threads", "torch_threads", "progress", "device"}
+
+
+def pooled(name: str, paths: list[str]) -> dict[str, Any]:
+    """One offline_quality result from the runs of several: the first file's settings with
+    every file's models and seeds, and the summary over all the runs."""
+    results = []
+    for path in paths:
+        try:
+            result = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise SystemExit(
+                f"--runs {name}: {path}: not an offline_quality.py output ({err})"
+            ) from None
+        if not isinstance(result, dict) or result.get("benchmark") != "offline_quality":
+            raise SystemExit(f"--runs {name}: {path}: not an offline_quality.py output")
+        results.append((path, result))
+    first_path, first = results[0]
+    trained = {k: v for k, v in first["settings"].items() if k not in RUN_SETTINGS}
+    runs: list[dict[str, Any]] = []
+    for path, result in results:
+        if result["data"] != first["data"]:
+            raise SystemExit(f"--runs {name}: {path} read other data than {first_path}")
+        for key, value in trained.items():
+            if result["settings"].get(key) != value:
+                raise SystemExit(
+                    f"--runs {name}: {path} trained with {key}={result['settings'].get(key)!r}, "
+                    f"{first_path} with {value!r}; pool only runs of the same settings"
+                )
+        for run in result["runs"]:
+            if any((r["model"], r["seed"]) == (run["model"], run["seed"]) for r in runs):
+                raise SystemExit(
+                    f"--runs {name}: {path}: {run['model']} seed {run['seed']} is given twice"
+                )
+            runs.append(run)
+    models = list(dict.fromkeys(r["model"] for r in runs))
+    seeds = sorted({r["seed"] for r in runs})
+    settings = first["settings"] | {
+        "models": ",".join(models),
+        "seeds": ",".join(map(str, seeds)),
+        "pooled_from": paths,
+    }
+    summary = offline_quality.summarise(runs)
+    return first | {"settings": settings, "runs": runs, "summary": summary}
 
 
 def peer_figures(path: str) -> dict[str, float]:
@@ -117,11 +176,18 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
 def main(argv: list[str] | None = None) -> int:
     args, rest = parse_args(argv)
     sets = named(args.sets, "--set")
+    done = named(args.runs, "--runs")
+    both = sorted(set(sets) & set(done))
+    if both:
+        raise SystemExit(f"--set and --runs both name {both[0]!r}; give each data set once")
+    if not sets and not done:
+        raise SystemExit("give at least one data set: --set NAME=PATH or --runs NAME=FILE")
     peers = {key: peer_figures(path) for key, path in named(args.peer, "--peer").items()}
-    unknown = sorted(k for k in peers if k.split(":")[0] not in sets)
+    unknown = sorted(k for k in peers if k.split(":")[0] not in {*sets, *done})
     if unknown:
-        raise SystemExit(f"--peer {unknown[0]}: no --set of that name")
-    results = {
+        raise SystemExit(f"--peer {unknown[0]}: no --set or --runs of that name")
+    results = {name: pooled(name, paths.split(",")) for name, paths in done.items()}
+    results |= {
         name: offline_quality.run(offline_quality.parse_args([*rest, "--data", path]))
         for name, path in sets.items()
     }
