@@ -121,8 +121,9 @@ def pooled(name: str, paths: list[str]) -> dict[str, Any]:
     return first | {"settings": settings, "runs": runs, "summary": summary}
 
 
-def peer_figures(path: str) -> dict[str, float]:
-    """A peer-gr.sh result's last-epoch NDCG@10 per protocol."""
+def peer_figures(path: str) -> dict[str, Any]:
+    """A peer-gr.sh result's last-epoch NDCG@10 per protocol, that epoch, and whether the
+    time budget (``PEER_MAX_WALL_S``) stopped the run before the epochs it was asked for."""
     text = Path(path).read_text().strip()
     try:
         result = json.loads(text.splitlines()[-1]) if text else None
@@ -131,10 +132,13 @@ def peer_figures(path: str) -> dict[str, float]:
     final = result.get("final_epoch") if isinstance(result, dict) else None
     if not isinstance(final, dict) or not all(k in final for k in PEER_KEYS.values()):
         raise SystemExit(f"--peer {path}: no peer-gr.sh result (a final_epoch with ndcg@10)")
-    return {protocol: float(final[key]) for protocol, key in PEER_KEYS.items()}
+    return {protocol: float(final[key]) for protocol, key in PEER_KEYS.items()} | {
+        "epoch": final.get("epoch"),
+        "stopped_by_time_budget": bool(result.get("stopped_by_time_budget", False)),
+    }
 
 
-def table(results: dict[str, dict[str, Any]], peers: dict[str, dict[str, float]]) -> list[dict]:
+def table(results: dict[str, dict[str, Any]], peers: dict[str, dict[str, Any]]) -> list[dict]:
     """One row per data set x model x protocol: genrec's NDCG@10 over seeds, the
     reference's, and their ratio (None without a reference)."""
     rows = []
@@ -142,7 +146,8 @@ def table(results: dict[str, dict[str, Any]], peers: dict[str, dict[str, float]]
         for model, by_protocol in result["summary"].items():
             for protocol in offline_quality.PROTOCOLS:
                 ndcg = by_protocol[protocol]["ndcg@10"]
-                reference = peers.get(f"{name}:{model}", {}).get(protocol)
+                peer = peers.get(f"{name}:{model}", {})
+                reference = peer.get(protocol)
                 rows.append(
                     {
                         "set": name,
@@ -152,6 +157,8 @@ def table(results: dict[str, dict[str, Any]], peers: dict[str, dict[str, float]]
                         "ndcg@10": ndcg["mean"],
                         "ci95": ndcg["ci95"],
                         "reference": reference,
+                        "reference_epoch": peer.get("epoch"),
+                        "reference_stopped_by_time_budget": peer.get("stopped_by_time_budget"),
                         "ratio": None if not reference else ndcg["mean"] / reference,
                     }
                 )
@@ -164,7 +171,10 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
     err.write("|---|---|---|---|---|---|---|\n")
     for r in rows:
         ci = "" if math.isnan(r["ci95"]) else f" ± {r['ci95']:.4f}"
-        ref = "" if r["reference"] is None else f"{r['reference']:.4f}"
+        ref = ""
+        if r["reference"] is not None:
+            stop = ", stopped by time budget" if r["reference_stopped_by_time_budget"] else ""
+            ref = f"{r['reference']:.4f} (epoch {r['reference_epoch']}{stop})"
         ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}x"
         err.write(
             f"| {r['set']} | {r['model']} | {r['protocol']} | {r['seeds']} | "

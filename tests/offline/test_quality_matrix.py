@@ -42,6 +42,7 @@ def test_every_set_model_and_protocol_is_a_row_beside_its_reference(tmp_path, ca
         assert (row["reference"] is None) == ((name, model) != ("b", "hstu"))
     ref = rows[("b", "hstu", "exclude-seen")]
     assert ref["reference"] == 0.08 and ref["ratio"] == pytest.approx(ref["ndcg@10"] / 0.08)
+    assert ref["reference_epoch"] == 30 and ref["reference_stopped_by_time_budget"] is False
     assert rows[("b", "hstu", "all-items")]["reference"] == 0.05
     assert out["sets"]["a"]["data"] != out["sets"]["b"]["data"]  # each set read its own file
 
