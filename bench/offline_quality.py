@@ -130,18 +130,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 file=sys.stderr,
                 flush=True,
             )
-    summary = {
-        kind: {
-            protocol: {
-                "test_users": runs_of[0][protocol]["test_users"],
-                **{m: mean_std([r[protocol][m] for r in runs_of]) for m in METRICS},
-            }
-            for protocol in PROTOCOLS
-        }
-        | {key: mean_std([r[key] for r in runs_of]) for key in ("cpu_seconds", "wall_seconds")}
-        for kind in models
-        for runs_of in [[r for r in runs if r["model"] == kind]]
-    }
+    summary = summarise(runs)
     print_table(summary, runs, len(seeds))
     return {
         "benchmark": "offline_quality",
@@ -159,6 +148,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "runs": runs,
         "summary": summary,
+    }
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per model (in order of first appearance): each protocol's metrics and the run times
+    as mean, std and 95% interval over the model's runs (its seeds)."""
+    models = list(dict.fromkeys(r["model"] for r in runs))
+    return {
+        kind: {
+            protocol: {
+                "test_users": runs_of[0][protocol]["test_users"],
+                **{m: mean_std([r[protocol][m] for r in runs_of]) for m in METRICS},
+            }
+            for protocol in PROTOCOLS
+        }
+        | {key: mean_std([r[key] for r in runs_of]) for key in ("cpu_seconds", "wall_seconds")}
+        for kind in models
+        for runs_of in [[r for r in runs if r["model"] == kind]]
     }
 
 

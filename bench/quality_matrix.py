@@ -16,6 +16,14 @@ peer's own protocol, ``ndcg@10``; all-items: ``ndcg@10_nf``).
 Prints the table to stderr and one JSON object to stdout: every data set's offline_quality
 result and the table's rows. Any other flag is offline_quality's (``--epochs``, ``--threads``,
 ``--max-len``...) and applies to every data set.
+
+A set's runs can also come from earlier ``bench/offline_quality.py`` outputs (runs done apart,
+a few seeds at a time): ``--runs NAME=FILE[,FILE...]`` pools their runs instead of training.
+The files must agree on the data and on every training setting; a model and seed given twice
+is refused.
+
+    python3 bench/quality_matrix.py --runs beauty=b-s0.json,b-s1.json,b-s2.json \
+        --peer beauty:hstu=peer-beauty-hstu.json
 """
 
 from __future__ import annotations
@@ -39,8 +47,12 @@ PEER_KEYS = {"all-items": "ndcg@10_nf", "exclude-seen": "ndcg@10"}
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument(
-        "--set", dest="sets", action="append", required=True, metavar="NAME=PATH",
+        "--set", dest="sets", action="append", default=[], metavar="NAME=PATH",
         help="a data set: its name in the table and its event log (repeatable)",
+    )  # fmt: skip
+    p.add_argument(
+        "--runs", action="append", default=[], metavar="NAME=FILE[,FILE...]",
+        help="a data set whose runs are pooled from offline_quality.py outputs (repeatable)",
     )  # fmt: skip
     p.add_argument(
         "--peer", action="append", default=[], metavar="SET:MODEL=FILE",
@@ -62,8 +74,56 @@ def named(items: list[str], flag: str) -> dict[str, str]:
     return out
 
 
-def peer_figures(path: str) -> dict[str, float]:
-    """A peer-gr.sh result's last-epoch NDCG@10 per protocol."""
+# Settings that say how a run ran or which runs a file holds, not what was trained.
+RUN_SETTINGS = {"models", "seeds", "threads", "torch_threads", "progress", "device"}
+
+
+def pooled(name: str, paths: list[str]) -> dict[str, Any]:
+    """One offline_quality result from the runs of several: the first file's settings with
+    every file's models and seeds, and the summary over all the runs."""
+    results = []
+    for path in paths:
+        try:
+            result = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise SystemExit(
+                f"--runs {name}: {path}: not an offline_quality.py output ({err})"
+            ) from None
+        if not isinstance(result, dict) or result.get("benchmark") != "offline_quality":
+            raise SystemExit(f"--runs {name}: {path}: not an offline_quality.py output")
+        results.append((path, result))
+    first_path, first = results[0]
+    trained = {k: v for k, v in first["settings"].items() if k not in RUN_SETTINGS}
+    runs: list[dict[str, Any]] = []
+    for path, result in results:
+        if result["data"] != first["data"]:
+            raise SystemExit(f"--runs {name}: {path} read other data than {first_path}")
+        for key, value in trained.items():
+            if result["settings"].get(key) != value:
+                raise SystemExit(
+                    f"--runs {name}: {path} trained with {key}={result['settings'].get(key)!r}, "
+                    f"{first_path} with {value!r}; pool only runs of the same settings"
+                )
+        for run in result["runs"]:
+            if any((r["model"], r["seed"]) == (run["model"], run["seed"]) for r in runs):
+                raise SystemExit(
+                    f"--runs {name}: {path}: {run['model']} seed {run['seed']} is given twice"
+                )
+            runs.append(run)
+    models = list(dict.fromkeys(r["model"] for r in runs))
+    seeds = sorted({r["seed"] for r in runs})
+    settings = first["settings"] | {
+        "models": ",".join(models),
+        "seeds": ",".join(map(str, seeds)),
+        "pooled_from": paths,
+    }
+    summary = offline_quality.summarise(runs)
+    return first | {"settings": settings, "runs": runs, "summary": summary}
+
+
+def peer_figures(path: str) -> dict[str, Any]:
+    """A peer-gr.sh result's last-epoch NDCG@10 per protocol, that epoch, and whether the
+    time budget (``PEER_MAX_WALL_S``) stopped the run before the epochs it was asked for."""
     text = Path(path).read_text().strip()
     try:
         result = json.loads(text.splitlines()[-1]) if text else None
@@ -72,10 +132,13 @@ def peer_figures(path: str) -> dict[str, float]:
     final = result.get("final_epoch") if isinstance(result, dict) else None
     if not isinstance(final, dict) or not all(k in final for k in PEER_KEYS.values()):
         raise SystemExit(f"--peer {path}: no peer-gr.sh result (a final_epoch with ndcg@10)")
-    return {protocol: float(final[key]) for protocol, key in PEER_KEYS.items()}
+    return {protocol: float(final[key]) for protocol, key in PEER_KEYS.items()} | {
+        "epoch": final.get("epoch"),
+        "stopped_by_time_budget": bool(result.get("stopped_by_time_budget", False)),
+    }
 
 
-def table(results: dict[str, dict[str, Any]], peers: dict[str, dict[str, float]]) -> list[dict]:
+def table(results: dict[str, dict[str, Any]], peers: dict[str, dict[str, Any]]) -> list[dict]:
     """One row per data set x model x protocol: genrec's NDCG@10 over seeds, the
     reference's, and their ratio (None without a reference)."""
     rows = []
@@ -83,7 +146,8 @@ def table(results: dict[str, dict[str, Any]], peers: dict[str, dict[str, float]]
         for model, by_protocol in result["summary"].items():
             for protocol in offline_quality.PROTOCOLS:
                 ndcg = by_protocol[protocol]["ndcg@10"]
-                reference = peers.get(f"{name}:{model}", {}).get(protocol)
+                peer = peers.get(f"{name}:{model}", {})
+                reference = peer.get(protocol)
                 rows.append(
                     {
                         "set": name,
@@ -93,6 +157,8 @@ def table(results: dict[str, dict[str, Any]], peers: dict[str, dict[str, float]]
                         "ndcg@10": ndcg["mean"],
                         "ci95": ndcg["ci95"],
                         "reference": reference,
+                        "reference_epoch": peer.get("epoch"),
+                        "reference_stopped_by_time_budget": peer.get("stopped_by_time_budget"),
                         "ratio": None if not reference else ndcg["mean"] / reference,
                     }
                 )
@@ -105,7 +171,10 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
     err.write("|---|---|---|---|---|---|---|\n")
     for r in rows:
         ci = "" if math.isnan(r["ci95"]) else f" ± {r['ci95']:.4f}"
-        ref = "" if r["reference"] is None else f"{r['reference']:.4f}"
+        ref = ""
+        if r["reference"] is not None:
+            stop = ", stopped by time budget" if r["reference_stopped_by_time_budget"] else ""
+            ref = f"{r['reference']:.4f} (epoch {r['reference_epoch']}{stop})"
         ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}x"
         err.write(
             f"| {r['set']} | {r['model']} | {r['protocol']} | {r['seeds']} | "
@@ -117,11 +186,18 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
 def main(argv: list[str] | None = None) -> int:
     args, rest = parse_args(argv)
     sets = named(args.sets, "--set")
+    done = named(args.runs, "--runs")
+    both = sorted(set(sets) & set(done))
+    if both:
+        raise SystemExit(f"--set and --runs both name {both[0]!r}; give each data set once")
+    if not sets and not done:
+        raise SystemExit("give at least one data set: --set NAME=PATH or --runs NAME=FILE")
     peers = {key: peer_figures(path) for key, path in named(args.peer, "--peer").items()}
-    unknown = sorted(k for k in peers if k.split(":")[0] not in sets)
+    unknown = sorted(k for k in peers if k.split(":")[0] not in {*sets, *done})
     if unknown:
-        raise SystemExit(f"--peer {unknown[0]}: no --set of that name")
-    results = {
+        raise SystemExit(f"--peer {unknown[0]}: no --set or --runs of that name")
+    results = {name: pooled(name, paths.split(",")) for name, paths in done.items()}
+    results |= {
         name: offline_quality.run(offline_quality.parse_args([*rest, "--data", path]))
         for name, path in sets.items()
     }

@@ -42,6 +42,7 @@ def test_every_set_model_and_protocol_is_a_row_beside_its_reference(tmp_path, ca
         assert (row["reference"] is None) == ((name, model) != ("b", "hstu"))
     ref = rows[("b", "hstu", "exclude-seen")]
     assert ref["reference"] == 0.08 and ref["ratio"] == pytest.approx(ref["ndcg@10"] / 0.08)
+    assert ref["reference_epoch"] == 30 and ref["reference_stopped_by_time_budget"] is False
     assert rows[("b", "hstu", "all-items")]["reference"] == 0.05
     assert out["sets"]["a"]["data"] != out["sets"]["b"]["data"]  # each set read its own file
 
@@ -49,7 +50,7 @@ def test_every_set_model_and_protocol_is_a_row_beside_its_reference(tmp_path, ca
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--peer", "nope:hstu=PEER"], "no --set of that name"),
+        (["--peer", "nope:hstu=PEER"], "no --set or --runs of that name"),
         (["--peer", "a:hstu"], "expected NAME=VALUE"),
         (["--set", "a=elsewhere"], "given twice"),
         (["--peer", "a:hstu=BAD"], "no peer-gr.sh result"),
@@ -61,3 +62,50 @@ def test_bad_flags_stop_before_any_training(tmp_path, flags, message) -> None:
     flags = [f.replace("PEER", str(peer)).replace("BAD", str(tmp_path / "bad.json")) for f in flags]
     with pytest.raises(SystemExit, match=message):
         quality_matrix.main(["--set", f"a={tmp_path / 'missing.csv'}", *flags])
+
+
+def test_runs_done_apart_pool_into_the_same_row_as_one_run(tmp_path, capsys) -> None:
+    log = write_log(tmp_path / "a.csv", 0)
+    flags = ["--models", "hstu", *TINY]
+    assert quality_matrix.main(["--set", f"a={log}", "--seeds", "0,1", *flags]) == 0
+    together = json.loads(capsys.readouterr().out)
+    files = []
+    for seed in (0, 1):
+        assert quality_matrix.main(["--set", f"a={log}", "--seeds", str(seed), *flags]) == 0
+        files.append(tmp_path / f"seed{seed}.json")
+        files[-1].write_text(json.dumps(json.loads(capsys.readouterr().out)["sets"]["a"]))
+    peer = peer_result(tmp_path / "peer.json", all_items=0.05, exclude_seen=0.08)
+    runs = ",".join(map(str, files))
+    assert quality_matrix.main(["--runs", f"a={runs}", "--peer", f"a:hstu={peer}"]) == 0
+    apart = json.loads(capsys.readouterr().out)
+    assert [r["seed"] for r in apart["sets"]["a"]["runs"]] == [0, 1]
+    for row, same in zip(apart["table"], together["table"], strict=True):
+        assert row["seeds"] == 2 and row["ndcg@10"] == pytest.approx(same["ndcg@10"])
+        assert row["ci95"] == pytest.approx(same["ci95"]) and row["reference"] is not None
+
+
+def test_pooled_runs_must_share_data_and_settings(tmp_path, capsys) -> None:
+    log = write_log(tmp_path / "a.csv", 0)
+    outputs = {}
+    for name, extra in {
+        "s0": ["--seeds", "0"],
+        "s1": ["--seeds", "1"],
+        "lr": ["--lr", "0.01"],
+    }.items():
+        assert quality_matrix.main(["--set", f"a={log}", "--models", "hstu", *TINY, *extra]) == 0
+        outputs[name] = tmp_path / f"{name}.json"
+        outputs[name].write_text(json.dumps(json.loads(capsys.readouterr().out)["sets"]["a"]))
+    (tmp_path / "junk.json").write_text("not json")
+    cases = [
+        (f"{outputs['s0']},{outputs['lr']}", "trained with lr=0.01"),
+        (f"{outputs['s0']},{outputs['s0']}", "hstu seed 0 is given twice"),
+        (f"{outputs['s1']},{tmp_path / 'junk.json'}", "not an offline_quality.py output"),
+        (str(tmp_path / "missing.json"), "not an offline_quality.py output"),
+    ]
+    for files, message in cases:
+        with pytest.raises(SystemExit, match=message):
+            quality_matrix.main(["--runs", f"a={files}"])
+    with pytest.raises(SystemExit, match="both name 'a'"):
+        quality_matrix.main(["--runs", f"a={outputs['s0']}", "--set", f"a={log}"])
+    with pytest.raises(SystemExit, match="at least one data set"):
+        quality_matrix.main([])
