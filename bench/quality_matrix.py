@@ -4,8 +4,9 @@ Runs ``bench/offline_quality.py`` (same flags, same defaults: the paper's split,
 protocols, every seed) on each data set, then puts every data set x model x protocol in one
 table beside the reference's figure and the ratio. The reference figures come from
 ``../shared/tools/peer-gr.sh`` runs on the same files: pass each run's final JSON line (or its
-``out.json``) as ``--peer SET:MODEL=FILE``; its last epoch is the figure (exclude-seen: the
-peer's own protocol, ``ndcg@10``; all-items: ``ndcg@10_nf``).
+``out.json``) as ``--peer SET:MODEL=FILE[,FILE...]``; its last epoch is the figure
+(exclude-seen: the peer's own protocol, ``ndcg@10``; all-items: ``ndcg@10_nf``), averaged over
+the files given (Meta's code is unseeded: repeated runs are its seeds).
 
     python3 bench/quality_matrix.py \\
         --set ml-latest-small=../shared/data/ml-latest-small/ratings.csv \\
@@ -55,8 +56,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         help="a data set whose runs are pooled from offline_quality.py outputs (repeatable)",
     )  # fmt: skip
     p.add_argument(
-        "--peer", action="append", default=[], metavar="SET:MODEL=FILE",
-        help="the reference's figure for SET and MODEL: a peer-gr.sh result (repeatable)",
+        "--peer", action="append", default=[], metavar="SET:MODEL=FILE[,FILE...]",
+        help="the reference's figure for SET and MODEL: peer-gr.sh results, their mean (repeatable)",
     )  # fmt: skip
     return p.parse_known_args(argv)
 
@@ -121,20 +122,28 @@ def pooled(name: str, paths: list[str]) -> dict[str, Any]:
     return first | {"settings": settings, "runs": runs, "summary": summary}
 
 
-def peer_figures(path: str) -> dict[str, Any]:
-    """A peer-gr.sh result's last-epoch NDCG@10 per protocol, that epoch, and whether the
-    time budget (``PEER_MAX_WALL_S``) stopped the run before the epochs it was asked for."""
-    text = Path(path).read_text().strip()
-    try:
-        result = json.loads(text.splitlines()[-1]) if text else None
-    except json.JSONDecodeError:
-        result = None
-    final = result.get("final_epoch") if isinstance(result, dict) else None
-    if not isinstance(final, dict) or not all(k in final for k in PEER_KEYS.values()):
-        raise SystemExit(f"--peer {path}: no peer-gr.sh result (a final_epoch with ndcg@10)")
-    return {protocol: float(final[key]) for protocol, key in PEER_KEYS.items()} | {
-        "epoch": final.get("epoch"),
-        "stopped_by_time_budget": bool(result.get("stopped_by_time_budget", False)),
+def peer_figures(paths: list[str]) -> dict[str, Any]:
+    """The reference's figure from one or more peer-gr.sh results (its code is unseeded, so
+    repeated runs are its seeds): each protocol's last-epoch NDCG@10 as the mean over the
+    runs, each run's value and last epoch, and whether the time budget (``PEER_MAX_WALL_S``)
+    stopped any run before the epochs it was asked for."""
+    finals, stopped = [], False
+    for path in paths:
+        try:
+            text = Path(path).read_text().strip()
+            result = json.loads(text.splitlines()[-1]) if text else None
+        except (OSError, json.JSONDecodeError):
+            result = None
+        final = result.get("final_epoch") if isinstance(result, dict) else None
+        if not isinstance(final, dict) or not all(k in final for k in PEER_KEYS.values()):
+            raise SystemExit(f"--peer {path}: no peer-gr.sh result (a final_epoch with ndcg@10)")
+        finals.append(final)
+        stopped |= bool(result.get("stopped_by_time_budget", False))
+    by_protocol = {p: [float(f[key]) for f in finals] for p, key in PEER_KEYS.items()}
+    return {p: sum(values) / len(values) for p, values in by_protocol.items()} | {
+        "runs": by_protocol,
+        "epochs": [f.get("epoch") for f in finals],
+        "stopped_by_time_budget": stopped,
     }
 
 
@@ -157,7 +166,8 @@ def table(results: dict[str, dict[str, Any]], peers: dict[str, dict[str, Any]]) 
                         "ndcg@10": ndcg["mean"],
                         "ci95": ndcg["ci95"],
                         "reference": reference,
-                        "reference_epoch": peer.get("epoch"),
+                        "reference_runs": peer.get("runs", {}).get(protocol),
+                        "reference_epochs": peer.get("epochs"),
                         "reference_stopped_by_time_budget": peer.get("stopped_by_time_budget"),
                         "ratio": None if not reference else ndcg["mean"] / reference,
                     }
@@ -174,7 +184,9 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
         ref = ""
         if r["reference"] is not None:
             stop = ", stopped by time budget" if r["reference_stopped_by_time_budget"] else ""
-            ref = f"{r['reference']:.4f} (epoch {r['reference_epoch']}{stop})"
+            runs = len(r["reference_runs"])
+            ref = f"{r['reference']:.4f} ({runs} run{'s' if runs > 1 else ''}, epoch "
+            ref += f"{'/'.join(map(str, r['reference_epochs']))}{stop})"
         ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}x"
         err.write(
             f"| {r['set']} | {r['model']} | {r['protocol']} | {r['seeds']} | "
@@ -192,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--set and --runs both name {both[0]!r}; give each data set once")
     if not sets and not done:
         raise SystemExit("give at least one data set: --set NAME=PATH or --runs NAME=FILE")
-    peers = {key: peer_figures(path) for key, path in named(args.peer, "--peer").items()}
+    peers = {
+        key: peer_figures(paths.split(",")) for key, paths in named(args.peer, "--peer").items()
+    }
     unknown = sorted(k for k in peers if k.split(":")[0] not in {*sets, *done})
     if unknown:
         raise SystemExit(f"--peer {unknown[0]}: no --set or --runs of that name")

@@ -42,7 +42,7 @@ def test_every_set_model_and_protocol_is_a_row_beside_its_reference(tmp_path, ca
         assert (row["reference"] is None) == ((name, model) != ("b", "hstu"))
     ref = rows[("b", "hstu", "exclude-seen")]
     assert ref["reference"] == 0.08 and ref["ratio"] == pytest.approx(ref["ndcg@10"] / 0.08)
-    assert ref["reference_epoch"] == 30 and ref["reference_stopped_by_time_budget"] is False
+    assert ref["reference_epochs"] == [30] and ref["reference_stopped_by_time_budget"] is False
     assert rows[("b", "hstu", "all-items")]["reference"] == 0.05
     assert out["sets"]["a"]["data"] != out["sets"]["b"]["data"]  # each set read its own file
 
@@ -75,9 +75,13 @@ def test_runs_done_apart_pool_into_the_same_row_as_one_run(tmp_path, capsys) -> 
         files.append(tmp_path / f"seed{seed}.json")
         files[-1].write_text(json.dumps(json.loads(capsys.readouterr().out)["sets"]["a"]))
     peer = peer_result(tmp_path / "peer.json", all_items=0.05, exclude_seen=0.08)
+    peer2 = peer_result(tmp_path / "peer2.json", all_items=0.07, exclude_seen=0.10)
     runs = ",".join(map(str, files))
-    assert quality_matrix.main(["--runs", f"a={runs}", "--peer", f"a:hstu={peer}"]) == 0
+    assert quality_matrix.main(["--runs", f"a={runs}", "--peer", f"a:hstu={peer},{peer2}"]) == 0
     apart = json.loads(capsys.readouterr().out)
+    by_protocol = {r["protocol"]: r for r in apart["table"]}
+    assert by_protocol["all-items"]["reference"] == pytest.approx(0.06)
+    assert by_protocol["exclude-seen"]["reference_runs"] == [0.08, 0.10]
     assert [r["seed"] for r in apart["sets"]["a"]["runs"]] == [0, 1]
     for row, same in zip(apart["table"], together["table"], strict=True):
         assert row["seeds"] == 2 and row["ndcg@10"] == pytest.approx(same["ndcg@10"])
