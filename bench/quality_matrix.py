@@ -122,6 +122,21 @@ def pooled(name: str, paths: list[str]) -> dict[str, Any]:
     return first | {"settings": settings, "runs": runs, "summary": summary}
 
 
+def read_peer_result(path: str) -> Any:
+    """A peer-gr.sh result: its ``out.json`` (the whole file) or its output (the last line);
+    None when the file holds neither."""
+    try:
+        text = Path(path).read_text().strip()
+    except OSError:
+        return None
+    for candidate in (text, text.splitlines()[-1] if text else ""):
+        try:
+            return json.loads(candidate)
+        except json.JSONDecodeError:
+            continue
+    return None
+
+
 def peer_figures(paths: list[str]) -> dict[str, Any]:
     """The reference's figure from one or more peer-gr.sh results (its code is unseeded, so
     repeated runs are its seeds): each protocol's last-epoch NDCG@10 as the mean over the
@@ -129,11 +144,7 @@ def peer_figures(paths: list[str]) -> dict[str, Any]:
     stopped any run before the epochs it was asked for."""
     finals, stopped = [], False
     for path in paths:
-        try:
-            text = Path(path).read_text().strip()
-            result = json.loads(text.splitlines()[-1]) if text else None
-        except (OSError, json.JSONDecodeError):
-            result = None
+        result = read_peer_result(path)
         final = result.get("final_epoch") if isinstance(result, dict) else None
         if not isinstance(final, dict) or not all(k in final for k in PEER_KEYS.values()):
             raise SystemExit(f"--peer {path}: no peer-gr.sh result (a final_epoch with ndcg@10)")

@@ -22,9 +22,12 @@ def write_log(path: Path, seed: int) -> Path:
     return path
 
 
-def peer_result(path: Path, all_items: float, exclude_seen: float) -> Path:
+def peer_result(path: Path, all_items: float, exclude_seen: float, out_json: bool = False) -> Path:
+    """peer-gr.sh's output (log lines, the result as the last line) or its indented out.json."""
     final = {"ndcg@10": exclude_seen, "ndcg@10_nf": all_items, "epoch": 30}
-    path.write_text("log line\n" + json.dumps({"wall_s": 1.0, "final_epoch": final}) + "\n")
+    result = {"wall_s": 1.0, "final_epoch": final}
+    text = json.dumps(result, indent=1) if out_json else "log line\n" + json.dumps(result)
+    path.write_text(text + "\n")
     return path
 
 
@@ -75,7 +78,7 @@ def test_runs_done_apart_pool_into_the_same_row_as_one_run(tmp_path, capsys) -> 
         files.append(tmp_path / f"seed{seed}.json")
         files[-1].write_text(json.dumps(json.loads(capsys.readouterr().out)["sets"]["a"]))
     peer = peer_result(tmp_path / "peer.json", all_items=0.05, exclude_seen=0.08)
-    peer2 = peer_result(tmp_path / "peer2.json", all_items=0.07, exclude_seen=0.10)
+    peer2 = peer_result(tmp_path / "out.json", all_items=0.07, exclude_seen=0.10, out_json=True)
     runs = ",".join(map(str, files))
     assert quality_matrix.main(["--runs", f"a={runs}", "--peer", f"a:hstu={peer},{peer2}"]) == 0
     apart = json.loads(capsys.readouterr().out)
