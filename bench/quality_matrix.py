@@ -23,7 +23,7 @@ a few seeds at a time): ``--runs NAME=FILE[,FILE...]`` pools their runs instead 
 The files must agree on the data and on every training setting; a model and seed given twice
 is refused.
 
-    python3 bench/quality_matrix.py --runs beauty=b-s0.json,b-s1.json,b-s2.json \
+    python3 bench/quality_matrix.py --runs beauty=b-s0.json,b-s1.json,b-s2.json \\
         --peer beauty:hstu=peer-beauty-hstu.json
 """
 
