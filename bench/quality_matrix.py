@@ -90,7 +90,13 @@ def pooled(name: str, paths: list[str]) -> dict[str, Any]:
             raise SystemExit(
                 f"--runs {name}: {path}: not an offline_quality.py output ({err})"
             ) from None
-        if not isinstance(result, dict) or result.get("benchmark") != "offline_quality":
+        if not (
+            isinstance(result, dict)
+            and result.get("benchmark") == "offline_quality"
+            and isinstance(result.get("settings"), dict)
+            and isinstance(result.get("runs"), list)
+            and all(isinstance(r, dict) and {"model", "seed"} <= r.keys() for r in result["runs"])
+        ):
             raise SystemExit(f"--runs {name}: {path}: not an offline_quality.py output")
         results.append((path, result))
     first_path, first = results[0]
