@@ -79,6 +79,20 @@ def named(items: list[str], flag: str) -> dict[str, str]:
 RUN_SETTINGS = {"models", "seeds", "threads", "torch_threads", "progress", "device"}
 
 
+def is_offline_quality_output(result: Any) -> bool:
+    """Whether ``result`` has what pooling reads: data, settings, and runs that each name
+    their model and seed and hold every protocol's metrics."""
+    keys = {"model", "seed", "cpu_seconds", "wall_seconds", *offline_quality.PROTOCOLS}
+    return (
+        isinstance(result, dict)
+        and result.get("benchmark") == "offline_quality"
+        and "data" in result
+        and isinstance(result.get("settings"), dict)
+        and isinstance(result.get("runs"), list)
+        and all(isinstance(r, dict) and keys <= r.keys() for r in result["runs"])
+    )
+
+
 def pooled(name: str, paths: list[str]) -> dict[str, Any]:
     """One offline_quality result from the runs of several: the first file's settings with
     every file's models and seeds, and the summary over all the runs."""
@@ -90,13 +104,7 @@ def pooled(name: str, paths: list[str]) -> dict[str, Any]:
             raise SystemExit(
                 f"--runs {name}: {path}: not an offline_quality.py output ({err})"
             ) from None
-        if not (
-            isinstance(result, dict)
-            and result.get("benchmark") == "offline_quality"
-            and isinstance(result.get("settings"), dict)
-            and isinstance(result.get("runs"), list)
-            and all(isinstance(r, dict) and {"model", "seed"} <= r.keys() for r in result["runs"])
-        ):
+        if not is_offline_quality_output(result):
             raise SystemExit(f"--runs {name}: {path}: not an offline_quality.py output")
         results.append((path, result))
     first_path, first = results[0]

@@ -104,12 +104,16 @@ def test_pooled_runs_must_share_data_and_settings(tmp_path, capsys) -> None:
         outputs[name].write_text(json.dumps(json.loads(capsys.readouterr().out)["sets"]["a"]))
     (tmp_path / "junk.json").write_text("not json")
     (tmp_path / "no-runs.json").write_text('{"benchmark": "offline_quality", "settings": {}}')
+    truncated = json.loads(outputs["s1"].read_text())
+    del truncated["runs"][0]["exclude-seen"]
+    (tmp_path / "truncated.json").write_text(json.dumps(truncated))
     cases = [
         (f"{outputs['s0']},{outputs['lr']}", "trained with lr=0.01"),
         (f"{outputs['s0']},{outputs['s0']}", "hstu seed 0 is given twice"),
         (f"{outputs['s1']},{tmp_path / 'junk.json'}", "not an offline_quality.py output"),
         (str(tmp_path / "missing.json"), "not an offline_quality.py output"),
         (str(tmp_path / "no-runs.json"), "not an offline_quality.py output"),
+        (str(tmp_path / "truncated.json"), "not an offline_quality.py output"),
     ]
     for files, message in cases:
         with pytest.raises(SystemExit, match=message):
