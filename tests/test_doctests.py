@@ -14,6 +14,7 @@ import pytest
 MODULES = (
     "kernels.offsets",  # segment_ids, positions_in_sequence
     "model.jagged",  # JaggedBatch
+    "model.ranking_metrics",  # log loss, NE, AUC, ProgressiveMetrics
     "pipeline.events",  # decode_records
     "pipeline.state.store",  # SequenceStore
     "connectors.registry.registry",  # Registry
