@@ -155,6 +155,26 @@ def binary_metrics(labels: Any, probs: Any, weights: Any | None = None) -> dict[
     }
 
 
+def task_metrics(
+    labels: Any, probs: Any, tasks: Sequence[str], weights: Any | None = None
+) -> dict[str, float]:
+    """``binary_metrics`` of every task, keyed ``{task}/{metric}``: labels and probs [N, K]
+    (one column per task, in ``tasks`` order), weights [N] or [N, K].
+
+    >>> m = task_metrics([[1, 0], [0, 1]], [[0.8, 0.3], [0.4, 0.6]], ["click", "like"])
+    >>> m["click/auc"], m["like/accuracy"]
+    (1.0, 1.0)
+    """
+    k = len(tasks)
+    y, p = _columns(labels, "labels", k), _columns(probs, "probs", k)
+    w = np.ones_like(y) if weights is None else _columns(weights, "weights", k)
+    return {
+        f"{task}/{name}": value
+        for t, task in enumerate(tasks)
+        for name, value in binary_metrics(y[:, t], p[:, t], w[:, t]).items()
+    }
+
+
 def _columns(x: Any, name: str, num_tasks: int) -> np.ndarray:
     """[N] or [N, K] -> [N, K] float64."""
     if hasattr(x, "detach"):

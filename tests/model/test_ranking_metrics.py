@@ -17,6 +17,7 @@ from model.ranking_metrics import (
     binary_metrics,
     log_loss,
     normalized_entropy,
+    task_metrics,
     user_bootstrap_intervals,
 )
 
@@ -121,7 +122,9 @@ def test_progressive_equals_the_batch_functions_over_the_concatenation(ties: boo
     for lo in range(0, 5000, 700):  # uneven batches
         acc.update(y[lo : lo + 700], p[lo : lo + 700], w[lo : lo + 700])
     result = acc.result()
+    batch_all = task_metrics(y, p, ["click", "like"], w)
     for t, task in enumerate(("click", "like")):
+        assert batch_all[f"{task}/ne"] == binary_metrics(y[:, t], p[:, t], w)["ne"]
         batch = binary_metrics(y[:, t], p[:, t], w)
         for name in ("log_loss", "ne", "accuracy", "base_rate", "count"):
             assert result[f"{task}/{name}"] == pytest.approx(batch[name], rel=1e-10)
