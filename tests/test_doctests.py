@@ -14,6 +14,10 @@ import pytest
 MODULES = (
     "kernels.offsets",  # segment_ids, positions_in_sequence
     "model.jagged",  # JaggedBatch
+    "model.ranking_metrics",  # log loss, NE, AUC, ProgressiveMetrics
+    "model.candidates",  # split_candidates
+    "model.dlrm",  # DLRM
+    "model.ranking_heads",  # labels_from_events
     "pipeline.events",  # decode_records
     "pipeline.state.store",  # SequenceStore
     "connectors.registry.registry",  # Registry

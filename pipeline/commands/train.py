@@ -147,17 +147,27 @@ def make_source(cfg: TrainerConfig) -> Any:
     src = cfg.source
     if src.kind == "synthetic":
         from pipeline.lake.synthetic import SyntheticConfig
+        from pipeline.lake.synthetic_actions import ActionStreamConfig
         from pipeline.sources.synthetic import SyntheticSource
 
         s = src.synthetic
-        synthetic = SyntheticConfig(
-            num_users=s.num_users,
-            num_items=s.num_items,
-            events_per_user=s.events_per_user,
-            drift_at=s.drift_at,
-            churn=s.churn,
-            seed=s.seed,
-        )
+        synthetic: SyntheticConfig | ActionStreamConfig
+        if s.actions:
+            synthetic = ActionStreamConfig(
+                num_users=s.num_users,
+                num_items=s.num_items,
+                events_per_user=s.events_per_user,
+                seed=s.seed,
+            )
+        else:
+            synthetic = SyntheticConfig(
+                num_users=s.num_users,
+                num_items=s.num_items,
+                events_per_user=s.events_per_user,
+                drift_at=s.drift_at,
+                churn=s.churn,
+                seed=s.seed,
+            )
         per_record = src.events_per_record or (
             cfg.train.batch_events if src.codec == "arrow" else None
         )

@@ -45,6 +45,20 @@ class SyntheticSection(_Section):
     drift_at: float | None = Field(None, description="fraction of the span with an abrupt drift")
     churn: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of items replaced per phase")
     seed: int = Field(0, description="generator seed")
+    actions: bool = Field(
+        False,
+        description="impressions with click/view actions (ranking data, "
+        "pipeline/lake/synthetic_actions.py) instead of item sequences; no drift_at or churn",
+    )
+
+    @model_validator(mode="after")
+    def _actions_have_no_drift_or_churn(self) -> SyntheticSection:
+        if self.actions and (self.drift_at is not None or self.churn > 0):
+            raise ValueError(
+                "drift_at and churn apply to the item-sequence generator only; unset them "
+                "or set source.synthetic.actions=false"
+            )
+        return self
 
 
 class KafkaSection(_Section):
@@ -244,7 +258,7 @@ class TrainerConfig(_Section):
     run_name: str | None = Field(
         None,
         description="names the run state (./checkpoints/<run>, ./runs/<run>); default from the "
-        "source: synthetic, file-<file stem>, kafka-<topic>",
+        "source: synthetic (synthetic-actions), file-<file stem>, kafka-<topic>",
     )
     run_dir: str | None = Field(
         None, description="logs, dead letters, summary (default ./runs/<run>, see run_name)"
@@ -330,9 +344,11 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 def derived_run_name(source: SourceSection) -> str:
-    """``synthetic``, ``file-<file stem>`` or ``kafka-<topic>`` (several topics joined by +)."""
+    """``synthetic`` (``synthetic-actions``), ``file-<file stem>`` or ``kafka-<topic>`` (several
+    topics joined by +)."""
     if source.kind == "synthetic":
-        return "synthetic"
+        # Apart from the item-sequence demo: its checkpoint holds another stream's positions.
+        return "synthetic-actions" if source.synthetic.actions else "synthetic"
     if source.kind == "file":
         return "file-" + _UNSAFE.sub("_", Path(source.path or "").stem)
     topics = [t.strip() for t in source.kafka.topic.split(",") if t.strip()]

@@ -113,3 +113,20 @@ def test_validation_errors_are_rewritten_without_pydantic_dump():
     with pytest.raises(ConfigError) as info:
         load_config(overrides={"source": {"kind": "file"}}, environ={})
     assert info.value.lines == ["source.kind=file needs source.path (--path FILE)"]
+
+
+def test_the_synthetic_action_stream_is_a_run_of_its_own():
+    from pipeline.commands.train import make_source
+    from pipeline.lake.synthetic_actions import ActionStreamConfig
+
+    overrides = {"source": {"synthetic": {"actions": True, "num_users": 7, "seed": 2}}}
+    cfg = load_config(overrides=overrides, environ={})
+    assert (cfg.checkpoint.dir, cfg.run_dir) == (
+        "./checkpoints/synthetic-actions",
+        "./runs/synthetic-actions",
+    )
+    source = make_source(cfg)
+    assert source.cfg == ActionStreamConfig(num_users=7, num_items=1000, events_per_user=60, seed=2)
+    drifting = {"source": {"synthetic": {"actions": True, "drift_at": 0.5}}}
+    with pytest.raises(ConfigError, match="item-sequence generator only"):
+        load_config(overrides=drifting, environ={})
