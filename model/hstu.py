@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernels import NUM_TIME_BUCKETS, hstu_attention
-from model.actions import DEFAULT_VALUE_BOUNDARIES
+from model.actions import DEFAULT_VALUE_BOUNDARIES, check_boundaries
 from model.base import SequentialEncoder, query_timestamps
 from model.jagged import JaggedBatch
 
@@ -49,6 +49,7 @@ class HSTUConfig:
             raise ValueError(
                 f"HSTUConfig.layer_norm must be one of {LAYER_NORMS}, got {self.layer_norm!r}"
             )
+        self.value_boundaries = check_boundaries(self.value_boundaries)  # JSON gives a list
 
     def norm(self, width: int) -> nn.LayerNorm:
         """A layer norm over ``width`` features in this config's style."""

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernels.reference import pad_jagged, unpad_jagged
-from model.actions import DEFAULT_VALUE_BOUNDARIES
+from model.actions import DEFAULT_VALUE_BOUNDARIES, check_boundaries
 from model.base import SequentialEncoder
 from model.jagged import JaggedBatch
 
@@ -48,6 +48,7 @@ class SASRecConfig:
             raise ValueError(
                 f"SASRecConfig.style must be one of {SASREC_STYLES}, got {self.style!r}"
             )
+        self.value_boundaries = check_boundaries(self.value_boundaries)  # JSON gives a list
 
 
 class SASRecBlock(nn.Module):
