@@ -65,38 +65,39 @@ class PositiveRule:
         return np.ones(len(actions), dtype=bool)
 
 
-def parse_positives(text: str, setting: str = "positives") -> PositiveRule:
-    """Parse a rule (module docstring); a bad one raises ValueError naming ``setting``, what is
-    wrong and what to write."""
+def parse_positives(text: str, setting: str | None = "positives") -> PositiveRule:
+    """Parse a rule (module docstring); a bad one raises ValueError naming ``setting`` (None:
+    the caller names it), what is wrong and what to write."""
+    where = "" if setting is None else f"{setting}: "
     rule = str(text).strip()
     if rule == ALL:
         return PositiveRule(ALL)
     if rule.startswith("action:"):
         names = [n.strip() for n in rule[len("action:") :].split(",")]
         if not all(names):
-            raise ValueError(f"{setting}: {text!r} names an empty action; write {EXAMPLES}")
-        return PositiveRule(rule, actions=frozenset(_action_code(n, text, setting) for n in names))
+            raise ValueError(f"{where}{text!r} names an empty action; write {EXAMPLES}")
+        return PositiveRule(rule, actions=frozenset(_action_code(n, text, where) for n in names))
     match = _VALUE_RULE.match(rule)
     if match:
         try:
             threshold = float(match.group(2))
         except ValueError:
             raise ValueError(
-                f"{setting}: {text!r} compares value with {match.group(2)!r}, which is not a "
+                f"{where}{text!r} compares value with {match.group(2)!r}, which is not a "
                 f"number; write e.g. 'value>=4'"
             ) from None
         if not np.isfinite(threshold):
-            raise ValueError(f"{setting}: {text!r} needs a finite number; write e.g. 'value>=4'")
+            raise ValueError(f"{where}{text!r} needs a finite number; write e.g. 'value>=4'")
         return PositiveRule(rule, op=match.group(1), threshold=threshold)
-    raise ValueError(f"{setting}: {text!r} is not a positives rule; write {EXAMPLES}")
+    raise ValueError(f"{where}{text!r} is not a positives rule; write {EXAMPLES}")
 
 
-def _action_code(name: str, text: str, setting: str) -> int:
+def _action_code(name: str, text: str, where: str) -> int:
     if name in ACTION_CODES:
         return ACTION_CODES[name]
     if name.isdigit() and int(name) <= MAX_ACTION_CODE:
         return int(name)
     raise ValueError(
-        f"{setting}: {text!r}: {name!r} is neither an action name ({', '.join(ACTION_CODES)}) "
+        f"{where}{text!r}: {name!r} is neither an action name ({', '.join(ACTION_CODES)}) "
         f"nor a code in 0..{MAX_ACTION_CODE}"
     )

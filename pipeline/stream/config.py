@@ -185,7 +185,7 @@ class TrainSection(_Section):
         # here, not at the top: the parser's imports (numpy, pyarrow) are not needed for --help
         from pipeline.events.positives import parse_positives
 
-        parse_positives(value, setting="train.positives")
+        parse_positives(value, setting=None)  # the error line names the key and its origin
         return value
 
 
