@@ -15,6 +15,7 @@ MODULES = (
     "kernels.offsets",  # segment_ids, positions_in_sequence
     "model.jagged",  # JaggedBatch
     "pipeline.events",  # decode_records
+    "pipeline.events.positives",  # parse_positives
     "pipeline.state.store",  # SequenceStore
     "connectors.registry.registry",  # Registry
 )

@@ -111,3 +111,19 @@ def test_training_and_evaluation_follow_the_rule_and_skip_users_without_a_target
 def test_a_bad_rule_in_the_train_config_is_one_line_naming_the_flag():
     with pytest.raises(ConfigError, match=r"^--positives: 'value>4x' compares value with '4x'"):
         TrainConfig(positives="value>4x")
+
+
+def test_train_offline_flags_set_the_rule_and_the_action_inputs():
+    from pipeline.cli import build_parser
+    from pipeline.commands.offline import model_config_from_args, train_config_from_args
+    from pipeline.offline.config import load_preset
+
+    argv = ["train-offline", "--out", "x", "--positives", "action:purchase", "--action-inputs"]
+    args = build_parser().parse_args(argv)
+    preset = load_preset(None)
+    assert train_config_from_args(args, preset, seed=0, progress=False).positives == (
+        "action:purchase"
+    )
+    assert model_config_from_args("sasrec", args, preset)["action_inputs"] is True
+    args = build_parser().parse_args(["train-offline", "--out", "x"])
+    assert model_config_from_args("hstu", args, preset)["action_inputs"] is False

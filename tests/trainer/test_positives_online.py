@@ -109,3 +109,14 @@ def test_a_bad_rule_in_the_trainer_config_names_the_key_and_what_to_write(tmp_pa
         load_config(overrides={"train": {"positives": "likes"}}, environ={})
     assert "train.positives" in str(err.value)
     assert "'likes' is not a positives rule; write 'all', 'value>=4'" in str(err.value)
+
+
+def test_train_flags_set_the_rule_and_the_action_inputs():
+    from pipeline.cli import build_parser
+    from pipeline.commands.train import config_from_args
+
+    args = build_parser().parse_args(["train", "--positives", "value>=4", "--action-inputs"])
+    cfg = config_from_args(args)
+    assert cfg.train.positives == "value>=4" and cfg.model.action_inputs
+    args = build_parser().parse_args(["train", "--no-action-inputs"])
+    assert not config_from_args(args).model.action_inputs
