@@ -32,6 +32,7 @@ import torch
 
 from model.hstu import HSTUConfig
 from pipeline.commands.offline import add_training_options, train_config_from_args
+from pipeline.events.positives import parse_positives
 from pipeline.offline.config import load_preset
 from pipeline.offline.splits import make_splits
 from pipeline.offline.training import PROTOCOLS, load_sequences, train_offline
@@ -55,6 +56,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--num-heads", type=int, default=h.num_heads, help="attention heads")
     p.add_argument("--max-len", type=int, default=h.max_len, help="N: last events per user")
     p.add_argument("--dropout", type=float, default=h.dropout, help="dropout (input too)")
+    p.add_argument(
+        "--action-inputs",
+        action=argparse.BooleanOptionalAction,
+        default=h.action_inputs,
+        help="HSTU and SASRec read each event's action and value (as train-offline)",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: as train-offline)")
     p.add_argument("--progress", action="store_true", help="show per-epoch progress bars")
     return p.parse_args(argv)
@@ -82,7 +89,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     preset = load_preset(args.preset)
     base = train_config_from_args(args, preset, seed=0, progress=args.progress)
     ds, source = load_sequences(args.data, args.format)
-    splits = make_splits(ds, base.split)
+    splits = make_splits(ds, base.split, parse_positives(base.positives, setting="--positives"))
     model_config = {
         "embedding_dim": args.embedding_dim,
         "num_layers": args.num_layers,
@@ -90,6 +97,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "max_len": args.max_len,
         "dropout": args.dropout,
         "input_dropout": args.dropout,
+        "action_inputs": args.action_inputs,
     }
     runs: list[dict[str, Any]] = []
     models = args.models.split(",")

@@ -18,6 +18,7 @@ The interface the trainers (offline and online) rely on:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernels.offsets import positions_in_sequence
+from model.actions import DEFAULT_VALUE_BOUNDARIES, ActionValueInputs
 from model.jagged import JaggedBatch
 
 ITEM_INIT_STD = 0.02  # item embeddings start small; the input layer scales them by sqrt(D)
@@ -142,9 +144,20 @@ class SequentialEncoder(nn.Module):
         embedding_dim: D.
         max_len: N, the longest sequence the model accepts (the position table size).
         input_dropout: dropout applied to the input embeddings.
+        action_inputs: add each event's action and value embeddings to its input token
+            (``model.actions``); False keeps the parameters and outputs of models before it.
+        value_boundaries: the value buckets of ``action_inputs``.
     """
 
-    def __init__(self, num_rows: int, embedding_dim: int, max_len: int, input_dropout: float):
+    def __init__(
+        self,
+        num_rows: int,
+        embedding_dim: int,
+        max_len: int,
+        input_dropout: float,
+        action_inputs: bool = False,
+        value_boundaries: Sequence[float] = DEFAULT_VALUE_BOUNDARIES,
+    ):
         super().__init__()
         if num_rows < 2:
             raise ValueError(f"num_rows must be >= 2 (row 0 is padding), got {num_rows}")
@@ -157,6 +170,10 @@ class SequentialEncoder(nn.Module):
         nn.init.trunc_normal_(self.pos_emb.weight, std=1.0 / math.sqrt(embedding_dim))
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
+        # created after the tables above so that their init draws stay what they were
+        self.event_inputs = (
+            ActionValueInputs(embedding_dim, value_boundaries) if action_inputs else None
+        )
 
     @property
     def num_rows(self) -> int:
@@ -187,7 +204,8 @@ class SequentialEncoder(nn.Module):
         self.item_emb.weight[rows] = fresh.to(self.item_emb.weight.dtype)
 
     def embed_inputs(self, batch: JaggedBatch) -> torch.Tensor:
-        """[T, D] item_emb * sqrt(D) + position embedding, with input dropout.
+        """[T, D] item_emb * sqrt(D) + position embedding (+ the event's action and value
+        embeddings with ``action_inputs``), with input dropout.
 
         Raises:
             ValueError: an item row is outside the table or a sequence is longer than N.
@@ -204,6 +222,8 @@ class SequentialEncoder(nn.Module):
             )
         positions = positions_in_sequence(batch.offsets)
         x = self.item_emb(batch.item_ids) * math.sqrt(self.embedding_dim)
+        if self.event_inputs is not None:
+            x = x + self.event_inputs(batch.action_types, batch.values)
         return self.input_dropout(x + self.pos_emb(positions))
 
     def encode(self, batch: JaggedBatch) -> torch.Tensor:
@@ -214,9 +234,12 @@ class SequentialEncoder(nn.Module):
     def reference_init(self) -> None:
         """Re-initialise as Meta's research code does: the item table truncated normal
         (std ITEM_INIT_STD, cut at 2 std, padding row zero), every other parameter with >= 2 dims
-        (the position table too) xavier normal; 1-D parameters keep their init.
+        (the position table too) xavier normal; 1-D parameters keep their init. The action
+        and value tables keep their small init (``model.actions``): the reference has none.
         HSTU overrides this for its own layers."""
         for name, param in self.named_parameters():
+            if name.startswith("event_inputs."):
+                continue
             if name == "item_emb.weight":
                 # truncated at 2 std as the reference (torch's default cuts at +-2 absolute)
                 cut = 2 * ITEM_INIT_STD

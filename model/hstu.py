@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernels import NUM_TIME_BUCKETS, hstu_attention
+from model.actions import DEFAULT_VALUE_BOUNDARIES, check_boundaries
 from model.base import SequentialEncoder, query_timestamps
 from model.jagged import JaggedBatch
 
@@ -40,12 +41,15 @@ class HSTUConfig:
     alpha: float = 1.0
     attention_backend: str = "auto"
     layer_norm: str = "affine"
+    action_inputs: bool = False  # actions and values as inputs (model.actions)
+    value_boundaries: tuple[float, ...] = DEFAULT_VALUE_BOUNDARIES
 
     def __post_init__(self) -> None:
         if self.layer_norm not in LAYER_NORMS:
             raise ValueError(
                 f"HSTUConfig.layer_norm must be one of {LAYER_NORMS}, got {self.layer_norm!r}"
             )
+        self.value_boundaries = check_boundaries(self.value_boundaries)  # JSON gives a list
 
     def norm(self, width: int) -> nn.LayerNorm:
         """A layer norm over ``width`` features in this config's style."""
@@ -101,7 +105,14 @@ class HSTU(SequentialEncoder):
     """HSTU sequential encoder: ``encode(batch) -> [T, D]`` L2-normalised states."""
 
     def __init__(self, cfg: HSTUConfig):
-        super().__init__(cfg.num_rows, cfg.embedding_dim, cfg.max_len, cfg.input_dropout)
+        super().__init__(
+            cfg.num_rows,
+            cfg.embedding_dim,
+            cfg.max_len,
+            cfg.input_dropout,
+            cfg.action_inputs,
+            cfg.value_boundaries,
+        )
         self.cfg = cfg
         self.layers = nn.ModuleList(HSTULayer(cfg) for _ in range(cfg.num_layers))
 

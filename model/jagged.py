@@ -70,6 +70,8 @@ class JaggedBatch:
             event but the first of each sequence (offline autoregressive training).
         query_time: optional int64 [B], the time at which the *next*, not yet seen event is
             requested (serving); used as the last position's query timestamp.
+        values: optional float32 [T], each event's value (e.g. a rating); NaN where an event
+            has none. ``None`` means no event has one.
 
     Two sequences, of 3 events and 1, packed into 4 rows:
 
@@ -93,6 +95,7 @@ class JaggedBatch:
     weights: torch.Tensor | None = None
     is_target: torch.Tensor | None = None
     query_time: torch.Tensor | None = None
+    values: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -136,6 +139,13 @@ class JaggedBatch:
             raise JaggedError(
                 f"query_time must be int64 [{self.num_sequences}], got {self.query_time.dtype} "
                 f"{tuple(self.query_time.shape)}"
+            )
+        if self.values is not None and (
+            self.values.dtype != torch.float32 or self.values.shape != (total,)
+        ):
+            raise JaggedError(
+                f"values must be float32 [{total}] (NaN = no value), got {self.values.dtype} "
+                f"{tuple(self.values.shape)}"
             )
 
     # ------------------------------------------------------------- accessors
@@ -195,6 +205,7 @@ class JaggedBatch:
         weights: np.ndarray | None = None,
         is_target: np.ndarray | None = None,
         query_time: np.ndarray | None = None,
+        values: np.ndarray | None = None,
     ) -> JaggedBatch:
         """Build from flat numpy arrays (no per-event Python work)."""
         item_ids = _as_int64(item_ids, "item_ids")
@@ -211,6 +222,7 @@ class JaggedBatch:
             weights=None if weights is None else _tensor(np.ascontiguousarray(weights, np.float32)),
             is_target=None if is_target is None else _tensor(np.ascontiguousarray(is_target, bool)),
             query_time=None if query_time is None else _tensor(_as_int64(query_time, "query_time")),
+            values=None if values is None else _tensor(np.ascontiguousarray(values, np.float32)),
         )
 
     @classmethod
@@ -220,6 +232,7 @@ class JaggedBatch:
         timestamps: Sequence[Sequence[int]],
         action_types: Sequence[Sequence[int]] | None = None,
         weights: Sequence[Sequence[float]] | None = None,
+        values: Sequence[Sequence[float]] | None = None,
     ) -> JaggedBatch:
         """Build from one Python list per sequence, e.g. ``[[3, 5, 9], [4]]``."""
         if len(timestamps) != len(item_ids):
@@ -231,6 +244,7 @@ class JaggedBatch:
             ("timestamps", timestamps),
             ("action_types", action_types),
             ("weights", weights),
+            ("values", values),
         ):
             if seqs is None:
                 continue
@@ -253,11 +267,17 @@ class JaggedBatch:
             offsets=offsets_from_lengths(lengths).numpy(),
             action_types=None if action_types is None else flat(action_types, np.int64),
             weights=None if weights is None else flat(weights, np.float32),
+            values=None if values is None else flat(values, np.float32),
         )
 
     @classmethod
     def from_arrow(
-        cls, item_ids: Any, timestamps: Any, action_types: Any = None, weights: Any = None
+        cls,
+        item_ids: Any,
+        timestamps: Any,
+        action_types: Any = None,
+        weights: Any = None,
+        values: Any = None,
     ) -> JaggedBatch:
         """Build from pyarrow ``ListArray``/``LargeListArray`` columns (one list per sequence).
 
@@ -281,17 +301,18 @@ class JaggedBatch:
         ts_offsets, ts = parts(timestamps, "timestamps")
         if not np.array_equal(offsets, ts_offsets):
             raise JaggedError("item_ids and timestamps have different sequence lengths")
-        acts = None
-        if action_types is not None:
-            a_offsets, acts = parts(action_types, "action_types")
-            if not np.array_equal(offsets, a_offsets):
-                raise JaggedError("item_ids and action_types have different sequence lengths")
-        wts = None
-        if weights is not None:
-            w_offsets, wts = parts(weights, "weights")
-            if not np.array_equal(offsets, w_offsets):
-                raise JaggedError("item_ids and weights have different sequence lengths")
-        return cls.from_numpy(items, ts, offsets, action_types=acts, weights=wts)
+        optional: dict[str, np.ndarray | None] = {}
+        for name, column in (
+            ("action_types", action_types),
+            ("weights", weights),
+            ("values", values),
+        ):
+            optional[name] = None
+            if column is not None:
+                col_offsets, optional[name] = parts(column, name)
+                if not np.array_equal(offsets, col_offsets):
+                    raise JaggedError(f"item_ids and {name} have different sequence lengths")
+        return cls.from_numpy(items, ts, offsets, **optional)
 
 
 def _tensor(arr: np.ndarray) -> torch.Tensor:

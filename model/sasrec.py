@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernels.reference import pad_jagged, unpad_jagged
+from model.actions import DEFAULT_VALUE_BOUNDARIES, check_boundaries
 from model.base import SequentialEncoder
 from model.jagged import JaggedBatch
 
@@ -39,12 +40,15 @@ class SASRecConfig:
     dropout: float = 0.2
     input_dropout: float = 0.2
     style: str = "genrec"
+    action_inputs: bool = False  # actions and values as inputs (model.actions)
+    value_boundaries: tuple[float, ...] = DEFAULT_VALUE_BOUNDARIES
 
     def __post_init__(self) -> None:
         if self.style not in SASREC_STYLES:
             raise ValueError(
                 f"SASRecConfig.style must be one of {SASREC_STYLES}, got {self.style!r}"
             )
+        self.value_boundaries = check_boundaries(self.value_boundaries)  # JSON gives a list
 
 
 class SASRecBlock(nn.Module):
@@ -113,7 +117,14 @@ class SASRec(SequentialEncoder):
     """SASRec sequential encoder: ``encode(batch) -> [T, D]`` L2-normalised states."""
 
     def __init__(self, cfg: SASRecConfig):
-        super().__init__(cfg.num_rows, cfg.embedding_dim, cfg.max_len, cfg.input_dropout)
+        super().__init__(
+            cfg.num_rows,
+            cfg.embedding_dim,
+            cfg.max_len,
+            cfg.input_dropout,
+            cfg.action_inputs,
+            cfg.value_boundaries,
+        )
         self.cfg = cfg
         block = ReferenceSASRecBlock if cfg.style == "reference" else SASRecBlock
         self.blocks = nn.ModuleList(block(cfg) for _ in range(cfg.num_layers))

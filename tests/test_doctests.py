@@ -19,6 +19,7 @@ MODULES = (
     "model.dlrm",  # DLRM
     "model.ranking_heads",  # labels_from_events
     "pipeline.events",  # decode_records
+    "pipeline.events.positives",  # parse_positives
     "pipeline.state.store",  # SequenceStore
     "connectors.registry.registry",  # Registry
 )

@@ -33,6 +33,7 @@ from connectors.registry.manifest import (
     summarize,
     version_dir_name,
 )
+from model.actions import DEFAULT_VALUE_BOUNDARIES
 from model.base import SequentialEncoder
 from model.hstu import HSTU, HSTUConfig
 from pipeline.state.vocab import ItemVocabulary, unpack_arrays
@@ -64,6 +65,10 @@ class HSTUSettings(BaseModel):
     alpha: float = Field(1.0, allow_inf_nan=False)
     attention_backend: Literal["auto", "reference", "triton"] = "auto"
     layer_norm: Literal["affine", "plain"] = "affine"
+    action_inputs: bool = False
+    value_boundaries: list[float] = Field(
+        default_factory=lambda: list(DEFAULT_VALUE_BOUNDARIES), max_length=1024
+    )
 
 
 class PublishedConfig(BaseModel):

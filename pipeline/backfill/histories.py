@@ -47,6 +47,10 @@ MAX_UNTIL = 253_402_300_799
 MAX_MANIFEST_BYTES = 16 << 20
 SHARD_PATTERN = re.compile(r"shard-(\d{5,})-of-(\d{5,})\.parquet")
 HISTORY_COLUMNS = ("user", "item", "timestamp", "action")
+# Read when a shard has it (outputs written before values were read have not): each event's
+# value, NaN where it had none.
+VALUE_COLUMN = "value"
+VALUE_TYPES = ("float", "double")
 LIST_VALUES = {"item": ("int64", "string"), "timestamp": ("int64",), "action": ("int64",)}
 MAX_USERS_ENV = "GENREC_BACKFILL_MAX_SHARD_USERS"
 MAX_EVENTS_ENV = "GENREC_BACKFILL_MAX_SHARD_EVENTS"
@@ -110,6 +114,7 @@ class HistoryBatch:
     timestamps: np.ndarray  # int64
     actions: np.ndarray  # int64
     offsets: np.ndarray  # int64 [B+1], from 0
+    values: np.ndarray  # float32, NaN where an event has none (or the shard no value column)
 
 
 def open_output(directory: str, flag: str, limits: HistoryLimits | None = None) -> BackfillOutput:
@@ -245,7 +250,10 @@ def _check_footer(path: str, parquet: Any, limits: HistoryLimits) -> None:
     user = schema.field("user").type
     if user not in (pa.int64(), pa.string()):
         raise HistoryError(f"{path}: column 'user' is {user}, not int64 or string; {REGENERATE}")
-    for name, values in LIST_VALUES.items():
+    checked_lists = dict(LIST_VALUES)
+    if VALUE_COLUMN in schema.names:
+        checked_lists[VALUE_COLUMN] = VALUE_TYPES
+    for name, values in checked_lists.items():
         kind = schema.field(name).type
         if not pa.types.is_list(kind) or str(kind.value_type) not in values:
             raise HistoryError(
@@ -298,6 +306,7 @@ def event_logs(directory: str, chunk_rows: int) -> Iterator[EventLog]:
     items: list[str] = []
     times: list[np.ndarray] = []
     actions: list[np.ndarray] = []
+    values: list[np.ndarray] = []
 
     def take() -> EventLog:
         log = EventLog(
@@ -305,8 +314,9 @@ def event_logs(directory: str, chunk_rows: int) -> Iterator[EventLog]:
             np.array(items, dtype=object),
             np.concatenate([np.zeros(0, np.int64), *times]),
             np.concatenate([np.zeros(0, np.int64), *actions]),
+            np.concatenate([np.zeros(0, np.float64), *values]),
         )
-        for column in (users, items, times, actions):
+        for column in (users, items, times, actions, values):
             column.clear()
         return log
 
@@ -321,10 +331,12 @@ def event_logs(directory: str, chunk_rows: int) -> Iterator[EventLog]:
             if len(users) >= chunk_rows:
                 times.append(batch.timestamps[cut:stop])
                 actions.append(batch.actions[cut:stop])
+                values.append(batch.values[cut:stop])
                 cut = stop
                 yield take()
         times.append(batch.timestamps[cut:])
         actions.append(batch.actions[cut:])
+        values.append(batch.values[cut:])
     yield take()
 
 
@@ -339,7 +351,9 @@ def read_shard(
         _check_footer(path, parquet, limits)  # again: a worker may open a changed file
         first = 0
         try:
-            for batch in parquet.iter_batches(batch_size=batch_users, columns=HISTORY_COLUMNS):
+            has_value = VALUE_COLUMN in parquet.schema_arrow.names
+            columns = [*HISTORY_COLUMNS, VALUE_COLUMN] if has_value else list(HISTORY_COLUMNS)
+            for batch in parquet.iter_batches(batch_size=batch_users, columns=columns):
                 checked = _checked(path, first, batch, until, place)
                 seen.append(checked.user_keys)
                 yield checked
@@ -384,7 +398,8 @@ def _checked(
         raise fail(_first_null(users), "user is null")
     flat: dict[str, np.ndarray] = {}
     offsets = np.zeros(1, np.int64)
-    for name in LIST_VALUES:
+    optional = [VALUE_COLUMN] if VALUE_COLUMN in batch.schema.names else []
+    for name in (*LIST_VALUES, *optional):
         column = batch.column(name)
         if column.null_count:
             raise fail(_first_null(column), f"{name} is null, not a list")
@@ -423,7 +438,8 @@ def _checked(
     items = flat["item"]
     if items.dtype.kind != "i":  # "5" in a string shard is the key 5, as in the stream
         items = _keys(items.tolist(), "item", lambda at, what: fail(_owner(offsets, at), what))
-    return HistoryBatch(users, user_keys, items, flat["timestamp"], actions, offsets)
+    values = flat.get(VALUE_COLUMN, np.full(len(actions), np.nan)).astype(np.float32)
+    return HistoryBatch(users, user_keys, items, flat["timestamp"], actions, offsets, values)
 
 
 def _first_null(array: Any) -> int:

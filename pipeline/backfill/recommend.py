@@ -74,6 +74,7 @@ class UserBatch:
     timestamps: np.ndarray  # int64
     actions: np.ndarray  # int64
     offsets: np.ndarray  # int64 [B+1]
+    values: np.ndarray  # float32, NaN where an event has none
 
     def __len__(self) -> int:
         """Users in the batch (RunInference counts a batch's elements with it)."""
@@ -95,6 +96,7 @@ def read_user_batches(
             batch.timestamps,
             batch.actions,
             batch.offsets,
+            batch.values,
         )
 
 
@@ -135,6 +137,7 @@ def recommend(
         batch.timestamps[known][context],
         window,
         action_types=batch.actions[known][context],
+        values=batch.values[known][context],
         query_time=None if query_time is None else np.full(scored.size, query_time, np.int64),
     )
     with torch.no_grad():
@@ -204,7 +207,12 @@ class TopKHandler(ModelHandler[UserBatch, tuple[tuple[int, int], Any], Published
 
     def get_num_bytes(self, batch: UserBatch) -> int:
         """The batch's array bytes (Beam's default pickles the whole batch to count them)."""
-        return batch.items.nbytes + batch.timestamps.nbytes + batch.actions.nbytes
+        return (
+            batch.items.nbytes
+            + batch.timestamps.nbytes
+            + batch.actions.nbytes
+            + batch.values.nbytes
+        )
 
     def get_metrics_namespace(self) -> str:
         return "genrec_recommend"

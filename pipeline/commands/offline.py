@@ -19,7 +19,7 @@ from typing import Any
 from pipeline.lake.datasets import FORMATS
 from pipeline.lake.synthetic import SyntheticConfig
 from pipeline.offline.config import TRAIN_WINDOWS, Preset, TrainConfig, load_preset, preset_names
-from pipeline.offline.splits import leave_one_out, make_splits
+from pipeline.offline.splits import make_splits, users_without_target
 from pipeline.runtime.threads import set_torch_threads
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,13 @@ def add_training_options(group: argparse._ActionsContainer) -> None:
         "paper's; a target consumed before is a miss); used for validation and the "
         "reported test metrics; the other protocol is reported too (train-offline's "
         f"metrics.json, the bench's table) (default: {t.exclude_seen})",
+    )
+    group.add_argument(
+        "--positives",
+        help="which events are next-item targets: 'all', 'value>=4' (a rating of 4 or more; "
+        "also >, <=, <, ==) or 'action:click,purchase' (action names or codes 0..255); the "
+        "others stay in the history as context, and each user's test target is the last "
+        f"positive event (default: {t.positives})",
     )
 
 
@@ -180,6 +187,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     arch.add_argument(
         "--ffn-dim", type=int, default=0, help="SASRec FFN width, 0: D (default: %(default)s)"
+    )
+    arch.add_argument(
+        "--action-inputs",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="add each event's action and value (bucketised rating) embeddings to its input "
+        "token, as Meta's dlrm_v3 (default: %(default)s)",
     )
     arch.add_argument(
         "--attention-backend",
@@ -302,6 +316,7 @@ def model_config_from_args(kind: str, args: argparse.Namespace, preset: Preset) 
 
 def run_train(args: argparse.Namespace) -> int:
     from pipeline.backfill.histories import event_logs
+    from pipeline.events.positives import parse_positives
     from pipeline.offline.training import item_keys_json, load_sequences, train_offline
 
     set_torch_threads(args.threads)
@@ -311,12 +326,20 @@ def run_train(args: argparse.Namespace) -> int:
     ds, source = load_sequences(
         args.data, args.format, args.skip_malformed, _synthetic_config(args), event_logs
     )
-    splits = make_splits(ds, cfg.split)
+    positives = parse_positives(cfg.positives, setting="--positives")
+    splits = make_splits(ds, cfg.split, positives)
     log.info("data: %d users, %d items, %d events", ds.num_users, ds.num_items, ds.num_events)
     meta = {"data": source, "item_keys": item_keys_json(ds)}
+    extra = {}
+    if not positives.is_all:
+        extra = {
+            "positives": positives.text,
+            "users_without_target": users_without_target(splits[2]),
+        }
+        log.info("positives %s: %d users without a positive test target", *extra.values())
     out = Path(args.out)
     result = train_offline(args.model, model_config, splits, cfg, out_dir=out, meta=meta)
-    summary = result.summary()
+    summary = {**result.summary(), **extra}
     (out / "metrics.json").write_text(
         json.dumps(
             {
@@ -334,6 +357,7 @@ def run_train(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     from model.serialize import load_checkpoint, model_kind
     from pipeline.backfill.histories import event_logs
+    from pipeline.events.positives import parse_positives
     from pipeline.offline.training import (
         evaluate,
         load_sequences,
@@ -356,7 +380,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
             source["path"], source["format"], source["skip_malformed"], read_output=event_logs
         )
     ds = remap_items(ds, meta["item_keys"])
-    _, valid, test = leave_one_out(ds)
+    # the held-out events follow the rule the checkpoint was trained with
+    rule = meta.get("train_config", {}).get("positives", "all")
+    _, valid, test = make_splits(ds, "holdout", parse_positives(rule, setting="positives"))
     max_len = model_max_len(model, default=args.max_len)
     exclude_seen = args.exclude_seen
     if exclude_seen is None:

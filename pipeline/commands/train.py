@@ -49,6 +49,12 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
     "duration": ("train.duration_s", float, "stop after this many seconds"),
     "batch_events": ("train.batch_events", int, "events per micro-batch (optimizer step)"),
     "lr": ("train.lr", float, "Adam learning rate"),
+    "positives": (
+        "train.positives",
+        str,
+        "which events are retrieval targets, scored and trained on: all, 'value>=4' or "
+        "'action:click,purchase' (names or codes); the others are context",
+    ),
     "device": ("train.device", str, "torch device, e.g. cpu or cuda"),
     "threads": (
         "train.threads",
@@ -88,6 +94,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parser.add_argument(
             flag, dest=name, type=kind, metavar=name.upper(), help=f"{text} ({key})"
         )
+    parser.add_argument(
+        "--action-inputs",
+        action=argparse.BooleanOptionalAction,
+        help="add each event's action and value embeddings to its input token "
+        "(model.action_inputs; default: false)",
+    )
     parser.add_argument(
         "--no-resume",
         action="store_true",
@@ -134,6 +146,8 @@ def config_from_args(args: argparse.Namespace) -> TrainerConfig:
         value = getattr(args, name)
         if value is not None:  # typed by argparse: no YAML re-parsing of paths
             cli = deep_merge(cli, nested(key.split("."), value))
+    if args.action_inputs is not None:
+        cli = deep_merge(cli, {"model": {"action_inputs": args.action_inputs}})
     if args.no_resume:
         cli = deep_merge(cli, {"checkpoint": {"resume": False}})
     if args.no_publish:

@@ -460,7 +460,8 @@ class SequenceDataset:
 
     ``item_ids`` are embedding rows 1..num_items (0 is padding); ``item_keys[row]`` is the
     original key (``item_keys[0]`` is None). Sequence u spans ``offsets[u]:offsets[u+1]`` and
-    belongs to ``user_keys[u]``.
+    belongs to ``user_keys[u]``. ``values`` are the events' values as float32 (a rating; NaN
+    where an event has none, and for every event when not given).
     """
 
     item_ids: np.ndarray
@@ -469,6 +470,13 @@ class SequenceDataset:
     offsets: np.ndarray
     item_keys: np.ndarray
     user_keys: np.ndarray
+    values: np.ndarray = None  # type: ignore[assignment]  # None -> all NaN (__post_init__)
+
+    def __post_init__(self) -> None:
+        values = np.full(self.item_ids.size, np.nan, np.float32)
+        if self.values is not None:
+            values = np.asarray(self.values, dtype=np.float32)
+        object.__setattr__(self, "values", values)
 
     @property
     def num_items(self) -> int:
@@ -487,8 +495,11 @@ class SequenceDataset:
 
     def drop_last(self, k: int) -> SequenceDataset:
         """Each sequence without its last k events (sequences never go below length 0)."""
+        return self.prefixes(np.maximum(self.lengths() - k, 0))
+
+    def prefixes(self, keep_len: np.ndarray) -> SequenceDataset:
+        """Each sequence u cut to its first ``keep_len[u]`` events."""
         lengths = self.lengths()
-        keep_len = np.maximum(lengths - k, 0)
         pos = np.arange(self.num_events) - np.repeat(self.offsets[:-1], lengths)
         keep = pos < np.repeat(keep_len, lengths)
         offsets = np.concatenate([[0], np.cumsum(keep_len)]).astype(np.int64)
@@ -499,6 +510,7 @@ class SequenceDataset:
             offsets,
             self.item_keys,
             self.user_keys,
+            self.values[keep],
         )
 
 
@@ -525,4 +537,5 @@ def build_sequences(event_log: EventLog, min_length: int = 1) -> SequenceDataset
         offsets=offsets.astype(np.int64),
         item_keys=np.concatenate([np.array([None], dtype=object), item_keys.astype(object)]),
         user_keys=user_keys,
+        values=None if ev.value is None else ev.value[order].astype(np.float32),
     )

@@ -48,6 +48,9 @@ class TrainConfig:
     ``train_windows``: "all" trains on every event of each training sequence, in windows of
     ``max_len`` events back from its end (every event but the first a target once, as in the
     online trainer); "last" only on each user's last ``max_len`` events (the reference).
+    ``positives``: which events are next-item targets (``pipeline.events.positives``: "all",
+    "value>=4", "action:click,purchase"); the others are context only, and each user's test
+    (and validation) target is a positive event.
     The learning rate is constant (the reference's: no schedule, no warm-up).
     """
 
@@ -64,6 +67,7 @@ class TrainConfig:
     train_windows: TrainWindows = "all"
     split: Split = "paper"
     exclude_seen: bool = False
+    positives: str = "all"
     eval_batch_size: int = 256
     seed: int = 0
     device: str = "cpu"
@@ -79,6 +83,14 @@ class TrainConfig:
             )
         if self.init not in INITS:
             raise ValueError(f"TrainConfig.init must be one of {INITS}, got {self.init!r}")
+        if self.positives != "all":
+            # here, not at the top: the parser (pyarrow, numpy) is not needed for --help
+            from pipeline.events.positives import parse_positives
+
+            try:
+                parse_positives(self.positives, setting="--positives")
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
 
 
 class Preset(BaseModel):
@@ -101,6 +113,7 @@ class Preset(BaseModel):
     train_windows: TrainWindows | None = None
     split: Split | None = None
     exclude_seen: bool | None = None
+    positives: str | None = None
     eval_batch_size: int | None = None
     hstu_layer_norm: HSTULayerNorm = HSTU_LAYER_NORM
     sasrec_style: SASRecStyle = SASREC_STYLE

@@ -1,9 +1,16 @@
-"""The train/valid/test splits of per-user sequences (leave-one-out, the HSTU paper's)."""
+"""The train/valid/test splits of per-user sequences (leave-one-out, the HSTU paper's).
+
+With a positives rule (``pipeline.events.positives``) the held-out events are positive ones:
+each user's test target is the user's last positive event, with every event before it as
+history; the validation target (holdout split) is the positive before that one. Users
+without such a target keep an empty (or one-event) sequence there, which evaluation skips.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
+from pipeline.events.positives import PositiveRule
 from pipeline.lake.datasets import SequenceDataset
 
 
@@ -41,11 +48,44 @@ def paper_split(
 
 
 def make_splits(
-    ds: SequenceDataset, split: str
+    ds: SequenceDataset, split: str, positives: PositiveRule | None = None
 ) -> tuple[SequenceDataset, SequenceDataset, SequenceDataset]:
-    """``leave_one_out`` for split "holdout", ``paper_split`` for "paper"."""
+    """``leave_one_out`` for split "holdout", ``paper_split`` for "paper"; with a
+    ``positives`` rule other than "all", ``positive_splits``."""
+    if split not in ("holdout", "paper"):
+        raise ValueError(f"unknown split {split!r}; use 'holdout' or 'paper'")
+    if positives is not None and not positives.is_all:
+        return positive_splits(ds, split, positives)
     if split == "holdout":
         return leave_one_out(ds)
+    return paper_split(ds)
+
+
+def positive_splits(
+    ds: SequenceDataset, split: str, positives: PositiveRule
+) -> tuple[SequenceDataset, SequenceDataset, SequenceDataset]:
+    """The splits of ``split`` with positive held-out events (module docstring): test ends
+    at each user's last positive event; "paper": train = valid = the events before it;
+    "holdout": valid ends at the positive before it, train is the events before that."""
+    test = _cut_after_last_positive(ds, positives)
     if split == "paper":
-        return paper_split(ds)
-    raise ValueError(f"unknown split {split!r}; use 'holdout' or 'paper'")
+        train = test.drop_last(1)
+        return train, train, test
+    valid = _cut_after_last_positive(test.drop_last(1), positives)
+    return valid.drop_last(1), valid, test
+
+
+def users_without_target(test: SequenceDataset) -> int:
+    """Users whose test sequence has no target with history before it (skipped)."""
+    return int((test.lengths() < 2).sum())
+
+
+def _cut_after_last_positive(ds: SequenceDataset, positives: PositiveRule) -> SequenceDataset:
+    """Each sequence up to and including its last positive event (empty without one)."""
+    positive = positives.mask(ds.actions, ds.values)
+    index = np.arange(ds.num_events)
+    user = np.repeat(np.arange(ds.num_users), ds.lengths())
+    last = np.full(ds.num_users, -1, dtype=np.int64)
+    np.maximum.at(last, user[positive], index[positive])
+    keep_len = np.where(last >= 0, last - ds.offsets[:-1] + 1, 0)
+    return ds.prefixes(keep_len)

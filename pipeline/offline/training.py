@@ -38,6 +38,7 @@ from model.optim import RowSparseAdam
 from model.popular import MostPopular
 from model.retrieval import score_items
 from model.serialize import build_model, save_checkpoint
+from pipeline.events.positives import PositiveRule, parse_positives
 from pipeline.lake.datasets import OutputReader, SequenceDataset, build_sequences, read_event_log
 from pipeline.lake.synthetic import SyntheticConfig, generate_events
 from pipeline.offline.config import TrainConfig
@@ -132,7 +133,7 @@ def remap_items(ds: SequenceDataset, item_keys: list[int | str | None]) -> Seque
     rows = np.array([row_of.get(json_key(k), 0) for k in ds.item_keys], np.int64)
     new_keys = np.array(item_keys, dtype=object)
     return SequenceDataset(
-        rows[ds.item_ids], ds.timestamps, ds.actions, ds.offsets, new_keys, ds.user_keys
+        rows[ds.item_ids], ds.timestamps, ds.actions, ds.offsets, new_keys, ds.user_keys, ds.values
     )
 
 
@@ -188,13 +189,26 @@ class TrainingWindows:
 
 
 def training_batch(
-    ds: SequenceDataset, users: np.ndarray, max_len: int, drop_last: int | np.ndarray = 0
+    ds: SequenceDataset,
+    users: np.ndarray,
+    max_len: int,
+    drop_last: int | np.ndarray = 0,
+    positives: PositiveRule | None = None,
 ) -> JaggedBatch:
     """The last ``max_len`` events of each user (after dropping its last ``drop_last``);
-    every event but the first is a target."""
+    every event but the first is a target, or, with ``positives``, every positive one."""
     idx, offs = window_indices(ds.offsets, users, max_len, drop_last)
+    is_target = None
+    if positives is not None and not positives.is_all:
+        is_target = positives.mask(ds.actions[idx], ds.values[idx])
+        is_target[offs[:-1][np.diff(offs) > 0]] = False  # a window's first event: context
     return JaggedBatch.from_numpy(
-        ds.item_ids[idx], ds.timestamps[idx], offs, action_types=ds.actions[idx]
+        ds.item_ids[idx],
+        ds.timestamps[idx],
+        offs,
+        action_types=ds.actions[idx],
+        is_target=is_target,
+        values=ds.values[idx],
     )
 
 
@@ -211,6 +225,7 @@ def next_item_batch(
         offs,
         action_types=ds.actions[idx],
         query_time=ds.timestamps[last],
+        values=ds.values[idx],
     )
     return batch, torch.from_numpy(ds.item_ids[last])
 
@@ -310,7 +325,8 @@ def train_offline(
 
     history: list[dict[str, float]] = []
     if isinstance(model, MostPopular):
-        model.fit(torch.from_numpy(train.item_ids).to(cfg.device))
+        positive = parse_positives(cfg.positives).mask(train.actions, train.values)
+        model.fit(torch.from_numpy(train.item_ids[positive]).to(cfg.device))
         history.append({"epoch": 0, **eval_split(valid)})
         best_epoch = 0
         keep_best(model, 0, history[-1])
@@ -379,6 +395,7 @@ def _fit(
     rng = np.random.default_rng(cfg.seed)
     negatives_gen = torch.Generator().manual_seed(cfg.seed)
     windows = TrainingWindows.build(train, max_len, cfg.train_windows)
+    positives = parse_positives(cfg.positives)
     best_epoch, best_score, best_state = 0, -1.0, copy.deepcopy(model.state_dict())
     for epoch in range(1, cfg.epochs + 1):
         model.train()
@@ -392,10 +409,12 @@ def _fit(
         )
         total_loss, steps = 0.0, 0
         for rows in bar:
-            batch = training_batch(train, windows.users[rows], max_len, windows.drop_last[rows]).to(
-                cfg.device
-            )
+            batch = training_batch(
+                train, windows.users[rows], max_len, windows.drop_last[rows], positives
+            ).to(cfg.device)
             targets = select_targets(batch, model.encode(batch))
+            if targets.items.numel() == 0:
+                continue  # no positive event in these windows: nothing to learn from
             loss = sampled_softmax_loss(
                 targets.queries,
                 targets.items,

@@ -96,6 +96,7 @@ class Histories:
     item_refs: np.ndarray  # int64
     timestamps: np.ndarray  # int64
     actions: np.ndarray  # int32, as stored
+    values: np.ndarray  # float32, NaN where an event had none
 
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
@@ -324,6 +325,7 @@ class SequenceStore:
             item_refs=self.refs.ravel().take(flat),
             timestamps=self.ts.ravel().take(flat),
             actions=self.action.ravel().take(flat),
+            values=self.value.ravel().take(flat),
         )
 
     # ---------------------------------------------------------------- commit

@@ -12,6 +12,9 @@ becomes its own sequence whose context is the last events before it (stored hist
 earlier chunks), so every event is still a target exactly once and still sees up to
 ``max_len - max_targets`` predecessors.
 
+With a positives rule (``pipeline.events.positives``) only the positive new events are
+targets; the others are context, as every stored event is.
+
 ``assemble`` is the pure array function; ``BatchBuilder`` ties it to a ``SequenceStore``
 and an ``ItemVocabulary`` (plan -> vocabulary -> history -> assemble; ``commit`` after the
 optimizer step).
@@ -25,6 +28,7 @@ import numpy as np
 
 from model.jagged import JaggedBatch
 from pipeline.events import EventBatch
+from pipeline.events.positives import PositiveRule
 from pipeline.state.grouping import compact_groups, group_order
 from pipeline.state.store import Histories, IngestPlan, SequenceStore
 from pipeline.state.vocab import ItemVocabulary, Observation
@@ -41,12 +45,15 @@ class MicroBatch:
         context_only: number of new events that are not targets because nothing precedes
             them (a user's first event).
         unknown_item: number of new events whose item has no row (not admitted yet).
+        not_positive: number of new events with an item row that the positives rule
+            leaves as context.
     """
 
     batch: JaggedBatch
     target_event: np.ndarray
     context_only: int
     unknown_item: int
+    not_positive: int = 0
 
     @property
     def num_targets(self) -> int:
@@ -62,6 +69,8 @@ def assemble(
     actions: np.ndarray,
     max_len: int,
     max_targets: int,
+    values: np.ndarray | None = None,
+    positive: np.ndarray | None = None,
 ) -> MicroBatch:
     """Build the micro-batch from per-user histories and new events.
 
@@ -72,6 +81,8 @@ def assemble(
         rows, timestamps, actions: int64 [n] columns of the new events (rows: 0 = unknown).
         max_len: N, the longest sequence the model takes.
         max_targets: most new events per sequence (1 <= max_targets < max_len).
+        values: float32 [n] values of the new events (NaN: none; None: no event has one).
+        positive: bool [n], which new events may be targets (None: all of them).
     """
     if not 1 <= max_targets < max_len:
         raise ValueError(f"need 1 <= max_targets < max_len, got {max_targets}, {max_len}")
@@ -111,6 +122,13 @@ def assemble(
 
     out_rows = np.concatenate([history_rows, rows[order]]).take(src)
     is_target = is_new & (out_rows > 0)
+    not_positive = 0
+    if positive is not None:
+        new_positive = np.concatenate([np.zeros(n_hist, bool), positive[order]]).take(src)
+        not_positive = int((is_target & ~new_positive).sum())
+        is_target &= new_positive
+    if values is None:
+        values = np.full(rows.size, np.nan, np.float32)
     # A window's first event has nothing before it: context only, never a target.
     first = offsets[:-1]
     context_only = int(is_target[first].sum())
@@ -121,12 +139,14 @@ def assemble(
         offsets=offsets,
         action_types=np.concatenate([history.actions, actions[order]]).take(src),
         is_target=is_target,
+        values=np.concatenate([history.values, values[order]]).take(src),
     )
     return MicroBatch(
         batch=batch,
         target_event=order.take(src[is_target] - n_hist),
         context_only=context_only,
         unknown_item=int((rows == 0).sum()),
+        not_positive=not_positive,
     )
 
 
@@ -157,12 +177,20 @@ class PreparedBatch:
 
 
 class BatchBuilder:
-    """Runs store + vocabulary + assembly for each decoded batch (see module docstring)."""
+    """Runs store + vocabulary + assembly for each decoded batch (see module docstring);
+    ``positives``: which new events are targets (None: all)."""
 
-    def __init__(self, store: SequenceStore, vocab: ItemVocabulary, max_targets: int) -> None:
+    def __init__(
+        self,
+        store: SequenceStore,
+        vocab: ItemVocabulary,
+        max_targets: int,
+        positives: PositiveRule | None = None,
+    ) -> None:
         self.store = store
         self.vocab = vocab
         self.max_targets = max_targets
+        self.positives = None if positives is None or positives.is_all else positives
 
     def build(self, events: EventBatch) -> PreparedBatch:
         """Plan, admit items and assemble; the store is not modified until ``commit``."""
@@ -175,15 +203,19 @@ class BatchBuilder:
         cutoff = np.full(users.size, np.iinfo(np.int64).max, dtype=np.int64)
         np.minimum.at(cutoff, seq, ts)
         history = self.store.history(plan.slots[users], cutoff)
+        actions, values = events.action[accepted], events.value[accepted]
+        positive = None if self.positives is None else self.positives.mask(actions, values)
         micro = assemble(
             history,
             self.vocab.resolve(history.item_refs),
             seq,
             obs.rows,
             ts,
-            events.action[accepted],
+            actions,
             max_len=self.store.max_len,
             max_targets=self.max_targets,
+            values=values,
+            positive=positive,
         )
         return PreparedBatch(events, plan, accepted, obs.rows, obs.assigned, micro)
 

@@ -138,6 +138,16 @@ class ModelSection(_Section):
     init: Literal["reference", "genrec"] = Field(
         "reference", description="parameter init: reference (Meta's research code's) or genrec"
     )
+    action_inputs: bool = Field(
+        False,
+        description="add each event's action and value embeddings to its input token "
+        "(model/actions.py)",
+    )
+    value_boundaries: list[float] | None = Field(
+        None,
+        description="value buckets of action_inputs, increasing (default: between the half "
+        "stars of 0.5-5 ratings, model/actions.py)",
+    )
 
 
 class TrainSection(_Section):
@@ -158,6 +168,12 @@ class TrainSection(_Section):
     max_targets: int | None = Field(
         None, ge=1, description="most targets per sequence (default: store.max_len // 2)"
     )
+    positives: str = Field(
+        "all",
+        description="which new events are retrieval targets (and test-then-train scored): all, "
+        "value>=4 (also >, <=, <, ==) or action:click,purchase (names or codes); the others "
+        "are context",
+    )
     learn: bool = Field(True, description="false: evaluate only (a frozen model)")
     device: str = Field("cpu", description="torch device")
     threads: int | None = Field(
@@ -176,6 +192,15 @@ class TrainSection(_Section):
         "of a group continue the count)",
     )
     duration_s: float | None = Field(None, gt=0, description="stop after this many seconds")
+
+    @field_validator("positives")
+    @classmethod
+    def _positives_rule(cls, value: str) -> str:
+        # here, not at the top: the parser's imports (numpy, pyarrow) are not needed for --help
+        from pipeline.events.positives import parse_positives
+
+        parse_positives(value, setting=None)  # the error line names the key and its origin
+        return value
 
 
 class EvalSection(_Section):

@@ -50,7 +50,13 @@ log = logging.getLogger(__name__)
 
 # Model settings added after checkpoints existed, with the value those checkpoints were
 # written with, so that an older checkpoint of the same shapes still restores.
-_LEGACY_MODEL_SETTINGS = {"layer_norm": "affine", "init": "genrec"}
+# Model settings added after checkpoints were first written, with the value those had.
+_LEGACY_MODEL_SETTINGS = {
+    "layer_norm": "affine",
+    "init": "genrec",
+    "action_inputs": False,
+    "value_boundaries": None,
+}
 
 
 class RestoreRefusedError(ValueError):

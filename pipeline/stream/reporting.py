@@ -78,6 +78,7 @@ def summary(
         "steps": c["steps"],  # micro-batches (optimizer steps when learning)
         "context_only": c["context_only"],
         "unknown_item": c["unknown_item"],
+        "not_positive": c["not_positive"],  # new events the positives rule keeps as context
         "rejected": dict(state.rejected),
         "dead_letters": snap["dead_letters"],
         "progressive_window": snap["window"],

@@ -119,6 +119,8 @@ def build_model(cfg: TrainerConfig) -> HSTU:
             input_dropout=m.input_dropout,
             attention_backend=m.attention_backend,
             layer_norm=m.layer_norm,
+            action_inputs=m.action_inputs,
+            **({} if m.value_boundaries is None else {"value_boundaries": m.value_boundaries}),
         )
     )
 

@@ -31,6 +31,7 @@ import torch
 from model.base import select_targets
 from model.losses import sampled_softmax_loss
 from pipeline.events import EventBatch
+from pipeline.events.positives import parse_positives
 from pipeline.events.reject import DecodeResult
 from pipeline.stream.batching import BatchBuilder
 from pipeline.stream.config import TrainerConfig
@@ -64,6 +65,7 @@ class Step:
         self.device = torch.device(cfg.train.device)
         # Dropout would perturb the test scores: then the test is a separate eval pass.
         self.separate_eval = cfg.model.dropout > 0 or cfg.model.input_dropout > 0
+        self.positives = parse_positives(cfg.train.positives, setting="train.positives")
 
     def apply_poll(
         self,
@@ -119,6 +121,8 @@ class Step:
         c["targets"] += micro.num_targets
         c["context_only"] += micro.context_only
         c["unknown_item"] += micro.unknown_item
+        if micro.not_positive:  # only counted under a rule: other runs' counters stay as they were
+            c["not_positive"] += micro.not_positive
         c["steps"] += 1
         self.metrics.trained.inc(prepared.num_accepted)
         self.metrics.targets.inc(micro.num_targets)
@@ -184,7 +188,7 @@ class Step:
     # ------------------------------------------------------------------ hooks
     def make_builder(self, state: TrainerState) -> BatchBuilder:
         """Store + vocabulary + assembly over the state's store and vocabulary."""
-        return BatchBuilder(state.store, state.vocab, self.cfg.max_targets)
+        return BatchBuilder(state.store, state.vocab, self.cfg.max_targets, self.positives)
 
     def reset_rows(self, state: TrainerState, rows: np.ndarray) -> None:
         """Fresh embeddings (from torch's global generator) and optimizer state for rows

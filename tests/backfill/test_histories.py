@@ -65,3 +65,25 @@ def test_a_bad_limit_setting_is_one_error_naming_it(value, tmp_path, monkeypatch
         f"genrec train-offline: error: GENREC_BACKFILL_MAX_SHARD_EVENTS={value!r}: expected a "
         "positive integer (or leave it unset)"
     )
+
+
+def test_values_survive_a_backfill_output(tmp_path: Path) -> None:
+    lake = tmp_path / "a.parquet"
+    pq.write_table(
+        pa.table(
+            {"user_id": [1, 1, 2], "item_id": [2, 3, 2], "action": [0, 2, 0],
+             "timestamp": [1_600_000_000, 1_600_000_100, 1_600_000_050], "value": [4.5, None, 2.0]}
+        ),
+        lake,
+    )  # fmt: skip
+    out = tmp_path / "o"
+    argv = ["backfill", "sequences", "--input", str(lake), "--out", str(out), "--shards", "1"]
+    assert main(argv) == 0
+    from pipeline.backfill.histories import event_logs
+    from pipeline.lake.datasets import read_event_log
+
+    log, _ = read_event_log(out, read_output=event_logs)
+    got = dict(
+        zip(zip(log.user.tolist(), log.item.tolist(), strict=True), log.value.tolist(), strict=True)
+    )
+    assert got[(1, 2)] == 4.5 and got[(2, 2)] == 2.0 and got[(1, 3)] != got[(1, 3)]  # NaN
