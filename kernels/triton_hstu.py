@@ -117,10 +117,10 @@ def _history_length(NT, seq, seq_len, HAS_TARGETS: tl.constexpr):
 
 @triton.jit
 def _valid_tile(offs_m, offs_n, seq_len, n_hist, HAS_TARGETS: tl.constexpr):
-    """[BLOCK_M, BLOCK_N] pairs that attend: causal and in the sequence; with candidates, a
-    candidate key (at or past n_hist) is seen by itself only."""
+    """[BLOCK_M, BLOCK_N] pairs that attend: causal with the key in the sequence; with
+    candidates, a candidate key (at or past n_hist) is seen by itself only. Rows past the
+    sequence are left to the caller (the forward and dq kernels never store them)."""
     valid = (offs_m[:, None] >= offs_n[None, :]) & (offs_n[None, :] < seq_len)
-    valid = valid & (offs_m[:, None] < seq_len)
     if HAS_TARGETS:
         valid = valid & ((offs_n[None, :] < n_hist) | (offs_m[:, None] == offs_n[None, :]))
     return valid
@@ -482,7 +482,10 @@ def _hstu_bwd_dkdv(
     src_col = tl.where(in_tile, src_col, 0)
     # Causal skip: start at the query block that holds this key block's first row.
     m_first = (n_start // BLOCK_M) * BLOCK_M
-    for m_start in range(m_first, seq_len, BLOCK_M):
+    m_stop = seq_len
+    if HAS_TARGETS:  # a block of candidate keys is seen by its own rows only
+        m_stop = tl.where(n_start >= n_hist, tl.minimum(seq_len, n_start + BLOCK_N), seq_len)
+    for m_start in range(m_first, m_stop, BLOCK_M):
         offs_m = m_start + ii
         rows_m = seq_start + offs_m
         q = _load_tile(
@@ -513,6 +516,7 @@ def _hstu_bwd_dkdv(
         s += bias
         sig = tl.sigmoid(s)
         valid = _valid_tile(offs_m, offs_n, seq_len, n_hist, HAS_TARGETS)
+        valid = valid & (offs_m[:, None] < seq_len)
         a = tl.where(valid, s * sig, 0.0)
         dv += tl.dot(tl.trans(a.to(do.dtype)), do, input_precision=DOT_PREC)
         da = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
