@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 from hstu_cases import AttentionCase, build_case, run_attention
-from test_triton_hstu_attention import BIAS_CASES, assert_matches_fp32
+from test_triton_hstu_attention import BIAS_CASES, assert_matches_fp32, requires_cuda
 
 from kernels import hstu_attention
 from kernels.reference import hstu_attention_reference
@@ -123,6 +123,20 @@ def test_triton_candidates_with_short_position_table() -> None:
     # n_hist - j past the table clamps to its last entry, from candidate rows too.
     case, num_targets = _case(seed=15, pos_len=5)
     kwargs = {"alpha": 1.3, "use_pos": True, "use_time": False, "num_targets": num_targets}
+    oracle = run_attention(hstu_attention_reference, case, torch.float32, **kwargs)
+    kernel = run_attention(hstu_attention_triton, case, torch.float32, **kwargs)
+    assert_matches_fp32(kernel, oracle)
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize(("use_pos", "use_time"), BIAS_CASES)
+def test_gpu_candidates_larger_shapes(use_pos: bool, use_time: bool) -> None:
+    # Compiled tiles of up to 128 rows: boundaries inside tiles, blocks of only candidates.
+    lengths = [0, 1, 300, 17, 129, 64, 1, 255]
+    num_targets = torch.tensor([0, 0, 100, 16, 1, 63, 0, 200], device="cuda")
+    case = build_case(lengths, heads=4, d_qk=50, d_v=64, pos_len=320, seed=17, max_len=320)
+    kwargs = {"alpha": 0.3, "use_pos": use_pos, "use_time": use_time, "num_targets": num_targets}
     oracle = run_attention(hstu_attention_reference, case, torch.float32, **kwargs)
     kernel = run_attention(hstu_attention_triton, case, torch.float32, **kwargs)
     assert_matches_fp32(kernel, oracle)
