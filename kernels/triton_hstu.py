@@ -127,6 +127,16 @@ def _valid_tile(offs_m, offs_n, seq_len, n_hist, HAS_TARGETS: tl.constexpr):
 
 
 @triton.jit
+def _candidate_key_gap(m_start, n_end, n_hist, BLOCK_N: tl.constexpr):
+    """Key blocks [gap_start, gap_start + gap) that the query block starting at m_start skips:
+    candidate keys below its own diagonal block, which none of its rows sees (its history rows
+    do not reach them; its candidate rows see only the history and themselves)."""
+    gap_start = tl.cdiv(tl.minimum(n_end, n_hist), BLOCK_N) * BLOCK_N
+    gap = tl.maximum((m_start // BLOCK_N) * BLOCK_N - gap_start, 0)
+    return gap_start, gap
+
+
+@triton.jit
 def _bias_tile(
     offs_m,
     offs_n,
@@ -235,9 +245,17 @@ def _hstu_fwd(
         Q, rows_m, offs_m < seq_len, head * stride_qh, offs_d, D_QK, stride_qt, stride_qd
     )
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
-    # Causal skip: only key blocks that start at or before this block's last row.
+    # Causal skip: only key blocks that start at or before this block's last row (and, with
+    # candidates, not the candidate keys below this block's diagonal).
     n_end = tl.minimum(seq_len, m_start + BLOCK_M)
-    for n_start in range(0, n_end, BLOCK_N):
+    gap_start = n_end
+    gap = 0
+    if HAS_TARGETS:
+        gap_start, gap = _candidate_key_gap(m_start, n_end, n_hist, BLOCK_N)
+    for n_iter in range(0, n_end - gap, BLOCK_N):
+        n_start = n_iter
+        if HAS_TARGETS:
+            n_start = tl.where(n_iter >= gap_start, n_iter + gap, n_iter)
         offs_n = n_start + tl.arange(0, BLOCK_N)
         rows_n = seq_start + offs_n
         k = _load_tile(
@@ -347,7 +365,14 @@ def _hstu_bwd_dq(
     )
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     n_end = tl.minimum(seq_len, m_start + BLOCK_M)
-    for n_start in range(0, n_end, BLOCK_N):
+    gap_start = n_end
+    gap = 0
+    if HAS_TARGETS:  # the forward's key blocks
+        gap_start, gap = _candidate_key_gap(m_start, n_end, n_hist, BLOCK_N)
+    for n_iter in range(0, n_end - gap, BLOCK_N):
+        n_start = n_iter
+        if HAS_TARGETS:
+            n_start = tl.where(n_iter >= gap_start, n_iter + gap, n_iter)
         offs_n = n_start + tl.arange(0, BLOCK_N)
         rows_n = seq_start + offs_n
         k = _load_tile(
