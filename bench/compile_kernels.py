@@ -2,7 +2,7 @@
 
 Triton compiles ahead of time for an explicit target: this script captures the exact launch
 arguments that ``hstu_attention_triton`` passes for a small jagged batch (forward and both
-backward kernels, with both bias tables), then compiles every autotuning config of each kernel
+backward kernels, with both bias tables, without and with candidate tokens), then compiles every autotuning config of each kernel
 for ``--arch`` (default 90, H100) through Triton's own pipeline and ptxas. Per kernel, dtype,
 head dim and config it reports shared memory (the launch fails above the architecture's
 limit, 227 KiB per block on sm_90), registers per thread and spilled bytes from ``ptxas -v``.
@@ -67,8 +67,11 @@ class _Capture:
         return launch
 
 
-def capture_launches(dtype: torch.dtype, d_qk: int, d_v: int) -> dict[str, tuple[Any, tuple, dict]]:
-    """The launch arguments of the three kernels for one forward + backward (CPU tensors)."""
+def capture_launches(
+    dtype: torch.dtype, d_qk: int, d_v: int, candidates: bool
+) -> dict[str, tuple[Any, tuple, dict]]:
+    """The launch arguments of the three kernels for one forward + backward (CPU tensors);
+    with ``candidates``, the last rows of two sequences are candidate tokens (num_targets)."""
     calls: dict[str, tuple[Any, tuple, dict]] = {}
     stand_ins = {name: _Capture(name, calls) for name in KERNELS}
     # Capture on CPU: the device check is the interpreter's escape hatch.
@@ -84,6 +87,7 @@ def capture_launches(dtype: torch.dtype, d_qk: int, d_v: int) -> dict[str, tuple
         out = th.hstu_attention_triton(
             q, k, v, offsets, max_len=200, query_timestamps=stamps, key_timestamps=stamps,
             pos_bias=pos, time_bias=time_bias,
+            num_targets=torch.tensor([30, 0, 50]) if candidates else None,
         )  # fmt: skip
         out.float().sum().backward()
     missing = set(KERNELS) - set(calls)
@@ -145,8 +149,9 @@ def compile_all(
     backend = triton.compiler.make_backend(target)
     results = []
     for dtype_name in dtypes:
-        for d in head_dims:
-            for name, (tuner, args, kwargs) in capture_launches(DTYPES[dtype_name], d, d).items():
+        for d, candidates in ((d, c) for d in head_dims for c in (False, True)):
+            launches = capture_launches(DTYPES[dtype_name], d, d, candidates)
+            for name, (tuner, args, kwargs) in launches.items():
                 fn = tuner.fn
                 bound = {**dict(zip(fn.arg_names, args, strict=False)), **kwargs}
                 configs = tuner.configs[:1] if first_config_only else tuner.configs
@@ -170,6 +175,7 @@ def compile_all(
                             "kernel": name,
                             "dtype": dtype_name,
                             "head_dim": d,
+                            "candidates": candidates,
                             **config.kwargs,
                             "num_warps": config.num_warps,
                             "num_stages": config.num_stages,

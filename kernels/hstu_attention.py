@@ -12,6 +12,7 @@ from typing import Literal
 
 import torch
 
+from kernels.offsets import num_targets_problem
 from kernels.reference import hstu_attention_reference
 
 Backend = Literal["auto", "reference", "triton"]
@@ -50,6 +51,7 @@ def hstu_attention(
     key_timestamps: torch.Tensor | None = None,
     pos_bias: torch.Tensor | None = None,
     time_bias: torch.Tensor | None = None,
+    num_targets: torch.Tensor | None = None,
     backend: Backend = "auto",
 ) -> torch.Tensor:
     """Causal pointwise (SiLU) attention over jagged sequences.
@@ -64,6 +66,10 @@ def hstu_attention(
         key_timestamps: int64 [T], each row's own event time.
         pos_bias: [max_len] bias indexed by i - j (shared across heads), or None.
         time_bias: [129] bias indexed by the log-bucketed gap tq_i - tk_j, or None.
+        num_targets: int64 [B] or None: the last num_targets[b] rows of sequence b are
+            candidates. A candidate attends to every history row of its sequence and to
+            itself, never to another candidate, and sits at position n_hist (the history
+            length) for the position bias; history rows stay causal among themselves.
         backend: "auto", "reference" or "triton".
 
     Returns:
@@ -76,6 +82,10 @@ def hstu_attention(
         )
     if offsets.dtype != torch.int64 or int(offsets[-1]) != q.shape[0]:
         raise ValueError(f"offsets must be int64 with offsets[-1] == T={q.shape[0]}")
+    if num_targets is not None:
+        problem = num_targets_problem(offsets, num_targets)
+        if problem is not None:
+            raise ValueError(problem)
     chosen = resolve_backend(backend, q.device)
     kwargs = dict(
         max_len=max_len,
@@ -84,6 +94,7 @@ def hstu_attention(
         key_timestamps=key_timestamps,
         pos_bias=pos_bias,
         time_bias=time_bias,
+        num_targets=num_targets,
     )
     if chosen == "triton":
         from kernels.triton_hstu import hstu_attention_triton  # lazy: needs triton

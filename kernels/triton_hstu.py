@@ -9,6 +9,11 @@ Layout: q, k [T, H, d_qk], v [T, H, d_v], rows of sequence b are ``offsets[b]:of
 Grids are (row block, sequence, head); a program whose block starts past its sequence's end
 returns at once, and key blocks past the causal diagonal are never visited.
 
+Candidates (``num_targets``): the last num_targets[b] rows of sequence b attend to the history
+rows and to themselves only (``_valid_tile``), and sit at position n_hist for the position bias
+(``_bias_tile``). Their scores against history keys are therefore indexed by n_hist - j instead
+of i - j, so the position gradient takes them out of the diagonal sums and reduces them per key.
+
 Backward (recompute, no saved activations besides the inputs):
   * ``_hstu_bwd_dkdv``: one program per (key block, sequence, head) walks the query blocks at or
     below the diagonal and accumulates dk, dv in registers. It also reduces the bias gradients:
@@ -39,6 +44,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.offsets import num_targets_problem
 from kernels.reference import NUM_TIME_BUCKETS, time_bucket
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -101,11 +107,42 @@ def _load_tile(ptr, rows, row_ok, head_offset, cols, n_cols, stride_t, stride_c)
 
 
 @triton.jit
+def _history_length(NT, seq, seq_len, HAS_TARGETS: tl.constexpr):
+    """Rows of the sequence that are history: all but its last NT[seq] (the candidates)."""
+    n_hist = seq_len
+    if HAS_TARGETS:
+        n_hist -= tl.load(NT + seq).to(tl.int32)
+    return n_hist
+
+
+@triton.jit
+def _valid_tile(offs_m, offs_n, seq_len, n_hist, HAS_TARGETS: tl.constexpr):
+    """[BLOCK_M, BLOCK_N] pairs that attend: causal with the key in the sequence; with
+    candidates, a candidate key (at or past n_hist) is seen by itself only. Rows past the
+    sequence are left to the caller (the forward and dq kernels never store them)."""
+    valid = (offs_m[:, None] >= offs_n[None, :]) & (offs_n[None, :] < seq_len)
+    if HAS_TARGETS:
+        valid = valid & ((offs_n[None, :] < n_hist) | (offs_m[:, None] == offs_n[None, :]))
+    return valid
+
+
+@triton.jit
+def _candidate_key_gap(m_start, n_end, n_hist, BLOCK_N: tl.constexpr):
+    """Key blocks [gap_start, gap_start + gap) that the query block starting at m_start skips:
+    candidate keys below its own diagonal block, which none of its rows sees (its history rows
+    do not reach them; its candidate rows see only the history and themselves)."""
+    gap_start = tl.cdiv(tl.minimum(n_end, n_hist), BLOCK_N) * BLOCK_N
+    gap = tl.maximum((m_start // BLOCK_N) * BLOCK_N - gap_start, 0)
+    return gap_start, gap
+
+
+@triton.jit
 def _bias_tile(
     offs_m,
     offs_n,
     seq_start,
     seq_len,
+    n_hist,
     POS,
     num_pos,
     TQ,
@@ -114,15 +151,22 @@ def _bias_tile(
     THRESH,
     HAS_POS: tl.constexpr,
     HAS_TIME: tl.constexpr,
+    HAS_TARGETS: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    """fp32 [BLOCK_M, BLOCK_N] bias for one tile, and the time bucket of every entry."""
+    """fp32 [BLOCK_M, BLOCK_N] bias for one tile, and the time bucket of every entry.
+
+    Rows at or past n_hist (candidates) sit at position n_hist for the position bias.
+    """
     in_seq = (offs_m[:, None] < seq_len) & (offs_n[None, :] < seq_len)
     bias = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     bucket = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
     if HAS_POS:
-        rel = offs_m[:, None] - offs_n[None, :]
+        pos_m, pos_n = offs_m, offs_n
+        if HAS_TARGETS:
+            pos_m, pos_n = tl.minimum(offs_m, n_hist), tl.minimum(offs_n, n_hist)
+        rel = pos_m[:, None] - pos_n[None, :]
         rel = tl.minimum(tl.maximum(rel, 0), num_pos - 1)
         bias += tl.load(POS + rel, mask=in_seq, other=0.0).to(tl.float32)
     if HAS_TIME:
@@ -155,6 +199,7 @@ def _hstu_fwd(
     POS,
     TIME,
     THRESH,
+    NT,
     stride_qt,
     stride_qh,
     stride_qd,
@@ -175,6 +220,7 @@ def _hstu_fwd(
     LEN_BUCKET,
     HAS_POS: tl.constexpr,
     HAS_TIME: tl.constexpr,
+    HAS_TARGETS: tl.constexpr,
     DOT_PREC: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_DV: tl.constexpr,
@@ -187,6 +233,7 @@ def _hstu_fwd(
     head = tl.program_id(2)
     seq_start = tl.load(OFFSETS + seq)
     seq_len = (tl.load(OFFSETS + seq + 1) - seq_start).to(tl.int32)
+    n_hist = _history_length(NT, seq, seq_len, HAS_TARGETS)
     m_start = pid_m * BLOCK_M
     if m_start >= seq_len:
         return
@@ -198,9 +245,17 @@ def _hstu_fwd(
         Q, rows_m, offs_m < seq_len, head * stride_qh, offs_d, D_QK, stride_qt, stride_qd
     )
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
-    # Causal skip: only key blocks that start at or before this block's last row.
+    # Causal skip: only key blocks that start at or before this block's last row (and, with
+    # candidates, not the candidate keys below this block's diagonal).
     n_end = tl.minimum(seq_len, m_start + BLOCK_M)
-    for n_start in range(0, n_end, BLOCK_N):
+    gap_start = n_end
+    gap = 0
+    if HAS_TARGETS:
+        gap_start, gap = _candidate_key_gap(m_start, n_end, n_hist, BLOCK_N)
+    for n_iter in range(0, n_end - gap, BLOCK_N):
+        n_start = n_iter
+        if HAS_TARGETS:
+            n_start = tl.where(n_iter >= gap_start, n_iter + gap, n_iter)
         offs_n = n_start + tl.arange(0, BLOCK_N)
         rows_n = seq_start + offs_n
         k = _load_tile(
@@ -215,6 +270,7 @@ def _hstu_fwd(
             offs_n,
             seq_start,
             seq_len,
+            n_hist,
             POS,
             num_pos,
             TQ,
@@ -223,11 +279,12 @@ def _hstu_fwd(
             THRESH,
             HAS_POS,
             HAS_TIME,
+            HAS_TARGETS,
             BLOCK_M,
             BLOCK_N,
         )
         s += bias
-        valid = (offs_m[:, None] >= offs_n[None, :]) & (offs_n[None, :] < seq_len)
+        valid = _valid_tile(offs_m, offs_n, seq_len, n_hist, HAS_TARGETS)
         # 1/N is applied once at the end so low-precision operands keep their range.
         a = tl.where(valid, s * tl.sigmoid(s), 0.0)
         acc += tl.dot(a.to(v.dtype), v, input_precision=DOT_PREC)
@@ -255,6 +312,7 @@ def _hstu_bwd_dq(
     POS,
     TIME,
     THRESH,
+    NT,
     stride_qt,
     stride_qh,
     stride_qd,
@@ -278,6 +336,7 @@ def _hstu_bwd_dq(
     LEN_BUCKET,
     HAS_POS: tl.constexpr,
     HAS_TIME: tl.constexpr,
+    HAS_TARGETS: tl.constexpr,
     DOT_PREC: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_DV: tl.constexpr,
@@ -290,6 +349,7 @@ def _hstu_bwd_dq(
     head = tl.program_id(2)
     seq_start = tl.load(OFFSETS + seq)
     seq_len = (tl.load(OFFSETS + seq + 1) - seq_start).to(tl.int32)
+    n_hist = _history_length(NT, seq, seq_len, HAS_TARGETS)
     m_start = pid_m * BLOCK_M
     if m_start >= seq_len:
         return
@@ -305,7 +365,14 @@ def _hstu_bwd_dq(
     )
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     n_end = tl.minimum(seq_len, m_start + BLOCK_M)
-    for n_start in range(0, n_end, BLOCK_N):
+    gap_start = n_end
+    gap = 0
+    if HAS_TARGETS:  # the forward's key blocks
+        gap_start, gap = _candidate_key_gap(m_start, n_end, n_hist, BLOCK_N)
+    for n_iter in range(0, n_end - gap, BLOCK_N):
+        n_start = n_iter
+        if HAS_TARGETS:
+            n_start = tl.where(n_iter >= gap_start, n_iter + gap, n_iter)
         offs_n = n_start + tl.arange(0, BLOCK_N)
         rows_n = seq_start + offs_n
         k = _load_tile(
@@ -320,6 +387,7 @@ def _hstu_bwd_dq(
             offs_n,
             seq_start,
             seq_len,
+            n_hist,
             POS,
             num_pos,
             TQ,
@@ -328,12 +396,13 @@ def _hstu_bwd_dq(
             THRESH,
             HAS_POS,
             HAS_TIME,
+            HAS_TARGETS,
             BLOCK_M,
             BLOCK_N,
         )
         s += bias
         sig = tl.sigmoid(s)
-        valid = (offs_m[:, None] >= offs_n[None, :]) & (offs_n[None, :] < seq_len)
+        valid = _valid_tile(offs_m, offs_n, seq_len, n_hist, HAS_TARGETS)
         da = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
         # silu'(s) = sig(s) * (1 + s * (1 - sig(s)))
         ds = tl.where(valid, da * sig * (1.0 + s * (1.0 - sig)), 0.0)
@@ -368,6 +437,7 @@ def _hstu_bwd_dkdv(
     POS,
     TIME,
     THRESH,
+    NT,
     stride_qt,
     stride_qh,
     stride_qd,
@@ -394,6 +464,7 @@ def _hstu_bwd_dkdv(
     LEN_BUCKET,
     HAS_POS: tl.constexpr,
     HAS_TIME: tl.constexpr,
+    HAS_TARGETS: tl.constexpr,
     POS_GRAD: tl.constexpr,
     TIME_GRAD: tl.constexpr,
     DOT_PREC: tl.constexpr,
@@ -409,6 +480,7 @@ def _hstu_bwd_dkdv(
     head = tl.program_id(2)
     seq_start = tl.load(OFFSETS + seq)
     seq_len = (tl.load(OFFSETS + seq + 1) - seq_start).to(tl.int32)
+    n_hist = _history_length(NT, seq, seq_len, HAS_TARGETS)
     n_start = pid_n * BLOCK_N
     if n_start >= seq_len:
         return
@@ -435,7 +507,10 @@ def _hstu_bwd_dkdv(
     src_col = tl.where(in_tile, src_col, 0)
     # Causal skip: start at the query block that holds this key block's first row.
     m_first = (n_start // BLOCK_M) * BLOCK_M
-    for m_start in range(m_first, seq_len, BLOCK_M):
+    m_stop = seq_len
+    if HAS_TARGETS:  # a block of candidate keys is seen by its own rows only
+        m_stop = tl.where(n_start >= n_hist, tl.minimum(seq_len, n_start + BLOCK_N), seq_len)
+    for m_start in range(m_first, m_stop, BLOCK_M):
         offs_m = m_start + ii
         rows_m = seq_start + offs_m
         q = _load_tile(
@@ -450,6 +525,7 @@ def _hstu_bwd_dkdv(
             offs_n,
             seq_start,
             seq_len,
+            n_hist,
             POS,
             num_pos,
             TQ,
@@ -458,23 +534,31 @@ def _hstu_bwd_dkdv(
             THRESH,
             HAS_POS,
             HAS_TIME,
+            HAS_TARGETS,
             BLOCK_M,
             BLOCK_N,
         )
         s += bias
         sig = tl.sigmoid(s)
-        valid = (
-            (offs_m[:, None] >= offs_n[None, :])
-            & (offs_m[:, None] < seq_len)
-            & (offs_n[None, :] < seq_len)
-        )
+        valid = _valid_tile(offs_m, offs_n, seq_len, n_hist, HAS_TARGETS)
+        valid = valid & (offs_m[:, None] < seq_len)
         a = tl.where(valid, s * sig, 0.0)
         dv += tl.dot(tl.trans(a.to(do.dtype)), do, input_precision=DOT_PREC)
         da = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
         ds = tl.where(valid, da * sig * (1.0 + s * (1.0 - sig)), 0.0)
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PREC)
         if POS_GRAD:
-            sheared = tl.where(in_tile, tl.gather(ds, src_col, axis=1), 0.0)
+            ds_diag = ds
+            # Nested: a compile-time flag and a runtime test do not mix in one Triton condition.
+            if HAS_TARGETS:  # noqa: SIM102
+                if m_start + BLOCK_M > n_hist:
+                    # Candidate rows against history keys use entry n_hist - j: one sum per key.
+                    cross = (offs_m[:, None] >= n_hist) & (offs_n[None, :] < n_hist)
+                    ds_diag = tl.where(cross, 0.0, ds)
+                    per_key = tl.sum(tl.where(cross, ds, 0.0), axis=0)
+                    rel_n = tl.minimum(tl.maximum(n_hist - offs_n, 0), num_pos - 1)
+                    tl.atomic_add(DPOS + rel_n, per_key * scale, mask=offs_n < n_hist)
+            sheared = tl.where(in_tile, tl.gather(ds_diag, src_col, axis=1), 0.0)
             diag = tl.sum(sheared, axis=0)
             rel = m_start - n_start - (BLOCK_N - 1) + cols
             keep = (cols < BLOCK_M + BLOCK_N - 1) & (rel >= 0)
@@ -550,17 +634,27 @@ class _HstuAttention(torch.autograd.Function):
         key_timestamps: torch.Tensor | None,
         pos_bias: torch.Tensor | None,
         time_bias: torch.Tensor | None,
+        num_targets: torch.Tensor | None,
     ) -> torch.Tensor:
         longest = int((offsets[1:] - offsets[:-1]).max()) if offsets.numel() > 1 else 0
         thresholds = None if time_bias is None else time_bucket_thresholds(q.device)
         ctx.save_for_backward(
-            q, k, v, offsets, query_timestamps, key_timestamps, pos_bias, time_bias, thresholds
+            q,
+            k,
+            v,
+            offsets,
+            query_timestamps,
+            key_timestamps,
+            pos_bias,
+            time_bias,
+            thresholds,
+            num_targets,
         )
         ctx.meta = (max_len, alpha, longest)
         out = torch.empty(q.shape[0], q.shape[1], v.shape[2], dtype=v.dtype, device=q.device)
         if longest == 0:
             return out
-        common = _common_args(q, v, max_len, alpha, longest, pos_bias, time_bias)
+        common = _common_args(q, v, max_len, alpha, longest, pos_bias, time_bias, num_targets)
         grid = _grid(longest, offsets.numel() - 1, q.shape[1], "BLOCK_M")
         _hstu_fwd[grid](
             q,
@@ -573,6 +667,7 @@ class _HstuAttention(torch.autograd.Function):
             pos_bias,
             time_bias,
             thresholds,
+            num_targets,
             *_strides(q),
             *_strides(k),
             *_strides(v),
@@ -583,7 +678,7 @@ class _HstuAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        q, k, v, offsets, tq, tk, pos_bias, time_bias, thresholds = ctx.saved_tensors
+        q, k, v, offsets, tq, tk, pos_bias, time_bias, thresholds, num_targets = ctx.saved_tensors
         max_len, alpha, longest = ctx.meta
         dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
         pos_grad = pos_bias is not None and ctx.needs_input_grad[8]
@@ -599,9 +694,9 @@ class _HstuAttention(torch.autograd.Function):
             else None
         )
         if longest > 0:
-            common = _common_args(q, v, max_len, alpha, longest, pos_bias, time_bias)
+            common = _common_args(q, v, max_len, alpha, longest, pos_bias, time_bias, num_targets)
             batch, heads = offsets.numel() - 1, q.shape[1]
-            tables = (offsets, tq, tk, pos_bias, time_bias, thresholds)
+            tables = (offsets, tq, tk, pos_bias, time_bias, thresholds, num_targets)
             _hstu_bwd_dq[_grid(longest, batch, heads, "BLOCK_M")](
                 q,
                 k,
@@ -639,7 +734,7 @@ class _HstuAttention(torch.autograd.Function):
             )
         grad_pos = dpos.to(pos_bias.dtype) if dpos is not None else None
         grad_time = dtime.to(time_bias.dtype) if dtime is not None else None
-        return dq, dk, dv, None, None, None, None, None, grad_pos, grad_time
+        return dq, dk, dv, None, None, None, None, None, grad_pos, grad_time, None
 
 
 def _common_args(
@@ -650,6 +745,7 @@ def _common_args(
     longest: int,
     pos_bias: torch.Tensor | None,
     time_bias: torch.Tensor | None,
+    num_targets: torch.Tensor | None,
 ) -> dict[str, Any]:
     """Scalar and constexpr launch arguments shared by the three kernels."""
     return {
@@ -661,6 +757,7 @@ def _common_args(
         "LEN_BUCKET": triton.next_power_of_2(longest),
         "HAS_POS": pos_bias is not None,
         "HAS_TIME": time_bias is not None,
+        "HAS_TARGETS": num_targets is not None,
         # fp32 inputs: exact fp32 products (no TF32) so they match the fp32 oracle closely.
         "DOT_PREC": "ieee" if q.dtype == torch.float32 else "tf32",
         "BLOCK_D": max(16, triton.next_power_of_2(q.shape[2])),
@@ -684,6 +781,7 @@ def hstu_attention_triton(
     key_timestamps: torch.Tensor | None = None,
     pos_bias: torch.Tensor | None = None,
     time_bias: torch.Tensor | None = None,
+    num_targets: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Jagged HSTU attention on the Triton kernels; same contract as the reference.
 
@@ -701,7 +799,14 @@ def hstu_attention_triton(
             f"triton HSTU attention got {q.device} tensors; use CUDA tensors, backend="
             "'reference', or import kernels.triton_hstu with TRITON_INTERPRET=1"
         )
-    for name, tensor in (("k", k), ("v", v), ("offsets", offsets)):
+    named = [("k", k), ("v", v), ("offsets", offsets)]
+    if num_targets is not None:
+        named.append(("num_targets", num_targets))
+        problem = num_targets_problem(offsets, num_targets)
+        if problem is not None:
+            raise ValueError(problem)
+        num_targets = num_targets.contiguous()
+    for name, tensor in named:
         if tensor.device != q.device:
             raise ValueError(f"{name} is on {tensor.device} but q is on {q.device}")
     if max_len < 1:
@@ -734,4 +839,5 @@ def hstu_attention_triton(
         key_timestamps,
         pos_bias,
         time_bias,
+        num_targets,
     )

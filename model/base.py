@@ -10,8 +10,10 @@ The interface the trainers (offline and online) rely on:
   table's gradient is sparse too (the online trainer's ``train.sparse_embeddings``).
 * ``select_targets(batch, states)``: the (query state, target row) pairs of the batch's
   targets, the input of ``model.losses.sampled_softmax_loss`` and ``model.metrics``.
-* ``last_states(batch, states)``: the state at each sequence's last event, used to score
-  the next (unseen) event in evaluation and serving.
+* ``last_states(batch, states)``: the state at each sequence's last history event, used to
+  score the next (unseen) event in evaluation and serving.
+* ``candidate_states(batch, states)``: the states of the candidate rows (``batch.num_targets``),
+  the input of a ranking head.
 * ``model.reset_item_rows(rows)``: re-initialise embedding rows handed to new items.
 """
 
@@ -25,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.offsets import positions_in_sequence
+from kernels.offsets import positions_in_sequence, token_positions
 from model.actions import DEFAULT_VALUE_BOUNDARIES, ActionValueInputs
 from model.jagged import JaggedBatch
 
@@ -66,30 +68,44 @@ def select_targets(batch: JaggedBatch, states: torch.Tensor) -> Targets:
 
 
 def last_states(batch: JaggedBatch, states: torch.Tensor) -> torch.Tensor:
-    """[B, D] state at the last event of each sequence (sequences must be non-empty)."""
-    lengths = batch.lengths()
-    if bool((lengths == 0).any()):
-        b = int(torch.nonzero(lengths == 0)[0])
+    """[B, D] state at the last history event of each sequence (its last event when there
+    are no candidates); every sequence needs a history event."""
+    history = batch.history_lengths()
+    if bool((history == 0).any()):
+        b = int(torch.nonzero(history == 0)[0])
         raise ValueError(f"sequence {b} is empty; it has no last state to score from")
-    return states[batch.offsets[1:] - 1]
+    return states[batch.offsets[:-1] + history - 1]
+
+
+def candidate_states(batch: JaggedBatch, states: torch.Tensor) -> torch.Tensor:
+    """[sum(num_targets), D] states of the candidate rows, sequence by sequence in row order
+    (empty when ``batch.num_targets`` is None)."""
+    return states[batch.candidate_mask()]
 
 
 def query_timestamps(batch: JaggedBatch) -> torch.Tensor:
     """[T] the time of the event each position predicts.
 
-    Position i uses t_{i+1} of the same sequence; a sequence's last position uses
-    ``batch.query_time`` (the request time) when given, else its own timestamp.
+    History position i uses t_{i+1} of the same sequence; a sequence's last history position
+    and all its candidates use ``batch.query_time`` (the request time) when given, else their
+    own timestamps. So history rows get the same query times with or without candidates.
     """
     ts = batch.timestamps
     out = torch.empty_like(ts)
     out[:-1] = ts[1:]
-    lengths = batch.lengths()
-    nonempty = lengths > 0
-    last = (batch.offsets[1:] - 1)[nonempty]
+    history = batch.history_lengths()
+    nonempty = history > 0
+    last = (batch.offsets[:-1] + history - 1)[nonempty]
     if batch.query_time is not None:
         out[last] = batch.query_time[nonempty]
     else:
         out[last] = ts[last]
+    if batch.num_targets is not None:
+        candidates = batch.candidate_mask()
+        asked = ts
+        if batch.query_time is not None:
+            asked = batch.query_time.repeat_interleave(batch.lengths())
+        out = torch.where(candidates, asked, out)
     return out
 
 
@@ -207,20 +223,28 @@ class SequentialEncoder(nn.Module):
         """[T, D] item_emb * sqrt(D) + position embedding (+ the event's action and value
         embeddings with ``action_inputs``), with input dropout.
 
+        Candidate rows all take position n_hist (their history's length).
+
         Raises:
-            ValueError: an item row is outside the table or a sequence is longer than N.
+            ValueError: an item row is outside the table or a sequence spans more than N
+                positions (history, plus one for its candidates).
         """
         if batch.total and int(batch.item_ids.max()) >= self.num_rows:
             raise ValueError(
                 f"item row {int(batch.item_ids.max())} is outside the item table "
                 f"(R={self.num_rows}); map keys through the vocabulary first"
             )
-        if batch.num_sequences and batch.max_length() > self.max_len:
+        # Candidates share position n_hist: a sequence spans its history plus one position.
+        spans = batch.history_lengths()
+        if batch.num_targets is not None:
+            spans = spans + (batch.num_targets > 0)
+        if batch.num_sequences and int(spans.max()) > self.max_len:
             raise ValueError(
-                f"a sequence has {batch.max_length()} events but the model's max_len is "
-                f"{self.max_len}; keep only the last {self.max_len} events of each sequence"
+                f"a sequence spans {int(spans.max())} positions (its events, candidates "
+                f"counting as one) but the model's max_len is {self.max_len}; keep only the "
+                f"last {self.max_len} positions of each sequence"
             )
-        positions = positions_in_sequence(batch.offsets)
+        positions = token_positions(batch.offsets, batch.num_targets)
         x = self.item_emb(batch.item_ids) * math.sqrt(self.embedding_dim)
         if self.event_inputs is not None:
             x = x + self.event_inputs(batch.action_types, batch.values)

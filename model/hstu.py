@@ -80,7 +80,12 @@ class HSTULayer(nn.Module):
         self.time_bias = nn.Parameter(torch.randn(NUM_TIME_BUCKETS) * BIAS_INIT_STD)
 
     def forward(
-        self, x: torch.Tensor, offsets: torch.Tensor, q_ts: torch.Tensor, k_ts: torch.Tensor
+        self,
+        x: torch.Tensor,
+        offsets: torch.Tensor,
+        q_ts: torch.Tensor,
+        k_ts: torch.Tensor,
+        num_targets: torch.Tensor | None = None,
     ) -> torch.Tensor:
         h = self.num_heads
         hv, hqk = h * self.dv, h * self.dqk
@@ -96,6 +101,7 @@ class HSTULayer(nn.Module):
             key_timestamps=k_ts,
             pos_bias=self.pos_bias,
             time_bias=self.time_bias,
+            num_targets=num_targets,
             backend=self.cfg.attention_backend,  # type: ignore[arg-type]
         ).reshape(-1, hv)
         return x + self.out(self.dropout(u * self.norm_attn(attn)))
@@ -131,9 +137,10 @@ class HSTU(SequentialEncoder):
             nn.init.normal_(layer.time_bias, std=BIAS_INIT_STD)
 
     def encode(self, batch: JaggedBatch) -> torch.Tensor:
-        """States for every event; position i depends on events 0..i and on t_{i+1}."""
+        """States for every event; history position i depends on events 0..i and on t_{i+1};
+        a candidate row on the history, itself and the request time."""
         x = self.embed_inputs(batch)
         q_ts = query_timestamps(batch)
         for layer in self.layers:
-            x = layer(x, batch.offsets, q_ts, batch.timestamps)
+            x = layer(x, batch.offsets, q_ts, batch.timestamps, batch.num_targets)
         return F.normalize(x, dim=-1)

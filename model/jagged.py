@@ -18,7 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from kernels.offsets import positions_in_sequence
+from kernels.offsets import (
+    candidate_rows,
+    history_lengths,
+    num_targets_problem,
+    positions_in_sequence,
+)
 
 
 class JaggedError(ValueError):
@@ -55,6 +60,9 @@ def validate_offsets(offsets: torch.Tensor, total: int | None = None) -> None:
         raise JaggedError(f"offsets[-1]={int(offsets[-1])} but the values have {total} rows")
 
 
+PER_SEQUENCE_FIELDS = ("query_time", "num_targets")  # [B]; every other field but offsets is [T]
+
+
 @dataclass(frozen=True)
 class JaggedBatch:
     """B event sequences as flat [T] tensors plus [B+1] offsets.
@@ -69,9 +77,15 @@ class JaggedBatch:
             output at the previous position of the same sequence). ``None`` means every
             event but the first of each sequence (offline autoregressive training).
         query_time: optional int64 [B], the time at which the *next*, not yet seen event is
-            requested (serving); used as the last position's query timestamp.
+            requested (serving); used as the last history position's query timestamp and as
+            every candidate's.
         values: optional float32 [T], each event's value (e.g. a rating); NaN where an event
             has none. ``None`` means no event has one.
+        num_targets: optional int64 [B]; the last num_targets[b] rows of sequence b are
+            candidate tokens (items to rank, M-FALCON style), the rows before them its history.
+            0 <= num_targets[b], and num_targets[b] < length of sequence b when it is > 0 (a
+            candidate needs a history row). A candidate attends to the history and itself only
+            and sits at position n_hist; candidates are never autoregressive targets.
 
     Two sequences, of 3 events and 1, packed into 4 rows:
 
@@ -82,6 +96,14 @@ class JaggedBatch:
     [10, 20, 30]
     >>> batch.target_mask().tolist()  # every event but each sequence's first
     [False, True, True, False]
+
+    The same events with sequence 0's last two rows as candidates (its history is one row):
+
+    >>> ranked = batch.with_fields(num_targets=torch.tensor([2, 0]))
+    >>> ranked.candidate_mask().tolist(), ranked.history_lengths().tolist()
+    ([False, True, True, False], [1, 1])
+    >>> ranked.target_mask().tolist()  # candidates are not next-item targets
+    [False, False, False, False]
     >>> JaggedBatch.from_lists([[3, -1]], timestamps=[[10, 20]])
     Traceback (most recent call last):
         ...
@@ -96,6 +118,7 @@ class JaggedBatch:
     is_target: torch.Tensor | None = None
     query_time: torch.Tensor | None = None
     values: torch.Tensor | None = None
+    num_targets: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -147,6 +170,10 @@ class JaggedBatch:
                 f"values must be float32 [{total}] (NaN = no value), got {self.values.dtype} "
                 f"{tuple(self.values.shape)}"
             )
+        if self.num_targets is not None:
+            problem = num_targets_problem(self.offsets, self.num_targets)
+            if problem is not None:
+                raise JaggedError(problem)
 
     # ------------------------------------------------------------- accessors
     @property
@@ -167,21 +194,36 @@ class JaggedBatch:
     def max_length(self) -> int:
         return int(self.lengths().max()) if self.num_sequences else 0
 
+    def history_lengths(self) -> torch.Tensor:
+        """[B] rows of each sequence before its candidates (the lengths without candidates)."""
+        return history_lengths(self.offsets, self.num_targets)
+
+    def candidate_mask(self) -> torch.Tensor:
+        """[T] bool: True for candidate rows (the last num_targets[b] rows of sequence b)."""
+        return candidate_rows(self.offsets, self.num_targets)
+
     def target_mask(self) -> torch.Tensor:
-        """[T] bool: events to predict. Defaults to all but each sequence's first event."""
-        if self.is_target is not None:
-            return self.is_target
-        return positions_in_sequence(self.offsets) > 0
+        """[T] bool: events to predict (autoregressively, from the previous row's state).
+
+        ``is_target`` when given, else every event but each sequence's first. Candidate rows
+        are never targets (``is_target`` marks on them are dropped): they are not events that
+        follow the history, and the last history row does not predict the first candidate.
+        """
+        mask = positions_in_sequence(self.offsets) > 0 if self.is_target is None else self.is_target
+        if self.num_targets is None:
+            return mask
+        return mask & ~self.candidate_mask()
 
     def sequence(self, b: int) -> dict[str, torch.Tensor]:
-        """The fields of sequence b (a view, for tests and debugging)."""
+        """The fields of sequence b (for tests and debugging): per-row fields as views,
+        per-sequence fields (``query_time``, ``num_targets``) as 0-d tensors."""
         lo, hi = int(self.offsets[b]), int(self.offsets[b + 1])
         out = {}
         for f in fields(self):
             t = getattr(self, f.name)
-            if f.name in ("offsets", "query_time") or t is None:
+            if f.name == "offsets" or t is None:
                 continue
-            out[f.name] = t[lo:hi]
+            out[f.name] = t[b] if f.name in PER_SEQUENCE_FIELDS else t[lo:hi]
         return out
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> JaggedBatch:
@@ -206,6 +248,7 @@ class JaggedBatch:
         is_target: np.ndarray | None = None,
         query_time: np.ndarray | None = None,
         values: np.ndarray | None = None,
+        num_targets: np.ndarray | None = None,
     ) -> JaggedBatch:
         """Build from flat numpy arrays (no per-event Python work)."""
         item_ids = _as_int64(item_ids, "item_ids")
@@ -223,6 +266,9 @@ class JaggedBatch:
             is_target=None if is_target is None else _tensor(np.ascontiguousarray(is_target, bool)),
             query_time=None if query_time is None else _tensor(_as_int64(query_time, "query_time")),
             values=None if values is None else _tensor(np.ascontiguousarray(values, np.float32)),
+            num_targets=(
+                None if num_targets is None else _tensor(_as_int64(num_targets, "num_targets"))
+            ),
         )
 
     @classmethod
@@ -233,8 +279,10 @@ class JaggedBatch:
         action_types: Sequence[Sequence[int]] | None = None,
         weights: Sequence[Sequence[float]] | None = None,
         values: Sequence[Sequence[float]] | None = None,
+        num_targets: Sequence[int] | None = None,
     ) -> JaggedBatch:
-        """Build from one Python list per sequence, e.g. ``[[3, 5, 9], [4]]``."""
+        """Build from one Python list per sequence, e.g. ``[[3, 5, 9], [4]]``; ``num_targets``
+        has one count per sequence."""
         if len(timestamps) != len(item_ids):
             raise JaggedError(
                 f"item_ids has {len(item_ids)} sequences but timestamps has {len(timestamps)}"
@@ -268,6 +316,7 @@ class JaggedBatch:
             action_types=None if action_types is None else flat(action_types, np.int64),
             weights=None if weights is None else flat(weights, np.float32),
             values=None if values is None else flat(values, np.float32),
+            num_targets=None if num_targets is None else np.asarray(num_targets, np.int64),
         )
 
     @classmethod
@@ -278,11 +327,13 @@ class JaggedBatch:
         action_types: Any = None,
         weights: Any = None,
         values: Any = None,
+        num_targets: Any = None,
     ) -> JaggedBatch:
         """Build from pyarrow ``ListArray``/``LargeListArray`` columns (one list per sequence).
 
         The list offsets become the batch offsets; values are converted zero-copy where
-        Arrow's layout allows it.
+        Arrow's layout allows it. ``num_targets`` is one integer per sequence (an Arrow or
+        numpy array).
         """
         import pyarrow as pa  # lazy: model/ must import without pyarrow
 
@@ -312,7 +363,13 @@ class JaggedBatch:
                 col_offsets, optional[name] = parts(column, name)
                 if not np.array_equal(offsets, col_offsets):
                     raise JaggedError(f"item_ids and {name} have different sequence lengths")
-        return cls.from_numpy(items, ts, offsets, **optional)
+        return cls.from_numpy(
+            items,
+            ts,
+            offsets,
+            **optional,
+            num_targets=None if num_targets is None else np.asarray(num_targets),
+        )
 
 
 def _tensor(arr: np.ndarray) -> torch.Tensor:

@@ -8,7 +8,9 @@ with its own residual; padded positions zeroed after each block; layer norms wit
 scale and shift, no final layer norm). The blocks run on a right-padded [B, n, D] tensor:
 padding happens at one explicit boundary (``pad_jagged``/``unpad_jagged``) and, because
 attention is causal and padding sits after each sequence's last event, real positions never
-see padded ones, so a sequence's output does not depend on the rest of the batch.
+see padded ones, so a sequence's output does not depend on the rest of the batch. With
+candidates (``batch.num_targets``) the causal mask becomes ``kernels.reference.attention_mask``:
+a candidate attends to its history and itself only.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.reference import pad_jagged, unpad_jagged
+from kernels.reference import attention_mask, pad_jagged, unpad_jagged
 from model.actions import DEFAULT_VALUE_BOUNDARIES, check_boundaries
 from model.base import SequentialEncoder
 from model.jagged import JaggedBatch
@@ -71,12 +73,16 @@ class SASRecBlock(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.attn_dropout = cfg.dropout
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:
+        """``allowed``: [B, n, n] bool, True where query i may attend to key j; None = causal."""
         b, n, d = x.shape
         q, k, v = self.qkv(self.norm_attn(x)).split(d, dim=-1)
         heads = [t.reshape(b, n, self.num_heads, -1).transpose(1, 2) for t in (q, k, v)]
         attn = F.scaled_dot_product_attention(
-            *heads, is_causal=True, dropout_p=self.attn_dropout if self.training else 0.0
+            *heads,
+            attn_mask=None if allowed is None else allowed[:, None],
+            is_causal=allowed is None,
+            dropout_p=self.attn_dropout if self.training else 0.0,
         )
         x = x + self.dropout(self.attn_out(attn.transpose(1, 2).reshape(b, n, d)))
         return x + self.dropout(self.ffn(self.norm_ffn(x)))
@@ -92,6 +98,7 @@ class ReferenceSASRecBlock(nn.Module):
         d = cfg.embedding_dim
         if d % cfg.num_heads:
             raise ValueError(f"embedding_dim {d} is not divisible by num_heads {cfg.num_heads}")
+        self.num_heads = cfg.num_heads
         self.norm_attn = nn.LayerNorm(d, eps=1e-8, elementwise_affine=False)
         self.attn = nn.MultiheadAttention(d, cfg.num_heads, dropout=cfg.dropout, batch_first=True)
         self.norm_ffn = nn.LayerNorm(d, eps=1e-8, elementwise_affine=False)
@@ -104,11 +111,17 @@ class ReferenceSASRecBlock(nn.Module):
             nn.Dropout(cfg.dropout),
         )
 
-    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, valid: torch.Tensor, allowed: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``allowed``: [B, n, n] bool, True where query i may attend to key j; None = causal."""
         n = x.shape[1]
-        causal = torch.ones(n, n, dtype=torch.bool, device=x.device).triu(1)  # True: blocked
+        if allowed is None:
+            blocked = torch.ones(n, n, dtype=torch.bool, device=x.device).triu(1)
+        else:  # MultiheadAttention takes a per-head [B * heads, n, n] mask of blocked pairs
+            blocked = ~allowed.repeat_interleave(self.num_heads, dim=0)
         q = self.norm_attn(x)
-        attn, _ = self.attn(q, x, x, attn_mask=causal, need_weights=False)
+        attn, _ = self.attn(q, x, x, attn_mask=blocked, need_weights=False)
         x = self.norm_ffn(q + attn)
         return (x + self.ffn(x)) * valid
 
@@ -134,20 +147,25 @@ class SASRec(SequentialEncoder):
         )
 
     def encode(self, batch: JaggedBatch) -> torch.Tensor:
-        """States for every event; position i depends on events 0..i only."""
+        """States for every event; history position i depends on events 0..i only, a candidate
+        row on the history and itself."""
         x = self.embed_inputs(batch)
         if batch.total == 0:
             return x
         n = batch.max_length()
         x = pad_jagged(x, batch.offsets, n)
+        allowed = None
+        if batch.num_targets is not None:
+            is_candidate = pad_jagged(batch.candidate_mask(), batch.offsets, n)
+            allowed = attention_mask(n, is_candidate, x.device)
         if self.cfg.style == "reference":
             lengths = batch.lengths().to(x.device)
             valid = (torch.arange(n, device=x.device) < lengths[:, None]).unsqueeze(-1)
             x = x * valid
             for block in self.blocks:
-                x = block(x, valid.to(x.dtype))
+                x = block(x, valid.to(x.dtype), allowed)
         else:
             for block in self.blocks:
-                x = block(x)
+                x = block(x, allowed)
         x = unpad_jagged(self.norm_out(x), batch.offsets)
         return F.normalize(x, dim=-1)

@@ -82,6 +82,10 @@ def test_from_arrow_length_mismatch() -> None:
         ({"weights": torch.tensor([1, 2, 3])}, "weights must be floating"),
         ({"is_target": torch.tensor([1, 0, 1])}, "is_target must be bool"),
         ({"query_time": torch.tensor([1, 2])}, "query_time must be int64"),
+        ({"num_targets": torch.tensor([1, 0])}, r"num_targets must be int64 \[1\]"),
+        ({"num_targets": torch.tensor([1], dtype=torch.int32)}, "num_targets must be int64"),
+        ({"num_targets": torch.tensor([3])}, r"num_targets\[0\] = 3 but sequence 0 has 3 rows"),
+        ({"num_targets": torch.tensor([-1])}, r"num_targets\[0\] = -1"),
     ],
 )
 def test_validation_errors(change: dict, message: str) -> None:
@@ -104,3 +108,24 @@ def test_from_lists_length_mismatch_names_sequence() -> None:
 def test_float_ids_rejected() -> None:
     with pytest.raises(JaggedError, match="must hold integers"):
         JaggedBatch.from_numpy(np.array([1.5]), np.array([1]), np.array([0, 1]))
+
+
+def test_num_targets_travels_with_the_batch() -> None:
+    b = JaggedBatch.from_lists(
+        [[1, 2, 3], [], [4, 5]], [[1, 2, 3], [], [4, 5]], num_targets=[2, 0, 1]
+    )
+    assert b.num_targets is not None and b.num_targets.tolist() == [2, 0, 1]
+    assert b.candidate_mask().tolist() == [False, True, True, False, True]
+    assert b.history_lengths().tolist() == [1, 0, 1]
+    assert b.to("cpu").num_targets.tolist() == [2, 0, 1]
+    assert int(b.sequence(2)["num_targets"]) == 1
+    assert b.sequence(2)["item_ids"].tolist() == [4, 5]
+    flat = JaggedBatch.from_numpy(
+        np.array([1, 2, 3]), np.array([1, 2, 3]), np.array([0, 3]), num_targets=np.array([2])
+    )
+    assert flat.num_targets.tolist() == [2]
+    items = pa.array([[1, 2], [3, 4, 5]], type=pa.list_(pa.int64()))
+    arrow = JaggedBatch.from_arrow(items, items, num_targets=pa.array([1, 2]))
+    assert arrow.candidate_mask().tolist() == [False, True, False, True, True]
+    with pytest.raises(JaggedError, match=r"num_targets\[1\] = 3 but sequence 1 has 3 rows"):
+        JaggedBatch.from_arrow(items, items, num_targets=np.array([1, 3]))

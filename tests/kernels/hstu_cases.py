@@ -80,6 +80,7 @@ def run_attention(
     alpha: float,
     use_pos: bool,
     use_time: bool,
+    num_targets: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Forward + backward of ``fn``; returns fp32 copies of out and every gradient."""
     q, k, v = (t.to(dtype).requires_grad_() for t in (case.q, case.k, case.v))
@@ -96,6 +97,7 @@ def run_attention(
         key_timestamps=case.key_timestamps,
         pos_bias=pos,
         time_bias=time,
+        num_targets=num_targets,
     )
     leaves = {"q": q, "k": k, "v": v, "pos_bias": pos, "time_bias": time}
     leaves = {name: t for name, t in leaves.items() if t is not None}

@@ -34,10 +34,11 @@ def test_each_kernel_compiles_for_sm90_within_shared_memory() -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout)
     rows = report["kernels"]
-    assert {(r["kernel"], r["dtype"]) for r in rows} == {
-        (kernel, dtype)
+    assert {(r["kernel"], r["dtype"], r["candidates"]) for r in rows} == {
+        (kernel, dtype, candidates)
         for kernel in ("_hstu_fwd", "_hstu_bwd_dq", "_hstu_bwd_dkdv")
         for dtype in ("bf16", "fp32")
+        for candidates in (False, True)
     }
     for row in rows:
         assert row["cubin_bytes"] > 0 and row["fits_shared"], row
