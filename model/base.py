@@ -30,6 +30,7 @@ from torch import nn
 from kernels.offsets import positions_in_sequence, token_positions
 from model.actions import DEFAULT_VALUE_BOUNDARIES, ActionValueInputs
 from model.jagged import JaggedBatch
+from model.ranking_heads import RankingHead, RankingHeadConfig, RankingTask
 
 ITEM_INIT_STD = 0.02  # item embeddings start small; the input layer scales them by sqrt(D)
 INIT_BLOCK_ROWS = 1 << 20
@@ -163,6 +164,9 @@ class SequentialEncoder(nn.Module):
         action_inputs: add each event's action and value embeddings to its input token
             (``model.actions``); False keeps the parameters and outputs of models before it.
         value_boundaries: the value buckets of ``action_inputs``.
+        ranking_tasks: the tasks of a ranking head (``model.ranking_heads``) over candidate
+            rows (``rank``); none: a retrieval-only model, with the parameters it had before.
+        ranking_hidden: the head MLP's hidden widths.
     """
 
     def __init__(
@@ -173,6 +177,8 @@ class SequentialEncoder(nn.Module):
         input_dropout: float,
         action_inputs: bool = False,
         value_boundaries: Sequence[float] = DEFAULT_VALUE_BOUNDARIES,
+        ranking_tasks: Sequence[RankingTask] = (),
+        ranking_hidden: Sequence[int] = (64,),
     ):
         super().__init__()
         if num_rows < 2:
@@ -189,6 +195,16 @@ class SequentialEncoder(nn.Module):
         # created after the tables above so that their init draws stay what they were
         self.event_inputs = (
             ActionValueInputs(embedding_dim, value_boundaries) if action_inputs else None
+        )
+        self.ranking_tasks = tuple(ranking_tasks)
+        self.ranking_head = (
+            RankingHead(
+                RankingHeadConfig(
+                    embedding_dim, embedding_dim, len(self.ranking_tasks), tuple(ranking_hidden)
+                )
+            )
+            if self.ranking_tasks
+            else None
         )
 
     @property
@@ -247,8 +263,22 @@ class SequentialEncoder(nn.Module):
         positions = token_positions(batch.offsets, batch.num_targets)
         x = self.item_emb(batch.item_ids) * math.sqrt(self.embedding_dim)
         if self.event_inputs is not None:
-            x = x + self.event_inputs(batch.action_types, batch.values)
+            events = self.event_inputs(batch.action_types, batch.values)
+            if batch.num_targets is not None:
+                # a candidate's action and value are what ranking predicts, never its input
+                events = events.masked_fill(batch.candidate_mask()[:, None], 0.0)
+            x = x + events
         return self.input_dropout(x + self.pos_emb(positions))
+
+    def rank(self, batch: JaggedBatch, states: torch.Tensor) -> torch.Tensor:
+        """[sum(num_targets), num_tasks] logits of the ranking tasks for the candidate rows
+        of ``batch`` (in row order), from their states (``encode(batch)``) and items."""
+        if self.ranking_head is None:
+            raise ValueError(
+                "this model has no ranking tasks; train it with ranking tasks configured to rank"
+            )
+        rows = batch.candidate_mask()
+        return self.ranking_head(states[rows], self.item_rows()[batch.item_ids[rows]])
 
     def encode(self, batch: JaggedBatch) -> torch.Tensor:
         """[T, D] L2-normalised states; implemented by each model."""

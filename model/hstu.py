@@ -11,6 +11,7 @@ the research code does; ``"affine"`` (the config default, so older checkpoints l
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,7 @@ from kernels import NUM_TIME_BUCKETS, hstu_attention
 from model.actions import DEFAULT_VALUE_BOUNDARIES, check_boundaries
 from model.base import SequentialEncoder, query_timestamps
 from model.jagged import JaggedBatch
+from model.ranking_heads import check_tasks, task_from_dict
 
 BIAS_INIT_STD = 0.02
 LAYER_NORMS = ("affine", "plain")
@@ -43,6 +45,9 @@ class HSTUConfig:
     layer_norm: str = "affine"
     action_inputs: bool = False  # actions and values as inputs (model.actions)
     value_boundaries: tuple[float, ...] = DEFAULT_VALUE_BOUNDARIES
+    # ranking tasks (model.ranking_heads JSON form); none: a retrieval-only model
+    ranking_tasks: tuple[dict[str, Any], ...] = ()
+    ranking_hidden: tuple[int, ...] = (64,)
 
     def __post_init__(self) -> None:
         if self.layer_norm not in LAYER_NORMS:
@@ -50,6 +55,8 @@ class HSTUConfig:
                 f"HSTUConfig.layer_norm must be one of {LAYER_NORMS}, got {self.layer_norm!r}"
             )
         self.value_boundaries = check_boundaries(self.value_boundaries)  # JSON gives a list
+        self.ranking_tasks = check_tasks(self.ranking_tasks)
+        self.ranking_hidden = tuple(self.ranking_hidden)
 
     def norm(self, width: int) -> nn.LayerNorm:
         """A layer norm over ``width`` features in this config's style."""
@@ -118,6 +125,8 @@ class HSTU(SequentialEncoder):
             cfg.input_dropout,
             cfg.action_inputs,
             cfg.value_boundaries,
+            [task_from_dict(task) for task in cfg.ranking_tasks],
+            cfg.ranking_hidden,
         )
         self.cfg = cfg
         self.layers = nn.ModuleList(HSTULayer(cfg) for _ in range(cfg.num_layers))

@@ -19,8 +19,9 @@ probability at serving time, where most impressions are never rated.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -139,3 +140,42 @@ def ranking_loss(
 def task_weights(tasks: Sequence[RankingTask]) -> list[float]:
     """The loss weight of each task, in order."""
     return [task.weight for task in tasks]
+
+
+def task_to_dict(task: RankingTask) -> dict[str, Any]:
+    """The JSON form of a task, as model configs and checkpoints store it."""
+    return {
+        "name": task.name,
+        "actions": sorted(task.actions),
+        "min_value": task.min_value,
+        "weight": task.weight,
+    }
+
+
+def task_from_dict(doc: Mapping[str, Any]) -> RankingTask:
+    """A task from its JSON form (``task_to_dict``); raises ValueError naming what is wrong."""
+    unknown = set(doc) - {"name", "actions", "min_value", "weight"}
+    if unknown or not isinstance(doc.get("name"), str):
+        raise ValueError(
+            f"a ranking task needs a string 'name' and only the keys name, actions, min_value, "
+            f"weight; got {dict(doc)!r:.200}"
+        )
+    actions = doc.get("actions") or []
+    if not all(isinstance(a, int) and not isinstance(a, bool) for a in actions):
+        raise ValueError(f"task {doc['name']!r}: actions must be int codes, got {actions!r:.200}")
+    min_value = doc.get("min_value")
+    return RankingTask(
+        doc["name"],
+        actions=frozenset(actions),
+        min_value=None if min_value is None else float(min_value),
+        weight=float(doc.get("weight", 1.0)),
+    )
+
+
+def check_tasks(tasks: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any], ...]:
+    """Ranking tasks of a model config, validated and in their JSON form (names unique)."""
+    parsed = [task_from_dict(doc) for doc in tasks]
+    names = [task.name for task in parsed]
+    if len(set(names)) != len(names):
+        raise ValueError(f"ranking task names must be unique, got {names}")
+    return tuple(task_to_dict(task) for task in parsed)

@@ -16,6 +16,7 @@ a candidate attends to its history and itself only.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,7 @@ from kernels.reference import attention_mask, pad_jagged, unpad_jagged
 from model.actions import DEFAULT_VALUE_BOUNDARIES, check_boundaries
 from model.base import SequentialEncoder
 from model.jagged import JaggedBatch
+from model.ranking_heads import check_tasks, task_from_dict
 
 SASREC_STYLES = ("genrec", "reference")
 
@@ -44,6 +46,9 @@ class SASRecConfig:
     style: str = "genrec"
     action_inputs: bool = False  # actions and values as inputs (model.actions)
     value_boundaries: tuple[float, ...] = DEFAULT_VALUE_BOUNDARIES
+    # ranking tasks (model.ranking_heads JSON form); none: a retrieval-only model
+    ranking_tasks: tuple[dict[str, Any], ...] = ()
+    ranking_hidden: tuple[int, ...] = (64,)
 
     def __post_init__(self) -> None:
         if self.style not in SASREC_STYLES:
@@ -51,6 +56,8 @@ class SASRecConfig:
                 f"SASRecConfig.style must be one of {SASREC_STYLES}, got {self.style!r}"
             )
         self.value_boundaries = check_boundaries(self.value_boundaries)  # JSON gives a list
+        self.ranking_tasks = check_tasks(self.ranking_tasks)
+        self.ranking_hidden = tuple(self.ranking_hidden)
 
 
 class SASRecBlock(nn.Module):
@@ -137,6 +144,8 @@ class SASRec(SequentialEncoder):
             cfg.input_dropout,
             cfg.action_inputs,
             cfg.value_boundaries,
+            [task_from_dict(task) for task in cfg.ranking_tasks],
+            cfg.ranking_hidden,
         )
         self.cfg = cfg
         block = ReferenceSASRecBlock if cfg.style == "reference" else SASRecBlock
