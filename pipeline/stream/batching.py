@@ -17,7 +17,8 @@ targets; the others are context, as every stored event is.
 
 ``assemble`` is the pure array function; ``BatchBuilder`` ties it to a ``SequenceStore``
 and an ``ItemVocabulary`` (plan -> vocabulary -> history -> assemble; ``commit`` after the
-optimizer step).
+optimizer step). With ranking on it also builds the step's ranking sequences from the same
+histories (``pipeline.stream.ranking``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pipeline.events.positives import PositiveRule
 from pipeline.state.grouping import compact_groups, group_order
 from pipeline.state.store import Histories, IngestPlan, SequenceStore
 from pipeline.state.vocab import ItemVocabulary, Observation
+from pipeline.stream.ranking import CandidateBatch, assemble_candidates
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,8 @@ class PreparedBatch:
         assigned_rows: rows the vocabulary handed to new keys (re-initialise them).
         micro: the training batch over the accepted events (``target_event`` indexes
             ``accepted``).
+        ranking: the ranking sequences (``candidate_event`` indexes ``accepted``), None
+            when ranking is off.
     """
 
     events: EventBatch
@@ -170,6 +174,7 @@ class PreparedBatch:
     rows: np.ndarray
     assigned_rows: np.ndarray
     micro: MicroBatch
+    ranking: CandidateBatch | None = None
 
     @property
     def num_accepted(self) -> int:
@@ -178,7 +183,8 @@ class PreparedBatch:
 
 class BatchBuilder:
     """Runs store + vocabulary + assembly for each decoded batch (see module docstring);
-    ``positives``: which new events are targets (None: all)."""
+    ``positives``: which new events are targets (None: all); ``ranking``: build the ranking
+    sequences too."""
 
     def __init__(
         self,
@@ -186,11 +192,13 @@ class BatchBuilder:
         vocab: ItemVocabulary,
         max_targets: int,
         positives: PositiveRule | None = None,
+        ranking: bool = False,
     ) -> None:
         self.store = store
         self.vocab = vocab
         self.max_targets = max_targets
         self.positives = None if positives is None or positives.is_all else positives
+        self.ranking = ranking
 
     def build(self, events: EventBatch) -> PreparedBatch:
         """Plan, admit items and assemble; the store is not modified until ``commit``."""
@@ -205,9 +213,10 @@ class BatchBuilder:
         history = self.store.history(plan.slots[users], cutoff)
         actions, values = events.action[accepted], events.value[accepted]
         positive = None if self.positives is None else self.positives.mask(actions, values)
+        history_rows = self.vocab.resolve(history.item_refs)
         micro = assemble(
             history,
-            self.vocab.resolve(history.item_refs),
+            history_rows,
             seq,
             obs.rows,
             ts,
@@ -217,7 +226,12 @@ class BatchBuilder:
             values=values,
             positive=positive,
         )
-        return PreparedBatch(events, plan, accepted, obs.rows, obs.assigned, micro)
+        ranking = None
+        if self.ranking:
+            ranking = assemble_candidates(
+                history, history_rows, seq, obs.rows, ts, actions, values, self.store.max_len
+            )
+        return PreparedBatch(events, plan, accepted, obs.rows, obs.assigned, micro, ranking)
 
     def commit(self, prepared: PreparedBatch) -> np.ndarray:
         """Store the accepted events, then expire items by event time; returns freed rows."""
