@@ -19,7 +19,7 @@ Every problem is a one-line ``RegistryError`` naming the version, the file and t
 
 from __future__ import annotations
 
-from typing import Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -71,7 +71,9 @@ class HSTUSettings(BaseModel):
     )
     # ranking heads (model.ranking_heads JSON form; checked by HSTUConfig); none in old versions
     ranking_tasks: list[dict[str, Any]] = Field(default_factory=list, max_length=64)
-    ranking_hidden: list[int] = Field(default_factory=lambda: [64], max_length=16)
+    ranking_hidden: list[Annotated[int, Field(ge=1, le=1 << 16)]] = Field(
+        default_factory=lambda: [64], max_length=16
+    )
 
 
 class PublishedConfig(BaseModel):

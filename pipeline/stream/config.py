@@ -23,7 +23,7 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -154,7 +154,7 @@ class ModelSection(_Section):
         "(e.g. 'like:value>=4', 'click:action:click,purchase'; several in one string joined "
         "by ';') or dicts {name, actions, min_value, weight}; none: retrieval only",
     )
-    ranking_hidden: list[int] = Field(
+    ranking_hidden: list[Annotated[int, Field(ge=1)]] = Field(
         default_factory=lambda: [64], description="hidden widths of the ranking head MLP"
     )
 
