@@ -33,7 +33,7 @@ from pipeline.events.positives import PositiveRule
 from pipeline.state.grouping import compact_groups, group_order
 from pipeline.state.store import Histories, IngestPlan, SequenceStore
 from pipeline.state.vocab import ItemVocabulary, Observation
-from pipeline.stream.ranking import CandidateBatch, assemble_candidates
+from pipeline.stream.ranking import CandidateBatch, with_retrieval
 
 
 @dataclass(frozen=True)
@@ -164,8 +164,9 @@ class PreparedBatch:
         assigned_rows: rows the vocabulary handed to new keys (re-initialise them).
         micro: the training batch over the accepted events (``target_event`` indexes
             ``accepted``).
-        ranking: the ranking sequences (``candidate_event`` indexes ``accepted``), None
-            when ranking is off.
+        ranking: with ranking on, the batch to train on instead of ``micro.batch``: the same
+            windows with the ranking candidates in place (``candidate_event`` indexes
+            ``accepted``; ``pipeline.stream.ranking.with_retrieval``); None when off.
     """
 
     events: EventBatch
@@ -228,8 +229,17 @@ class BatchBuilder:
         )
         ranking = None
         if self.ranking:
-            ranking = assemble_candidates(
-                history, history_rows, seq, obs.rows, ts, actions, values, self.store.max_len
+            ranking = with_retrieval(
+                micro.batch,
+                history,
+                history_rows,
+                seq,
+                obs.rows,
+                ts,
+                actions,
+                values,
+                self.store.max_len,
+                self.max_targets,
             )
         return PreparedBatch(events, plan, accepted, obs.rows, obs.assigned, micro, ranking)
 

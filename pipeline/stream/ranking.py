@@ -1,12 +1,23 @@
 """Online ranking: each step's new events as candidates after their user's stored history.
 
-With ranking tasks configured (``model.ranking_tasks``), every step also builds one ranking
-sequence per user of the step: the user's stored history (before this step's events, its
-last ``max_len - 1`` events) followed by the user's new events as candidate tokens
+With ranking tasks configured (``model.ranking_tasks``), every user of a step gets one
+ranking sequence: the user's stored history (before this step's events, its last
+``max_len - 1`` events) followed by the user's new events as candidate tokens
 (``JaggedBatch.num_targets``). Each candidate attends to that history and itself only, so
 candidates of the same user in one step do not see each other (with small steps a user
 usually brings one event). Their labels come from each event's own action and value
 (``model.ranking_heads.labels_from_events``); the model never sees them as inputs.
+
+**One encoder call, shared rows** (``with_retrieval``). A user with exactly one new event
+has a retrieval window that *is* its ranking sequence: the last ``max_len - 1`` stored
+events, then the event. Making that event a candidate changes nothing retrieval reads: the
+history rows never see a candidate, the candidate keeps position ``n_hist``, and the
+window's ``query_time`` is the event's time, which is what the last history row's query
+time was; the event's own output, the only one that changes, predicts nothing in its
+window. So the retrieval batch carries those candidates in place, and only users with
+several new events get a ranking sequence of their own, appended to the same batch; their
+candidates are asked at the time of the first of them (one request for the burst). The
+retrieval targets are then ``is_target`` rows including candidate rows (``retrieval_targets``).
 
 A new event is a candidate when its item has a vocabulary row and its user has a stored
 history (a candidate needs a history row); retrieval's positives rule does not apply:
@@ -23,7 +34,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
+from model.base import Targets
 from model.jagged import JaggedBatch
 from model.ranking_metrics import ProgressiveMetrics
 from pipeline.state.grouping import group_order
@@ -40,10 +53,11 @@ class CandidateBatch:
     """The step's ranking sequences.
 
     Attributes:
-        batch: one sequence per user with candidates: history rows, then candidate rows
-            (``num_targets``); candidates carry their own action and value (the labels).
-        candidate_event: int64 [C], each candidate's index among the new events given to
-            ``assemble_candidates`` (in candidate row order).
+        batch: history rows, then candidate rows (``num_targets``) per sequence; candidates
+            carry their own action and value (the labels). From ``with_retrieval``: the
+            retrieval batch with candidates in place, then the other ranking sequences.
+        candidate_event: int64 [C], each candidate's index among the new events given
+            (in candidate row order).
         no_history: new events with an item row that are no candidate (no stored history).
     """
 
@@ -157,3 +171,71 @@ def figures(metrics: ProgressiveMetrics | None) -> dict[str, float]:
         return {}
     result = metrics.result()
     return {f"{t}/{m}": result[f"{t}/{m}"] for t in metrics.tasks for m in REPORTED}
+
+
+def with_retrieval(
+    retrieval: JaggedBatch,
+    history: Histories,
+    history_rows: np.ndarray,
+    seq: np.ndarray,
+    rows: np.ndarray,
+    timestamps: np.ndarray,
+    actions: np.ndarray,
+    values: np.ndarray,
+    max_len: int,
+    max_targets: int,
+) -> CandidateBatch:
+    """The retrieval batch (``pipeline.stream.batching.assemble`` of the same arguments)
+    with every user's new events as candidates (module docstring: shared rows)."""
+    n_users = history.offsets.size - 1
+    per_user = np.bincount(seq, minlength=n_users)
+    event_of = np.zeros(n_users, np.int64)
+    event_of[seq] = np.arange(seq.size)  # a user's event, where it has exactly one
+    single = (per_user == 1) & (history.lengths() > 0) & (rows[event_of] > 0)
+    # assemble's windows: ceil(k / max_targets) per user, in user order
+    windows = -(-per_user // max_targets)
+    in_place = np.repeat(single, windows)
+    own = np.flatnonzero(per_user[seq] > 1)  # events of users with a sequence of their own
+    extra = assemble_candidates(
+        history,
+        history_rows,
+        seq[own],
+        rows[own],
+        timestamps[own],
+        actions[own],
+        values[own],
+        max_len,
+    )
+    tail = extra.batch
+    ends = retrieval.offsets[1:] - 1
+    first_candidate = tail.offsets[1:] - tail.num_targets
+    assert retrieval.is_target is not None and retrieval.values is not None
+    assert tail.values is not None and tail.num_targets is not None
+    batch = JaggedBatch(
+        item_ids=torch.cat([retrieval.item_ids, tail.item_ids]),
+        timestamps=torch.cat([retrieval.timestamps, tail.timestamps]),
+        action_types=torch.cat([retrieval.action_types, tail.action_types]),
+        offsets=torch.cat([retrieval.offsets, tail.offsets[1:] + retrieval.total]),
+        is_target=torch.cat([retrieval.is_target, torch.zeros(tail.total, dtype=torch.bool)]),
+        # a window's last row is its newest event: as its query time, the same as none
+        query_time=torch.cat([retrieval.timestamps[ends], tail.timestamps[first_candidate]]),
+        values=torch.cat([retrieval.values, tail.values]),
+        num_targets=torch.cat([torch.from_numpy(in_place.astype(np.int64)), tail.num_targets]),
+    )
+    known = rows > 0
+    return CandidateBatch(
+        batch,
+        np.concatenate(
+            [event_of[np.repeat(np.arange(n_users), windows)[in_place]], own[extra.candidate_event]]
+        ),
+        int((known & (history.lengths()[seq] == 0)).sum()),
+    )
+
+
+def retrieval_targets(batch: JaggedBatch, states: torch.Tensor) -> Targets:
+    """The retrieval targets of a ``with_retrieval`` batch: its ``is_target`` rows, candidate
+    rows included (``JaggedBatch.target_mask`` drops those), each predicted from the state
+    of the row before it, as ``model.base.select_targets`` pairs them."""
+    assert batch.is_target is not None
+    positions = torch.nonzero(batch.is_target).squeeze(1)
+    return Targets(states[positions - 1], batch.item_ids[positions], None, positions)

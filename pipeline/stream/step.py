@@ -41,7 +41,7 @@ from pipeline.stream.config import TrainerConfig
 from pipeline.stream.deadletter import DeadLetterSink
 from pipeline.stream.observability import TrainerMetrics
 from pipeline.stream.progressive import ranks_over_catalogue
-from pipeline.stream.ranking import CandidateBatch
+from pipeline.stream.ranking import retrieval_targets
 from pipeline.stream.state import TrainerState, reset_item_rows
 
 
@@ -119,9 +119,9 @@ class Step:
         ranks = np.empty(0, dtype=np.int64)
         built = time.perf_counter()
         if (micro.num_targets or candidates) and scoring:
-            ranks = self._test_then_train(
-                state, micro.batch if micro.num_targets else None, ranking if candidates else None
-            )
+            # with ranking on, one batch holds the retrieval windows and the candidates
+            batch = micro.batch if ranking is None else ranking.batch
+            ranks = self._test_then_train(state, batch, bool(micro.num_targets), candidates > 0)
         elif scoring:
             self.step_without_targets(state)
         trained = time.perf_counter()
@@ -152,28 +152,31 @@ class Step:
         return StepResult(prepared.num_accepted, ranks, target_times, state.last_loss)
 
     def _test_then_train(
-        self, state: TrainerState, batch: JaggedBatch | None, ranking: CandidateBatch | None
+        self, state: TrainerState, batch: JaggedBatch, targeted: bool, ranked: bool
     ) -> np.ndarray:
-        """Score every retrieval target and ranking candidate (test), then take one optimizer
-        step on the sum of their losses (train). Needs targets or candidates."""
+        """Score every retrieval target (when ``targeted``) and ranking candidate (when
+        ``ranked``) of ``batch`` (test), then take one optimizer step on the sum of their
+        losses (train)."""
         clock = time.perf_counter()
-        batch = None if batch is None else batch.to(self.device)
-        cands = None if ranking is None else ranking.batch.to(self.device)
+        batch = batch.to(self.device)
         labels = None
-        if cands is not None:
-            rows = cands.candidate_mask()
-            labels = labels_from_events(cands.action_types[rows], cands.values[rows], self.tasks)
+        if ranked:
+            rows = batch.candidate_mask()
+            values = batch.values
+            assert values is not None  # the ranking batch always carries them
+            labels = labels_from_events(batch.action_types[rows], values[rows], self.tasks)
         model, learn = state.model, self.cfg.train.learn
         live = torch.from_numpy(state.vocab.live_rows()).to(self.device)
         if self.separate_eval or not learn:
             # Dropout would perturb the test scores: score in eval mode, without gradients.
             model.eval()
             with torch.no_grad():
-                ranks = self._test(state, *self._forward(state, batch, cands), labels, live)
+                targets, logits = self._forward(state, batch, targeted, ranked)
+                ranks = self._test(state, targets, logits, labels, live)
             model.train()
             clock = state.lap("evaluate", clock)
         if learn:
-            targets, logits = self._forward(state, batch, cands)
+            targets, logits = self._forward(state, batch, targeted, ranked)
             if not self.separate_eval:
                 clock = state.lap("forward_backward", clock)
                 with torch.no_grad():
@@ -210,13 +213,19 @@ class Step:
         return out
 
     def _forward(
-        self, state: TrainerState, batch: JaggedBatch | None, cands: JaggedBatch | None
+        self, state: TrainerState, batch: JaggedBatch, targeted: bool, ranked: bool
     ) -> tuple[Targets | None, torch.Tensor | None]:
-        """The retrieval targets with their query states, and the candidates' ranking logits
-        (a separate encoder call over the ranking sequences)."""
+        """One encoder call: the retrieval targets with their query states, and the
+        candidates' ranking logits."""
         model = state.model
-        targets = None if batch is None else select_targets(batch, model.encode(batch))
-        logits = None if cands is None else model.rank(cands, model.encode(cands))
+        states = model.encode(batch)
+        targets = None
+        if targeted:
+            # candidate rows may be targets too (pipeline.stream.ranking, shared rows)
+            targets = (
+                select_targets(batch, states) if not ranked else retrieval_targets(batch, states)
+            )
+        logits = model.rank(batch, states) if ranked else None
         return targets, logits
 
     def _test(

@@ -13,6 +13,7 @@ import torch
 
 from connectors.registry import Registry
 from connectors.registry.published import PublishedConfig, load_version
+from model.base import select_targets
 from pipeline.commands.train import make_source
 from pipeline.events import EventBatch
 from pipeline.events.positives import parse_ranking_task
@@ -24,6 +25,7 @@ from pipeline.stream.checkpoint import CheckpointStore
 from pipeline.stream.config import load_config
 from pipeline.stream.deadletter import MemoryDeadLetterSink
 from pipeline.stream.observability import TrainerMetrics
+from pipeline.stream.ranking import retrieval_targets
 from pipeline.stream.state import new_state
 from pipeline.stream.step import Step
 from pipeline.stream.trainer import OnlineTrainer
@@ -93,12 +95,41 @@ def test_candidates_see_the_stored_history_only():
     ranking = second.ranking
     assert ranking is not None
     batch = ranking.batch
-    # user 1: the last max_len - 1 = 3 stored events, then both new events as candidates
-    assert batch.offsets.tolist() == [0, 5] and batch.num_targets.tolist() == [2]
-    assert batch.timestamps.tolist() == [1, 2, 3, 5, 6]
+    # the retrieval windows as they were (user 1: two targets; user 3: new), then user 1's
+    # ranking sequence: its last max_len - 1 = 3 stored events, both new events as candidates
+    assert torch.equal(batch.item_ids[:5], second.micro.batch.item_ids)
+    assert batch.offsets.tolist() == [0, 4, 5, 10] and batch.num_targets.tolist() == [0, 0, 2]
+    assert batch.timestamps.tolist()[5:] == [1, 2, 3, 5, 6]
     assert batch.action_types.tolist()[-2:] == [2, 1]
+    assert batch.query_time.tolist()[2] == 5  # the burst is asked at its first event's time
     assert ranking.candidate_event.tolist() == [0, 1]
     assert ranking.no_history == 1  # user 3 is new
+    builder.commit(second)
+    third = builder.build(events([1], [17], [8], [2], [np.nan]))
+    assert third.ranking is not None
+    # one new event: its retrieval window is its ranking sequence, the event a candidate
+    assert third.ranking.batch.offsets.tolist() == [0, 4]
+    assert third.ranking.batch.num_targets.tolist() == [1]
+    assert third.ranking.batch.query_time.tolist() == [8]
+    assert third.ranking.batch.is_target.tolist() == [False, False, False, True]
+
+
+def test_shared_rows_leave_retrieval_unchanged(tmp_path):
+    cfg = cfg_for(tmp_path)
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"action_inputs": True})})
+    state = new_state(cfg)
+    step = Step(cfg, TrainerMetrics())
+    step.train_on(state, events([1, 2, 3], [10, 11, 12], [1, 2, 3], [1, 1, 2], [np.nan, 5, 1]))
+    prepared = step.make_builder(state).build(
+        events([1, 2, 2, 3], [11, 12, 10, 10], [4, 5, 6, 7], [2, 1, 2, 1], [3.0, np.nan, 4, 2])
+    )
+    assert prepared.ranking is not None and prepared.ranking.num_candidates == 4
+    model = state.model.eval()
+    with torch.no_grad():
+        alone = select_targets(prepared.micro.batch, model.encode(prepared.micro.batch))
+        shared = retrieval_targets(prepared.ranking.batch, model.encode(prepared.ranking.batch))
+    assert torch.equal(alone.items, shared.items) and alone.items.numel() == 4
+    torch.testing.assert_close(alone.queries, shared.queries)
 
 
 def test_the_first_step_scores_with_the_model_before_it_learns(tmp_path):
