@@ -143,3 +143,10 @@ def test_rerank_refuses_a_version_without_heads_or_an_unknown_task(ranked, tmp_p
     assert recommend_cli(ranked, tmp_path / "b", "--rerank-task", "click") == 2
     assert "add --rerank" in capsys.readouterr().err
     assert not list((tmp_path / "a").glob("part-*"))
+
+
+def test_help_explains_the_rerank_flags(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["backfill", "recommend", "--help"])
+    text = capsys.readouterr().out
+    assert "--rerank " in text and "--rerank-task NAME" in text

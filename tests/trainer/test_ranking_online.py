@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from prometheus_client import generate_latest
 
 from connectors.registry import Registry
 from connectors.registry.published import PublishedConfig, load_version
@@ -68,6 +69,8 @@ def test_task_specs_parse_and_bad_ones_name_the_setting():
     assert parse_ranking_task(" like : value>=4 @0.5")["weight"] == 0.5
     cfg = load_config(overrides={"model": {"ranking_tasks": "click:action:click;like:value>=4"}})
     assert [t["name"] for t in cfg.model.ranking_tasks] == ["click", "like"]
+    env = {"GENREC_MODEL__RANKING_TASKS": "like:value>=4@2"}
+    assert load_config(environ=env).model.ranking_tasks[0]["weight"] == 2.0
     assert load_config(overrides={"model": {"ranking_tasks": [CLICK]}}).model.ranking_tasks == [
         CLICK
     ]
@@ -174,6 +177,8 @@ def test_online_ranking_learns_and_reports_everywhere(tmp_path):
     assert figures["click/auc"] > 0.53 and 0.0 < figures["click/ne"] < 1.1
     lines = [json.loads(line) for line in cfg.metrics_log_path.read_text().splitlines()]
     assert any(line.get("ranking", {}).get("click/auc") for line in lines)
+    scraped = generate_latest(trainer.metrics.registry).decode()
+    assert 'genrec_ranking_metric{metric="auc",task="click"}' in scraped
     manifest = registry.list_versions()[-1]
     assert manifest.metrics["ranking/click/count"] > 0
     assert 0.0 < manifest.metrics["ranking/click/auc"] < 1.0
