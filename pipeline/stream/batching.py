@@ -184,8 +184,7 @@ class PreparedBatch:
 
 class BatchBuilder:
     """Runs store + vocabulary + assembly for each decoded batch (see module docstring);
-    ``positives``: which new events are targets (None: all); ``ranking``: build the ranking
-    sequences too."""
+    ``positives``: which new events are targets (None: all)."""
 
     def __init__(
         self,
@@ -193,16 +192,15 @@ class BatchBuilder:
         vocab: ItemVocabulary,
         max_targets: int,
         positives: PositiveRule | None = None,
-        ranking: bool = False,
     ) -> None:
         self.store = store
         self.vocab = vocab
         self.max_targets = max_targets
         self.positives = None if positives is None or positives.is_all else positives
-        self.ranking = ranking
 
-    def build(self, events: EventBatch) -> PreparedBatch:
-        """Plan, admit items and assemble; the store is not modified until ``commit``."""
+    def build(self, events: EventBatch, ranking: bool = False) -> PreparedBatch:
+        """Plan, admit items and assemble (with ``ranking``, the ranking candidates too); the
+        store is not modified until ``commit``."""
         plan = self.store.plan(events.user_id, events.timestamp, events.event_id)
         accepted = np.flatnonzero(plan.accepted)
         ts = events.timestamp[accepted]
@@ -227,9 +225,9 @@ class BatchBuilder:
             values=values,
             positive=positive,
         )
-        ranking = None
-        if self.ranking:
-            ranking = with_retrieval(
+        candidates = None
+        if ranking:
+            candidates = with_retrieval(
                 micro.batch,
                 history,
                 history_rows,
@@ -241,7 +239,7 @@ class BatchBuilder:
                 self.store.max_len,
                 self.max_targets,
             )
-        return PreparedBatch(events, plan, accepted, obs.rows, obs.assigned, micro, ranking)
+        return PreparedBatch(events, plan, accepted, obs.rows, obs.assigned, micro, candidates)
 
     def commit(self, prepared: PreparedBatch) -> np.ndarray:
         """Store the accepted events, then expire items by event time; returns freed rows."""

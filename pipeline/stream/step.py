@@ -111,7 +111,8 @@ class Step:
         """One micro-batch: vet, map, assemble, score (test), train, store."""
         started = time.perf_counter()
         builder = self.make_builder(state)
-        prepared = builder.build(events)
+        # a bootstrap (no scoring) trains nothing: no candidates to build
+        prepared = builder.build(events, ranking=self.ranking and scoring)
         if prepared.assigned_rows.size:
             self.reset_rows(state, prepared.assigned_rows)
         micro, ranking = prepared.micro, prepared.ranking
@@ -249,9 +250,7 @@ class Step:
     # ------------------------------------------------------------------ hooks
     def make_builder(self, state: TrainerState) -> BatchBuilder:
         """Store + vocabulary + assembly over the state's store and vocabulary."""
-        return BatchBuilder(
-            state.store, state.vocab, self.cfg.max_targets, self.positives, self.ranking
-        )
+        return BatchBuilder(state.store, state.vocab, self.cfg.max_targets, self.positives)
 
     def reset_rows(self, state: TrainerState, rows: np.ndarray) -> None:
         """Fresh embeddings (from torch's global generator) and optimizer state for rows

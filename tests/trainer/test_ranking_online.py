@@ -87,13 +87,15 @@ def test_task_specs_parse_and_bad_ones_name_the_setting():
 
 def test_candidates_see_the_stored_history_only():
     store, vocab = SequenceStore(max_len=4), ItemVocabulary(capacity=50)
-    builder = BatchBuilder(store, vocab, max_targets=2, ranking=True)
-    first = builder.build(events([1, 1, 1, 2], [10, 11, 12, 13], [1, 2, 3, 4], [1] * 4, [0] * 4))
+    builder = BatchBuilder(store, vocab, max_targets=2)
+    first = builder.build(
+        events([1, 1, 1, 2], [10, 11, 12, 13], [1, 2, 3, 4], [1] * 4, [0] * 4), ranking=True
+    )
     assert first.ranking is not None and first.ranking.num_candidates == 0  # no history yet
     assert first.ranking.no_history == 4
     builder.commit(first)
     second = builder.build(
-        events([1, 1, 3], [14, 15, 16], [5, 6, 7], [2, 1, 2], [np.nan, 4.0, np.nan])
+        events([1, 1, 3], [14, 15, 16], [5, 6, 7], [2, 1, 2], [np.nan, 4.0, np.nan]), ranking=True
     )
     ranking = second.ranking
     assert ranking is not None
@@ -108,7 +110,7 @@ def test_candidates_see_the_stored_history_only():
     assert ranking.candidate_event.tolist() == [0, 1]
     assert ranking.no_history == 1  # user 3 is new
     builder.commit(second)
-    third = builder.build(events([1], [17], [8], [2], [np.nan]))
+    third = builder.build(events([1], [17], [8], [2], [np.nan]), ranking=True)
     assert third.ranking is not None
     # one new event: its retrieval window is its ranking sequence, the event a candidate
     assert third.ranking.batch.offsets.tolist() == [0, 4]
@@ -124,7 +126,8 @@ def test_shared_rows_leave_retrieval_unchanged(tmp_path):
     step = Step(cfg, TrainerMetrics())
     step.train_on(state, events([1, 2, 3], [10, 11, 12], [1, 2, 3], [1, 1, 2], [np.nan, 5, 1]))
     prepared = step.make_builder(state).build(
-        events([1, 2, 2, 3], [11, 12, 10, 10], [4, 5, 6, 7], [2, 1, 2, 1], [3.0, np.nan, 4, 2])
+        events([1, 2, 2, 3], [11, 12, 10, 10], [4, 5, 6, 7], [2, 1, 2, 1], [3.0, np.nan, 4, 2]),
+        ranking=True,
     )
     assert prepared.ranking is not None and prepared.ranking.num_candidates == 4
     model = state.model.eval()
@@ -144,7 +147,9 @@ def test_the_first_step_scores_with_the_model_before_it_learns(tmp_path):
     assert state.ranking is not None and state.ranking.count.tolist() == [0.0]
     before = {k: v.clone() for k, v in state.model.state_dict().items()}
     batch = events([1, 2], [11, 10], [3, 4], [2, 1], [np.nan, np.nan])  # known items
-    expected = step.make_builder(state).build(batch).ranking  # nothing stored before commit
+    expected = (
+        step.make_builder(state).build(batch, ranking=True).ranking
+    )  # nothing stored before commit
     assert expected is not None
     with torch.no_grad():
         logits = state.model.rank(expected.batch, state.model.encode(expected.batch))

@@ -97,9 +97,7 @@ class _GroupBatchBuilder(BatchBuilder):
     """``BatchBuilder`` whose vocabulary decisions are the group's (module docstring, 3)."""
 
     def __init__(self, state: TrainerState, step: GroupStep) -> None:
-        super().__init__(
-            state.store, state.vocab, step.cfg.max_targets, step.positives, step.ranking
-        )
+        super().__init__(state.store, state.vocab, step.cfg.max_targets, step.positives)
         self.state = state
         self.step = step
 
