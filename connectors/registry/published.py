@@ -19,7 +19,7 @@ Every problem is a one-line ``RegistryError`` naming the version, the file and t
 
 from __future__ import annotations
 
-from typing import Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -68,6 +68,11 @@ class HSTUSettings(BaseModel):
     action_inputs: bool = False
     value_boundaries: list[float] = Field(
         default_factory=lambda: list(DEFAULT_VALUE_BOUNDARIES), max_length=1024
+    )
+    # ranking heads (model.ranking_heads JSON form; checked by HSTUConfig); none in old versions
+    ranking_tasks: list[dict[str, Any]] = Field(default_factory=list, max_length=64)
+    ranking_hidden: list[Annotated[int, Field(ge=1, le=1 << 16)]] = Field(
+        default_factory=lambda: [64], max_length=16
     )
 
 
@@ -124,7 +129,10 @@ def _config(registry: Versions, manifest: Manifest, where: str) -> PublishedConf
 def _model(
     registry: Versions, manifest: Manifest, config: PublishedConfig, where: str
 ) -> SequentialEncoder:
-    settings = HSTUConfig(**config.hstu.model_dump())
+    try:
+        settings = HSTUConfig(**config.hstu.model_dump())
+    except ValueError as err:  # e.g. a ranking task that is no task
+        raise RegistryError(f"{where}: {CONFIG_NAME}: hstu: {_first_line(err)}") from None
     with torch.device("meta"):  # shapes only: nothing is allocated yet
         shapes = HSTU(settings)
     needed = sum(t.numel() * t.element_size() for t in shapes.state_dict().values())

@@ -17,6 +17,10 @@ runner computes only one branch of a fan-out):
   ``max_len`` events whose item the version's vocabulary knows (others are skipped); the
   query time is the backfill's cut-off (``until``) when it had one, else the user's last
   event time. The user's known history items are excluded unless ``keep_history``.
+  With ``rerank`` (``--rerank``), each user's top K is then re-ordered by a ranking task's
+  probability (``rerank_top_k``): the K items as candidate tokens after the user's last
+  ``max_len - 1`` known events, scored by the version's ranking head; the scores written are
+  those probabilities. A version without ranking heads is refused in the driver.
 - ``WriteParts``: one ``part-SSSSS-BBBBB.parquet`` per batch (shard S, batch B of it):
   ``user``, ``items`` (item keys, best first), ``scores`` (float32), ``version``.
 
@@ -48,11 +52,14 @@ from pipeline import plugins
 from pipeline.backfill import histories, sequences
 from pipeline.lake import paths
 from pipeline.offline.training import next_item_scores, window_indices
+from pipeline.runtime.errors import ConfigError
+from pipeline.state.store import Histories
 from pipeline.stream.publishing import (
     DEFAULT_BATCH_USERS,
     DEFAULT_MAX_VOCAB_BYTES,
     PublishedModel,
 )
+from pipeline.stream.ranking import assemble_candidates
 
 PART_NAME = "part-{:05d}-{:05d}.parquet"
 PART_GLOB = "part-*.parquet"
@@ -110,14 +117,35 @@ class TopK:
     offsets: np.ndarray  # int64 [B+1]
 
 
+def rerank_index(published: PublishedModel, task: str | None) -> int:
+    """The column of ranking task ``task`` (None: the first) in the version's head; a
+    ``ConfigError`` naming ``--rerank-task`` when the version has no such task."""
+    names = [doc["name"] for doc in published.model.cfg.ranking_tasks]
+    if not names:
+        raise ConfigError(
+            f"--rerank: version {published.version} has no ranking heads; publish one trained "
+            "with model.ranking_tasks, or drop --rerank"
+        )
+    if task is None:
+        return 0
+    if task not in names:
+        raise ConfigError(
+            f"--rerank-task: version {published.version} has no task {task!r}; its tasks: "
+            f"{', '.join(names)}"
+        )
+    return names.index(task)
+
+
 def recommend(
     published: PublishedModel,
     batch: UserBatch,
     k: int,
     keep_history: bool = False,
     query_time: int | None = None,
+    rerank: int | None = None,
 ) -> TopK:
-    """Top ``k`` live rows for each user of ``batch`` (see the module docstring)."""
+    """Top ``k`` live rows for each user of ``batch`` (see the module docstring); with
+    ``rerank`` (a task's column) re-ordered by that task's probability."""
     rows = published.vocab.lookup(batch.items)  # 0: a key the version does not know
     known = rows > 0
     owner = np.repeat(np.arange(len(batch)), np.diff(batch.offsets))
@@ -149,7 +177,66 @@ def recommend(
         exclude_offsets=None if keep_history else torch.from_numpy(offsets),
         candidate_rows=published.live,
     )
-    return _jagged(best, best_rows, scored, len(batch))
+    found = _jagged(best, best_rows, scored, len(batch))
+    if rerank is None:
+        return found
+    return rerank_top_k(published, queries, scored, found, rerank, query_time)
+
+
+def rerank_top_k(
+    published: PublishedModel,
+    contexts: JaggedBatch,
+    scored: np.ndarray,
+    found: TopK,
+    task: int,
+    query_time: int | None,
+) -> TopK:
+    """``found`` re-ordered per user by the probability of ranking task ``task``.
+
+    ``contexts`` holds the ``scored`` users' histories (one sequence each, in order); a
+    user's candidates are its top-K rows, asked at ``query_time`` (None: its last event's
+    time), each attending to the history (its last ``max_len - 1`` events) and itself.
+    """
+    users = found.offsets.size - 1
+    lengths = np.zeros(users, np.int64)
+    lengths[scored] = contexts.lengths().numpy()
+    history = Histories(
+        offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        item_refs=contexts.item_ids.numpy(),
+        timestamps=contexts.timestamps.numpy(),
+        actions=contexts.action_types.numpy(),
+        values=contexts.values.numpy()
+        if contexts.values is not None
+        else np.full(contexts.total, np.nan, np.float32),
+    )
+    owner = np.repeat(np.arange(users), np.diff(found.offsets))
+    if query_time is None:  # each user's last event time (a found user has a history)
+        asked = history.timestamps[history.offsets[1:][owner] - 1]
+    else:
+        asked = np.full(owner.size, query_time, np.int64)
+    ranking = assemble_candidates(
+        history,
+        history.item_refs,
+        owner,
+        found.rows,
+        asked,
+        np.zeros(owner.size, np.int64),  # a candidate's action and value are never inputs
+        np.full(owner.size, np.nan, np.float32),
+        published.model.max_len,
+    )
+    if ranking.num_candidates != found.rows.size:
+        raise ValueError("a top-K row has no history or no embedding row: cannot rank it")
+    model = published.model
+    with torch.no_grad():
+        logits = model.rank(ranking.batch, model.encode(ranking.batch))
+    probs = torch.sigmoid(logits[:, task]).numpy()
+    # candidates come grouped by user; within a user, best probability first
+    order = np.lexsort((-probs, owner[ranking.candidate_event]))
+    return TopK(
+        found.rows[ranking.candidate_event][order],
+        probs[order].astype(np.float32),
+        found.offsets,
+    )
 
 
 def _jagged(best: torch.Tensor, rows: torch.Tensor, scored: np.ndarray, users: int) -> TopK:
@@ -178,6 +265,7 @@ class TopKHandler(ModelHandler[UserBatch, tuple[tuple[int, int], Any], Published
         keep_history: bool = False,
         query_time: int | None = None,
         max_vocab_bytes: int = DEFAULT_MAX_VOCAB_BYTES,
+        rerank: int | None = None,
     ) -> None:
         super().__init__()
         self.registry = registry
@@ -187,6 +275,7 @@ class TopKHandler(ModelHandler[UserBatch, tuple[tuple[int, int], Any], Published
         self.keep_history = keep_history
         self.query_time = query_time
         self.max_vocab_bytes = max_vocab_bytes
+        self.rerank = rerank  # a ranking task's column (checked in the driver)
 
     def load_model(self) -> PublishedModel:
         """The version, verified (on each worker)."""
@@ -202,7 +291,7 @@ class TopKHandler(ModelHandler[UserBatch, tuple[tuple[int, int], Any], Published
     ) -> list[tuple[tuple[int, int], Any]]:
         """One output part per user batch."""
         with _torch_threads(SCORING_THREADS):
-            found = recommend(model, batch, self.k, self.keep_history, self.query_time)
+            found = recommend(model, batch, self.k, self.keep_history, self.query_time, self.rerank)
         return [(batch.part, _part_table(model, batch, found))]
 
     def get_num_bytes(self, batch: UserBatch) -> int:
@@ -270,6 +359,8 @@ class RecommendJob:
     beam_options: tuple[str, ...] = ()  # PipelineOptions flags (sequences.beam_flag)
     model: str | None = None  # the registry's model; None: its only one
     max_vocab_bytes: int = DEFAULT_MAX_VOCAB_BYTES
+    rerank: bool = False  # re-order each top K by a ranking task's probability
+    rerank_task: str | None = None  # None: the version's first task
 
 
 def history_shards(directory: str, batch_users: int) -> histories.BackfillOutput:
@@ -304,7 +395,11 @@ def run_recommend(job: RecommendJob) -> dict[str, Any]:
     # In the driver first: a missing version or a bad file fails here, naming it, before any
     # worker starts; and "latest" becomes one number for every worker.
     registry = open_registry(job.registry, job.model)
-    version = registry.load_version(job.version, job.max_vocab_bytes).version
+    published = registry.load_version(job.version, job.max_vocab_bytes)
+    version = published.version
+    if job.rerank_task is not None and not job.rerank:
+        raise ConfigError("--rerank-task: add --rerank to re-rank by a task")
+    rerank = rerank_index(published, job.rerank_task) if job.rerank else None
     handler = TopKHandler(
         job.registry,
         registry.model,
@@ -313,6 +408,7 @@ def run_recommend(job: RecommendJob) -> dict[str, Any]:
         job.keep_history,
         until,
         job.max_vocab_bytes,
+        rerank,
     )
     out, parts = job.out, paths.join(job.out, PART_GLOB)
     paths.make_dirs(out)
@@ -329,6 +425,9 @@ def run_recommend(job: RecommendJob) -> dict[str, Any]:
             )
         sequences.close_runner_client(pipeline)
     manifest = _manifest(job, registry.model, version, until, paths.matching(parts))
+    manifest["rerank_task"] = (
+        None if rerank is None else published.model.cfg.ranking_tasks[rerank]["name"]
+    )
     manifest["wall_seconds"] = round(time.monotonic() - started, 2)
     paths.write_bytes(paths.join(out, MANIFEST), (json.dumps(manifest, indent=2) + "\n").encode())
     return manifest

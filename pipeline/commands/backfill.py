@@ -349,6 +349,18 @@ def _register_recommend(jobs: argparse._SubParsersAction) -> None:
         help="may recommend items of the user's own history (default: they are excluded)",
     )
     job.add_argument(
+        "--rerank",
+        action="store_true",
+        help="re-order each user's top K by a ranking task's probability (the version's "
+        "ranking head; the K items as candidates after the user's history); the scores "
+        "written are those probabilities; a version without ranking heads is refused",
+    )
+    job.add_argument(
+        "--rerank-task",
+        metavar="NAME",
+        help="the ranking task --rerank orders by (default: the version's first task)",
+    )
+    job.add_argument(
         "--batch-users",
         type=int,
         default=DEFAULT_BATCH_USERS,
@@ -387,6 +399,8 @@ def _recommend(args: argparse.Namespace) -> int:
         **runner_settings(args),
         model=args.model,
         max_vocab_bytes=args.max_vocab_bytes,
+        rerank=args.rerank,
+        rerank_task=args.rerank_task,
     )
     try:
         manifest = run_recommend(job)

@@ -17,7 +17,8 @@ targets; the others are context, as every stored event is.
 
 ``assemble`` is the pure array function; ``BatchBuilder`` ties it to a ``SequenceStore``
 and an ``ItemVocabulary`` (plan -> vocabulary -> history -> assemble; ``commit`` after the
-optimizer step).
+optimizer step). With ranking on it also builds the step's ranking sequences from the same
+histories (``pipeline.stream.ranking``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pipeline.events.positives import PositiveRule
 from pipeline.state.grouping import compact_groups, group_order
 from pipeline.state.store import Histories, IngestPlan, SequenceStore
 from pipeline.state.vocab import ItemVocabulary, Observation
+from pipeline.stream.ranking import CandidateBatch, with_retrieval
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,9 @@ class PreparedBatch:
         assigned_rows: rows the vocabulary handed to new keys (re-initialise them).
         micro: the training batch over the accepted events (``target_event`` indexes
             ``accepted``).
+        ranking: with ranking on, the batch to train on instead of ``micro.batch``: the same
+            windows with the ranking candidates in place (``candidate_event`` indexes
+            ``accepted``; ``pipeline.stream.ranking.with_retrieval``); None when off.
     """
 
     events: EventBatch
@@ -170,6 +175,7 @@ class PreparedBatch:
     rows: np.ndarray
     assigned_rows: np.ndarray
     micro: MicroBatch
+    ranking: CandidateBatch | None = None
 
     @property
     def num_accepted(self) -> int:
@@ -192,8 +198,9 @@ class BatchBuilder:
         self.max_targets = max_targets
         self.positives = None if positives is None or positives.is_all else positives
 
-    def build(self, events: EventBatch) -> PreparedBatch:
-        """Plan, admit items and assemble; the store is not modified until ``commit``."""
+    def build(self, events: EventBatch, ranking: bool = False) -> PreparedBatch:
+        """Plan, admit items and assemble (with ``ranking``, the ranking candidates too); the
+        store is not modified until ``commit``."""
         plan = self.store.plan(events.user_id, events.timestamp, events.event_id)
         accepted = np.flatnonzero(plan.accepted)
         ts = events.timestamp[accepted]
@@ -205,9 +212,10 @@ class BatchBuilder:
         history = self.store.history(plan.slots[users], cutoff)
         actions, values = events.action[accepted], events.value[accepted]
         positive = None if self.positives is None else self.positives.mask(actions, values)
+        history_rows = self.vocab.resolve(history.item_refs)
         micro = assemble(
             history,
-            self.vocab.resolve(history.item_refs),
+            history_rows,
             seq,
             obs.rows,
             ts,
@@ -217,7 +225,21 @@ class BatchBuilder:
             values=values,
             positive=positive,
         )
-        return PreparedBatch(events, plan, accepted, obs.rows, obs.assigned, micro)
+        candidates = None
+        if ranking:
+            candidates = with_retrieval(
+                micro.batch,
+                history,
+                history_rows,
+                seq,
+                obs.rows,
+                ts,
+                actions,
+                values,
+                self.store.max_len,
+                self.max_targets,
+            )
+        return PreparedBatch(events, plan, accepted, obs.rows, obs.assigned, micro, candidates)
 
     def commit(self, prepared: PreparedBatch) -> np.ndarray:
         """Store the accepted events, then expire items by event time; returns freed rows."""

@@ -23,7 +23,7 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -148,6 +148,36 @@ class ModelSection(_Section):
         description="value buckets of action_inputs, increasing (default: between the half "
         "stars of 0.5-5 ratings, model/actions.py)",
     )
+    ranking_tasks: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="ranking heads trained online next to retrieval: specs 'NAME:RULE[@W]' "
+        "(e.g. 'like:value>=4', 'click:action:click,purchase'; several in one string joined "
+        "by ';') or dicts {name, actions, min_value, weight}; none: retrieval only",
+    )
+    ranking_hidden: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: [64], description="hidden widths of the ranking head MLP"
+    )
+
+    @field_validator("ranking_tasks", mode="before")
+    @classmethod
+    def _ranking_tasks(cls, value: Any) -> list[dict[str, Any]]:
+        # here, not at the top: the parsers' imports (numpy, torch) are not needed for --help
+        from model.ranking_heads import check_tasks
+        from pipeline.events.positives import parse_ranking_task
+
+        if value is None:
+            return []
+        items = value.split(";") if isinstance(value, str) else value
+        if not isinstance(items, list):
+            raise ValueError("write a list of task specs or dicts, or one spec string")
+        docs = [
+            parse_ranking_task(item, setting=None) if isinstance(item, str) else item
+            for item in items
+            if not (isinstance(item, str) and not item.strip())
+        ]
+        if not all(isinstance(doc, dict) for doc in docs):
+            raise ValueError("each task is a spec string such as 'like:value>=4' or a dict")
+        return list(check_tasks(docs))  # the error line names the key and its origin
 
 
 class TrainSection(_Section):

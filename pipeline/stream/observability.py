@@ -90,6 +90,12 @@ class TrainerMetrics:
         self.window = Gauge(
             "genrec_window_metric", "windowed progressive metric", ["metric"], registry=r
         )
+        self.ranking = Gauge(
+            "genrec_ranking_metric",
+            "progressive ranking metric per task (ne, auc, log_loss, accuracy, count)",
+            ["task", "metric"],
+            registry=r,
+        )
         self.checkpoint_time = Gauge(
             "genrec_checkpoint_timestamp_seconds", "unix time of the last checkpoint", registry=r
         )
@@ -151,6 +157,13 @@ class TrainerMetrics:
         for reason, n in counts.items():
             if n:
                 self.rejected.labels(reason=reason).inc(n)
+
+    def set_ranking(self, figures: Mapping[str, float]) -> None:
+        """``{task}/{metric}`` figures (``pipeline.stream.ranking.figures``)."""
+        for name, value in figures.items():
+            if not math.isnan(value):
+                task, _, metric = name.rpartition("/")
+                self.ranking.labels(task=task, metric=metric).set(value)
 
     def set_window(self, metrics: Mapping[str, float]) -> None:
         for name, value in metrics.items():

@@ -29,7 +29,7 @@ from model.optim import RowSparseAdam, is_row_sparse_state
 from pipeline.sources.base import Source, TimeSeekable
 from pipeline.state.store import SequenceStore
 from pipeline.state.vocab import ItemVocabulary
-from pipeline.stream import rowdelta
+from pipeline.stream import ranking, rowdelta
 from pipeline.stream.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -44,7 +44,7 @@ from pipeline.stream.deadletter import DeadLetterSink
 from pipeline.stream.observability import TrainerMetrics
 from pipeline.stream.progressive import ProgressiveMetrics
 from pipeline.stream.publishing import MODEL_FILE, VOCAB_FILE, ConcurrentPublishError
-from pipeline.stream.state import TrainerState, new_model, shape_config
+from pipeline.stream.state import TrainerState, new_model, shape_config, task_names
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,8 @@ _LEGACY_MODEL_SETTINGS = {
     "init": "genrec",
     "action_inputs": False,
     "value_boundaries": None,
+    "ranking_tasks": [],
+    "ranking_hidden": [64],
 }
 
 
@@ -175,6 +177,7 @@ class Persistence:
                 f"match the settings ({cfg.vocab.capacity} / {cfg.store.max_len})"
             )
         progressive = ProgressiveMetrics.restore(ckpt.state["progressive"])
+        ranking_metrics = ranking.restore(task_names(cfg), ckpt.state.get("ranking"))
         counters = _int_counter(meta["counters"], "counters")
         rejected = _int_counter(meta["rejected"], "rejected")
         positions = meta["source_positions"]
@@ -200,6 +203,7 @@ class Persistence:
             store=store,
             vocab=vocab,
             progressive=progressive,
+            ranking=ranking_metrics,
             counters=counters,
             rejected=rejected,
             last_published=last_published,
@@ -354,16 +358,21 @@ def write_checkpoint(
         blobs = {name: state_to_bytes(part) for name, part in rest.items()}
         blobs["item_rows"] = state_to_bytes(changed)
         blobs["store_delta"] = state.store.delta_snapshot()  # users written since
-    blobs |= {
-        "vocab": state.vocab.snapshot(),
-        "progressive": state.progressive.snapshot(),
-    }
+    blobs |= {"vocab": state.vocab.snapshot(), **metric_blobs(state)}
     meta = {
         **stream_meta(cfg, state, positions),
         **model_meta(cfg, state),
         "delta": parent is not None,
     }
     return checkpoints.save(blobs, meta, parent=parent)
+
+
+def metric_blobs(state: TrainerState) -> dict[str, bytes]:
+    """The progressive metrics a checkpoint saves (retrieval, and ranking when on)."""
+    out = {"progressive": state.progressive.snapshot()}
+    if state.ranking is not None:
+        out["ranking"] = ranking.snapshot(state.ranking)
+    return out
 
 
 def registry_metrics(state: TrainerState) -> dict[str, float]:
@@ -376,6 +385,8 @@ def registry_metrics(state: TrainerState) -> dict[str, float]:
     out["events_trained"] = float(state.counters["events_trained"])
     out["targets"] = float(state.counters["targets"])
     out["loss"] = state.last_loss
+    # per task: ranking/like/ne, ranking/like/auc, ... (cumulative progressive figures)
+    out |= {f"ranking/{name}": value for name, value in ranking.figures(state.ranking).items()}
     return {k: float(v) for k, v in out.items() if math.isfinite(v)}
 
 

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pipeline.stream import ranking
 from pipeline.stream.observability import TrainerMetrics
 from pipeline.stream.state import TrainerState
 
@@ -35,6 +36,7 @@ def snapshot(
         "loss": state.last_loss,
         "window": state.progressive.windowed(),
         "cumulative": state.progressive.cumulative(),
+        "ranking": ranking.figures(state.ranking),
         "rejected": dict(state.rejected),
         "dead_letters": dead_letters,
         "store_users": state.store.num_users,
@@ -50,6 +52,7 @@ def set_gauges(metrics: TrainerMetrics, state: TrainerState, snap: Mapping[str, 
     metrics.store_events.set(state.store.num_events)
     metrics.vocab_size.set(len(state.vocab))
     metrics.set_window(snap["window"])
+    metrics.set_ranking(snap["ranking"])
     metrics.rate.set(snap["events_per_s"])
     if state.store.watermark > 0:
         metrics.watermark.set(state.store.watermark)
@@ -83,6 +86,7 @@ def summary(
         "dead_letters": snap["dead_letters"],
         "progressive_window": snap["window"],
         "progressive_cumulative": snap["cumulative"],
+        **({"ranking": snap["ranking"], "candidates": c["candidates"]} if snap["ranking"] else {}),
         "events_per_s": snap["events_per_s"],
         "elapsed_s": snap["elapsed_s"],
         "stream_s": stream_s,  # seconds from the run's first record to the end (0: none came)

@@ -20,10 +20,12 @@ import torch
 
 from model.hstu import HSTU, HSTUConfig
 from model.optim import RowSparseAdam
+from model.ranking_metrics import ProgressiveMetrics as RankingMetrics
 from pipeline.state.store import SequenceStore
 from pipeline.state.vocab import ItemVocabulary
 from pipeline.stream.config import TrainerConfig
 from pipeline.stream.progressive import ProgressiveMetrics
+from pipeline.stream.ranking import new_metrics
 
 Optimizer = torch.optim.Optimizer | RowSparseAdam
 
@@ -46,6 +48,8 @@ class TrainerState:
         last_loss: the last step's loss (nan before the first).
         cutoff: event time (seconds) below which a backfill accounted for everything.
         last_published: the registry version published from this state's lineage.
+        ranking: progressive ranking metrics per task (NE, AUC, log loss, accuracy), None
+            without ranking tasks (``pipeline.stream.ranking``).
         step_seconds: wall seconds per part of the step (store + batch assembly, evaluation,
             forward + backward, optimizer; a group: its collectives), for ``bench/scale.py``;
             CPU clock, unsynchronised on CUDA.
@@ -63,6 +67,7 @@ class TrainerState:
     cutoff: int | None = None
     last_published: int | None = None
     step_seconds: Counter[str] = field(default_factory=Counter)
+    ranking: RankingMetrics | None = None
 
     def lap(self, part: str, since: float) -> float:
         """Add the seconds since ``since`` (``time.perf_counter``) to ``part``; returns now."""
@@ -84,6 +89,7 @@ def new_state(cfg: TrainerConfig) -> TrainerState:
         vocab=ItemVocabulary(cfg.vocab.capacity, cfg.vocab.admission_threshold, cfg.vocab.ttl_s),
         progressive=ProgressiveMetrics(cfg.eval.k, cfg.eval.window),
         generator=torch.Generator().manual_seed(cfg.train.seed),
+        ranking=new_metrics(task_names(cfg)),
     )
 
 
@@ -120,9 +126,16 @@ def build_model(cfg: TrainerConfig) -> HSTU:
             attention_backend=m.attention_backend,
             layer_norm=m.layer_norm,
             action_inputs=m.action_inputs,
+            ranking_tasks=tuple(m.ranking_tasks),
+            ranking_hidden=tuple(m.ranking_hidden),
             **({} if m.value_boundaries is None else {"value_boundaries": m.value_boundaries}),
         )
     )
+
+
+def task_names(cfg: TrainerConfig) -> list[str]:
+    """The names of the configured ranking tasks, in order."""
+    return [task["name"] for task in cfg.model.ranking_tasks]
 
 
 def shape_config(cfg: TrainerConfig) -> dict[str, Any]:

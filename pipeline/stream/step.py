@@ -7,7 +7,9 @@
 2. each user's stored history plus the new events becomes a jagged sequence whose targets
    are exactly the new events (``pipeline.stream.batching``);
 3. the model ranks every target against the live catalogue *before* training on it
-   (progressive HR@K / NDCG@K / MRR), then takes one sampled-softmax optimizer step;
+   (progressive HR@K / NDCG@K / MRR), then takes one sampled-softmax optimizer step; with
+   ranking tasks the same step first scores the ranking candidates (``pipeline.stream.ranking``:
+   progressive NE / AUC / log loss per task) and adds their weighted BCE to the loss;
 4. the store is updated and items past their event-time TTL are freed.
 
 With ``scoring=False`` step 3 is skipped and every count stays the same: a backfill bootstrap
@@ -23,13 +25,14 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 
-from model.base import select_targets
+from model.base import Targets, select_targets
+from model.jagged import JaggedBatch
 from model.losses import sampled_softmax_loss
+from model.ranking_heads import labels_from_events, ranking_loss, task_from_dict, task_weights
 from pipeline.events import EventBatch
 from pipeline.events.positives import parse_positives
 from pipeline.events.reject import DecodeResult
@@ -38,6 +41,7 @@ from pipeline.stream.config import TrainerConfig
 from pipeline.stream.deadletter import DeadLetterSink
 from pipeline.stream.observability import TrainerMetrics
 from pipeline.stream.progressive import ranks_over_catalogue
+from pipeline.stream.ranking import retrieval_targets
 from pipeline.stream.state import TrainerState, reset_item_rows
 
 
@@ -66,6 +70,13 @@ class Step:
         # Dropout would perturb the test scores: then the test is a separate eval pass.
         self.separate_eval = cfg.model.dropout > 0 or cfg.model.input_dropout > 0
         self.positives = parse_positives(cfg.train.positives, setting="train.positives")
+        self.tasks = [task_from_dict(doc) for doc in cfg.model.ranking_tasks]
+        self.task_weights = task_weights(self.tasks)
+
+    @property
+    def ranking(self) -> bool:
+        """Ranking tasks are configured: each step also trains the ranking head."""
+        return bool(self.tasks)
 
     def apply_poll(
         self,
@@ -100,14 +111,18 @@ class Step:
         """One micro-batch: vet, map, assemble, score (test), train, store."""
         started = time.perf_counter()
         builder = self.make_builder(state)
-        prepared = builder.build(events)
+        # a bootstrap (no scoring) trains nothing: no candidates to build
+        prepared = builder.build(events, ranking=self.ranking and scoring)
         if prepared.assigned_rows.size:
             self.reset_rows(state, prepared.assigned_rows)
-        micro = prepared.micro
+        micro, ranking = prepared.micro, prepared.ranking
+        candidates = 0 if ranking is None else ranking.num_candidates
         ranks = np.empty(0, dtype=np.int64)
         built = time.perf_counter()
-        if micro.num_targets and scoring:
-            ranks = self._test_then_train(state, micro.batch)
+        if (micro.num_targets or candidates) and scoring:
+            # with ranking on, one batch holds the retrieval windows and the candidates
+            batch = micro.batch if ranking is None else ranking.batch
+            ranks = self._test_then_train(state, batch, bool(micro.num_targets), candidates > 0)
         elif scoring:
             self.step_without_targets(state)
         trained = time.perf_counter()
@@ -123,6 +138,9 @@ class Step:
         c["unknown_item"] += micro.unknown_item
         if micro.not_positive:  # only counted under a rule: other runs' counters stay as they were
             c["not_positive"] += micro.not_positive
+        if ranking is not None:
+            c["candidates"] += candidates
+            c["candidates_no_history"] += ranking.no_history
         c["steps"] += 1
         self.metrics.trained.inc(prepared.num_accepted)
         self.metrics.targets.inc(micro.num_targets)
@@ -134,49 +152,59 @@ class Step:
         target_times = events.timestamp[targets]
         return StepResult(prepared.num_accepted, ranks, target_times, state.last_loss)
 
-    def _test_then_train(self, state: TrainerState, batch: Any) -> np.ndarray:
-        """Rank every target (test), then take one optimizer step on them (train)."""
+    def _test_then_train(
+        self, state: TrainerState, batch: JaggedBatch, targeted: bool, ranked: bool
+    ) -> np.ndarray:
+        """Score every retrieval target (when ``targeted``) and ranking candidate (when
+        ``ranked``) of ``batch`` (test), then take one optimizer step on the sum of their
+        losses (train)."""
         clock = time.perf_counter()
         batch = batch.to(self.device)
+        labels = None
+        if ranked:
+            rows = batch.candidate_mask()
+            values = batch.values
+            assert values is not None  # the ranking batch always carries them
+            labels = labels_from_events(batch.action_types[rows], values[rows], self.tasks)
         model, learn = state.model, self.cfg.train.learn
         live = torch.from_numpy(state.vocab.live_rows()).to(self.device)
         if self.separate_eval or not learn:
             # Dropout would perturb the test scores: score in eval mode, without gradients.
             model.eval()
             with torch.no_grad():
-                states = model.encode(batch)
-                targets = select_targets(batch, states)
-                ranks = ranks_over_catalogue(
-                    targets.queries, targets.items, model.item_rows(), live
-                )
+                targets, logits = self._forward(state, batch, targeted, ranked)
+                ranks = self._test(state, targets, logits, labels, live)
             model.train()
             clock = state.lap("evaluate", clock)
         if learn:
-            states = model.encode(batch)
-            targets = select_targets(batch, states)
-            # rows are normalised as they are looked up: O(rows touched), not O(capacity)
-            table = model.item_rows()
+            targets, logits = self._forward(state, batch, targeted, ranked)
             if not self.separate_eval:
                 clock = state.lap("forward_backward", clock)
                 with torch.no_grad():
-                    ranks = ranks_over_catalogue(
-                        targets.queries.detach(), targets.items, table, live
-                    )
+                    ranks = self._test(state, targets, logits, labels, live)
                 clock = state.lap("evaluate", clock)
-            loss = sampled_softmax_loss(
-                targets.queries,
-                targets.items,
-                table,
-                num_negatives=self.cfg.train.num_negatives,
-                temperature=self.cfg.train.temperature,
-                candidate_rows=live,
-                generator=state.generator,
-                per_position=self.cfg.train.per_position_negatives,
-            )
+            loss = torch.zeros((), device=self.device)
+            if targets is not None:
+                loss = loss + sampled_softmax_loss(
+                    targets.queries,
+                    targets.items,
+                    model.item_rows(),  # rows normalised as looked up: O(rows touched)
+                    num_negatives=self.cfg.train.num_negatives,
+                    temperature=self.cfg.train.temperature,
+                    candidate_rows=live,
+                    generator=state.generator,
+                    per_position=self.cfg.train.per_position_negatives,
+                )
+            if logits is not None and labels is not None:
+                loss = loss + ranking_loss(logits, labels, self.task_weights)
             state.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             clock = state.lap("forward_backward", clock)
-            self.reduce_gradients(state, int(targets.items.numel()))
+            # a group weighs each rank's gradient by its examples: targets and candidates
+            examples = (0 if targets is None else int(targets.items.numel())) + (
+                0 if labels is None else int(labels.shape[0])
+            )
+            self.reduce_gradients(state, examples)
             state.optimizer.step()
             clock = state.lap("optimizer", clock)
             state.last_loss = float(loss.detach())
@@ -184,6 +212,40 @@ class Step:
         out = ranks.cpu().numpy()
         state.progressive.update(out)
         return out
+
+    def _forward(
+        self, state: TrainerState, batch: JaggedBatch, targeted: bool, ranked: bool
+    ) -> tuple[Targets | None, torch.Tensor | None]:
+        """One encoder call: the retrieval targets with their query states, and the
+        candidates' ranking logits."""
+        model = state.model
+        states = model.encode(batch)
+        targets = None
+        if targeted:
+            # candidate rows may be targets too (pipeline.stream.ranking, shared rows)
+            targets = (
+                select_targets(batch, states) if not ranked else retrieval_targets(batch, states)
+            )
+        logits = model.rank(batch, states) if ranked else None
+        return targets, logits
+
+    def _test(
+        self,
+        state: TrainerState,
+        targets: Targets | None,
+        logits: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        live: torch.Tensor,
+    ) -> torch.Tensor:
+        """The targets' ranks over the live catalogue; the candidates' probabilities go to
+        the progressive ranking metrics."""
+        if logits is not None and labels is not None and state.ranking is not None:
+            state.ranking.update(labels.cpu().numpy(), torch.sigmoid(logits).cpu().numpy())
+        if targets is None:
+            return torch.empty(0, dtype=torch.int64)
+        return ranks_over_catalogue(
+            targets.queries.detach(), targets.items, state.model.item_rows(), live
+        )
 
     # ------------------------------------------------------------------ hooks
     def make_builder(self, state: TrainerState) -> BatchBuilder:

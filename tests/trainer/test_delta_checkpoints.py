@@ -21,6 +21,7 @@ from pipeline.stream import rowdelta
 from pipeline.stream.checkpoint import CheckpointStore
 from pipeline.stream.config import load_config
 from pipeline.stream.deadletter import MemoryDeadLetterSink
+from pipeline.stream.persistence import metric_blobs
 from pipeline.stream.trainer import OnlineTrainer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -70,22 +71,28 @@ def same_state(a: OnlineTrainer, b: OnlineTrainer) -> bool:
         and a.state.store.snapshot() == b.state.store.snapshot()
         and a.state.vocab.snapshot() == b.state.vocab.snapshot()
         and a.state.progressive.snapshot() == b.state.progressive.snapshot()
+        and metric_blobs(a.state) == metric_blobs(b.state)
         and a.state.counters == b.state.counters
         and a.source.positions() == b.source.positions()
     )
 
 
 @pytest.mark.parametrize(
-    ("capacity", "learn"),
-    [(20_000, True), (120, False)],  # 120 rows < 150 items: rows are reset for new items
-    ids=["learning", "frozen-with-row-reuse"],
+    ("capacity", "learn", "tasks"),
+    [
+        (20_000, True, []),
+        (120, False, []),  # 120 rows < 150 items: rows are reset for new items
+        (20_000, True, ["seen:action:0", "high:value>=4@0.5"]),  # ranking heads and metrics
+    ],
+    ids=["learning", "frozen-with-row-reuse", "learning-with-ranking-heads"],
 )
 def test_a_restored_chain_is_bit_identical_to_a_full_snapshot(
-    tmp_path: Path, capacity: int, learn: bool
+    tmp_path: Path, capacity: int, learn: bool, tasks: list[str]
 ) -> None:
     cfg = overrides(tmp_path, "chain", full_every=4)
     cfg["vocab"] = {"capacity": capacity, "ttl_s": 5 * 24 * 3600}
     cfg["train"]["learn"] = learn
+    cfg["model"]["ranking_tasks"] = tasks
     first = trainer(cfg)
     first.run()
     if not learn:
@@ -97,7 +104,9 @@ def test_a_restored_chain_is_bit_identical_to_a_full_snapshot(
     kinds = [bool(store.load(seq).parents) for seq in store.sequences()]
     # full at least every 4th (earlier when the deltas outgrow half the full one)
     assert not kinds[0] and any(kinds) and "1111" not in "".join(map(str, map(int, kinds)))
-    if learn:  # (frozen, the dense parameters outweigh the 120 rows: fulls come sooner)
+    if (
+        learn and not tasks
+    ):  # (frozen, the dense parameters outweigh the 120 rows: fulls come sooner)
         assert kinds[:6] == [False, True, True, True, False, True], kinds
     # restore the newest delta: it holds the final state (a full one may follow at exit)
     seqs = store.sequences()
@@ -118,6 +127,8 @@ def test_a_restored_chain_is_bit_identical_to_a_full_snapshot(
         t.run()  # and they go on identically, from a delta on what they restored
         resumed.append(t)
     from_chain, from_full = resumed
+    if tasks:
+        assert from_chain.state.ranking is not None and from_chain.state.ranking.count[0] > 0
     assert from_chain.persistence.resumed_from == str(latest.path)
     assert same_state(from_chain, from_full)
     assert from_chain.state.counters["events_trained"] > first.state.counters["events_trained"]

@@ -5,6 +5,7 @@ real broker, is tested in tests/kafka/test_trainer_group.py.
   world size or a single trainer's directory refused with what to do;
 * the gradient exchange: two gloo ranks end with the gradient of the mean loss over both
   ranks' targets, dense parameters and sparse item rows alike;
+* the group's progressive ranking figures: every rank's sums added, then the ratios taken;
 * the launcher's command and each rank's own settings.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,7 +27,9 @@ from pipeline.stream.config import load_config
 from pipeline.stream.distributed.checkpoints import SHARED, GroupCheckpoints, Marker
 from pipeline.stream.distributed.group import Group, world_from_env
 from pipeline.stream.distributed.launch import rank_config, torchrun_command
-from pipeline.stream.distributed.trainer import GroupStep
+from pipeline.stream.distributed.trainer import GroupStep, GroupTrainer
+from pipeline.stream.progressive import ProgressiveMetrics
+from pipeline.stream.ranking import figures, new_metrics
 
 WORLD = 2
 
@@ -200,6 +204,42 @@ def test_two_ranks_get_the_gradient_of_the_mean_over_all_targets(tmp_path):
     assert torch.equal(first["table"], second["table"]) and torch.equal(
         first["dense"], second["dense"]
     )  # bit for bit: the ranks stay one model
+
+
+# rank 0 sees many easy examples, rank 1 few hard ones: averaging their AUCs would be wrong
+_LABELS = [[1, 0, 1, 0, 1, 0, 0, 0], [1, 0]]
+_PROBS = [[0.9, 0.1, 0.8, 0.2, 0.7, 0.3, 0.2, 0.1], [0.2, 0.9]]
+
+
+def _group_ranking(rank: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD))
+    group = Group.join("gloo", "cpu", 30.0)
+    ranking = new_metrics(["click"])
+    assert ranking is not None
+    ranking.update(_LABELS[rank], _PROBS[rank])
+    state = SimpleNamespace(
+        progressive=ProgressiveMetrics(), counters=Counter(), ranking=ranking,
+        step_seconds=Counter(),
+    )  # fmt: skip
+    trainer = SimpleNamespace(state=state, group=group, cfg=load_config(None, {}, environ={}))
+    extra = GroupTrainer.summary_extra(trainer)
+    (Path(out) / f"rank-{rank}.json").write_text(json.dumps(extra["group"]["ranking"]))
+    group.leave()
+
+
+def test_the_groups_ranking_figures_are_those_of_every_ranks_examples(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_group_ranking, args=(port, str(tmp_path)), nprocs=WORLD, join=True)
+    whole = new_metrics(["click"])
+    assert whole is not None
+    whole.update(_LABELS[0] + _LABELS[1], _PROBS[0] + _PROBS[1])
+    for rank in range(WORLD):
+        got = json.loads((tmp_path / f"rank-{rank}.json").read_text())
+        assert got == pytest.approx(figures(whole))
+        assert got["click/count"] == 10
 
 
 def test_workers_with_an_unpartitioned_source_is_refused_before_launching(capsys):

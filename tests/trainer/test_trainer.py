@@ -148,12 +148,20 @@ def test_restore_names_the_differing_settings_and_reads_older_checkpoints(tmp_pa
     legacy = with_model(small_cfg(tmp_path, max_events=300), layer_norm="affine", init="genrec")
     trainer(legacy, legacy.checkpoint.dir).run()
     ckpt = CheckpointStore(legacy.checkpoint.dir).latest()
-    # as written before model.layer_norm, model.init and the action inputs existed
+    # as written before model.layer_norm, model.init, the action inputs and ranking existed
     meta = json.loads(json.dumps(ckpt.meta))
-    for key in ("layer_norm", "init", "action_inputs", "value_boundaries"):
+    for key in (
+        "layer_norm",
+        "init",
+        "action_inputs",
+        "value_boundaries",
+        "ranking_tasks",
+        "ranking_hidden",
+    ):
         del meta["shape_config"]["model"][key]
     old_dir = tmp_path / "old-ckpt"
-    CheckpointStore(old_dir).save(ckpt.state, meta)
+    state = {name: blob for name, blob in ckpt.state.items() if name != "ranking"}
+    CheckpointStore(old_dir).save(state, meta)
     with pytest.raises(
         RestoreRefusedError, match=r"model\.layer_norm: checkpoint 'affine', this run 'plain'"
     ):

@@ -50,6 +50,7 @@ from pipeline.events.batch import concat_keys
 from pipeline.events.records import Records
 from pipeline.sources.base import SharedSource, Source
 from pipeline.state.vocab import Observation
+from pipeline.stream import ranking
 from pipeline.stream.batching import BatchBuilder
 from pipeline.stream.checkpoint import CheckpointError, seq_of, tensor_writer
 from pipeline.stream.config import TrainerConfig
@@ -60,6 +61,7 @@ from pipeline.stream.observability import TrainerMetrics
 from pipeline.stream.persistence import (
     RestoreRefusedError,
     check_compatible,
+    metric_blobs,
     model_meta,
     state_dicts,
     stream_meta,
@@ -437,7 +439,7 @@ class GroupTrainer(OnlineTrainer):
         positions = self.source.positions()
         digest = weights_digest(state.model.state_dict())
         own = store.own.save(
-            {"store": state.store.write_snapshot, "progressive": state.progressive.snapshot()},
+            {"store": state.store.write_snapshot, **metric_blobs(state)},
             {
                 **stream_meta(self.cfg, state, positions),
                 "group": group_meta(n, self.group.world, rank=self.group.rank),
@@ -485,23 +487,32 @@ class GroupTrainer(OnlineTrainer):
 
     def summary_extra(self) -> dict[str, Any]:
         """The group's totals (every rank's targets), in every rank's summary."""
+        own_ranking = self.state.ranking
         mine = (
             self.state.progressive.count,
             self.state.progressive.cumulative(),
             self.state.counters["events_seen"],
+            None if own_ranking is None else ranking.accumulators(own_ranking),
         )
         everyone = self.group.all_gather(mine)
-        count = sum(c for c, _, _ in everyone)
+        count = sum(c for c, _, _, _ in everyone)
+        # ranking figures of the group: every rank's sums added, then the ratios taken
+        group_ranking = (
+            {}
+            if own_ranking is None
+            else ranking.figures(ranking.merged(own_ranking.tasks, [a for *_, a in everyone]))
+        )
         key = f"ndcg@{self.cfg.eval.k}"
         return {
             "group": {
                 "rank": self.group.rank,
                 "world": self.group.world,
                 "targets": count,
-                "events_seen": sum(e for _, _, e in everyone),
+                "events_seen": sum(e for _, _, e, _ in everyone),
                 f"progressive_cumulative_{key}": (
-                    sum(c * m[key] for c, m, _ in everyone if c) / count if count else math.nan
+                    sum(c * m[key] for c, m, _, _ in everyone if c) / count if count else math.nan
                 ),
+                **({"ranking": group_ranking} if group_ranking else {}),
                 # seconds in the group's collectives, by what they exchange
                 "communicate_s": {
                     part: self.state.step_seconds[f"communicate_{part}"]

@@ -1,0 +1,231 @@
+"""Ranking online: candidates after the stored history, scored before the step, progressive
+NE/AUC per task in the summary, metrics log and manifest; heads carried by checkpoints and
+versions; task specs in the config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from prometheus_client import generate_latest
+
+from connectors.registry import Registry
+from connectors.registry.published import PublishedConfig, load_version
+from model.base import select_targets
+from pipeline.commands.train import make_source
+from pipeline.events import EventBatch
+from pipeline.events.positives import parse_ranking_task
+from pipeline.runtime.errors import ConfigError
+from pipeline.state.store import SequenceStore
+from pipeline.state.vocab import ItemVocabulary
+from pipeline.stream.batching import BatchBuilder
+from pipeline.stream.checkpoint import CheckpointStore
+from pipeline.stream.config import load_config
+from pipeline.stream.deadletter import MemoryDeadLetterSink
+from pipeline.stream.observability import TrainerMetrics
+from pipeline.stream.ranking import retrieval_targets
+from pipeline.stream.state import new_state
+from pipeline.stream.step import Step
+from pipeline.stream.trainer import OnlineTrainer
+
+CLICK = {"name": "click", "actions": [2], "min_value": None, "weight": 1.0}
+
+
+def cfg_for(tmp_path: Path, tasks=("click:action:click",), users=60, **train):
+    return load_config(
+        overrides={
+            "run_dir": str(tmp_path / "run"),
+            "source": {
+                "kind": "synthetic",
+                "synthetic": {"actions": True, "num_users": users, "num_items": 80},
+            },
+            "store": {"max_len": 12},
+            "vocab": {"capacity": 200},
+            "model": {"embedding_dim": 16, "ranking_tasks": list(tasks), "ranking_hidden": [16]},
+            "train": {"batch_events": 64, "num_negatives": 8, "threads": 1, **train},
+            "checkpoint": {"dir": str(tmp_path / "ckpt"), "every_events": 1000},
+            "registry": {"uri": str(tmp_path / "registry"), "every_events": 1500},
+            "observability": {"prometheus_port": 0},
+        },
+        environ={},
+    )
+
+
+def events(users, items, ts, actions, values):
+    return EventBatch(
+        user_id=np.asarray(users, np.int64),
+        item_id=np.asarray(items, np.int64),
+        timestamp=np.asarray(ts, np.int64),
+        action=np.asarray(actions, np.int64),
+        value=np.asarray(values, np.float32),
+    )
+
+
+def test_task_specs_parse_and_bad_ones_name_the_setting():
+    assert parse_ranking_task("click:action:click") == CLICK
+    assert parse_ranking_task(" like : value>=4 @0.5")["weight"] == 0.5
+    cfg = load_config(overrides={"model": {"ranking_tasks": "click:action:click;like:value>=4"}})
+    assert [t["name"] for t in cfg.model.ranking_tasks] == ["click", "like"]
+    env = {"GENREC_MODEL__RANKING_TASKS": "like:value>=4@2"}
+    assert load_config(environ=env).model.ranking_tasks[0]["weight"] == 2.0
+    assert load_config(overrides={"model": {"ranking_tasks": [CLICK]}}).model.ranking_tasks == [
+        CLICK
+    ]
+    for bad, says in [
+        ("like:value<4", "value>=<number>"),
+        ("like", "is not a ranking task"),
+        ("like:value>=4@x", "weight"),
+        ("like:action:smile", "smile"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            load_config(overrides={"model": {"ranking_tasks": [bad]}}, environ={})
+        assert "model.ranking_tasks" in str(err.value) and says in str(err.value)
+
+
+def test_candidates_see_the_stored_history_only():
+    store, vocab = SequenceStore(max_len=4), ItemVocabulary(capacity=50)
+    builder = BatchBuilder(store, vocab, max_targets=2)
+    first = builder.build(
+        events([1, 1, 1, 2], [10, 11, 12, 13], [1, 2, 3, 4], [1] * 4, [0] * 4), ranking=True
+    )
+    assert first.ranking is not None and first.ranking.num_candidates == 0  # no history yet
+    assert first.ranking.no_history == 4
+    builder.commit(first)
+    second = builder.build(
+        events([1, 1, 3], [14, 15, 16], [5, 6, 7], [2, 1, 2], [np.nan, 4.0, np.nan]), ranking=True
+    )
+    ranking = second.ranking
+    assert ranking is not None
+    batch = ranking.batch
+    # the retrieval windows as they were (user 1: two targets; user 3: new), then user 1's
+    # ranking sequence: its last max_len - 1 = 3 stored events, both new events as candidates
+    assert torch.equal(batch.item_ids[:5], second.micro.batch.item_ids)
+    assert batch.offsets.tolist() == [0, 4, 5, 10] and batch.num_targets.tolist() == [0, 0, 2]
+    assert batch.timestamps.tolist()[5:] == [1, 2, 3, 5, 6]
+    assert batch.action_types.tolist()[-2:] == [2, 1]
+    assert batch.query_time.tolist()[2] == 5  # the burst is asked at its first event's time
+    assert ranking.candidate_event.tolist() == [0, 1]
+    assert ranking.no_history == 1  # user 3 is new
+    builder.commit(second)
+    third = builder.build(events([1], [17], [8], [2], [np.nan]), ranking=True)
+    assert third.ranking is not None
+    # one new event: its retrieval window is its ranking sequence, the event a candidate
+    assert third.ranking.batch.offsets.tolist() == [0, 4]
+    assert third.ranking.batch.num_targets.tolist() == [1]
+    assert third.ranking.batch.query_time.tolist() == [8]
+    assert third.ranking.batch.is_target.tolist() == [False, False, False, True]
+
+
+def test_shared_rows_leave_retrieval_unchanged(tmp_path):
+    cfg = cfg_for(tmp_path)
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"action_inputs": True})})
+    state = new_state(cfg)
+    step = Step(cfg, TrainerMetrics())
+    step.train_on(state, events([1, 2, 3], [10, 11, 12], [1, 2, 3], [1, 1, 2], [np.nan, 5, 1]))
+    prepared = step.make_builder(state).build(
+        events([1, 2, 2, 3], [11, 12, 10, 10], [4, 5, 6, 7], [2, 1, 2, 1], [3.0, np.nan, 4, 2]),
+        ranking=True,
+    )
+    assert prepared.ranking is not None and prepared.ranking.num_candidates == 4
+    model = state.model.eval()
+    with torch.no_grad():
+        alone = select_targets(prepared.micro.batch, model.encode(prepared.micro.batch))
+        shared = retrieval_targets(prepared.ranking.batch, model.encode(prepared.ranking.batch))
+    assert torch.equal(alone.items, shared.items) and alone.items.numel() == 4
+    torch.testing.assert_close(alone.queries, shared.queries)
+
+
+def test_the_first_step_scores_with_the_model_before_it_learns(tmp_path):
+    cfg = cfg_for(tmp_path)
+    torch.manual_seed(0)
+    state = new_state(cfg)
+    step = Step(cfg, TrainerMetrics())
+    step.train_on(state, events([1, 2], [10, 11], [1, 2], [1, 1], [np.nan, np.nan]))
+    assert state.ranking is not None and state.ranking.count.tolist() == [0.0]
+    before = {k: v.clone() for k, v in state.model.state_dict().items()}
+    batch = events([1, 2], [11, 10], [3, 4], [2, 1], [np.nan, np.nan])  # known items
+    expected = (
+        step.make_builder(state).build(batch, ranking=True).ranking
+    )  # nothing stored before commit
+    assert expected is not None
+    with torch.no_grad():
+        logits = state.model.rank(expected.batch, state.model.encode(expected.batch))
+    step.train_on(state, batch)
+    assert state.ranking.count.tolist() == [2.0]
+    # the probabilities the metrics saw are the ones of the model before the step
+    labels = np.array([[1.0], [0.0]])
+    probs = torch.sigmoid(logits).numpy().astype(np.float64)
+    loss = -np.mean(labels * np.log(probs) + (1 - labels) * np.log(1 - probs))
+    assert state.ranking.result()["click/log_loss"] == pytest.approx(loss, rel=1e-5)
+    after = state.model.state_dict()
+    assert not torch.equal(before["ranking_head.mlp.0.weight"], after["ranking_head.mlp.0.weight"])
+
+
+def test_online_ranking_learns_and_reports_everywhere(tmp_path):
+    cfg = cfg_for(tmp_path, users=300)  # 18k impressions
+    registry = Registry.open(cfg.registry.uri, create=True)
+    torch.manual_seed(0)
+    trainer = OnlineTrainer(
+        cfg,
+        make_source(cfg),
+        MemoryDeadLetterSink(),
+        checkpoints=CheckpointStore(cfg.checkpoint.dir),
+        registry=registry,
+    )
+    summary = trainer.run()
+    figures = summary["ranking"]
+    assert figures["click/count"] == summary["candidates"] > 15_000
+    # progressive (every impression scored before it is learned from): modest, but learned
+    assert figures["click/auc"] > 0.53 and 0.0 < figures["click/ne"] < 1.1
+    lines = [json.loads(line) for line in cfg.metrics_log_path.read_text().splitlines()]
+    assert any(line.get("ranking", {}).get("click/auc") for line in lines)
+    scraped = generate_latest(trainer.metrics.registry).decode()
+    assert 'genrec_ranking_metric{metric="auc",task="click"}' in scraped
+    manifest = registry.list_versions()[-1]
+    assert manifest.metrics["ranking/click/count"] > 0
+    assert 0.0 < manifest.metrics["ranking/click/auc"] < 1.0
+    # the version carries the head: it scores the same as the trainer's model
+    published = load_version(registry, "latest")
+    assert published.model.cfg.ranking_tasks == (CLICK,)
+    trainer.state.model.eval()
+    for name, tensor in published.model.state_dict().items():
+        assert torch.equal(tensor, trainer.state.model.state_dict()[name]), name
+    # the checkpoint chain carries the head and the metrics: a restart continues them
+    again = OnlineTrainer(
+        cfg,
+        make_source(cfg),
+        MemoryDeadLetterSink(),
+        checkpoints=CheckpointStore(cfg.checkpoint.dir),
+    )
+    assert again.restore()
+    assert again.state.ranking is not None
+    assert again.state.ranking.count.tolist() == trainer.state.ranking.count.tolist()
+    assert torch.equal(
+        again.state.model.ranking_head.mlp[0].weight, trainer.state.model.ranking_head.mlp[0].weight
+    )
+
+
+def test_a_retrieval_only_checkpoint_restores_without_heads(tmp_path):
+    cfg = cfg_for(tmp_path, tasks=(), max_events=300)
+    registry = Registry.open(cfg.registry.uri, create=True)
+    checkpoints = CheckpointStore(cfg.checkpoint.dir)
+    OnlineTrainer(
+        cfg, make_source(cfg), MemoryDeadLetterSink(), checkpoints=checkpoints, registry=registry
+    ).run()
+    again = OnlineTrainer(
+        cfg,
+        make_source(cfg),
+        MemoryDeadLetterSink(),
+        checkpoints=CheckpointStore(cfg.checkpoint.dir),
+    )
+    assert again.restore()
+    assert again.state.ranking is None and again.state.model.ranking_head is None
+    published = load_version(registry, "latest")
+    assert published.model.ranking_head is None
+    # a version's config.json from before ranking existed has no ranking fields: no heads
+    old = json.loads(registry.read_file("latest", "config.json"))
+    del old["hstu"]["ranking_tasks"], old["hstu"]["ranking_hidden"]
+    assert PublishedConfig.model_validate(old).hstu.ranking_tasks == []
