@@ -7,13 +7,22 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from model.ranking_heads import task_from_dict
 from pipeline.cli import main
 from pipeline.events.ranking_tasks import parse_ranking_tasks
 from pipeline.lake.datasets import SequenceDataset
-from pipeline.offline.ranking import ranking_batch, evaluation_windows, training_windows
+from pipeline.lake.synthetic_actions import ActionStreamConfig
+from pipeline.offline.config import TrainConfig
+from pipeline.offline.ranking import (
+    evaluation_windows,
+    ranking_batch,
+    train_ranking,
+    training_windows,
+)
 from pipeline.offline.splits import time_split
+from pipeline.offline.training import load_sequences
 
 NAN = np.nan
 LIKE = tuple(task_from_dict(t) for t in parse_ranking_tasks("like:value>=4,click:action:click"))
@@ -55,7 +64,11 @@ def test_test_history_is_the_last_pre_cutoff_events_and_candidates_are_chunked()
     test = evaluation_windows(split, max_len=3, per_window=1)  # history: 2 events, 1 candidate
     assert test.users.tolist() == [0, 1, 1]
     assert test.hist_lo.tolist() == [3, 6, 6] and test.hist_hi.tolist() == [5, 8, 8]
-    assert sorted(zip(test.cand_lo.tolist(), test.cand_hi.tolist())) == [(5, 6), (8, 9), (9, 10)]
+    assert sorted(zip(test.cand_lo.tolist(), test.cand_hi.tolist(), strict=True)) == [
+        (5, 6),
+        (8, 9),
+        (9, 10),
+    ]
 
 
 def test_training_windows_label_candidates_from_their_events_and_keep_them_out_of_history():
@@ -64,7 +77,7 @@ def test_training_windows_label_candidates_from_their_events_and_keep_them_out_o
     windows = training_windows(split, max_len=10, per_window=2)
     # user 0 trains on events 0..4: candidates [3, 5) then [1, 3) (event 0 has no history);
     # user 1 on 6, 7: [7, 8)
-    pairs = list(zip(windows.cand_lo.tolist(), windows.cand_hi.tolist()))
+    pairs = list(zip(windows.cand_lo.tolist(), windows.cand_hi.tolist(), strict=True))
     assert pairs == [(3, 5), (1, 3), (7, 8)]
     assert (windows.hist_hi == windows.cand_lo).all() and windows.hist_lo.tolist() == [0, 0, 6]
     batch, labels = ranking_batch(ds, windows, LIKE)
@@ -107,9 +120,9 @@ def test_ranking_task_specs_share_the_positives_grammar() -> None:
 
 
 TINY = [
-    "--synthetic-users", "60", "--synthetic-items", "40", "--synthetic-events-per-user", "20",
+    "--synthetic-users", "150", "--synthetic-items", "40", "--synthetic-events-per-user", "30",
     "--embedding-dim", "16", "--num-layers", "1", "--max-len", "12", "--num-negatives", "8",
-    "--epochs", "2", "--threads", "1", "--json", "--no-progress",
+    "--epochs", "6", "--batch-size", "8", "--threads", "1", "--json", "--no-progress",
 ]  # fmt: skip
 TASKS = ["--task", "ranking", "--ranking-tasks", "click:action:click,like:value>=4@0.5"]
 
@@ -125,10 +138,10 @@ def test_train_offline_ranking_end_to_end(model: str, tmp_path, capsys) -> None:
         low, high = result[f"{task}/auc_ci95"]
         assert low <= result[f"{task}/auc"] <= high
         assert {f"{task}/{m}" for m in ("ne", "log_loss", "accuracy", "base_rate")} <= set(result)
-    if model == "hstu":
-        assert result["click/ne"] < 1.0
+    if model == "hstu":  # better than predicting the base rate
+        assert result["click/ne"] < 1.0 and result["like/ne"] < 1.0
     saved = json.loads((out / "metrics.json").read_text())
-    assert len(saved["train_history"]) == 2
+    assert len(saved["train_history"]) == 6
     assert (out / "checkpoint" / "model.json").exists()
     assert main(["evaluate", "--checkpoint", str(out)]) == 2
     assert "a ranking model" in capsys.readouterr().err
@@ -147,3 +160,37 @@ def test_train_offline_ranking_end_to_end(model: str, tmp_path, capsys) -> None:
 def test_train_offline_ranking_bad_settings(argv: list[str], message: str, tmp_path, capsys):
     assert main(["train-offline", "--out", str(tmp_path), *argv, *TINY]) == 2
     assert message in capsys.readouterr().err
+
+
+# The acceptance test's stream: the documented generator with its label driven by the last
+# click (memory 0: the short-term taste is the last clicked item; no long-term part), a sharp
+# preference, few items (each seen often) and interests that jump now and then. Only the
+# order of the history says which click was last; a pooled history mixes several interests.
+LAST_CLICK_STREAM = ActionStreamConfig(
+    num_users=600, num_items=50, events_per_user=60, dim=4, long_term_weight=0.0, memory=0.0,
+    shift_prob=0.05, sharpness=20.0, seed=0,
+)  # fmt: skip
+
+
+def test_hstu_ranks_the_synthetic_stream_well_above_the_dlrm_baseline() -> None:
+    """The issue's acceptance test: HSTU's click AUC at least 0.1 above DLRM's, on the same
+    time split (the last 3% of events test: a few events per user, soon after its history),
+    and their 95% user-bootstrap intervals apart. Measured: HSTU 0.768 [0.724, 0.809], DLRM
+    0.542 [0.496, 0.591]; about 50 s on one core. The auxiliary retrieval loss is off:
+    impressions are drawn regardless of the user, so the next one cannot be predicted."""
+    torch.set_num_threads(1)
+    ds, _ = load_sequences(None, synthetic=LAST_CLICK_STREAM, min_length=1)
+    split = time_split(ds, 0.03)
+    cfg = TrainConfig(
+        task="ranking", ranking_tasks="click:action:click", epochs=10, lr=3e-3, batch_size=16,
+        candidates_per_window=4, aux_retrieval_weight=0.0, progress=False,
+    )  # fmt: skip
+    encoder = {"embedding_dim": 32, "num_layers": 1, "max_len": 30, "dropout": 0.1}
+    hstu = {**encoder, "input_dropout": 0.1, "action_inputs": True, "layer_norm": "plain"}
+    results = {
+        kind: train_ranking(kind, config, split, cfg, max_len=30).test
+        for kind, config in (("hstu", hstu), ("dlrm", {"dim": 32}))
+    }
+    print({kind: (r["click/auc"], r["click/auc_ci95"]) for kind, r in results.items()})
+    assert results["hstu"]["click/auc"] >= results["dlrm"]["click/auc"] + 0.1
+    assert results["hstu"]["click/auc_ci95"][0] > results["dlrm"]["click/auc_ci95"][1]
