@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from model.ranking_heads import task_from_dict
+from model.serialize import load_checkpoint, model_kind
 from pipeline.cli import main
 from pipeline.events.ranking_tasks import parse_ranking_tasks
 from pipeline.lake.datasets import SequenceDataset
@@ -142,7 +143,9 @@ def test_train_offline_ranking_end_to_end(model: str, tmp_path, capsys) -> None:
         assert result["click/ne"] < 1.0 and result["like/ne"] < 1.0
     saved = json.loads((out / "metrics.json").read_text())
     assert len(saved["train_history"]) == 6
-    assert (out / "checkpoint" / "model.json").exists()
+    loaded, meta = load_checkpoint(out / "checkpoint")
+    assert model_kind(loaded) == model and meta["train_config"]["task"] == "ranking"
+    assert [t["name"] for t in loaded.cfg.ranking_tasks] == ["click", "like"]
     assert main(["evaluate", "--checkpoint", str(out)]) == 2
     assert "a ranking model" in capsys.readouterr().err
 
