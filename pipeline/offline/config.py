@@ -100,6 +100,8 @@ class TrainConfig:
             raise ConfigError(f"--task must be one of {TASKS}, got {self.task!r}")
         if self.task == "ranking":
             self._check_ranking()
+        elif self.ranking_tasks:
+            raise ConfigError("--ranking-tasks: ranking tasks need --task ranking")
         if self.positives != "all":
             # here, not at the top: the parser (pyarrow, numpy) is not needed for --help
             from pipeline.events.positives import parse_positives

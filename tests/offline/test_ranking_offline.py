@@ -158,6 +158,7 @@ def test_train_offline_ranking_end_to_end(model: str, tmp_path, capsys) -> None:
         ([*TASKS, "--model", "popular"], "--model popular cannot rank"),
         ([*TASKS, "--test-fraction", "0"], "--test-fraction must be in"),
         (["--model", "dlrm"], "--model dlrm ranks only"),
+        (TASKS[2:], "ranking tasks need --task ranking"),
     ],
 )
 def test_train_offline_ranking_bad_settings(argv: list[str], message: str, tmp_path, capsys):
