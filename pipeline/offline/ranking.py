@@ -274,7 +274,6 @@ def train_ranking(
     positives = parse_positives(cfg.positives)
     windows = training_windows(split, max_len, cfg.candidates_per_window)
     weights = task_weights(tasks)
-    aux_weight = cfg.aux_retrieval_weight  # DLRM has no states: no auxiliary loss
     if len(windows) == 0:
         raise ValueError(
             "no user has 2 events before the time cutoff; lower --test-fraction or use more data"
@@ -286,10 +285,12 @@ def train_ranking(
         batch = batch.to(cfg.device)
         logits, states = rank_logits(model, batch, part.users)
         loss = ranking_loss(logits, labels.to(cfg.device), weights)
-        if isinstance(model, SequentialEncoder) and states is not None and aux_weight > 0:
+        # the auxiliary next-item loss needs an encoder's states (DLRM has none)
+        weight = cfg.aux_retrieval_weight
+        if isinstance(model, SequentialEncoder) and states is not None and weight > 0:
             aux = retrieval_loss(model, batch, states, cfg, negatives_gen)
             if aux is not None:
-                loss = loss + aux_weight * aux
+                loss = loss + weight * aux
         return loss
 
     history: list[dict[str, float]] = []
