@@ -88,6 +88,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     set_torch_threads(args.threads)
     preset = load_preset(args.preset)
     base = train_config_from_args(args, preset, seed=0, progress=args.progress)
+    if base.task != "retrieval":
+        raise SystemExit("--task ranking: use bench/ranking_quality.py for ranking")
     ds, source = load_sequences(args.data, args.format)
     splits = make_splits(ds, base.split, parse_positives(base.positives, setting="--positives"))
     model_config = {

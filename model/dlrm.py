@@ -11,43 +11,51 @@ timestamps, which is what makes it the non-sequential baseline for the generativ
   learned scalar of its action code (initialised to 1), so the model can learn that a click
   says more about the user than a view. An empty history pools to zeros.
 
-The input is a ranking batch (``model.candidates``): the last ``num_targets[b]`` rows of
-sequence b are candidates, the rest its history; the output is [sum(num_targets), num_tasks]
-logits in candidate (batch) order.
+The input is a ranking batch (``model.candidates``): the last ``batch.num_targets[b]`` rows
+of sequence b are candidates, the rest its history; the output is [sum(num_targets),
+num_tasks] logits in candidate (batch) order, one column per ``cfg.ranking_tasks`` task.
 
 >>> from model.jagged import JaggedBatch
 >>> torch.manual_seed(0) and None
->>> model = DLRM(DLRMConfig(num_item_rows=10, num_user_rows=8, dim=4, hidden=(8,), num_tasks=2))
->>> batch = JaggedBatch.from_lists([[3, 5, 9], [4]], timestamps=[[1, 2, 3], [1]])
->>> model(batch, num_targets=torch.tensor([2, 1]), user_rows=torch.tensor([11, 2])).shape
+>>> tasks = ({"name": "click", "actions": [2]}, {"name": "like", "min_value": 4.0})
+>>> model = DLRM(DLRMConfig(num_rows=10, num_user_rows=8, dim=4, hidden=(8,), ranking_tasks=tasks))
+>>> batch = JaggedBatch.from_lists(
+...     [[3, 5, 9], [4, 6]], timestamps=[[1, 2, 3], [1, 2]], num_targets=[2, 1]
+... )
+>>> model(batch, user_rows=torch.tensor([11, 2])).shape
 torch.Size([3, 2])
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from model.candidates import split_candidates
 from model.jagged import JaggedBatch
+from model.ranking_heads import check_tasks, task_from_dict
 
 
-@dataclass(frozen=True)
+@dataclass
 class DLRMConfig:
-    num_item_rows: int  # item table rows (row 0: padding/unknown)
+    num_rows: int  # item table rows (row 0: padding/unknown), as the encoders' num_rows
     num_user_rows: int = 4096  # hashed user table
     num_actions: int = 256  # action codes 0..255 (pipeline.events.MAX_ACTION_CODE)
     dim: int = 32
     hidden: tuple[int, ...] = (64, 32)
-    num_tasks: int = 1
+    # the tasks (model.ranking_heads JSON form), one logit each; at least one is needed
+    ranking_tasks: tuple[dict[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
-        if min(self.num_item_rows, self.num_user_rows, self.num_actions, self.dim) < 1:
+        if min(self.num_rows, self.num_user_rows, self.num_actions, self.dim) < 1:
             raise ValueError(f"table sizes and dim must be >= 1, got {self}")
-        if self.num_tasks < 1:
-            raise ValueError(f"num_tasks must be >= 1, got {self.num_tasks}")
+        self.ranking_tasks = check_tasks(self.ranking_tasks)
+        if not self.ranking_tasks:
+            raise ValueError("DLRMConfig.ranking_tasks needs at least one task (what to predict)")
+        self.hidden = tuple(self.hidden)  # JSON gives a list
 
 
 class DLRM(nn.Module):
@@ -56,7 +64,8 @@ class DLRM(nn.Module):
     def __init__(self, cfg: DLRMConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.items = nn.Embedding(cfg.num_item_rows, cfg.dim)
+        self.ranking_tasks = tuple(task_from_dict(doc) for doc in cfg.ranking_tasks)
+        self.items = nn.Embedding(cfg.num_rows, cfg.dim)
         self.users = nn.Embedding(cfg.num_user_rows, cfg.dim)
         self.action_weight = nn.Embedding(cfg.num_actions, 1)
         nn.init.normal_(self.items.weight, std=cfg.dim**-0.5)
@@ -67,12 +76,10 @@ class DLRM(nn.Module):
         for size in cfg.hidden:
             layers += [nn.Linear(width, size), nn.ReLU()]
             width = size
-        layers.append(nn.Linear(width, cfg.num_tasks))
+        layers.append(nn.Linear(width, len(self.ranking_tasks)))
         self.mlp = nn.Sequential(*layers)
 
-    def forward(
-        self, batch: JaggedBatch, num_targets: torch.Tensor, user_rows: torch.Tensor
-    ) -> torch.Tensor:
+    def forward(self, batch: JaggedBatch, user_rows: torch.Tensor) -> torch.Tensor:
         """[sum(num_targets), num_tasks] logits; ``user_rows`` int64 [B], any >= 0 keys."""
         num_seq = batch.num_sequences
         if user_rows.shape != (num_seq,):
@@ -80,7 +87,7 @@ class DLRM(nn.Module):
                 f"user_rows must have one entry per sequence ({num_seq}), got "
                 f"{tuple(user_rows.shape)}"
             )
-        split = split_candidates(batch, num_targets)
+        split = split_candidates(batch)
         hist = split.history_rows
         weighted = self.items(batch.item_ids[hist]) * self.action_weight(batch.action_types[hist])
         pooled = torch.zeros(num_seq, self.cfg.dim, device=weighted.device, dtype=weighted.dtype)

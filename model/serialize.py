@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from model.dlrm import DLRM, DLRMConfig
 from model.hstu import HSTU, HSTUConfig
 from model.popular import MostPopular, PopularConfig
 from model.sasrec import SASRec, SASRecConfig
@@ -31,11 +32,12 @@ MODEL_KINDS: dict[str, tuple[type[nn.Module], type]] = {
     "hstu": (HSTU, HSTUConfig),
     "sasrec": (SASRec, SASRecConfig),
     "popular": (MostPopular, PopularConfig),
+    "dlrm": (DLRM, DLRMConfig),
 }
 
 
 def build_model(kind: str, config: dict[str, Any]) -> nn.Module:
-    """A fresh model of ``kind`` ("hstu", "sasrec", "popular") from its config fields."""
+    """A fresh model of ``kind`` ("hstu", "sasrec", "popular", "dlrm") from its config fields."""
     if kind not in MODEL_KINDS:
         raise ValueError(f"unknown model kind {kind!r}; choose one of {sorted(MODEL_KINDS)}")
     model_cls, config_cls = MODEL_KINDS[kind]

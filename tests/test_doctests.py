@@ -20,6 +20,8 @@ MODULES = (
     "model.ranking_heads",  # labels_from_events
     "pipeline.events",  # decode_records
     "pipeline.events.positives",  # parse_positives
+    "pipeline.events.ranking_tasks",  # parse_ranking_tasks
+    "pipeline.offline.splits",  # time_split
     "pipeline.state.store",  # SequenceStore
     "connectors.registry.registry",  # Registry
 )

@@ -1,8 +1,10 @@
-"""``genrec train-offline`` and ``genrec evaluate``: leave-one-out training and full ranking.
+"""``genrec train-offline`` and ``genrec evaluate``: leave-one-out training and full ranking,
+or (``train-offline --task ranking``) generative ranking on a time-ordered split.
 
-Without ``--data`` both use the embedded synthetic generator. With ``--json`` the last line
-on stdout is one JSON object with the test metrics (hr@K, ndcg@K for K in 10, 50, 200, mrr)
-plus model, epoch and seconds.
+Without ``--data`` both use the embedded synthetic generator (with ``--task ranking`` the
+synthetic impression stream). With ``--json`` the last line on stdout is one JSON object with
+the test metrics (retrieval: hr@K, ndcg@K for K in 10, 50, 200, mrr; ranking: per task AUC,
+NE, log loss, accuracy, base rate, count and their intervals) plus model, epoch and seconds.
 """
 
 from __future__ import annotations
@@ -18,15 +20,23 @@ from typing import Any
 
 from pipeline.lake.datasets import FORMATS
 from pipeline.lake.synthetic import SyntheticConfig
-from pipeline.offline.config import TRAIN_WINDOWS, Preset, TrainConfig, load_preset, preset_names
+from pipeline.offline.config import (
+    TASKS,
+    TRAIN_WINDOWS,
+    Preset,
+    TrainConfig,
+    load_preset,
+    preset_names,
+)
 from pipeline.offline.splits import make_splits, users_without_target
+from pipeline.runtime.errors import ConfigError
 from pipeline.runtime.threads import set_torch_threads
 
 log = logging.getLogger(__name__)
 
 # The keys of model.serialize.MODEL_KINDS (a test keeps them equal); spelled out here
 # because importing the models pulls in torch, which would slow down every `genrec --help`.
-MODEL_NAMES = ("hstu", "popular", "sasrec")
+MODEL_NAMES = ("dlrm", "hstu", "popular", "sasrec")
 
 
 def add_training_options(group: argparse._ActionsContainer) -> None:
@@ -99,6 +109,38 @@ def add_training_options(group: argparse._ActionsContainer) -> None:
         "others stay in the history as context, and each user's test target is the last "
         f"positive event (default: {t.positives})",
     )
+    group.add_argument(
+        "--task",
+        choices=TASKS,
+        help="retrieval: next-item full ranking on leave-one-out splits; ranking: score "
+        "impressions per --ranking-tasks on a time-ordered split (docs/quality.md, "
+        f"'Ranking (offline)') (default: {t.task})",
+    )
+    group.add_argument(
+        "--ranking-tasks",
+        help="with --task ranking: comma-separated NAME:RULE[@WEIGHT], RULE 'value>=X' or "
+        "'action:a,b' as --positives, WEIGHT the loss weight (default 1), e.g. "
+        "'like:value>=4' or 'click:action:click,purchase,like:value>=4@0.5' (required)",
+    )
+    group.add_argument(
+        "--test-fraction",
+        type=float,
+        help="with --task ranking: the latest share of all events (by time) that tests; the "
+        "events before the cutoff train, each user's later events are scored after its "
+        f"pre-cutoff history (default: {t.test_fraction})",
+    )
+    group.add_argument(
+        "--candidates-per-window",
+        type=int,
+        help="with --task ranking: candidates (events scored) per training window, after the "
+        f"--max-len - 1 events before them (default: {t.candidates_per_window})",
+    )
+    group.add_argument(
+        "--aux-retrieval-weight",
+        type=float,
+        help="with --task ranking: weight of HSTU's / SASRec's causal next-item loss on the "
+        f"history rows, as Meta's dlrm_v3; DLRM has none (default: {t.aux_retrieval_weight})",
+    )
 
 
 def train_config_from_args(
@@ -117,17 +159,24 @@ def train_config_from_args(
 def register(subparsers: argparse._SubParsersAction) -> None:
     train = subparsers.add_parser(
         "train-offline",
-        help="train HSTU / SASRec / most-popular on leave-one-out splits and report test metrics",
+        help="train HSTU / SASRec / most-popular (retrieval) or HSTU / SASRec / DLRM "
+        "(--task ranking) offline and report test metrics",
         description=(
             "Train, then rank the whole catalogue for each user's last event (test). With "
             "the reference's split (the default) every event but the last trains and the "
             "last of --epochs epochs is tested; with the holdout split (a --preset's) the "
             "last 2 events are held out and the epoch with the best validation NDCG@10 is "
-            "tested."
+            "tested. With --task ranking: the events before a time cutoff train, each "
+            "user's later events are scored per --ranking-tasks after its history, and the "
+            "last of --epochs epochs is tested (AUC, NE, log loss, accuracy per task)."
         ),
     )
     train.add_argument(
-        "--model", choices=MODEL_NAMES, default="hstu", help="model to train (default: %(default)s)"
+        "--model",
+        choices=MODEL_NAMES,
+        default="hstu",
+        help="model to train; dlrm ranks only (--task ranking), popular retrieves only "
+        "(default: %(default)s)",
     )
     _add_data_args(train)
     train.add_argument("--out", required=True, help="output directory (checkpoint, metrics)")
@@ -145,12 +194,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="torch CPU threads; 0: OMP_NUM_THREADS when set, else the cores other processes "
         "leave free, re-read about once a second (docs/trainer.md) (default: %(default)s)",
     )
-    arch = train.add_argument_group("model (HSTU and SASRec)")
+    arch = train.add_argument_group("model (HSTU and SASRec; DLRM: --embedding-dim, --max-len)")
     arch.add_argument(
         "--embedding-dim",
         type=int,
         default=64,
-        help="D: item embedding width (default: %(default)s)",
+        help="D: item embedding width (DLRM: its tables' width) (default: %(default)s)",
     )
     arch.add_argument(
         "--num-layers", type=int, default=2, help="HSTU / SASRec layers (default: %(default)s)"
@@ -191,9 +240,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     arch.add_argument(
         "--action-inputs",
         action=argparse.BooleanOptionalAction,
-        default=False,
         help="add each event's action and value (bucketised rating) embeddings to its input "
-        "token, as Meta's dlrm_v3 (default: %(default)s)",
+        "token, as Meta's dlrm_v3 (default: on with --task ranking, where the history's "
+        "actions are the signal, else off)",
     )
     arch.add_argument(
         "--attention-backend",
@@ -256,7 +305,8 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
         "--data",
         help="event log file, or the output directory of genrec backfill sequences (its "
         "files checked first: docs/backfill.md, 'Reading backfill output'); default: the "
-        "synthetic generator",
+        "synthetic generator (with --task ranking: the synthetic impression stream, "
+        "pipeline/lake/synthetic_actions.py, sized by the same --synthetic-* flags)",
     )
     data.add_argument(
         "--format",
@@ -293,13 +343,20 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _synthetic_config(args: argparse.Namespace) -> SyntheticConfig:
-    return SyntheticConfig(
-        num_users=args.synthetic_users,
-        num_items=args.synthetic_items,
-        events_per_user=args.synthetic_events_per_user,
-        seed=args.synthetic_seed,
-    )
+def _synthetic_config(args: argparse.Namespace, actions: bool = False) -> Any:
+    """The generator config of the --synthetic-* flags: the impression stream's
+    (``ActionStreamConfig``) with ``actions``, else the item-sequence generator's."""
+    sizes = {
+        "num_users": args.synthetic_users,
+        "num_items": args.synthetic_items,
+        "events_per_user": args.synthetic_events_per_user,
+        "seed": args.synthetic_seed,
+    }
+    if actions:
+        from pipeline.lake.synthetic_actions import ActionStreamConfig
+
+        return ActionStreamConfig(**sizes)
+    return SyntheticConfig(**sizes)
 
 
 def model_config_from_args(kind: str, args: argparse.Namespace, preset: Preset) -> dict[str, Any]:
@@ -309,8 +366,15 @@ def model_config_from_args(kind: str, args: argparse.Namespace, preset: Preset) 
 
     if kind == "popular":
         return {}  # scores do not depend on the context
-    names = {f.name for f in fields(MODEL_KINDS[kind][1])} - {"num_rows"}
-    values = {**vars(args), "layer_norm": preset.hstu_layer_norm, "style": preset.sasrec_style}
+    names = {f.name for f in fields(MODEL_KINDS[kind][1])} - {"num_rows", "ranking_tasks"}
+    values = {
+        **vars(args),
+        "layer_norm": preset.hstu_layer_norm,
+        "style": preset.sasrec_style,
+        "dim": args.embedding_dim,  # DLRM's table width
+    }
+    if values.get("action_inputs") is None:  # not given: on for ranking (module docstring)
+        values["action_inputs"] = getattr(args, "task", None) == "ranking"
     return {name: values[name] for name in names if name in values}
 
 
@@ -322,6 +386,10 @@ def run_train(args: argparse.Namespace) -> int:
     set_torch_threads(args.threads)
     preset = load_preset(args.preset)
     cfg = train_config_from_args(args, preset, seed=args.seed, progress=not args.no_progress)
+    if cfg.task == "ranking":
+        return run_train_ranking(args, cfg, preset)
+    if args.model == "dlrm":
+        raise ConfigError("--model dlrm ranks only: add --task ranking and --ranking-tasks")
     model_config = model_config_from_args(args.model, args, preset)
     ds, source = load_sequences(
         args.data, args.format, args.skip_malformed, _synthetic_config(args), event_logs
@@ -354,6 +422,49 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_train_ranking(args: argparse.Namespace, cfg: TrainConfig, preset: Preset) -> int:
+    """``train-offline --task ranking``: ``pipeline.offline.ranking`` on the data given."""
+    from pipeline.backfill.histories import event_logs
+    from pipeline.offline.ranking import RANKING_MODELS, train_ranking
+    from pipeline.offline.splits import time_split
+    from pipeline.offline.training import item_keys_json, load_sequences
+
+    if args.model not in RANKING_MODELS:
+        raise ConfigError(
+            f"--model {args.model} cannot rank; --task ranking trains one of "
+            f"{', '.join(RANKING_MODELS)}"
+        )
+    ds, source = load_sequences(
+        args.data,
+        args.format,
+        args.skip_malformed,
+        _synthetic_config(args, actions=True),
+        event_logs,
+        min_length=1,
+    )
+    split = time_split(ds, cfg.test_fraction)
+    log.info(
+        "data: %d users, %d items, %d events; cutoff %d, %d test events",
+        ds.num_users, ds.num_items, ds.num_events, split.cutoff, split.test_events(),
+    )  # fmt: skip
+    out = Path(args.out)
+    result = train_ranking(
+        args.model,
+        model_config_from_args(args.model, args, preset),
+        split,
+        cfg,
+        max_len=args.max_len,
+        out_dir=out,
+        meta={"data": source, "item_keys": item_keys_json(ds)},
+    )
+    summary = result.summary()
+    (out / "metrics.json").write_text(
+        json.dumps({**summary, "train_history": result.history}, indent=1)
+    )
+    _print_result(summary, args.json)
+    return 0
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     from model.serialize import load_checkpoint, model_kind
     from pipeline.backfill.histories import event_logs
@@ -370,6 +481,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     set_torch_threads(None)
     started = time.perf_counter()
     model, meta = load_checkpoint(offline_checkpoint(args.checkpoint), map_location=args.device)
+    if meta.get("train_config", {}).get("task", "retrieval") != "retrieval":
+        raise ConfigError(
+            f"--checkpoint {args.checkpoint}: a ranking model; evaluate re-ranks retrieval "
+            "checkpoints only, and train-offline --task ranking reports its test metrics "
+            "(metrics.json in its --out directory)"
+        )
     source = meta.get("data", {})
     if args.data is not None:
         ds, _ = load_sequences(args.data, args.format, args.skip_malformed, read_output=event_logs)

@@ -114,7 +114,8 @@ def simulate_actions(cfg: ActionStreamConfig) -> ActionStream:
         c = clicked[:, s]
         short[c] = cfg.memory * short[c] + (1.0 - cfg.memory) * v[c]
 
-    logit = np.log(prob) - np.log1p(-prob)
+    sure = np.clip(prob, 1e-12, 1.0 - 1e-12)  # a sharp preference rounds some to 0 or 1
+    logit = np.log(sure) - np.log1p(-sure)
     noise = rng.normal(scale=0.5, size=prob.shape)
     rating = np.clip(np.round(3.0 + 1.5 * logit + noise), 1, 5)
 

@@ -19,11 +19,13 @@ from pipeline.runtime.errors import ConfigError
 Split = Literal["holdout", "paper"]
 Init = Literal["genrec", "reference"]
 TrainWindows = Literal["last", "all"]
+Task = Literal["retrieval", "ranking"]
 HSTULayerNorm = Literal["affine", "plain"]  # model.hstu.LAYER_NORMS (a test keeps them equal)
 SASRecStyle = Literal["genrec", "reference"]  # model.sasrec.SASREC_STYLES (a test too)
 SPLITS: tuple[str, ...] = get_args(Split)
 INITS: tuple[str, ...] = get_args(Init)
 TRAIN_WINDOWS: tuple[str, ...] = get_args(TrainWindows)
+TASKS: tuple[str, ...] = get_args(Task)
 # Architecture defaults of `genrec train-offline` and bench/offline_quality.py: the research
 # code's layers (docs/quality.md). The model configs keep their own defaults, so that
 # checkpoints written before these settings existed load as they were written.
@@ -52,6 +54,12 @@ class TrainConfig:
     "value>=4", "action:click,purchase"); the others are context only, and each user's test
     (and validation) target is a positive event.
     The learning rate is constant (the reference's: no schedule, no warm-up).
+
+    ``task``: "retrieval" (next-item, the fields above) or "ranking" (``pipeline.offline.ranking``:
+    a time-ordered split at the ``test_fraction`` quantile of the event times; training
+    windows whose last ``candidates_per_window`` events are candidates labelled by
+    ``ranking_tasks``, specs as ``pipeline.events.ranking_tasks`` parses them, plus the causal
+    retrieval loss on the history rows weighted ``aux_retrieval_weight``).
     """
 
     epochs: int = 30
@@ -68,6 +76,11 @@ class TrainConfig:
     split: Split = "paper"
     exclude_seen: bool = False
     positives: str = "all"
+    task: Task = "retrieval"
+    ranking_tasks: str = ""
+    test_fraction: float = 0.2
+    candidates_per_window: int = 16
+    aux_retrieval_weight: float = 0.2
     eval_batch_size: int = 256
     seed: int = 0
     device: str = "cpu"
@@ -83,6 +96,12 @@ class TrainConfig:
             )
         if self.init not in INITS:
             raise ValueError(f"TrainConfig.init must be one of {INITS}, got {self.init!r}")
+        if self.task not in TASKS:
+            raise ConfigError(f"--task must be one of {TASKS}, got {self.task!r}")
+        if self.task == "ranking":
+            self._check_ranking()
+        elif self.ranking_tasks:
+            raise ConfigError("--ranking-tasks: ranking tasks need --task ranking")
         if self.positives != "all":
             # here, not at the top: the parser (pyarrow, numpy) is not needed for --help
             from pipeline.events.positives import parse_positives
@@ -91,6 +110,35 @@ class TrainConfig:
                 parse_positives(self.positives, setting="--positives")
             except ValueError as err:
                 raise ConfigError(str(err)) from None
+
+    def _check_ranking(self) -> None:
+        from pipeline.events.ranking_tasks import parse_ranking_tasks  # torch: not for --help
+
+        if not self.ranking_tasks:
+            raise ConfigError(
+                "--ranking-tasks: --task ranking needs at least one task, e.g. "
+                "--ranking-tasks like:value>=4 (docs/data.md, 'Ranking tasks')"
+            )
+        try:
+            parse_ranking_tasks(self.ranking_tasks)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ConfigError(f"--test-fraction must be in (0, 1), got {self.test_fraction}")
+        if self.candidates_per_window < 1:
+            raise ConfigError(
+                f"--candidates-per-window must be >= 1, got {self.candidates_per_window}"
+            )
+        if not self.aux_retrieval_weight >= 0.0:
+            raise ConfigError(
+                f"--aux-retrieval-weight must be >= 0, got {self.aux_retrieval_weight}"
+            )
+
+    def ranking_task_list(self) -> tuple[dict[str, Any], ...]:
+        """The ranking tasks in their JSON form (``model.ranking_heads``)."""
+        from pipeline.events.ranking_tasks import parse_ranking_tasks
+
+        return parse_ranking_tasks(self.ranking_tasks)
 
 
 class Preset(BaseModel):
@@ -114,6 +162,11 @@ class Preset(BaseModel):
     split: Split | None = None
     exclude_seen: bool | None = None
     positives: str | None = None
+    task: Task | None = None
+    ranking_tasks: str | None = None
+    test_fraction: float | None = None
+    candidates_per_window: int | None = None
+    aux_retrieval_weight: float | None = None
     eval_batch_size: int | None = None
     hstu_layer_norm: HSTULayerNorm = HSTU_LAYER_NORM
     sasrec_style: SASRecStyle = SASREC_STYLE

@@ -4,9 +4,14 @@ With a positives rule (``pipeline.events.positives``) the held-out events are po
 each user's test target is the user's last positive event, with every event before it as
 history; the validation target (holdout split) is the positive before that one. Users
 without such a target keep an empty (or one-event) sequence there, which evaluation skips.
+
+``time_split`` is the ranking task's split (``pipeline.offline.ranking``): one global cutoff
+time; the events before it train, the later ones are test candidates.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -89,3 +94,48 @@ def _cut_after_last_positive(ds: SequenceDataset, positives: PositiveRule) -> Se
     np.maximum.at(last, user[positive], index[positive])
     keep_len = np.where(last >= 0, last - ds.offsets[:-1] + 1, 0)
     return ds.prefixes(keep_len)
+
+
+@dataclass(frozen=True)
+class TimeSplit:
+    """A time-ordered split of per-user sequences at one global ``cutoff`` time.
+
+    ``ds`` is every user's whole sequence; the first ``before[u]`` events of user u (those
+    with ``timestamp < cutoff``; sequences are in time order, so a prefix) train, the others
+    are u's test events. ``train`` is those prefixes as a dataset.
+    """
+
+    ds: SequenceDataset
+    cutoff: int
+    before: np.ndarray  # [U] int64
+
+    @property
+    def train(self) -> SequenceDataset:
+        return self.ds.prefixes(self.before)
+
+    def test_events(self) -> int:
+        return int(self.ds.num_events - self.before.sum())
+
+
+def time_split(ds: SequenceDataset, test_fraction: float) -> TimeSplit:
+    """Split at the ``1 - test_fraction`` quantile of all event times (rounded up to a whole
+    second present in the data): about ``test_fraction`` of the events, the latest, test.
+
+    >>> ds = SequenceDataset(
+    ...     item_ids=np.array([1, 2, 3, 1, 2]), timestamps=np.array([10, 20, 30, 15, 40]),
+    ...     actions=np.zeros(5, np.int64), offsets=np.array([0, 3, 5]),
+    ...     item_keys=np.array([None, 7, 8, 9], dtype=object), user_keys=np.array([1, 2]),
+    ... )
+    >>> split = time_split(ds, 0.4)
+    >>> split.cutoff, split.before.tolist(), split.test_events()
+    (30, [2, 1], 2)
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    if ds.num_events == 0:
+        raise ValueError("no events to split in time")
+    times = np.sort(ds.timestamps)
+    cutoff = int(times[min(int(np.floor((1.0 - test_fraction) * times.size)), times.size - 1)])
+    user = np.repeat(np.arange(ds.num_users), ds.lengths())
+    before = np.bincount(user[ds.timestamps < cutoff], minlength=ds.num_users).astype(np.int64)
+    return TimeSplit(ds, cutoff, before)

@@ -20,10 +20,10 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -40,14 +40,17 @@ from model.retrieval import score_items
 from model.serialize import build_model, save_checkpoint
 from pipeline.events.positives import PositiveRule, parse_positives
 from pipeline.lake.datasets import OutputReader, SequenceDataset, build_sequences, read_event_log
-from pipeline.lake.synthetic import SyntheticConfig, generate_events
+from pipeline.lake.synthetic import SyntheticConfig
+from pipeline.lake.synthetic_actions import ActionStreamConfig
 from pipeline.offline.config import TrainConfig
 from pipeline.runtime import threads
+from pipeline.sources.synthetic import generate
 
 log = logging.getLogger(__name__)
 
 SELECTION_METRIC = "ndcg@10"
 PROTOCOLS = ("all-items", "exclude-seen")
+T = TypeVar("T")
 
 
 def protocol_name(exclude_seen: bool) -> str:
@@ -100,24 +103,28 @@ def load_sequences(
     data: str | None,
     fmt: str = "auto",
     skip_malformed: bool = False,
-    synthetic: SyntheticConfig | None = None,
+    synthetic: SyntheticConfig | ActionStreamConfig | None = None,
     read_output: OutputReader | None = None,
+    min_length: int = 3,
 ) -> tuple[SequenceDataset, dict[str, Any]]:
-    """Per-user sequences (users with >= 3 events, for leave-one-out) and a JSON
-    description of the source, from a file or, without ``data``, the synthetic generator.
-    ``read_output`` reads a backfill output directory (``read_event_log``)."""
+    """Per-user sequences (users with >= ``min_length`` events: 3 for leave-one-out) and a
+    JSON description of the source, from a file or, without ``data``, the synthetic
+    generator of ``synthetic``'s kind (item sequences by default; ``ActionStreamConfig``:
+    impressions with actions). ``read_output`` reads a backfill output directory
+    (``read_event_log``)."""
     if data is None:
         synthetic = synthetic or SyntheticConfig()
-        event_log = generate_events(synthetic)
-        source: dict[str, Any] = {"synthetic": asdict(synthetic)}
+        event_log = generate(synthetic)
+        kind = "synthetic_actions" if isinstance(synthetic, ActionStreamConfig) else "synthetic"
+        source: dict[str, Any] = {kind: asdict(synthetic)}
     else:
         event_log, stats = read_event_log(data, fmt, skip_malformed, read_output)
         source = {"path": str(data), "format": stats.format, "skip_malformed": skip_malformed}
         source["skipped_rows"] = stats.skipped_total
-    ds = build_sequences(event_log, min_length=3)
+    ds = build_sequences(event_log, min_length=min_length)
     if ds.num_users == 0:
         raise ValueError(
-            f"no user in {data or 'the synthetic log'} has the 3 events leave-one-out needs"
+            f"no user in {data or 'the synthetic log'} has the {min_length} events training needs"
         )
     return ds, source
 
@@ -372,6 +379,73 @@ def length_grouped_batches(
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer | RowSparseAdam:
+    """AdamW on every parameter, or with ``cfg.sparse_embeddings`` (an encoder only) lazy
+    Adam on the item table's rows and Adam on the rest."""
+    betas = (0.9, cfg.adam_beta2)
+    if not cfg.sparse_embeddings:
+        return torch.optim.AdamW(
+            model.parameters(), lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay
+        )
+    if not isinstance(model, SequentialEncoder):
+        raise ValueError(
+            f"--sparse-embeddings works with HSTU and SASRec, not {type(model).__name__}; "
+            "leave it off for this model"
+        )
+    model.item_emb.sparse = True
+    return RowSparseAdam(model, cfg.lr, betas, cfg.weight_decay)
+
+
+def retrieval_loss(
+    model: SequentialEncoder,
+    batch: JaggedBatch,
+    states: torch.Tensor,
+    cfg: TrainConfig,
+    generator: torch.Generator,
+) -> torch.Tensor | None:
+    """Sampled softmax of the batch's next-item targets from the states before them; None
+    when the batch has no target."""
+    targets = select_targets(batch, states)
+    if targets.items.numel() == 0:
+        return None
+    return sampled_softmax_loss(
+        targets.queries,
+        targets.items,
+        # rows normalised as looked up: a sparse gradient when the table is sparse
+        model.item_rows() if cfg.sparse_embeddings else model.item_embeddings(),
+        num_negatives=cfg.num_negatives,
+        temperature=cfg.temperature,
+        weights=targets.weights,
+        generator=generator,
+        per_position=cfg.per_position_negatives,
+    )
+
+
+def train_epoch(
+    optimizer: torch.optim.Optimizer | RowSparseAdam,
+    batches: Sequence[T],
+    loss_of: Callable[[T], torch.Tensor | None],
+    desc: str,
+    progress: bool,
+) -> float:
+    """One pass of optimizer steps over ``batches`` (each turned into a loss by ``loss_of``;
+    None: nothing to learn, skipped), with a progress bar; the mean loss of the steps."""
+    bar = tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False)
+    total_loss, steps = 0.0, 0
+    for item in bar:
+        loss = loss_of(item)
+        if loss is None:
+            continue
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        threads.step()  # the default thread count follows the cores left free
+        total_loss += float(loss.detach())
+        steps += 1
+        bar.set_postfix(loss=f"{total_loss / steps:.4f}")
+    return total_loss / max(steps, 1)
+
+
 def _fit(
     model: SequentialEncoder,
     train: SequenceDataset,
@@ -383,57 +457,28 @@ def _fit(
 ) -> tuple[int, dict[str, torch.Tensor]]:
     """Epoch loop; returns (best epoch, its state dict) by validation NDCG@10, or, with the
     paper's split, (last epoch, its state dict) without evaluating anything."""
-    betas = (0.9, cfg.adam_beta2)
-    optimizer: torch.optim.Optimizer | RowSparseAdam
-    if cfg.sparse_embeddings:
-        model.item_emb.sparse = True
-        optimizer = RowSparseAdam(model, cfg.lr, betas, cfg.weight_decay)
-    else:
-        optimizer = torch.optim.AdamW(
-            model.parameters(), lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay
-        )
+    optimizer = make_optimizer(model, cfg)
     rng = np.random.default_rng(cfg.seed)
     negatives_gen = torch.Generator().manual_seed(cfg.seed)
     windows = TrainingWindows.build(train, max_len, cfg.train_windows)
     positives = parse_positives(cfg.positives)
+
+    def loss_of(rows: np.ndarray) -> torch.Tensor | None:
+        batch = training_batch(
+            train, windows.users[rows], max_len, windows.drop_last[rows], positives
+        ).to(cfg.device)
+        return retrieval_loss(model, batch, model.encode(batch), cfg, negatives_gen)
+
     best_epoch, best_score, best_state = 0, -1.0, copy.deepcopy(model.state_dict())
     for epoch in range(1, cfg.epochs + 1):
         model.train()
-        batches = length_grouped_batches(windows.lengths, cfg.batch_size, rng)
-        bar = tqdm(
-            batches,
-            desc=f"{type(model).__name__} epoch {epoch}/{cfg.epochs}",
-            unit="batch",
-            disable=not cfg.progress,
-            leave=False,
+        train_loss = train_epoch(
+            optimizer,
+            length_grouped_batches(windows.lengths, cfg.batch_size, rng),
+            loss_of,
+            f"{type(model).__name__} epoch {epoch}/{cfg.epochs}",
+            cfg.progress,
         )
-        total_loss, steps = 0.0, 0
-        for rows in bar:
-            batch = training_batch(
-                train, windows.users[rows], max_len, windows.drop_last[rows], positives
-            ).to(cfg.device)
-            targets = select_targets(batch, model.encode(batch))
-            if targets.items.numel() == 0:
-                continue  # no positive event in these windows: nothing to learn from
-            loss = sampled_softmax_loss(
-                targets.queries,
-                targets.items,
-                # rows normalised as looked up: a sparse gradient when the table is sparse
-                model.item_rows() if cfg.sparse_embeddings else model.item_embeddings(),
-                num_negatives=cfg.num_negatives,
-                temperature=cfg.temperature,
-                weights=targets.weights,
-                generator=negatives_gen,
-                per_position=cfg.per_position_negatives,
-            )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            threads.step()  # the default thread count follows the cores left free
-            total_loss += float(loss.detach())
-            steps += 1
-            bar.set_postfix(loss=f"{total_loss / steps:.4f}")
-        train_loss = total_loss / max(steps, 1)
         if cfg.split == "paper":
             # no validation set: the epoch count is fixed in advance and the last one is kept
             history.append({"epoch": epoch, "train_loss": train_loss})

@@ -3,7 +3,9 @@ learning the synthetic impression stream."""
 
 from __future__ import annotations
 
+import json
 import time
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -15,44 +17,54 @@ from model.jagged import JaggedBatch
 from model.ranking_metrics import auc
 from pipeline.lake.synthetic_actions import CLICK, ActionStreamConfig, generate_action_events
 
-SMALL = DLRMConfig(num_item_rows=20, num_user_rows=8, dim=4, hidden=(8,), num_tasks=2)
+TASKS = ({"name": "click", "actions": [2]}, {"name": "like", "min_value": 4.0})
+SMALL = DLRMConfig(num_rows=20, num_user_rows=8, dim=4, hidden=(8,), ranking_tasks=TASKS)
 
 
-def test_split_candidates_and_bad_counts() -> None:
-    batch = JaggedBatch.from_lists([[3, 5, 9], [4], [6, 7]], timestamps=[[1, 2, 3], [1], [1, 2]])
-    split = split_candidates(batch, torch.tensor([1, 1, 0]))
-    assert split.history_rows.tolist() == [0, 1, 4, 5]
-    assert split.history_sequence.tolist() == [0, 0, 2, 2]
-    assert split.candidate_rows.tolist() == [2, 3]
+def test_split_candidates_reads_the_batchs_candidates() -> None:
+    batch = JaggedBatch.from_lists(
+        [[3, 5, 9], [4, 8], [6, 7]], timestamps=[[1, 2, 3], [1, 2], [1, 2]], num_targets=[1, 1, 0]
+    )
+    split = split_candidates(batch)
+    assert split.history_rows.tolist() == [0, 1, 3, 5, 6]
+    assert split.history_sequence.tolist() == [0, 0, 1, 2, 2]
+    assert split.candidate_rows.tolist() == [2, 4]
     assert split.candidate_sequence.tolist() == [0, 1]
-    with pytest.raises(ValueError, match=r"num_targets\[1\] = 2 is outside \[0, 1\]"):
-        split_candidates(batch, torch.tensor([1, 2, 0]))
-    with pytest.raises(ValueError, match="int64 \\[3\\]"):
-        split_candidates(batch, torch.tensor([1, 1]))
+    plain = split_candidates(batch.with_fields(num_targets=None))
+    assert plain.candidate_rows.numel() == 0 and plain.history_rows.numel() == 7
+
+
+def test_config_needs_a_task_and_round_trips_through_json() -> None:
+    with pytest.raises(ValueError, match="at least one task"):
+        DLRMConfig(num_rows=5)
+    doc = json.loads(json.dumps(asdict(SMALL)))
+    assert DLRMConfig(**doc) == SMALL
 
 
 def test_logits_follow_candidates_and_ignore_history_order_and_other_sequences() -> None:
     torch.manual_seed(0)
     model = DLRM(SMALL)
     ts = [[1, 2, 3, 4], [1, 2]]
-    batch = JaggedBatch.from_lists([[3, 5, 9, 11], [4, 6]], timestamps=ts)
-    out = model(batch, torch.tensor([2, 1]), torch.tensor([1, 2]))
+    batch = JaggedBatch.from_lists([[3, 5, 9, 11], [4, 6]], timestamps=ts, num_targets=[2, 1])
+    out = model(batch, torch.tensor([1, 2]))
     assert out.shape == (3, 2)
     # history order does not matter: 3, 5 pooled either way
-    swapped = JaggedBatch.from_lists([[5, 3, 9, 11], [4, 6]], timestamps=ts)
-    torch.testing.assert_close(model(swapped, torch.tensor([2, 1]), torch.tensor([1, 2])), out)
+    swapped = JaggedBatch.from_lists([[5, 3, 9, 11], [4, 6]], timestamps=ts, num_targets=[2, 1])
+    torch.testing.assert_close(model(swapped, torch.tensor([1, 2])), out)
     # a sequence alone gives the same logits as inside the batch
-    alone = JaggedBatch.from_lists([[4, 6]], timestamps=[[1, 2]])
-    torch.testing.assert_close(model(alone, torch.tensor([1]), torch.tensor([2])), out[2:])
+    alone = JaggedBatch.from_lists([[4, 6]], timestamps=[[1, 2]], num_targets=[1])
+    torch.testing.assert_close(model(alone, torch.tensor([2])), out[2:])
     # hashed users: row 2 and row 2 + num_user_rows are the same user row
-    torch.testing.assert_close(model(alone, torch.tensor([1]), torch.tensor([10])), out[2:])
+    torch.testing.assert_close(model(alone, torch.tensor([10])), out[2:])
     # a click in the history weighs differently from a view once the action weights differ
     with torch.no_grad():
         model.action_weight.weight[2] = 3.0
-    clicked = JaggedBatch.from_lists([[4, 6]], timestamps=[[1, 2]], action_types=[[2, 0]])
-    assert not torch.allclose(model(clicked, torch.tensor([1]), torch.tensor([2])), out[2:])
+    clicked = JaggedBatch.from_lists(
+        [[4, 6]], timestamps=[[1, 2]], action_types=[[2, 0]], num_targets=[1]
+    )
+    assert not torch.allclose(model(clicked, torch.tensor([2])), out[2:])
     with pytest.raises(ValueError, match="one entry per sequence"):
-        model(alone, torch.tensor([1]), torch.tensor([1, 2]))
+        model(alone, torch.tensor([1, 2]))
 
 
 def ranking_examples(
@@ -91,6 +103,7 @@ def make_batch(items: list[np.ndarray], actions: list[np.ndarray]) -> JaggedBatc
         timestamps=np.zeros(sum(lengths), dtype=np.int64),
         offsets=np.concatenate([[0], np.cumsum(lengths)]),
         action_types=np.concatenate(actions),
+        num_targets=np.ones(len(items), dtype=np.int64),
     )
 
 
@@ -101,15 +114,14 @@ def test_dlrm_learns_the_synthetic_impression_stream() -> None:
     train = np.flatnonzero(times < np.quantile(times, 0.8))  # held out: the last 20% in time
     test = np.flatnonzero(times >= np.quantile(times, 0.8))
     torch.manual_seed(0)
-    model = DLRM(DLRMConfig(num_item_rows=cfg.num_items + 1, num_user_rows=512, dim=16))
+    click = ({"name": "click", "actions": [CLICK]},)
+    model = DLRM(DLRMConfig(cfg.num_items + 1, num_user_rows=512, dim=16, ranking_tasks=click))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     rng = np.random.default_rng(0)
     for _ in range(3):
         for chunk in np.array_split(rng.permutation(train), len(train) // 256):
             batch = make_batch([items[i] for i in chunk], [actions[i] for i in chunk])
-            logits = model(
-                batch, torch.ones(len(chunk), dtype=torch.int64), torch.tensor(users[chunk])
-            )
+            logits = model(batch, torch.tensor(users[chunk]))
             loss = torch.nn.functional.binary_cross_entropy_with_logits(
                 logits[:, 0], torch.tensor(labels[chunk], dtype=torch.float32)
             )
@@ -118,8 +130,7 @@ def test_dlrm_learns_the_synthetic_impression_stream() -> None:
             opt.step()
     with torch.no_grad():
         batch = make_batch([items[i] for i in test], [actions[i] for i in test])
-        ones = torch.ones(len(test), dtype=torch.int64)
-        scores = model(batch, ones, torch.tensor(users[test]))[:, 0]
+        scores = model(batch, torch.tensor(users[test]))[:, 0]
     held_out_auc = auc(labels[test], scores)
     print(f"held-out AUC {held_out_auc:.3f} in {time.monotonic() - start:.1f}s")
     assert held_out_auc > 0.55
