@@ -17,25 +17,14 @@ Events that are not positive stay in the history as context; only the targets ch
 [True, False, True]
 >>> parse_positives("all").is_all
 True
-
-A ranking task (``model.ranking_heads``) is written ``NAME:RULE[@WEIGHT]`` with RULE an
-action rule or ``value>=<number>`` (a task's value rule is a threshold); it parses to the
-task's JSON form:
-
->>> parse_ranking_task("like:value>=4")
-{'name': 'like', 'actions': [], 'min_value': 4.0, 'weight': 1.0}
->>> parse_ranking_task("buy:action:click,purchase@2")
-{'name': 'buy', 'actions': [2, 5], 'min_value': None, 'weight': 2.0}
 """
 
 from __future__ import annotations
 
-import math
 import operator
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -50,7 +39,6 @@ _COMPARE: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
     "==": operator.eq,
 }
 _VALUE_RULE = re.compile(r"^value\s*(>=|<=|==|>|<)\s*(\S+)$")
-TASK_EXAMPLES = "'like:value>=4', 'click:action:click,purchase' or 'like:value>=4@0.5'"
 EXAMPLES = "'all', 'value>=4' or 'action:click,purchase' (action names or codes 0..255)"
 
 
@@ -113,31 +101,3 @@ def _action_code(name: str, text: str, where: str) -> int:
         f"{where}{text!r}: {name!r} is neither an action name ({', '.join(ACTION_CODES)}) "
         f"nor a code in 0..{MAX_ACTION_CODE}"
     )
-
-
-def parse_ranking_task(text: str, setting: str | None = "ranking_tasks") -> dict[str, Any]:
-    """A ranking task ``NAME:RULE[@WEIGHT]`` (module docstring) in its JSON form (the dict of
-    ``model.ranking_heads.task_to_dict``); a bad one raises ValueError naming ``setting``."""
-    where = "" if setting is None else f"{setting}: "
-    spec, _, weight_text = str(text).strip().partition("@")
-    name, _, rule_text = spec.partition(":")
-    if not name.strip() or not rule_text.strip():
-        raise ValueError(f"{where}{text!r} is not a ranking task; write {TASK_EXAMPLES}")
-    try:
-        weight = float(weight_text) if weight_text else 1.0
-    except ValueError:
-        weight = math.nan
-    if not (math.isfinite(weight) and weight >= 0):
-        raise ValueError(f"{where}{text!r}: the weight after '@' must be a number >= 0")
-    rule = parse_positives(rule_text, setting=None if setting is None else f"{setting} {name}")
-    if rule.is_all or (rule.op is not None and rule.op != ">="):
-        raise ValueError(
-            f"{where}{text!r}: a task is an action set or a threshold 'value>=<number>'; "
-            f"write {TASK_EXAMPLES}"
-        )
-    return {
-        "name": name.strip(),
-        "actions": sorted(rule.actions or ()),
-        "min_value": rule.threshold if rule.op else None,
-        "weight": weight,
-    }

@@ -6,7 +6,7 @@ are positive") that a ranking task can express: ``value>=X`` (a value threshold)
 result is the JSON form of ``model.ranking_heads`` that model configs store.
 
 A comma also separates the actions of a rule: a piece with a ``:`` starts a new task, one
-without continues the previous task's action list.
+without continues the previous task's action list. A ``;`` always ends a task.
 
 >>> [t["name"] for t in parse_ranking_tasks("like:value>=4@0.5,click:action:click,purchase")]
 ['like', 'click']
@@ -29,31 +29,39 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 SPEC_EXAMPLES = "'like:value>=4', 'click:action:click,purchase' or 'like:value>=4@0.5'"
 
 
-def parse_ranking_tasks(text: str, setting: str = "--ranking-tasks") -> tuple[dict[str, Any], ...]:
+def parse_ranking_tasks(
+    text: str, setting: str | None = "--ranking-tasks"
+) -> tuple[dict[str, Any], ...]:
     """The tasks of a comma-separated list of specs (module docstring), in the JSON form of
-    ``model.ranking_heads``; a bad one raises ValueError naming ``setting``."""
+    ``model.ranking_heads``; a bad one raises ValueError naming ``setting`` (None: the
+    caller names it)."""
     specs: list[str] = []
-    for piece in str(text).split(","):
-        if ":" in piece or not specs:
-            specs.append(piece.strip())
-        else:
-            specs[-1] += "," + piece.strip()
+    for group in str(text).split(";"):
+        start = len(specs)
+        for piece in group.split(","):
+            if ":" in piece or len(specs) == start:
+                specs.append(piece.strip())
+            else:
+                specs[-1] += "," + piece.strip()
+    specs = [spec for spec in specs if spec]
+    where = "" if setting is None else f"{setting}: "
     if not any(specs):
-        raise ValueError(f"{setting}: no ranking task given; write {SPEC_EXAMPLES}")
+        raise ValueError(f"{where}no ranking task given; write {SPEC_EXAMPLES}")
     tasks = [parse_ranking_task(spec, setting) for spec in specs]
     try:
         return check_tasks(tasks)
     except ValueError as err:
-        raise ValueError(f"{setting}: {err}") from None
+        raise ValueError(f"{where}{err}") from None
 
 
-def parse_ranking_task(spec: str, setting: str = "--ranking-tasks") -> dict[str, Any]:
+def parse_ranking_task(spec: str, setting: str | None = "--ranking-tasks") -> dict[str, Any]:
     """One ``NAME:RULE[@WEIGHT]`` spec as a task's JSON form."""
+    where = "" if setting is None else f"{setting}: "
     name, sep, rest = spec.partition(":")
     name = name.strip()
     if not sep or not _NAME.match(name):
         raise ValueError(
-            f"{setting}: {spec!r} is not NAME:RULE[@WEIGHT] with a name of letters, digits, "
+            f"{where}{spec!r} is not NAME:RULE[@WEIGHT] with a name of letters, digits, "
             f"'_', '.', '-'; write {SPEC_EXAMPLES}"
         )
     rule_text, at, weight_text = rest.rpartition("@") if "@" in rest else (rest, "", "")
@@ -65,20 +73,20 @@ def parse_ranking_task(spec: str, setting: str = "--ranking-tasks") -> dict[str,
             weight = math.nan
         if not (math.isfinite(weight) and weight >= 0):
             raise ValueError(
-                f"{setting}: task {name!r}: weight {weight_text!r} is not a number >= 0; "
+                f"{where}task {name!r}: weight {weight_text!r} is not a number >= 0; "
                 f"write e.g. '{name}:value>=4@0.5'"
             )
     try:
         rule = parse_positives(rule_text, setting=None)
     except ValueError as err:
-        raise ValueError(f"{setting}: task {name!r}: {err}") from None
+        raise ValueError(f"{where}task {name!r}: {err}") from None
     if rule.actions is not None:
         task = RankingTask(name, actions=rule.actions, weight=weight)
     elif rule.op == ">=":
         task = RankingTask(name, min_value=rule.threshold, weight=weight)
     else:
         raise ValueError(
-            f"{setting}: task {name!r}: {rule.text!r} cannot label a ranking task; a task is "
+            f"{where}task {name!r}: {rule.text!r} cannot label a ranking task; a task is "
             f"'value>=X' or 'action:...' (the positives rules {EXAMPLES} less 'all' and the "
             "other comparisons)"
         )

@@ -152,7 +152,7 @@ class ModelSection(_Section):
         default_factory=list,
         description="ranking heads trained online next to retrieval: specs 'NAME:RULE[@W]' "
         "(e.g. 'like:value>=4', 'click:action:click,purchase'; several in one string joined "
-        "by ';') or dicts {name, actions, min_value, weight}; none: retrieval only",
+        "by ',' or ';') or dicts {name, actions, min_value, weight}; none: retrieval only",
     )
     ranking_hidden: list[Annotated[int, Field(ge=1)]] = Field(
         default_factory=lambda: [64], description="hidden widths of the ranking head MLP"
@@ -163,16 +163,17 @@ class ModelSection(_Section):
     def _ranking_tasks(cls, value: Any) -> list[dict[str, Any]]:
         # here, not at the top: the parsers' imports (numpy, torch) are not needed for --help
         from model.ranking_heads import check_tasks
-        from pipeline.events.positives import parse_ranking_task
+        from pipeline.events.ranking_tasks import parse_ranking_task, parse_ranking_tasks
 
         if value is None:
             return []
-        items = value.split(";") if isinstance(value, str) else value
-        if not isinstance(items, list):
+        if isinstance(value, str):
+            return list(parse_ranking_tasks(value, setting=None))
+        if not isinstance(value, list):
             raise ValueError("write a list of task specs or dicts, or one spec string")
         docs = [
             parse_ranking_task(item, setting=None) if isinstance(item, str) else item
-            for item in items
+            for item in value
             if not (isinstance(item, str) and not item.strip())
         ]
         if not all(isinstance(doc, dict) for doc in docs):

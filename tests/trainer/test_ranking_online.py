@@ -17,7 +17,7 @@ from connectors.registry.published import PublishedConfig, load_version
 from model.base import select_targets
 from pipeline.commands.train import make_source
 from pipeline.events import EventBatch
-from pipeline.events.positives import parse_ranking_task
+from pipeline.events.ranking_tasks import parse_ranking_task
 from pipeline.runtime.errors import ConfigError
 from pipeline.state.store import SequenceStore
 from pipeline.state.vocab import ItemVocabulary
@@ -75,8 +75,8 @@ def test_task_specs_parse_and_bad_ones_name_the_setting():
         CLICK
     ]
     for bad, says in [
-        ("like:value<4", "value>=<number>"),
-        ("like", "is not a ranking task"),
+        ("like:value<4", "cannot label a ranking task"),
+        ("like", "is not NAME:RULE"),
         ("like:value>=4@x", "weight"),
         ("like:action:smile", "smile"),
     ]:
