@@ -51,20 +51,42 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--models", default="hstu,sasrec,popular", help="comma-separated models")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
     add_training_options(p)
-    p.add_argument("--embedding-dim", type=int, default=h.embedding_dim, help="D")
+    add_encoder_options(p, action_inputs=h.action_inputs, max_len_help="N: last events per user")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: as train-offline)")
+    p.add_argument("--progress", action="store_true", help="show per-epoch progress bars")
+    return p.parse_args(argv)
+
+
+def add_encoder_options(
+    p: argparse.ArgumentParser, action_inputs: bool, max_len_help: str, dim_help: str = "D"
+) -> None:
+    """The model-size options the quality benches share (HSTU's defaults)."""
+    h = HSTUConfig(num_rows=2)
+    p.add_argument("--embedding-dim", type=int, default=h.embedding_dim, help=dim_help)
     p.add_argument("--num-layers", type=int, default=h.num_layers, help="blocks")
     p.add_argument("--num-heads", type=int, default=h.num_heads, help="attention heads")
-    p.add_argument("--max-len", type=int, default=h.max_len, help="N: last events per user")
+    p.add_argument("--max-len", type=int, default=h.max_len, help=max_len_help)
     p.add_argument("--dropout", type=float, default=h.dropout, help="dropout (input too)")
     p.add_argument(
         "--action-inputs",
         action=argparse.BooleanOptionalAction,
-        default=h.action_inputs,
-        help="HSTU and SASRec read each event's action and value (as train-offline)",
+        default=action_inputs,
+        help="HSTU and SASRec read each (history) event's action and value, as train-offline "
+        "does for the task (default: %(default)s)",
     )
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: as train-offline)")
-    p.add_argument("--progress", action="store_true", help="show per-epoch progress bars")
-    return p.parse_args(argv)
+
+
+def encoder_config(args: argparse.Namespace) -> dict[str, Any]:
+    """HSTU/SASRec config fields from ``add_encoder_options``."""
+    return {
+        "embedding_dim": args.embedding_dim,
+        "num_layers": args.num_layers,
+        "num_heads": args.num_heads,
+        "max_len": args.max_len,
+        "dropout": args.dropout,
+        "input_dropout": args.dropout,
+        "action_inputs": args.action_inputs,
+    }
 
 
 def mean_std(values: list[float]) -> dict[str, float]:
@@ -92,15 +114,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit("--task ranking: use bench/ranking_quality.py for ranking")
     ds, source = load_sequences(args.data, args.format)
     splits = make_splits(ds, base.split, parse_positives(base.positives, setting="--positives"))
-    model_config = {
-        "embedding_dim": args.embedding_dim,
-        "num_layers": args.num_layers,
-        "num_heads": args.num_heads,
-        "max_len": args.max_len,
-        "dropout": args.dropout,
-        "input_dropout": args.dropout,
-        "action_inputs": args.action_inputs,
-    }
+    model_config = encoder_config(args)
     runs: list[dict[str, Any]] = []
     models = args.models.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]

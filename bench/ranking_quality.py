@@ -29,8 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.offline_quality import mean_std
-from model.hstu import HSTUConfig
+from bench.offline_quality import add_encoder_options, encoder_config, mean_std
 from pipeline.commands.offline import add_training_options, train_config_from_args
 from pipeline.lake.synthetic_actions import ActionStreamConfig
 from pipeline.offline.config import load_preset
@@ -43,24 +42,14 @@ METRICS = ("auc", "ne", "log_loss", "accuracy")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    h = HSTUConfig(num_rows=2)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data", help="event log (default: the synthetic impression stream)")
     p.add_argument("--format", default="auto", help="event log format (default: auto)")
     p.add_argument("--models", default="hstu,sasrec,dlrm", help="comma-separated models")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
     add_training_options(p)
-    p.add_argument("--embedding-dim", type=int, default=h.embedding_dim, help="D (DLRM too)")
-    p.add_argument("--num-layers", type=int, default=h.num_layers, help="blocks")
-    p.add_argument("--num-heads", type=int, default=h.num_heads, help="attention heads")
-    p.add_argument("--max-len", type=int, default=h.max_len, help="N: history + candidates")
-    p.add_argument("--dropout", type=float, default=h.dropout, help="dropout (input too)")
-    p.add_argument(
-        "--action-inputs",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="HSTU and SASRec read each history event's action and value (as train-offline "
-        "--task ranking) (default: %(default)s)",
+    add_encoder_options(
+        p, action_inputs=True, max_len_help="N: history + candidates", dim_help="D (DLRM too)"
     )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: as train-offline)")
     p.add_argument("--progress", action="store_true", help="show per-epoch progress bars")
@@ -85,15 +74,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         args.data, args.format, synthetic=ActionStreamConfig(), min_length=1
     )
     split = time_split(ds, base.test_fraction)
-    encoder = {
-        "embedding_dim": args.embedding_dim,
-        "num_layers": args.num_layers,
-        "num_heads": args.num_heads,
-        "max_len": args.max_len,
-        "dropout": args.dropout,
-        "input_dropout": args.dropout,
-        "action_inputs": args.action_inputs,
-    }
+    encoder = encoder_config(args)
     configs = {
         "hstu": {**encoder, "layer_norm": preset.hstu_layer_norm},
         "sasrec": {**encoder, "style": preset.sasrec_style},
