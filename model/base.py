@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +30,7 @@ from torch import nn
 from kernels.offsets import positions_in_sequence, token_positions
 from model.actions import DEFAULT_VALUE_BOUNDARIES, ActionValueInputs
 from model.jagged import JaggedBatch
-from model.ranking_heads import RankingHead, RankingHeadConfig, RankingTask
+from model.ranking_heads import RankingHead, RankingHeadConfig, RankingTask, task_from_dict
 
 ITEM_INIT_STD = 0.02  # item embeddings start small; the input layer scales them by sqrt(D)
 INIT_BLOCK_ROWS = 1 << 20
@@ -151,6 +151,20 @@ def trunc_normal_rows_(
             block = weight[start : start + INIT_BLOCK_ROWS]
             block.uniform_(lo, hi).erfinv_().mul_(std * math.sqrt(2.0)).clamp_(a, b)
     return weight
+
+
+def encoder_inputs(cfg: Any) -> dict[str, Any]:
+    """``SequentialEncoder``'s arguments from a model config (HSTU's, SASRec's: same fields)."""
+    return {
+        "num_rows": cfg.num_rows,
+        "embedding_dim": cfg.embedding_dim,
+        "max_len": cfg.max_len,
+        "input_dropout": cfg.input_dropout,
+        "action_inputs": cfg.action_inputs,
+        "value_boundaries": cfg.value_boundaries,
+        "ranking_tasks": [task_from_dict(task) for task in cfg.ranking_tasks],
+        "ranking_hidden": cfg.ranking_hidden,
+    }
 
 
 class SequentialEncoder(nn.Module):

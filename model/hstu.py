@@ -19,9 +19,9 @@ from torch import nn
 
 from kernels import NUM_TIME_BUCKETS, hstu_attention
 from model.actions import DEFAULT_VALUE_BOUNDARIES, check_boundaries
-from model.base import SequentialEncoder, query_timestamps
+from model.base import SequentialEncoder, encoder_inputs, query_timestamps
 from model.jagged import JaggedBatch
-from model.ranking_heads import check_tasks, task_from_dict
+from model.ranking_heads import check_tasks
 
 BIAS_INIT_STD = 0.02
 LAYER_NORMS = ("affine", "plain")
@@ -118,16 +118,7 @@ class HSTU(SequentialEncoder):
     """HSTU sequential encoder: ``encode(batch) -> [T, D]`` L2-normalised states."""
 
     def __init__(self, cfg: HSTUConfig):
-        super().__init__(
-            cfg.num_rows,
-            cfg.embedding_dim,
-            cfg.max_len,
-            cfg.input_dropout,
-            cfg.action_inputs,
-            cfg.value_boundaries,
-            [task_from_dict(task) for task in cfg.ranking_tasks],
-            cfg.ranking_hidden,
-        )
+        super().__init__(**encoder_inputs(cfg))
         self.cfg = cfg
         self.layers = nn.ModuleList(HSTULayer(cfg) for _ in range(cfg.num_layers))
 

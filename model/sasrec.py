@@ -24,9 +24,9 @@ from torch import nn
 
 from kernels.reference import attention_mask, pad_jagged, unpad_jagged
 from model.actions import DEFAULT_VALUE_BOUNDARIES, check_boundaries
-from model.base import SequentialEncoder
+from model.base import SequentialEncoder, encoder_inputs
 from model.jagged import JaggedBatch
-from model.ranking_heads import check_tasks, task_from_dict
+from model.ranking_heads import check_tasks
 
 SASREC_STYLES = ("genrec", "reference")
 
@@ -137,16 +137,7 @@ class SASRec(SequentialEncoder):
     """SASRec sequential encoder: ``encode(batch) -> [T, D]`` L2-normalised states."""
 
     def __init__(self, cfg: SASRecConfig):
-        super().__init__(
-            cfg.num_rows,
-            cfg.embedding_dim,
-            cfg.max_len,
-            cfg.input_dropout,
-            cfg.action_inputs,
-            cfg.value_boundaries,
-            [task_from_dict(task) for task in cfg.ranking_tasks],
-            cfg.ranking_hidden,
-        )
+        super().__init__(**encoder_inputs(cfg))
         self.cfg = cfg
         block = ReferenceSASRecBlock if cfg.style == "reference" else SASRecBlock
         self.blocks = nn.ModuleList(block(cfg) for _ in range(cfg.num_layers))
