@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 # written with, so that an older checkpoint of the same shapes still restores.
 # Model settings added after checkpoints were first written, with the value those had.
 _LEGACY_MODEL_SETTINGS = {
+    "kind": "hstu",
     "layer_norm": "affine",
     "init": "genrec",
     "action_inputs": False,
@@ -316,8 +317,8 @@ class Persistence:
                 watermark=None if state.store.watermark < 0 else state.store.watermark,
                 metrics=registry_metrics(state),
                 config={
-                    "model": "hstu",
-                    "hstu": asdict(state.model.cfg),
+                    "model": self.cfg.model.kind,
+                    self.cfg.model.kind: asdict(state.model.cfg),
                     "trainer": self.cfg.model_dump(mode="json"),
                 },
                 expect_latest=self._expected_latest,

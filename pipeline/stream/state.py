@@ -18,9 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from model.base import SequentialEncoder
 from model.hstu import HSTU, HSTUConfig
 from model.optim import RowSparseAdam
 from model.ranking_metrics import ProgressiveMetrics as RankingMetrics
+from model.sasrec import SASRec, SASRecConfig
 from pipeline.state.store import SequenceStore
 from pipeline.state.vocab import ItemVocabulary
 from pipeline.stream.config import TrainerConfig
@@ -38,7 +40,7 @@ class TrainerState:
     """Everything a checkpoint saves of one trainer, and what its step changes.
 
     Attributes:
-        model, optimizer: the HSTU encoder and its (row-sparse) Adam.
+        model, optimizer: the encoder (``model.kind``) and its (row-sparse) Adam.
         store: the users' histories.
         vocab: item keys to embedding rows.
         progressive: test-then-train metrics (HR@K, NDCG@K, MRR).
@@ -55,7 +57,7 @@ class TrainerState:
             CPU clock, unsynchronised on CUDA.
     """
 
-    model: HSTU
+    model: SequentialEncoder
     optimizer: Optimizer
     store: SequenceStore
     vocab: ItemVocabulary
@@ -93,7 +95,7 @@ def new_state(cfg: TrainerConfig) -> TrainerState:
     )
 
 
-def new_model(cfg: TrainerConfig) -> tuple[HSTU, Optimizer]:
+def new_model(cfg: TrainerConfig) -> tuple[SequentialEncoder, Optimizer]:
     """The model on ``train.device`` (initialised from torch's global generator) and its
     optimizer."""
     model = build_model(cfg)
@@ -111,25 +113,26 @@ def new_model(cfg: TrainerConfig) -> tuple[HSTU, Optimizer]:
     return model, optimizer
 
 
-def build_model(cfg: TrainerConfig) -> HSTU:
-    """The HSTU encoder described by ``cfg`` (item table = vocabulary capacity)."""
+def build_model(cfg: TrainerConfig) -> SequentialEncoder:
+    """The ``model.kind`` encoder described by ``cfg`` (item table = vocabulary capacity)."""
     m = cfg.model
+    common: dict[str, Any] = {
+        "num_rows": cfg.vocab.capacity,
+        "embedding_dim": m.embedding_dim,
+        "num_layers": m.num_layers,
+        "num_heads": m.num_heads,
+        "max_len": cfg.store.max_len,
+        "dropout": m.dropout,
+        "input_dropout": m.input_dropout,
+        "action_inputs": m.action_inputs,
+        "ranking_tasks": tuple(m.ranking_tasks),
+        "ranking_hidden": tuple(m.ranking_hidden),
+        **({} if m.value_boundaries is None else {"value_boundaries": m.value_boundaries}),
+    }
+    if m.kind == "sasrec":  # its options HSTU lacks (style, ffn_dim) keep their defaults
+        return SASRec(SASRecConfig(**common))
     return HSTU(
-        HSTUConfig(
-            num_rows=cfg.vocab.capacity,
-            embedding_dim=m.embedding_dim,
-            num_layers=m.num_layers,
-            num_heads=m.num_heads,
-            max_len=cfg.store.max_len,
-            dropout=m.dropout,
-            input_dropout=m.input_dropout,
-            attention_backend=m.attention_backend,
-            layer_norm=m.layer_norm,
-            action_inputs=m.action_inputs,
-            ranking_tasks=tuple(m.ranking_tasks),
-            ranking_hidden=tuple(m.ranking_hidden),
-            **({} if m.value_boundaries is None else {"value_boundaries": m.value_boundaries}),
-        )
+        HSTUConfig(**common, attention_backend=m.attention_backend, layer_norm=m.layer_norm)
     )
 
 

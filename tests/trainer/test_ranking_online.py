@@ -26,6 +26,7 @@ from pipeline.stream.checkpoint import CheckpointStore
 from pipeline.stream.config import load_config
 from pipeline.stream.deadletter import MemoryDeadLetterSink
 from pipeline.stream.observability import TrainerMetrics
+from pipeline.stream.persistence import RestoreRefusedError
 from pipeline.stream.ranking import retrieval_targets
 from pipeline.stream.state import new_state
 from pipeline.stream.step import Step
@@ -229,3 +230,39 @@ def test_a_retrieval_only_checkpoint_restores_without_heads(tmp_path):
     old = json.loads(registry.read_file("latest", "config.json"))
     del old["hstu"]["ranking_tasks"], old["hstu"]["ranking_hidden"]
     assert PublishedConfig.model_validate(old).hstu.ranking_tasks == []
+
+
+def test_sasrec_runs_online_and_its_version_loads(tmp_path):
+    cfg = cfg_for(tmp_path, max_events=1600)
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"kind": "sasrec"})})
+    registry = Registry.open(cfg.registry.uri, create=True)
+    summary = OnlineTrainer(
+        cfg,
+        make_source(cfg),
+        MemoryDeadLetterSink(),
+        checkpoints=CheckpointStore(cfg.checkpoint.dir),
+        registry=registry,
+    ).run()
+    assert summary["ranking"]["click/count"] > 0 and 0.0 < summary["ranking"]["click/auc"] < 1.0
+    published = load_version(registry, "latest")
+    assert type(published.model).__name__ == "SASRec"
+    assert published.model.cfg.ranking_tasks == (CLICK,)
+    # an HSTU run over the SASRec checkpoints is refused, naming the setting
+    hstu = cfg.model_copy(update={"model": cfg.model.model_copy(update={"kind": "hstu"})})
+    again = OnlineTrainer(
+        hstu,
+        make_source(hstu),
+        MemoryDeadLetterSink(),
+        checkpoints=CheckpointStore(hstu.checkpoint.dir),
+    )
+    with pytest.raises(
+        RestoreRefusedError, match=r"model\.kind: checkpoint 'sasrec', this run 'hstu'"
+    ):
+        again.restore()
+
+
+def test_hstu_only_settings_are_refused_for_sasrec(tmp_path):
+    with pytest.raises(ConfigError, match=r"model\.layer_norm is HSTU-only"):
+        load_config(overrides={"model": {"kind": "sasrec", "layer_norm": "affine"}}, environ={})
+    with pytest.raises(ConfigError, match=r"model\.kind"):
+        load_config(overrides={"model": {"kind": "bert"}}, environ={})
