@@ -35,6 +35,7 @@ from connectors.registry.manifest import (
 )
 from model.actions import DEFAULT_VALUE_BOUNDARIES
 from model.base import SequentialEncoder
+from model.dlrm import DLRM, DLRMConfig
 from model.hstu import HSTU, HSTUConfig
 from model.sasrec import SASRec, SASRecConfig
 from pipeline.state.vocab import ItemVocabulary, unpack_arrays
@@ -90,6 +91,21 @@ class SASRecSettings(EncoderSettings):
     style: Literal["genrec", "reference"] = "genrec"
 
 
+class DLRMSettings(BaseModel):
+    """``config.json``'s ``dlrm``: the fields of ``model.dlrm.DLRMConfig``, bounded."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    num_rows: int = Field(ge=2, le=2**31 - 1)
+    num_user_rows: int = Field(4096, ge=1, le=2**31 - 1)
+    num_actions: int = Field(256, ge=1, le=1 << 16)
+    dim: int = Field(32, ge=1, le=1 << 16)
+    hidden: list[Annotated[int, Field(ge=1, le=1 << 16)]] = Field(
+        default_factory=lambda: [64, 32], max_length=16
+    )
+    ranking_tasks: list[dict[str, Any]] = Field(default_factory=list, max_length=64)
+
+
 class PublishedConfig(BaseModel):
     """A version's ``config.json`` as ``genrec train`` publishes it: ``model`` names the
     encoder (versions before SASRec: always hstu) and the key of that name holds its
@@ -97,20 +113,23 @@ class PublishedConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    model: Literal["hstu", "sasrec"]
+    model: Literal["hstu", "sasrec", "dlrm"]
     hstu: HSTUSettings | None = None
     sasrec: SASRecSettings | None = None
+    dlrm: DLRMSettings | None = None
     trainer: dict[str, Any] = Field(default_factory=dict)  # informational: never read
 
     @model_validator(mode="after")
     def _one_encoder(self) -> PublishedConfig:
-        present = [kind for kind in ("hstu", "sasrec") if getattr(self, kind) is not None]
+        present = [k for k in ("hstu", "sasrec", "dlrm") if getattr(self, k) is not None]
         if present != [self.model]:
             raise ValueError(f"model {self.model!r} needs its settings under {self.model!r} only")
         return self
 
-    def build(self) -> SequentialEncoder:
-        """The encoder these settings describe (on torch's current default device)."""
+    def build(self) -> SequentialEncoder | DLRM:
+        """The model these settings describe (on torch's current default device)."""
+        if self.dlrm is not None:
+            return DLRM(DLRMConfig(**self.dlrm.model_dump()))
         if self.sasrec is not None:
             return SASRec(SASRecConfig(**self.sasrec.model_dump()))
         assert self.hstu is not None  # _one_encoder
@@ -138,6 +157,11 @@ def load_version(
     where = f"{version_dir_name(manifest.version)} in {registry.location}"
     config = _config(registry, manifest, where)
     model = _model(registry, manifest, config, where)
+    if isinstance(model, DLRM):  # verified, but a PublishedModel retrieves: an encoder's job
+        raise RegistryError(
+            f"{where}: a dlrm model ranks given candidates only; scoring a catalogue needs an "
+            "hstu or sasrec version (model.kind)"
+        )
     vocab = _vocab(registry, manifest, model.num_rows, max_vocab_bytes, where)
     live = vocab.live_rows()
     return PublishedModel(
@@ -159,7 +183,7 @@ def _config(registry: Versions, manifest: Manifest, where: str) -> PublishedConf
 
 def _model(
     registry: Versions, manifest: Manifest, config: PublishedConfig, where: str
-) -> SequentialEncoder:
+) -> SequentialEncoder | DLRM:
     try:
         with torch.device("meta"):  # shapes only: nothing is allocated yet
             shapes = config.build()

@@ -123,9 +123,10 @@ class VocabSection(_Section):
 
 
 class ModelSection(_Section):
-    kind: Literal["hstu", "sasrec"] = Field(
+    kind: Literal["hstu", "sasrec", "dlrm"] = Field(
         "hstu",
-        description="the encoder: hstu or sasrec (model/sasrec.py, its other options default)",
+        description="hstu, sasrec (model/sasrec.py, its other options default) or dlrm "
+        "(model/dlrm.py: ranking only, needs ranking_tasks)",
     )
     embedding_dim: int = Field(64, ge=4, description="D")
     num_layers: int = Field(2, ge=1, description="encoder layers")
@@ -186,14 +187,19 @@ class ModelSection(_Section):
         return list(check_tasks(docs))  # the error line names the key and its origin
 
     @model_validator(mode="after")
-    def _hstu_only(self) -> ModelSection:
-        # SASRec has neither setting: a non-default value would silently do nothing
+    def _kind_settings(self) -> ModelSection:
+        # the other kinds have neither setting: a non-default value would silently do nothing
         if self.kind != "hstu":
             for name, default in (("layer_norm", "plain"), ("attention_backend", "auto")):
                 if getattr(self, name) != default:
                     raise ValueError(
                         f"model.{name} is HSTU-only; leave it unset with model.kind={self.kind}"
                     )
+        if self.kind == "dlrm" and not self.ranking_tasks:
+            raise ValueError(
+                "model.kind=dlrm is a ranking-only model: set model.ranking_tasks (what it "
+                "predicts)"
+            )
         return self
 
 

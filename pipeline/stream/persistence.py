@@ -162,7 +162,8 @@ class Persistence:
         model.load_state_dict(nets["model"])
         optimizer_state = nets["optimizer"]
         written_sparse = is_row_sparse_state(optimizer_state)
-        if written_sparse != cfg.train.sparse_embeddings:
+        # DLRM always trains with dense Adam (pipeline.stream.state.new_model)
+        if written_sparse != isinstance(optimizer, RowSparseAdam):
             raise RestoreRefusedError(
                 f"checkpoint {ckpt.path} holds the optimizer state of train.sparse_embeddings="
                 f"{str(written_sparse).lower()}; resume it with --set "

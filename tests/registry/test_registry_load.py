@@ -71,6 +71,12 @@ CASES: list[tuple[str, bytes | None, bytes | None, str]] = [
         None,
         "sasrec.ffn_dim",
     ),
+    (
+        "config-dlrm-huge-dim",
+        json.dumps({"model": "dlrm", "dlrm": {"num_rows": 10, "dim": 1 << 20}}).encode(),
+        None,
+        "dlrm.dim",
+    ),
     ("config-str-dim", json.dumps(_hstu(embedding_dim="8")).encode(), None, "embedding_dim"),
     ("config-bool-layers", json.dumps(_hstu(num_layers=True)).encode(), None, "num_layers"),
     ("config-huge-rows", json.dumps(_hstu(num_rows=10**11)).encode(), None, "num_rows"),
