@@ -79,6 +79,15 @@ class DLRM(nn.Module):
         layers.append(nn.Linear(width, len(self.ranking_tasks)))
         self.mlp = nn.Sequential(*layers)
 
+    def reset_item_rows(self, rows: torch.Tensor) -> None:
+        """Fresh item embeddings (drawn as at init, from torch's global generator) for
+        ``rows``, e.g. rows a vocabulary hands to new items."""
+        weight = self.items.weight
+        rows = rows.to(weight.device)
+        fresh = torch.randn(rows.numel(), self.cfg.dim) * self.cfg.dim**-0.5
+        with torch.no_grad():
+            weight[rows] = fresh.to(weight.device, weight.dtype)
+
     def forward(self, batch: JaggedBatch, user_rows: torch.Tensor) -> torch.Tensor:
         """[sum(num_targets), num_tasks] logits; ``user_rows`` int64 [B], any >= 0 keys."""
         num_seq = batch.num_sequences

@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal, Protocol
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from connectors.registry.errors import RegistryError
 from connectors.registry.manifest import (
@@ -35,7 +35,9 @@ from connectors.registry.manifest import (
 )
 from model.actions import DEFAULT_VALUE_BOUNDARIES
 from model.base import SequentialEncoder
+from model.dlrm import DLRM, DLRMConfig
 from model.hstu import HSTU, HSTUConfig
+from model.sasrec import SASRec, SASRecConfig
 from pipeline.state.vocab import ItemVocabulary, unpack_arrays
 from pipeline.stream.checkpoint import CheckpointError, state_from_bytes
 from pipeline.stream.publishing import (
@@ -48,8 +50,8 @@ from pipeline.stream.publishing import (
 MAX_CONFIG_BYTES = 1 << 20
 
 
-class HSTUSettings(BaseModel):
-    """``config.json``'s ``hstu``: the fields of ``model.hstu.HSTUConfig``, bounded."""
+class EncoderSettings(BaseModel):
+    """The fields HSTU's and SASRec's configs share, bounded."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -57,33 +59,81 @@ class HSTUSettings(BaseModel):
     embedding_dim: int = Field(64, ge=1, le=1 << 16)
     num_layers: int = Field(2, ge=1, le=256)
     num_heads: int = Field(1, ge=1, le=1024)
-    dqk: int = Field(0, ge=0, le=1 << 16)
-    dv: int = Field(0, ge=0, le=1 << 16)
     max_len: int = Field(200, ge=1, le=1 << 20)
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     input_dropout: float = Field(0.2, ge=0.0, lt=1.0)
-    alpha: float = Field(1.0, allow_inf_nan=False)
-    attention_backend: Literal["auto", "reference", "triton"] = "auto"
-    layer_norm: Literal["affine", "plain"] = "affine"
     action_inputs: bool = False
     value_boundaries: list[float] = Field(
         default_factory=lambda: list(DEFAULT_VALUE_BOUNDARIES), max_length=1024
     )
-    # ranking heads (model.ranking_heads JSON form; checked by HSTUConfig); none in old versions
+    # ranking heads (model.ranking_heads JSON form; checked by the model's config); none in
+    # old versions
     ranking_tasks: list[dict[str, Any]] = Field(default_factory=list, max_length=64)
     ranking_hidden: list[Annotated[int, Field(ge=1, le=1 << 16)]] = Field(
         default_factory=lambda: [64], max_length=16
     )
 
 
-class PublishedConfig(BaseModel):
-    """A version's ``config.json`` as ``genrec train`` publishes it."""
+class HSTUSettings(EncoderSettings):
+    """``config.json``'s ``hstu``: the fields of ``model.hstu.HSTUConfig``, bounded."""
+
+    dqk: int = Field(0, ge=0, le=1 << 16)
+    dv: int = Field(0, ge=0, le=1 << 16)
+    alpha: float = Field(1.0, allow_inf_nan=False)
+    attention_backend: Literal["auto", "reference", "triton"] = "auto"
+    layer_norm: Literal["affine", "plain"] = "affine"
+
+
+class SASRecSettings(EncoderSettings):
+    """``config.json``'s ``sasrec``: the fields of ``model.sasrec.SASRecConfig``, bounded."""
+
+    ffn_dim: int = Field(0, ge=0, le=1 << 16)
+    style: Literal["genrec", "reference"] = "genrec"
+
+
+class DLRMSettings(BaseModel):
+    """``config.json``'s ``dlrm``: the fields of ``model.dlrm.DLRMConfig``, bounded."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    model: Literal["hstu"]
-    hstu: HSTUSettings
+    num_rows: int = Field(ge=2, le=2**31 - 1)
+    num_user_rows: int = Field(4096, ge=1, le=2**31 - 1)
+    num_actions: int = Field(256, ge=1, le=1 << 16)
+    dim: int = Field(32, ge=1, le=1 << 16)
+    hidden: list[Annotated[int, Field(ge=1, le=1 << 16)]] = Field(
+        default_factory=lambda: [64, 32], max_length=16
+    )
+    ranking_tasks: list[dict[str, Any]] = Field(default_factory=list, max_length=64)
+
+
+class PublishedConfig(BaseModel):
+    """A version's ``config.json`` as ``genrec train`` publishes it: ``model`` names the
+    encoder (versions before SASRec: always hstu) and the key of that name holds its
+    settings."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    model: Literal["hstu", "sasrec", "dlrm"]
+    hstu: HSTUSettings | None = None
+    sasrec: SASRecSettings | None = None
+    dlrm: DLRMSettings | None = None
     trainer: dict[str, Any] = Field(default_factory=dict)  # informational: never read
+
+    @model_validator(mode="after")
+    def _one_encoder(self) -> PublishedConfig:
+        present = [k for k in ("hstu", "sasrec", "dlrm") if getattr(self, k) is not None]
+        if present != [self.model]:
+            raise ValueError(f"model {self.model!r} needs its settings under {self.model!r} only")
+        return self
+
+    def build(self) -> SequentialEncoder | DLRM:
+        """The model these settings describe (on torch's current default device)."""
+        if self.dlrm is not None:
+            return DLRM(DLRMConfig(**self.dlrm.model_dump()))
+        if self.sasrec is not None:
+            return SASRec(SASRecConfig(**self.sasrec.model_dump()))
+        assert self.hstu is not None  # _one_encoder
+        return HSTU(HSTUConfig(**self.hstu.model_dump()))
 
 
 class Versions(Protocol):
@@ -107,6 +157,11 @@ def load_version(
     where = f"{version_dir_name(manifest.version)} in {registry.location}"
     config = _config(registry, manifest, where)
     model = _model(registry, manifest, config, where)
+    if isinstance(model, DLRM):  # verified, but a PublishedModel retrieves: an encoder's job
+        raise RegistryError(
+            f"{where}: a dlrm model ranks given candidates only; scoring a catalogue needs an "
+            "hstu or sasrec version (model.kind)"
+        )
     vocab = _vocab(registry, manifest, model.num_rows, max_vocab_bytes, where)
     live = vocab.live_rows()
     return PublishedModel(
@@ -128,13 +183,12 @@ def _config(registry: Versions, manifest: Manifest, where: str) -> PublishedConf
 
 def _model(
     registry: Versions, manifest: Manifest, config: PublishedConfig, where: str
-) -> SequentialEncoder:
+) -> SequentialEncoder | DLRM:
     try:
-        settings = HSTUConfig(**config.hstu.model_dump())
+        with torch.device("meta"):  # shapes only: nothing is allocated yet
+            shapes = config.build()
     except ValueError as err:  # e.g. a ranking task that is no task
-        raise RegistryError(f"{where}: {CONFIG_NAME}: hstu: {_first_line(err)}") from None
-    with torch.device("meta"):  # shapes only: nothing is allocated yet
-        shapes = HSTU(settings)
+        raise RegistryError(f"{where}: {CONFIG_NAME}: {config.model}: {_first_line(err)}") from None
     needed = sum(t.numel() * t.element_size() for t in shapes.state_dict().values())
     weights = _entry(manifest, MODEL_FILE, where).size
     if needed > weights:
@@ -143,7 +197,7 @@ def _model(
             f"{MODEL_FILE} holds only {weights} bytes: the config does not belong to these "
             "weights; publish the version again"
         )
-    model = HSTU(settings)
+    model = config.build()
     data = registry.read_file(manifest.version, MODEL_FILE)
     try:
         model.load_state_dict(state_from_bytes(data, f"{where}/{MODEL_FILE}"))

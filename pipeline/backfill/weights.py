@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.hstu import HSTU
 from model.serialize import load_checkpoint
 from pipeline.offline.training import json_key, offline_checkpoint
 from pipeline.stream.state import TrainerState
@@ -27,8 +26,11 @@ def load_offline_weights(state: TrainerState, directory: str | Path) -> int:
     ``checkpoint`` folder in it) into ``state.model``; returns the rows carried over."""
     path = offline_checkpoint(directory)
     offline, meta = load_checkpoint(path)
-    if not isinstance(offline, HSTU):
-        raise ValueError(f"{path}: a {type(offline).__name__} model; the trainer runs HSTU")
+    if type(offline) is not type(state.model):
+        raise ValueError(
+            f"{path}: a {type(offline).__name__} model; the trainer runs "
+            f"{type(state.model).__name__} (model.kind)"
+        )
     keys = meta.get("item_keys")
     if not isinstance(keys, list):
         raise ValueError(f"{path}: model.json has no item_keys list; re-run train-offline")

@@ -33,7 +33,7 @@ from pipeline.events.positives import PositiveRule
 from pipeline.state.grouping import compact_groups, group_order
 from pipeline.state.store import Histories, IngestPlan, SequenceStore
 from pipeline.state.vocab import ItemVocabulary, Observation
-from pipeline.stream.ranking import CandidateBatch, with_retrieval
+from pipeline.stream.ranking import CandidateBatch, assemble_candidates, with_retrieval
 
 
 @dataclass(frozen=True)
@@ -166,7 +166,8 @@ class PreparedBatch:
             ``accepted``).
         ranking: with ranking on, the batch to train on instead of ``micro.batch``: the same
             windows with the ranking candidates in place (``candidate_event`` indexes
-            ``accepted``; ``pipeline.stream.ranking.with_retrieval``); None when off.
+            ``accepted``; ``pipeline.stream.ranking.with_retrieval``), or for a ranking-only
+            builder the candidate sequences alone (``assemble_candidates``); None when off.
     """
 
     events: EventBatch
@@ -184,7 +185,8 @@ class PreparedBatch:
 
 class BatchBuilder:
     """Runs store + vocabulary + assembly for each decoded batch (see module docstring);
-    ``positives``: which new events are targets (None: all)."""
+    ``positives``: which new events are targets (None: all); ``ranking_only``: the ranking
+    batch holds the candidate sequences only, no retrieval windows (``model.kind=dlrm``)."""
 
     def __init__(
         self,
@@ -192,8 +194,10 @@ class BatchBuilder:
         vocab: ItemVocabulary,
         max_targets: int,
         positives: PositiveRule | None = None,
+        ranking_only: bool = False,
     ) -> None:
         self.store = store
+        self.ranking_only = ranking_only
         self.vocab = vocab
         self.max_targets = max_targets
         self.positives = None if positives is None or positives.is_all else positives
@@ -226,7 +230,11 @@ class BatchBuilder:
             positive=positive,
         )
         candidates = None
-        if ranking:
+        if ranking and self.ranking_only:
+            candidates = assemble_candidates(
+                history, history_rows, seq, obs.rows, ts, actions, values, self.store.max_len
+            )
+        elif ranking:
             candidates = with_retrieval(
                 micro.batch,
                 history,

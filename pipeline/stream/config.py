@@ -123,17 +123,23 @@ class VocabSection(_Section):
 
 
 class ModelSection(_Section):
+    kind: Literal["hstu", "sasrec", "dlrm"] = Field(
+        "hstu",
+        description="hstu, sasrec (model/sasrec.py, its other options default) or dlrm "
+        "(model/dlrm.py: ranking only, needs ranking_tasks)",
+    )
     embedding_dim: int = Field(64, ge=4, description="D")
-    num_layers: int = Field(2, ge=1, description="HSTU layers")
+    num_layers: int = Field(2, ge=1, description="encoder layers")
     num_heads: int = Field(1, ge=1, description="attention heads")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout inside HSTU layers")
     input_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on input embeddings")
     attention_backend: Literal["auto", "reference", "triton"] = Field(
-        "auto", description="attention kernel backend"
+        "auto", description="HSTU's attention kernel backend (hstu only)"
     )
     layer_norm: Literal["plain", "affine"] = Field(
         "plain",
-        description="HSTU layer norms: plain (no learned scale/shift, the reference's) or affine",
+        description="HSTU layer norms: plain (no learned scale/shift, the reference's) or "
+        "affine (hstu only)",
     )
     init: Literal["reference", "genrec"] = Field(
         "reference", description="parameter init: reference (Meta's research code's) or genrec"
@@ -179,6 +185,22 @@ class ModelSection(_Section):
         if not all(isinstance(doc, dict) for doc in docs):
             raise ValueError("each task is a spec string such as 'like:value>=4' or a dict")
         return list(check_tasks(docs))  # the error line names the key and its origin
+
+    @model_validator(mode="after")
+    def _kind_settings(self) -> ModelSection:
+        # the other kinds have neither setting: a non-default value would silently do nothing
+        if self.kind != "hstu":
+            for name, default in (("layer_norm", "plain"), ("attention_backend", "auto")):
+                if getattr(self, name) != default:
+                    raise ValueError(
+                        f"model.{name} is HSTU-only; leave it unset with model.kind={self.kind}"
+                    )
+        if self.kind == "dlrm" and not self.ranking_tasks:
+            raise ValueError(
+                "model.kind=dlrm is a ranking-only model: set model.ranking_tasks (what it "
+                "predicts)"
+            )
+        return self
 
 
 class TrainSection(_Section):

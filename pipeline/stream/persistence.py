@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 # written with, so that an older checkpoint of the same shapes still restores.
 # Model settings added after checkpoints were first written, with the value those had.
 _LEGACY_MODEL_SETTINGS = {
+    "kind": "hstu",
     "layer_norm": "affine",
     "init": "genrec",
     "action_inputs": False,
@@ -161,7 +162,8 @@ class Persistence:
         model.load_state_dict(nets["model"])
         optimizer_state = nets["optimizer"]
         written_sparse = is_row_sparse_state(optimizer_state)
-        if written_sparse != cfg.train.sparse_embeddings:
+        # DLRM always trains with dense Adam (pipeline.stream.state.new_model)
+        if written_sparse != isinstance(optimizer, RowSparseAdam):
             raise RestoreRefusedError(
                 f"checkpoint {ckpt.path} holds the optimizer state of train.sparse_embeddings="
                 f"{str(written_sparse).lower()}; resume it with --set "
@@ -316,8 +318,8 @@ class Persistence:
                 watermark=None if state.store.watermark < 0 else state.store.watermark,
                 metrics=registry_metrics(state),
                 config={
-                    "model": "hstu",
-                    "hstu": asdict(state.model.cfg),
+                    "model": self.cfg.model.kind,
+                    self.cfg.model.kind: asdict(state.model.cfg),
                     "trainer": self.cfg.model_dump(mode="json"),
                 },
                 expect_latest=self._expected_latest,

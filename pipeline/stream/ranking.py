@@ -39,7 +39,7 @@ import torch
 from model.base import Targets
 from model.jagged import JaggedBatch
 from model.ranking_metrics import ProgressiveMetrics
-from pipeline.state.grouping import group_order
+from pipeline.state.grouping import group_order, hash_event_ids
 from pipeline.state.store import Histories
 from pipeline.state.vocab import pack_arrays, unpack_arrays
 
@@ -124,6 +124,15 @@ def assemble_candidates(
         num_targets=n_cand,
     )
     return CandidateBatch(batch, cand, int(known.sum()) - int(cand.size))
+
+
+def hashed_user_rows(user_keys: np.ndarray, num_user_rows: int) -> np.ndarray:
+    """DLRM's user row of each key (``model.kind=dlrm``): the 64-bit FNV-1a hash of the
+    key's text (``str(key)``) modulo ``num_user_rows``, int64. Stable across processes and
+    restarts, unlike Python's salted ``hash()``; users that collide share a row."""
+    text = np.array([str(key) for key in user_keys.tolist()], dtype=object)
+    hashed = hash_event_ids(text, text.size).view(np.uint64)
+    return (hashed % np.uint64(num_user_rows)).astype(np.int64)
 
 
 def new_metrics(tasks: Sequence[str]) -> ProgressiveMetrics | None:

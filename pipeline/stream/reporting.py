@@ -15,16 +15,21 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from model.dlrm import DLRM
 from pipeline.stream import ranking
 from pipeline.stream.observability import TrainerMetrics
 from pipeline.stream.state import TrainerState
+
+NO_RETRIEVAL = "n/a: model.kind=dlrm ranks candidates only"
 
 
 def snapshot(
     state: TrainerState, elapsed: float, done: int, run_events: int, dead_letters: dict[str, int]
 ) -> dict[str, Any]:
     """Where a run stands after ``elapsed`` seconds in which this process read ``done``
-    events (``run_events``: the run's, which a restarted group rank began earlier)."""
+    events (``run_events``: the run's, which a restarted group rank began earlier). A
+    ranking-only model (DLRM) has no retrieval figures: empty, with ``retrieval`` saying so."""
+    retrieval = not isinstance(state.model, DLRM)
     return {
         "time": time.time(),
         "elapsed_s": elapsed,
@@ -34,8 +39,9 @@ def snapshot(
         "targets": state.counters["targets"],
         "events_per_s": done / elapsed,
         "loss": state.last_loss,
-        "window": state.progressive.windowed(),
-        "cumulative": state.progressive.cumulative(),
+        "window": state.progressive.windowed() if retrieval else {},
+        "cumulative": state.progressive.cumulative() if retrieval else {},
+        **({} if retrieval else {"retrieval": NO_RETRIEVAL}),
         "ranking": ranking.figures(state.ranking),
         "rejected": dict(state.rejected),
         "dead_letters": dead_letters,
@@ -86,6 +92,7 @@ def summary(
         "dead_letters": snap["dead_letters"],
         "progressive_window": snap["window"],
         "progressive_cumulative": snap["cumulative"],
+        **({"retrieval": snap["retrieval"]} if "retrieval" in snap else {}),
         **({"ranking": snap["ranking"], "candidates": c["candidates"]} if snap["ranking"] else {}),
         "events_per_s": snap["events_per_s"],
         "elapsed_s": snap["elapsed_s"],

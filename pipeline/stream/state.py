@@ -18,9 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from model.base import SequentialEncoder
+from model.dlrm import DLRM, DLRMConfig
 from model.hstu import HSTU, HSTUConfig
 from model.optim import RowSparseAdam
 from model.ranking_metrics import ProgressiveMetrics as RankingMetrics
+from model.sasrec import SASRec, SASRecConfig
 from pipeline.state.store import SequenceStore
 from pipeline.state.vocab import ItemVocabulary
 from pipeline.stream.config import TrainerConfig
@@ -28,6 +31,8 @@ from pipeline.stream.progressive import ProgressiveMetrics
 from pipeline.stream.ranking import new_metrics
 
 Optimizer = torch.optim.Optimizer | RowSparseAdam
+# ``model.kind``: an encoder (hstu, sasrec) or the ranking-only DLRM
+Model = SequentialEncoder | DLRM
 
 # Settings a checkpoint must agree with: they fix tensor shapes and stored data layout.
 SHAPE_KEYS = ("model", "store.max_len", "vocab.capacity")
@@ -38,7 +43,8 @@ class TrainerState:
     """Everything a checkpoint saves of one trainer, and what its step changes.
 
     Attributes:
-        model, optimizer: the HSTU encoder and its (row-sparse) Adam.
+        model, optimizer: the ``model.kind`` model and its Adam (row-sparse with
+            ``train.sparse_embeddings``, for the encoders).
         store: the users' histories.
         vocab: item keys to embedding rows.
         progressive: test-then-train metrics (HR@K, NDCG@K, MRR).
@@ -55,7 +61,7 @@ class TrainerState:
             CPU clock, unsynchronised on CUDA.
     """
 
-    model: HSTU
+    model: Model
     optimizer: Optimizer
     store: SequenceStore
     vocab: ItemVocabulary
@@ -93,16 +99,17 @@ def new_state(cfg: TrainerConfig) -> TrainerState:
     )
 
 
-def new_model(cfg: TrainerConfig) -> tuple[HSTU, Optimizer]:
+def new_model(cfg: TrainerConfig) -> tuple[Model, Optimizer]:
     """The model on ``train.device`` (initialised from torch's global generator) and its
-    optimizer."""
+    optimizer. DLRM keeps its own init and trains with dense Adam (``RowSparseAdam`` is
+    written for the encoders' item table)."""
     model = build_model(cfg)
-    if cfg.model.init == "reference":
+    if cfg.model.init == "reference" and isinstance(model, SequentialEncoder):
         model.reference_init()
     model = model.to(torch.device(cfg.train.device))
     t = cfg.train
     betas = (0.9, t.adam_beta2)
-    if t.sparse_embeddings:
+    if t.sparse_embeddings and isinstance(model, SequentialEncoder):
         model.item_emb.sparse = True  # lookups give the table a sparse gradient
         return model, RowSparseAdam(model, t.lr, betas, t.weight_decay)
     optimizer = torch.optim.Adam(
@@ -111,26 +118,41 @@ def new_model(cfg: TrainerConfig) -> tuple[HSTU, Optimizer]:
     return model, optimizer
 
 
-def build_model(cfg: TrainerConfig) -> HSTU:
-    """The HSTU encoder described by ``cfg`` (item table = vocabulary capacity)."""
+def build_model(cfg: TrainerConfig) -> Model:
+    """The ``model.kind`` model described by ``cfg`` (item table = vocabulary capacity)."""
     m = cfg.model
-    return HSTU(
-        HSTUConfig(
-            num_rows=cfg.vocab.capacity,
-            embedding_dim=m.embedding_dim,
-            num_layers=m.num_layers,
-            num_heads=m.num_heads,
-            max_len=cfg.store.max_len,
-            dropout=m.dropout,
-            input_dropout=m.input_dropout,
-            attention_backend=m.attention_backend,
-            layer_norm=m.layer_norm,
-            action_inputs=m.action_inputs,
-            ranking_tasks=tuple(m.ranking_tasks),
-            ranking_hidden=tuple(m.ranking_hidden),
-            **({} if m.value_boundaries is None else {"value_boundaries": m.value_boundaries}),
+    if m.kind == "dlrm":  # dim = embedding_dim, MLP = ranking_hidden; its other options default
+        return DLRM(
+            DLRMConfig(
+                num_rows=cfg.vocab.capacity,
+                dim=m.embedding_dim,
+                hidden=tuple(m.ranking_hidden),
+                ranking_tasks=tuple(m.ranking_tasks),
+            )
         )
+    common: dict[str, Any] = {
+        "num_rows": cfg.vocab.capacity,
+        "embedding_dim": m.embedding_dim,
+        "num_layers": m.num_layers,
+        "num_heads": m.num_heads,
+        "max_len": cfg.store.max_len,
+        "dropout": m.dropout,
+        "input_dropout": m.input_dropout,
+        "action_inputs": m.action_inputs,
+        "ranking_tasks": tuple(m.ranking_tasks),
+        "ranking_hidden": tuple(m.ranking_hidden),
+        **({} if m.value_boundaries is None else {"value_boundaries": m.value_boundaries}),
+    }
+    if m.kind == "sasrec":  # its options HSTU lacks (style, ffn_dim) keep their defaults
+        return SASRec(SASRecConfig(**common))
+    return HSTU(
+        HSTUConfig(**common, attention_backend=m.attention_backend, layer_norm=m.layer_norm)
     )
+
+
+def item_weight(model: Model) -> torch.Tensor:
+    """The weight of ``model``'s item table, whose rows are the vocabulary's."""
+    return model.items.weight if isinstance(model, DLRM) else model.item_emb.weight
 
 
 def task_names(cfg: TrainerConfig) -> list[str]:

@@ -30,19 +30,20 @@ import numpy as np
 import torch
 
 from model.base import Targets, select_targets
+from model.dlrm import DLRM
 from model.jagged import JaggedBatch
 from model.losses import sampled_softmax_loss
 from model.ranking_heads import labels_from_events, ranking_loss, task_from_dict, task_weights
 from pipeline.events import EventBatch
 from pipeline.events.positives import parse_positives
 from pipeline.events.reject import DecodeResult
-from pipeline.stream.batching import BatchBuilder
+from pipeline.stream.batching import BatchBuilder, PreparedBatch
 from pipeline.stream.config import TrainerConfig
 from pipeline.stream.deadletter import DeadLetterSink
 from pipeline.stream.observability import TrainerMetrics
 from pipeline.stream.progressive import ranks_over_catalogue
-from pipeline.stream.ranking import retrieval_targets
-from pipeline.stream.state import TrainerState, reset_item_rows
+from pipeline.stream.ranking import hashed_user_rows, retrieval_targets
+from pipeline.stream.state import TrainerState, item_weight, reset_item_rows
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,8 @@ class Step:
         self.positives = parse_positives(cfg.train.positives, setting="train.positives")
         self.tasks = [task_from_dict(doc) for doc in cfg.model.ranking_tasks]
         self.task_weights = task_weights(self.tasks)
+        # DLRM ranks the candidates only: no retrieval targets are scored or trained
+        self.ranking_only = cfg.model.kind == "dlrm"
 
     @property
     def ranking(self) -> bool:
@@ -117,12 +120,16 @@ class Step:
             self.reset_rows(state, prepared.assigned_rows)
         micro, ranking = prepared.micro, prepared.ranking
         candidates = 0 if ranking is None else ranking.num_candidates
+        target_event = np.empty(0, np.int64) if self.ranking_only else micro.target_event
         ranks = np.empty(0, dtype=np.int64)
         built = time.perf_counter()
-        if (micro.num_targets or candidates) and scoring:
+        if (target_event.size or candidates) and scoring:
             # with ranking on, one batch holds the retrieval windows and the candidates
             batch = micro.batch if ranking is None else ranking.batch
-            ranks = self._test_then_train(state, batch, bool(micro.num_targets), candidates > 0)
+            users = self.user_rows(state, prepared) if self.ranking_only and candidates else None
+            ranks = self._test_then_train(
+                state, batch, bool(target_event.size), candidates > 0, users
+            )
         elif scoring:
             self.step_without_targets(state)
         trained = time.perf_counter()
@@ -133,7 +140,7 @@ class Step:
         self.metrics.add_rejects(store_rejects)
         c = state.counters
         c["events_trained"] += prepared.num_accepted
-        c["targets"] += micro.num_targets
+        c["targets"] += target_event.size
         c["context_only"] += micro.context_only
         c["unknown_item"] += micro.unknown_item
         if micro.not_positive:  # only counted under a rule: other runs' counters stay as they were
@@ -143,8 +150,8 @@ class Step:
             c["candidates_no_history"] += ranking.no_history
         c["steps"] += 1
         self.metrics.trained.inc(prepared.num_accepted)
-        self.metrics.targets.inc(micro.num_targets)
-        targets = prepared.accepted[micro.target_event]
+        self.metrics.targets.inc(target_event.size)
+        targets = prepared.accepted[target_event]
         audit = self.cfg.observability.targets_log
         if audit is not None and events.event_id is not None:
             with open(audit, "a", encoding="utf-8") as file:  # appended as scored
@@ -153,13 +160,19 @@ class Step:
         return StepResult(prepared.num_accepted, ranks, target_times, state.last_loss)
 
     def _test_then_train(
-        self, state: TrainerState, batch: JaggedBatch, targeted: bool, ranked: bool
+        self,
+        state: TrainerState,
+        batch: JaggedBatch,
+        targeted: bool,
+        ranked: bool,
+        users: torch.Tensor | None = None,
     ) -> np.ndarray:
         """Score every retrieval target (when ``targeted``) and ranking candidate (when
         ``ranked``) of ``batch`` (test), then take one optimizer step on the sum of their
-        losses (train)."""
+        losses (train). ``users``: DLRM's user row of each sequence (``user_rows``)."""
         clock = time.perf_counter()
         batch = batch.to(self.device)
+        users = None if users is None else users.to(self.device)
         labels = None
         if ranked:
             rows = batch.candidate_mask()
@@ -172,12 +185,12 @@ class Step:
             # Dropout would perturb the test scores: score in eval mode, without gradients.
             model.eval()
             with torch.no_grad():
-                targets, logits = self._forward(state, batch, targeted, ranked)
+                targets, logits = self._forward(state, batch, targeted, ranked, users)
                 ranks = self._test(state, targets, logits, labels, live)
             model.train()
             clock = state.lap("evaluate", clock)
         if learn:
-            targets, logits = self._forward(state, batch, targeted, ranked)
+            targets, logits = self._forward(state, batch, targeted, ranked, users)
             if not self.separate_eval:
                 clock = state.lap("forward_backward", clock)
                 with torch.no_grad():
@@ -214,11 +227,19 @@ class Step:
         return out
 
     def _forward(
-        self, state: TrainerState, batch: JaggedBatch, targeted: bool, ranked: bool
+        self,
+        state: TrainerState,
+        batch: JaggedBatch,
+        targeted: bool,
+        ranked: bool,
+        users: torch.Tensor | None,
     ) -> tuple[Targets | None, torch.Tensor | None]:
         """One encoder call: the retrieval targets with their query states, and the
-        candidates' ranking logits."""
+        candidates' ranking logits (DLRM: the logits only)."""
         model = state.model
+        if isinstance(model, DLRM):
+            assert users is not None and not targeted
+            return None, model(batch, users)
         states = model.encode(batch)
         targets = None
         if targeted:
@@ -250,13 +271,26 @@ class Step:
     # ------------------------------------------------------------------ hooks
     def make_builder(self, state: TrainerState) -> BatchBuilder:
         """Store + vocabulary + assembly over the state's store and vocabulary."""
-        return BatchBuilder(state.store, state.vocab, self.cfg.max_targets, self.positives)
+        return BatchBuilder(
+            state.store, state.vocab, self.cfg.max_targets, self.positives, self.ranking_only
+        )
+
+    def user_rows(self, state: TrainerState, prepared: PreparedBatch) -> torch.Tensor:
+        """DLRM's user row of each candidate sequence: its user's key, hashed
+        (``pipeline.stream.ranking.hashed_user_rows``)."""
+        assert prepared.ranking is not None and isinstance(state.model, DLRM)
+        ranking = prepared.ranking
+        assert ranking.batch.num_targets is not None
+        counts = ranking.batch.num_targets.numpy()
+        first = np.cumsum(counts) - counts  # each sequence's first candidate
+        keys = prepared.events.user_id[prepared.accepted[ranking.candidate_event[first]]]
+        return torch.from_numpy(hashed_user_rows(keys, state.model.cfg.num_user_rows))
 
     def reset_rows(self, state: TrainerState, rows: np.ndarray) -> None:
         """Fresh embeddings (from torch's global generator) and optimizer state for rows
         handed to new items."""
         model = state.model
-        reset_item_rows(model.reset_item_rows, state.optimizer, model.item_emb.weight, rows)
+        reset_item_rows(model.reset_item_rows, state.optimizer, item_weight(model), rows)
 
     def reduce_gradients(self, state: TrainerState, targets: int) -> int:
         """Between backward and the optimizer step (a trainer group sums every rank's

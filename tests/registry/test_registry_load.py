@@ -62,7 +62,21 @@ CASES: list[tuple[str, bytes | None, bytes | None, str]] = [
     ("config-array", b"[1, 2]", None, "config.json is not a model config"),
     ("config-unknown-key", json.dumps(_hstu(evil=1)).encode(), None, "hstu.evil: Extra"),
     ("config-unknown-model", json.dumps({**CONFIG, "model": "evil"}).encode(), None, "model:"),
-    ("config-no-hstu", json.dumps({"model": "hstu"}).encode(), None, "hstu: Field required"),
+    ("config-no-hstu", json.dumps({"model": "hstu"}).encode(), None, "under 'hstu' only"),
+    (
+        "config-sasrec-huge-ffn",
+        json.dumps(
+            {"model": "sasrec", "sasrec": {"num_rows": 10, "ffn_dim": 1 << 20}}
+        ).encode(),
+        None,
+        "sasrec.ffn_dim",
+    ),
+    (
+        "config-dlrm-huge-dim",
+        json.dumps({"model": "dlrm", "dlrm": {"num_rows": 10, "dim": 1 << 20}}).encode(),
+        None,
+        "dlrm.dim",
+    ),
     ("config-str-dim", json.dumps(_hstu(embedding_dim="8")).encode(), None, "embedding_dim"),
     ("config-bool-layers", json.dumps(_hstu(num_layers=True)).encode(), None, "num_layers"),
     ("config-huge-rows", json.dumps(_hstu(num_rows=10**11)).encode(), None, "num_rows"),

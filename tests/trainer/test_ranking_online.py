@@ -13,6 +13,7 @@ import torch
 from prometheus_client import generate_latest
 
 from connectors.registry import Registry
+from connectors.registry.errors import RegistryError
 from connectors.registry.published import PublishedConfig, load_version
 from model.base import select_targets
 from pipeline.commands.train import make_source
@@ -26,7 +27,8 @@ from pipeline.stream.checkpoint import CheckpointStore
 from pipeline.stream.config import load_config
 from pipeline.stream.deadletter import MemoryDeadLetterSink
 from pipeline.stream.observability import TrainerMetrics
-from pipeline.stream.ranking import retrieval_targets
+from pipeline.stream.persistence import RestoreRefusedError
+from pipeline.stream.ranking import hashed_user_rows, retrieval_targets
 from pipeline.stream.state import new_state
 from pipeline.stream.step import Step
 from pipeline.stream.trainer import OnlineTrainer
@@ -229,3 +231,83 @@ def test_a_retrieval_only_checkpoint_restores_without_heads(tmp_path):
     old = json.loads(registry.read_file("latest", "config.json"))
     del old["hstu"]["ranking_tasks"], old["hstu"]["ranking_hidden"]
     assert PublishedConfig.model_validate(old).hstu.ranking_tasks == []
+
+
+def test_sasrec_runs_online_and_its_version_loads(tmp_path):
+    cfg = cfg_for(tmp_path, max_events=1600)
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"kind": "sasrec"})})
+    registry = Registry.open(cfg.registry.uri, create=True)
+    summary = OnlineTrainer(
+        cfg,
+        make_source(cfg),
+        MemoryDeadLetterSink(),
+        checkpoints=CheckpointStore(cfg.checkpoint.dir),
+        registry=registry,
+    ).run()
+    assert summary["ranking"]["click/count"] > 0 and 0.0 < summary["ranking"]["click/auc"] < 1.0
+    published = load_version(registry, "latest")
+    assert type(published.model).__name__ == "SASRec"
+    assert published.model.cfg.ranking_tasks == (CLICK,)
+    # an HSTU run over the SASRec checkpoints is refused, naming the setting
+    hstu = cfg.model_copy(update={"model": cfg.model.model_copy(update={"kind": "hstu"})})
+    again = OnlineTrainer(
+        hstu,
+        make_source(hstu),
+        MemoryDeadLetterSink(),
+        checkpoints=CheckpointStore(hstu.checkpoint.dir),
+    )
+    with pytest.raises(
+        RestoreRefusedError, match=r"model\.kind: checkpoint 'sasrec', this run 'hstu'"
+    ):
+        again.restore()
+
+
+def test_hstu_only_settings_are_refused_for_sasrec(tmp_path):
+    with pytest.raises(ConfigError, match=r"model\.layer_norm is HSTU-only"):
+        load_config(overrides={"model": {"kind": "sasrec", "layer_norm": "affine"}}, environ={})
+    with pytest.raises(ConfigError, match=r"model\.kind"):
+        load_config(overrides={"model": {"kind": "bert"}}, environ={})
+
+
+def test_dlrm_ranks_online_without_retrieval(tmp_path):
+    cfg = cfg_for(tmp_path, max_events=1600)
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"kind": "dlrm"})})
+    registry = Registry.open(cfg.registry.uri, create=True)
+    trainer = OnlineTrainer(
+        cfg,
+        make_source(cfg),
+        MemoryDeadLetterSink(),
+        checkpoints=CheckpointStore(cfg.checkpoint.dir),
+        registry=registry,
+    )
+    summary = trainer.run()
+    assert summary["ranking"]["click/count"] == summary["candidates"] > 0
+    assert 0.0 < summary["ranking"]["click/auc"] < 1.0
+    assert summary["targets"] == 0 and summary["progressive_cumulative"] == {}
+    assert summary["retrieval"].startswith("n/a")
+    again = OnlineTrainer(
+        cfg,
+        make_source(cfg),
+        MemoryDeadLetterSink(),
+        checkpoints=CheckpointStore(cfg.checkpoint.dir),
+    )
+    assert again.restore()
+    assert torch.equal(again.state.model.mlp[0].weight, trainer.state.model.mlp[0].weight)
+    # its version is verified like an encoder's, then refused: it cannot score a catalogue
+    config = PublishedConfig.model_validate_json(registry.read_file("latest", "config.json"))
+    assert config.model == "dlrm" and config.dlrm is not None
+    with pytest.raises(RegistryError, match="a dlrm model ranks given candidates only"):
+        load_version(registry, "latest")
+
+
+def test_dlrm_user_rows_are_a_stable_hash():
+    keys = np.array([7, "alice", 7], dtype=object)
+    rows = hashed_user_rows(keys, 4096)
+    assert rows[0] == rows[2] and rows.min() >= 0 and rows.max() < 4096
+    # FNV-1a of "7": fixed across processes, unlike hash()
+    assert rows[0] == 0xAF63AA4C86019796 % 4096
+
+
+def test_dlrm_without_tasks_is_refused():
+    with pytest.raises(ConfigError, match=r"model\.kind=dlrm is a ranking-only model"):
+        load_config(overrides={"model": {"kind": "dlrm"}}, environ={})

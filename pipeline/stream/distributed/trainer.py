@@ -97,7 +97,9 @@ class _GroupBatchBuilder(BatchBuilder):
     """``BatchBuilder`` whose vocabulary decisions are the group's (module docstring, 3)."""
 
     def __init__(self, state: TrainerState, step: GroupStep) -> None:
-        super().__init__(state.store, state.vocab, step.cfg.max_targets, step.positives)
+        super().__init__(
+            state.store, state.vocab, step.cfg.max_targets, step.positives, step.ranking_only
+        )
         self.state = state
         self.step = step
 
