@@ -233,17 +233,24 @@ def test_a_retrieval_only_checkpoint_restores_without_heads(tmp_path):
     assert PublishedConfig.model_validate(old).hstu.ranking_tasks == []
 
 
-def test_sasrec_runs_online_and_its_version_loads(tmp_path):
+def kind_trainer(tmp_path, kind: str):
+    """(config, registry, trainer) of a short run of model ``kind`` that publishes."""
     cfg = cfg_for(tmp_path, max_events=1600)
-    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"kind": "sasrec"})})
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"kind": kind})})
     registry = Registry.open(cfg.registry.uri, create=True)
-    summary = OnlineTrainer(
+    trainer = OnlineTrainer(
         cfg,
         make_source(cfg),
         MemoryDeadLetterSink(),
         checkpoints=CheckpointStore(cfg.checkpoint.dir),
         registry=registry,
-    ).run()
+    )
+    return cfg, registry, trainer
+
+
+def test_sasrec_runs_online_and_its_version_loads(tmp_path):
+    cfg, registry, trainer = kind_trainer(tmp_path, "sasrec")
+    summary = trainer.run()
     assert summary["ranking"]["click/count"] > 0 and 0.0 < summary["ranking"]["click/auc"] < 1.0
     published = load_version(registry, "latest")
     assert type(published.model).__name__ == "SASRec"
@@ -270,16 +277,7 @@ def test_hstu_only_settings_are_refused_for_sasrec(tmp_path):
 
 
 def test_dlrm_ranks_online_without_retrieval(tmp_path):
-    cfg = cfg_for(tmp_path, max_events=1600)
-    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"kind": "dlrm"})})
-    registry = Registry.open(cfg.registry.uri, create=True)
-    trainer = OnlineTrainer(
-        cfg,
-        make_source(cfg),
-        MemoryDeadLetterSink(),
-        checkpoints=CheckpointStore(cfg.checkpoint.dir),
-        registry=registry,
-    )
+    cfg, registry, trainer = kind_trainer(tmp_path, "dlrm")
     summary = trainer.run()
     assert summary["ranking"]["click/count"] == summary["candidates"] > 0
     assert 0.0 < summary["ranking"]["click/auc"] < 1.0
