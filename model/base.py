@@ -45,17 +45,20 @@ class Targets(NamedTuple):
     positions: torch.Tensor  # [M] int64 flat row of each target in the batch
 
 
-def select_targets(batch: JaggedBatch, states: torch.Tensor) -> Targets:
+def select_targets(
+    batch: JaggedBatch, states: torch.Tensor, mask: torch.Tensor | None = None
+) -> Targets:
     """Pair each target event with the state at the previous position of its sequence.
 
-    Targets are ``batch.target_mask()`` rows whose item row is not 0: row 0 is the
-    padding/unknown row (e.g. an item the vocabulary has not admitted), which the model
-    cannot predict, so those targets are left out.
+    Targets are the ``mask`` rows (default ``batch.target_mask()``) whose item row is not
+    0: row 0 is the padding/unknown row (e.g. an item the vocabulary has not admitted),
+    which the model cannot predict, so those targets are left out. A layout whose candidate
+    rows are also next-item targets passes its own mask (``batch.is_target``).
 
     Raises:
         ValueError: a target is the first event of its sequence (nothing precedes it).
     """
-    mask = batch.target_mask() & (batch.item_ids > 0)
+    mask = (batch.target_mask() if mask is None else mask) & (batch.item_ids > 0)
     positions = torch.nonzero(mask).squeeze(1)
     first = positions_in_sequence(batch.offsets)[positions] == 0
     if bool(first.any()):

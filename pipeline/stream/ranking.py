@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from model.base import Targets
+from model.base import Targets, select_targets
 from model.jagged import JaggedBatch
 from model.ranking_metrics import ProgressiveMetrics
 from pipeline.state.grouping import group_order, hash_event_ids
@@ -243,8 +243,6 @@ def with_retrieval(
 
 def retrieval_targets(batch: JaggedBatch, states: torch.Tensor) -> Targets:
     """The retrieval targets of a ``with_retrieval`` batch: its ``is_target`` rows, candidate
-    rows included (``JaggedBatch.target_mask`` drops those), each predicted from the state
-    of the row before it, as ``model.base.select_targets`` pairs them."""
+    rows included (``JaggedBatch.target_mask`` drops those)."""
     assert batch.is_target is not None
-    positions = torch.nonzero(batch.is_target).squeeze(1)
-    return Targets(states[positions - 1], batch.item_ids[positions], None, positions)
+    return select_targets(batch, states, mask=batch.is_target)
