@@ -234,6 +234,25 @@ class ProgressiveMetrics:
         self.pos_hist = np.zeros((k, self.num_bins))
         self.neg_hist = np.zeros((k, self.num_bins))
 
+    def sums(self) -> dict[str, np.ndarray]:
+        """The sums behind the metrics (copies): what a checkpoint saves and what the ranks
+        of a trainer group add up (``add_sums``)."""
+        return {
+            "count": self.count.copy(),
+            "weight": self.weight.copy(),
+            "positive": self.positive.copy(),
+            "loss": self.loss.copy(),
+            "correct": self.correct.copy(),
+            "pos_hist": self.pos_hist.copy(),
+            "neg_hist": self.neg_hist.copy(),
+        }
+
+    def add_sums(self, sums: dict[str, np.ndarray]) -> None:
+        """Add another accumulator's ``sums()`` (same tasks and bins) to this one's."""
+        mine = self.sums()
+        for name, value in mine.items():
+            setattr(self, name, value + sums[name])
+
     def _bins(self, p: np.ndarray) -> np.ndarray:
         p = np.clip(p, EPS, 1.0 - EPS)
         z = np.log(p) - np.log1p(-p)

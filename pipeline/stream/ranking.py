@@ -25,7 +25,7 @@ every impression is a ranking example.
 
 The progressive ranking metrics (``model.ranking_metrics.ProgressiveMetrics``: NE, AUC, log
 loss, accuracy per task) are plain sums and histograms, so a trainer group sums them over
-its ranks (``accumulators`` / ``merged``) and a checkpoint saves them (``snapshot``).
+its ranks (``ProgressiveMetrics.sums`` / ``merged``) and a checkpoint saves them (``snapshot``).
 """
 
 from __future__ import annotations
@@ -43,8 +43,6 @@ from pipeline.state.grouping import group_order, hash_event_ids
 from pipeline.state.store import Histories
 from pipeline.state.vocab import pack_arrays, unpack_arrays
 
-# The accumulators of ``ProgressiveMetrics``: sums over examples, so ranks add them up.
-ACCUMULATORS = ("count", "weight", "positive", "loss", "correct", "pos_hist", "neg_hist")
 REPORTED = ("ne", "auc", "log_loss", "accuracy", "count")
 
 
@@ -140,21 +138,17 @@ def new_metrics(tasks: Sequence[str]) -> ProgressiveMetrics | None:
     return ProgressiveMetrics(tasks) if tasks else None
 
 
-def accumulators(metrics: ProgressiveMetrics) -> dict[str, np.ndarray]:
-    """The sums behind ``metrics``: what a checkpoint saves and what ranks add up."""
-    return {name: getattr(metrics, name) for name in ACCUMULATORS}
-
-
 def merged(tasks: Sequence[str], parts: Sequence[dict[str, np.ndarray]]) -> ProgressiveMetrics:
-    """Metrics over the examples of every part (``accumulators`` of several ranks), summed."""
+    """Metrics over the examples of every part (``ProgressiveMetrics.sums`` of several
+    ranks), summed."""
     out = ProgressiveMetrics(tasks)
-    for name in ACCUMULATORS:
-        setattr(out, name, sum((part[name] for part in parts), getattr(out, name)))
+    for part in parts:
+        out.add_sums(part)
     return out
 
 
 def snapshot(metrics: ProgressiveMetrics) -> bytes:
-    return pack_arrays(accumulators(metrics))
+    return pack_arrays(metrics.sums())
 
 
 def restore(tasks: Sequence[str], data: bytes | None) -> ProgressiveMetrics | None:

@@ -494,7 +494,7 @@ class GroupTrainer(OnlineTrainer):
             self.state.progressive.count,
             self.state.progressive.cumulative(),
             self.state.counters["events_seen"],
-            None if own_ranking is None else ranking.accumulators(own_ranking),
+            None if own_ranking is None else own_ranking.sums(),
         )
         everyone = self.group.all_gather(mine)
         count = sum(c for c, _, _, _ in everyone)
