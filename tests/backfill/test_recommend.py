@@ -44,6 +44,19 @@ NEW_ITEMS = (9001, 9002, 9003)  # never trained on: unknown to the version
 NEW_USER = 777_777  # only unknown items: no context, no recommendations
 
 
+def train_on_file(root: Path, *flags: str) -> None:
+    """``genrec train`` over ``root/stream.parquet`` with ``TRAIN_FLAGS`` and ``flags``,
+    publishing to ``root/registry``."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "train", "--source", "file",
+         "--path", str(root / "stream.parquet"), "--registry", str(root / "registry"),
+         *TRAIN_FLAGS, *flags],
+        cwd=root, env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 def event_columns(log: Any, rows: np.ndarray) -> dict[str, list]:
     return {
         "user_id": log.user[rows].tolist(),
@@ -62,14 +75,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     )
     order = np.argsort(log.timestamp, kind="stable")  # the stream in time order
     pq.write_table(pa.table(event_columns(log, order)), root / "stream.parquet")
-    done = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "train", "--source", "file",
-         "--path", str(root / "stream.parquet"), "--registry", str(root / "registry"),
-         *TRAIN_FLAGS],
-        cwd=root, env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    train_on_file(root)
     lake = root / "lake"
     lake.mkdir()
     pq.write_table(pa.table(event_columns(log, np.arange(len(log.user)))), lake / "a.parquet")

@@ -5,9 +5,6 @@ refused before any worker starts."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from typing import Any
 
 import numpy as np
@@ -17,12 +14,11 @@ import pytest
 import torch
 from test_recommend import (
     MAX_LEN,
-    REPO,
-    TRAIN_FLAGS,
     load_latest,
     read_histories,
     read_output,
     recommend_cli,
+    train_on_file,
 )
 
 from model.hstu import HSTU, HSTUConfig
@@ -57,14 +53,7 @@ def ranked(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     )
     pq.write_table(table, root / "stream.parquet")
     tasks = "model.ranking_tasks=seen:action:view,click;click:action:click"
-    done = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "train", "--source", "file",
-         "--path", str(root / "stream.parquet"), "--registry", str(root / "registry"),
-         *TRAIN_FLAGS, "--set", tasks],
-        cwd=root, env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    train_on_file(root, "--set", tasks)
     lake = root / "lake"
     lake.mkdir()
     pq.write_table(table, lake / "a.parquet")
