@@ -386,6 +386,12 @@ def run_train(args: argparse.Namespace) -> int:
     set_torch_threads(args.threads)
     preset = load_preset(args.preset)
     cfg = train_config_from_args(args, preset, seed=args.seed, progress=not args.no_progress)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        # before training, not when the first checkpoint is written after it
+        raise ConfigError(
+            f"--out {out} is a file; give a directory (it gets checkpoint/ and metrics.json)"
+        )
     if cfg.task == "ranking":
         return run_train_ranking(args, cfg, preset)
     if args.model == "dlrm":
@@ -405,7 +411,6 @@ def run_train(args: argparse.Namespace) -> int:
             "users_without_target": users_without_target(splits[2]),
         }
         log.info("positives %s: %d users without a positive test target", *extra.values())
-    out = Path(args.out)
     result = train_offline(args.model, model_config, splits, cfg, out_dir=out, meta=meta)
     summary = {**result.summary(), **extra}
     (out / "metrics.json").write_text(
@@ -447,7 +452,7 @@ def run_train_ranking(args: argparse.Namespace, cfg: TrainConfig, preset: Preset
         "data: %d users, %d items, %d events; cutoff %d, %d test events",
         ds.num_users, ds.num_items, ds.num_events, split.cutoff, split.test_events(),
     )  # fmt: skip
-    out = Path(args.out)
+    out = Path(args.out)  # checked by run_train
     result = train_ranking(
         args.model,
         model_config_from_args(args.model, args, preset),

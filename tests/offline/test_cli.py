@@ -210,3 +210,14 @@ def test_evaluate_takes_the_out_directory_or_its_checkpoint_folder(tmp_path, cap
         assert main(["evaluate", "--checkpoint", str(given), "--json"]) == 0
         results.append(last_json_line(capsys.readouterr().out))
     assert {k: results[0][k] for k in METRIC_KEYS} == {k: results[1][k] for k in METRIC_KEYS}
+
+
+@pytest.mark.parametrize(
+    "task", [["--task", "retrieval"], ["--task", "ranking", "--ranking-tasks", "like:value>=4"]]
+)
+def test_an_out_that_is_a_file_is_refused_before_training(task, tmp_path, capsys) -> None:
+    out = tmp_path / "a-file"
+    out.write_text("keep me")
+    assert main(["train-offline", *task, "--out", str(out), *TINY_DATA, *TINY_MODEL]) == 2
+    assert f"--out {out} is a file; give a directory" in capsys.readouterr().err
+    assert out.read_text() == "keep me"
