@@ -1,0 +1,1 @@
+"""``genrec scaling``: a grid of model sizes and budgets, quality against training compute."""
