@@ -81,6 +81,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(default: %(default)s)",
     )
     scaling.add_argument(
+        "--run-timeout",
+        type=float,
+        default=None,
+        help="stop the grid when one run takes longer than this many seconds (default: none)",
+    )
+    scaling.add_argument(
         "--plot-metric",
         default="ndcg@10",
         help="test metric on the plot's first panel; the second is hr@100 (default: %(default)s)",
@@ -184,7 +190,10 @@ def run_scaling(args: argparse.Namespace) -> int:
         "scaling grid: %d runs on %d users, %d items, %d events",
         len(specs), ds.num_users, ds.num_items, ds.num_events,
     )  # fmt: skip
-    results = run_grid(specs, settings, train, out, report=log.info)
+    try:
+        results = run_grid(specs, settings, train, out, log.info, args.run_timeout)
+    except RuntimeError as err:  # a run failed: its log is named, the finished runs stay
+        raise ConfigError(str(err)) from None
     data = {"users": ds.num_users, "items": ds.num_items, "events": ds.num_events}
     paths = write_report(results, settings, data, out, args.plot_metric)
     sys.stdout.write(f"wrote {', '.join(str(p) for p in paths)}\n")

@@ -155,14 +155,29 @@ def read_result(run_dir: Path) -> dict[str, Any] | None:
         return None  # a damaged file: the run trains again
 
 
-def run_one(spec: RunSpec, settings: GridSettings, cost: RunCost, run_dir: Path) -> dict[str, Any]:
-    """Train ``spec`` in a fresh ``genrec train-offline`` process and write its result."""
+def run_one(
+    spec: RunSpec,
+    settings: GridSettings,
+    cost: RunCost,
+    run_dir: Path,
+    timeout_s: float | None = None,
+) -> dict[str, Any]:
+    """Train ``spec`` in a fresh ``genrec train-offline`` process (stopped after
+    ``timeout_s`` seconds, when given) and write its result."""
     if run_dir.exists():
         shutil.rmtree(run_dir)  # an unfinished attempt: start clean
     run_dir.mkdir(parents=True)
     command = [sys.executable, "-m", "pipeline.cli", *settings.train_offline_args(spec, run_dir)]
     started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    try:
+        done = subprocess.run(
+            command, capture_output=True, text=True, check=False, timeout=timeout_s
+        )
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(
+            f"run {spec.key} did not finish in {timeout_s:.0f} s; raise --run-timeout or "
+            "shrink the run"
+        ) from None
     wall = time.perf_counter() - started
     (run_dir / "train-offline.log").write_text(done.stdout + done.stderr)
     if done.returncode != 0:
@@ -210,6 +225,7 @@ def run_grid(
     train: SequenceDataset,
     out_dir: Path,
     report: Callable[[str], None] = log.info,
+    run_timeout_s: float | None = None,
 ) -> list[dict[str, Any]]:
     """Run every spec not finished in ``out_dir`` (cheapest first); every run's result."""
     costs = {spec.key: run_cost(spec, train, settings.num_negatives) for spec in specs}
@@ -224,7 +240,9 @@ def run_grid(
         if spec.key in results:
             report(f"[{index}/{len(order)}] {spec.key}: finished before, skipped")
             continue
-        result = run_one(spec, settings, costs[spec.key], out_dir / "runs" / spec.key)
+        result = run_one(
+            spec, settings, costs[spec.key], out_dir / "runs" / spec.key, run_timeout_s
+        )
         results[spec.key] = result
         done.append((result["flops"], result["wall_seconds"]))
         left = [costs[s.key].flops for s in order[index:] if s.key not in results]
