@@ -142,7 +142,7 @@ def run_teacher_data(args: argparse.Namespace) -> int:
             }
         )
     except ValueError as err:
-        raise ConfigError(f"teacher-data: {err}") from None
+        raise ConfigError(str(err)) from None
     events = write_teacher_lake(cfg, out)
     sys.stdout.write(f"wrote {events} events of {cfg.num_users} users to {out}\n")
     return 0
