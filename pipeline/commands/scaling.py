@@ -87,6 +87,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="stop the grid when one run takes longer than this many seconds (default: none)",
     )
     scaling.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: report the grid's runs that have finished so far",
+    )
+    scaling.add_argument(
         "--plot-metric",
         default="ndcg@10",
         help="test metric on the plot's first panel; the second is hr@100 (default: %(default)s)",
@@ -157,7 +162,13 @@ def _split_list(text: str, flag: str) -> list[str]:
 
 def run_scaling(args: argparse.Namespace) -> int:
     from pipeline.backfill.histories import event_logs
-    from pipeline.offline.scaling.grid import GridSettings, grid_specs, parse_size, run_grid
+    from pipeline.offline.scaling.grid import (
+        GridSettings,
+        finished_results,
+        grid_specs,
+        parse_size,
+        run_grid,
+    )
     from pipeline.offline.scaling.report import write_report
     from pipeline.offline.splits import make_splits
     from pipeline.offline.training import load_sequences
@@ -190,10 +201,15 @@ def run_scaling(args: argparse.Namespace) -> int:
         "scaling grid: %d runs on %d users, %d items, %d events",
         len(specs), ds.num_users, ds.num_items, ds.num_events,
     )  # fmt: skip
-    try:
-        results = run_grid(specs, settings, train, out, log.info, args.run_timeout)
-    except RuntimeError as err:  # a run failed: its log is named, the finished runs stay
-        raise ConfigError(str(err)) from None
+    if args.report_only:
+        finished = finished_results(specs, out)
+        results = sorted(finished.values(), key=lambda r: (r["flops"], r["run"]))
+        log.info("reporting %d of the grid's %d runs (finished)", len(results), len(specs))
+    else:
+        try:
+            results = run_grid(specs, settings, train, out, log.info, args.run_timeout)
+        except RuntimeError as err:  # a run failed: its log is named, the finished runs stay
+            raise ConfigError(str(err)) from None
     data = {"users": ds.num_users, "items": ds.num_items, "events": ds.num_events}
     paths = write_report(results, settings, data, out, args.plot_metric)
     sys.stdout.write(f"wrote {', '.join(str(p) for p in paths)}\n")

@@ -141,6 +141,13 @@ def test_a_four_run_grid_runs_end_to_end_and_resumes(tmp_path: Path, caplog, cap
     assert again["sasrec-d4-l1-n5-e2"]["wall_seconds"] == 12345.0
     assert again["hstu-d4-l1-n5-e1"] == by_name["hstu-d4-l1-n5-e1"]
 
+    # --report-only: a larger grid of which 4 runs finished reports those 4, trains none
+    grown = [*argv[: -len(TINY_GRID)], *TINY_GRID[:2], "--epochs", "1,2,3", *TINY_GRID[4:]]
+    assert main([*grown, "--report-only"]) == 0
+    reported = json.loads((out / "results.json").read_text())["runs"]
+    assert sorted(r["run"] for r in reported) == sorted(by_name)
+    assert not (out / "runs" / "hstu-d4-l1-n5-e3").exists()
+
     # the same directory with other training settings would mix incomparable runs
     [line] = error_lines([*argv, "--lr", "0.01"], capsys)
     assert "holds a grid with other settings (lr)" in line

@@ -155,6 +155,16 @@ def read_result(run_dir: Path) -> dict[str, Any] | None:
         return None  # a damaged file: the run trains again
 
 
+def finished_results(specs: Sequence[RunSpec], out_dir: Path) -> dict[str, dict[str, Any]]:
+    """The results of the runs of ``specs`` that finished in ``out_dir``, by run name."""
+    results = {}
+    for spec in specs:
+        kept = read_result(out_dir / "runs" / spec.key)
+        if kept is not None:
+            results[spec.key] = kept
+    return results
+
+
 def run_one(
     spec: RunSpec,
     settings: GridSettings,
@@ -230,11 +240,7 @@ def run_grid(
     """Run every spec not finished in ``out_dir`` (cheapest first); every run's result."""
     costs = {spec.key: run_cost(spec, train, settings.num_negatives) for spec in specs}
     order = sorted(specs, key=lambda s: (costs[s.key].flops, s.key))
-    results: dict[str, dict[str, Any]] = {}
-    for spec in order:
-        kept = read_result(out_dir / "runs" / spec.key)
-        if kept is not None:
-            results[spec.key] = kept
+    results = finished_results(order, out_dir)
     done: list[tuple[int, float]] = []  # (FLOPs, wall seconds) of the runs trained here
     for index, spec in enumerate(order, start=1):
         if spec.key in results:
