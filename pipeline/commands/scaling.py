@@ -169,7 +169,7 @@ def run_scaling(args: argparse.Namespace) -> int:
         parse_size,
         run_grid,
     )
-    from pipeline.offline.scaling.report import write_report
+    from pipeline.offline.scaling.report import summary_lines, write_report
     from pipeline.offline.splits import make_splits
     from pipeline.offline.training import load_sequences
 
@@ -212,6 +212,10 @@ def run_scaling(args: argparse.Namespace) -> int:
             raise ConfigError(str(err)) from None
     data = {"users": ds.num_users, "items": ds.num_items, "events": ds.num_events}
     paths = write_report(results, settings, data, out, args.plot_metric)
+    fits = json.loads(paths[0].read_text())["fits"]
+    protocol = "exclude-seen" if args.exclude_seen else "all-items"
+    for metric in dict.fromkeys((args.plot_metric, "hr@100")):
+        sys.stdout.writelines(f"{line}\n" for line in summary_lines(fits, protocol, metric))
     sys.stdout.write(f"wrote {', '.join(str(p) for p in paths)}\n")
     return 0
 

@@ -51,9 +51,11 @@ def test_saturating_fit_recovers_a_known_power_law() -> None:
     assert fit["A"] == pytest.approx(0.2, abs=1e-4)
     assert fit["alpha"] == pytest.approx(0.35, abs=1e-3)
     assert fit["r2"] == pytest.approx(1.0, abs=1e-8)
-    # a straight line in ln C never saturates: the log-linear fit is exact, the power law not
-    line = 0.1 + 0.02 * np.log(c)
-    assert envelope_fits(c, line)["log_linear"]["r2"] == pytest.approx(1.0)
+    assert not fit["alpha_at_bound"]
+    # a straight line in ln C never saturates: the power law's alpha runs to its lower bound
+    line = envelope_fits(c, 0.1 + 0.02 * np.log(c))
+    assert line["log_linear"]["r2"] == pytest.approx(1.0)
+    assert line["saturating"]["alpha_at_bound"]
 
 
 def test_eta_is_overhead_plus_flop_rate() -> None:

@@ -94,6 +94,9 @@ def fit_saturating(flops: Sequence[float], quality: Sequence[float]) -> dict[str
         "alpha": alpha,
         "C0": c0,
         "r2": r_squared(y, predicted),
+        # alpha at the search's lower end: the points are straight in ln C (as alpha -> 0
+        # the law tends to a + b ln C), no saturation within the range, q_inf meaningless
+        "alpha_at_bound": alpha <= ALPHA_RANGE[0] * 1.01,
     }
 
 
@@ -107,6 +110,7 @@ def envelope_fits(flops: Sequence[float], quality: Sequence[float]) -> dict[str,
         "envelope_flops": env_c,
         "envelope_quality": env_q,
         "range": [min(env_c), max(env_c)] if env_c else None,
+        "max_flops": float(max(flops)) if len(flops) else None,
         "log_linear": fit_log_linear(env_c, env_q),
         "saturating": fit_saturating(env_c, env_q),
     }

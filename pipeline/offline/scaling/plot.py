@@ -37,9 +37,10 @@ def plot_grid(
                 label=f"{model} runs",
             )
             fit = fits[model]["test"][protocol][metric]
+            # the best so far holds on to the grid's largest compute
             ax.step(
-                fit["envelope_flops"],
-                fit["envelope_quality"],
+                [*fit["envelope_flops"], fit["max_flops"]],
+                [*fit["envelope_quality"], fit["envelope_quality"][-1]],
                 where="post",
                 color=color,
                 label=f"{model} envelope",
@@ -56,7 +57,7 @@ def plot_grid(
                     label=f"{model} {line['b']:.4f} ln C (R² {line['r2']:.2f})",
                 )
             sat = fit["saturating"]
-            if sat is not None:
+            if sat is not None and not sat["alpha_at_bound"]:
                 ax.plot(
                     c,
                     sat["q_inf"] - sat["A"] * (c / sat["C0"]) ** -sat["alpha"],

@@ -34,6 +34,25 @@ def model_fits(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return fits
 
 
+def summary_lines(fits: dict[str, Any], protocol: str, metric: str) -> list[str]:
+    """One line per model: the envelope of test ``metric`` under ``protocol`` and its fits."""
+    lines = []
+    for model, by_split in fits.items():
+        fit = by_split["test"][protocol][metric]
+        lo, hi = fit["range"]
+        text = f"{model} test {metric} ({protocol}): envelope {len(fit['envelope'])} runs, "
+        text += f"{lo:.3g}..{hi:.3g} FLOPs ({hi / lo:.0f}x), best {fit['envelope_quality'][-1]:.4f}"
+        line, sat = fit["log_linear"], fit["saturating"]
+        if line is not None:
+            text += f"; {line['a']:.4f} + {line['b']:.5f} ln C (R² {line['r2']:.2f})"
+        if sat is not None and sat["alpha_at_bound"]:
+            text += "; saturating fit: alpha at its bound (no saturation in the range)"
+        elif sat is not None:
+            text += f"; q_inf {sat['q_inf']:.4f}, alpha {sat['alpha']:.3f} (R² {sat['r2']:.2f})"
+        lines.append(text)
+    return lines
+
+
 def write_report(
     runs: list[dict[str, Any]],
     settings: GridSettings,
