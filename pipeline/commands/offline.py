@@ -89,6 +89,13 @@ def add_training_options(group: argparse._ActionsContainer) -> None:
         f"reference (default: {t.train_windows})",
     )
     group.add_argument(
+        "--train-fraction",
+        type=float,
+        help="train on the windows of a seeded random share (0, 1] of the users only, a data "
+        "budget (genrec scaling); every user is still validated and tested (default: "
+        f"{t.train_fraction})",
+    )
+    group.add_argument(
         "--sparse-embeddings",
         action=argparse.BooleanOptionalAction,
         help="item table: sparse gradients and lazy Adam on the rows a step touches, as the "

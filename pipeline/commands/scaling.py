@@ -59,6 +59,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="comma-separated epoch budgets, each trained by every size (default: %(default)s)",
     )
     scaling.add_argument(
+        "--data-fractions",
+        default="1",
+        help="comma-separated shares (0, 1] of the users whose sequences train, a data "
+        "budget; every user is still validated and tested (default: %(default)s)",
+    )
+    scaling.add_argument(
         "--num-negatives", type=int, default=128, help="sampled-softmax negatives (default: 128)"
     )
     scaling.add_argument("--batch-size", type=int, default=64, help="users per step (default: 64)")
@@ -181,7 +187,8 @@ def run_scaling(args: argparse.Namespace) -> int:
     try:
         sizes = [parse_size(s) for s in _split_list(args.sizes, "--sizes")]
         epochs = [int(e) for e in _split_list(args.epochs, "--epochs")]
-        specs = grid_specs(_split_list(args.models, "--models"), sizes, epochs)
+        fractions = [float(f) for f in _split_list(args.data_fractions, "--data-fractions")]
+        specs = grid_specs(_split_list(args.models, "--models"), sizes, epochs, fractions)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     settings = GridSettings(

@@ -197,6 +197,17 @@ class TrainingWindows:
     def __len__(self) -> int:
         return int(self.users.size)
 
+    def of_users_fraction(self, fraction: float, seed: int) -> TrainingWindows:
+        """The windows of a seeded random ``fraction`` of the users (at least one): less
+        data, the same model (``TrainConfig.train_fraction``)."""
+        if fraction >= 1.0:
+            return self
+        users = np.unique(self.users)
+        count = max(1, round(fraction * users.size))
+        kept = np.random.default_rng(seed).choice(users, size=count, replace=False)
+        keep = np.isin(self.users, kept)
+        return TrainingWindows(self.users[keep], self.drop_last[keep], self.lengths[keep])
+
 
 def training_batch(
     ds: SequenceDataset,
@@ -467,7 +478,9 @@ def _fit(
     optimizer = make_optimizer(model, cfg)
     rng = np.random.default_rng(cfg.seed)
     negatives_gen = torch.Generator().manual_seed(cfg.seed)
-    windows = TrainingWindows.build(train, max_len, cfg.train_windows)
+    windows = TrainingWindows.build(train, max_len, cfg.train_windows).of_users_fraction(
+        cfg.train_fraction, cfg.seed
+    )
     positives = parse_positives(cfg.positives)
 
     def loss_of(rows: np.ndarray) -> torch.Tensor | None:

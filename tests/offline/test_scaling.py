@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from pipeline.cli import main
-from pipeline.lake.datasets import read_event_log
+from pipeline.lake.datasets import SequenceDataset, read_event_log
 from pipeline.lake.synthetic_teacher import (
     TeacherConfig,
     generate_teacher,
@@ -21,6 +21,7 @@ from pipeline.lake.synthetic_teacher import (
 )
 from pipeline.offline.scaling.fit import envelope, envelope_fits, fit_saturating
 from pipeline.offline.scaling.grid import eta_seconds, parse_size, read_result
+from pipeline.offline.training import TrainingWindows
 
 
 def test_envelope_keeps_the_runs_that_raise_the_best_quality() -> None:
@@ -102,14 +103,18 @@ def test_teacher_data_refuses_a_bad_setting_in_one_line(tmp_path: Path, capsys) 
 
 
 TINY_GRID = ["--sizes", "4x1x5", "--epochs", "1,2", "--num-negatives", "8", "--batch-size", "16"]
+RUN_TIMEOUT = ["--run-timeout", "240"]
 
 
+# Four fresh train-offline processes, each importing torch: about 30 s on two idle cores, but
+# minutes on a loaded machine; a hung run fails at --run-timeout with its name.
+@pytest.mark.timeout(600)
 def test_a_four_run_grid_runs_end_to_end_and_resumes(tmp_path: Path, caplog, capsys) -> None:
     data = tmp_path / "teacher.parquet"
     assert main(["teacher-data", "--out", str(data), "--num-users", "30", "--num-items", "40",
                  "--events-per-user", "8", "--latent-dim", "4"]) == 0  # fmt: skip
     out = tmp_path / "grid"
-    argv = ["scaling", "--data", str(data), "--out", str(out), *TINY_GRID]
+    argv = ["scaling", "--data", str(data), "--out", str(out), *RUN_TIMEOUT, *TINY_GRID]
     with caplog.at_level(logging.INFO, logger="pipeline.commands.scaling"):
         assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
@@ -171,3 +176,43 @@ def test_an_unfinished_or_damaged_run_is_not_finished(tmp_path: Path) -> None:
 def test_saturating_fit_needs_three_computes() -> None:
     assert fit_saturating([1.0, 2.0], [0.1, 0.2]) is None
     assert not math.isnan(fit_saturating([1.0, 2.0, 4.0], [0.1, 0.2, 0.25])["alpha"])
+
+
+def test_a_data_fraction_trains_the_windows_of_that_share_of_the_users() -> None:
+    lengths = np.array([3, 9, 4, 7, 5, 6, 2, 8])
+    ds = SequenceDataset(
+        item_ids=np.arange(1, lengths.sum() + 1),
+        timestamps=np.arange(lengths.sum()),
+        actions=np.zeros(lengths.sum(), np.int64),
+        offsets=np.concatenate([[0], np.cumsum(lengths)]),
+        item_keys=np.arange(lengths.sum() + 1, dtype=object),
+        user_keys=np.arange(lengths.size),
+    )
+    windows = TrainingWindows.build(ds, 4, "all")
+    assert windows.of_users_fraction(1.0, seed=0) is windows
+    half = windows.of_users_fraction(0.5, seed=0)
+    kept = np.unique(half.users)
+    assert kept.size == 4
+    # every window of a kept user stays, none of the others
+    assert np.array_equal(half.users, windows.users[np.isin(windows.users, kept)])
+    assert np.array_equal(half.lengths, windows.lengths[np.isin(windows.users, kept)])
+    assert np.array_equal(windows.of_users_fraction(0.5, seed=0).users, half.users)
+    assert windows.of_users_fraction(0.01, seed=0).users.size >= 1
+
+
+def test_train_offline_trains_on_a_share_of_the_users_and_validates_both_protocols(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "run"
+    argv = ["train-offline", "--out", str(out), "--split", "holdout", "--epochs", "1"]
+    tiny = ["--synthetic-users", "30", "--synthetic-items", "60", "--embedding-dim", "8",
+            "--num-layers", "1", "--max-len", "6", "--num-negatives", "8", "--no-progress"]  # fmt: skip
+    assert main([*argv, "--train-fraction", "0.5", *tiny]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["valid_by_protocol"]) == {"all-items", "exclude-seen"}
+    assert metrics["valid_by_protocol"]["all-items"]["count"] == 30  # every user validates
+    half_loss = metrics["valid_history"][0]["train_loss"]
+    assert main([*argv, *tiny]) == 0
+    assert json.loads((out / "metrics.json").read_text())["valid_history"][0]["train_loss"] != (
+        half_loss
+    )

@@ -87,6 +87,7 @@ class GridSettings(BaseModel):
             *("--num-layers", str(spec.num_layers), "--max-len", str(spec.max_len)),
             *("--num-negatives", str(self.num_negatives), "--batch-size", str(self.batch_size)),
             *("--lr", str(self.lr), "--seed", str(self.seed), "--threads", str(self.threads)),
+            *("--train-fraction", str(spec.data_fraction)),
             "--exclude-seen" if self.exclude_seen else "--no-exclude-seen",
             *("--no-progress", "--json", "--log-level", "WARNING"),
         ]
@@ -105,19 +106,25 @@ def parse_size(text: str) -> tuple[int, int, int]:
 
 
 def grid_specs(
-    models: Sequence[str], sizes: Sequence[tuple[int, int, int]], epochs: Sequence[int]
+    models: Sequence[str],
+    sizes: Sequence[tuple[int, int, int]],
+    epochs: Sequence[int],
+    fractions: Sequence[float] = (1.0,),
 ) -> list[RunSpec]:
-    """Every (model, size, epochs) combination."""
+    """Every (model, size, epochs, data fraction) combination."""
     unknown = sorted(set(models) - set(SCALING_MODELS))
     if unknown:
         raise ValueError(f"--models: {', '.join(unknown)} not in {', '.join(SCALING_MODELS)}")
     if not models or not sizes or not epochs or min(epochs) < 1:
         raise ValueError("a grid needs at least one model, one size and epochs >= 1")
+    if not fractions or not all(0.0 < f <= 1.0 for f in fractions):
+        raise ValueError("--data-fractions: each share of the users must be in (0, 1]")
     return [
-        RunSpec(model=m, embedding_dim=d, num_layers=layers, max_len=n, epochs=e)
+        RunSpec(model=m, embedding_dim=d, num_layers=layers, max_len=n, epochs=e, data_fraction=f)
         for m in models
         for d, layers, n in sizes
         for e in epochs
+        for f in fractions
     ]
 
 
@@ -130,11 +137,13 @@ class RunCost:
     embedding_params: int
 
 
-def run_cost(spec: RunSpec, train: SequenceDataset, num_negatives: int) -> RunCost:
+def run_cost(spec: RunSpec, train: SequenceDataset, num_negatives: int, seed: int) -> RunCost:
     """Training FLOPs of ``spec`` on ``train`` (every epoch trains on the same windows:
-    train-offline's "all" windows) and its parameters: the item table (embedding) and the
-    rest (dense, the position table included)."""
+    train-offline's "all" windows, of the users its data fraction and ``seed`` draw) and its
+    parameters: the item table (embedding) and the rest (dense, the position table
+    included)."""
     windows = TrainingWindows.build(train, spec.max_len, "all")
+    windows = windows.of_users_fraction(spec.data_fraction, seed)
     per_epoch = TokenCounts.of_lengths(windows.lengths)
     config = spec.model_settings()
     flops = training_flops(spec.model, config, per_epoch.times(spec.epochs), num_negatives)
@@ -238,7 +247,9 @@ def run_grid(
     run_timeout_s: float | None = None,
 ) -> list[dict[str, Any]]:
     """Run every spec not finished in ``out_dir`` (cheapest first); every run's result."""
-    costs = {spec.key: run_cost(spec, train, settings.num_negatives) for spec in specs}
+    costs = {
+        spec.key: run_cost(spec, train, settings.num_negatives, settings.seed) for spec in specs
+    }
     order = sorted(specs, key=lambda s: (costs[s.key].flops, s.key))
     results = finished_results(order, out_dir)
     done: list[tuple[int, float]] = []  # (FLOPs, wall seconds) of the runs trained here
