@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pipeline.lake.datasets import FORMATS
 from pipeline.lake.synthetic_teacher import TeacherConfig
-from pipeline.offline.scaling.report import FIT_METRICS
+from pipeline.offline.scaling import FIT_METRICS
 from pipeline.runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)

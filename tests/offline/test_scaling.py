@@ -20,7 +20,7 @@ from pipeline.lake.synthetic_teacher import (
     write_teacher_lake,
 )
 from pipeline.offline.scaling.fit import envelope, envelope_fits, fit_saturating
-from pipeline.offline.scaling.grid import eta_seconds, parse_size, read_result
+from pipeline.offline.scaling.grid import eta_seconds, grid_specs, parse_size, read_result
 from pipeline.offline.training import TrainingWindows
 
 
@@ -70,6 +70,12 @@ def test_parse_size_names_the_expected_form() -> None:
     assert parse_size("32x2x100") == (32, 2, 100)
     with pytest.raises(ValueError, match=r"'8x1' is not DxLxN"):
         parse_size("8x1")
+    specs = grid_specs(["hstu"], [(8, 1, 20)], [1, 3], [0.1, 1.0])
+    assert [s.key for s in specs] == [
+        "hstu-d8-l1-n20-e1-f0.1", "hstu-d8-l1-n20-e1", "hstu-d8-l1-n20-e3-f0.1", "hstu-d8-l1-n20-e3"
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match=r"--data-fractions: each share"):
+        grid_specs(["hstu"], [(8, 1, 20)], [1], [0.0])
 
 
 def test_teacher_stream_is_seeded_and_its_ceiling_beats_chance(tmp_path: Path) -> None:

@@ -38,7 +38,8 @@ SIZE_PATTERN = re.compile(r"^(\d+)x(\d+)x(\d+)$")
 
 
 class RunSpec(BaseModel):
-    """One run of the grid: a model, its size and its budget in epochs."""
+    """One run of the grid: a model, its size and its budget in epochs and in data (the share
+    of the users whose sequences train)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -47,13 +48,14 @@ class RunSpec(BaseModel):
     num_layers: int
     max_len: int
     epochs: int
+    data_fraction: float = 1.0
 
     @property
     def key(self) -> str:
         """The run's folder name: unique in a grid, safe as a path."""
-        return (
-            f"{self.model}-d{self.embedding_dim}-l{self.num_layers}-n{self.max_len}-e{self.epochs}"
-        )
+        key = f"{self.model}-d{self.embedding_dim}-l{self.num_layers}-n{self.max_len}"
+        key += f"-e{self.epochs}"
+        return key if self.data_fraction == 1.0 else f"{key}-f{self.data_fraction:g}"
 
     def model_settings(self) -> dict[str, Any]:
         """The model-config fields the run sets (the others keep train-offline's defaults)."""

@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pipeline.offline.scaling import FIT_METRICS
 from pipeline.offline.scaling.fit import envelope_fits
 from pipeline.offline.scaling.grid import GridSettings
 from pipeline.offline.training import PROTOCOLS
 
-FIT_METRICS = ("ndcg@10", "hr@10", "hr@100")
 RESULTS_FILE = "results.json"
 PLOT_FILE = "scaling.png"
 
