@@ -9,6 +9,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from pipeline.lake.datasets import FORMATS
 from pipeline.lake.synthetic_teacher import TeacherConfig
@@ -203,7 +204,8 @@ def run_scaling(args: argparse.Namespace) -> int:
     )
     _check_same_settings(out, settings.model_dump())
     ds, _ = load_sequences(args.data, args.format, read_output=event_logs)
-    train = make_splits(ds, "holdout")[0]
+    splits = make_splits(ds, "holdout")
+    train = splits[0]
     log.info(
         "scaling grid: %d runs on %d users, %d items, %d events",
         len(specs), ds.num_users, ds.num_items, ds.num_events,
@@ -218,13 +220,30 @@ def run_scaling(args: argparse.Namespace) -> int:
         except RuntimeError as err:  # a run failed: its log is named, the finished runs stay
             raise ConfigError(str(err)) from None
     data = {"users": ds.num_users, "items": ds.num_items, "events": ds.num_events}
-    paths = write_report(results, settings, data, out, args.plot_metric)
+    baseline = popularity_baseline(splits, settings)
+    paths = write_report(results, settings, data, baseline, out, args.plot_metric)
     fits = json.loads(paths[0].read_text())["fits"]
     protocol = "exclude-seen" if args.exclude_seen else "all-items"
     for metric in dict.fromkeys((args.plot_metric, "hr@100")):
         sys.stdout.writelines(f"{line}\n" for line in summary_lines(fits, protocol, metric))
+        sys.stdout.write(
+            f"most popular test {metric} ({protocol}): {baseline['test'][protocol][metric]:.4f}\n"
+        )
     sys.stdout.write(f"wrote {', '.join(str(p) for p in paths)}\n")
     return 0
+
+
+def popularity_baseline(splits: tuple[Any, Any, Any], settings: Any) -> dict[str, Any]:
+    """The most-popular model on the grid's splits (counting, no training: in this process),
+    the level below which a run has learnt nothing but popularity."""
+    from pipeline.offline.config import TrainConfig
+    from pipeline.offline.training import train_offline
+
+    cfg = TrainConfig(
+        split="holdout", exclude_seen=settings.exclude_seen, seed=settings.seed, progress=False
+    )
+    result = train_offline("popular", {}, splits, cfg)
+    return {"model": "popular", "valid": result.valid_by_protocol, "test": result.test_by_protocol}
 
 
 def _check_same_settings(out: Path, settings: dict[str, object]) -> None:

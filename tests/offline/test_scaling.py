@@ -141,6 +141,9 @@ def test_a_four_run_grid_runs_end_to_end_and_resumes(tmp_path: Path, caplog, cap
     fit = results["fits"]["hstu"]["test"]["all-items"]["ndcg@10"]
     assert set(fit["envelope"]) <= set(by_name)
     assert (out / "scaling.png").stat().st_size > 1000
+    baseline = results["baseline"]
+    assert baseline["model"] == "popular" and set(baseline["test"]) == {"all-items", "exclude-seen"}
+    assert baseline["valid"]["all-items"]["count"] == 30
     assert sum("grid ETA" in m for m in caplog.messages) == 4
 
     # resume: finished runs are read back, not trained again (no process starts)

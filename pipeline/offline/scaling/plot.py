@@ -15,13 +15,14 @@ COLORS = {"hstu": "tab:red", "sasrec": "tab:blue"}
 def plot_grid(
     runs: list[dict[str, Any]],
     fits: dict[str, Any],
+    baseline: dict[str, float],
     protocol: str,
     metrics: Sequence[str],
     path: Path,
 ) -> None:
     """One panel per test metric (under ``protocol``): runs as dots, the envelope as a
     step line, the log-linear fit dashed and the saturating fit dotted, over the envelope's
-    compute range."""
+    compute range; the most-popular model's test ``baseline`` as a grey line."""
     fig = Figure(figsize=(6 * len(metrics), 4.5))
     axes = fig.subplots(1, len(metrics), squeeze=False)
     for ax, metric in zip(axes[0], metrics, strict=True):
@@ -66,6 +67,7 @@ def plot_grid(
                     label=f"{model} q∞ {sat['q_inf']:.3f}, α {sat['alpha']:.2f} "
                     f"(R² {sat['r2']:.2f})",
                 )
+        ax.axhline(baseline[metric], color="gray", linestyle="-.", label="most popular")
         ax.set_xscale("log")
         ax.set_xlabel("training FLOPs")
         ax.set_ylabel(f"test {metric} ({protocol})")

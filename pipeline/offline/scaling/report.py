@@ -57,10 +57,12 @@ def write_report(
     runs: list[dict[str, Any]],
     settings: GridSettings,
     data: dict[str, int],
+    baseline: dict[str, Any],
     out_dir: Path,
     plot_metric: str,
 ) -> list[Path]:
-    """Write ``results.json`` and ``scaling.png`` into ``out_dir``; their paths."""
+    """Write ``results.json`` and ``scaling.png`` into ``out_dir``; their paths.
+    ``baseline``: the most-popular model's validation and test metrics (both protocols)."""
     from pipeline.offline.scaling.plot import plot_grid  # matplotlib: only when plotting
 
     fits = model_fits(runs)
@@ -69,11 +71,12 @@ def write_report(
         "settings": settings.model_dump(),
         "data": data,
         "protocol_selected_on": protocol,
+        "baseline": baseline,
         "runs": runs,
         "fits": fits,
     }
     json_path = out_dir / RESULTS_FILE
     json_path.write_text(json.dumps(results, indent=1))
     plot_path = out_dir / PLOT_FILE
-    plot_grid(runs, fits, protocol, (plot_metric, "hr@100"), plot_path)
+    plot_grid(runs, fits, baseline["test"][protocol], protocol, (plot_metric, "hr@100"), plot_path)
     return [json_path, plot_path]
