@@ -227,6 +227,12 @@ class TrainSection(_Section):
         "value>=4 (also >, <=, <, ==) or action:click,purchase (names or codes); the others "
         "are context",
     )
+    retrieval_weight: float = Field(
+        1.0,
+        ge=0,
+        description="weight of the retrieval loss beside the ranking loss (with "
+        "model.ranking_tasks); 0 trains the ranking heads only, retrieval is still scored",
+    )
     learn: bool = Field(True, description="false: evaluate only (a frozen model)")
     device: str = Field("cpu", description="torch device")
     threads: int | None = Field(
@@ -375,6 +381,11 @@ class TrainerConfig(_Section):
             raise ValueError(
                 f"train.max_targets={max_targets} must be in [1, store.max_len="
                 f"{self.store.max_len})"
+            )
+        if self.train.retrieval_weight != 1.0 and not self.model.ranking_tasks:
+            raise ValueError(
+                f"train.retrieval_weight={self.train.retrieval_weight} weighs retrieval against "
+                "the ranking heads: set model.ranking_tasks, or leave it at 1"
             )
         if self.store.max_users < self.train.batch_events:
             raise ValueError(
