@@ -265,7 +265,8 @@ first_publish=$(($(date +%s) - up_started))
 wait_for 60 "second registry version (the trainer publishes every 5 s)" published 2
 say "trainer: published $(versions) versions; first one ${first_publish}s after compose up"
 registry list > "$LOGS/registry.txt" 2>&1
-tail -n 3 "$LOGS/registry.txt"
+head -n 1 "$LOGS/registry.txt"
+tail -n +2 "$LOGS/registry.txt" | tail -n 3
 
 if ((SERVE)); then
   url=http://127.0.0.1:$GENREC_STACK_SERVE_PORT
