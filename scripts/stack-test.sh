@@ -78,6 +78,7 @@ compose() { docker compose -p "$PROJECT" "${compose_files[@]}" "$@"; }
 
 DOCKERD_PID=
 STACK_UP=0
+services=(kafka topics producer trainer)
 TMP=$(mktemp -d)
 cleanup() {
   local rc=$?
@@ -86,8 +87,10 @@ cleanup() {
     if ((rc != 0)); then
       compose ps -a > "$LOGS/ps.txt" 2>&1 || true
       compose logs --no-color > "$LOGS/compose.log" 2>&1 || true
-      say "service logs: $LOGS/compose.log (last lines below)"
-      tail -n 40 "$LOGS/compose.log" >&2 || true
+      say "service logs: $LOGS/compose.log; the last lines of each:"
+      for service in "${services[@]}"; do
+        compose logs --no-color --tail 8 "$service" >&2 2> /dev/null || true
+      done
     fi
     if ((KEEP && rc == 0)); then
       say "--keep: the stack stays up; stop it with: docker compose -p $PROJECT ${compose_files[*]} down -v"
@@ -223,7 +226,6 @@ fi
 compose down -v --remove-orphans > "$LOGS/down.log" 2>&1 || true # a previous run's leftovers
 say "docker compose up"
 STACK_UP=1
-services=(kafka topics producer trainer)
 ((SERVE)) && services+=(serve)
 up_started=$(date +%s)
 compose up -d --no-build "${services[@]}" > "$LOGS/up.log" 2>&1 || die "docker compose up failed: $LOGS/up.log"
