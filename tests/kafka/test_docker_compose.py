@@ -103,7 +103,7 @@ def test_serve_follows_the_trainers_model_on_its_volume_read_only(services: dict
     assert _flag(command, "--registry") == trainer_args.registry
     # the trainer publishes under its run name, kafka-<topic>, and the server reads that topic
     assert _flag(command, "--model") == f"kafka-{trainer_args.topic}"
-    assert _flag(command, "--topic") == trainer_args.topic
+    assert _flag(command, "--stream") == "kafka" and _flag(command, "--topic") == trainer_args.topic
     assert _flag(command, "--alias") == "latest"
     (trainer_volume,) = trainer["volumes"]
     (serve_volume,) = serve["volumes"]
