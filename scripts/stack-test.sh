@@ -280,6 +280,8 @@ if ((SERVE)); then
   }
   served_version() { recommend | python3 -c 'import json, sys; print(json.load(sys.stdin)["version"])'; }
   wait_for 240 "ready server at $url/readyz" ready
+  # 404 until the server's own consumer has read user 1's events from the topic
+  wait_for 60 "answer to POST $url/recommend for user 1" recommend
   first_served=$(served_version)
   say "serve: ready; POST /recommend answers from version $first_served: $(recommend | cut -c1-200)"
   newer() { [ "$(served_version)" != "$first_served" ]; }
