@@ -356,7 +356,9 @@ class Persistence:
         # What a load of the chain reads: the weights of each version, not its vocabulary.
         size = sum(len(blob) for blob in files.values())
         if base is None or self._versions is None:
-            self._versions = _Chain(manifest.version, 0, size, 0, rowdelta.present(weights))
+            self._versions = _Chain(
+                manifest.version, 0, size, 0, rowdelta.present({"model": weights})
+            )
         else:
             self._versions = self._versions.then(manifest.version, size)
         if isinstance(state.optimizer, RowSparseAdam):
