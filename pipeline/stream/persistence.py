@@ -48,6 +48,7 @@ from pipeline.stream.publishing import (
     ROWS_FILE,
     VOCAB_FILE,
     ConcurrentPublishError,
+    PublishError,
 )
 from pipeline.stream.state import TrainerState, new_model, shape_config, task_names
 
@@ -317,44 +318,31 @@ class Persistence:
         """Publish weights, vocabulary and config with ``positions``, watermark and metrics:
         a delta on the previous version (the item rows changed since it, the dense weights)
         unless the chain of versions has ``registry.full_every - 1`` deltas, its deltas
-        together outgrow half the full version, or this process did not publish that one.
+        together outgrow half the full version, or this process did not publish that one;
+        a delta the registry refuses (its base damaged) is published full instead.
 
         Returns the new version, or None when another writer moved ``latest`` since this
         trainer last looked: then nothing is published and ``fatal`` holds the
         ``ConcurrentPublishError``.
         """
-        assert self.registry is not None
         weights = state.model.state_dict()
         base = self._delta_base(state, weights)
-        if base is None:
-            files = {MODEL_FILE: state_to_bytes(weights)}
-        else:
-            assert isinstance(state.optimizer, RowSparseAdam)
-            rest, changed = rowdelta.split(
-                {"model": weights}, state.optimizer.changed_rows(since=PUBLISHED)
-            )
-            files = {MODEL_FILE: state_to_bytes(rest["model"]), ROWS_FILE: state_to_bytes(changed)}
         try:
-            manifest = self.registry.publish(
-                {**files, VOCAB_FILE: state.vocab.snapshot()},
-                parent=state.last_published,
-                source_positions=positions,
-                watermark=None if state.store.watermark < 0 else state.store.watermark,
-                metrics=registry_metrics(state),
-                config={
-                    "model": self.cfg.model.kind,
-                    self.cfg.model.kind: asdict(state.model.cfg),
-                    "trainer": self.cfg.model_dump(mode="json"),
-                },
-                expect_latest=self._expected_latest,
-                delta_of=base,
-            )
+            try:
+                manifest, size = self._publish(state, positions, weights, base)
+            except PublishError as err:
+                if base is None or isinstance(err, ConcurrentPublishError):
+                    raise
+                # e.g. the base was damaged or removed by hand: a full version needs no base
+                log.warning(
+                    "cannot publish a delta on version %d (%s); publishing it full", base, err
+                )
+                base = None
+                manifest, size = self._publish(state, positions, weights, None)
         except ConcurrentPublishError as err:
             log.error("%s; stopping after a final checkpoint", err)
             self.fatal = err
             return None
-        # What a load of the chain reads: the weights of each version, not its vocabulary.
-        size = sum(len(blob) for blob in files.values())
         if base is None or self._versions is None:
             self._versions = _Chain(
                 manifest.version, 0, size, 0, rowdelta.present({"model": weights})
@@ -368,6 +356,40 @@ class Persistence:
         self.published.append(manifest.version)
         self.metrics.published.set(manifest.version)
         return manifest.version
+
+    def _publish(
+        self,
+        state: TrainerState,
+        positions: dict[str, int],
+        weights: Mapping[str, Any],
+        base: int | None,
+    ) -> tuple[Any, int]:
+        """Publish ``state`` in full, or as a delta on version ``base``: (its manifest, the
+        bytes of its weights: what a load of the chain reads, not the vocabulary)."""
+        assert self.registry is not None
+        if base is None:
+            files = {MODEL_FILE: state_to_bytes(dict(weights))}
+        else:
+            assert isinstance(state.optimizer, RowSparseAdam)
+            rest, changed = rowdelta.split(
+                {"model": weights}, state.optimizer.changed_rows(since=PUBLISHED)
+            )
+            files = {MODEL_FILE: state_to_bytes(rest["model"]), ROWS_FILE: state_to_bytes(changed)}
+        manifest = self.registry.publish(
+            {**files, VOCAB_FILE: state.vocab.snapshot()},
+            parent=state.last_published,
+            source_positions=positions,
+            watermark=None if state.store.watermark < 0 else state.store.watermark,
+            metrics=registry_metrics(state),
+            config={
+                "model": self.cfg.model.kind,
+                self.cfg.model.kind: asdict(state.model.cfg),
+                "trainer": self.cfg.model_dump(mode="json"),
+            },
+            expect_latest=self._expected_latest,
+            delta_of=base,
+        )
+        return manifest, sum(len(blob) for blob in files.values())
 
     def _delta_base(self, state: TrainerState, weights: Mapping[str, Any]) -> int | None:
         """The version the next one can be a delta on, or None: it must be full. Only a
