@@ -15,6 +15,10 @@ Layout under the registry root (any pyarrow filesystem)::
 
 A ``Registry`` object is one model of a registry root (``Registry.open(uri, model=NAME)``).
 
+A version is full, or a delta on an older version of the same model (``publish(delta_of=)``,
+``Manifest.delta_of``): readers resolve its chain with ``chain`` (every link verified, as for
+delta checkpoints: ``pipeline.stream.chain``) and ``gc`` keeps every kept version's chain.
+
 Every name read from storage (version directories, manifest file keys, alias files) is
 validated before it becomes a path, and no symlink below the root is followed (see
 storage.py), so reads, fetches and gc never leave the root or the destination.
