@@ -289,8 +289,20 @@ class CheckpointSection(_Section):
 class RegistrySection(_Section):
     uri: str = Field("./registry", description="registry path or URI (s3://, gs://, ...)")
     enabled: bool = Field(True, description="publish versions")
-    every_s: float = Field(300.0, gt=0, description="publish at least this often, seconds")
+    every_s: float = Field(
+        300.0,
+        gt=0,
+        description="publish at least this often, seconds (each publish follows a checkpoint; "
+        "with deltas a few seconds is affordable)",
+    )
     every_events: int = Field(100_000, ge=1, description="...or after this many input events")
+    full_every: int = Field(
+        10,
+        ge=1,
+        description="every Nth version is full; the others are deltas holding only the item "
+        "rows changed since the previous version and the dense weights (with "
+        "train.sparse_embeddings; 1: always full, readable by genrec before deltas)",
+    )
     publish_on_exit: bool = Field(True, description="publish once more when stopping")
     model: str | None = Field(
         None,
