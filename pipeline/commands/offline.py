@@ -145,14 +145,15 @@ def add_training_options(group: argparse._ActionsContainer) -> None:
         "--validation-fraction",
         type=float,
         help="with --task ranking: the latest share of the training events (by time) that "
-        "validates each epoch; the epoch with the best validation NE (mean over tasks) is "
-        f"tested; 0: no validation, the last epoch is tested (default: {t.validation_fraction})",
+        "validates each epoch; the epoch with the best validation AUC (mean over tasks) is "
+        "tested, its probabilities calibrated on that slice (a scale and shift per task); 0: "
+        f"no validation, the last epoch is tested (default: {t.validation_fraction})",
     )
     group.add_argument(
         "--patience",
         type=int,
         help="with --task ranking and validation: stop after this many epochs without a "
-        f"better validation NE (default: {t.patience})",
+        f"better validation AUC (default: {t.patience})",
     )
 
 
@@ -181,7 +182,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "last 2 events are held out and the epoch with the best validation NDCG@10 is "
             "tested. With --task ranking: the events before a time cutoff train, each "
             "user's later events are scored per --ranking-tasks after its history, and the "
-            "epoch with the best validation NE (at most --epochs) is tested (AUC, NE, log "
+            "epoch with the best validation AUC (at most --epochs) is tested (AUC, NE, log "
             "loss, accuracy per task)."
         ),
     )

@@ -61,8 +61,9 @@ class TrainConfig:
     ``ranking_tasks``, specs as ``pipeline.events.ranking_tasks`` parses them, plus the causal
     retrieval loss on the history rows weighted ``aux_retrieval_weight``); the latest
     ``validation_fraction`` of the training events validates each epoch and the epoch with the
-    best validation NE is tested, training stops after ``patience`` epochs without a better one
-    (``validation_fraction`` 0: the last of ``epochs`` epochs is tested).
+    best validation AUC is tested, calibrated on that slice; training stops after ``patience``
+    epochs without a better one (``validation_fraction`` 0: the last of ``epochs`` epochs is
+    tested, uncalibrated).
     """
 
     epochs: int = 30

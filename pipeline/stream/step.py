@@ -75,7 +75,7 @@ class Step:
         self.task_weights = task_weights(self.tasks)
         # DLRM ranks the candidates only: no retrieval targets are scored or trained
         self.ranking_only = cfg.model.kind == "dlrm"
-        self.retrieval_weight = cfg.train.retrieval_weight
+        self.retrieval_weight = cfg.train.retrieval_weight if cfg.model.ranking_tasks else 1.0
 
     @property
     def ranking(self) -> bool:

@@ -169,7 +169,8 @@ def test_the_first_step_scores_with_the_model_before_it_learns(tmp_path):
 @pytest.mark.parametrize("weight", [0.0, 1.0])
 def test_retrieval_weight_scales_the_retrieval_loss_beside_ranking(tmp_path, weight):
     """train.retrieval_weight 0 trains the heads only: the step's loss is the candidates'
-    log loss alone (the retrieval targets are still scored); at 1 the retrieval loss adds."""
+    log loss alone (the retrieval targets are still scored); at 1 the retrieval loss adds
+    (the default with ranking tasks is 0.2)."""
     cfg = cfg_for(tmp_path, retrieval_weight=weight)
     torch.manual_seed(0)
     state, step = new_state(cfg), Step(cfg, TrainerMetrics())
@@ -186,6 +187,7 @@ def test_retrieval_weight_scales_the_retrieval_loss_beside_ranking(tmp_path, wei
 def test_retrieval_weight_without_ranking_tasks_is_refused():
     with pytest.raises(ConfigError, match=r"train\.retrieval_weight=0\.5 weighs retrieval"):
         load_config(overrides={"train": {"retrieval_weight": 0.5}}, environ={})
+    assert load_config(environ={}).train.retrieval_weight == 0.2  # unused without tasks
 
 
 def test_online_ranking_learns_and_reports_everywhere(tmp_path):
