@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "pipeline.commands.backfill",
     *plugins.modules("genrec.commands"),
     "pipeline.commands.train",
+    "pipeline.commands.serve",
 )
 
 
