@@ -179,9 +179,11 @@ def create_app(service: Service) -> FastAPI:
         async def work() -> dict[str, Any]:
             body = await read_body(request, RankBody, http.max_body_bytes)
             limit = http.max_candidates
-            if not 1 <= len(body.candidates) <= limit:
+            if not body.candidates:
+                raise HTTPException(422, "candidates: none given; send the items to rank")
+            if len(body.candidates) > limit:
                 raise HTTPException(
-                    422, f"candidates: {len(body.candidates)} given, 1..{limit} allowed "
+                    413, f"candidates: {len(body.candidates)} given, over the limit of {limit} "
                     "(http.max_candidates)",
                 )  # fmt: skip
             try:
