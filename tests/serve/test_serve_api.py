@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serve_harness import T0, clicks, recommend, serving
+from serving import T0, clicks, recommend, serving
 from waits import wait_until
 
 from bench.serve_latency import publish_version
