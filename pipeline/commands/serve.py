@@ -85,8 +85,12 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.serve.app import create_app
     from pipeline.serve.service import bind, build_service, make_server
 
-    sock = bind(cfg.http.host, cfg.http.port)
-    service = build_service(cfg)
+    sock = bind(cfg.http.host, cfg.http.port)  # a port in use fails before a version loads
+    try:
+        service = build_service(cfg)
+    except BaseException:
+        sock.close()
+        raise
     host, port = sock.getsockname()[:2]
     log.info(
         "serving %s (alias %s, version %s) on http://%s:%d",
