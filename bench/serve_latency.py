@@ -71,3 +71,192 @@ def publish_version(
         config={"model": "hstu", "hstu": asdict(cfg)},
     )
     return manifest.version
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(registry: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    """``genrec serve`` with its defaults (no stream), in its own process."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "serve", "--registry", str(registry),
+             "--port", str(port), "--stream", "none"],
+            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=out, stderr=out,
+        )  # fmt: skip
+
+
+def wait_ready(base: str, server: subprocess.Popen[bytes], log: Path, timeout_s: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"genrec serve exited: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"genrec serve was not ready in {timeout_s:.0f}s: {log.read_text()[-2000:]}")
+
+
+def request_body(user: int, num_items: int, history: int, k: int) -> dict[str, Any]:
+    """A user with ``history`` clicks on items drawn by its id (the request brings them)."""
+    rng = np.random.default_rng(user)
+    items = rng.integers(0, num_items, history).tolist()
+    events = [
+        {"item_id": item, "action": "click", "timestamp": 1_700_000_000 + 60 * n}
+        for n, item in enumerate(items)
+    ]
+    return {"user_id": user, "k": k, "history": events}
+
+
+async def open_loop(
+    base: str, bodies: list[dict[str, Any]], rate: float, seconds: float
+) -> list[tuple[float, float, int, int | None]]:
+    """Send ``rate`` requests/s for ``seconds`` on a fixed schedule (not waiting for
+    answers); returns (sent at, latency s, status, version) per request, status 0 for a
+    transport error."""
+    import httpx
+
+    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
+    results: list[tuple[float, float, int, int | None]] = []
+    async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client:
+
+        async def one(n: int, sent: float) -> None:
+            try:
+                got = await client.post("/recommend", json=bodies[n % len(bodies)])
+                status = got.status_code
+                version = got.json().get("version") if status == 200 else None
+            except httpx.HTTPError:
+                status, version = 0, None
+            results.append((sent, time.perf_counter() - sent, status, version))
+
+        loop_start = time.perf_counter()
+        tasks = []
+        for n in range(int(rate * seconds)):
+            due = loop_start + n / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(n, time.perf_counter())))
+        await asyncio.gather(*tasks)
+    return results
+
+
+def summary(results: list[tuple[float, float, int, int | None]]) -> dict[str, Any]:
+    latencies = np.array([r[1] for r in results if r[2] == 200]) * 1000
+    return {
+        "sent": len(results),
+        "ok": int(latencies.size),
+        "errors": len(results) - int(latencies.size),
+        "p50_ms": round(float(np.percentile(latencies, 50)), 1) if latencies.size else None,
+        "p99_ms": round(float(np.percentile(latencies, 99)), 1) if latencies.size else None,
+        "max_ms": round(float(latencies.max()), 1) if latencies.size else None,
+    }
+
+
+def bench_size(num_items: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    registry = work / f"registry-{num_items}"
+    started = time.perf_counter()
+    publish_version(registry, num_items, seed=0)
+    publish_s = time.perf_counter() - started
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = work / f"serve-{num_items}.log"
+    server = start_server(registry, port, log)
+    try:
+        started = time.perf_counter()
+        wait_ready(base, server, log, 600)
+        ready_s = time.perf_counter() - started
+        bodies = [request_body(user, num_items, args.history, args.k) for user in range(200)]
+        asyncio.run(open_loop(base, bodies, 20, 2))  # warm up
+        rates = {}
+        for rate in args.rates:
+            rates[str(rate)] = summary(asyncio.run(open_loop(base, bodies, rate, args.seconds)))
+            print(f"{num_items} items, {rate}/s: {rates[str(rate)]}", file=sys.stderr)
+        good = [r for r in args.rates if (rates[str(r)]["p99_ms"] or 1e9) <= 100 and
+                not rates[str(r)]["errors"]]  # fmt: skip
+        reload = bench_reload(base, bodies, registry, num_items, args)
+    finally:
+        server.terminate()
+        server.wait(60)
+    return {
+        "items": num_items,
+        "publish_s": round(publish_s, 1),
+        "start_to_ready_s": round(ready_s, 1),
+        "rates": rates,
+        "max_rate_p99_le_100ms": max(good) if good else None,
+        "hot_reload": reload,
+    }
+
+
+def bench_reload(
+    base: str, bodies: list[dict[str, Any]], registry: Path, num_items: int,
+    args: argparse.Namespace,
+) -> dict[str, Any]:  # fmt: skip
+    """Requests at ``--reload-rate`` while a new version is published a third of the way
+    in: the latency around the swap (the second before the first answer of the new
+    version to the second after) against the rest."""
+    import threading
+
+    seconds = max(args.seconds, 6.0)
+
+    def publish_later() -> None:
+        time.sleep(seconds / 3)
+        publish_version(registry, num_items, seed=1)
+
+    publisher = threading.Thread(target=publish_later)
+    publisher.start()
+    results = asyncio.run(open_loop(base, bodies, args.reload_rate, seconds))
+    publisher.join()
+    swapped = [sent + took for sent, took, status, version in results if version == 2]
+    if not swapped:
+        return {"rate": args.reload_rate, "swapped": False, **summary(results)}
+    swap = min(swapped)
+    near = [r for r in results if swap - 1.0 <= r[0] + r[1] and r[0] <= swap + 1.0]
+    far = [r for r in results if r not in near]
+    versions = [r[3] for r in sorted(results) if r[3] is not None]
+    return {
+        "rate": args.reload_rate,
+        "swapped": True,
+        "versions_in_order": versions == sorted(versions),
+        "all": summary(results),
+        "around_swap": summary(near),
+        "rest": summary(far),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", default="30000,1000000", help="item-table sizes")
+    parser.add_argument("--rates", default="50,100,200,400", help="requests/s to try")
+    parser.add_argument("--seconds", type=float, default=10.0, help="seconds per rate")
+    parser.add_argument("--reload-rate", type=float, default=50.0, help="rate during reload")
+    parser.add_argument("--history", type=int, default=50, help="events per request")
+    parser.add_argument("--k", type=int, default=10, help="items per answer")
+    args = parser.parse_args()
+    args.rates = [float(r) for r in args.rates.split(",")]
+    with tempfile.TemporaryDirectory(prefix="serve-bench-") as work:
+        sizes = [bench_size(int(n), args, Path(work)) for n in args.items.split(",")]
+    out = {
+        "bench": "serve_latency",
+        "config": "genrec serve defaults (batching.max_batch 64, max_wait_ms 2), --stream none",
+        "history_events_per_request": args.history,
+        "k": args.k,
+        "seconds_per_rate": args.seconds,
+        "cpus": os.cpu_count(),
+        "sizes": sizes,
+    }
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -76,6 +76,12 @@ class ServeConfig(_Section):
     model: str | None = Field(None, description="the registry's model (null: its only one)")
     alias: str = Field("latest", description="the alias to follow")
     poll_s: float = Field(1.0, gt=0, description="seconds between looks at the alias")
+    threads: int = Field(
+        0,
+        ge=0,
+        description="torch CPU threads (0: OMP_NUM_THREADS, else the cores other processes "
+        "leave free, pipeline/runtime/threads.py)",
+    )
     max_vocab_bytes: int = Field(
         DEFAULT_MAX_VOCAB_BYTES, ge=1, description="largest decompressed vocabulary of a version"
     )

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pipeline import plugins
+from pipeline.runtime import threads
 from pipeline.runtime.errors import ConfigError
 from pipeline.serve.batcher import MicroBatcher
 from pipeline.serve.config import ServeConfig
@@ -69,6 +70,7 @@ class Service:
         served = self.follower.current  # read once: the whole batch is one version's
         if served is None:
             return [_not_ready()] * len(queries)
+        threads.step()  # torch's threads follow the cores other processes leave free
         self.metrics.batch_size.observe(len(queries))
         return recommend(served, self.histories, queries, int(time.time()))
 
@@ -76,6 +78,7 @@ class Service:
         served = self.follower.current
         if served is None:
             return [_not_ready()] * len(queries)
+        threads.step()
         self.metrics.batch_size.observe(len(queries))
         return rank(served, self.histories, queries, int(time.time()))
 
@@ -103,6 +106,7 @@ def _not_ready() -> RequestError:
 def build_service(cfg: ServeConfig) -> Service:
     """Registry, histories and feed of ``cfg``; the alias's version loaded once (a server
     whose alias has no version yet starts unready and keeps looking)."""
+    threads.set_torch_threads(cfg.threads)
     open_model = plugins.load("genrec.registries", "default", "genrec serve")
     try:
         registry = open_model(cfg.registry, model=cfg.model)
@@ -132,7 +136,9 @@ def build_service(cfg: ServeConfig) -> Service:
 def bind(host: str, port: int) -> socket.socket:
     """A listening TCP socket on ``host:port`` (port 0: a free one)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto given: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and
+    # without it a keep-alive answer waited ~40 ms for the client's delayed ACK (Nagle)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
