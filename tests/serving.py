@@ -29,7 +29,7 @@ def serving(registry: Path, **settings: Any) -> Iterator[tuple[str, Service]]:
     )
     service = build_service(cfg)
     sock = bind("127.0.0.1", 0)
-    server = make_server(create_app(service), sock)
+    server = make_server(create_app(service), sock, cfg.http.max_connections)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{sock.getsockname()[1]}"

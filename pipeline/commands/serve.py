@@ -98,5 +98,5 @@ def run(args: argparse.Namespace) -> int:
         service.follower.current.version if service.follower.current else "none yet",
         host, port,
     )  # fmt: skip
-    make_server(create_app(service), sock).run(sockets=[sock])
+    make_server(create_app(service), sock, cfg.http.max_connections).run(sockets=[sock])
     return 0

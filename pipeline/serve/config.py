@@ -33,6 +33,12 @@ class HttpSection(_Section):
     max_body_bytes: int = Field(
         1 << 20, ge=1024, description="largest request body; a bigger one is refused with 413"
     )
+    max_connections: int = Field(
+        256,
+        ge=1,
+        description="connections and requests in flight at most; more are answered 503 at "
+        "once (an overloaded server sheds load instead of queueing it without bound)",
+    )
     max_k: int = Field(1000, ge=1, description="largest k of /recommend")
     max_history: int = Field(1000, ge=1, description="most events in a request's history")
     max_candidates: int = Field(1000, ge=1, description="most candidates of one /rank request")

@@ -149,9 +149,13 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def make_server(app: Any, sock: socket.socket) -> Any:
-    """A uvicorn server of ``app`` on ``sock`` (``server.run(sockets=[sock])``)."""
+def make_server(app: Any, sock: socket.socket, max_connections: int) -> Any:
+    """A uvicorn server of ``app`` on ``sock`` (``server.run(sockets=[sock])``) that answers
+    503 at once past ``max_connections`` connections and requests in flight."""
     import uvicorn
 
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+    config = uvicorn.Config(
+        app, log_level="warning", access_log=False, lifespan="on",
+        limit_concurrency=max_connections,
+    )  # fmt: skip
     return uvicorn.Server(config)
