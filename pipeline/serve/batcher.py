@@ -39,7 +39,6 @@ class MicroBatcher(Generic[Q, R]):
         self.max_wait_s = max_wait_s
         self.queue: asyncio.Queue[tuple[Q, asyncio.Future[R]]] = asyncio.Queue(max_queue)
         self.arrived = asyncio.Event()
-        self.batches = 0
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -89,7 +88,6 @@ class MicroBatcher(Generic[Q, R]):
                 results = await loop.run_in_executor(self.executor, self.score, queries)
             except Exception as err:  # the whole batch failed: each request says why
                 results = [err] * len(batch)
-            self.batches += 1
             for (_, future), result in zip(batch, results, strict=True):
                 if future.done():
                     continue

@@ -16,7 +16,6 @@ lock: the feed thread writes while request batches read.
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +49,6 @@ class ServeHistories:
         self.store = SequenceStore(max_len, max_users, ttl_s, tolerance_s)
         self.lock = threading.Lock()
         self.cutoff: int | None = None  # a bootstrap's T: the stream starts there
-        self.last_ingest = 0.0  # wall-clock time of the last stored event (0: none yet)
         self.newest_event = 0  # event time of the newest stored event (0: none yet)
 
     def ingest(self, events: EventBatch) -> int:
@@ -63,7 +61,6 @@ class ServeHistories:
             self.store.commit(plan, refs, events.action, events.value)
         accepted = int(plan.accepted.sum())
         if accepted:
-            self.last_ingest = time.time()
             self.newest_event = max(self.newest_event, int(events.timestamp[plan.accepted].max()))
         return accepted
 

@@ -42,8 +42,10 @@ class VersionFollower:
         try:
             number = self.registry.resolve(self.alias)
         except Exception as err:  # an unreadable registry: keep serving what we have
-            self.last_error = f"cannot resolve alias {self.alias!r}: {_one_line(err)}"
-            log.warning("%s; serving version %s", self.last_error, self._number())
+            problem = f"cannot resolve alias {self.alias!r}: {_one_line(err)}"
+            if problem != self.last_error:  # once per problem, not every poll
+                log.warning("%s; serving version %s", problem, self._number())
+            self.last_error = problem
             return self.current
         self.last_error = None
         if number == self._number() or number in self.refused:

@@ -211,3 +211,17 @@ def test_hot_reload_under_concurrent_requests_drops_none(registry: Path) -> None
     assert versions == sorted(versions)  # once swapped, never an older version again
     assert service.follower.swaps == 3
     assert max(took for _, _, took in results) < 5.0
+
+
+def test_a_registry_without_versions_is_unready_until_one_is_published(tmp_path: Path) -> None:
+    Registry.open(str(tmp_path / "registry"), create=True)
+    with serving(tmp_path / "registry") as (base, _):
+        ready = httpx.get(f"{base}/readyz")
+        assert (
+            ready.status_code == 503 and "cannot resolve alias 'latest'" in ready.json()["detail"]
+        )
+        got = recommend(base, user_id=1, history=HISTORY)
+        assert got.status_code == 503 and "no model version is loaded yet" in got.json()["detail"]
+        publish_version(tmp_path / "registry", ITEMS, dim=16)
+        wait_until(lambda: httpx.get(f"{base}/readyz").status_code == 200, 30, "a version")
+        assert served_version(base) == 1
