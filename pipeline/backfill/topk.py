@@ -82,11 +82,13 @@ def recommend_rows(
     keep_history: bool | np.ndarray = False,
     query_time: int | None = None,
     rerank: int | None = None,
+    item_table: torch.Tensor | None = None,
 ) -> TopK:
     """Top ``k`` live rows for each user of ``users`` (see the module docstring); a user's
     history items are excluded unless ``keep_history`` (one flag, or one per user); with
     ``rerank`` (a task's column) re-ordered by that task's probability. ``query_time`` is
-    the time asked at (None: each user's last event time)."""
+    the time asked at (None: each user's last event time); ``item_table``: the model's
+    ``item_embeddings()``, kept by a caller that scores many batches."""
     known = users.rows > 0
     owner = np.repeat(np.arange(len(users)), np.diff(users.offsets))
     counts = np.bincount(owner[known], minlength=len(users))
@@ -109,7 +111,7 @@ def recommend_rows(
         query_time=None if query_time is None else np.full(scored.size, query_time, np.int64),
     )
     with torch.no_grad():
-        scores = next_item_scores(published.model, queries)
+        scores = next_item_scores(published.model, queries, item_table)
     excluded = ~np.broadcast_to(np.asarray(keep_history, dtype=bool), (len(users),))[scored]
     kept = np.where(excluded, counts[scored], 0)
     exclude_items = history[np.repeat(excluded, counts[scored])]

@@ -51,6 +51,7 @@ class ServedVersion:
     keys: np.ndarray  # row -> canonical item key (int64, or object of int and str)
     created_at: float  # publication time, Unix seconds
     watermark: int | None  # the version's event-time watermark
+    item_table: torch.Tensor  # the model's normalised item table, computed once
 
     @property
     def version(self) -> int:
@@ -79,12 +80,16 @@ class ServedVersion:
             keys[live] = [published.vocab.key_of(int(row)) for row in live.tolist()]
         rows_by_ref = KeyIndex()
         rows_by_ref.insert(item_refs(keys[live]), live)
-        served = cls(published, rows_by_ref, keys, created_at, watermark)
+        with torch.no_grad():
+            item_table = published.model.item_embeddings()
+        served = cls(published, rows_by_ref, keys, created_at, watermark, item_table)
         probe = RowHistories(
             live[:1], np.zeros(1, np.int64), np.zeros(1, np.int64),
             np.full(1, np.nan, np.float32), np.array([0, 1], np.int64),
         )  # fmt: skip
-        found = recommend_rows(published, probe, 1, keep_history=True, query_time=0)
+        found = recommend_rows(
+            published, probe, 1, keep_history=True, query_time=0, item_table=item_table
+        )
         if not np.isfinite(found.scores).all():
             raise ValueError("a query scores to NaN or infinite values")
         return served
@@ -178,7 +183,10 @@ def recommend(
     """Top-K of each query, asked at ``now`` (one model pass for the batch)."""
     users, lengths = user_histories(served, histories, queries)
     keep = np.array([not q.exclude_seen for q in queries], dtype=bool)
-    found = recommend_rows(served.published, users, max(q.k for q in queries), keep, query_time=now)
+    found = recommend_rows(
+        served.published, users, max(q.k for q in queries), keep, query_time=now,
+        item_table=served.item_table,
+    )  # fmt: skip
     out: list[Recommendation | RequestError] = []
     for index, query in enumerate(queries):
         if not lengths[index]:
