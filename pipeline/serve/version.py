@@ -134,7 +134,7 @@ def user_histories(
     """Each query's user's events (stored, then the request's, in time order) as the
     version's rows, and each user's number of events."""
     stored = histories.lookup([q.user for q in queries])
-    extra = [q.history for q in queries if q.history is not None and len(q.history)]
+    sent = any(q.history is not None and len(q.history) for q in queries)
     owners = [np.repeat(np.arange(len(queries)), stored.lengths())]
     rows = [served.rows_by_ref.lookup(stored.item_refs, default=0)]
     timestamps, actions, values = (
@@ -152,7 +152,7 @@ def user_histories(
             values.append(events.value)
     owner = np.concatenate(owners)
     time_order = np.concatenate(timestamps)
-    order = np.lexsort((time_order, owner)) if extra else np.arange(owner.size)
+    order = np.lexsort((time_order, owner)) if sent else np.arange(owner.size)
     lengths = np.bincount(owner, minlength=len(queries))
     return (
         RowHistories(
