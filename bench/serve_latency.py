@@ -10,9 +10,10 @@ a fixed schedule whether or not earlier ones answered, so a slow server shows as
 not as a lower rate. Reported per rate: sent, answered, errors, p50/p99/max latency (ms),
 and the highest rate whose p99 <= 100 ms. Then, at that rate (none: the lowest), a new
 version is published a third into a ``--reload-seconds`` run: the latency of the requests
-around the swap against the others, errors, whether versions only moved forward, and the
-time from publishing to the first answer of the new version (the bench publishes from its
-own process, so that time includes writing the version).
+sent before the publish, during it (until a second after the first answer of the new
+version) and after, errors, whether versions only moved forward, and the time from
+publishing to the first answer of the new version (the bench publishes from its own
+process, so that time includes writing the version).
 
 Example (the figures of docs/benchmarks.md, "Serving")::
 
@@ -233,12 +234,16 @@ def bench_reload(
     rate: float, seconds: float,
 ) -> dict[str, Any]:  # fmt: skip
     """Requests at ``rate`` for ``seconds`` while a new version is published a third of
-    the way in: the latency around the swap (the second before the first answer of the new
-    version to the second after) against the rest."""
+    the way in: latency before the publish, during it (from the publish to a second after
+    the first answer of the new version: the version written, loaded and checked while the
+    old one answers, then swapped) and after."""
     import threading
+
+    published_at: list[float] = []
 
     def publish_later() -> None:
         time.sleep(seconds / 3)
+        published_at.append(time.perf_counter())
         publish_version(registry, num_items, seed=1)
 
     publisher = threading.Thread(target=publish_later)
@@ -248,18 +253,16 @@ def bench_reload(
     swapped = [sent + took for sent, took, status, version in results if version == 2]
     if not swapped:
         return {"rate": rate, "swapped": False, **summary(results)}
-    swap = min(swapped)
-    near = [r for r in results if swap - 1.0 <= r[0] + r[1] and r[0] <= swap + 1.0]
-    far = [r for r in results if r not in near]
+    start, swap = published_at[0], min(swapped)
     versions = [r[3] for r in sorted(results) if r[3] is not None]
     return {
         "rate": rate,
         "swapped": True,
-        "publish_to_first_answer_s": round(swap - results[0][0] - seconds / 3, 1),
+        "publish_to_first_answer_s": round(swap - start, 1),
         "versions_in_order": versions == sorted(versions),
-        "all": summary(results),
-        "around_swap": summary(near),
-        "rest": summary(far),
+        "before": summary([r for r in results if r[0] < start]),
+        "during": summary([r for r in results if start <= r[0] <= swap + 1.0]),
+        "after": summary([r for r in results if r[0] > swap + 1.0]),
     }
 
 
