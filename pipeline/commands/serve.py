@@ -91,6 +91,9 @@ def run(args: argparse.Namespace) -> int:
     except BaseException:
         sock.close()
         raise
+    if args.stop.is_set():  # SIGTERM / SIGINT while the version loaded
+        sock.close()
+        return 0
     host, port = sock.getsockname()[:2]
     log.info(
         "serving %s (alias %s, version %s) on http://%s:%d",
