@@ -229,6 +229,12 @@ class TrainSection(_Section):
         "value>=4 (also >, <=, <, ==) or action:click,purchase (names or codes); the others "
         "are context",
     )
+    retrieval_weight: float = Field(
+        1.0,
+        ge=0,
+        description="weight of the retrieval loss beside the ranking loss (with "
+        "model.ranking_tasks); 0 trains the ranking heads only, retrieval is still scored",
+    )
     learn: bool = Field(True, description="false: evaluate only (a frozen model)")
     device: str = Field("cpu", description="torch device")
     threads: int | None = Field(
@@ -285,8 +291,20 @@ class CheckpointSection(_Section):
 class RegistrySection(_Section):
     uri: str = Field("./registry", description="registry path or URI (s3://, gs://, ...)")
     enabled: bool = Field(True, description="publish versions")
-    every_s: float = Field(300.0, gt=0, description="publish at least this often, seconds")
+    every_s: float = Field(
+        300.0,
+        gt=0,
+        description="publish at least this often, seconds (each publish follows a checkpoint; "
+        "with deltas a few seconds is affordable)",
+    )
     every_events: int = Field(100_000, ge=1, description="...or after this many input events")
+    full_every: int = Field(
+        10,
+        ge=1,
+        description="every Nth version is full; the others are deltas holding only the item "
+        "rows changed since the previous version and the dense weights (with "
+        "train.sparse_embeddings; 1: always full, readable by genrec before deltas)",
+    )
     publish_on_exit: bool = Field(True, description="publish once more when stopping")
     model: str | None = Field(
         None,
@@ -377,6 +395,11 @@ class TrainerConfig(_Section):
             raise ValueError(
                 f"train.max_targets={max_targets} must be in [1, store.max_len="
                 f"{self.store.max_len})"
+            )
+        if self.train.retrieval_weight != 1.0 and not self.model.ranking_tasks:
+            raise ValueError(
+                f"train.retrieval_weight={self.train.retrieval_weight} weighs retrieval against "
+                "the ranking heads: set model.ranking_tasks, or leave it at 1"
             )
         if self.store.max_users < self.train.batch_events:
             raise ValueError(
