@@ -9,13 +9,16 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 from serving import T0, clicks, recommend, serving
 from waits import wait_until
 
 from bench.serve_latency import publish_version
 from connectors.registry import Registry
+from pipeline.state.vocab import ItemVocabulary
+from pipeline.stream import rowdelta
 from pipeline.stream.checkpoint import state_from_bytes, state_to_bytes
-from pipeline.stream.publishing import MODEL_FILE, VOCAB_FILE
+from pipeline.stream.publishing import MODEL_FILE, ROWS_FILE, VOCAB_FILE
 
 ITEMS = 300
 HISTORY = clicks([3, 14, 15, 92, 65])
@@ -225,3 +228,33 @@ def test_a_registry_without_versions_is_unready_until_one_is_published(tmp_path:
         publish_version(tmp_path / "registry", ITEMS, dim=16)
         wait_until(lambda: httpx.get(f"{base}/readyz").status_code == 200, 30, "a version")
         assert served_version(base) == 1
+
+
+def test_a_delta_version_serves_through_its_chain(registry: Path) -> None:
+    """A delta (the item rows changed since version 1, plus the dense weights) is loaded
+    through the registry's verified chain and served like a full version."""
+    reg = Registry.open(str(registry))
+    weights = state_from_bytes(reg.read_file(1, MODEL_FILE))
+    with serving(registry) as (base, _):
+        before = recommend(base, user_id=1, k=5, history=HISTORY).json()
+        best = before["items"][0]["item_id"]
+        # the best item's row moves away from the query: it drops out of the top 5
+        row = int(ItemVocabulary.restore(reg.read_file(1, VOCAB_FILE)).lookup([best])[0])
+        weights["item_emb.weight"][row] = -weights["item_emb.weight"][row]
+        rest, changed = rowdelta.split({"model": weights}, torch.tensor([row]))
+        files = {
+            MODEL_FILE: state_to_bytes(rest["model"]),
+            ROWS_FILE: state_to_bytes(changed),
+            VOCAB_FILE: reg.read_file(1, VOCAB_FILE),
+        }
+        config = json.loads(reg.read_file(1, "config.json"))
+        delta = reg.publish(files, config=config, parent=1, delta_of=1).version
+        after = wait_until(
+            lambda: (
+                (r := recommend(base, user_id=1, k=5, history=HISTORY).json())["version"] == delta
+                and r
+            ),
+            30,
+            f"delta version {delta} to serve",
+        )
+        assert best not in [entry["item_id"] for entry in after["items"]]
