@@ -219,15 +219,13 @@ say "genrec:local built in $(($(date +%s) - build_started))s ($(docker image ins
 # The server's host port: a free one on loopback.
 GENREC_STACK_SERVE_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 export GENREC_STACK_SERVE_PORT
-SERVE=0
-if docker run --rm genrec:local genrec serve --help > /dev/null 2>&1; then
-  SERVE=1
-fi
+docker run --rm genrec:local genrec serve --help > /dev/null 2>&1 ||
+  die "genrec:local has no 'genrec serve': rebuild the image from this checkout"
 
 compose down -v --remove-orphans > "$LOGS/down.log" 2>&1 || true # a previous run's leftovers
 say "docker compose up"
 STACK_UP=1
-((SERVE)) && services+=(serve)
+services+=(serve)
 up_started=$(date +%s)
 compose up -d --no-build "${services[@]}" > "$LOGS/up.log" 2>&1 || die "docker compose up failed: $LOGS/up.log"
 
@@ -271,23 +269,19 @@ registry list > "$LOGS/registry.txt" 2>&1
 head -n 1 "$LOGS/registry.txt"
 tail -n +2 "$LOGS/registry.txt" | tail -n 3
 
-if ((SERVE)); then
-  url=http://127.0.0.1:$GENREC_STACK_SERVE_PORT
-  ready() { curl -fsS --max-time 5 "$url/readyz"; }
-  recommend() {
-    curl -fsS --max-time 10 -H 'Content-Type: application/json' \
-      -d '{"user_id": 1, "k": 10}' "$url/recommend"
-  }
-  served_version() { recommend | python3 -c 'import json, sys; print(json.load(sys.stdin)["version"])'; }
-  wait_for 240 "ready server at $url/readyz" ready
-  # 404 until the server's own consumer has read user 1's events from the topic
-  wait_for 60 "answer to POST $url/recommend for user 1" recommend
-  first_served=$(served_version)
-  say "serve: ready; POST /recommend answers from version $first_served: $(recommend | cut -c1-200)"
-  newer() { [ "$(served_version)" != "$first_served" ]; }
-  wait_for 120 "newer version served than $first_served" newer
-  say "serve: now answers from version $(served_version) (was $first_served)"
-else
-  say "serve: not available in this image (genrec serve is not a command yet); serve checks skipped"
-fi
+url=http://127.0.0.1:$GENREC_STACK_SERVE_PORT
+ready() { curl -fsS --max-time 5 "$url/readyz"; }
+recommend() {
+  curl -fsS --max-time 10 -H 'Content-Type: application/json' \
+    -d '{"user_id": 1, "k": 10}' "$url/recommend"
+}
+served_version() { recommend | python3 -c 'import json, sys; print(json.load(sys.stdin)["version"])'; }
+wait_for 240 "ready server at $url/readyz" ready
+# 404 until the server's own consumer has read user 1's events from the topic
+wait_for 60 "answer to POST $url/recommend for user 1" recommend
+first_served=$(served_version)
+say "serve: ready; POST /recommend answers from version $first_served: $(recommend | cut -c1-200)"
+newer() { [ "$(served_version)" != "$first_served" ]; }
+wait_for 120 "newer version served than $first_served" newer
+say "serve: now answers from version $(served_version) (was $first_served)"
 say "stack checks passed ($(($(date +%s) - up_started))s after compose up)"
