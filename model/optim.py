@@ -9,7 +9,9 @@ were instead of decaying. The same code runs on CPU and CUDA (SparseAdam has bot
 so no device falls back to dense updates. Weight decay applies to the dense parameters only.
 
 It also remembers which rows changed since ``clear_changed`` (the rows a step updated, and
-those the caller reset through ``mark_changed``), so that a checkpoint can write only those.
+those the caller reset through ``mark_changed``), so that a checkpoint can write only those,
+and, separately (``since=PUBLISHED``), since the last published version, so that a version can
+hold only those (checkpoints and versions are written on their own schedules).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import torch
 from model.base import SequentialEncoder
 
 DENSE, ROWS = "dense", "rows"
+# What ``changed_rows`` counts from: the last checkpoint, or the last published version.
+CHECKPOINTED, PUBLISHED = "checkpointed", "published"
 
 
 def is_row_sparse_state(state: object) -> bool:
@@ -49,8 +53,11 @@ class RowSparseAdam:
         self.dense = torch.optim.Adam(dense, lr=lr, betas=betas, weight_decay=weight_decay)
         self.rows = torch.optim.SparseAdam([table], lr=lr, betas=betas)
         self._table = table
-        # One flag per row: O(rows touched) to set each step, one scan per checkpoint.
-        self._changed = torch.zeros(table.shape[0], dtype=torch.bool, device=table.device)
+        # One flag per row and mark: O(rows touched) to set each step, one scan per save.
+        self._changed = {
+            since: torch.zeros(table.shape[0], dtype=torch.bool, device=table.device)
+            for since in (CHECKPOINTED, PUBLISHED)
+        }
 
     @property
     def state(self) -> dict[torch.Tensor, dict[str, Any]]:
@@ -65,19 +72,20 @@ class RowSparseAdam:
         grad = self._table.grad
         if grad is not None:
             # _indices(): the looked-up rows, duplicates included (SparseAdam coalesces).
-            self._changed[grad._indices()[0]] = True
+            self.mark_changed(grad._indices()[0])
         self.rows.step()
 
     def mark_changed(self, rows: torch.Tensor) -> None:
         """Record rows changed outside ``step`` (re-initialised for a new item)."""
-        self._changed[rows.to(self._changed.device)] = True
+        for flags in self._changed.values():
+            flags[rows.to(flags.device)] = True
 
-    def changed_rows(self) -> torch.Tensor:
-        """The rows changed since the last ``clear_changed`` (sorted int64)."""
-        return torch.nonzero(self._changed).flatten()
+    def changed_rows(self, since: str = CHECKPOINTED) -> torch.Tensor:
+        """The rows changed since the last ``clear_changed(since)`` (sorted int64)."""
+        return torch.nonzero(self._changed[since]).flatten()
 
-    def clear_changed(self) -> None:
-        self._changed.zero_()
+    def clear_changed(self, since: str = CHECKPOINTED) -> None:
+        self._changed[since].zero_()
 
     def state_dict(self) -> dict[str, Any]:
         return {DENSE: self.dense.state_dict(), ROWS: self.rows.state_dict()}

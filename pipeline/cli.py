@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "pipeline.commands.backfill",
     *plugins.modules("genrec.commands"),
     "pipeline.commands.train",
+    "pipeline.commands.serve",
 )
 
 
@@ -92,9 +93,18 @@ def _command_of(argv: list[str]) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # `genrec train` stops after a final checkpoint on SIGTERM / SIGINT from its first moment
-    # (pipeline/runtime/stopping.py): building the parser alone imports for a second or more.
+    # (pipeline/runtime/stopping.py): building the parser alone imports for a second or more;
+    # `genrec serve` exits 0 on them.
     stop = threading.Event()
-    previous = stop_on_signals(stop) if _command_of(argv) == "train" else {}
+    command = _command_of(argv)
+    if command == "train":
+        previous = stop_on_signals(stop)
+    elif command == "serve":
+        # while a version loads (seconds), and after uvicorn's graceful stop re-raises the
+        # signal it handled: exit 0, not the signal's default death
+        previous = stop_on_signals(stop, "stopping")
+    else:
+        previous = {}
     try:
         return _main(argv, stop)
     finally:

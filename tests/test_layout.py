@@ -26,6 +26,7 @@ PIPELINE_ORDER = (
     "stream",
     "offline",
     "backfill",
+    "serve",
     "commands",
 )
 PIPELINE_TOP_LEVEL = {"plugins": 0, "cli": len(PIPELINE_ORDER)}

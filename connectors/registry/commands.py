@@ -158,6 +158,8 @@ def _show(registry, args: argparse.Namespace) -> int:
         return 0
     print(f"{manifest.name}  created {manifest.created_at.isoformat()}")
     print(f"  parent:           {_vname(manifest.parent)}")
+    base = manifest.delta_of
+    print(f"  delta of:         {'- (a full version)' if base is None else _vname(base.version)}")
     watermark = manifest.watermark
     shown = "-" if watermark is None else f"{_utc(watermark)} ({watermark})"
     print(f"  watermark:        {shown}")

@@ -12,12 +12,22 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from connectors.registry.errors import RegistryError
 
 # Bump when a reader of the old format could misread the new one; readers refuse newer formats.
-FORMAT_VERSION = 1
+# 2: a version may be a delta (``delta_of``). Full versions are still written as 1, so that
+# readers from before deltas keep reading them; they refuse a delta instead of misreading it.
+FORMAT_VERSION = 2
+FULL_FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 # The model config a version holds (``publish(config=...)``).
 CONFIG_NAME = "config.json"
@@ -122,6 +132,16 @@ class FileEntry(BaseModel):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
+class DeltaLink(BaseModel):
+    """A delta version's base: the version its files patch, and the sha256 of that version's
+    manifest as it was when the delta was published (a replaced base breaks the link)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: int = Field(ge=1, strict=True)
+    manifest_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
 class Manifest(BaseModel):
     """Everything a reader needs to trust and interpret one immutable published version.
 
@@ -135,6 +155,8 @@ class Manifest(BaseModel):
         watermark: event-time watermark (epoch seconds) of the state, if known.
         metrics: streaming metrics at publication time (finite floats).
         files: artefact name -> size and sha256.
+        delta_of: for a delta version, the version whose state its files patch (its parent
+            in the delta chain, which ends at a full version); None for a full version.
     """
 
     # Unknown fields from a newer writer of the same format version are ignored.
@@ -148,6 +170,7 @@ class Manifest(BaseModel):
     watermark: int | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
     files: dict[str, FileEntry]
+    delta_of: DeltaLink | None = None
 
     @field_validator("metrics")
     @classmethod
@@ -163,6 +186,12 @@ class Manifest(BaseModel):
         except RegistryError as err:
             raise ValueError(str(err)) from None
         return files
+
+    @model_validator(mode="after")
+    def _delta_format(self) -> Manifest:
+        if self.delta_of is not None and self.format_version < FORMAT_VERSION:
+            raise ValueError(f"a delta version's format_version must be {FORMAT_VERSION}")
+        return self
 
     @property
     def name(self) -> str:

@@ -13,6 +13,12 @@ allocated before its size is known to be bounded:
   ``max_vocab_bytes`` before a member is read (``pipeline.state.vocab.unpack_arrays``), and
   its capacity must be the model's row count.
 * ``model.pt`` loads with ``torch.load(weights_only=True)``: no pickle payload runs.
+* A delta version (``Manifest.delta_of``) is loaded through its chain (``Registry.chain``:
+  every link verified): the full version at its root gives the weights, each delta's
+  ``item_rows.pt`` is written over the item table in chain order (``pipeline.stream.rowdelta``)
+  and the newest delta's ``model.pt`` gives the other parameters. Every link's config must
+  describe the same model as the version's own, and each delta file is bounded by the size of
+  the model's parameters before it is read.
 
 Every problem is a one-line ``RegistryError`` naming the version, the file and the field.
 """
@@ -39,10 +45,12 @@ from model.dlrm import DLRM, DLRMConfig
 from model.hstu import HSTU, HSTUConfig
 from model.sasrec import SASRec, SASRecConfig
 from pipeline.state.vocab import ItemVocabulary, unpack_arrays
+from pipeline.stream import rowdelta
 from pipeline.stream.checkpoint import CheckpointError, state_from_bytes
 from pipeline.stream.publishing import (
     DEFAULT_MAX_VOCAB_BYTES,
     MODEL_FILE,
+    ROWS_FILE,
     VOCAB_FILE,
     PublishedModel,
 )
@@ -145,6 +153,8 @@ class Versions(Protocol):
 
     def show(self, ref: str | int) -> Manifest: ...
 
+    def chain(self, ref: str | int) -> list[Manifest]: ...
+
     def read_file(self, ref: str | int, name: str) -> bytes: ...
 
 
@@ -152,11 +162,20 @@ def load_version(
     registry: Versions, ref: str | int, max_vocab_bytes: int = DEFAULT_MAX_VOCAB_BYTES
 ) -> PublishedModel:
     """Version ``ref`` (number, ``vNNNNNN`` or alias) of ``registry``, every file verified
-    and parsed as untrusted (see the module docstring); ``RegistryError`` otherwise."""
-    manifest = registry.show(ref)
-    where = f"{version_dir_name(manifest.version)} in {registry.location}"
+    and parsed as untrusted (see the module docstring), a delta's chain applied;
+    ``RegistryError`` otherwise."""
+    chain = registry.chain(ref)
+    manifest = chain[-1]
+    where = _where(registry, manifest)
     config = _config(registry, manifest, where)
-    model = _model(registry, manifest, config, where)
+    for link in chain[:-1]:
+        other = _config(registry, link, _where(registry, link))
+        if other.model_dump(exclude={"trainer"}) != config.model_dump(exclude={"trainer"}):
+            raise RegistryError(
+                f"{where}: it is a delta on {_where(registry, link)}, which holds another model "
+                f"({CONFIG_NAME} differs): the chain is damaged; load an older version"
+            )
+    model = _model(registry, chain, config, where)
     if isinstance(model, DLRM):  # verified, but a PublishedModel retrieves: an encoder's job
         raise RegistryError(
             f"{where}: a dlrm model ranks given candidates only; scoring a catalogue needs an "
@@ -182,28 +201,58 @@ def _config(registry: Versions, manifest: Manifest, where: str) -> PublishedConf
 
 
 def _model(
-    registry: Versions, manifest: Manifest, config: PublishedConfig, where: str
+    registry: Versions, chain: list[Manifest], config: PublishedConfig, where: str
 ) -> SequentialEncoder | DLRM:
+    """The model of ``chain``'s last version: its root's weights with each delta applied."""
     try:
         with torch.device("meta"):  # shapes only: nothing is allocated yet
             shapes = config.build()
     except ValueError as err:  # e.g. a ranking task that is no task
         raise RegistryError(f"{where}: {CONFIG_NAME}: {config.model}: {_first_line(err)}") from None
     needed = sum(t.numel() * t.element_size() for t in shapes.state_dict().values())
-    weights = _entry(manifest, MODEL_FILE, where).size
+    root, deltas = chain[0], chain[1:]
+    weights = _entry(root, MODEL_FILE, _where(registry, root)).size
     if needed > weights:
         raise RegistryError(
-            f"{where}: {CONFIG_NAME} describes a model of {needed} bytes of parameters, but "
-            f"{MODEL_FILE} holds only {weights} bytes: the config does not belong to these "
-            "weights; publish the version again"
+            f"{_where(registry, root)}: {CONFIG_NAME} describes a model of {needed} bytes of "
+            f"parameters, but {MODEL_FILE} holds only {weights} bytes: the config does not "
+            "belong to these weights; publish the version again"
         )
+    # A delta changes at most every row (with an int64 index each) and the rest: 3x bounds it.
+    limit = 3 * needed + (1 << 20)
+    for link in deltas:
+        for name in (MODEL_FILE, ROWS_FILE):
+            _check_size(link, name, limit, _where(registry, link), "")
     model = config.build()
-    data = registry.read_file(manifest.version, MODEL_FILE)
+    state = _load(registry, root, MODEL_FILE)
+    if deltas:
+        patches = [
+            ({"model": _load(registry, d, MODEL_FILE)}, _load(registry, d, ROWS_FILE))
+            for d in deltas
+        ]
+        try:
+            state = rowdelta.compose({"model": state}, patches)["model"]
+        except ValueError as err:  # verified rows that do not fit the root's table
+            raise RegistryError(f"{where}: its delta chain does not apply: {err}") from None
     try:
-        model.load_state_dict(state_from_bytes(data, f"{where}/{MODEL_FILE}"))
-    except (CheckpointError, RuntimeError) as err:  # verified bytes that are no such model
+        model.load_state_dict(state)
+    except RuntimeError as err:  # verified bytes that are no such model
         raise RegistryError(f"{where}: {MODEL_FILE} does not load: {_first_line(err)}") from None
     return model
+
+
+def _load(registry: Versions, manifest: Manifest, name: str) -> dict[str, Any]:
+    """A tensor file of a version (verified by ``read_file``), loaded without pickle."""
+    where = _where(registry, manifest)
+    data = registry.read_file(manifest.version, name)
+    try:
+        return state_from_bytes(data, f"{where}/{name}")
+    except CheckpointError as err:
+        raise RegistryError(f"{where}: {name} does not load: {_first_line(err)}") from None
+
+
+def _where(registry: Versions, manifest: Manifest) -> str:
+    return f"{version_dir_name(manifest.version)} in {registry.location}"
 
 
 def _vocab(

@@ -15,6 +15,10 @@ Layout under the registry root (any pyarrow filesystem)::
 
 A ``Registry`` object is one model of a registry root (``Registry.open(uri, model=NAME)``).
 
+A version is full, or a delta on an older version of the same model (``publish(delta_of=)``,
+``Manifest.delta_of``): readers resolve its chain with ``chain`` (every link verified, as for
+delta checkpoints: ``pipeline.stream.chain``) and ``gc`` keeps every kept version's chain.
+
 Every name read from storage (version directories, manifest file keys, alias files) is
 validated before it becomes a path, and no symlink below the root is followed (see
 storage.py), so reads, fetches and gc never leave the root or the destination.
@@ -54,8 +58,10 @@ from connectors.registry.lock import WriterLock
 from connectors.registry.manifest import (
     CONFIG_NAME,
     FORMAT_VERSION,
+    FULL_FORMAT_VERSION,
     MANIFEST_NAME,
     AliasRecord,
+    DeltaLink,
     FileEntry,
     Manifest,
     check_alias_name,
@@ -71,6 +77,7 @@ from connectors.registry.manifest import (
 )
 from connectors.registry.storage import Storage, filesystem_from_uri
 from pipeline.runtime.runlock import process_alive
+from pipeline.stream.chain import MAX_CHAIN, Link, follow, with_parents
 from pipeline.stream.publishing import DEFAULT_MAX_VOCAB_BYTES, PublishedModel
 
 log = logging.getLogger(__name__)
@@ -231,6 +238,7 @@ class Registry:
         config: Mapping[str, Any] | None = None,
         expect_latest: int | object | None = UNCHECKED,
         lock_timeout_s: float = LOCK_TIMEOUT_S,
+        delta_of: int | None = None,
     ) -> Manifest:
         """Publish a new immutable version and move ``latest`` to it.
 
@@ -255,6 +263,9 @@ class Registry:
                 it compared): it is replaced by a fresh record (its rollback stack is lost),
                 with a warning.
             lock_timeout_s: how long to wait for another writer's lock.
+            delta_of: ``files`` patch this version (a delta: what changed since it; readers
+                apply the chain, see ``chain``) instead of standing alone. Its chain must
+                verify, and the link records the sha256 of its manifest.
 
         Returns:
             The manifest of the new version. Until its manifest is written the version is
@@ -276,8 +287,9 @@ class Registry:
             latest, readable = self._latest_record_for_publish()
             if expect_latest is not UNCHECKED:
                 self._check_expected_latest(latest, readable, expect_latest)
+            link = None if delta_of is None else self._delta_link(delta_of)
             manifest = self._publish_locked(
-                artefacts, parent, source_positions, watermark, checked_metrics
+                artefacts, parent, source_positions, watermark, checked_metrics, link
             )
             self._store.make_dirs("aliases")
             record = (
@@ -299,6 +311,18 @@ class Registry:
                 "registry from before model names: 'default') sets registry.model to that "
                 "model, or starts afresh (--no-resume)"
             ) from None
+
+    def _delta_link(self, base: int) -> DeltaLink:
+        """The link of a new delta on ``base``, whose chain must verify and leave room for
+        one more link (under the writer lock: gc cannot remove the chain meanwhile)."""
+        links = self.chain(base)
+        if len(links) > MAX_CHAIN:
+            raise RegistryError(
+                f"{version_dir_name(base)} in {self.location} ends a chain of {len(links)} "
+                f"versions: publish a full version (chains stop at {MAX_CHAIN})"
+            )
+        raw, _ = self._manifest_raw(base)
+        return DeltaLink(version=base, manifest_sha256=_sha256(raw))
 
     def latest_version(self) -> int | None:
         """The version ``latest`` points to; None when there is none yet, and (with a
@@ -357,6 +381,7 @@ class Registry:
         source_positions: Mapping[str, int] | None,
         watermark: int | None,
         checked_metrics: dict[str, float],
+        delta_of: DeltaLink | None,
     ) -> Manifest:
         version = self._claim_version()
         vdir = _vdir(version)
@@ -367,6 +392,8 @@ class Registry:
                 written = self._store.write(f"{vdir}/{name}", artefacts[name])
                 entries[name] = FileEntry(size=written.size, sha256=written.sha256)
             manifest = Manifest(
+                format_version=FULL_FORMAT_VERSION if delta_of is None else FORMAT_VERSION,
+                delta_of=delta_of,
                 version=version,
                 parent=parent,
                 created_at=utc_now(),
@@ -440,6 +467,28 @@ class Registry:
         """The manifest of a version given by number (``3``, ``"v000003"``) or alias."""
         return self._manifest(self.resolve(ref))
 
+    def chain(self, ref: str | int) -> list[Manifest]:
+        """The manifests a version's state is made of: a full version first, then each delta
+        on it in order, ``ref``'s last (``[ref's]`` for a full version). Every link is
+        verified (``pipeline.stream.chain.follow``: an older parent of this model whose
+        manifest hashes to what the link recorded); a damaged link is a ``RegistryError``.
+        Files are not read here: ``read_file`` verifies each as it is read."""
+        version = self.resolve(ref)
+        _, manifest = self._manifest_raw(version)
+
+        def load(number: int) -> tuple[bytes, Manifest, Link | None]:
+            raw, parent = self._manifest_raw(number)
+            return raw, parent, _link(parent)
+
+        try:
+            parents = follow(version, _link(manifest), load, version_dir_name, RegistryError)
+        except RegistryError as err:  # the message starts with the delta's version
+            raise RegistryError(
+                f"{self.location}: {err}; load an older version (e.g. 'genrec registry "
+                "rollback latest') or publish a full one"
+            ) from None
+        return [*parents, manifest]
+
     def resolve(self, ref: str | int) -> int:
         """Version number for a number, ``vNNNNNN`` name or alias name."""
         version = parse_version_ref(ref)
@@ -505,6 +554,10 @@ class Registry:
         return dest
 
     def _manifest(self, version: int) -> Manifest:
+        return self._manifest_raw(version)[1]
+
+    def _manifest_raw(self, version: int) -> tuple[bytes, Manifest]:
+        """A version's manifest as stored (its bytes, which a delta's link hashes) and parsed."""
         rel = f"{_vdir(version)}/{MANIFEST_NAME}"
         where = self._store.describe(rel)
         try:
@@ -525,7 +578,7 @@ class Registry:
             )
         if manifest.version != version:
             raise RegistryError(f"{where}: manifest says version {manifest.version}")
-        return manifest
+        return raw, manifest
 
     def _read(self, rel: str, manifest: Manifest) -> bytes:
         try:
@@ -661,6 +714,8 @@ class Registry:
 
         Never removes an alias's current or previous target (so one rollback always works),
         nor one an alias is moved to while gc runs: gc holds the writer lock, as alias moves do.
+        Nor does it remove a version the delta chain of a kept one needs (its base, and that
+        one's, back to a full version): every kept version still loads.
         A partial version is abandoned when its publisher's process is gone (same host) or it
         started more than ``grace_s`` seconds ago (other hosts, object stores).
         """
@@ -692,11 +747,25 @@ class Registry:
         for record in self.aliases().values():
             protected.add(record.version)
             protected.update(record.previous[-1:])
+        protected = with_parents(protected, self._delta_bases(complete))
         removed = tuple(v for v in complete if v not in protected)
         partial = tuple(
             v for v, done in versions.items() if not done and self._abandoned(v, grace_s)
         )
         return removed, partial
+
+    def _delta_bases(self, versions: list[int]) -> dict[int, int | None]:
+        """Version -> the version it is a delta on (None: full). A version whose manifest
+        cannot be read cannot be loaded either: its chain needs nothing."""
+        bases: dict[int, int | None] = {}
+        for version in versions:
+            try:
+                link = self._manifest(version).delta_of
+            except RegistryError as err:
+                log.warning("gc: %s", err)
+                link = None
+            bases[version] = None if link is None else link.version
+        return bases
 
     def _abandoned(self, version: int, grace_s: float) -> bool:
         vdir = _vdir(version)
@@ -747,6 +816,11 @@ def check_model_name(name: str) -> str:
             "starting with a letter or digit), e.g. the trainer's run_name"
         )
     return name
+
+
+def _link(manifest: Manifest) -> Link | None:
+    link = manifest.delta_of
+    return None if link is None else (link.version, link.manifest_sha256)
 
 
 def _vdir(version: int) -> str:

@@ -10,8 +10,8 @@ runner computes only one branch of a fan-out):
   shard (in the driver first, so a bad file is one error before any worker starts).
 - ``TopK``: Beam's ``RunInference`` with ``TopKHandler``, which loads one registry version
   (the ``genrec.registries`` plugin's ``load_version``: every artefact verified against its
-  manifest's sha256) and scores each batch with the
-  project's own retrieval: ``pipeline.offline.training.next_item_scores`` (the model's state after
+  manifest's sha256) and scores each batch with ``pipeline.backfill.topk`` (shared with
+  ``genrec serve``), the project's own retrieval: ``pipeline.offline.training.next_item_scores`` (the model's state after
   each user's last event against the whole item table, ``model.retrieval.score_items``) and
   ``model.retrieval.top_k`` over the version's live catalogue. A user's context is the last
   ``max_len`` events whose item the version's vocabulary knows (others are skipped); the
@@ -46,20 +46,16 @@ import numpy as np
 import torch
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
-from model.jagged import JaggedBatch
-from model.retrieval import top_k
 from pipeline import plugins
 from pipeline.backfill import histories, sequences
+from pipeline.backfill.topk import RowHistories, TopK, recommend_rows, rerank_index
 from pipeline.lake import paths
-from pipeline.offline.training import next_item_scores, window_indices
 from pipeline.runtime.errors import ConfigError
-from pipeline.state.store import Histories
 from pipeline.stream.publishing import (
     DEFAULT_BATCH_USERS,
     DEFAULT_MAX_VOCAB_BYTES,
     PublishedModel,
 )
-from pipeline.stream.ranking import assemble_candidates
 
 PART_NAME = "part-{:05d}-{:05d}.parquet"
 PART_GLOB = "part-*.parquet"
@@ -107,35 +103,6 @@ def read_user_batches(
         )
 
 
-@dataclass(frozen=True)
-class TopK:
-    """Each user's recommended rows and scores, jagged: user b owns ``offsets[b]:offsets[b+1]``
-    (best first; empty when no history item is known or nothing is left to recommend)."""
-
-    rows: np.ndarray  # int64
-    scores: np.ndarray  # float32
-    offsets: np.ndarray  # int64 [B+1]
-
-
-def rerank_index(published: PublishedModel, task: str | None) -> int:
-    """The column of ranking task ``task`` (None: the first) in the version's head; a
-    ``ConfigError`` naming ``--rerank-task`` when the version has no such task."""
-    names = [doc["name"] for doc in published.model.cfg.ranking_tasks]
-    if not names:
-        raise ConfigError(
-            f"--rerank: version {published.version} has no ranking heads; publish one trained "
-            "with model.ranking_tasks, or drop --rerank"
-        )
-    if task is None:
-        return 0
-    if task not in names:
-        raise ConfigError(
-            f"--rerank-task: version {published.version} has no task {task!r}; its tasks: "
-            f"{', '.join(names)}"
-        )
-    return names.index(task)
-
-
 def recommend(
     published: PublishedModel,
     batch: UserBatch,
@@ -144,111 +111,11 @@ def recommend(
     query_time: int | None = None,
     rerank: int | None = None,
 ) -> TopK:
-    """Top ``k`` live rows for each user of ``batch`` (see the module docstring); with
+    """Top ``k`` live rows for each user of ``batch`` (``pipeline.backfill.topk``); with
     ``rerank`` (a task's column) re-ordered by that task's probability."""
     rows = published.vocab.lookup(batch.items)  # 0: a key the version does not know
-    known = rows > 0
-    owner = np.repeat(np.arange(len(batch)), np.diff(batch.offsets))
-    counts = np.bincount(owner[known], minlength=len(batch))
-    scored = np.flatnonzero(counts > 0)  # users with a context (the others get nothing)
-    if not scored.size:  # the model cannot encode an empty batch
-        return TopK(
-            np.empty(0, np.int64), np.empty(0, np.float32), np.zeros(len(batch) + 1, np.int64)
-        )
-    # Users without a context hold no known event, so the known events are the scored
-    # users' whole known histories, in order: their offsets are these.
-    history = rows[known]
-    offsets = np.concatenate([[0], np.cumsum(counts[scored])]).astype(np.int64)
-    context, window = window_indices(offsets, np.arange(scored.size), published.model.max_len)
-    queries = JaggedBatch.from_numpy(
-        history[context],
-        batch.timestamps[known][context],
-        window,
-        action_types=batch.actions[known][context],
-        values=batch.values[known][context],
-        query_time=None if query_time is None else np.full(scored.size, query_time, np.int64),
-    )
-    with torch.no_grad():
-        scores = next_item_scores(published.model, queries)
-    best, best_rows = top_k(
-        scores,
-        k,
-        exclude_items=None if keep_history else torch.from_numpy(history),
-        exclude_offsets=None if keep_history else torch.from_numpy(offsets),
-        candidate_rows=published.live,
-    )
-    found = _jagged(best, best_rows, scored, len(batch))
-    if rerank is None:
-        return found
-    return rerank_top_k(published, queries, scored, found, rerank, query_time)
-
-
-def rerank_top_k(
-    published: PublishedModel,
-    contexts: JaggedBatch,
-    scored: np.ndarray,
-    found: TopK,
-    task: int,
-    query_time: int | None,
-) -> TopK:
-    """``found`` re-ordered per user by the probability of ranking task ``task``.
-
-    ``contexts`` holds the ``scored`` users' histories (one sequence each, in order); a
-    user's candidates are its top-K rows, asked at ``query_time`` (None: its last event's
-    time), each attending to the history (its last ``max_len - 1`` events) and itself.
-    """
-    users = found.offsets.size - 1
-    lengths = np.zeros(users, np.int64)
-    lengths[scored] = contexts.lengths().numpy()
-    history = Histories(
-        offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-        item_refs=contexts.item_ids.numpy(),
-        timestamps=contexts.timestamps.numpy(),
-        actions=contexts.action_types.numpy(),
-        values=contexts.values.numpy()
-        if contexts.values is not None
-        else np.full(contexts.total, np.nan, np.float32),
-    )
-    owner = np.repeat(np.arange(users), np.diff(found.offsets))
-    if query_time is None:  # each user's last event time (a found user has a history)
-        asked = history.timestamps[history.offsets[1:][owner] - 1]
-    else:
-        asked = np.full(owner.size, query_time, np.int64)
-    ranking = assemble_candidates(
-        history,
-        history.item_refs,
-        owner,
-        found.rows,
-        asked,
-        np.zeros(owner.size, np.int64),  # a candidate's action and value are never inputs
-        np.full(owner.size, np.nan, np.float32),
-        published.model.max_len,
-    )
-    if ranking.num_candidates != found.rows.size:
-        raise ValueError("a top-K row has no history or no embedding row: cannot rank it")
-    model = published.model
-    with torch.no_grad():
-        logits = model.rank(ranking.batch, model.encode(ranking.batch))
-    probs = torch.sigmoid(logits[:, task]).numpy()
-    # candidates come grouped by user; within a user, best probability first
-    order = np.lexsort((-probs, owner[ranking.candidate_event]))
-    return TopK(
-        found.rows[ranking.candidate_event][order],
-        probs[order].astype(np.float32),
-        found.offsets,
-    )
-
-
-def _jagged(best: torch.Tensor, rows: torch.Tensor, scored: np.ndarray, users: int) -> TopK:
-    """``top_k``'s [M, k] results of the ``scored`` users as a ``TopK`` of all ``users``."""
-    allowed = torch.isfinite(best)  # a -inf tail: fewer than k rows were allowed
-    per_user = np.zeros(users, dtype=np.int64)
-    per_user[scored] = allowed.sum(dim=1).numpy()
-    return TopK(
-        rows[allowed].numpy(),
-        best[allowed].numpy(),
-        np.concatenate([[0], np.cumsum(per_user)]).astype(np.int64),
-    )
+    users = RowHistories(rows, batch.timestamps, batch.actions, batch.values, batch.offsets)
+    return recommend_rows(published, users, k, keep_history, query_time, rerank)
 
 
 class TopKHandler(ModelHandler[UserBatch, tuple[tuple[int, int], Any], PublishedModel]):

@@ -157,6 +157,20 @@ def add_training_options(group: argparse._ActionsContainer) -> None:
         help="with --task ranking: weight of HSTU's / SASRec's causal next-item loss on the "
         f"history rows, as Meta's dlrm_v3; DLRM has none (default: {t.aux_retrieval_weight})",
     )
+    group.add_argument(
+        "--validation-fraction",
+        type=float,
+        help="with --task ranking: the latest share of the training events (by time) that "
+        "validates each epoch; the epoch with the best validation AUC (mean over tasks) is "
+        "tested, its probabilities calibrated on that slice (a scale and shift per task); 0: "
+        f"no validation, the last epoch is tested (default: {t.validation_fraction})",
+    )
+    group.add_argument(
+        "--patience",
+        type=int,
+        help="with --task ranking and validation: stop after this many epochs without a "
+        f"better validation AUC (default: {t.patience})",
+    )
 
 
 def train_config_from_args(
@@ -184,7 +198,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "last 2 events are held out and the epoch with the best validation NDCG@10 is "
             "tested. With --task ranking: the events before a time cutoff train, each "
             "user's later events are scored per --ranking-tasks after its history, and the "
-            "last of --epochs epochs is tested (AUC, NE, log loss, accuracy per task)."
+            "epoch with the best validation AUC (at most --epochs) is tested (AUC, NE, log "
+            "loss, accuracy per task)."
         ),
     )
     train.add_argument(

@@ -61,7 +61,11 @@ class TrainConfig:
     a time-ordered split at the ``test_fraction`` quantile of the event times; training
     windows whose last ``candidates_per_window`` events are candidates labelled by
     ``ranking_tasks``, specs as ``pipeline.events.ranking_tasks`` parses them, plus the causal
-    retrieval loss on the history rows weighted ``aux_retrieval_weight``).
+    retrieval loss on the history rows weighted ``aux_retrieval_weight``); the latest
+    ``validation_fraction`` of the training events validates each epoch and the epoch with the
+    best validation AUC is tested, calibrated on that slice; training stops after ``patience``
+    epochs without a better one (``validation_fraction`` 0: the last of ``epochs`` epochs is
+    tested, uncalibrated).
     """
 
     epochs: int = 30
@@ -84,6 +88,8 @@ class TrainConfig:
     test_fraction: float = 0.2
     candidates_per_window: int = 16
     aux_retrieval_weight: float = 0.2
+    validation_fraction: float = 0.1
+    patience: int = 3
     eval_batch_size: int = 256
     seed: int = 0
     device: str = "cpu"
@@ -138,6 +144,12 @@ class TrainConfig:
             raise ConfigError(
                 f"--aux-retrieval-weight must be >= 0, got {self.aux_retrieval_weight}"
             )
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ConfigError(
+                f"--validation-fraction must be in [0, 1), got {self.validation_fraction}"
+            )
+        if self.patience < 1:
+            raise ConfigError(f"--patience must be >= 1, got {self.patience}")
 
     def ranking_task_list(self) -> tuple[dict[str, Any], ...]:
         """The ranking tasks in their JSON form (``model.ranking_heads``)."""
@@ -173,6 +185,8 @@ class Preset(BaseModel):
     test_fraction: float | None = None
     candidates_per_window: int | None = None
     aux_retrieval_weight: float | None = None
+    validation_fraction: float | None = None
+    patience: int | None = None
     eval_batch_size: int | None = None
     hstu_layer_norm: HSTULayerNorm = HSTU_LAYER_NORM
     sasrec_style: SASRecStyle = SASREC_STYLE

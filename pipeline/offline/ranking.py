@@ -17,9 +17,19 @@ history events are its targets. The DLRM baseline has no such loss.
 
 **Init**: the models' own (``TrainConfig.init`` is retrieval's setting; see ``train_ranking``).
 
-**Evaluation**: after the last epoch (a fixed count, no validation slice: nothing is chosen,
-as the paper split of retrieval), per task AUC, NE, log loss, accuracy, base rate and count
-over every test candidate, with 95% user-bootstrap intervals (``*_ci95``: [low, high]).
+**Epoch selection and calibration**: the latest ``validation_fraction`` of the training
+events (a second time split of the pre-cutoff events, ``validation_split``) is held out of
+training and scored after each epoch; the epoch with the best validation AUC (mean over
+tasks) is tested, and training stops after ``patience`` epochs without a better one. Its
+logits are then calibrated on the validation slice (``fit_calibration``: a scale and shift
+per task, Platt scaling), which leaves AUC as it is and fixes the probabilities' confidence:
+on ml-latest-small every model's test NE after 30 fixed epochs was above 1 (over-confident,
+worse than the base rate), and selecting the epoch by validation NE instead picked the first,
+barely trained one. ``validation_fraction`` 0 trains all ``epochs`` on every pre-cutoff event
+and tests the last one, uncalibrated.
+
+**Evaluation**: per task AUC, NE, log loss, accuracy, base rate and count over every test
+candidate, with 95% user-bootstrap intervals (``*_ci95``: [low, high]).
 """
 
 from __future__ import annotations
@@ -49,7 +59,7 @@ from model.serialize import build_model, save_checkpoint
 from pipeline.events.positives import PositiveRule, parse_positives
 from pipeline.lake.datasets import SequenceDataset
 from pipeline.offline.config import TrainConfig
-from pipeline.offline.splits import TimeSplit
+from pipeline.offline.splits import TimeSplit, validation_split
 from pipeline.offline.training import (
     CHECKPOINT_DIR,
     length_grouped_batches,
@@ -111,11 +121,13 @@ def training_windows(split: TimeSplit, max_len: int, per_window: int) -> Ranking
 
 
 def evaluation_windows(split: TimeSplit, max_len: int, per_window: int) -> RankingWindows:
-    """Each user's post-cutoff events in windows of up to ``per_window`` candidates, all
-    after the user's last ``max_len - 1`` pre-cutoff events; users without one are left out."""
+    """Each user's post-cutoff events (up to ``split.end``) in windows of up to
+    ``per_window`` candidates, all after the user's last ``max_len - 1`` pre-cutoff events;
+    users without one are left out."""
     users = np.flatnonzero(split.before > 0)
     cut = split.ds.offsets[users] + split.before[users]
-    block_users, cand_lo, cand_hi = _blocks(users, cut, split.ds.offsets[users + 1], per_window)
+    end = split.ds.offsets[users] + split.ends()[users]
+    block_users, cand_lo, cand_hi = _blocks(users, cut, end, per_window)
     hist_hi = split.ds.offsets[block_users] + split.before[block_users]
     hist_lo = np.maximum(split.ds.offsets[block_users], hist_hi - (max_len - 1))
     return RankingWindows(block_users, hist_lo, hist_hi, cand_lo, cand_hi)
@@ -173,7 +185,7 @@ def rank_logits(
 
 @dataclass
 class RankingResult:
-    """What ``train_ranking`` measured: the last epoch's per-task test metrics."""
+    """What ``train_ranking`` measured: the tested epoch's per-task test metrics."""
 
     model: str
     epoch: int
@@ -197,6 +209,53 @@ class RankingResult:
 
 
 @torch.no_grad()
+def score_windows(
+    model: nn.Module,
+    ds: SequenceDataset,
+    windows: RankingWindows,
+    tasks: tuple[RankingTask, ...],
+    batch_size: int = 256,
+    device: str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """[C, num_tasks] logits and labels of every candidate of ``windows``, and [C] users."""
+    was_training = model.training
+    model.eval()
+    logits, labels, users = [], [], []
+    for lo in range(0, len(windows), batch_size):
+        part = windows.take(np.arange(lo, min(lo + batch_size, len(windows))))
+        batch, y = ranking_batch(ds, part, tasks)
+        logits.append(rank_logits(model, batch.to(device), part.users)[0].cpu())
+        labels.append(y)
+        users.append(np.repeat(part.users, part.cand_hi - part.cand_lo))
+    model.train(was_training)
+    return torch.cat(logits), torch.cat(labels), np.concatenate(users)
+
+
+def fit_calibration(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[num_tasks, 2] (scale, shift) per task minimising the log loss of
+    ``sigmoid(scale * logit + shift)`` (Platt scaling): a monotone map, so AUC is unchanged
+    and only the probabilities' confidence and base rate move.
+
+    >>> logits = torch.tensor([[-4.0], [-4.0], [4.0], [4.0]])
+    >>> labels = torch.tensor([[0.0], [1.0], [1.0], [1.0]])
+    >>> scale, shift = fit_calibration(logits, labels)[0].tolist()
+    >>> round(torch.sigmoid(torch.tensor(-4 * scale + shift)).item(), 2)
+    0.5
+    """
+    params = torch.tensor([[1.0, 0.0]] * logits.shape[1], requires_grad=True)
+    optimizer = torch.optim.LBFGS([params], max_iter=100, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        calibrated = logits * params[:, 0] + params[:, 1]
+        loss = nn.functional.binary_cross_entropy_with_logits(calibrated, labels)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return params.detach()
+
+
 def evaluate_ranking(
     model: nn.Module,
     ds: SequenceDataset,
@@ -204,24 +263,19 @@ def evaluate_ranking(
     tasks: tuple[RankingTask, ...],
     batch_size: int = 256,
     device: str = "cpu",
+    intervals: bool = True,
+    calibration: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """Per-task metrics over every candidate of ``windows`` (``{task}/{metric}``, with
-    ``{task}/{metric}_ci95`` the 95% user-bootstrap interval [low, high])."""
-    was_training = model.training
-    model.eval()
-    probs, labels, users = [], [], []
-    for lo in range(0, len(windows), batch_size):
-        part = windows.take(np.arange(lo, min(lo + batch_size, len(windows))))
-        batch, y = ranking_batch(ds, part, tasks)
-        logits, _ = rank_logits(model, batch.to(device), part.users)
-        probs.append(torch.sigmoid(logits).cpu())
-        labels.append(y)
-        users.append(np.repeat(part.users, part.cand_hi - part.cand_lo))
-    model.train(was_training)
+    ``{task}/{metric}_ci95`` the 95% user-bootstrap interval [low, high] when ``intervals``),
+    the logits mapped by ``calibration`` (``fit_calibration``) when given."""
+    logits, y, u = score_windows(model, ds, windows, tasks, batch_size, device)
+    if calibration is not None:
+        logits = logits * calibration[:, 0] + calibration[:, 1]
     names = [task.name for task in tasks]
-    p, y, u = torch.cat(probs).numpy(), torch.cat(labels).numpy(), np.concatenate(users)
+    p, y = torch.sigmoid(logits).numpy(), y.numpy()
     out: dict[str, Any] = task_metrics(y, p, names)
-    for k, name in enumerate(names):
+    for k, name in enumerate(names if intervals else ()):
         for metric, (low, high) in user_bootstrap_intervals(y[:, k], p[:, k], u).items():
             out[f"{name}/{metric}_ci95"] = [round(low, 6), round(high, 6)]
     return out
@@ -247,7 +301,8 @@ def train_ranking(
     out_dir: str | Path | None = None,
     meta: dict[str, Any] | None = None,
 ) -> RankingResult:
-    """Train ``kind`` on ``split``'s windows for ``cfg.epochs`` epochs, test the last one.
+    """Train ``kind`` on ``split``'s windows, test the epoch of the best validation NE (the
+    last of ``cfg.epochs`` without validation; module docstring).
 
     Args:
         model_config: the model config's fields but ``num_rows`` and ``ranking_tasks``
@@ -272,11 +327,19 @@ def train_ranking(
     rng = np.random.default_rng(cfg.seed)
     negatives_gen = torch.Generator().manual_seed(cfg.seed)
     positives = parse_positives(cfg.positives)
-    windows = training_windows(split, max_len, cfg.candidates_per_window)
+    fit = validation_split(split, cfg.validation_fraction)
+    windows = training_windows(fit or split, max_len, cfg.candidates_per_window)
     weights = task_weights(tasks)
     if len(windows) == 0:
         raise ValueError(
-            "no user has 2 events before the time cutoff; lower --test-fraction or use more data"
+            "no user has 2 events before the time cutoff; lower --test-fraction (or "
+            "--validation-fraction) or use more data"
+        )
+    held_out = None if fit is None else evaluation_windows(fit, max_len, cfg.candidates_per_window)
+    if held_out is not None and len(held_out) == 0:
+        raise ValueError(
+            "the validation slice holds no candidate with a history; raise "
+            "--validation-fraction, or 0 to train without validation"
         )
 
     def loss_of(rows: np.ndarray) -> torch.Tensor:
@@ -294,6 +357,7 @@ def train_ranking(
         return loss
 
     history: list[dict[str, float]] = []
+    best_epoch, best_auc, best_state = cfg.epochs, -1.0, None
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         train_loss = train_epoch(
@@ -303,10 +367,34 @@ def train_ranking(
             f"{type(model).__name__} ranking epoch {epoch}/{cfg.epochs}",
             cfg.progress,
         )
-        history.append({"epoch": epoch, "train_loss": train_loss})
-        log.info("epoch %d/%d loss %.4f", epoch, cfg.epochs, train_loss)
+        record = {"epoch": epoch, "train_loss": train_loss}
+        if held_out is not None:
+            val = evaluate_ranking(
+                model, ds, held_out, tasks, cfg.eval_batch_size, cfg.device, intervals=False
+            )
+            record["validation_auc"] = float(np.mean([val[f"{t.name}/auc"] for t in tasks]))
+            record["validation_ne"] = float(np.mean([val[f"{t.name}/ne"] for t in tasks]))
+            if record["validation_auc"] > best_auc:
+                best_epoch, best_auc = epoch, record["validation_auc"]
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        history.append(record)
+        log.info("epoch %d/%d %s", epoch, cfg.epochs, record)
+        if held_out is not None and epoch - best_epoch >= cfg.patience:
+            log.info("no better validation AUC for %d epochs: stopping", cfg.patience)
+            break
+    calibration = None
+    if best_state is not None and held_out is not None:
+        model.load_state_dict(best_state)
+        logits, labels, _ = score_windows(
+            model, ds, held_out, tasks, cfg.eval_batch_size, cfg.device
+        )
+        calibration = fit_calibration(logits, labels)
     test = evaluation_windows(split, max_len, cfg.candidates_per_window)
-    metrics = evaluate_ranking(model, ds, test, tasks, cfg.eval_batch_size, cfg.device)
+    metrics = evaluate_ranking(
+        model, ds, test, tasks, cfg.eval_batch_size, cfg.device, calibration=calibration
+    )
+    if calibration is not None:
+        metrics["calibration"] = {t.name: calibration[k].tolist() for k, t in enumerate(tasks)}
     split_info = {
         "split": "time",
         "test_fraction": cfg.test_fraction,
@@ -318,12 +406,13 @@ def train_ranking(
     checkpoint = None
     if out_dir is not None:
         checkpoint = Path(out_dir) / CHECKPOINT_DIR
-        meta = {**(meta or {}), "train_config": asdict(cfg), "epoch": cfg.epochs, **split_info}
+        meta = {**(meta or {}), "train_config": asdict(cfg), "epoch": best_epoch, **split_info}
+        meta["calibration"] = metrics.get("calibration")
         save_checkpoint(checkpoint, model, meta)
     log.info("%s ranking test %s", kind, {k: v for k, v in metrics.items() if "/auc" in k})
     return RankingResult(
         model=kind,
-        epoch=cfg.epochs,
+        epoch=best_epoch,
         test=metrics,
         split=split_info,
         seconds=time.perf_counter() - started,

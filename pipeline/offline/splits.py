@@ -108,13 +108,19 @@ class TimeSplit:
     ds: SequenceDataset
     cutoff: int
     before: np.ndarray  # [U] int64
+    # [U] int64: the first end[u] events of user u are split, the rest left out (None: all)
+    end: np.ndarray | None = None
 
     @property
     def train(self) -> SequenceDataset:
         return self.ds.prefixes(self.before)
 
+    def ends(self) -> np.ndarray:
+        """[U] how many of each user's events the split covers (train and test)."""
+        return self.ds.lengths() if self.end is None else self.end
+
     def test_events(self) -> int:
-        return int(self.ds.num_events - self.before.sum())
+        return int(self.ends().sum() - self.before.sum())
 
 
 def time_split(ds: SequenceDataset, test_fraction: float) -> TimeSplit:
@@ -139,3 +145,23 @@ def time_split(ds: SequenceDataset, test_fraction: float) -> TimeSplit:
     user = np.repeat(np.arange(ds.num_users), ds.lengths())
     before = np.bincount(user[ds.timestamps < cutoff], minlength=ds.num_users).astype(np.int64)
     return TimeSplit(ds, cutoff, before)
+
+
+def validation_split(split: TimeSplit, fraction: float) -> TimeSplit | None:
+    """``split``'s training events split again in time: the latest ``fraction`` of them
+    validate, the earlier ones train; the test events are left out (``end``). None when
+    ``fraction`` is 0.
+
+    >>> ds = SequenceDataset(
+    ...     item_ids=np.array([1, 2, 3, 1, 2]), timestamps=np.array([10, 20, 30, 15, 40]),
+    ...     actions=np.zeros(5, np.int64), offsets=np.array([0, 3, 5]),
+    ...     item_keys=np.array([None, 7, 8, 9], dtype=object), user_keys=np.array([1, 2]),
+    ... )
+    >>> val = validation_split(time_split(ds, 0.4), 0.5)
+    >>> val.cutoff, val.before.tolist(), val.ends().tolist(), val.test_events()
+    (15, [1, 0], [2, 1], 2)
+    """
+    if fraction == 0.0:
+        return None
+    inner = time_split(split.train, fraction)
+    return TimeSplit(split.ds, inner.cutoff, inner.before, end=split.before)

@@ -251,14 +251,19 @@ def next_item_batch(
     return batch, torch.from_numpy(ds.item_ids[last])
 
 
-def next_item_scores(model: nn.Module, batch: JaggedBatch) -> torch.Tensor:
-    """[B, R] scores of every item row as each sequence's next event."""
+def next_item_scores(
+    model: nn.Module, batch: JaggedBatch, item_table: torch.Tensor | None = None
+) -> torch.Tensor:
+    """[B, R] scores of every item row as each sequence's next event; ``item_table``: the
+    model's ``item_embeddings()`` when the caller keeps them (a server scoring many batches
+    of one model: normalising a 1M-row table took most of a batch's time), else computed."""
     if isinstance(model, MostPopular):
         return model.scores(batch.num_sequences)
     if not isinstance(model, SequentialEncoder):
         raise TypeError(f"cannot score with {type(model).__name__}")
     states = model.encode(batch)
-    return score_items(last_states(batch, states), model.item_embeddings())
+    items = model.item_embeddings() if item_table is None else item_table
+    return score_items(last_states(batch, states), items)
 
 
 @torch.no_grad()

@@ -1,4 +1,5 @@
-"""SIGTERM / SIGINT as a request to stop ``genrec train`` after a final checkpoint.
+"""SIGTERM / SIGINT as a request to stop ``genrec train`` after a final checkpoint (and
+``genrec serve`` before or after it serves: uvicorn's own handlers stop the serving).
 
 The handlers only set an event; the trainer's loop (one process, or every rank of a group
 through the flags it exchanges each round) sees it, finishes the batch, checkpoints and
@@ -23,13 +24,15 @@ log = logging.getLogger(__name__)
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-def stop_on_signals(stop: threading.Event) -> dict[int, Any]:
-    """SIGTERM / SIGINT set ``stop``; returns the handlers they replace."""
+def stop_on_signals(
+    stop: threading.Event, what: str = "finishing the current batch, then checkpoint and exit"
+) -> dict[int, Any]:
+    """SIGTERM / SIGINT set ``stop`` (logging ``what`` happens next); returns the handlers
+    they replace."""
 
     def on_signal(signum: int, _frame: Any) -> None:
-        log.info(
-            "%s: finishing the current batch, then checkpoint and exit", signal.strsignal(signum)
-        )
+        if not stop.is_set():
+            log.info("%s: %s", signal.strsignal(signum), what)
         stop.set()
 
     return {sig: signal.signal(sig, on_signal) for sig in SIGNALS}

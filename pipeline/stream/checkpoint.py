@@ -9,7 +9,8 @@ first, skipping damaged ones with a warning; ``latest`` is the first of them.
 
 A checkpoint may be a **delta** on an older one, its parent: its manifest then names the
 parent's sequence number and the sha256 of the parent's manifest, and ``load`` loads and
-verifies the whole chain back to a full checkpoint (``Checkpoint.parents``, oldest first). What
+verifies the whole chain back to a full checkpoint (``Checkpoint.parents``, oldest first;
+the links are ``pipeline.stream.chain``'s). What
 a delta means (which blobs replace, which patch) is the writer's business; the store only keeps
 the chain intact: a parent's manifest must hash to what the child recorded, a parent is always
 older than its child, and retention never deletes a checkpoint a retained one depends on.
@@ -46,6 +47,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from pipeline.runtime.runlock import process_alive
+from pipeline.stream import chain
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +59,6 @@ _CKPT_DIR = re.compile(r"ckpt-([0-9]+)")
 _TMP_DIR = re.compile(r"\.tmp-([0-9]+)-[0-9a-f]+")
 _STATE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=+-]*")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-# A longer chain is refused as damage: writers start a full checkpoint long before this.
-MAX_CHAIN = 1000
 _UNREADABLE = -1
 
 BlobWriter = Callable[[BinaryIO], None]
@@ -210,30 +210,14 @@ class CheckpointStore:
     def load(self, seq: int) -> Checkpoint:
         """Load and verify ``ckpt-<seq>`` and, for a delta, its chain of parents;
         ``CheckpointError`` names what is wrong."""
-        manifest_raw, ckpt, parent = self._load_one(seq)
-        chain: list[Checkpoint] = []
-        child, child_seq = manifest_raw, seq
-        while parent is not None:
-            parent_seq, expected = parent
-            where = (
-                f"{self.directory / f'ckpt-{child_seq:08d}'} is a delta on ckpt-{parent_seq:08d}"
+        _, ckpt, parent = self._load_one(seq)
+        try:
+            parents = chain.follow(
+                seq, parent, self._load_one, lambda s: f"ckpt-{s:08d}", CheckpointError
             )
-            if parent_seq >= child_seq:
-                raise CheckpointError(f"{where}, which is not older: the chain is damaged")
-            if len(chain) >= MAX_CHAIN:
-                raise CheckpointError(f"{where}: the chain is longer than {MAX_CHAIN}")
-            try:
-                child, loaded, parent = self._load_one(parent_seq)
-            except CheckpointError as err:
-                raise CheckpointError(f"{where}, which does not load: {err}") from err
-            if hashlib.sha256(child).hexdigest() != expected:
-                raise CheckpointError(
-                    f"{where}, whose manifest is not the one it was written on (sha256 "
-                    "differs): the parent was replaced"
-                )
-            chain.append(loaded)
-            child_seq = parent_seq
-        return replace(ckpt, parents=tuple(reversed(chain)))
+        except CheckpointError as err:  # the message starts with the delta's name: its path
+            raise CheckpointError(f"{self.directory}/{err}") from err
+        return replace(ckpt, parents=tuple(parents))
 
     def _load_one(self, seq: int) -> tuple[bytes, Checkpoint, tuple[int, str] | None]:
         """(manifest bytes, the checkpoint without parents, its parent link) of one dir."""
@@ -330,13 +314,7 @@ class CheckpointStore:
         if len(fulls) <= self.keep:
             return
         cutoff = fulls[-self.keep]
-        kept = {seq for seq in seqs if seq >= cutoff}
-        todo = list(kept)
-        while todo:
-            parent = parents.get(todo.pop())
-            if parent is not None and parent != _UNREADABLE and parent not in kept:
-                kept.add(parent)
-                todo.append(parent)
+        kept = chain.with_parents((seq for seq in seqs if seq >= cutoff), parents)
         for seq in seqs:
             if seq not in kept:
                 # rmtree refuses a symlinked top and never follows symlinks inside the tree.

@@ -30,6 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pipeline.runtime.errors import ConfigError
 
 ENV_PREFIX = "GENREC_"
+# ``genrec serve``'s variables (pipeline/serve/config.py): never the trainer's keys.
+SERVE_ENV_PREFIX = "GENREC_SERVE__"
 # Where CLI values (named flags and --set items, merged by pipeline/commands/train.py) came from.
 CLI_ORIGIN = "--set/flag"
 
@@ -227,6 +229,13 @@ class TrainSection(_Section):
         "value>=4 (also >, <=, <, ==) or action:click,purchase (names or codes); the others "
         "are context",
     )
+    retrieval_weight: float = Field(
+        0.2,
+        ge=0,
+        description="with model.ranking_tasks: weight of the retrieval loss beside the ranking "
+        "loss (0.2 as Meta's dlrm_v3 and train-offline; 0 trains the heads only, retrieval is "
+        "still scored); without ranking tasks retrieval is the only loss",
+    )
     learn: bool = Field(True, description="false: evaluate only (a frozen model)")
     device: str = Field("cpu", description="torch device")
     threads: int | None = Field(
@@ -283,8 +292,20 @@ class CheckpointSection(_Section):
 class RegistrySection(_Section):
     uri: str = Field("./registry", description="registry path or URI (s3://, gs://, ...)")
     enabled: bool = Field(True, description="publish versions")
-    every_s: float = Field(300.0, gt=0, description="publish at least this often, seconds")
+    every_s: float = Field(
+        300.0,
+        gt=0,
+        description="publish at least this often, seconds (each publish follows a checkpoint; "
+        "with deltas a few seconds is affordable)",
+    )
     every_events: int = Field(100_000, ge=1, description="...or after this many input events")
+    full_every: int = Field(
+        10,
+        ge=1,
+        description="every Nth version is full; the others are deltas holding only the item "
+        "rows changed since the previous version and the dense weights (with "
+        "train.sparse_embeddings; 1: always full, readable by genrec before deltas)",
+    )
     publish_on_exit: bool = Field(True, description="publish once more when stopping")
     model: str | None = Field(
         None,
@@ -375,6 +396,11 @@ class TrainerConfig(_Section):
             raise ValueError(
                 f"train.max_targets={max_targets} must be in [1, store.max_len="
                 f"{self.store.max_len})"
+            )
+        if "retrieval_weight" in self.train.model_fields_set and not self.model.ranking_tasks:
+            raise ValueError(
+                f"train.retrieval_weight={self.train.retrieval_weight} weighs retrieval against "
+                "the ranking heads: set model.ranking_tasks, or leave it out"
             )
         if self.store.max_users < self.train.batch_events:
             raise ValueError(
@@ -480,25 +506,42 @@ def _section_model(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _env_layer(environ: Mapping[str, str] | None) -> tuple[dict[str, Any], _Origins]:
+@dataclass(frozen=True)
+class Settings:
+    """A command's settings: its pydantic model, the prefix of its environment variables
+    and the command whose ``--help`` lists the keys."""
+
+    root: type[BaseModel]
+    env_prefix: str
+    command: str
+
+
+def _env_layer(
+    environ: Mapping[str, str] | None, settings: Settings
+) -> tuple[dict[str, Any], _Origins]:
     environ = os.environ if environ is None else environ
     top_level = {
         name
-        for name, field in TrainerConfig.model_fields.items()
+        for name, field in settings.root.model_fields.items()
         if _section_model(field.annotation) is None
     }
+    prefix = settings.env_prefix
     data: dict[str, Any] = {}
     origins: _Origins = {}
     for name, raw in sorted(environ.items()):
-        if not name.startswith(ENV_PREFIX):
+        if not name.startswith(prefix) or (
+            prefix == ENV_PREFIX and name.startswith(SERVE_ENV_PREFIX)
+        ):
             continue
-        key = name[len(ENV_PREFIX) :]
+        key = name[len(prefix) :]
         if "__" not in key and key.lower() not in top_level:
             continue  # GENREC_REGISTRY, GENREC_KAFKA_HOME, ...: settings of other commands
         path = tuple(part.lower() for part in key.split("__"))
         origin = _Origin(f"{name}={raw!r}", env_path=path)
         if not all(path):
-            raise ConfigError(f"{origin.where}: empty key in the name; use GENREC_<SECTION>__<KEY>")
+            raise ConfigError(
+                f"{origin.where}: empty key in the name; use {prefix}<SECTION>__<KEY>"
+            )
         data = deep_merge(data, nested(list(path), _parse_scalar(raw, origin.where)))
         for depth in range(1, len(path) + 1):
             origins[path[:depth]] = origin
@@ -510,7 +553,7 @@ def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
 
     Other ``GENREC_`` variables (``GENREC_REGISTRY``, ``GENREC_KAFKA_HOME``, ...) are ignored.
     """
-    return _env_layer(environ)[0]
+    return _env_layer(environ, TRAINER_SETTINGS)[0]
 
 
 def dotted_overrides(items: list[str]) -> dict[str, Any]:
@@ -588,18 +631,18 @@ def _cli_origins(data: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> _Orig
     return out
 
 
-def _model_at(path: tuple[str, ...]) -> type[BaseModel] | None:
-    model: type[BaseModel] | None = TrainerConfig
+def _model_at(path: tuple[str, ...], root: type[BaseModel]) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = root
     for part in path:
         field = model.model_fields.get(part) if model else None
         model = _section_model(field.annotation) if field else None
     return model
 
 
-def _key_path(loc: tuple[str, ...]) -> tuple[str, ...]:
+def _key_path(loc: tuple[str, ...], root: type[BaseModel]) -> tuple[str, ...]:
     """The config keys of a pydantic error location (without union member tags)."""
     out: list[str] = []
-    model: type[BaseModel] | None = TrainerConfig
+    model: type[BaseModel] | None = root
     for part in loc:
         if model is None:
             break
@@ -628,8 +671,8 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _unknown_key_line(keys: tuple[str, ...], origin: _Origin | None) -> str:
-    parent = _model_at(keys[:-1])
+def _unknown_key_line(keys: tuple[str, ...], origin: _Origin | None, settings: Settings) -> str:
+    parent = _model_at(keys[:-1], settings.root)
     names = list(parent.model_fields) if parent else []
     match = difflib.get_close_matches(keys[-1], names, n=1)
     dotted = ".".join(keys)
@@ -637,25 +680,25 @@ def _unknown_key_line(keys: tuple[str, ...], origin: _Origin | None) -> str:
         hint = ""
         if match:
             fixed = (*keys[:-1], match[0], *origin.env_path[len(keys) :])
-            hint = f" (did you mean {ENV_PREFIX}{'__'.join(fixed).upper()}?)"
+            hint = f" (did you mean {settings.env_prefix}{'__'.join(fixed).upper()}?)"
         return f"{origin.where}: unknown key {dotted}{hint}"
     if match:
         hint = f" (did you mean {'.'.join((*keys[:-1], match[0]))}?)"
     else:
-        hint = " (see 'genrec train --help' for the keys)"
+        hint = f" (see 'genrec {settings.command} --help' for the keys)"
     where = f"{origin.where}: " if origin else ""
     return f"{where}{dotted}: unknown key{hint}"
 
 
-def _error_line(error: Mapping[str, Any], layers: list[_Origins]) -> str:
+def _error_line(error: Mapping[str, Any], layers: list[_Origins], settings: Settings) -> str:
     """One pydantic error as ``where: key: problem``."""
-    keys = _key_path(tuple(str(part) for part in error["loc"]))
+    keys = _key_path(tuple(str(part) for part in error["loc"]), settings.root)
     problem = str(error["msg"]).removeprefix("Value error, ")
     if not keys:  # a check across keys (TrainerConfig._consistent): the message names them
         return problem
     origin = _find_origin(keys, layers)
     if error["type"] == "extra_forbidden":
-        return _unknown_key_line(keys, origin)
+        return _unknown_key_line(keys, origin, settings)
     if origin is not None and origin.env_path is not None:
         return f"{origin.where}: {problem}"  # the variable's name and value say it all
     where = f"{origin.where}: " if origin else ""
@@ -671,18 +714,35 @@ def load_config(
 
     Raises ``ConfigError`` with one ``where: key: problem`` line per problem.
     """
+    cfg = load_settings(TRAINER_SETTINGS, path, overrides, environ)
+    assert isinstance(cfg, TrainerConfig)
+    return cfg
+
+
+def load_settings(
+    settings: Settings,
+    path: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> BaseModel:
+    """``settings.root`` from defaults < YAML ``path`` < environment (``settings.env_prefix``)
+    < ``overrides``; ``ConfigError`` with one ``where: key: problem`` line per problem."""
     layers = [_yaml_layer(path)] if path is not None else []
-    layers.append(_env_layer(environ))
+    layers.append(_env_layer(environ, settings))
     cli = dict(overrides or {})
     layers.append((cli, _cli_origins(cli)))
     data: dict[str, Any] = {}
     for layer, _ in layers:
         data = deep_merge(data, layer)
     try:
-        return TrainerConfig.model_validate(data)
+        return settings.root.model_validate(data)
     except ValidationError as err:
         origins = [layer_origins for _, layer_origins in reversed(layers)]
-        raise ConfigError([_error_line(e, origins) for e in err.errors(include_url=False)]) from err
+        lines = [_error_line(e, origins, settings) for e in err.errors(include_url=False)]
+        raise ConfigError(lines) from err
+
+
+TRAINER_SETTINGS = Settings(TrainerConfig, ENV_PREFIX, "train")
 
 
 def describe_options(model: type[BaseModel] = TrainerConfig, prefix: str = "") -> Iterator[str]:

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from model.optim import RowSparseAdam, is_row_sparse_state
+from model.optim import PUBLISHED, RowSparseAdam, is_row_sparse_state
 from pipeline.sources.base import Source, TimeSeekable
 from pipeline.state.store import SequenceStore
 from pipeline.state.vocab import ItemVocabulary
@@ -43,7 +43,13 @@ from pipeline.stream.config import TrainerConfig
 from pipeline.stream.deadletter import DeadLetterSink
 from pipeline.stream.observability import TrainerMetrics
 from pipeline.stream.progressive import ProgressiveMetrics
-from pipeline.stream.publishing import MODEL_FILE, VOCAB_FILE, ConcurrentPublishError
+from pipeline.stream.publishing import (
+    MODEL_FILE,
+    ROWS_FILE,
+    VOCAB_FILE,
+    ConcurrentPublishError,
+    PublishError,
+)
 from pipeline.stream.state import TrainerState, new_model, shape_config, task_names
 
 log = logging.getLogger(__name__)
@@ -68,13 +74,27 @@ class RestoreRefusedError(ValueError):
 
 @dataclass(frozen=True)
 class _Chain:
-    """The newest checkpoint of this state, which the next delta builds on."""
+    """The newest checkpoint (or version) of this state, which the next delta builds on."""
 
-    seq: int
-    deltas: int  # since the full checkpoint at its root
+    seq: int  # the checkpoint's sequence number, or the version
+    deltas: int  # since the full one at its root
     full_bytes: int
     delta_bytes: int  # written by those deltas together
     row_tensors: frozenset[str]  # rowdelta.present() of the root: a delta must have the same
+
+    def takes_delta(self, full_every: int, row_tensors: frozenset[str]) -> bool:
+        """Whether the next one may be a delta on this chain, or must be full: every
+        ``full_every``-th is, and so is one after deltas that together outgrew half the full
+        one (a load would read too much), or with other row tensors (Adam state appeared)."""
+        return (
+            self.deltas + 1 < full_every
+            and self.delta_bytes * 2 <= self.full_bytes
+            and row_tensors == self.row_tensors
+        )
+
+    def then(self, seq: int, size: int) -> _Chain:
+        """This chain after ``seq``, a delta of ``size`` bytes on it."""
+        return replace(self, seq=seq, deltas=self.deltas + 1, delta_bytes=self.delta_bytes + size)
 
 
 class Persistence:
@@ -113,6 +133,8 @@ class Persistence:
         # the lineage when another writer moved it meanwhile.
         self._expected_latest: int | None = None
         self._chain: _Chain | None = None
+        # The newest version this process published, which the next delta version builds on.
+        self._versions: _Chain | None = None
 
     # ------------------------------------------------------------- restore
     def restore(self, state: TrainerState) -> TrainerState | None:
@@ -245,15 +267,10 @@ class Persistence:
         parent = None if full else self._delta_parent(state, nets)
         path = write_checkpoint(self.cfg, self.checkpoints, state, positions, nets, parent)
         size = sum(f.stat().st_size for f in path.iterdir())
-        chain = self._chain
-        if parent is None or chain is None:
-            chain = _Chain(seq_of(path), 0, size, 0, rowdelta.present(nets))
+        if parent is None or self._chain is None:
+            self._chain = _Chain(seq_of(path), 0, size, 0, rowdelta.present(nets))
         else:
-            chain = _Chain(
-                seq_of(path), chain.deltas + 1, chain.full_bytes, chain.delta_bytes + size,
-                chain.row_tensors,
-            )  # fmt: skip
-        self._chain = chain
+            self._chain = self._chain.then(seq_of(path), size)
         self.saved(state, positions)
         log.debug("checkpoint %s at %s", path, positions)
         return path
@@ -273,9 +290,7 @@ class Persistence:
         if (
             chain is None  # nothing of this state saved yet
             or not isinstance(state.optimizer, RowSparseAdam)  # dense Adam moves every row
-            or chain.deltas + 1 >= self.cfg.checkpoint.full_every
-            or chain.delta_bytes * 2 > chain.full_bytes  # restore would read too much
-            or rowdelta.present(nets) != chain.row_tensors  # e.g. Adam state appeared
+            or not chain.takes_delta(self.cfg.checkpoint.full_every, rowdelta.present(nets))
         ):
             return None
         return chain.seq
@@ -300,39 +315,96 @@ class Persistence:
             state.last_published = latest
 
     def publish(self, state: TrainerState, positions: dict[str, int]) -> int | None:
-        """Publish weights, vocabulary and config with ``positions``, watermark and metrics.
+        """Publish weights, vocabulary and config with ``positions``, watermark and metrics:
+        a delta on the previous version (the item rows changed since it, the dense weights)
+        unless the chain of versions has ``registry.full_every - 1`` deltas, its deltas
+        together outgrow half the full version, or this process did not publish that one;
+        a delta the registry refuses (its base damaged) is published full instead.
 
         Returns the new version, or None when another writer moved ``latest`` since this
         trainer last looked: then nothing is published and ``fatal`` holds the
         ``ConcurrentPublishError``.
         """
-        assert self.registry is not None
+        weights = state.model.state_dict()
+        base = self._delta_base(state, weights)
         try:
-            manifest = self.registry.publish(
-                {
-                    MODEL_FILE: state_to_bytes(state.model.state_dict()),
-                    VOCAB_FILE: state.vocab.snapshot(),
-                },
-                parent=state.last_published,
-                source_positions=positions,
-                watermark=None if state.store.watermark < 0 else state.store.watermark,
-                metrics=registry_metrics(state),
-                config={
-                    "model": self.cfg.model.kind,
-                    self.cfg.model.kind: asdict(state.model.cfg),
-                    "trainer": self.cfg.model_dump(mode="json"),
-                },
-                expect_latest=self._expected_latest,
-            )
+            try:
+                manifest, size = self._publish(state, positions, weights, base)
+            except PublishError as err:
+                if base is None or isinstance(err, ConcurrentPublishError):
+                    raise
+                # e.g. the base was damaged or removed by hand: a full version needs no base
+                log.warning(
+                    "cannot publish a delta on version %d (%s); publishing it full", base, err
+                )
+                base = None
+                manifest, size = self._publish(state, positions, weights, None)
         except ConcurrentPublishError as err:
             log.error("%s; stopping after a final checkpoint", err)
             self.fatal = err
             return None
+        if base is None or self._versions is None:
+            self._versions = _Chain(
+                manifest.version, 0, size, 0, rowdelta.present({"model": weights})
+            )
+        else:
+            self._versions = self._versions.then(manifest.version, size)
+        if isinstance(state.optimizer, RowSparseAdam):
+            state.optimizer.clear_changed(since=PUBLISHED)
         self._expected_latest = manifest.version
         state.last_published = manifest.version
         self.published.append(manifest.version)
         self.metrics.published.set(manifest.version)
         return manifest.version
+
+    def _publish(
+        self,
+        state: TrainerState,
+        positions: dict[str, int],
+        weights: Mapping[str, Any],
+        base: int | None,
+    ) -> tuple[Any, int]:
+        """Publish ``state`` in full, or as a delta on version ``base``: (its manifest, the
+        bytes of its weights: what a load of the chain reads, not the vocabulary)."""
+        assert self.registry is not None
+        if base is None:
+            files = {MODEL_FILE: state_to_bytes(dict(weights))}
+        else:
+            assert isinstance(state.optimizer, RowSparseAdam)
+            rest, changed = rowdelta.split(
+                {"model": weights}, state.optimizer.changed_rows(since=PUBLISHED)
+            )
+            files = {MODEL_FILE: state_to_bytes(rest["model"]), ROWS_FILE: state_to_bytes(changed)}
+        manifest = self.registry.publish(
+            {**files, VOCAB_FILE: state.vocab.snapshot()},
+            parent=state.last_published,
+            source_positions=positions,
+            watermark=None if state.store.watermark < 0 else state.store.watermark,
+            metrics=registry_metrics(state),
+            config={
+                "model": self.cfg.model.kind,
+                self.cfg.model.kind: asdict(state.model.cfg),
+                "trainer": self.cfg.model_dump(mode="json"),
+            },
+            expect_latest=self._expected_latest,
+            delta_of=base,
+        )
+        return manifest, sum(len(blob) for blob in files.values())
+
+    def _delta_base(self, state: TrainerState, weights: Mapping[str, Any]) -> int | None:
+        """The version the next one can be a delta on, or None: it must be full. Only a
+        version this process published from this state: the rows changed since are known."""
+        versions = self._versions
+        if (
+            versions is None  # nothing of this state published by this process yet
+            or versions.seq != state.last_published
+            or not isinstance(state.optimizer, RowSparseAdam)  # dense Adam moves every row
+            or not versions.takes_delta(
+                self.cfg.registry.full_every, rowdelta.present({"model": weights})
+            )
+        ):
+            return None
+        return versions.seq
 
 
 def state_dicts(state: TrainerState) -> dict[str, Any]:

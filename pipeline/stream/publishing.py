@@ -6,10 +6,11 @@ recommend`` get one from the ``genrec.registries`` plugin (``pipeline.plugins``;
 ``connectors/registry`` by default), opened on a model (``TrainerConfig.registry_model``: each
 run has its own versions and ``latest``). The trainer's persistence
 (``pipeline.stream.persistence``) calls ``latest_version()``, ``show(version)`` and
-``publish(files, parent=, source_positions=, watermark=, metrics=, config=, expect_latest=)``
-with the files ``MODEL_FILE`` and ``VOCAB_FILE``; ``backfill recommend`` reads ``model`` (the
-opened model's name) and calls ``load_version(ref, max_vocab_bytes)``, which returns a
-``PublishedModel``. An implementation's errors derive from these, so that the trainer and the
+``publish(files, parent=, source_positions=, watermark=, metrics=, config=, expect_latest=,
+delta_of=)`` with the files ``MODEL_FILE`` and ``VOCAB_FILE`` (and ``ROWS_FILE`` in a delta);
+``backfill recommend`` reads ``model`` (the opened model's name) and calls
+``load_version(ref, max_vocab_bytes)``, which returns a ``PublishedModel`` (a delta's chain
+applied). An implementation's errors derive from these, so that the trainer and the
 CLI can handle them.
 """
 
@@ -31,9 +32,12 @@ DEFAULT_MAX_VOCAB_BYTES = 1 << 30
 # floats, twice.
 DEFAULT_BATCH_USERS = 1024
 
-# The files of a published version: the model's weights and the item vocabulary.
+# The files of a published version: the model's weights and the item vocabulary. In a delta
+# version (``publish(delta_of=)``) MODEL_FILE holds the weights without the item table, and
+# ROWS_FILE the table's rows changed since the version it is a delta of (``rowdelta.split``).
 MODEL_FILE = "model.pt"
 VOCAB_FILE = "vocab.npz"
+ROWS_FILE = "item_rows.pt"
 
 
 class PublishError(Exception):

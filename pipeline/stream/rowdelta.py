@@ -10,6 +10,7 @@ their values in each capacity-sized tensor. Restoring starts from the full check
 root of the chain and writes each delta's rows over it in chain order; the newest delta's
 rest (dense parameters, optimizer scalars) completes the state. Paths are explicit, never
 guessed from shapes: a dense weight may happen to have as many rows as the table.
+The links of a chain are ``pipeline.stream.chain``'s.
 """
 
 from __future__ import annotations

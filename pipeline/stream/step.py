@@ -75,6 +75,7 @@ class Step:
         self.task_weights = task_weights(self.tasks)
         # DLRM ranks the candidates only: no retrieval targets are scored or trained
         self.ranking_only = cfg.model.kind == "dlrm"
+        self.retrieval_weight = cfg.train.retrieval_weight if cfg.model.ranking_tasks else 1.0
 
     @property
     def ranking(self) -> bool:
@@ -198,7 +199,8 @@ class Step:
                 clock = state.lap("evaluate", clock)
             loss = torch.zeros((), device=self.device)
             if targets is not None:
-                loss = loss + sampled_softmax_loss(
+                # at weight 0 too: a step whose only examples are targets still needs a graph
+                loss = loss + self.retrieval_weight * sampled_softmax_loss(
                     targets.queries,
                     targets.items,
                     model.item_rows(),  # rows normalised as looked up: O(rows touched)

@@ -4,6 +4,7 @@ dependencies consistently, and run genrec commands that the real CLI accepts."""
 
 from __future__ import annotations
 
+import argparse
 import base64
 import fnmatch
 from pathlib import Path
@@ -82,6 +83,54 @@ def test_service_commands_are_accepted_by_the_genrec_cli(services: dict):
             assert args.topic == topic, f"{name} uses topic {args.topic}, topics job made {topic}"
 
 
+def _flag(command: list[str], name: str) -> str:
+    """The value after ``name`` in a service's command list."""
+    return command[command.index(name) + 1]
+
+
+def test_trainer_publishes_every_few_seconds(services: dict):
+    args = build_parser().parse_args(services["trainer"]["command"][1:])
+    assert args.publish_every_s is not None and args.publish_every_s <= 10
+
+
+def test_serve_follows_the_trainers_model_on_its_volume_read_only(services: dict):
+    serve, trainer = services["serve"], services["trainer"]
+    command = serve["command"]
+    assert command[:2] == ["genrec", "serve"]
+    assert serve["image"] == trainer["image"]
+    assert serve["depends_on"]["topics"]["condition"] == "service_completed_successfully"
+    trainer_args = build_parser().parse_args(trainer["command"][1:])
+    assert _flag(command, "--registry") == trainer_args.registry
+    # the trainer publishes under its run name, kafka-<topic>, and the server reads that topic
+    assert _flag(command, "--model") == f"kafka-{trainer_args.topic}"
+    assert _flag(command, "--stream") == "kafka" and _flag(command, "--topic") == trainer_args.topic
+    assert _flag(command, "--alias") == "latest"
+    (trainer_volume,) = trainer["volumes"]
+    (serve_volume,) = serve["volumes"]
+    assert serve_volume == f"{trainer_volume}:ro"
+    port = int(_flag(command, "--port"))
+    assert f"{port}:{port}" in serve["ports"] and _flag(command, "--host") == "0.0.0.0"
+    assert f"127.0.0.1:{port}/readyz" in " ".join(serve["healthcheck"]["test"])
+
+
+def test_serve_command_is_accepted_by_the_genrec_cli(services: dict):
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    if "serve" not in commands.choices:
+        pytest.skip("genrec serve is not a command yet")
+    args = parser.parse_args(services["serve"]["command"][1:])  # exits on an unknown flag
+    assert callable(args.func)
+
+
+def test_stack_test_overrides_only_name_local_stand_ins(services: dict):
+    standins = yaml.safe_load((ROOT / "scripts/stack/standins.yml").read_text())["services"]
+    # the stand-in broker runs the version the official image of docker-compose.yml has
+    assert standins["kafka"]["image"].split(":")[1] == services["kafka"]["image"].split(":")[1]
+    assert standins["topics"]["build"]["args"]["BASE_IMAGE"].startswith("genrec-standin/")
+    # without the override, the Dockerfile builds on the official Python image
+    assert "ARG BASE_IMAGE=python:3.11-slim" in (ROOT / "Dockerfile").read_text()
+
+
 def test_built_services_have_a_dockerfile_that_installs_genrec(services: dict):
     root = Path(__file__).resolve().parents[2]
     for name, service in services.items():
@@ -101,10 +150,10 @@ def test_the_genrec_image_is_built_once_and_shared(services: dict):
     ((builder, service),) = built.items()
     assert service["build"]["context"] == "."
     image = service["image"]
-    for name in ("topics", "producer", "trainer"):
+    for name in ("topics", "producer", "trainer", "serve"):
         assert services[name]["image"] == image, f"{name} does not run {image}"
     # the builder runs first: every other genrec service waits for it
-    for name in {"topics", "producer", "trainer"} - {builder}:
+    for name in {"topics", "producer", "trainer", "serve"} - {builder}:
         assert builder in services[name]["depends_on"], name
 
 

@@ -166,6 +166,30 @@ def test_the_first_step_scores_with_the_model_before_it_learns(tmp_path):
     assert not torch.equal(before["ranking_head.mlp.0.weight"], after["ranking_head.mlp.0.weight"])
 
 
+@pytest.mark.parametrize("weight", [0.0, 1.0])
+def test_retrieval_weight_scales_the_retrieval_loss_beside_ranking(tmp_path, weight):
+    """train.retrieval_weight 0 trains the heads only: the step's loss is the candidates'
+    log loss alone (the retrieval targets are still scored); at 1 the retrieval loss adds
+    (the default with ranking tasks is 0.2)."""
+    cfg = cfg_for(tmp_path, retrieval_weight=weight)
+    torch.manual_seed(0)
+    state, step = new_state(cfg), Step(cfg, TrainerMetrics())
+    step.train_on(state, events([1, 2], [10, 11], [1, 2], [1, 1], [np.nan, np.nan]))
+    ranks = step.train_on(state, events([1, 2], [11, 10], [3, 4], [2, 1], [np.nan, np.nan]))
+    assert ranks.ranks.size == 2 and state.ranking is not None
+    log_loss = state.ranking.result()["click/log_loss"]
+    if weight == 0.0:
+        assert state.last_loss == pytest.approx(log_loss, rel=1e-5)
+    else:
+        assert state.last_loss > log_loss + 0.1
+
+
+def test_retrieval_weight_without_ranking_tasks_is_refused():
+    with pytest.raises(ConfigError, match=r"train\.retrieval_weight=0\.5 weighs retrieval"):
+        load_config(overrides={"train": {"retrieval_weight": 0.5}}, environ={})
+    assert load_config(environ={}).train.retrieval_weight == 0.2  # unused without tasks
+
+
 def test_online_ranking_learns_and_reports_everywhere(tmp_path):
     cfg = cfg_for(tmp_path, users=300)  # 18k impressions
     registry = Registry.open(cfg.registry.uri, create=True)
