@@ -167,6 +167,13 @@ def _split_list(text: str, flag: str) -> list[str]:
     return items
 
 
+def _number(kind: type[int] | type[float], text: str, flag: str) -> Any:
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"{flag}: {text!r} is not a number; give a comma-separated list") from None
+
+
 def run_scaling(args: argparse.Namespace) -> int:
     from pipeline.backfill.histories import event_logs
     from pipeline.offline.scaling.grid import (
@@ -187,8 +194,11 @@ def run_scaling(args: argparse.Namespace) -> int:
         raise ConfigError(f"--plot-metric must be one of {', '.join(FIT_METRICS)}")
     try:
         sizes = [parse_size(s) for s in _split_list(args.sizes, "--sizes")]
-        epochs = [int(e) for e in _split_list(args.epochs, "--epochs")]
-        fractions = [float(f) for f in _split_list(args.data_fractions, "--data-fractions")]
+        epochs = [_number(int, e, "--epochs") for e in _split_list(args.epochs, "--epochs")]
+        fractions = [
+            _number(float, f, "--data-fractions")
+            for f in _split_list(args.data_fractions, "--data-fractions")
+        ]
         specs = grid_specs(_split_list(args.models, "--models"), sizes, epochs, fractions)
     except ValueError as err:
         raise ConfigError(str(err)) from None

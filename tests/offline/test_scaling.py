@@ -169,6 +169,11 @@ def test_a_four_run_grid_runs_end_to_end_and_resumes(tmp_path: Path, caplog, cap
     assert "holds a grid with other settings (lr)" in line
     [line] = error_lines([*argv[: -len(TINY_GRID)], "--sizes", "4x1"], capsys)
     assert "--sizes: '4x1' is not DxLxN" in line
+    [line] = error_lines([*argv, "--epochs", "1,two"], capsys)
+    assert (
+        line
+        == "genrec scaling: error: --epochs: 'two' is not a number; give a comma-separated list"
+    )
 
 
 def test_an_unfinished_or_damaged_run_is_not_finished(tmp_path: Path) -> None:
