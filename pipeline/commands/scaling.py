@@ -18,8 +18,9 @@ from pipeline.runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SIZES = "8x1x20,16x1x50,32x2x100,64x2x200"
-DEFAULT_EPOCHS = "1,4,16"
+# the ml-latest-small grid of docs/scaling.md (about 3 orders of magnitude of compute)
+DEFAULT_SIZES = "4x1x10,16x1x50,32x2x100,64x2x200"
+DEFAULT_EPOCHS = "1,3,8"
 SETTINGS_FILE = "settings.json"
 
 
@@ -29,13 +30,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="train a grid of HSTU / SASRec sizes and budgets and fit quality against "
         "training compute",
         description=(
-            "Train every (model, size, epochs) of the grid in its own train-offline process "
-            "(holdout split: the best validation epoch is tested), cheapest first; runs "
+            "Train every (model, size, epochs, data fraction) of the grid in its own "
+            "train-offline process (holdout split: the best validation epoch is tested), "
+            "cheapest first, with a progress line and the grid's ETA; runs "
             "finished in --out before are kept and skipped, so a stopped grid resumes. Then "
             "write OUT/results.json (every run: FLOPs, parameters, wall time, loss, "
             "validation and test metrics under both protocols; per model the "
-            "compute-optimal envelope and its log-linear and saturating power-law fits) and "
-            "OUT/scaling.png. docs/scaling.md explains the FLOP count and the fits."
+            "compute-optimal envelope and its log-linear and saturating power-law fits; the "
+            "most-popular baseline) and OUT/scaling.png. docs/scaling.md explains the FLOP "
+            "count and the fits."
         ),
     )
     scaling.add_argument("--data", required=True, help="event log file (as train-offline's)")
