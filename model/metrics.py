@@ -17,7 +17,7 @@ import torch
 from kernels.offsets import segment_ids
 from model.retrieval import mask_unavailable
 
-DEFAULT_KS: tuple[int, ...] = (10, 50, 200)
+DEFAULT_KS: tuple[int, ...] = (10, 50, 100, 200)  # 100: the paper's HR@100
 
 
 def target_ranks(

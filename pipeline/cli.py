@@ -23,6 +23,7 @@ LOG_LEVEL_HELP = "logging verbosity (default: INFO)"
 
 COMMAND_MODULES: tuple[str, ...] = (
     "pipeline.commands.offline",
+    "pipeline.commands.scaling",
     "pipeline.commands.backfill",
     *plugins.modules("genrec.commands"),
     "pipeline.commands.train",

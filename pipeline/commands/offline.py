@@ -3,7 +3,7 @@ or (``train-offline --task ranking``) generative ranking on a time-ordered split
 
 Without ``--data`` both use the embedded synthetic generator (with ``--task ranking`` the
 synthetic impression stream). With ``--json`` the last line on stdout is one JSON object with
-the test metrics (retrieval: hr@K, ndcg@K for K in 10, 50, 200, mrr; ranking: per task AUC,
+the test metrics (retrieval: hr@K, ndcg@K for K in 10, 50, 100, 200, mrr; ranking: per task AUC,
 NE, log loss, accuracy, base rate, count and their intervals) plus model, epoch and seconds.
 """
 
@@ -21,6 +21,7 @@ from typing import Any
 from pipeline.lake.datasets import FORMATS
 from pipeline.lake.synthetic import SyntheticConfig
 from pipeline.offline.config import (
+    SPLITS,
     TASKS,
     TRAIN_WINDOWS,
     Preset,
@@ -88,11 +89,26 @@ def add_training_options(group: argparse._ActionsContainer) -> None:
         f"reference (default: {t.train_windows})",
     )
     group.add_argument(
+        "--train-fraction",
+        type=float,
+        help="train on the windows of a seeded random share (0, 1] of the users only, a data "
+        "budget (genrec scaling); every user is still validated and tested (default: "
+        f"{t.train_fraction})",
+    )
+    group.add_argument(
         "--sparse-embeddings",
         action=argparse.BooleanOptionalAction,
         help="item table: sparse gradients and lazy Adam on the rows a step touches, as the "
         "online trainer; off: AdamW on every row, the reference (default: "
         f"{t.sparse_embeddings})",
+    )
+    group.add_argument(
+        "--split",
+        choices=SPLITS,
+        help="paper: every event but the last trains (the validation event too) and the "
+        "last epoch is tested; holdout: the last 2 events are held out, the epoch with the "
+        "best validation NDCG@10 is tested, and metrics.json has its validation metrics "
+        f"under both protocols (default: {t.split})",
     )
     group.add_argument(
         "--exclude-seen",
@@ -433,6 +449,7 @@ def run_train(args: argparse.Namespace) -> int:
             {
                 **summary,
                 "test_by_protocol": result.test_by_protocol,
+                "valid_by_protocol": result.valid_by_protocol,
                 "valid_history": result.valid_history,
             },
             indent=1,

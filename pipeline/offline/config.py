@@ -47,6 +47,8 @@ class TrainConfig:
     ``init``: "reference" re-initialises the model as Meta's research code does.
     ``sparse_embeddings``: the item table gets sparse gradients and lazy Adam (the online
     trainer's default, ``model.optim.RowSparseAdam``) instead of AdamW on every row.
+    ``train_fraction``: train on the windows of a seeded random share of the users only (a
+    data budget, ``genrec scaling``); every user is still validated and tested.
     ``train_windows``: "all" trains on every event of each training sequence, in windows of
     ``max_len`` events back from its end (every event but the first a target once, as in the
     online trainer); "last" only on each user's last ``max_len`` events (the reference).
@@ -77,6 +79,7 @@ class TrainConfig:
     init: Init = "reference"
     sparse_embeddings: bool = False
     train_windows: TrainWindows = "all"
+    train_fraction: float = 1.0
     split: Split = "paper"
     exclude_seen: bool = False
     positives: str = "all"
@@ -100,6 +103,8 @@ class TrainConfig:
                 f"TrainConfig.train_windows must be one of {TRAIN_WINDOWS}, got "
                 f"{self.train_windows!r}"
             )
+        if not 0.0 < self.train_fraction <= 1.0:
+            raise ConfigError(f"--train-fraction must be in (0, 1], got {self.train_fraction}")
         if self.init not in INITS:
             raise ValueError(f"TrainConfig.init must be one of {INITS}, got {self.init!r}")
         if self.task not in TASKS:
@@ -171,6 +176,7 @@ class Preset(BaseModel):
     init: Init | None = None
     sparse_embeddings: bool | None = None
     train_windows: TrainWindows | None = None
+    train_fraction: float | None = None
     split: Split | None = None
     exclude_seen: bool | None = None
     positives: str | None = None

@@ -62,7 +62,9 @@ def protocol_name(exclude_seen: bool) -> str:
 class OfflineResult:
     """What ``train_offline`` measured: per-epoch validation and the chosen epoch's test.
 
-    ``test`` is under the configured protocol; ``test_by_protocol`` has both.
+    ``test`` is under the configured protocol; ``test_by_protocol`` has both, and
+    ``valid_by_protocol`` the chosen epoch's validation metrics under both (holdout split
+    only: with the paper's the validation event trains, so it is empty).
     """
 
     model: str
@@ -74,6 +76,7 @@ class OfflineResult:
     protocol: str = "all-items"
     split: str = "holdout"
     test_by_protocol: dict[str, dict[str, float]] = field(default_factory=dict)
+    valid_by_protocol: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """Flat JSON-ready dict: model, epoch, train_split, protocol, seconds, test metrics."""
@@ -193,6 +196,17 @@ class TrainingWindows:
 
     def __len__(self) -> int:
         return int(self.users.size)
+
+    def of_users_fraction(self, fraction: float, seed: int) -> TrainingWindows:
+        """The windows of a seeded random ``fraction`` of the users (at least one): less
+        data, the same model (``TrainConfig.train_fraction``)."""
+        if fraction >= 1.0:
+            return self
+        users = np.unique(self.users)
+        count = max(1, round(fraction * users.size))
+        kept = np.random.default_rng(seed).choice(users, size=count, replace=False)
+        keep = np.isin(self.users, kept)
+        return TrainingWindows(self.users[keep], self.drop_last[keep], self.lengths[keep])
 
 
 def training_batch(
@@ -346,6 +360,9 @@ def train_offline(
         best_epoch, best_state = _fit(model, train, valid, cfg, max_len, history, keep_best)
         model.load_state_dict(best_state)
     by_protocol = {protocol_name(ex): eval_split(test, ex) for ex in (False, True)}
+    valid_by_protocol = {}
+    if cfg.split == "holdout":
+        valid_by_protocol = {protocol_name(ex): eval_split(valid, ex) for ex in (False, True)}
     test_metrics = by_protocol[protocol_name(cfg.exclude_seen)]
     result = OfflineResult(
         model=kind,
@@ -357,6 +374,7 @@ def train_offline(
         protocol=protocol_name(cfg.exclude_seen),
         split=cfg.split,
         test_by_protocol=by_protocol,
+        valid_by_protocol=valid_by_protocol,
     )
     log.info("%s best epoch %d test %s", kind, best_epoch, _fmt(test_metrics))
     return result
@@ -465,7 +483,9 @@ def _fit(
     optimizer = make_optimizer(model, cfg)
     rng = np.random.default_rng(cfg.seed)
     negatives_gen = torch.Generator().manual_seed(cfg.seed)
-    windows = TrainingWindows.build(train, max_len, cfg.train_windows)
+    windows = TrainingWindows.build(train, max_len, cfg.train_windows).of_users_fraction(
+        cfg.train_fraction, cfg.seed
+    )
     positives = parse_positives(cfg.positives)
 
     def loss_of(rows: np.ndarray) -> torch.Tensor | None:

@@ -30,7 +30,9 @@ TINY_MODEL = [
     "--num-negatives",
     "16",
 ]
-METRIC_KEYS = {"hr@10", "hr@50", "hr@200", "ndcg@10", "ndcg@50", "ndcg@200", "mrr"}
+METRIC_KEYS = {
+    "hr@10", "hr@50", "hr@100", "hr@200", "ndcg@10", "ndcg@50", "ndcg@100", "ndcg@200", "mrr"
+}  # fmt: skip
 
 
 def last_json_line(text: str) -> dict:
