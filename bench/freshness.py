@@ -39,10 +39,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import numpy as np
@@ -52,13 +52,14 @@ from connectors.kafka.admin import TopicAdmin
 from connectors.kafka.broker import LocalKafkaBroker, free_port
 from connectors.kafka.producer import CODEC_HEADER, user_key
 from connectors.kafka.source import partition_key
-from connectors.registry import Registry
+from connectors.registry import Registry, RegistryError
 from pipeline.events import encode_json
 from pipeline.events.schema import Event
 
 REPO = Path(__file__).resolve().parents[1]
 PROBE_USER0 = 1_000_000_000  # probe users: far above the synthetic stream's ids
 PROBE_TIME = 1_600_000_000  # the synthetic stream's start: never ahead of its watermark
+T = TypeVar("T")
 
 
 def percentiles(seconds: list[float]) -> dict[str, float | int | None]:
@@ -166,17 +167,25 @@ class VersionWatcher:
             return len(self.seen)
 
 
-def wait_for(
-    what: str, check: Any, deadline_s: float, processes: dict[str, Any], every_s: float = 0.2
-) -> float:
-    """Wait until ``check()`` is true (failing if a process dies); returns the seconds."""
+def wait_for(what: str, check: Callable[[], T], deadline_s: float, processes: dict[str, Any]) -> T:
+    """Call ``check`` until it returns something truthy and return that (failing if a
+    process dies or after ``deadline_s``)."""
     started = time.monotonic()
-    while not check():
+    while not (result := check()):
         check_alive(processes)
         if time.monotonic() - started > deadline_s:
             raise RuntimeError(f"{what} did not happen within {deadline_s:.0f}s")
-        time.sleep(every_s)
-    return time.monotonic() - started
+        time.sleep(0.2)
+    return result
+
+
+def first_version(directory: Path, model: str) -> Registry | None:
+    """The trainer's model in the registry once it holds a version, else None."""
+    try:
+        registry = Registry.open(str(directory), model=model)
+    except RegistryError:  # not created yet
+        return None
+    return registry if registry.latest_version() is not None else None
 
 
 def feed_events(base: str) -> float:
@@ -252,6 +261,12 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         for setting in args.train_set:
             train += ["--set", setting]
         start("trainer", train, 60)
+        started = time.monotonic()
+        # genrec serve needs the registry the trainer's first publish creates
+        registry = wait_for(
+            "the trainer's first version", lambda: first_version(registry_dir, model),
+            args.start_deadline_s, processes,
+        )  # fmt: skip
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         serve = ["--model", model, "--alias", "latest", "--stream", "kafka", "--topic", topic,
@@ -263,20 +278,19 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         processes["serve"] = (server, log)
         stack.callback(stop, server, 30)
 
-        started = time.monotonic()
         wait_ready(base, server, log, args.start_deadline_s)
         check_alive(processes)
         ready_s = time.monotonic() - started
-        watcher = stack.enter_context(
-            VersionWatcher(base, Registry.open(str(registry_dir), model=model))
-        )
+        watcher = stack.enter_context(VersionWatcher(base, registry))
         # steady state first: a served version has read what was on the topic at ready
         with TopicAdmin(bootstrap) as admin:
             ends = {partition_key(topic, p): o for p, o in admin.end_offsets(topic).items()}
-        caught_up_s = wait_for(
+        caught_up = time.monotonic()
+        wait_for(
             "a served version covering the topic at ready",
             lambda: watcher.covers(ends), args.start_deadline_s, processes,
         )  # fmt: skip
+        caught_up_s = time.monotonic() - caught_up
 
         producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
         stack.callback(producer.close, 10)
@@ -296,13 +310,13 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         # (b): every probe gets until its own deadline; the last probe's bounds the wait
         last = sent[-1][0]
         remaining = [(at, key, offset) for at, key, offset, _ in sent]
+        wait_for(
+            "served versions covering the probes",
+            lambda: all(watcher.covering(k, o, t) for t, k, o in remaining)
+            or time.monotonic() > last + args.version_deadline_s,
+            args.version_deadline_s + 60, processes,
+        )  # fmt: skip
         with TopicAdmin(bootstrap) as admin:
-            wait_for(
-                "served versions covering the probes",
-                lambda: all(watcher.covering(k, o, t) for t, k, o in remaining)
-                or time.monotonic() > last + args.version_deadline_s,
-                args.version_deadline_s + 60, processes,
-            )  # fmt: skip
             ends = {partition_key(topic, p): o for p, o in admin.end_offsets(topic).items()}
         to_version = []
         for at, key, offset, _ in sent:
