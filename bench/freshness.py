@@ -116,6 +116,7 @@ class VersionWatcher:
         self.registry = registry
         self.interval_s = interval_s
         self.seen: list[tuple[float, int, dict[str, int]]] = []  # (monotonic, version, positions)
+        self.deltas = 0  # served versions that are deltas
         self.lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="version-watcher", daemon=True)
@@ -141,9 +142,10 @@ class VersionWatcher:
                 if self.seen and self.seen[-1][1] == version:
                     continue
                 now = time.monotonic()
-                positions = dict(self.registry.show(version).source_positions)
+                manifest = self.registry.show(version)
                 with self.lock:
-                    self.seen.append((now, version, positions))
+                    self.seen.append((now, version, dict(manifest.source_positions)))
+                    self.deltas += manifest.delta_of is not None
 
     def covering(self, key: str, offset: int, since: float) -> float | None:
         """When the first version serving offset ``offset`` of partition ``key`` (position
@@ -162,9 +164,15 @@ class VersionWatcher:
             positions = self.seen[-1][2]
         return all(positions.get(key, 0) >= end for key, end in ends.items())
 
-    def versions(self) -> int:
+    def summary(self, since: float) -> dict[str, Any]:
+        """Versions served, how many were deltas, and the gaps between swaps after ``since``."""
         with self.lock:
-            return len(self.seen)
+            times = [seen_at for seen_at, *_ in self.seen if seen_at >= since]
+            return {
+                "served": len(self.seen),
+                "deltas": self.deltas,
+                "seconds_between_swaps": percentiles(np.diff(times).tolist()),
+            }
 
 
 def wait_for(what: str, check: Callable[[], T], deadline_s: float, processes: dict[str, Any]) -> T:
@@ -330,7 +338,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "start_to_ready_s": round(ready_s, 1),
             "ready_to_caught_up_s": round(caught_up_s, 1),
             "background_events_per_s_read_by_server": round(feed_rate),
-            "versions_served": watcher.versions(),
+            "versions": watcher.summary(probes_started),
             "final_lag_messages": {k: e - newest[2].get(k, 0) for k, e in ends.items()},
             "load_average_1min_during_probes": {
                 "min": round(min(load), 1),
