@@ -218,8 +218,11 @@ def probe(
     meta = future.get(timeout=deadline_s)
     key = partition_key(topic, meta.partition)
     while time.monotonic() - sent < deadline_s:
-        if client.post("/recommend", json={"user_id": user, "k": 1}).status_code == 200:
-            return sent, key, meta.offset, time.monotonic() - sent
+        try:
+            if client.post("/recommend", json={"user_id": user, "k": 1}).status_code == 200:
+                return sent, key, meta.offset, time.monotonic() - sent
+        except httpx.TransportError:
+            pass  # a busy server: try again until the deadline
         time.sleep(0.01)
     return sent, key, meta.offset, None
 
@@ -317,10 +320,10 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
         # (b): every probe gets until its own deadline; the last probe's bounds the wait
         last = sent[-1][0]
-        remaining = [(at, key, offset) for at, key, offset, _ in sent]
+        probes = [(at, key, offset) for at, key, offset, _ in sent]
         wait_for(
             "served versions covering the probes",
-            lambda: all(watcher.covering(k, o, t) for t, k, o in remaining)
+            lambda: all(watcher.covering(k, o, t) for t, k, o in probes)
             or time.monotonic() > last + args.version_deadline_s,
             args.version_deadline_s + 60, processes,
         )  # fmt: skip
@@ -377,8 +380,11 @@ def main() -> None:
         "--start-deadline-s", type=float, default=300.0, help="to ready, then to caught up"
     )
     args = parser.parse_args()
-    with sigterm_exits(), tempfile.TemporaryDirectory(prefix="freshness-") as work:
-        result = run(args, Path(work))
+    try:
+        with sigterm_exits(), tempfile.TemporaryDirectory(prefix="freshness-") as work:
+            result = run(args, Path(work))
+    except RuntimeError as err:  # what failed, with the process's log tail
+        raise SystemExit(f"bench/freshness.py: {err}") from None
     settings = {k: v for k, v in vars(args).items() if k != "bootstrap_servers"}
     print(json.dumps({"bench": "freshness", "settings": settings, "cpus": os.cpu_count(),
                       **result}, indent=2))  # fmt: skip
