@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -84,12 +85,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(registry: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    """``genrec serve`` with its defaults (no stream), in its own process."""
+def start_server(
+    registry: Path, port: int, log: Path, flags: Sequence[str] = ("--stream", "none")
+) -> subprocess.Popen[bytes]:
+    """``genrec serve`` with its defaults and ``flags`` (default: no stream), in its own
+    process."""
     with log.open("wb") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "pipeline.cli", "serve", "--registry", str(registry),
-             "--port", str(port), "--stream", "none"],
+             "--port", str(port), *flags],
             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=out, stderr=out,
         )  # fmt: skip
 
