@@ -22,7 +22,7 @@ from model.jagged import JaggedBatch
 from model.retrieval import top_k
 from pipeline.offline.training import next_item_scores, window_indices
 from pipeline.runtime.errors import ConfigError
-from pipeline.state.store import Histories
+from pipeline.state.store import Histories, NewEvents
 from pipeline.stream.publishing import PublishedModel
 from pipeline.stream.ranking import assemble_candidates
 
@@ -182,16 +182,11 @@ def candidate_probabilities(
     probabilities [C, tasks] (float32) of the candidates that could be ranked (a known row,
     a user with a history) and their indices among the given candidates, in that order.
     """
-    ranking = assemble_candidates(
-        history,
-        history.item_refs,
-        owner,
-        rows,
-        asked,
-        np.zeros(owner.size, np.int64),  # a candidate's action and value are never inputs
-        np.full(owner.size, np.nan, np.float32),
-        published.model.max_len,
+    # a candidate's action and value are never inputs
+    candidates = NewEvents(
+        owner, rows, asked, np.zeros(owner.size, np.int64), np.full(owner.size, np.nan, np.float32)
     )
+    ranking = assemble_candidates(history, history.item_refs, candidates, published.model.max_len)
     if not ranking.candidate_event.size:  # the model cannot encode an empty batch
         return np.empty((0, len(task_names(published))), np.float32), ranking.candidate_event
     model = published.model

@@ -102,6 +102,24 @@ class Histories:
         return np.diff(self.offsets)
 
 
+@dataclass(frozen=True)
+class NewEvents:
+    """A step's new events, each belonging to one sequence of a ``Histories`` (its user's)."""
+
+    seq: np.ndarray  # int64 [n] the event's sequence (user) index in the Histories
+    rows: np.ndarray  # int64 [n] item rows (0 = unknown)
+    timestamps: np.ndarray  # int64 [n]
+    actions: np.ndarray  # int64 [n] action codes
+    values: np.ndarray  # float32 [n], NaN where an event has none
+
+    def take(self, index: np.ndarray) -> NewEvents:
+        """The events at ``index``, in that order."""
+        return NewEvents(
+            self.seq[index], self.rows[index], self.timestamps[index], self.actions[index],
+            self.values[index],
+        )  # fmt: skip
+
+
 class SequenceStore:
     """Bounded per-user event histories (see the module docstring for the semantics).
 

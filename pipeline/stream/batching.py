@@ -31,7 +31,7 @@ from model.jagged import JaggedBatch
 from pipeline.events import EventBatch
 from pipeline.events.positives import PositiveRule
 from pipeline.state.grouping import compact_groups, group_order
-from pipeline.state.store import Histories, IngestPlan, SequenceStore
+from pipeline.state.store import Histories, IngestPlan, NewEvents, SequenceStore
 from pipeline.state.vocab import ItemVocabulary, Observation
 from pipeline.stream.ranking import CandidateBatch, assemble_candidates, with_retrieval
 
@@ -65,13 +65,9 @@ class MicroBatch:
 def assemble(
     history: Histories,
     history_rows: np.ndarray,
-    seq: np.ndarray,
-    rows: np.ndarray,
-    timestamps: np.ndarray,
-    actions: np.ndarray,
+    new: NewEvents,
     max_len: int,
     max_targets: int,
-    values: np.ndarray | None = None,
     positive: np.ndarray | None = None,
 ) -> MicroBatch:
     """Build the micro-batch from per-user histories and new events.
@@ -79,18 +75,16 @@ def assemble(
     Args:
         history: U stored histories (sequence u belongs to user u).
         history_rows: int64 item rows of ``history.item_refs`` (0 = unknown).
-        seq: int64 [n] user index (0..U-1) of each new event.
-        rows, timestamps, actions: int64 [n] columns of the new events (rows: 0 = unknown).
+        new: the n new events (``new.seq``: user index 0..U-1 of each).
         max_len: N, the longest sequence the model takes.
         max_targets: most new events per sequence (1 <= max_targets < max_len).
-        values: float32 [n] values of the new events (NaN: none; None: no event has one).
         positive: bool [n], which new events may be targets (None: all of them).
     """
     if not 1 <= max_targets < max_len:
         raise ValueError(f"need 1 <= max_targets < max_len, got {max_targets}, {max_len}")
     n_users = history.offsets.size - 1
-    order = group_order(seq, n_users, timestamps)  # new events by user, time, arrival
-    k = np.bincount(seq, minlength=n_users)
+    order = group_order(new.seq, n_users, new.timestamps)  # new events by user, time, arrival
+    k = np.bincount(new.seq, minlength=n_users)
     h = history.lengths()
 
     # Chunks of at most max_targets new events; each becomes one window of the batch.
@@ -122,32 +116,30 @@ def assemble(
     offsets = np.zeros(ch_user.size + 1, dtype=np.int64)
     np.cumsum(end - start, out=offsets[1:])
 
-    out_rows = np.concatenate([history_rows, rows[order]]).take(src)
+    out_rows = np.concatenate([history_rows, new.rows[order]]).take(src)
     is_target = is_new & (out_rows > 0)
     not_positive = 0
     if positive is not None:
         new_positive = np.concatenate([np.zeros(n_hist, bool), positive[order]]).take(src)
         not_positive = int((is_target & ~new_positive).sum())
         is_target &= new_positive
-    if values is None:
-        values = np.full(rows.size, np.nan, np.float32)
     # A window's first event has nothing before it: context only, never a target.
     first = offsets[:-1]
     context_only = int(is_target[first].sum())
     is_target[first] = False
     batch = JaggedBatch.from_numpy(
         item_ids=out_rows,
-        timestamps=np.concatenate([history.timestamps, timestamps[order]]).take(src),
+        timestamps=np.concatenate([history.timestamps, new.timestamps[order]]).take(src),
         offsets=offsets,
-        action_types=np.concatenate([history.actions, actions[order]]).take(src),
+        action_types=np.concatenate([history.actions, new.actions[order]]).take(src),
         is_target=is_target,
-        values=np.concatenate([history.values, values[order]]).take(src),
+        values=np.concatenate([history.values, new.values[order]]).take(src),
     )
     return MicroBatch(
         batch=batch,
         target_event=order.take(src[is_target] - n_hist),
         context_only=context_only,
-        unknown_item=int((rows == 0).sum()),
+        unknown_item=int((new.rows == 0).sum()),
         not_positive=not_positive,
     )
 
@@ -217,35 +209,15 @@ class BatchBuilder:
         actions, values = events.action[accepted], events.value[accepted]
         positive = None if self.positives is None else self.positives.mask(actions, values)
         history_rows = self.vocab.resolve(history.item_refs)
-        micro = assemble(
-            history,
-            history_rows,
-            seq,
-            obs.rows,
-            ts,
-            actions,
-            max_len=self.store.max_len,
-            max_targets=self.max_targets,
-            values=values,
-            positive=positive,
-        )
+        new = NewEvents(seq, obs.rows, ts, actions, values)
+        max_len = self.store.max_len
+        micro = assemble(history, history_rows, new, max_len, self.max_targets, positive)
         candidates = None
         if ranking and self.ranking_only:
-            candidates = assemble_candidates(
-                history, history_rows, seq, obs.rows, ts, actions, values, self.store.max_len
-            )
+            candidates = assemble_candidates(history, history_rows, new, max_len)
         elif ranking:
             candidates = with_retrieval(
-                micro.batch,
-                history,
-                history_rows,
-                seq,
-                obs.rows,
-                ts,
-                actions,
-                values,
-                self.store.max_len,
-                self.max_targets,
+                micro.batch, history, history_rows, new, max_len, self.max_targets
             )
         return PreparedBatch(events, plan, accepted, obs.rows, obs.assigned, micro, candidates)
 

@@ -40,7 +40,7 @@ from model.base import Targets, select_targets
 from model.jagged import JaggedBatch
 from model.ranking_metrics import ProgressiveMetrics
 from pipeline.state.grouping import group_order, hash_event_ids
-from pipeline.state.store import Histories
+from pipeline.state.store import Histories, NewEvents
 from pipeline.state.vocab import pack_arrays, unpack_arrays
 
 REPORTED = ("ne", "auc", "log_loss", "accuracy", "count")
@@ -75,30 +75,22 @@ def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 
 def assemble_candidates(
-    history: Histories,
-    history_rows: np.ndarray,
-    seq: np.ndarray,
-    rows: np.ndarray,
-    timestamps: np.ndarray,
-    actions: np.ndarray,
-    values: np.ndarray,
-    max_len: int,
+    history: Histories, history_rows: np.ndarray, new: NewEvents, max_len: int
 ) -> CandidateBatch:
-    """The ranking sequences of U users' stored ``history`` and n new events (module docstring).
+    """The ranking sequences of U users' stored ``history`` and n ``new`` events (module
+    docstring).
 
     Args:
-        history, history_rows: as ``pipeline.stream.batching.assemble`` takes them.
-        seq: int64 [n] user index of each new event; rows, timestamps, actions, values: [n]
-            its item row (0 = unknown), time, action code and value (NaN: none).
+        history, history_rows, new: as ``pipeline.stream.batching.assemble`` takes them.
         max_len: N; a sequence spans its history plus one position for its candidates.
     """
     n_users = history.offsets.size - 1
     h = history.lengths()
     keep = np.minimum(h, max_len - 1)
-    order = group_order(seq, n_users, timestamps)  # by user, then time
-    known = rows[order] > 0
-    cand = order[known & (keep[seq[order]] > 0)]
-    per_user = np.bincount(seq[cand], minlength=n_users)
+    order = group_order(new.seq, n_users, new.timestamps)  # by user, then time
+    known = new.rows[order] > 0
+    cand = order[known & (keep[new.seq[order]] > 0)]
+    per_user = np.bincount(new.seq[cand], minlength=n_users)
     users = np.flatnonzero(per_user)
     n_hist, n_cand = keep[users], per_user[users]
     offsets = np.zeros(users.size + 1, dtype=np.int64)
@@ -114,11 +106,11 @@ def assemble_candidates(
         return out
 
     batch = JaggedBatch.from_numpy(
-        item_ids=column(history_rows, rows, np.int64),
-        timestamps=column(history.timestamps, timestamps, np.int64),
+        item_ids=column(history_rows, new.rows, np.int64),
+        timestamps=column(history.timestamps, new.timestamps, np.int64),
         offsets=offsets,
-        action_types=column(history.actions, actions, np.int64),
-        values=column(history.values, values, np.float32),
+        action_types=column(history.actions, new.actions, np.int64),
+        values=column(history.values, new.values, np.float32),
         num_targets=n_cand,
     )
     return CandidateBatch(batch, cand, int(known.sum()) - int(cand.size))
@@ -180,35 +172,23 @@ def with_retrieval(
     retrieval: JaggedBatch,
     history: Histories,
     history_rows: np.ndarray,
-    seq: np.ndarray,
-    rows: np.ndarray,
-    timestamps: np.ndarray,
-    actions: np.ndarray,
-    values: np.ndarray,
+    new: NewEvents,
     max_len: int,
     max_targets: int,
 ) -> CandidateBatch:
     """The retrieval batch (``pipeline.stream.batching.assemble`` of the same arguments)
     with every user's new events as candidates (module docstring: shared rows)."""
     n_users = history.offsets.size - 1
+    seq = new.seq
     per_user = np.bincount(seq, minlength=n_users)
     event_of = np.zeros(n_users, np.int64)
     event_of[seq] = np.arange(seq.size)  # a user's event, where it has exactly one
-    single = (per_user == 1) & (history.lengths() > 0) & (rows[event_of] > 0)
+    single = (per_user == 1) & (history.lengths() > 0) & (new.rows[event_of] > 0)
     # assemble's windows: ceil(k / max_targets) per user, in user order
     windows = -(-per_user // max_targets)
     in_place = np.repeat(single, windows)
     own = np.flatnonzero(per_user[seq] > 1)  # events of users with a sequence of their own
-    extra = assemble_candidates(
-        history,
-        history_rows,
-        seq[own],
-        rows[own],
-        timestamps[own],
-        actions[own],
-        values[own],
-        max_len,
-    )
+    extra = assemble_candidates(history, history_rows, new.take(own), max_len)
     tail = extra.batch
     ends = retrieval.offsets[1:] - 1
     first_candidate = tail.offsets[1:] - tail.num_targets
@@ -225,7 +205,7 @@ def with_retrieval(
         values=torch.cat([retrieval.values, tail.values]),
         num_targets=torch.cat([torch.from_numpy(in_place.astype(np.int64)), tail.num_targets]),
     )
-    known = rows > 0
+    known = new.rows > 0
     return CandidateBatch(
         batch,
         np.concatenate(
