@@ -56,6 +56,17 @@ def cfg_for(tmp_path: Path, tasks=("click:action:click",), users=60, **train):
     )
 
 
+def trainer_for(cfg, registry=None) -> OnlineTrainer:
+    """A trainer of ``cfg``'s source over its checkpoint directory (and ``registry``)."""
+    return OnlineTrainer(
+        cfg,
+        make_source(cfg),
+        MemoryDeadLetterSink(),
+        checkpoints=CheckpointStore(cfg.checkpoint.dir),
+        registry=registry,
+    )
+
+
 def events(users, items, ts, actions, values):
     return EventBatch(
         user_id=np.asarray(users, np.int64),
@@ -194,13 +205,7 @@ def test_online_ranking_learns_and_reports_everywhere(tmp_path):
     cfg = cfg_for(tmp_path, users=300)  # 18k impressions
     registry = Registry.open(cfg.registry.uri, create=True)
     torch.manual_seed(0)
-    trainer = OnlineTrainer(
-        cfg,
-        make_source(cfg),
-        MemoryDeadLetterSink(),
-        checkpoints=CheckpointStore(cfg.checkpoint.dir),
-        registry=registry,
-    )
+    trainer = trainer_for(cfg, registry)
     summary = trainer.run()
     figures = summary["ranking"]
     assert figures["click/count"] == summary["candidates"] > 15_000
@@ -220,12 +225,7 @@ def test_online_ranking_learns_and_reports_everywhere(tmp_path):
     for name, tensor in published.model.state_dict().items():
         assert torch.equal(tensor, trainer.state.model.state_dict()[name]), name
     # the checkpoint chain carries the head and the metrics: a restart continues them
-    again = OnlineTrainer(
-        cfg,
-        make_source(cfg),
-        MemoryDeadLetterSink(),
-        checkpoints=CheckpointStore(cfg.checkpoint.dir),
-    )
+    again = trainer_for(cfg)
     assert again.restore()
     assert again.state.ranking is not None
     assert again.state.ranking.count.tolist() == trainer.state.ranking.count.tolist()
@@ -237,16 +237,8 @@ def test_online_ranking_learns_and_reports_everywhere(tmp_path):
 def test_a_retrieval_only_checkpoint_restores_without_heads(tmp_path):
     cfg = cfg_for(tmp_path, tasks=(), max_events=300)
     registry = Registry.open(cfg.registry.uri, create=True)
-    checkpoints = CheckpointStore(cfg.checkpoint.dir)
-    OnlineTrainer(
-        cfg, make_source(cfg), MemoryDeadLetterSink(), checkpoints=checkpoints, registry=registry
-    ).run()
-    again = OnlineTrainer(
-        cfg,
-        make_source(cfg),
-        MemoryDeadLetterSink(),
-        checkpoints=CheckpointStore(cfg.checkpoint.dir),
-    )
+    trainer_for(cfg, registry).run()
+    again = trainer_for(cfg)
     assert again.restore()
     assert again.state.ranking is None and again.state.model.ranking_head is None
     published = load_version(registry, "latest")
@@ -262,13 +254,7 @@ def kind_trainer(tmp_path, kind: str):
     cfg = cfg_for(tmp_path, max_events=1600)
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"kind": kind})})
     registry = Registry.open(cfg.registry.uri, create=True)
-    trainer = OnlineTrainer(
-        cfg,
-        make_source(cfg),
-        MemoryDeadLetterSink(),
-        checkpoints=CheckpointStore(cfg.checkpoint.dir),
-        registry=registry,
-    )
+    trainer = trainer_for(cfg, registry)
     return cfg, registry, trainer
 
 
@@ -281,12 +267,7 @@ def test_sasrec_runs_online_and_its_version_loads(tmp_path):
     assert published.model.cfg.ranking_tasks == (CLICK,)
     # an HSTU run over the SASRec checkpoints is refused, naming the setting
     hstu = cfg.model_copy(update={"model": cfg.model.model_copy(update={"kind": "hstu"})})
-    again = OnlineTrainer(
-        hstu,
-        make_source(hstu),
-        MemoryDeadLetterSink(),
-        checkpoints=CheckpointStore(hstu.checkpoint.dir),
-    )
+    again = trainer_for(hstu)
     with pytest.raises(
         RestoreRefusedError, match=r"model\.kind: checkpoint 'sasrec', this run 'hstu'"
     ):
@@ -307,12 +288,7 @@ def test_dlrm_ranks_online_without_retrieval(tmp_path):
     assert 0.0 < summary["ranking"]["click/auc"] < 1.0
     assert summary["targets"] == 0 and summary["progressive_cumulative"] == {}
     assert summary["retrieval"].startswith("n/a")
-    again = OnlineTrainer(
-        cfg,
-        make_source(cfg),
-        MemoryDeadLetterSink(),
-        checkpoints=CheckpointStore(cfg.checkpoint.dir),
-    )
+    again = trainer_for(cfg)
     assert again.restore()
     assert torch.equal(again.state.model.mlp[0].weight, trainer.state.model.mlp[0].weight)
     # its version is verified like an encoder's, then refused: it cannot score a catalogue
