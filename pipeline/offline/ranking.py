@@ -263,20 +263,31 @@ def evaluate_ranking(
     tasks: tuple[RankingTask, ...],
     batch_size: int = 256,
     device: str = "cpu",
-    intervals: bool = True,
     calibration: torch.Tensor | None = None,
 ) -> dict[str, Any]:
-    """Per-task metrics over every candidate of ``windows`` (``{task}/{metric}``, with
-    ``{task}/{metric}_ci95`` the 95% user-bootstrap interval [low, high] when ``intervals``),
-    the logits mapped by ``calibration`` (``fit_calibration``) when given."""
-    logits, y, u = score_windows(model, ds, windows, tasks, batch_size, device)
+    """Per-task metrics with intervals over every candidate of ``windows``
+    (``scored_metrics``), the logits mapped by ``calibration`` (``fit_calibration``) when
+    given."""
+    logits, labels, users = score_windows(model, ds, windows, tasks, batch_size, device)
     if calibration is not None:
         logits = logits * calibration[:, 0] + calibration[:, 1]
+    return scored_metrics(logits, labels, users, tasks)
+
+
+def scored_metrics(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    users: np.ndarray,
+    tasks: tuple[RankingTask, ...],
+    intervals: bool = True,
+) -> dict[str, Any]:
+    """``{task}/{metric}`` of ``score_windows``' output, with ``{task}/{metric}_ci95`` the
+    95% user-bootstrap interval [low, high] when ``intervals``."""
     names = [task.name for task in tasks]
-    p, y = torch.sigmoid(logits).numpy(), y.numpy()
+    p, y = torch.sigmoid(logits).numpy(), labels.numpy()
     out: dict[str, Any] = task_metrics(y, p, names)
     for k, name in enumerate(names if intervals else ()):
-        for metric, (low, high) in user_bootstrap_intervals(y[:, k], p[:, k], u).items():
+        for metric, (low, high) in user_bootstrap_intervals(y[:, k], p[:, k], users).items():
             out[f"{name}/{metric}_ci95"] = [round(low, 6), round(high, 6)]
     return out
 
@@ -357,7 +368,7 @@ def train_ranking(
         return loss
 
     history: list[dict[str, float]] = []
-    best_epoch, best_auc, best_state = cfg.epochs, -1.0, None
+    best_epoch, best_auc, best_state, best_scores = cfg.epochs, -1.0, None, None
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         train_loss = train_epoch(
@@ -369,13 +380,12 @@ def train_ranking(
         )
         record = {"epoch": epoch, "train_loss": train_loss}
         if held_out is not None:
-            val = evaluate_ranking(
-                model, ds, held_out, tasks, cfg.eval_batch_size, cfg.device, intervals=False
-            )
+            scores = score_windows(model, ds, held_out, tasks, cfg.eval_batch_size, cfg.device)
+            val = scored_metrics(*scores, tasks, intervals=False)
             record["validation_auc"] = float(np.mean([val[f"{t.name}/auc"] for t in tasks]))
             record["validation_ne"] = float(np.mean([val[f"{t.name}/ne"] for t in tasks]))
             if record["validation_auc"] > best_auc:
-                best_epoch, best_auc = epoch, record["validation_auc"]
+                best_epoch, best_auc, best_scores = epoch, record["validation_auc"], scores
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         history.append(record)
         log.info("epoch %d/%d %s", epoch, cfg.epochs, record)
@@ -383,12 +393,9 @@ def train_ranking(
             log.info("no better validation AUC for %d epochs: stopping", cfg.patience)
             break
     calibration = None
-    if best_state is not None and held_out is not None:
+    if best_state is not None and best_scores is not None:
         model.load_state_dict(best_state)
-        logits, labels, _ = score_windows(
-            model, ds, held_out, tasks, cfg.eval_batch_size, cfg.device
-        )
-        calibration = fit_calibration(logits, labels)
+        calibration = fit_calibration(best_scores[0], best_scores[1])  # that epoch's scores
     test = evaluation_windows(split, max_len, cfg.candidates_per_window)
     metrics = evaluate_ranking(
         model, ds, test, tasks, cfg.eval_batch_size, cfg.device, calibration=calibration
