@@ -191,7 +191,12 @@ def _ipc(table: Any) -> bytes:
 def _parquet_chunks(
     lake_file: LakeFile, handle: Any, chunk_rows: int, progress: Progress
 ) -> Iterator[Chunk]:
-    parquet = pq.ParquetFile(handle)
+    try:
+        parquet = pq.ParquetFile(handle)
+    except pa.ArrowInvalid as err:
+        raise DataFormatError(
+            f"not a Parquet file ({err}); pass the --format that fits the file"
+        ) from None
     names = parquet.schema_arrow.names
     # a file without a required column is the decoder's to reject, row by row (missing_field)
     fields = _columns(names, _TABLE_COLUMNS)

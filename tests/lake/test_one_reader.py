@@ -101,3 +101,16 @@ def test_the_three_readers_give_the_same_events(tmp_path: Path) -> None:
     assert offline_events(path) == expected
     assert replay_events(path) == expected
     assert backfill_events(path, tmp_path / "out") == expected
+
+
+def test_a_file_that_is_not_parquet_is_named_with_the_fix(tmp_path: Path, capsys) -> None:
+    """--format parquet on a CSV: one line naming the file and the flag, exit 2."""
+    data = tmp_path / "ratings.csv"
+    data.write_text("userId,movieId,rating,timestamp\n1,1,4.0,964982703\n")
+    out = tmp_path / "out"
+    assert (
+        main(["train-offline", "--data", str(data), "--format", "parquet", "--out", str(out)]) == 2
+    )
+    err = capsys.readouterr().err
+    assert f"{data}: not a Parquet file" in err and "pass the --format" in err
+    assert "Traceback" not in err
