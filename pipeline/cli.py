@@ -99,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     command = _command_of(argv)
     if command == "train":
         previous = stop_on_signals(stop)
+    elif command == "scaling":
+        # the running train-offline process is ended with it, never left behind
+        previous = stop_on_signals(stop, "stopping the grid; the same command resumes it")
     elif command == "serve":
         # while a version loads (seconds), and after uvicorn's graceful stop re-raises the
         # signal it handled: exit 0, not the signal's default death
@@ -115,7 +118,7 @@ def _main(argv: list[str], stop: threading.Event) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = argv  # `train --workers` re-runs it
-    args.stop = stop  # set by SIGTERM / SIGINT during `train`
+    args.stop = stop  # set by SIGTERM / SIGINT during `train`, `serve` and `scaling`
     # a trainer group's ranks share one terminal: say which rank wrote a line
     rank = f" rank{os.environ['RANK']}" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
     logging.basicConfig(

@@ -181,6 +181,7 @@ def run_scaling(args: argparse.Namespace) -> int:
     from pipeline.backfill.histories import event_logs
     from pipeline.offline.scaling.grid import (
         GridSettings,
+        GridStopped,
         finished_results,
         grid_specs,
         parse_size,
@@ -229,9 +230,16 @@ def run_scaling(args: argparse.Namespace) -> int:
         log.info("reporting %d of the grid's %d runs (finished)", len(results), len(specs))
     else:
         try:
-            results = run_grid(specs, settings, train, out, log.info, args.run_timeout)
+            results = run_grid(specs, settings, train, out, log.info, args.run_timeout, args.stop)
         except RuntimeError as err:  # a run failed: its log is named, the finished runs stay
             raise ConfigError(str(err)) from None
+        except GridStopped as stopped:
+            done = len(finished_results(specs, out))
+            log.info(
+                "stopped before run %s finished: %d of %d runs done; the same command resumes",
+                stopped, done, len(specs),
+            )  # fmt: skip
+            return 0
     data = {"users": ds.num_users, "items": ds.num_items, "events": ds.num_events}
     baseline = popularity_baseline(splits, settings)
     paths = write_report(results, settings, data, baseline, out, args.plot_metric)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +22,17 @@ from pipeline.lake.synthetic_teacher import (
     write_teacher_lake,
 )
 from pipeline.offline.scaling.fit import envelope, envelope_fits, fit_saturating
-from pipeline.offline.scaling.grid import eta_seconds, grid_specs, parse_size, read_result
-from pipeline.offline.training import TrainingWindows
+from pipeline.offline.scaling.grid import (
+    GridSettings,
+    GridStopped,
+    eta_seconds,
+    grid_specs,
+    parse_size,
+    read_result,
+    run_grid,
+)
+from pipeline.offline.splits import make_splits
+from pipeline.offline.training import TrainingWindows, load_sequences
 
 
 def test_envelope_keeps_the_runs_that_raise_the_best_quality() -> None:
@@ -230,3 +241,22 @@ def test_train_offline_trains_on_a_share_of_the_users_and_validates_both_protoco
     assert json.loads((out / "metrics.json").read_text())["valid_history"][0]["train_loss"] != (
         half_loss
     )
+
+
+def test_a_stop_request_ends_the_running_run_and_leaves_it_unfinished(tmp_path: Path) -> None:
+    """SIGTERM / SIGINT set the grid's stop event (pipeline/cli.py): the train-offline
+    process running then is ended, not left behind, and its run is not finished."""
+    data = tmp_path / "teacher.parquet"
+    assert main(["teacher-data", "--out", str(data), "--num-users", "30", "--num-items", "40",
+                 "--events-per-user", "8", "--latent-dim", "4"]) == 0  # fmt: skip
+    ds, _ = load_sequences(str(data))
+    train = make_splits(ds, "holdout")[0]
+    specs = grid_specs(["hstu"], [parse_size("4x1x5")], [1], [1.0])
+    settings = GridSettings(data=str(data), num_negatives=8, batch_size=16)
+    stop = threading.Event()
+    threading.Timer(1.0, stop.set).start()  # the child is still importing torch then
+    started = time.monotonic()
+    with pytest.raises(GridStopped):
+        run_grid(specs, settings, train, tmp_path / "grid", stop=stop)
+    assert time.monotonic() - started < 60  # ended, not waited for
+    assert read_result(tmp_path / "grid" / "runs" / specs[0].key) is None

@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from pipeline.offline.training import CHECKPOINT_DIR, TrainingWindows
 log = logging.getLogger(__name__)
 
 RESULT_FILE = "result.json"
+STOP_POLL_S = 0.5  # how often a running run looks at its deadline and the stop request
 SCALING_MODELS = ("hstu", "sasrec")
 SIZE_PATTERN = re.compile(r"^(\d+)x(\d+)x(\d+)$")
 
@@ -176,35 +178,47 @@ def finished_results(specs: Sequence[RunSpec], out_dir: Path) -> dict[str, dict[
     return results
 
 
+class GridStopped(Exception):
+    """The grid was asked to stop (SIGTERM / SIGINT); the finished runs stay."""
+
+
 def run_one(
     spec: RunSpec,
     settings: GridSettings,
     cost: RunCost,
     run_dir: Path,
     timeout_s: float | None = None,
+    stop: threading.Event | None = None,
 ) -> dict[str, Any]:
     """Train ``spec`` in a fresh ``genrec train-offline`` process (stopped after
-    ``timeout_s`` seconds, when given) and write its result."""
+    ``timeout_s`` seconds, when given, or when ``stop`` is set: ``GridStopped``) and write
+    its result."""
     if run_dir.exists():
         shutil.rmtree(run_dir)  # an unfinished attempt: start clean
     run_dir.mkdir(parents=True)
     command = [sys.executable, "-m", "pipeline.cli", *settings.train_offline_args(spec, run_dir)]
     started = time.perf_counter()
-    try:
-        done = subprocess.run(
-            command, capture_output=True, text=True, check=False, timeout=timeout_s
-        )
-    except subprocess.TimeoutExpired:
-        raise RuntimeError(
-            f"run {spec.key} did not finish in {timeout_s:.0f} s; raise --run-timeout or "
-            "shrink the run"
-        ) from None
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while True:
+        try:
+            stdout, stderr = child.communicate(timeout=STOP_POLL_S)
+            break
+        except subprocess.TimeoutExpired:
+            late = timeout_s is not None and time.perf_counter() - started > timeout_s
+            if late or (stop is not None and stop.is_set()):
+                _end(child)  # never leave a training process behind
+                if late:
+                    raise RuntimeError(
+                        f"run {spec.key} did not finish in {timeout_s:.0f} s; raise "
+                        "--run-timeout or shrink the run"
+                    ) from None
+                raise GridStopped(spec.key) from None
     wall = time.perf_counter() - started
-    (run_dir / "train-offline.log").write_text(done.stdout + done.stderr)
-    if done.returncode != 0:
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+    (run_dir / "train-offline.log").write_text(stdout + stderr)
+    if child.returncode != 0:
+        tail = (stderr.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(
-            f"run {spec.key} failed (exit {done.returncode}): {tail}; its log: "
+            f"run {spec.key} failed (exit {child.returncode}): {tail}; its log: "
             f"{run_dir / 'train-offline.log'}"
         )
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -229,6 +243,16 @@ def run_one(
     return result
 
 
+def _end(child: subprocess.Popen[str]) -> None:
+    """Terminate ``child``, killing it if it does not exit within a few seconds."""
+    child.terminate()
+    try:
+        child.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.communicate()
+
+
 def eta_seconds(done: list[tuple[int, float]], remaining_flops: Sequence[int]) -> float | None:
     """Seconds the remaining runs should take, from the finished runs' (FLOPs, wall
     seconds): each run costs the fixed overhead (the least wall time seen: process start,
@@ -247,8 +271,10 @@ def run_grid(
     out_dir: Path,
     report: Callable[[str], None] = log.info,
     run_timeout_s: float | None = None,
+    stop: threading.Event | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every spec not finished in ``out_dir`` (cheapest first); every run's result."""
+    """Run every spec not finished in ``out_dir`` (cheapest first); every run's result.
+    ``GridStopped`` when ``stop`` is set (the running run is ended, unfinished)."""
     costs = {
         spec.key: run_cost(spec, train, settings.num_negatives, settings.seed) for spec in specs
     }
@@ -259,8 +285,10 @@ def run_grid(
         if spec.key in results:
             report(f"[{index}/{len(order)}] {spec.key}: finished before, skipped")
             continue
+        if stop is not None and stop.is_set():
+            raise GridStopped(spec.key)
         result = run_one(
-            spec, settings, costs[spec.key], out_dir / "runs" / spec.key, run_timeout_s
+            spec, settings, costs[spec.key], out_dir / "runs" / spec.key, run_timeout_s, stop
         )
         results[spec.key] = result
         done.append((result["flops"], result["wall_seconds"]))
