@@ -30,7 +30,7 @@ from pipeline.offline.config import (
     preset_names,
 )
 from pipeline.offline.splits import make_splits, users_without_target
-from pipeline.runtime.errors import ConfigError
+from pipeline.runtime.errors import ConfigError, check_output_directory
 from pipeline.runtime.threads import set_torch_threads
 
 log = logging.getLogger(__name__)
@@ -418,11 +418,7 @@ def run_train(args: argparse.Namespace) -> int:
     preset = load_preset(args.preset)
     cfg = train_config_from_args(args, preset, seed=args.seed, progress=not args.no_progress)
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        # before training, not when the first checkpoint is written after it
-        raise ConfigError(
-            f"--out {out} is a file; give a directory (it gets checkpoint/ and metrics.json)"
-        )
+    check_output_directory(out, "it gets checkpoint/ and metrics.json")
     if cfg.task == "ranking":
         return run_train_ranking(args, cfg, preset)
     if args.model == "dlrm":

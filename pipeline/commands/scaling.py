@@ -14,7 +14,7 @@ from typing import Any
 from pipeline.lake.datasets import FORMATS
 from pipeline.lake.synthetic_teacher import TeacherConfig
 from pipeline.offline.scaling import FIT_METRICS
-from pipeline.runtime.errors import ConfigError
+from pipeline.runtime.errors import ConfigError, check_output_directory
 
 log = logging.getLogger(__name__)
 
@@ -192,8 +192,7 @@ def run_scaling(args: argparse.Namespace) -> int:
     from pipeline.offline.training import load_sequences
 
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file; give a directory for the grid")
+    check_output_directory(out, "the grid's runs and results")
     if args.plot_metric not in FIT_METRICS:
         raise ConfigError(f"--plot-metric must be one of {', '.join(FIT_METRICS)}")
     try:

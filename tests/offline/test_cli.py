@@ -223,3 +223,6 @@ def test_an_out_that_is_a_file_is_refused_before_training(task, tmp_path, capsys
     assert main(["train-offline", *task, "--out", str(out), *TINY_DATA, *TINY_MODEL]) == 2
     assert f"--out {out} is a file; give a directory" in capsys.readouterr().err
     assert out.read_text() == "keep me"
+    under = out / "run"
+    assert main(["train-offline", *task, "--out", str(under), *TINY_DATA, *TINY_MODEL]) == 2
+    assert f"--out {under} lies under the file {out}; give a directory" in capsys.readouterr().err

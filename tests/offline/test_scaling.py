@@ -180,6 +180,8 @@ def test_a_four_run_grid_runs_end_to_end_and_resumes(tmp_path: Path, caplog, cap
     assert "holds a grid with other settings (lr)" in line
     [line] = error_lines([*argv[: -len(TINY_GRID)], "--sizes", "4x1"], capsys)
     assert "--sizes: '4x1' is not DxLxN" in line
+    [line] = error_lines([*argv[: argv.index("--out") + 1], str(data / "grid"), *argv[5:]], capsys)
+    assert f"--out {data / 'grid'} lies under the file {data}; give a directory" in line
     [line] = error_lines([*argv, "--epochs", "1,two"], capsys)
     assert (
         line
