@@ -6,10 +6,18 @@ all heads; ``y = x + W_o(dropout(u * LN(attn)))``. No softmax, no FFN. Input is
 ``item_emb * sqrt(D) + learned position``; the output is L2-normalised.
 ``layer_norm="plain"`` uses layer norms without a learned scale and shift (eps 1e-6), as
 the research code does; ``"affine"`` (the config default, so older checkpoints load) learns them.
+
+``output="concat"`` projects ``[u, LN(attn), u * LN(attn)]`` instead of the product alone, as
+dlrm_v3's STU layer does; ``attention_bias_init`` starts every relative position bias at that
+value (plus the N(0, 0.02) noise). SiLU attention with near-zero scores is near zero, so a
+positive start makes each layer begin as a (length-scaled) sum over the history, which is what
+softmax attention gives at init. ``hstu_form`` holds the two sets of these settings: the
+research code's (retrieval) and the ranking one (docs/quality.md, "Ranking (online)").
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +33,22 @@ from model.ranking_heads import check_tasks
 
 BIAS_INIT_STD = 0.02
 LAYER_NORMS = ("affine", "plain")
+OUTPUTS = ("gated", "concat")
+
+
+def hstu_form(ranking: bool, qk_dim: int) -> dict[str, Any]:
+    """HSTU's attention scale, output and initial position bias: the research code's for a
+    retrieval-only model; with ranking tasks dlrm_v3's scale (1/sqrt(qk_dim)) and concatenated
+    output, and position biases starting at 1.
+
+    >>> hstu_form(False, 64)
+    {'alpha': 1.0, 'output': 'gated', 'attention_bias_init': 0.0}
+    >>> hstu_form(True, 64)
+    {'alpha': 0.125, 'output': 'concat', 'attention_bias_init': 1.0}
+    """
+    if not ranking:
+        return {"alpha": 1.0, "output": "gated", "attention_bias_init": 0.0}
+    return {"alpha": 1.0 / math.sqrt(qk_dim), "output": "concat", "attention_bias_init": 1.0}
 
 
 @dataclass
@@ -43,6 +67,8 @@ class HSTUConfig:
     alpha: float = 1.0
     attention_backend: str = "auto"
     layer_norm: str = "affine"
+    output: str = "gated"  # or "concat" (module docstring)
+    attention_bias_init: float = 0.0
     action_inputs: bool = False  # actions and values as inputs (model.actions)
     value_boundaries: tuple[float, ...] = DEFAULT_VALUE_BOUNDARIES
     # ranking tasks (model.ranking_heads JSON form); none: a retrieval-only model
@@ -53,6 +79,14 @@ class HSTUConfig:
         if self.layer_norm not in LAYER_NORMS:
             raise ValueError(
                 f"HSTUConfig.layer_norm must be one of {LAYER_NORMS}, got {self.layer_norm!r}"
+            )
+        if self.output not in OUTPUTS:
+            raise ValueError(f"HSTUConfig.output must be one of {OUTPUTS}, got {self.output!r}")
+        if not (math.isfinite(self.alpha) and self.alpha > 0):
+            raise ValueError(f"HSTUConfig.alpha must be finite and > 0, got {self.alpha}")
+        if not math.isfinite(self.attention_bias_init):
+            raise ValueError(
+                f"HSTUConfig.attention_bias_init must be finite, got {self.attention_bias_init}"
             )
         self.value_boundaries = check_boundaries(self.value_boundaries)  # JSON gives a list
         self.ranking_tasks = check_tasks(self.ranking_tasks)
@@ -82,9 +116,17 @@ class HSTULayer(nn.Module):
         self.uvqk = nn.Linear(d, cfg.num_heads * (2 * self.dv + 2 * self.dqk))
         self.norm_attn = cfg.norm(cfg.num_heads * self.dv)
         self.dropout = nn.Dropout(cfg.dropout)
-        self.out = nn.Linear(cfg.num_heads * self.dv, d)
-        self.pos_bias = nn.Parameter(torch.randn(cfg.max_len) * BIAS_INIT_STD)
-        self.time_bias = nn.Parameter(torch.randn(NUM_TIME_BUCKETS) * BIAS_INIT_STD)
+        self.concat = cfg.output == "concat"
+        self.out = nn.Linear(cfg.num_heads * self.dv * (3 if self.concat else 1), d)
+        self.pos_bias = nn.Parameter(torch.empty(cfg.max_len))
+        self.time_bias = nn.Parameter(torch.empty(NUM_TIME_BUCKETS))
+        self.reset_biases()
+
+    @torch.no_grad()
+    def reset_biases(self) -> None:
+        """Relative biases N(0, 0.02), the position bias shifted by ``attention_bias_init``."""
+        nn.init.normal_(self.pos_bias, mean=self.cfg.attention_bias_init, std=BIAS_INIT_STD)
+        nn.init.normal_(self.time_bias, std=BIAS_INIT_STD)
 
     def forward(
         self,
@@ -111,7 +153,9 @@ class HSTULayer(nn.Module):
             num_targets=num_targets,
             backend=self.cfg.attention_backend,  # type: ignore[arg-type]
         ).reshape(-1, hv)
-        return x + self.out(self.dropout(u * self.norm_attn(attn)))
+        a = self.norm_attn(attn)
+        y = torch.cat([u, a, u * a], dim=-1) if self.concat else u * a
+        return x + self.out(self.dropout(y))
 
 
 class HSTU(SequentialEncoder):
@@ -126,15 +170,15 @@ class HSTU(SequentialEncoder):
     def reference_init(self) -> None:
         """The research code's init: the input layer as ``SequentialEncoder``; per layer
         uvqk weight N(0, 0.02) without bias (the bias is zeroed and frozen), output
-        projection xavier uniform (bias as ``nn.Linear``), relative biases N(0, 0.02)."""
+        projection xavier uniform (bias as ``nn.Linear``), relative biases N(0, 0.02) (the
+        position bias around ``attention_bias_init``)."""
         super().reference_init()
         for layer in self.layers:
             nn.init.normal_(layer.uvqk.weight, std=BIAS_INIT_STD)
             layer.uvqk.bias.zero_()
             layer.uvqk.bias.requires_grad_(False)
             nn.init.xavier_uniform_(layer.out.weight)
-            nn.init.normal_(layer.pos_bias, std=BIAS_INIT_STD)
-            nn.init.normal_(layer.time_bias, std=BIAS_INIT_STD)
+            layer.reset_biases()
 
     def encode(self, batch: JaggedBatch) -> torch.Tensor:
         """States for every event; history position i depends on events 0..i and on t_{i+1};

@@ -17,6 +17,7 @@ MODULES = (
     "model.ranking_metrics",  # log loss, NE, AUC, ProgressiveMetrics
     "model.candidates",  # split_candidates
     "model.dlrm",  # DLRM
+    "model.hstu",  # hstu_form
     "model.ranking_heads",  # labels_from_events
     "pipeline.events",  # decode_records
     "pipeline.events.positives",  # parse_positives

@@ -87,9 +87,12 @@ class HSTUSettings(EncoderSettings):
 
     dqk: int = Field(0, ge=0, le=1 << 16)
     dv: int = Field(0, ge=0, le=1 << 16)
-    alpha: float = Field(1.0, allow_inf_nan=False)
+    alpha: float = Field(1.0, gt=0, allow_inf_nan=False)
     attention_backend: Literal["auto", "reference", "triton"] = "auto"
     layer_norm: Literal["affine", "plain"] = "affine"
+    # none in versions before the ranking form (model.hstu.hstu_form): the research code's
+    output: Literal["gated", "concat"] = "gated"
+    attention_bias_init: float = Field(0.0, allow_inf_nan=False)
 
 
 class SASRecSettings(EncoderSettings):

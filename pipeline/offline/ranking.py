@@ -46,6 +46,7 @@ from torch import nn
 
 from model.base import SequentialEncoder
 from model.dlrm import DLRM
+from model.hstu import hstu_form
 from model.jagged import JaggedBatch
 from model.ranking_heads import (
     RankingTask,
@@ -300,7 +301,13 @@ def build_ranking_model(
         raise ValueError(
             f"--model {kind} cannot rank; --task ranking trains one of {', '.join(RANKING_MODELS)}"
         )
-    return build_model(kind, {**model_config, "num_rows": num_rows, "ranking_tasks": tasks})
+    # HSTU ranks in its ranking form unless the config says otherwise (model.hstu.hstu_form)
+    form = {}
+    if kind == "hstu":
+        heads = model_config.get("num_heads", 1)
+        qk_dim = model_config.get("dqk") or model_config.get("embedding_dim", 64) // heads
+        form = hstu_form(True, qk_dim)
+    return build_model(kind, {**form, **model_config, "num_rows": num_rows, "ranking_tasks": tasks})
 
 
 def train_ranking(

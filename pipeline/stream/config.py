@@ -124,6 +124,22 @@ class VocabSection(_Section):
     ttl_s: int | None = Field(None, gt=0, description="free rows unseen this long (event time)")
 
 
+# Settings that only HSTU reads, with their value for the other kinds.
+HSTU_ONLY_DEFAULTS: dict[str, Any] = {
+    "layer_norm": "plain",
+    "attention_backend": "auto",
+    "attention_alpha": None,
+    "hstu_output": None,
+    "attention_bias_init": None,
+}
+# ModelSection's names of model.hstu.hstu_form's keys (filled in when unset).
+HSTU_FORM_SETTINGS = {
+    "attention_alpha": "alpha",
+    "hstu_output": "output",
+    "attention_bias_init": "attention_bias_init",
+}
+
+
 class ModelSection(_Section):
     kind: Literal["hstu", "sasrec", "dlrm"] = Field(
         "hstu",
@@ -142,6 +158,24 @@ class ModelSection(_Section):
         "plain",
         description="HSTU layer norms: plain (no learned scale/shift, the reference's) or "
         "affine (hstu only)",
+    )
+    attention_alpha: float | None = Field(
+        None,
+        gt=0,
+        description="HSTU's attention scale (SiLU(alpha * q.k + biases)); default: 1 (the "
+        "research code's) without ranking_tasks, 1/sqrt(embedding_dim / num_heads) (dlrm_v3's) "
+        "with them (hstu only)",
+    )
+    hstu_output: Literal["gated", "concat"] | None = Field(
+        None,
+        description="HSTU layer output: gated, W_o(u * LN(attn)) (the research code's), or "
+        "concat, W_o([u, LN(attn), u * LN(attn)]) (dlrm_v3's STU); default: gated without "
+        "ranking_tasks, concat with them (hstu only)",
+    )
+    attention_bias_init: float | None = Field(
+        None,
+        description="HSTU's initial relative position bias: 0 without ranking_tasks, 1 with "
+        "them, so that SiLU attention starts as a sum over the history (hstu only)",
     )
     init: Literal["reference", "genrec"] = Field(
         "reference", description="parameter init: reference (Meta's research code's) or genrec"
@@ -192,11 +226,18 @@ class ModelSection(_Section):
     def _kind_settings(self) -> ModelSection:
         # the other kinds have neither setting: a non-default value would silently do nothing
         if self.kind != "hstu":
-            for name, default in (("layer_norm", "plain"), ("attention_backend", "auto")):
+            for name, default in HSTU_ONLY_DEFAULTS.items():
                 if getattr(self, name) != default:
                     raise ValueError(
                         f"model.{name} is HSTU-only; leave it unset with model.kind={self.kind}"
                     )
+        else:
+            from model.hstu import hstu_form  # here: model/ imports torch, --help needs none
+
+            form = hstu_form(bool(self.ranking_tasks), self.embedding_dim // self.num_heads)
+            for name, key in HSTU_FORM_SETTINGS.items():
+                if getattr(self, name) is None:  # unset: the form of this model's task
+                    setattr(self, name, form[key])
         if self.kind == "dlrm" and not self.ranking_tasks:
             raise ValueError(
                 "model.kind=dlrm is a ranking-only model: set model.ranking_tasks (what it "

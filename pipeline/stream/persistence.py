@@ -67,6 +67,9 @@ _LEGACY_MODEL_SETTINGS = {
     "ranking_hidden": [64],
 }
 
+# HSTU settings added later still: every earlier HSTU checkpoint had the research code's form.
+_LEGACY_HSTU_SETTINGS = {"attention_alpha": 1.0, "hstu_output": "gated", "attention_bias_init": 0.0}
+
 
 class RestoreRefusedError(ValueError):
     """A checkpoint that is intact but belongs to other settings or another source."""
@@ -551,7 +554,10 @@ def _size(ckpt: Checkpoint) -> int:
 
 def _with_legacy_defaults(saved: Any) -> Any:
     if isinstance(saved, dict) and isinstance(saved.get("model"), dict):
-        return {**saved, "model": {**_LEGACY_MODEL_SETTINGS, **saved["model"]}}
+        model = {**_LEGACY_MODEL_SETTINGS, **saved["model"]}
+        if model["kind"] == "hstu":
+            model = {**_LEGACY_HSTU_SETTINGS, **model}
+        return {**saved, "model": model}
     return saved
 
 

@@ -145,8 +145,18 @@ def build_model(cfg: TrainerConfig) -> Model:
     }
     if m.kind == "sasrec":  # its options HSTU lacks (style, ffn_dim) keep their defaults
         return SASRec(SASRecConfig(**common))
+    # ModelSection fills these in for HSTU (its hstu_form)
+    assert m.attention_alpha is not None and m.hstu_output is not None
+    assert m.attention_bias_init is not None
     return HSTU(
-        HSTUConfig(**common, attention_backend=m.attention_backend, layer_norm=m.layer_norm)
+        HSTUConfig(
+            **common,
+            attention_backend=m.attention_backend,
+            layer_norm=m.layer_norm,
+            alpha=m.attention_alpha,
+            output=m.hstu_output,
+            attention_bias_init=m.attention_bias_init,
+        )
     )
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from model.base import last_states, query_timestamps, select_targets
-from model.hstu import HSTU, HSTUConfig
+from model.hstu import HSTU, HSTUConfig, hstu_form
 from model.jagged import JaggedBatch
 from model.sasrec import SASRec, SASRecConfig
 
@@ -26,6 +26,8 @@ def make_model(kind: str) -> torch.nn.Module:
                 max_len=MAX_LEN,
                 attention_backend="reference",
                 layer_norm="plain" if kind == "hstu-plain" else "affine",
+                # the ranking form: concatenated output, dlrm_v3's scale, biases starting at 1
+                **hstu_form(kind == "hstu-ranking", 8),
             )
         )
         with torch.no_grad():  # make the time bias matter so the timestamp tests can fail
@@ -50,7 +52,7 @@ def random_sequences(gen: torch.Generator, lengths: list[int]) -> tuple[list, li
     return items, times
 
 
-KINDS = ["hstu", "hstu-plain", "sasrec", "sasrec-reference"]
+KINDS = ["hstu", "hstu-plain", "hstu-ranking", "sasrec", "sasrec-reference"]
 
 
 @pytest.mark.parametrize("kind", KINDS)

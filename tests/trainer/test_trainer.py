@@ -148,7 +148,8 @@ def test_restore_names_the_differing_settings_and_reads_older_checkpoints(tmp_pa
     legacy = with_model(small_cfg(tmp_path, max_events=300), layer_norm="affine", init="genrec")
     trainer(legacy, legacy.checkpoint.dir).run()
     ckpt = CheckpointStore(legacy.checkpoint.dir).latest()
-    # as written before model.layer_norm, model.init, the action inputs and ranking existed
+    # as written before model.layer_norm, model.init, the action inputs, ranking and HSTU's
+    # form existed
     meta = json.loads(json.dumps(ckpt.meta))
     for key in (
         "layer_norm",
@@ -157,6 +158,9 @@ def test_restore_names_the_differing_settings_and_reads_older_checkpoints(tmp_pa
         "value_boundaries",
         "ranking_tasks",
         "ranking_hidden",
+        "attention_alpha",
+        "hstu_output",
+        "attention_bias_init",
     ):
         del meta["shape_config"]["model"][key]
     old_dir = tmp_path / "old-ckpt"
