@@ -36,19 +36,27 @@ LAYER_NORMS = ("affine", "plain")
 OUTPUTS = ("gated", "concat")
 
 
-def hstu_form(ranking: bool, qk_dim: int) -> dict[str, Any]:
+def head_dim(embedding_dim: int, num_heads: int, dim: int = 0) -> int:
+    """A head's q/k (or v) width: ``dim``, or ``embedding_dim // num_heads`` when it is 0."""
+    return dim or embedding_dim // num_heads
+
+
+def hstu_form(
+    ranking: bool, embedding_dim: int, num_heads: int = 1, dqk: int = 0
+) -> dict[str, Any]:
     """HSTU's attention scale, output and initial position bias: the research code's for a
-    retrieval-only model; with ranking tasks dlrm_v3's scale (1/sqrt(qk_dim)) and concatenated
-    output, and position biases starting at 1.
+    retrieval-only model; with ranking tasks dlrm_v3's scale (1/sqrt of the q/k head width)
+    and concatenated output, and position biases starting at 1.
 
     >>> hstu_form(False, 64)
     {'alpha': 1.0, 'output': 'gated', 'attention_bias_init': 0.0}
-    >>> hstu_form(True, 64)
-    {'alpha': 0.125, 'output': 'concat', 'attention_bias_init': 1.0}
+    >>> hstu_form(True, 64, num_heads=4)
+    {'alpha': 0.25, 'output': 'concat', 'attention_bias_init': 1.0}
     """
     if not ranking:
         return {"alpha": 1.0, "output": "gated", "attention_bias_init": 0.0}
-    return {"alpha": 1.0 / math.sqrt(qk_dim), "output": "concat", "attention_bias_init": 1.0}
+    alpha = 1.0 / math.sqrt(head_dim(embedding_dim, num_heads, dqk))
+    return {"alpha": alpha, "output": "concat", "attention_bias_init": 1.0}
 
 
 @dataclass
@@ -99,8 +107,10 @@ class HSTUConfig:
         return nn.LayerNorm(width)
 
     def head_dims(self) -> tuple[int, int]:
-        default = self.embedding_dim // self.num_heads
-        return (self.dqk or default, self.dv or default)
+        return (
+            head_dim(self.embedding_dim, self.num_heads, self.dqk),
+            head_dim(self.embedding_dim, self.num_heads, self.dv),
+        )
 
 
 class HSTULayer(nn.Module):

@@ -46,7 +46,7 @@ from torch import nn
 
 from model.base import SequentialEncoder
 from model.dlrm import DLRM
-from model.hstu import hstu_form
+from model.hstu import HSTUConfig, hstu_form
 from model.jagged import JaggedBatch
 from model.ranking_heads import (
     RankingTask,
@@ -303,10 +303,9 @@ def build_ranking_model(
         )
     # HSTU ranks in its ranking form unless the config says otherwise (model.hstu.hstu_form)
     form = {}
-    if kind == "hstu":
-        heads = model_config.get("num_heads", 1)
-        qk_dim = model_config.get("dqk") or model_config.get("embedding_dim", 64) // heads
-        form = hstu_form(True, qk_dim)
+    if kind == "hstu":  # its sizes, with HSTUConfig's defaults for those not given
+        sizes = HSTUConfig(**{**model_config, "num_rows": num_rows})
+        form = hstu_form(True, sizes.embedding_dim, sizes.num_heads, sizes.dqk)
     return build_model(kind, {**form, **model_config, "num_rows": num_rows, "ranking_tasks": tasks})
 
 

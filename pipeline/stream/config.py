@@ -234,7 +234,7 @@ class ModelSection(_Section):
         else:
             from model.hstu import hstu_form  # here: model/ imports torch, --help needs none
 
-            form = hstu_form(bool(self.ranking_tasks), self.embedding_dim // self.num_heads)
+            form = hstu_form(bool(self.ranking_tasks), self.embedding_dim, self.num_heads)
             for name, key in HSTU_FORM_SETTINGS.items():
                 if getattr(self, name) is None:  # unset: the form of this model's task
                     setattr(self, name, form[key])

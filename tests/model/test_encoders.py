@@ -27,7 +27,7 @@ def make_model(kind: str) -> torch.nn.Module:
                 attention_backend="reference",
                 layer_norm="plain" if kind == "hstu-plain" else "affine",
                 # the ranking form: concatenated output, dlrm_v3's scale, biases starting at 1
-                **hstu_form(kind == "hstu-ranking", 8),
+                **hstu_form(kind == "hstu-ranking", 16, num_heads=2),
             )
         )
         with torch.no_grad():  # make the time bias matter so the timestamp tests can fail

@@ -17,6 +17,7 @@ from pipeline.lake.datasets import SequenceDataset
 from pipeline.lake.synthetic_actions import ActionStreamConfig
 from pipeline.offline.config import TrainConfig
 from pipeline.offline.ranking import (
+    build_ranking_model,
     evaluation_windows,
     ranking_batch,
     train_ranking,
@@ -219,3 +220,16 @@ def test_hstu_ranks_the_synthetic_stream_well_above_the_dlrm_baseline() -> None:
     assert results["hstu"]["click/auc"] >= results["dlrm"]["click/auc"] + 0.1
     assert results["hstu"]["click/auc_ci95"][0] > results["dlrm"]["click/auc_ci95"][1]
     assert results["hstu"]["click/ne"] < 1.0  # calibrated on the validation slice
+
+
+def test_offline_hstu_ranks_in_its_ranking_form_unless_told_otherwise() -> None:
+    tasks = parse_ranking_tasks("like:value>=4", setting=None)
+    model = build_ranking_model("hstu", {"embedding_dim": 32, "num_heads": 2}, 10, tasks)
+    assert (model.cfg.output, model.cfg.alpha, model.cfg.attention_bias_init) == (
+        "concat",
+        0.25,  # 1/sqrt(32 / 2)
+        1.0,
+    )
+    told = build_ranking_model("hstu", {"output": "gated", "alpha": 1.0}, 10, tasks)
+    assert (told.cfg.output, told.cfg.alpha) == ("gated", 1.0)
+    assert build_ranking_model("sasrec", {}, 10, tasks).cfg.ranking_tasks
