@@ -129,8 +129,9 @@ def add_training_options(group: argparse._ActionsContainer) -> None:
         "--task",
         choices=TASKS,
         help="retrieval: next-item full ranking on leave-one-out splits; ranking: score "
-        "impressions per --ranking-tasks on a time-ordered split (docs/quality.md, "
-        f"'Ranking (offline)') (default: {t.task})",
+        "impressions per --ranking-tasks on a time-ordered split, HSTU in its ranking form "
+        "(docs/trainer.md, 'HSTU's form'; docs/quality.md, 'Ranking (offline)') "
+        f"(default: {t.task})",
     )
     group.add_argument(
         "--ranking-tasks",
