@@ -162,6 +162,7 @@ class ModelSection(_Section):
     attention_alpha: float | None = Field(
         None,
         gt=0,
+        allow_inf_nan=False,
         description="HSTU's attention scale (SiLU(alpha * q.k + biases)); default: 1 (the "
         "research code's) without ranking_tasks, 1/sqrt(embedding_dim / num_heads) (dlrm_v3's) "
         "with them (hstu only)",
@@ -174,6 +175,7 @@ class ModelSection(_Section):
     )
     attention_bias_init: float | None = Field(
         None,
+        allow_inf_nan=False,
         description="HSTU's initial relative position bias: 0 without ranking_tasks, 1 with "
         "them, so that SiLU attention starts as a sum over the history (hstu only)",
     )

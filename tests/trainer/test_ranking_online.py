@@ -340,8 +340,11 @@ def test_hstu_takes_its_ranking_form_with_ranking_tasks_unless_told_otherwise():
     for name, value in [("hstu_output", "concat"), ("attention_alpha", 1.0)]:
         with pytest.raises(ConfigError, match=rf"model\.{name} is HSTU-only"):
             load_config(overrides={"model": {"kind": "sasrec", name: value}}, environ={})
-    with pytest.raises(ConfigError, match=r"model\.attention_alpha"):
-        load_config(overrides={"model": {"attention_alpha": 0}}, environ={})
+    for name, value in [("attention_alpha", 0), ("attention_alpha", "inf")]:
+        with pytest.raises(ConfigError, match=rf"model\.{name}"):
+            load_config(overrides={"model": {name: value}}, environ={})
+    with pytest.raises(ConfigError, match=r"GENREC_MODEL__ATTENTION_BIAS_INIT=.nan.: .* finite"):
+        load_config(environ={"GENREC_MODEL__ATTENTION_BIAS_INIT": "nan"})
 
 
 def test_a_checkpoint_of_the_other_hstu_form_is_refused_by_name(tmp_path):
