@@ -369,7 +369,8 @@ def test_a_checkpoint_of_the_other_hstu_form_is_refused_by_name(tmp_path):
 def test_hstu_ranks_the_synthetic_stream_online_well_above_the_dlrm_baseline(tmp_path):
     """Issue 26's online acceptance: one pass over a seeded last-click stream (docs/data.md,
     synthetic impressions; 1,000 users, about 119k events), every event scored before the
-    step; HSTU's progressive click AUC at least 0.1 above the DLRM baseline's."""
+    step; HSTU's progressive click AUC at least 0.1 above the DLRM baseline's. Measured: HSTU
+    0.825 (NE 0.738), DLRM 0.679 (NE 0.928); 110 s beside two busy cores."""
     stream = ActionStreamConfig(
         num_users=1000,
         num_items=50,
@@ -415,6 +416,7 @@ def test_hstu_ranks_the_synthetic_stream_online_well_above_the_dlrm_baseline(tmp
         source = SyntheticSource(stream, events_per_record=cfg.train.batch_events)
         results[kind] = OnlineTrainer(cfg, source, MemoryDeadLetterSink()).run()["ranking"]
     hstu, dlrm = results["hstu"], results["dlrm"]
+    print({kind: (r["click/auc"], r["click/ne"], r["click/count"]) for kind, r in results.items()})
     assert hstu["click/count"] == dlrm["click/count"] > 100_000
     assert hstu["click/auc"] >= dlrm["click/auc"] + 0.1, (hstu, dlrm)
     assert hstu["click/ne"] < 1.0
