@@ -33,7 +33,7 @@ import torch
 from model.hstu import HSTUConfig
 from pipeline.commands.offline import add_training_options, train_config_from_args
 from pipeline.events.positives import parse_positives
-from pipeline.offline.config import load_preset
+from pipeline.offline.config import Preset, TrainConfig, load_preset
 from pipeline.offline.splits import make_splits
 from pipeline.offline.training import PROTOCOLS, load_sequences, train_offline
 from pipeline.runtime.threads import set_torch_threads
@@ -162,17 +162,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "users": ds.num_users,
         "items": ds.num_items,
         "events": ds.num_events,
-        "settings": {
-            **vars(args),
-            # the settings run: the defaults, the preset's, the flags given
-            **{k: v for k, v in asdict(base).items() if k not in ("seed", "progress")},
-            "hstu_layer_norm": preset.hstu_layer_norm,
-            "sasrec_style": preset.sasrec_style,
-            "torch_threads": torch.get_num_threads(),
-        },
+        "settings": settings_of(args, preset, base),
         "runs": runs,
         "summary": summary,
     }
+
+
+def settings_of(args: argparse.Namespace, preset: Preset, base: TrainConfig) -> dict[str, Any]:
+    """The settings a run records: the defaults, the preset's, the flags given."""
+    return {
+        **vars(args),
+        **{k: v for k, v in asdict(base).items() if k not in ("seed", "progress")},
+        "hstu_layer_norm": preset.hstu_layer_norm,
+        "sasrec_style": preset.sasrec_style,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def default_settings() -> dict[str, Any]:
+    """The settings a run with no flags records. A setting added after a run file was
+    written has its default there, because each was added with the earlier behaviour as
+    its default."""
+    args = parse_args([])
+    preset = load_preset(args.preset)
+    return settings_of(args, preset, train_config_from_args(args, preset, seed=0, progress=False))
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:

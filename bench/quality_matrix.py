@@ -108,16 +108,23 @@ def pooled(name: str, paths: list[str]) -> dict[str, Any]:
             raise SystemExit(f"--runs {name}: {path}: not an offline_quality.py output")
         results.append((path, result))
     first_path, first = results[0]
-    trained = {k: v for k, v in first["settings"].items() if k not in RUN_SETTINGS}
+    # a setting missing from a file (written before it existed) counts at its default
+    defaults = offline_quality.default_settings()
+    keys = {k for _, r in results for k in r["settings"]} - RUN_SETTINGS
+
+    def setting(result: dict[str, Any], key: str) -> Any:
+        return result["settings"].get(key, defaults.get(key))
+
     runs: list[dict[str, Any]] = []
     for path, result in results:
         if result["data"] != first["data"]:
             raise SystemExit(f"--runs {name}: {path} read other data than {first_path}")
-        for key, value in trained.items():
-            if result["settings"].get(key) != value:
+        for key in sorted(keys):
+            if setting(result, key) != setting(first, key):
                 raise SystemExit(
-                    f"--runs {name}: {path} trained with {key}={result['settings'].get(key)!r}, "
-                    f"{first_path} with {value!r}; pool only runs of the same settings"
+                    f"--runs {name}: {path} trained with {key}={setting(result, key)!r}, "
+                    f"{first_path} with {setting(first, key)!r}; pool only runs of the same "
+                    "settings"
                 )
         for run in result["runs"]:
             if any((r["model"], r["seed"]) == (run["model"], run["seed"]) for r in runs):

@@ -107,8 +107,17 @@ def test_pooled_runs_must_share_data_and_settings(tmp_path, capsys) -> None:
     truncated = json.loads(outputs["s1"].read_text())
     del truncated["runs"][0]["exclude-seen"]
     (tmp_path / "truncated.json").write_text(json.dumps(truncated))
+    # a file written before a setting existed: the setting counts at its default
+    older = json.loads(outputs["s1"].read_text())
+    del older["settings"]["train_fraction"], older["settings"]["task"]
+    (tmp_path / "older.json").write_text(json.dumps(older))
+    assert quality_matrix.main(["--runs", f"a={outputs['s0']},{tmp_path / 'older.json'}"]) == 0
+    assert json.loads(capsys.readouterr().out)["table"][0]["seeds"] == 2
+    del older["settings"]["epochs"]  # not at its default in these runs
+    (tmp_path / "older-epochs.json").write_text(json.dumps(older))
     cases = [
         (f"{outputs['s0']},{outputs['lr']}", "trained with lr=0.01"),
+        (f"{outputs['s0']},{tmp_path / 'older-epochs.json'}", "trained with epochs=30"),
         (f"{outputs['s0']},{outputs['s0']}", "hstu seed 0 is given twice"),
         (f"{outputs['s1']},{tmp_path / 'junk.json'}", "not an offline_quality.py output"),
         (str(tmp_path / "missing.json"), "not an offline_quality.py output"),
