@@ -34,6 +34,9 @@ from model.ranking_heads import check_tasks
 BIAS_INIT_STD = 0.02
 LAYER_NORMS = ("affine", "plain")
 OUTPUTS = ("gated", "concat")
+# The research code's form: HSTUConfig's defaults, and what every HSTU written before the
+# ranking form (hstu_form) had.
+RESEARCH_FORM: dict[str, Any] = {"alpha": 1.0, "output": "gated", "attention_bias_init": 0.0}
 
 
 def head_dim(embedding_dim: int, num_heads: int, dim: int = 0) -> int:
@@ -54,7 +57,7 @@ def hstu_form(
     {'alpha': 0.25, 'output': 'concat', 'attention_bias_init': 1.0}
     """
     if not ranking:
-        return {"alpha": 1.0, "output": "gated", "attention_bias_init": 0.0}
+        return dict(RESEARCH_FORM)
     alpha = 1.0 / math.sqrt(head_dim(embedding_dim, num_heads, dqk))
     return {"alpha": alpha, "output": "concat", "attention_bias_init": 1.0}
 
@@ -72,11 +75,11 @@ class HSTUConfig:
     max_len: int = 200
     dropout: float = 0.2
     input_dropout: float = 0.2
-    alpha: float = 1.0
+    alpha: float = RESEARCH_FORM["alpha"]
     attention_backend: str = "auto"
     layer_norm: str = "affine"
-    output: str = "gated"  # or "concat" (module docstring)
-    attention_bias_init: float = 0.0
+    output: str = RESEARCH_FORM["output"]  # or "concat" (module docstring)
+    attention_bias_init: float = RESEARCH_FORM["attention_bias_init"]
     action_inputs: bool = False  # actions and values as inputs (model.actions)
     value_boundaries: tuple[float, ...] = DEFAULT_VALUE_BOUNDARIES
     # ranking tasks (model.ranking_heads JSON form); none: a retrieval-only model

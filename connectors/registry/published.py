@@ -42,7 +42,7 @@ from connectors.registry.manifest import (
 from model.actions import DEFAULT_VALUE_BOUNDARIES
 from model.base import SequentialEncoder
 from model.dlrm import DLRM, DLRMConfig
-from model.hstu import HSTU, HSTUConfig
+from model.hstu import HSTU, RESEARCH_FORM, HSTUConfig
 from model.sasrec import SASRec, SASRecConfig
 from pipeline.state.vocab import ItemVocabulary, unpack_arrays
 from pipeline.stream import rowdelta
@@ -87,12 +87,12 @@ class HSTUSettings(EncoderSettings):
 
     dqk: int = Field(0, ge=0, le=1 << 16)
     dv: int = Field(0, ge=0, le=1 << 16)
-    alpha: float = Field(1.0, gt=0, allow_inf_nan=False)
+    alpha: float = Field(RESEARCH_FORM["alpha"], gt=0, allow_inf_nan=False)
     attention_backend: Literal["auto", "reference", "triton"] = "auto"
     layer_norm: Literal["affine", "plain"] = "affine"
     # none in versions before the ranking form (model.hstu.hstu_form): the research code's
-    output: Literal["gated", "concat"] = "gated"
-    attention_bias_init: float = Field(0.0, allow_inf_nan=False)
+    output: Literal["gated", "concat"] = RESEARCH_FORM["output"]
+    attention_bias_init: float = Field(RESEARCH_FORM["attention_bias_init"], allow_inf_nan=False)
 
 
 class SASRecSettings(EncoderSettings):

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from model.hstu import RESEARCH_FORM
 from model.optim import PUBLISHED, RowSparseAdam, is_row_sparse_state
 from pipeline.sources.base import Source, TimeSeekable
 from pipeline.state.store import SequenceStore
@@ -39,7 +40,7 @@ from pipeline.stream.checkpoint import (
     state_to_bytes,
     tensor_writer,
 )
-from pipeline.stream.config import TrainerConfig
+from pipeline.stream.config import HSTU_FORM_SETTINGS, TrainerConfig
 from pipeline.stream.deadletter import DeadLetterSink
 from pipeline.stream.observability import TrainerMetrics
 from pipeline.stream.progressive import ProgressiveMetrics
@@ -68,7 +69,7 @@ _LEGACY_MODEL_SETTINGS = {
 }
 
 # HSTU settings added later still: every earlier HSTU checkpoint had the research code's form.
-_LEGACY_HSTU_SETTINGS = {"attention_alpha": 1.0, "hstu_output": "gated", "attention_bias_init": 0.0}
+_LEGACY_HSTU_SETTINGS = {name: RESEARCH_FORM[key] for name, key in HSTU_FORM_SETTINGS.items()}
 
 
 class RestoreRefusedError(ValueError):
