@@ -15,7 +15,10 @@ the files given (Meta's code is unseeded: repeated runs are its seeds).
         --peer beauty:hstu=peer-beauty-hstu.json --models hstu,sasrec --seeds 0,1,2
 
 Prints the table to stderr and one JSON object to stdout: every data set's offline_quality
-result and the table's rows. Any other flag is offline_quality's (``--epochs``, ``--threads``,
+result, the table's rows and, for each data set with both HSTU and SASRec runs, how far HSTU is
+above SASRec per protocol (``gaps``: the difference of the means, each model's seed standard
+deviation, the per-seed differences over the seeds both have, and whether the difference exceeds
+the larger of the two standard deviations, issue 25's "by more than the seed spread"). Any other flag is offline_quality's (``--epochs``, ``--threads``,
 ``--max-len``...) and applies to every data set.
 
 A set's runs can also come from earlier ``bench/offline_quality.py`` outputs (runs done apart,
@@ -207,6 +210,63 @@ def table(results: dict[str, dict[str, Any]], peers: dict[str, dict[str, Any]]) 
     return rows
 
 
+def model_gaps(
+    results: dict[str, dict[str, Any]], high: str = "hstu", low: str = "sasrec"
+) -> list[dict]:
+    """Per data set and protocol: ``high``'s NDCG@10 above ``low``'s, against the seed spread.
+
+    ``beyond_spread`` holds when the difference of the means exceeds the larger of the two
+    models' standard deviations over seeds; the per-seed differences (seeds both models ran)
+    show whether the gap is steady or one seed's."""
+    gaps = []
+    for name, result in results.items():
+        summary = result["summary"]
+        if high not in summary or low not in summary:
+            continue
+        for protocol in offline_quality.PROTOCOLS:
+            a, b = summary[high][protocol]["ndcg@10"], summary[low][protocol]["ndcg@10"]
+            by_seed = {
+                model: {
+                    r["seed"]: r[protocol]["ndcg@10"] for r in result["runs"] if r["model"] == model
+                }
+                for model in (high, low)
+            }
+            shared = sorted(set(by_seed[high]) & set(by_seed[low]))
+            paired = [by_seed[high][s] - by_seed[low][s] for s in shared]
+            difference = a["mean"] - b["mean"]
+            spread = max(a["std"], b["std"])
+            gaps.append(
+                {
+                    "set": name,
+                    "protocol": protocol,
+                    "models": [high, low],
+                    "difference": difference,
+                    "std": [a["std"], b["std"]],
+                    "seeds": shared,
+                    "per_seed": paired,
+                    "above_every_seed": bool(paired) and min(paired) > 0,
+                    "beyond_spread": difference > spread,
+                }
+            )
+    return gaps
+
+
+def print_gaps(gaps: list[dict[str, Any]]) -> None:
+    err = sys.stderr
+    err.write(
+        "\n| data set | protocol | HSTU - SASRec | seed std (HSTU, SASRec) | per seed | beyond the spread |\n"
+    )
+    err.write("|---|---|---|---|---|---|\n")
+    for g in gaps:
+        per_seed = " ".join(f"{d:+.4f}" for d in g["per_seed"])
+        err.write(
+            f"| {g['set']} | {g['protocol']} | {g['difference']:+.4f} | "
+            f"{g['std'][0]:.4f}, {g['std'][1]:.4f} | {per_seed} | "
+            f"{'yes' if g['beyond_spread'] else 'no'} |\n"
+        )
+    err.flush()
+
+
 def print_rows(rows: list[dict[str, Any]]) -> None:
     err = sys.stderr
     err.write("\n| data set | model | protocol | seeds | genrec NDCG@10 | reference | ratio |\n")
@@ -247,9 +307,11 @@ def main(argv: list[str] | None = None) -> int:
         name: offline_quality.run(offline_quality.parse_args([*rest, "--data", path]))
         for name, path in sets.items()
     }
-    rows = table(results, peers)
+    rows, gaps = table(results, peers), model_gaps(results)
     print_rows(rows)
-    print(json.dumps({"benchmark": "quality_matrix", "sets": results, "table": rows}, indent=1))
+    print_gaps(gaps)
+    report = {"benchmark": "quality_matrix", "sets": results, "table": rows, "gaps": gaps}
+    print(json.dumps(report, indent=1))
     return 0
 
 

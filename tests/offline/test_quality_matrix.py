@@ -48,6 +48,47 @@ def test_every_set_model_and_protocol_is_a_row_beside_its_reference(tmp_path, ca
     assert ref["reference_epochs"] == [30] and ref["reference_stopped_by_time_budget"] is False
     assert rows[("b", "hstu", "all-items")]["reference"] == 0.05
     assert out["sets"]["a"]["data"] != out["sets"]["b"]["data"]  # each set read its own file
+    assert out["gaps"] == []  # no set ran both HSTU and SASRec
+
+
+def fake_result(by_model: dict[str, list[float]]) -> dict:
+    """An offline_quality result whose every protocol has these per-seed NDCG@10 values."""
+    runs, summary = [], {}
+    for model, values in by_model.items():
+        protocols = {}
+        for protocol in ("all-items", "exclude-seen"):
+            mean = sum(values) / len(values)
+            std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+            protocols[protocol] = {"ndcg@10": {"mean": mean, "std": std}}
+        summary[model] = protocols
+        runs += [
+            {
+                "model": model,
+                "seed": seed,
+                "all-items": {"ndcg@10": v},
+                "exclude-seen": {"ndcg@10": v},
+            }
+            for seed, v in enumerate(values)
+        ]
+    return {"runs": runs, "summary": summary}
+
+
+def test_hstu_is_above_sasrec_beyond_the_seed_spread_only_when_the_means_differ_by_more() -> None:
+    steady = fake_result({"hstu": [0.036, 0.030, 0.034], "sasrec": [0.033, 0.027, 0.032]})
+    clear = fake_result({"hstu": [0.040, 0.041, 0.039], "sasrec": [0.030, 0.031, 0.032]})
+    gaps = quality_matrix.model_gaps(
+        {"steady": steady, "clear": clear, "one": fake_result({"hstu": [0.1, 0.2]})}
+    )
+    by_set = {(g["set"], g["protocol"]): g for g in gaps}
+    assert len(gaps) == 4  # "one" has no SASRec runs
+    s = by_set[("steady", "all-items")]
+    # above on every seed, but by 0.0027 on average against SASRec's seed std of 0.0032
+    assert s["per_seed"] == pytest.approx([0.003, 0.003, 0.002]) and s["above_every_seed"]
+    assert s["difference"] == pytest.approx(0.0026667, abs=1e-6) and not s["beyond_spread"]
+    c = by_set[("clear", "exclude-seen")]
+    assert (
+        c["beyond_spread"] and c["difference"] == pytest.approx(0.009) and c["seeds"] == [0, 1, 2]
+    )
 
 
 @pytest.mark.parametrize(
