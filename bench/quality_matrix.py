@@ -80,6 +80,17 @@ def named(items: list[str], flag: str) -> dict[str, str]:
 
 # Settings that say how a run ran or which runs a file holds, not what was trained.
 RUN_SETTINGS = {"models", "seeds", "threads", "torch_threads", "progress", "device"}
+# Settings whose flags were removed after being measured (docs/quality.md): each at the value
+# that is today's behaviour, which a file written after the removal therefore has; a file with
+# another value ran something that no longer exists. The others only took effect beside one of
+# these (the EMA's decay, the shared negatives' source).
+REMOVED_SETTINGS = {
+    "weight_average": "none",
+    "lr_schedule": "constant",
+    "lr_warmup_steps": 0,
+    "shared_negatives": 0,
+}
+REMOVED_DEPENDENT = {"ema_decay", "shared_negatives_from"}
 
 
 def is_offline_quality_output(result: Any) -> bool:
@@ -112,8 +123,8 @@ def pooled(name: str, paths: list[str]) -> dict[str, Any]:
         results.append((path, result))
     first_path, first = results[0]
     # a setting missing from a file (written before it existed) counts at its default
-    defaults = offline_quality.default_settings()
-    keys = {k for _, r in results for k in r["settings"]} - RUN_SETTINGS
+    defaults = offline_quality.default_settings() | REMOVED_SETTINGS
+    keys = {k for _, r in results for k in r["settings"]} - RUN_SETTINGS - REMOVED_DEPENDENT
 
     def setting(result: dict[str, Any], key: str) -> Any:
         return result["settings"].get(key, defaults.get(key))

@@ -154,11 +154,21 @@ def test_pooled_runs_must_share_data_and_settings(tmp_path, capsys) -> None:
     (tmp_path / "older.json").write_text(json.dumps(older))
     assert quality_matrix.main(["--runs", f"a={outputs['s0']},{tmp_path / 'older.json'}"]) == 0
     assert json.loads(capsys.readouterr().out)["table"][0]["seeds"] == 2
+    # a file written while flags since removed existed: off, they were today's behaviour
+    removed = {"weight_average": "none", "ema_decay": 0.95, "lr_schedule": "constant"}
+    (tmp_path / "removed.json").write_text(
+        json.dumps(older | {"settings": older["settings"] | removed})
+    )
+    assert quality_matrix.main(["--runs", f"a={outputs['s0']},{tmp_path / 'removed.json'}"]) == 0
+    assert json.loads(capsys.readouterr().out)["table"][0]["seeds"] == 2
+    cosine = older | {"settings": older["settings"] | removed | {"lr_schedule": "cosine"}}
+    (tmp_path / "cosine.json").write_text(json.dumps(cosine))
     del older["settings"]["epochs"]  # not at its default in these runs
     (tmp_path / "older-epochs.json").write_text(json.dumps(older))
     cases = [
         (f"{outputs['s0']},{outputs['lr']}", "trained with lr=0.01"),
         (f"{outputs['s0']},{tmp_path / 'older-epochs.json'}", "trained with epochs=30"),
+        (f"{outputs['s0']},{tmp_path / 'cosine.json'}", "trained with lr_schedule='cosine'"),
         (f"{outputs['s0']},{outputs['s0']}", "hstu seed 0 is given twice"),
         (f"{outputs['s1']},{tmp_path / 'junk.json'}", "not an offline_quality.py output"),
         (str(tmp_path / "missing.json"), "not an offline_quality.py output"),
