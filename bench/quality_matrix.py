@@ -18,8 +18,9 @@ Prints the table to stderr and one JSON object to stdout: every data set's offli
 result, the table's rows and, for each data set with both HSTU and SASRec runs, how far HSTU is
 above SASRec per protocol (``gaps``: the difference of the means, each model's seed standard
 deviation, the per-seed differences over the seeds both have, and whether the difference exceeds
-the larger of the two standard deviations, issue 25's "by more than the seed spread"). Any other flag is offline_quality's (``--epochs``, ``--threads``,
-``--max-len``...) and applies to every data set.
+the larger of the two standard deviations, issue 25's "by more than the seed spread"). Any
+other flag is offline_quality's (``--epochs``, ``--threads``, ``--max-len``...) and applies to
+every data set.
 
 A set's runs can also come from earlier ``bench/offline_quality.py`` outputs (runs done apart,
 a few seeds at a time): ``--runs NAME=FILE[,FILE...]`` pools their runs instead of training.
