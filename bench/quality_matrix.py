@@ -228,8 +228,9 @@ def model_gaps(
     """Per data set and protocol: ``high``'s NDCG@10 above ``low``'s, against the seed spread.
 
     ``beyond_spread`` holds when the difference of the means exceeds the larger of the two
-    models' standard deviations over seeds; the per-seed differences (seeds both models ran)
-    show whether the gap is steady or one seed's."""
+    models' standard deviations over seeds (None while either model has fewer than 2 seeds: no
+    spread is known); the per-seed differences (seeds both models ran) show whether the gap is
+    steady or one seed's."""
     gaps = []
     for name, result in results.items():
         summary = result["summary"]
@@ -246,7 +247,7 @@ def model_gaps(
             shared = sorted(set(by_seed[high]) & set(by_seed[low]))
             paired = [by_seed[high][s] - by_seed[low][s] for s in shared]
             difference = a["mean"] - b["mean"]
-            spread = max(a["std"], b["std"])
+            known = min(len(by_seed[high]), len(by_seed[low])) >= 2
             gaps.append(
                 {
                     "set": name,
@@ -257,7 +258,7 @@ def model_gaps(
                     "seeds": shared,
                     "per_seed": paired,
                     "above_every_seed": bool(paired) and min(paired) > 0,
-                    "beyond_spread": difference > spread,
+                    "beyond_spread": difference > max(a["std"], b["std"]) if known else None,
                 }
             )
     return gaps
@@ -271,10 +272,11 @@ def print_gaps(gaps: list[dict[str, Any]]) -> None:
     err.write("|---|---|---|---|---|---|\n")
     for g in gaps:
         per_seed = " ".join(f"{d:+.4f}" for d in g["per_seed"])
+        verdict = {True: "yes", False: "no", None: "n/a (one seed)"}[g["beyond_spread"]]
         err.write(
             f"| {g['set']} | {g['protocol']} | {g['difference']:+.4f} | "
             f"{g['std'][0]:.4f}, {g['std'][1]:.4f} | {per_seed} | "
-            f"{'yes' if g['beyond_spread'] else 'no'} |\n"
+            f"{verdict} |\n"
         )
     err.flush()
 

@@ -58,7 +58,8 @@ def fake_result(by_model: dict[str, list[float]]) -> dict:
         protocols = {}
         for protocol in ("all-items", "exclude-seen"):
             mean = sum(values) / len(values)
-            std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+            # offline_quality records a std of 0 for one seed
+            std = (sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1)) ** 0.5
             protocols[protocol] = {"ndcg@10": {"mean": mean, "std": std}}
         summary[model] = protocols
         runs += [
@@ -85,6 +86,8 @@ def test_hstu_is_above_sasrec_beyond_the_seed_spread_only_when_the_means_differ_
     # above on every seed, but by 0.0027 on average against SASRec's seed std of 0.0032
     assert s["per_seed"] == pytest.approx([0.003, 0.003, 0.002]) and s["above_every_seed"]
     assert s["difference"] == pytest.approx(0.0026667, abs=1e-6) and not s["beyond_spread"]
+    lone = quality_matrix.model_gaps({"lone": fake_result({"hstu": [0.04], "sasrec": [0.01]})})
+    assert lone[0]["per_seed"] == pytest.approx([0.03]) and lone[0]["beyond_spread"] is None
     c = by_set[("clear", "exclude-seen")]
     assert (
         c["beyond_spread"] and c["difference"] == pytest.approx(0.009) and c["seeds"] == [0, 1, 2]
