@@ -56,7 +56,7 @@ def fake_result(by_model: dict[str, list[float]]) -> dict:
     runs, summary = [], {}
     for model, values in by_model.items():
         protocols = {}
-        for protocol in ("all-items", "exclude-seen"):
+        for protocol in quality_matrix.offline_quality.PROTOCOLS:
             mean = sum(values) / len(values)
             # offline_quality records a std of 0 for one seed
             std = (sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1)) ** 0.5
