@@ -94,18 +94,48 @@ REMOVED_SETTINGS = {
 REMOVED_DEPENDENT = {"ema_decay", "shared_negatives_from"}
 
 
-def is_offline_quality_output(result: Any) -> bool:
-    """Whether ``result`` has what pooling reads: data, settings, and runs that each name
-    their model and seed and hold every protocol's metrics."""
-    keys = {"model", "seed", "cpu_seconds", "wall_seconds", *offline_quality.PROTOCOLS}
-    return (
+def is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def run_problem(run: Any) -> str | None:
+    """What keeps one entry of an offline_quality output's ``runs`` from being pooled (a
+    model name, an integer seed, finite times, and every protocol's metrics and interval
+    half-widths), or None."""
+    if not isinstance(run, dict):
+        return "a run that is not an object"
+    if not isinstance(run.get("model"), str) or type(run.get("seed")) is not int:
+        model, seed = run.get("model"), run.get("seed")
+        return f"a run without a model name and an integer seed ({model!r}, {seed!r})"
+    numbers = {key: run.get(key) for key in ("cpu_seconds", "wall_seconds")}
+    for protocol in offline_quality.PROTOCOLS:
+        metrics = run.get(protocol)
+        if not isinstance(metrics, dict) or type(metrics.get("test_users")) is not int:
+            return f"{run['model']} seed {run['seed']} has no {protocol} metrics with test_users"
+        for metric in offline_quality.METRICS:
+            numbers[f"{protocol} {metric}"] = metrics.get(metric)
+        for metric in ("ndcg@10", "hr@10"):
+            numbers[f"{protocol} {metric}_ci95"] = metrics.get(f"{metric}_ci95")
+    bad = [key for key, value in numbers.items() if not is_finite_number(value)]
+    if bad:
+        value = numbers[bad[0]]
+        return f"{run['model']} seed {run['seed']}: {bad[0]} is {value!r}, not a finite number"
+    return None
+
+
+def output_problem(result: Any) -> str | None:
+    """What keeps ``result`` from being pooled as an offline_quality output, or None."""
+    if not (
         isinstance(result, dict)
         and result.get("benchmark") == "offline_quality"
         and "data" in result
         and isinstance(result.get("settings"), dict)
         and isinstance(result.get("runs"), list)
-        and all(isinstance(r, dict) and keys <= r.keys() for r in result["runs"])
-    )
+    ):
+        return "not an offline_quality.py output"
+    if not result["runs"]:
+        return "an offline_quality.py output without runs"
+    return next(filter(None, map(run_problem, result["runs"])), None)
 
 
 def pooled(name: str, paths: list[str]) -> dict[str, Any]:
@@ -119,8 +149,9 @@ def pooled(name: str, paths: list[str]) -> dict[str, Any]:
             raise SystemExit(
                 f"--runs {name}: {path}: not an offline_quality.py output ({err})"
             ) from None
-        if not is_offline_quality_output(result):
-            raise SystemExit(f"--runs {name}: {path}: not an offline_quality.py output")
+        problem = output_problem(result)
+        if problem:
+            raise SystemExit(f"--runs {name}: {path}: {problem}")
         results.append((path, result))
     first_path, first = results[0]
     # a setting missing from a file (written before it existed) counts at its default
@@ -184,6 +215,12 @@ def peer_figures(paths: list[str]) -> dict[str, Any]:
         final = result.get("final_epoch") if isinstance(result, dict) else None
         if not isinstance(final, dict) or not all(k in final for k in PEER_KEYS.values()):
             raise SystemExit(f"--peer {path}: no peer-gr.sh result (a final_epoch with ndcg@10)")
+        bad = [k for k in PEER_KEYS.values() if not is_finite_number(final[k])]
+        if bad:
+            raise SystemExit(
+                f"--peer {path}: final_epoch {bad[0]} is {final[bad[0]]!r}, not a finite number; "
+                "that run gives no reference figure"
+            )
         finals.append(final)
         stopped |= bool(result.get("stopped_by_time_budget", False))
     by_protocol = {p: [float(f[key]) for f in finals] for p, key in PEER_KEYS.items()}

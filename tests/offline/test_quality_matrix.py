@@ -101,12 +101,24 @@ def test_hstu_is_above_sasrec_beyond_the_seed_spread_only_when_the_means_differ_
         (["--peer", "a:hstu"], "expected NAME=VALUE"),
         (["--set", "a=elsewhere"], "given twice"),
         (["--peer", "a:hstu=BAD"], "no peer-gr.sh result"),
+        (["--peer", "a:hstu=TEXT"], "ndcg@10 is 'abc', not a finite number"),
+        (["--peer", "a:hstu=NAN"], "ndcg@10_nf is nan, not a finite number"),
     ],
 )
 def test_bad_flags_stop_before_any_training(tmp_path, flags, message) -> None:
     peer = peer_result(tmp_path / "peer.json", 0.05, 0.08)
-    (tmp_path / "bad.json").write_text('{"final_epoch": {"ndcg@10": 0.1}}\n')
-    flags = [f.replace("PEER", str(peer)).replace("BAD", str(tmp_path / "bad.json")) for f in flags]
+    bad = {
+        "BAD": '{"final_epoch": {"ndcg@10": 0.1}}',
+        "TEXT": '{"final_epoch": {"ndcg@10": "abc", "ndcg@10_nf": 0.1}}',
+        "NAN": '{"final_epoch": {"ndcg@10": 0.1, "ndcg@10_nf": NaN}}',
+    }
+    for name, text in bad.items():
+        (tmp_path / f"{name}.json").write_text(text + "\n")
+    paths = {"PEER": str(peer)} | {name: str(tmp_path / f"{name}.json") for name in bad}
+    named = [flag.rpartition("=") for flag in flags]
+    flags = [
+        f"{key}={paths[value]}" if value in paths else key + eq + value for key, eq, value in named
+    ]
     with pytest.raises(SystemExit, match=message):
         quality_matrix.main(["--set", f"a={tmp_path / 'missing.csv'}", *flags])
 
@@ -151,6 +163,16 @@ def test_pooled_runs_must_share_data_and_settings(tmp_path, capsys) -> None:
     truncated = json.loads(outputs["s1"].read_text())
     del truncated["runs"][0]["exclude-seen"]
     (tmp_path / "truncated.json").write_text(json.dumps(truncated))
+    forged = {
+        "text-metric": lambda run: run["all-items"].update({"ndcg@10": "0.5"}),
+        "nan-metric": lambda run: run["exclude-seen"].update({"mrr": float("nan")}),
+        "list-model": lambda run: run.update({"model": ["hstu"]}),
+        "text-seed": lambda run: run.update({"seed": "1"}),
+    }
+    for name, forge in forged.items():
+        result = json.loads(outputs["s1"].read_text())
+        forge(result["runs"][0])
+        (tmp_path / f"{name}.json").write_text(json.dumps(result))
     # a file written before a setting existed: the setting counts at its default
     older = json.loads(outputs["s1"].read_text())
     del older["settings"]["train_fraction"], older["settings"]["task"]
@@ -176,7 +198,14 @@ def test_pooled_runs_must_share_data_and_settings(tmp_path, capsys) -> None:
         (f"{outputs['s1']},{tmp_path / 'junk.json'}", "not an offline_quality.py output"),
         (str(tmp_path / "missing.json"), "not an offline_quality.py output"),
         (str(tmp_path / "no-runs.json"), "not an offline_quality.py output"),
-        (str(tmp_path / "truncated.json"), "not an offline_quality.py output"),
+        (str(tmp_path / "truncated.json"), "hstu seed 1 has no exclude-seen metrics"),
+        (str(tmp_path / "text-metric.json"), "all-items ndcg@10 is '0.5', not a finite number"),
+        (str(tmp_path / "nan-metric.json"), "exclude-seen mrr is nan, not a finite number"),
+        (
+            str(tmp_path / "list-model.json"),
+            r"without a model name and an integer seed \(\['hstu'\]",
+        ),
+        (str(tmp_path / "text-seed.json"), r"integer seed \('hstu', '1'\)"),
     ]
     for files, message in cases:
         with pytest.raises(SystemExit, match=message):
