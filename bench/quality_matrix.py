@@ -114,7 +114,7 @@ def run_problem(run: Any) -> str | None:
             return f"{run['model']} seed {run['seed']} has no {protocol} metrics with test_users"
         for metric in offline_quality.METRICS:
             numbers[f"{protocol} {metric}"] = metrics.get(metric)
-        for metric in ("ndcg@10", "hr@10"):
+        for metric in offline_quality.TABLE_METRICS:  # print_table reads their intervals
             numbers[f"{protocol} {metric}_ci95"] = metrics.get(f"{metric}_ci95")
     bad = [key for key, value in numbers.items() if not is_finite_number(value)]
     if bad:
