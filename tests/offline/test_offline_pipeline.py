@@ -76,6 +76,32 @@ def test_length_grouped_batches_cover_each_sequence_once_with_similar_lengths() 
     assert [b.tolist() for b in again] == [b.tolist() for b in batches]
 
 
+def test_epoch_batches_keep_earlier_windows_apart_from_the_last_ones() -> None:
+    lengths = np.array([3, 9, 2, 30, 5, 4, 25, 7])
+
+    class Dataset:
+        def lengths(self) -> np.ndarray:
+            return lengths
+
+    windows = TrainingWindows.build(Dataset(), 6, "all")  # type: ignore[arg-type]
+    last = set(np.flatnonzero(windows.drop_last == 0).tolist())
+    assert len(last) == lengths.size and len(windows) > lengths.size
+    batches = windows.epoch_batches(3, np.random.default_rng(0))
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(windows)))
+    for b in batches:  # a batch is all last windows or all earlier ones
+        assert len({int(i) in last for i in b}) == 1
+    # the last windows' batches are uniformly random: over seeds, the shortest last window
+    # (2 events) shares a batch with a full one (6), which length-sorted batches never do
+    mixed = False
+    for seed in range(20):
+        for b in windows.epoch_batches(3, np.random.default_rng(seed)):
+            if int(b[0]) in last:
+                mixed |= {2, 6} <= set(windows.lengths[b].tolist())
+    assert mixed
+    again = windows.epoch_batches(3, np.random.default_rng(0))
+    assert [b.tolist() for b in again] == [b.tolist() for b in batches]
+
+
 def test_all_training_windows_make_every_event_but_the_first_a_target_once() -> None:
     lengths = np.array([1, 5, 6, 2])
     offsets = np.concatenate([[0], np.cumsum(lengths)])
