@@ -85,8 +85,9 @@ def add_training_options(group: argparse._ActionsContainer) -> None:
         "--train-windows",
         choices=TRAIN_WINDOWS,
         help="all: train on every event of each sequence, in windows of --max-len events "
-        "back from its end; last: only on each user's last --max-len events, the "
-        f"reference (default: {t.train_windows})",
+        "back from its end (the earlier windows in length-grouped batches of their own); "
+        "last: only on each user's last --max-len events, in random batches, the "
+        f"reference's loop (default: {t.train_windows})",
     )
     group.add_argument(
         "--train-fraction",

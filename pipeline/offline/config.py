@@ -52,6 +52,8 @@ class TrainConfig:
     ``train_windows``: "all" trains on every event of each training sequence, in windows of
     ``max_len`` events back from its end (every event but the first a target once, as in the
     online trainer); "last" only on each user's last ``max_len`` events (the reference).
+    Each user's last window trains in uniformly random batches (the reference's); the
+    earlier windows that "all" adds train length-grouped, in batches of their own.
     ``positives``: which events are next-item targets (``pipeline.events.positives``: "all",
     "value>=4", "action:click,purchase"); the others are context only, and each user's test
     (and validation) target is a positive event.
