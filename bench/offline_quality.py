@@ -183,8 +183,8 @@ def settings_of(args: argparse.Namespace, preset: Preset, base: TrainConfig) -> 
 
 def default_settings() -> dict[str, Any]:
     """The settings a run with no flags records. A setting added after a run file was
-    written has its default there, because each was added with the earlier behaviour as
-    its default."""
+    written has its default there, unless adding it changed the default behaviour
+    (``quality_matrix.ADDED_SETTINGS``)."""
     args = parse_args([])
     preset = load_preset(args.preset)
     return settings_of(args, preset, train_config_from_args(args, preset, seed=0, progress=False))

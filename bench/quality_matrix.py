@@ -92,6 +92,9 @@ REMOVED_SETTINGS = {
     "shared_negatives": 0,
 }
 REMOVED_DEPENDENT = {"ema_decay", "shared_negatives_from"}
+# Settings added with a new behaviour as their default: a file written before one existed ran
+# the earlier behaviour, this value (tail averaging: docs/quality.md, "Tail averaging").
+ADDED_SETTINGS = {"tail_average": 0.0}
 
 
 def is_finite_number(value: Any) -> bool:
@@ -154,8 +157,9 @@ def pooled(name: str, paths: list[str]) -> dict[str, Any]:
             raise SystemExit(f"--runs {name}: {path}: {problem}")
         results.append((path, result))
     first_path, first = results[0]
-    # a setting missing from a file (written before it existed) counts at its default
-    defaults = offline_quality.default_settings() | REMOVED_SETTINGS
+    # a setting missing from a file (written before it existed) counts at its default, or at
+    # the earlier behaviour where adding it changed the default
+    defaults = offline_quality.default_settings() | REMOVED_SETTINGS | ADDED_SETTINGS
     keys = {k for _, r in results for k in r["settings"]} - RUN_SETTINGS - REMOVED_DEPENDENT
 
     def setting(result: dict[str, Any], key: str) -> Any:

@@ -23,6 +23,8 @@ MODULES = (
     "pipeline.events.positives",  # parse_positives
     "pipeline.events.ranking_tasks",  # parse_ranking_tasks
     "pipeline.offline.splits",  # time_split
+    "pipeline.offline.config",  # TrainConfig.averaged_epochs
+    "pipeline.offline.training",  # TailAverage
     "pipeline.state.store",  # SequenceStore
     "connectors.registry.registry",  # Registry
 )

@@ -82,6 +82,15 @@ def add_training_options(group: argparse._ActionsContainer) -> None:
         help=f"AdamW beta2; the reference uses 0.98 (default: {t.adam_beta2})",
     )
     group.add_argument(
+        "--tail-average",
+        type=float,
+        metavar="SHARE",
+        help="with the paper's split, keep the mean of the weights at the ends of the last "
+        "SHARE of the epochs, at least one (tail averaging: the last 10 of 30 epochs by "
+        "default; docs/quality.md, 'Tail averaging'); 0: the last epoch's weights; the "
+        f"holdout split keeps its best epoch (default: {t.tail_average:.3g})",
+    )
+    group.add_argument(
         "--train-windows",
         choices=TRAIN_WINDOWS,
         help="all: train on every event of each sequence, in windows of --max-len events "

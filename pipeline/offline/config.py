@@ -58,6 +58,11 @@ class TrainConfig:
     "value>=4", "action:click,purchase"); the others are context only, and each user's test
     (and validation) target is a positive event.
     The learning rate is constant (the reference's: no schedule, no warm-up).
+    ``tail_average``: with the paper's split, the model kept is the mean of the weights at
+    the ends of the last ``tail_average`` share of the epochs (``averaged_epochs``: 10 of
+    30; tail averaging: at a constant rate the last weights wander around a minimum that
+    their mean lies closer to; docs/quality.md, "Tail averaging"); 0: the last epoch's
+    weights. The holdout split keeps its best validation epoch and averages nothing.
 
     ``task``: "retrieval" (next-item, the fields above) or "ranking" (``pipeline.offline.ranking``:
     a time-ordered split at the ``test_fraction`` quantile of the event times; training
@@ -75,6 +80,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     adam_beta2: float = 0.98
+    tail_average: float = 1 / 3
     num_negatives: int = 128
     temperature: float = 0.05
     per_position_negatives: bool = True
@@ -107,6 +113,11 @@ class TrainConfig:
             )
         if not 0.0 < self.train_fraction <= 1.0:
             raise ConfigError(f"--train-fraction must be in (0, 1], got {self.train_fraction}")
+        if not 0.0 <= self.tail_average <= 1.0:
+            raise ConfigError(
+                f"--tail-average must be in [0, 1] (0: the last epoch's weights), got "
+                f"{self.tail_average}"
+            )
         if self.init not in INITS:
             raise ValueError(f"TrainConfig.init must be one of {INITS}, got {self.init!r}")
         if self.task not in TASKS:
@@ -123,6 +134,14 @@ class TrainConfig:
                 parse_positives(self.positives, setting="--positives")
             except ValueError as err:
                 raise ConfigError(str(err)) from None
+
+    def averaged_epochs(self) -> int:
+        """How many last epochs ``tail_average`` averages: at least the last one.
+
+        >>> TrainConfig().averaged_epochs(), TrainConfig(epochs=3).averaged_epochs()
+        (10, 1)
+        """
+        return max(1, round(self.tail_average * self.epochs))
 
     def _check_ranking(self) -> None:
         from pipeline.events.ranking_tasks import parse_ranking_tasks  # torch: not for --help
@@ -172,6 +191,7 @@ class Preset(BaseModel):
     lr: float | None = None
     weight_decay: float | None = None
     adam_beta2: float | None = None
+    tail_average: float | None = None
     num_negatives: int | None = None
     temperature: float | None = None
     per_position_negatives: bool | None = None

@@ -467,6 +467,47 @@ def retrieval_loss(
     )
 
 
+class TailAverage:
+    """The mean of a model's weights at the ends of the epochs after ``after`` (tail
+    averaging, ``TrainConfig.tail_average``): sums in float64, so the order of the
+    epochs does not round the mean.
+
+    >>> layer = nn.Linear(1, 1, bias=False)
+    >>> average = TailAverage(after=1)
+    >>> for epoch, w in enumerate([5.0, 1.0, 2.0], start=1):
+    ...     _ = layer.weight.data.fill_(w)
+    ...     average.add(layer, epoch)
+    >>> average.state(layer)["weight"].item()
+    1.5
+    """
+
+    def __init__(self, after: int) -> None:
+        self.after = after
+        self.count = 0
+        self.sums: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def add(self, model: nn.Module, epoch: int) -> None:
+        """Add the weights ``model`` has at the end of ``epoch`` (ignored up to ``after``)."""
+        if epoch <= self.after:
+            return
+        for name, tensor in model.state_dict().items():
+            if tensor.is_floating_point():  # integer buffers (counters, ids) are not averaged
+                total = self.sums.setdefault(name, torch.zeros_like(tensor, dtype=torch.float64))
+                total += tensor.double()
+        self.count += 1
+
+    def state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """``model``'s state dict with the mean in place of every averaged tensor."""
+        if self.count == 0:
+            raise ValueError("TailAverage.state: no epoch was added")
+        current = model.state_dict()
+        mean = {
+            name: (total / self.count).to(current[name].dtype) for name, total in self.sums.items()
+        }
+        return {**current, **mean}
+
+
 def train_epoch(
     optimizer: torch.optim.Optimizer | RowSparseAdam,
     batches: Sequence[T],
@@ -502,7 +543,8 @@ def _fit(
     keep_best: Callable[[nn.Module, int, dict[str, float]], None],
 ) -> tuple[int, dict[str, torch.Tensor]]:
     """Epoch loop; returns (best epoch, its state dict) by validation NDCG@10, or, with the
-    paper's split, (last epoch, its state dict) without evaluating anything."""
+    paper's split, (last epoch, the mean of the last ``cfg.averaged_epochs()`` epochs' weights)
+    without evaluating anything."""
     optimizer = make_optimizer(model, cfg)
     rng = np.random.default_rng(cfg.seed)
     negatives_gen = torch.Generator().manual_seed(cfg.seed)
@@ -518,6 +560,7 @@ def _fit(
         return retrieval_loss(model, batch, model.encode(batch), cfg, negatives_gen)
 
     best_epoch, best_score, best_state = 0, -1.0, copy.deepcopy(model.state_dict())
+    average = TailAverage(after=cfg.epochs - cfg.averaged_epochs())
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         train_loss = train_epoch(
@@ -528,10 +571,11 @@ def _fit(
             cfg.progress,
         )
         if cfg.split == "paper":
-            # no validation set: the epoch count is fixed in advance and the last one is kept
+            # no validation set: the epoch count is fixed in advance, the last epochs are kept
             history.append({"epoch": epoch, "train_loss": train_loss})
             log.info("epoch %d/%d loss %.4f", epoch, cfg.epochs, train_loss)
-            best_epoch, best_state = epoch, model.state_dict()
+            average.add(model, epoch)
+            best_epoch = epoch
             continue
         metrics = evaluate(
             model,
@@ -554,7 +598,9 @@ def _fit(
             best_state = copy.deepcopy(model.state_dict())
             keep_best(model, epoch, metrics)
     if cfg.split == "paper":
-        best_state = copy.deepcopy(best_state)
+        if average.count:
+            model.load_state_dict(average.state(model))
+        best_state = copy.deepcopy(model.state_dict())
         keep_best(model, best_epoch, history[-1] if history else {})
     return best_epoch, best_state
 

@@ -164,6 +164,14 @@ def test_flags_given_override_the_preset_even_at_their_default() -> None:
     assert models["hstu"]["layer_norm"] == "affine"
 
 
+def test_tail_average_flag_and_the_presets_of_rows_before_it() -> None:
+    assert _parsed(["--tail-average", "0.5"])[0].tail_average == 0.5
+    assert _parsed([])[0].averaged_epochs() == 10
+    # rows 2-4 kept the last epoch's weights; rows 0-1 select an epoch (holdout)
+    for row in (2, 3, 4):
+        assert _parsed(["--preset", f"issue12-row{row}"])[0].tail_average == 0.0
+
+
 def test_every_shipped_preset_loads_and_sets_only_train_config_fields() -> None:
     from dataclasses import fields
 

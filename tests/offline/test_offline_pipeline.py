@@ -25,6 +25,7 @@ from pipeline.offline.training import (
     training_batch,
     window_indices,
 )
+from pipeline.runtime.errors import ConfigError
 
 TINY = SyntheticConfig(num_users=40, num_items=60, events_per_user=12, num_clusters=4)
 TINY_MODEL = dict(embedding_dim=16, num_layers=1, max_len=8)
@@ -223,6 +224,33 @@ def test_paper_split_trains_on_the_validation_event_and_keeps_the_last_epoch() -
     assert result.summary()["train_split"] == "paper"
     assert set(result.test_by_protocol) == {"all-items", "exclude-seen"}
     assert result.test == result.test_by_protocol["all-items"]
+
+
+def _trained_weights(tmp_path, name: str, **settings: float) -> dict[str, torch.Tensor]:
+    big, _ = load_sequences(None, synthetic=TINY)
+    cfg = TrainConfig(batch_size=16, num_negatives=16, progress=False, **settings)
+    train_offline("hstu", TINY_MODEL, make_splits(big, "paper"), cfg, out_dir=tmp_path / name)
+    return load_checkpoint(tmp_path / name / "checkpoint")[0].state_dict()
+
+
+def test_paper_split_keeps_the_mean_of_the_last_epochs_weights(tmp_path) -> None:
+    # an epoch's draws do not depend on the epoch count, so the 2- and 3-epoch runs'
+    # weights are the weights at the ends of epochs 2 and 3 of one run
+    ends = [_trained_weights(tmp_path, f"e{n}", epochs=n, tail_average=0.0) for n in (2, 3)]
+    kept = _trained_weights(tmp_path, "mean", epochs=3, tail_average=0.6)  # round(1.8) = 2
+    assert not torch.equal(ends[0]["item_emb.weight"], ends[1]["item_emb.weight"])
+    for name, tensor in kept.items():
+        if tensor.is_floating_point():
+            torch.testing.assert_close(tensor, (ends[0][name] + ends[1][name]) / 2)
+    # every epoch's weights
+    every = _trained_weights(tmp_path, "every", epochs=2, tail_average=1.0)
+    one = _trained_weights(tmp_path, "one", epochs=1, tail_average=0.0)
+    torch.testing.assert_close(
+        every["item_emb.weight"], (one["item_emb.weight"] + ends[0]["item_emb.weight"]) / 2
+    )
+    for share in (-0.1, 1.5):
+        with pytest.raises(ConfigError, match=r"--tail-average must be in \[0, 1\]"):
+            TrainConfig(tail_average=share)
 
 
 def test_reference_settings_train_deterministically() -> None:

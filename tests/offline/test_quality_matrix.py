@@ -179,6 +179,11 @@ def test_pooled_runs_must_share_data_and_settings(tmp_path, capsys) -> None:
     (tmp_path / "older.json").write_text(json.dumps(older))
     assert quality_matrix.main(["--runs", f"a={outputs['s0']},{tmp_path / 'older.json'}"]) == 0
     assert json.loads(capsys.readouterr().out)["table"][0]["seeds"] == 2
+    # ... unless adding it changed the default: a file from before tail averaging kept the
+    # last epoch's weights, unlike today's defaults
+    before_average = older | {"settings": dict(older["settings"])}
+    del before_average["settings"]["tail_average"]
+    (tmp_path / "before-average.json").write_text(json.dumps(before_average))
     # a file written while flags since removed existed: off, they were today's behaviour
     removed = {"weight_average": "none", "ema_decay": 0.95, "lr_schedule": "constant"}
     (tmp_path / "removed.json").write_text(
@@ -192,6 +197,7 @@ def test_pooled_runs_must_share_data_and_settings(tmp_path, capsys) -> None:
     (tmp_path / "older-epochs.json").write_text(json.dumps(older))
     cases = [
         (f"{outputs['s0']},{outputs['lr']}", "trained with lr=0.01"),
+        (f"{outputs['s0']},{tmp_path / 'before-average.json'}", "trained with tail_average=0.0"),
         (f"{outputs['s0']},{tmp_path / 'older-epochs.json'}", "trained with epochs=30"),
         (f"{outputs['s0']},{tmp_path / 'cosine.json'}", "trained with lr_schedule='cosine'"),
         (f"{outputs['s0']},{outputs['s0']}", "hstu seed 0 is given twice"),
