@@ -116,7 +116,7 @@ def add_training_options(group: argparse._ActionsContainer) -> None:
         "--split",
         choices=SPLITS,
         help="paper: every event but the last trains (the validation event too) and the "
-        "last epoch is tested; holdout: the last 2 events are held out, the epoch with the "
+        "last epochs' mean weights are tested (--tail-average); holdout: the last 2 events are held out, the epoch with the "
         "best validation NDCG@10 is tested, and metrics.json has its validation metrics "
         f"under both protocols (default: {t.split})",
     )
@@ -205,7 +205,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Train, then rank the whole catalogue for each user's last event (test). With "
             "the reference's split (the default) every event but the last trains and the "
-            "last of --epochs epochs is tested; with the holdout split (a --preset's) the "
+            "mean of the weights of the last third of --epochs epochs is tested "
+            "(--tail-average); with the holdout split (a --preset's) the "
             "last 2 events are held out and the epoch with the best validation NDCG@10 is "
             "tested. With --task ranking: the events before a time cutoff train, each "
             "user's later events are scored per --ranking-tasks after its history, and the "

@@ -6,7 +6,8 @@ after every epoch the model ranks the whole catalogue for each user's validation
 (context = the events before it, last ``max_len``; the query time is the target's
 timestamp, as at serving time); the epoch with the best validation NDCG@10 is
 checkpointed and evaluated on test. With the "paper" split the validation event trains
-too, there is no selection, and the last epoch is evaluated on test.
+too, there is no selection, and the mean of the last epochs' weights (``TailAverage``)
+is evaluated on test.
 
 Two evaluation protocols: "all-items" ranks the target among every item; "exclude-seen"
 (the paper's) first removes the items of the user's context (the ``max_len`` events the
@@ -341,7 +342,8 @@ def train_offline(
 ) -> OfflineResult:
     """Train ``kind`` on ``splits[0]``, select the epoch on ``splits[1]``, test on ``splits[2]``.
 
-    With ``cfg.split == "paper"`` there is no selection: the last epoch is tested.
+    With ``cfg.split == "paper"`` there is no selection: the mean of the last
+    ``cfg.averaged_epochs()`` epochs' weights is tested.
 
     Args:
         kind: "hstu", "sasrec" or "popular".
